@@ -1,0 +1,169 @@
+"""Cached generation: one prefill, then one token at a time through a preallocated KVCache.
+
+`generate_tokens` yields token ids; `stream` turns them into text pieces that are always whole
+UTF-8 characters and never show a stop string; `generate` joins the pieces.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Iterator
+
+import torch
+
+
+def check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty):
+    """Raise ValueError with one clear sentence for settings that cannot be sampled with."""
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a whole number of at least 1, not {max_new_tokens!r}.")
+    if temperature is None or not temperature >= 0:
+        raise ValueError(f"temperature must be 0 (greedy) or positive, not {temperature!r}.")
+    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be a whole number of at least 1 (or None for no limit), not {top_k!r}.")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1] (or None for no limit), not {top_p!r}.")
+    if repetition_penalty is None or not repetition_penalty > 0:
+        raise ValueError(f"repetition_penalty must be positive (1.0 = off), not {repetition_penalty!r}.")
+
+
+def next_token(logits: torch.Tensor, temperature: float, top_k=None, top_p=None, repetition_penalty=1.0,
+               seen: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pick the next token for each row of logits [B, V] (the usual Hugging Face semantics)."""
+    logits = logits.float()
+    if repetition_penalty != 1.0 and seen is not None:
+        penalised = torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
+        logits = torch.where(seen, penalised, logits)
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        # drop a token when the tokens ranked above it already reach top_p (the first always stays)
+        drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def fit_prompt(ids: list[int], max_new_tokens: int, context: int) -> tuple[list[int], str | None]:
+    """Cut a prompt that leaves no room in the context, keeping its last tokens; say so."""
+    if len(ids) + max_new_tokens <= context:
+        return ids, None
+    keep = max(context - max_new_tokens, context // 2)
+    if keep >= len(ids):
+        return ids, None
+    notice = (f"The prompt has {len(ids)} tokens, more than fit in the model's context of {context} "
+              f"with {max_new_tokens} new tokens; only its last {keep} tokens were used.")
+    return ids[-keep:], notice
+
+
+@torch.inference_mode()
+def generate_tokens(model, ids: list[int], max_new_tokens: int = 200, temperature: float = 0.7,
+                    top_k=None, top_p=None, repetition_penalty: float = 1.0, seed=None,
+                    stop_ids=(), stats: dict | None = None) -> Iterator[int]:
+    """Yield new token ids after the prompt `ids` until a stop id, max_new_tokens or the context end."""
+    check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
+    if not ids:
+        raise ValueError("The prompt is empty after tokenisation; give at least one token.")
+    stats = stats if stats is not None else {}
+    device = model.embed.weight.device
+    context = model.config.context
+    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    cache = model.new_cache(1, min(len(ids) + max_new_tokens, context))
+    seen = torch.zeros(1, model.config.vocab_size, dtype=torch.bool, device=device)
+    seen[0, ids] = True
+    stats.update(prompt_tokens=len(ids), new_tokens=0, stop_reason="length")
+    t0 = time.perf_counter()
+    logits = model(torch.tensor([ids], device=device), cache=cache, last_only=True)[:, -1]
+    for i in range(max_new_tokens):
+        token = next_token(logits, temperature, top_k, top_p, repetition_penalty, seen, generator)
+        tok = int(token)
+        if i == 0:
+            stats["prefill_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+        if tok in stop_ids:
+            stats["stop_reason"] = "end of text"
+            break
+        stats["new_tokens"] = i + 1
+        yield tok
+        if cache.pos >= cache.max_len:
+            stats["stop_reason"] = "length" if cache.max_len < context else "context"
+            break
+        seen[0, tok] = True
+        logits = model(token.view(1, 1), cache=cache)[:, -1]
+    stats["decode_s"] = time.perf_counter() - t0
+    stats["tokens_per_s"] = stats["new_tokens"] / stats["decode_s"] if stats["decode_s"] > 0 else 0.0
+
+
+def stream(model, tokenizer, prompt: str, max_new_tokens: int = 200, temperature: float = 0.7, top_k=None,
+           top_p=None, repetition_penalty: float = 1.0, seed=None, stop: list[str] | None = None,
+           stats: dict | None = None) -> Iterator[str]:
+    """Yield the generated text in pieces, each made of whole characters.
+
+    A character whose bytes span several tokens is held back until complete (decoded text
+    ending in U+FFFD), and text that could be the start of a stop string is held back until
+    it is clear it is not one. `stats` (a dict, optional) receives counts, timings and notices.
+    """
+    check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
+    if not isinstance(prompt, str):
+        raise ValueError("The prompt must be text.")
+    stop = [s for s in (stop or []) if s]
+    ids = tokenizer.encode(prompt)
+    if tokenizer.bos_id is not None:
+        ids = [tokenizer.bos_id] + ids
+    elif not ids:
+        ids = [tokenizer.eot_id]  # GPT-2 style: a story starts after an end-of-text token
+    ids, notice = fit_prompt(ids, max_new_tokens, model.config.context)
+    stats = stats if stats is not None else {}
+    stats["notice"] = notice
+    if notice:
+        warnings.warn(notice, stacklevel=2)
+
+    new: list[int] = []
+    emitted = ""
+    tokens = generate_tokens(model, ids, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed,
+                             tokenizer.stop_ids, stats)
+    for tok in tokens:
+        new.append(tok)
+        text = tokenizer.decode(new)
+        if text.endswith("\ufffd"):
+            continue  # an incomplete character: wait for its remaining bytes
+        cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+        if cut >= 0:
+            stats["stop_reason"] = "stop string"
+            if cut > len(emitted):
+                yield text[len(emitted):cut]
+            tokens.close()
+            return
+        safe = len(text) - _partial_stop(text, stop)
+        if safe > len(emitted):
+            yield text[len(emitted):safe]
+            emitted = text[:safe]
+    text = tokenizer.decode(new)
+    if len(text) > len(emitted):
+        yield text[len(emitted):]
+
+
+def _partial_stop(text: str, stop: list[str]) -> int:
+    """Length of the longest end of `text` that is the beginning of a stop string."""
+    longest = 0
+    for s in stop:
+        for n in range(min(len(s) - 1, len(text)), longest, -1):
+            if text.endswith(s[:n]):
+                longest = n
+                break
+    return longest
+
+
+def generate(model, tokenizer, prompt: str, max_new_tokens: int = 200, temperature: float = 0.7, top_k=None,
+             top_p=None, repetition_penalty: float = 1.0, seed=None, stop: list[str] | None = None,
+             stats: dict | None = None) -> str:
+    """The generated continuation of `prompt` (without the prompt)."""
+    return "".join(stream(model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p,
+                          repetition_penalty, seed, stop, stats))
