@@ -144,8 +144,9 @@ class Gemma3Config:
 PRESETS: dict[str, dict] = {
     # The 270M design with the GPT-2 vocabulary: 132M parameters with the tied head.
     "270m": dict(),
-    # Tests: two of each layer kind in the Gemma pattern is impossible at 6-periodic, so 6 layers
-    # (5 sliding + 1 full) at toy width; a window of 8 makes the sliding mask bite on short inputs.
-    "tiny": dict(hidden=64, layers=6, heads=4, kv_heads=1, head_dim=16, ffn=128, window=8,
-                 query_pre_attn_scalar=16, context=512),
+    # Tests: the same design at toy width. 7 layers give both kinds in the Gemma pattern (5 sliding,
+    # 1 full, 1 sliding); head_dim 32 is not hidden/heads (16), as 256 is not 640/4 in the 270m;
+    # a window of 8 makes the sliding mask bite on short inputs.
+    "tiny": dict(hidden=64, layers=7, heads=4, kv_heads=1, head_dim=32, ffn=128, window=8,
+                 query_pre_attn_scalar=32, context=512),
 }

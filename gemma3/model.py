@@ -203,3 +203,20 @@ class Gemma3(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def param_groups(self) -> dict[str, int]:
+        """Parameter counts by part: embedding, attention, feed-forward, norms, head (0 when tied)."""
+        groups = {"embedding": 0, "attention": 0, "feed-forward": 0, "norms": 0, "head": 0}
+        for name, p in self.named_parameters():
+            if name.startswith("embed."):
+                part = "embedding"
+            elif name.startswith("head."):
+                part = "head"
+            elif "norm" in name:
+                part = "norms"
+            elif ".attn." in name:
+                part = "attention"
+            else:
+                part = "feed-forward"
+            groups[part] += p.numel()
+        return groups

@@ -1,0 +1,109 @@
+"""python -m gemma3 generate|info|convert — the model package from the terminal."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+from .checkpoints import export_hf, load_model, save_model
+from .generate import stream
+
+DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def _load(args):
+    print(f"Loading {args.model} ...", file=sys.stderr, flush=True)
+    return load_model(args.model, device=args.device, dtype=DTYPES[args.dtype])
+
+
+def cmd_generate(args):
+    model, tok = _load(args)
+    stats: dict = {}
+    print(args.prompt, end="", flush=True)
+    for piece in stream(model, tok, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
+                        args.repetition_penalty, args.seed, args.stop, stats):
+        print(piece, end="", flush=True)
+    print()
+    if stats.get("notice"):
+        print(stats["notice"], file=sys.stderr)
+    print(f"[{stats['new_tokens']} tokens, {stats['tokens_per_s']:.1f} tokens/s, "
+          f"prefill {stats.get('prefill_s', 0) * 1000:.0f} ms, stopped on {stats['stop_reason']}]", file=sys.stderr)
+
+
+def describe(model, tok) -> str:
+    """The config and a parameter breakdown, as `python -m gemma3 info` prints them."""
+    cfg = model.config
+    w = model.embed.weight
+    kinds = "".join("F" if t == "full" else "s" for t in cfg.layer_types)
+    lines = [
+        f"Gemma 3: {cfg.layers} layers ({kinds}: s = sliding window {cfg.window}, F = full), hidden {cfg.hidden}, "
+        f"{cfg.heads} query heads / {cfg.kv_heads} key-value head(s) of {cfg.head_dim}, feed-forward {cfg.ffn}",
+        f"vocabulary {cfg.vocab_size} ({tok.name}), context {cfg.context}, RoPE bases {cfg.rope_local_base:g} local / "
+        f"{cfg.rope_global_base:g} global, head {'tied' if cfg.tied_head else 'untied'}, "
+        f"{'four' if cfg.post_norms else 'two'} norms per block",
+        f"device {w.device}, dtype {str(w.dtype).replace('torch.', '')}",
+        "",
+        f"{'part':<14}{'parameters':>14}{'share':>8}",
+    ]
+    total = model.num_params()
+    for part, n in model.param_groups().items():
+        lines.append(f"{part:<14}{n:>14,}{n / total:>8.1%}")
+    lines.append(f"{'total':<14}{total:>14,}")
+    return "\n".join(lines)
+
+
+def cmd_info(args):
+    model, tok = _load(args)
+    print(describe(model, tok))
+
+
+def cmd_convert(args):
+    model, tok = _load(args)
+    t0 = time.perf_counter()
+    out = (save_model if args.format == "native" else export_hf)(model, tok, args.out)
+    print(f"Wrote {args.format} checkpoint to {out} in {time.perf_counter() - t0:.1f} s.")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m gemma3", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name, help_):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--model", required=True, help="a checkpoint folder, a .pt/.bin/.safetensors file, or hf:owner/name")
+        p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+        p.add_argument("--dtype", choices=DTYPES, default="auto", help="default: bf16 on CUDA, fp32 on CPU")
+        return p
+
+    g = add("generate", "stream a continuation of a prompt")
+    g.add_argument("--prompt", default="Once upon a time")
+    g.add_argument("--max-new-tokens", type=int, default=200)
+    g.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
+    g.add_argument("--top-k", type=int, default=None)
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--repetition-penalty", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+    g.set_defaults(func=cmd_generate)
+
+    add("info", "print the config and where the parameters are").set_defaults(func=cmd_info)
+
+    c = add("convert", "write a checkpoint in our format or Hugging Face format")
+    c.add_argument("--out", required=True)
+    c.add_argument("--format", choices=["native", "hf"], default="native")
+    c.set_defaults(func=cmd_convert)
+
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, ConnectionError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
