@@ -161,6 +161,32 @@ def config_from_shapes(sd: dict, **overrides) -> Gemma3Config:
     return Gemma3Config(**fields)
 
 
+# Config files the seed projects publish beside their weights (rasbt-style names) -> our fields.
+_SEED_CONFIG_KEYS = {"context_length": "context", "sliding_window": "window", "rope_base": "rope_global_base",
+                     "rope_local_base": "rope_local_base", "query_pre_attn_scalar": "query_pre_attn_scalar"}
+
+
+def seed_overrides(folder: Path, layout: str) -> dict:
+    """Settings the weights' shapes cannot tell, from a config.json / model_config.json beside them."""
+    defaults = {"g3nadh": {"window": 513}}.get(layout, {})
+    for name in ("model_config.json", "config.json"):
+        f = folder / name
+        if not f.exists():
+            continue
+        try:
+            raw = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        found = {ours: raw[theirs] for theirs, ours in _SEED_CONFIG_KEYS.items() if raw.get(theirs) is not None}
+        if "window" in found and layout == "g3nadh":
+            found["window"] += 1  # G3nadh's mask lets a query see sliding_window + 1 keys
+        types = raw.get("layer_types")
+        if isinstance(types, list) and all(t in ("sliding_attention", "full_attention") for t in types):
+            found["layer_types"] = [t.split("_")[0] for t in types]
+        return {**defaults, **found}
+    return defaults
+
+
 def interleaved_to_half_split(sd: dict, cfg: Gemma3Config) -> dict:
     """Exact conversion of RoPE on interleaved pairs (2i, 2i+1) to half-split pairs (i, i + D/2).
 
@@ -221,6 +247,9 @@ def resolve_source(source: str | os.PathLike) -> Path:
     if text.startswith("hf:"):
         return _download(text[3:])
     path = Path(text).expanduser()
+    interrupted = path.with_name(f".{path.name}.old")
+    if not path.exists() and interrupted.is_dir():
+        os.rename(interrupted, path)  # a save stopped between its two renames: restore the previous one
     if not path.exists():
         raise FileNotFoundError(f"No checkpoint at {path}: give a folder, a weights file, or hf:owner/name.")
     return path
@@ -281,11 +310,10 @@ def load_state(source) -> tuple[Gemma3Config, dict, Path]:
             raise ValueError("config.json says the head is untied but the weights have no lm_head.")
         if cfg.tied_head:
             sd.pop("head.weight", None)
-    elif layout == "g3nadh":
-        cfg = config_from_shapes(sd, window=513)
-        sd = interleaved_to_half_split(sd, cfg)
     else:
-        cfg = config_from_shapes(sd)
+        cfg = config_from_shapes(sd, **seed_overrides(folder, layout))
+        if layout == "g3nadh":
+            sd = interleaved_to_half_split(sd, cfg)
     return cfg, sd, folder
 
 
@@ -332,7 +360,12 @@ def _atomic_dir_write(out_dir: Path, write):
             old = out_dir.with_name(f".{out_dir.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.rename(out_dir, old)
-        os.rename(tmp, out_dir)
+        try:
+            os.rename(tmp, out_dir)
+        except BaseException:
+            if old is not None:
+                os.rename(old, out_dir)  # put the previous checkpoint back
+            raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:

@@ -107,7 +107,7 @@ def stream(model, tokenizer, prompt: str, max_new_tokens: int = 200, temperature
     """Yield the generated text in pieces, each made of whole characters.
 
     A character whose bytes span several tokens is held back until complete (decoded text
-    ending in U+FFFD), and text that could be the start of a stop string is held back until
+    ending in U+FFFD; one left incomplete at the end is dropped), and text that could be the start of a stop string is held back until
     it is clear it is not one. `stats` (a dict, optional) receives counts, timings and notices.
     """
     check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
@@ -131,9 +131,7 @@ def stream(model, tokenizer, prompt: str, max_new_tokens: int = 200, temperature
                              tokenizer.stop_ids, stats)
     for tok in tokens:
         new.append(tok)
-        text = tokenizer.decode(new)
-        if text.endswith("\ufffd"):
-            continue  # an incomplete character: wait for its remaining bytes
+        text = tokenizer.decode(new).rstrip("\ufffd")  # an incomplete character waits for its bytes
         cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
         if cut >= 0:
             stats["stop_reason"] = "stop string"
@@ -145,7 +143,7 @@ def stream(model, tokenizer, prompt: str, max_new_tokens: int = 200, temperature
         if safe > len(emitted):
             yield text[len(emitted):safe]
             emitted = text[:safe]
-    text = tokenizer.decode(new)
+    text = tokenizer.decode(new).rstrip("\ufffd")
     if len(text) > len(emitted):
         yield text[len(emitted):]
 

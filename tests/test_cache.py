@@ -1,0 +1,97 @@
+"""The KV cache: decoding with it must give exactly what a full forward pass gives.
+
+A user notices a cache bug as text that goes wrong after the first `window` tokens (the sliding
+layers' ring buffer wraps there), as memory that grows while generating, or as a crash instead
+of a clear error when the cache is full. The full forward pass is the reference here; it is
+itself checked against transformers in test_parity.py. The model is conftest's tiny one:
+window 8, sliding and full layers, batch of 2 throughout.
+"""
+
+import pytest
+import torch
+from conftest import TINY_HF, random_ids
+
+W = TINY_HF["sliding_window"]
+
+
+@torch.no_grad()
+def cached_logits(model, ids: torch.Tensor, chunks: list[int], max_len: int | None = None) -> torch.Tensor:
+    """Logits [B, T, V] for ids fed through one cache in consecutive chunks of the given lengths."""
+    assert sum(chunks) == ids.shape[1]
+    cache = model.new_cache(ids.shape[0], max_len or ids.shape[1])
+    out, start = [], 0
+    for n in chunks:
+        out.append(model(ids[:, start:start + n], cache=cache))
+        start += n
+        assert cache.pos == start
+    return torch.cat(out, dim=1)
+
+
+@torch.no_grad()
+def full_logits(model, ids: torch.Tensor) -> torch.Tensor:
+    return model(ids)
+
+
+@pytest.mark.parametrize("prefill", [1, 5, W, 13])
+def test_decoding_one_token_at_a_time_equals_full_forward(tiny, prefill):
+    """Prefill, then decode token by token through several ring wrap-arounds: every position's logits match."""
+    total = 4 * W + 3  # 35 positions: the sliding layers' 8-slot ring wraps four times
+    ids = random_ids(2, total, seed=prefill)
+    chunks = [prefill] + [1] * (total - prefill)
+    torch.testing.assert_close(cached_logits(tiny, ids, chunks), full_logits(tiny, ids), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("chunks", [[3, 5, 7, 1, 1, 9, 2], [7, 11, 1, 3, 10], [2, 2, 2, 2, 2, 2, 2, 2, 2, 2]],
+                         ids=["3-5-7-1-1-9-2", "7-11-1-3-10", "2x10"])
+def test_chunked_prefill_equals_full_forward(tiny, chunks):
+    """Feeding a long prompt in chunks (some longer than the window) gives the full pass's logits."""
+    ids = random_ids(2, sum(chunks), seed=len(chunks))
+    torch.testing.assert_close(cached_logits(tiny, ids, chunks), full_logits(tiny, ids), atol=1e-5, rtol=0)
+
+
+def test_last_only_matches_last_position(tiny):
+    """last_only (what generation uses after a prefill) returns exactly the last position's logits."""
+    ids = random_ids(2, 2 * W + 3, seed=11)
+    with torch.no_grad():
+        cache = tiny.new_cache(2, ids.shape[1])
+        last = tiny(ids, cache=cache, last_only=True)
+    assert last.shape == (2, 1, tiny.config.vocab_size)
+    torch.testing.assert_close(last[:, 0], full_logits(tiny, ids)[:, -1], atol=1e-5, rtol=0)
+
+
+def test_cache_is_preallocated(tiny):
+    """Decoding writes into fixed tensors: sliding layers hold `window` slots, full layers `max_len`."""
+    max_len = 5 * W
+    cache = tiny.new_cache(2, max_len)
+    cfg = tiny.config
+    assert len(cache.layers) == cfg.layers
+    assert set(cfg.layer_types) == {"sliding", "full"}
+    for kind, layer in zip(cfg.layer_types, cache.layers):
+        slots = W if kind == "sliding" else max_len
+        for t in (layer.k, layer.v):
+            assert t.shape == (2, cfg.kv_heads, slots, cfg.head_dim)
+    before = [(id(t), t.data_ptr(), t.shape) for layer in cache.layers for t in (layer.k, layer.v)]
+
+    ids = random_ids(2, max_len, seed=12)
+    with torch.no_grad():
+        tiny(ids[:, :6], cache=cache)
+        for i in range(6, max_len):
+            tiny(ids[:, i:i + 1], cache=cache)
+    after = [(id(t), t.data_ptr(), t.shape) for layer in cache.layers for t in (layer.k, layer.v)]
+    assert after == before
+    assert cache.pos == max_len
+
+
+def test_exceeding_the_cache_raises_and_keeps_it_usable(tiny):
+    """Going past max_len is a clear ValueError; the cache is left as it was and can still be used."""
+    ids = random_ids(2, 12, seed=13)
+    cache = tiny.new_cache(2, 12)
+    with torch.no_grad():
+        first = tiny(ids[:, :10], cache=cache)
+        with pytest.raises(ValueError, match="cache"):
+            tiny(random_ids(2, 3, seed=14), cache=cache)
+        assert cache.pos == 10
+        rest = [tiny(ids[:, i:i + 1], cache=cache) for i in (10, 11)]
+        with pytest.raises(ValueError, match="cache"):
+            tiny(ids[:, :1], cache=cache)
+    torch.testing.assert_close(torch.cat([first, *rest], dim=1), full_logits(tiny, ids), atol=1e-5, rtol=0)
