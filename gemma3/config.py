@@ -127,7 +127,7 @@ class Gemma3Config:
                 "full_attention": full,
                 "sliding_attention": {"rope_type": "default", "rope_theta": self.rope_local_base},
             },
-            "query_pre_attn_scalar": self.query_pre_attn_scalar,
+            "query_pre_attn_scalar": _int_if_whole(self.query_pre_attn_scalar),  # transformers wants an int
             "sliding_window": self.window,
             "layer_types": [t + "_attention" for t in self.layer_types],
             "attention_bias": False,
@@ -139,6 +139,10 @@ class Gemma3Config:
             "eos_token_id": None,
             "torch_dtype": "float32",
         }
+
+
+def _int_if_whole(x: float):
+    return int(x) if float(x).is_integer() else x
 
 
 PRESETS: dict[str, dict] = {

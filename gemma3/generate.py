@@ -92,6 +92,8 @@ def generate_tokens(model, ids: list[int], max_new_tokens: int = 200, temperatur
             break
         stats["new_tokens"] = i + 1
         yield tok
+        if i + 1 == max_new_tokens:
+            break
         if cache.pos >= cache.max_len:
             stats["stop_reason"] = "length" if cache.max_len < context else "context"
             break

@@ -82,6 +82,14 @@ def test_grouped_query_attention_matches_transformers(tmp_path):
 
 # ---- export to transformers -----------------------------------------------------------------------
 
+@pytest.mark.parametrize("preset", ["270m", "tiny"])
+def test_config_round_trips_through_transformers(preset):
+    """Every preset's exported config.json is accepted by transformers and reads back unchanged."""
+    cfg = gemma3.Gemma3Config.from_preset(preset)
+    hf = Gemma3TextConfig(**cfg.to_hf())
+    assert gemma3.Gemma3Config.from_hf(hf.to_dict()) == cfg
+
+
 def _export_and_reload(model, folder):
     gemma3.export_hf(model, gemma3.gpt2_tokenizer(), folder)
     return AutoModelForCausalLM.from_pretrained(folder).eval()

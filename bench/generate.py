@@ -1,0 +1,339 @@
+"""Benchmark: our cached generation against transformers' Gemma3ForCausalLM, same weights, same run.
+
+    python bench/generate.py [--dtype fp32 bf16] [--new-tokens 200] [--prompt-tokens 20]
+                             [--prefill-tokens 512] [--repeats 3] [--threads N] [--no-memory]
+
+Both models are the 270m preset with the same random weights (norm weights small and random so
+nothing is degenerate): ours is built directly, transformers' is loaded from `gemma3.export_hf`.
+Every figure is a ratio against a peer measured in the same run, alternating which side goes first
+and taking the median of `--repeats` runs, because absolute times on a shared machine are noise.
+
+What is measured, and how it is made fair:
+- Decode (batch 1, greedy, `--prompt-tokens` prompt, `--new-tokens` new tokens, no early stop):
+  ours is `gemma3.generate_tokens`' own figure, new_tokens / decode_s, where decode_s runs from the
+  first token (picked from the prefill logits) to the end, i.e. one cached forward + argmax per token.
+  Transformers' is `generate(..., min_new_tokens=N, do_sample=False, use_cache=True)` with a
+  LogitsProcessor that stamps the time at every step: the first stamp comes right after the prefill
+  forward, so (N - 1) / (last stamp - first stamp) is the same one-forward-per-token rate.
+- Roofline: one F.linear of a [1, in] vector with every weight matrix a decode step reads
+  (per layer q, k, v, o, gate, up, down, then the embedding as the output head), same dtype, in the
+  model's order. That is the time a token cannot beat with these kernels on this machine; we print
+  the fraction of it each decoder reaches (roofline time / decode time per token).
+- Prefill (`--prefill-tokens` prompt): time to first token, end to end as a user sees it - ours:
+  `next(generate_tokens(..., temperature=0))`; transformers: `generate(max_new_tokens=1)` (which runs
+  one forward with logits_to_keep=1 and a fresh DynamicCache). Also the bare forward, which leaves
+  out generate's bookkeeping: ours `model(ids, cache=new_cache, last_only=True)`, transformers'
+  `model(ids, use_cache=True, logits_to_keep=1)`.
+- Memory: each side runs alone in a subprocess (same imports in both); we print the resident set
+  after loading the model and the peak added while generating (`--prefill-tokens` prompt, then
+  `--new-tokens` tokens), via /proc/self/status VmRSS / VmHWM, with the peak reset after loading
+  through /proc/self/clear_refs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import gemma3  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+TARGETS = {"decode": 1.0, "prefill": 1.5, "roofline": 0.70}
+
+
+# ---- the two models ----------------------------------------------------------------------------
+def build_models(tmp: Path, seed: int = 0):
+    """Our fp32 model with random weights, and a transformers checkpoint folder holding the same."""
+    torch.manual_seed(seed)
+    model = gemma3.Gemma3(gemma3.Gemma3Config.from_preset("270m")).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.normal_(0.0, 0.1)
+    hf_dir = tmp / "hf"
+    gemma3.export_hf(model, gemma3.gpt2_tokenizer(), hf_dir)
+    # transformers' Gemma3TextConfig declares query_pre_attn_scalar an int and its strict config
+    # rejects 256.0; write it as an int when it is one (a bug to fix in Gemma3Config.to_hf).
+    cfg_path = hf_dir / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    q = cfg.get("query_pre_attn_scalar")
+    if isinstance(q, float) and q.is_integer():
+        cfg["query_pre_attn_scalar"] = int(q)
+        cfg_path.write_text(json.dumps(cfg, indent=2))
+    return model, hf_dir
+
+
+def ours_in(master, dtype):
+    model = gemma3.Gemma3(master.config).eval()
+    model.load_state_dict(master.state_dict())
+    return model.to(dtype)
+
+
+def hf_in(hf_dir, dtype):
+    from transformers import AutoModelForCausalLM
+    return AutoModelForCausalLM.from_pretrained(hf_dir, dtype=dtype).eval()
+
+
+def decode_matrices(model) -> list[torch.Tensor]:
+    mats = []
+    for b in model.blocks:
+        a, f = b.attn, b.ffn
+        mats += [a.wq.weight, a.wk.weight, a.wv.weight, a.wo.weight, f.gate.weight, f.up.weight, f.down.weight]
+    mats.append(model.embed.weight if model.head is None else model.head.weight)
+    return mats
+
+
+# ---- timed runs ---------------------------------------------------------------------------------
+def ours_decode(model, ids, n):
+    stats = {}
+    tokens = list(gemma3.generate_tokens(model, ids, max_new_tokens=n, temperature=0, stats=stats))
+    assert len(tokens) == n, stats
+    return n / stats["decode_s"], tokens
+
+
+def hf_decode(hf, ids, n):
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    class Stamp(LogitsProcessor):
+        def __init__(self):
+            self.times = []
+
+        def __call__(self, input_ids, scores):
+            self.times.append(time.perf_counter())
+            return scores
+
+    stamp = Stamp()
+    out = hf.generate(torch.tensor([ids]), max_new_tokens=n, min_new_tokens=n, do_sample=False, use_cache=True,
+                      logits_processor=LogitsProcessorList([stamp]))
+    tokens = out[0, len(ids):].tolist()
+    assert len(tokens) == n and len(stamp.times) == n
+    return (n - 1) / (stamp.times[-1] - stamp.times[0]), tokens
+
+
+def ours_ttft(model, ids):
+    t0 = time.perf_counter()
+    gen = gemma3.generate_tokens(model, ids, max_new_tokens=1, temperature=0)
+    next(gen)
+    t = time.perf_counter() - t0
+    gen.close()
+    return t
+
+
+def hf_ttft(hf, ids):
+    t0 = time.perf_counter()
+    hf.generate(torch.tensor([ids]), max_new_tokens=1, do_sample=False, use_cache=True)
+    return time.perf_counter() - t0
+
+
+def ours_forward(model, ids):
+    t0 = time.perf_counter()
+    x = torch.tensor([ids])
+    model(x, cache=model.new_cache(1, len(ids) + 1), last_only=True)[:, -1].argmax(-1)
+    return time.perf_counter() - t0
+
+
+def hf_forward(hf, ids):
+    t0 = time.perf_counter()
+    hf(torch.tensor([ids]), use_cache=True, logits_to_keep=1).logits[:, -1].argmax(-1)
+    return time.perf_counter() - t0
+
+
+def roofline(mats, passes: int = 5) -> float:
+    """Seconds per token for one matrix-vector product with every weight a decode step reads."""
+    xs = {w.shape[1]: torch.randn(1, w.shape[1], dtype=w.dtype) for w in mats}
+    t0 = time.perf_counter()
+    for _ in range(passes):
+        for w in mats:
+            F.linear(xs[w.shape[1]], w)
+    return (time.perf_counter() - t0) / passes
+
+
+def alternate(repeats, ours, theirs):
+    """Medians of ours() and theirs(), run in alternating order."""
+    a, b = [], []
+    for r in range(repeats):
+        if r % 2 == 0:
+            a.append(ours())
+            b.append(theirs())
+        else:
+            b.append(theirs())
+            a.append(ours())
+    return statistics.median(a), statistics.median(b), a, b
+
+
+# ---- memory, each side alone in a subprocess ----------------------------------------------------
+def proc_status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def memory_worker(side, dtype_name, source, prompt_tokens, new_tokens, threads):
+    torch.set_num_threads(threads)
+    import transformers  # noqa: F401  (both sides pay the same imports)
+    base = proc_status_kib("VmRSS")
+    dtype = DTYPES[dtype_name]
+    if side == "ours":
+        model, _ = gemma3.load_model(source, device="cpu", dtype=dtype)
+    else:
+        model = hf_in(source, dtype)
+    ids = torch.randint(0, model.config.vocab_size - 1, (prompt_tokens,), generator=torch.Generator().manual_seed(1))
+    ids = ids.tolist()
+    loaded = proc_status_kib("VmRSS")
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+        reset = True
+    except OSError:
+        reset = False
+    with torch.inference_mode():
+        if side == "ours":
+            ours_decode(model, ids, new_tokens)
+        else:
+            hf_decode(model, ids, new_tokens)
+    peak = proc_status_kib("VmHWM")
+    print(json.dumps(dict(base=base, loaded=loaded, peak=peak, reset=reset)))
+
+
+def measure_memory(side, dtype_name, source, prompt_tokens, new_tokens, threads):
+    cmd = [sys.executable, __file__, "--_memory-worker", side, dtype_name, str(source),
+           str(prompt_tokens), str(new_tokens), str(threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ---- main ---------------------------------------------------------------------------------------
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--dtype", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES))
+    p.add_argument("--new-tokens", type=int, default=200)
+    p.add_argument("--prompt-tokens", type=int, default=20)
+    p.add_argument("--prefill-tokens", type=int, default=512)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    p.add_argument("--no-memory", action="store_true", help="skip the subprocess memory measurement")
+    p.add_argument("--_memory-worker", nargs=6, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args._memory_worker:
+        side, dtype_name, source, pt, nt, th = args._memory_worker
+        return memory_worker(side, dtype_name, source, int(pt), int(nt), int(th))
+
+    import transformers
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {args.threads} threads, "
+          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    tmp_ctx = tempfile.TemporaryDirectory()
+    tmp = Path(tmp_ctx.name)
+    master, hf_dir = build_models(tmp)
+    gemma3.save_model(master, gemma3.gpt2_tokenizer(), tmp / "ours")
+    gen = torch.Generator().manual_seed(1)
+    V = master.config.vocab_size - 1  # keep clear of the end-of-text id
+    prompt = torch.randint(0, V, (args.prompt_tokens,), generator=gen).tolist()
+    long_prompt = torch.randint(0, V, (args.prefill_tokens,), generator=gen).tolist()
+
+    rows, roof_rows, mem_rows = {}, {}, []
+    for name in args.dtype:
+        dtype = DTYPES[name]
+        ours, hf = ours_in(master, dtype), hf_in(hf_dir, dtype)
+        print(f"\n== {name} ==  transformers attention implementation: {hf.config._attn_implementation}")
+        with torch.inference_mode():
+            x = torch.tensor([prompt])
+            a, b = ours(x).float(), hf(x).logits.float()
+            err = (a - b).abs().max().item()
+            tol = 1e-4 if dtype == torch.float32 else 0.1 * b.abs().max().item()
+            print(f"logits agree: max |ours - transformers| = {err:.2e} (scale {b.abs().max().item():.2f})"
+                  + ("" if err <= tol else "  <-- MISMATCH"))
+
+            # warm up each once
+            ours_decode(ours, prompt, 8), hf_decode(hf, prompt, 8)
+            ours_ttft(ours, long_prompt), hf_ttft(hf, long_prompt)
+            mats = decode_matrices(ours)
+            roofline(mats, 1)
+
+            # decode, with the roofline measured in between
+            rates, roofs, same = {"ours": [], "hf": []}, [], None
+            for r in range(args.repeats):
+                order = ["ours", "hf"] if r % 2 == 0 else ["hf", "ours"]
+                for side in order:
+                    rate, toks = (ours_decode(ours, prompt, args.new_tokens) if side == "ours"
+                                  else hf_decode(hf, prompt, args.new_tokens))
+                    rates[side].append(rate)
+                    if side == "ours":
+                        ours_toks = toks
+                    else:
+                        hf_toks = toks
+                    roofs.append(roofline(mats))
+                if same is None:
+                    same = next((i for i, (u, v) in enumerate(zip(ours_toks, hf_toks)) if u != v), len(ours_toks))
+            o, h = statistics.median(rates["ours"]), statistics.median(rates["hf"])
+            roof = statistics.median(roofs)
+            print(f"decode tokens/s  ours {o:.1f}  transformers {h:.1f}  ratio {o / h:.2f}   "
+                  f"(runs: ours {', '.join(f'{v:.1f}' for v in rates['ours'])}; "
+                  f"transformers {', '.join(f'{v:.1f}' for v in rates['hf'])})")
+            print(f"greedy tokens identical for the first {same} of {args.new_tokens}")
+            print(f"roofline: {1e3 * roof:.1f} ms/token ({1 / roof:.1f} tokens/s); "
+                  f"ours reaches {o * roof:.0%}, transformers {h * roof:.0%}")
+            rows[f"decode {name}"] = ("tokens/s", o, h, o / h, TARGETS["decode"])
+            roof_rows[name] = (1 / roof, o * roof, h * roof)
+
+            # prefill: time to first token
+            to, th, ro, rh = alternate(args.repeats, lambda: ours_ttft(ours, long_prompt),
+                                       lambda: hf_ttft(hf, long_prompt))
+            fo, fh, _, _ = alternate(args.repeats, lambda: ours_forward(ours, long_prompt),
+                                     lambda: hf_forward(hf, long_prompt))
+            print(f"prefill {args.prefill_tokens} tokens, time to first token  ours {1e3 * to:.0f} ms  "
+                  f"transformers generate(max_new_tokens=1) {1e3 * th:.0f} ms  speed-up {th / to:.2f}x")
+            print(f"prefill bare forward (last logits only)  ours {1e3 * fo:.0f} ms  transformers {1e3 * fh:.0f} ms  "
+                  f"speed-up {fh / fo:.2f}x")
+            rows[f"prefill {name}"] = ("ms to first token", 1e3 * to, 1e3 * th, th / to, TARGETS["prefill"])
+        del ours, hf
+
+        if not args.no_memory:
+            for side, src in (("ours", tmp / "ours"), ("transformers", hf_dir)):
+                m = measure_memory("ours" if side == "ours" else "hf", name, src, args.prefill_tokens,
+                                   args.new_tokens, args.threads)
+                mem_rows.append((name, side, m))
+                print(f"memory {side:12s} model resident {(m['loaded'] - m['base']) / 1024:6.0f} MiB, "
+                      f"added while generating {(m['peak'] - m['loaded']) / 1024:6.0f} MiB "
+                      f"(peak RSS {m['peak'] / 1024:.0f} MiB)" + ("" if m["reset"] else " [peak not reset]"))
+
+    import resource
+    print(f"\nthis process: peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB; "
+          f"load average now {os.getloadavg()[0]:.2f}")
+    print("\n| benchmark (270m, batch 1, CPU) | ours | transformers | ratio | target |")
+    print("|---|---|---|---|---|")
+    for key, (unit, o, h, ratio, target) in rows.items():
+        kind = key.split()[0]
+        if kind == "decode":
+            label = f"{key}: tokens/s, {args.prompt_tokens}-token prompt, {args.new_tokens} new"
+            cells = f"{o:.1f} | {h:.1f} | {ratio:.2f}x | >= {target:.1f}x"
+        else:
+            label = f"{key}: ms to first token, {args.prefill_tokens}-token prompt"
+            cells = f"{o:.0f} | {h:.0f} | {ratio:.2f}x faster | >= {target:.1f}x"
+        print(f"| {label} | {cells} |")
+    print("\n| decode vs roofline (matrix-vector products only) | roofline tokens/s | ours | transformers | target |")
+    print("|---|---|---|---|---|")
+    for name, (rt, fo, fh) in roof_rows.items():
+        print(f"| {name} | {rt:.1f} | {fo:.0%} | {fh:.0%} | >= {TARGETS['roofline']:.0%} |")
+    if mem_rows:
+        print("\n| memory (own process each) | model resident MiB | added while generating MiB |")
+        print("|---|---|---|")
+        for name, side, m in mem_rows:
+            print(f"| {side} {name} | {(m['loaded'] - m['base']) / 1024:.0f} | {(m['peak'] - m['loaded']) / 1024:.0f} |")
+    tmp_ctx.cleanup()
+
+
+if __name__ == "__main__":
+    main()
