@@ -25,9 +25,9 @@ What is measured, and how it is made fair:
   out generate's bookkeeping: ours `model(ids, cache=new_cache, last_only=True)`, transformers'
   `model(ids, use_cache=True, logits_to_keep=1)`.
 - Memory: each side runs alone in a subprocess (same imports in both); we print the resident set
-  after loading the model and the peak added while generating (`--prefill-tokens` prompt, then
-  `--new-tokens` tokens), via /proc/self/status VmRSS / VmHWM, with the peak reset after loading
-  through /proc/self/clear_refs.
+  after loading the model and a 2-token warm-up (which pages in every weight), and the peak added
+  while generating (`--prefill-tokens` prompt, then `--new-tokens` tokens), via /proc/self/status
+  VmRSS / VmHWM, with the peak reset after the warm-up through /proc/self/clear_refs.
 """
 
 from __future__ import annotations
@@ -192,6 +192,8 @@ def memory_worker(side, dtype_name, source, prompt_tokens, new_tokens, threads):
         model = hf_in(source, dtype)
     ids = torch.randint(0, model.config.vocab_size - 1, (prompt_tokens,), generator=torch.Generator().manual_seed(1))
     ids = ids.tolist()
+    with torch.inference_mode():  # a short warm-up pages in every weight (safetensors maps files lazily)
+        (ours_decode if side == "ours" else hf_decode)(model, ids[:8], 2)
     loaded = proc_status_kib("VmRSS")
     try:
         Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS

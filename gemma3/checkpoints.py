@@ -345,7 +345,7 @@ def load_model(source, device=None, dtype=None):
     return model, tokenizer
 
 
-def _atomic_dir_write(out_dir: Path, write):
+def atomic_dir_write(out_dir: Path, write):
     """Write into a temporary sibling folder, then swap it in, so a crash never leaves half a checkpoint."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -377,13 +377,16 @@ def _cpu_state(model) -> dict:
     return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
 
 
+def write_model_files(model, tokenizer, folder: Path):
+    """Our format into an existing folder: config.json + model.safetensors (+ tokenizer.json if not GPT-2)."""
+    save_file(_cpu_state(model), str(folder / "model.safetensors"), metadata={"format": FORMAT})
+    (folder / "config.json").write_text(model.config.to_json())
+    tokenizer.save(folder)
+
+
 def save_model(model, tokenizer, path):
-    """Our format: config.json + model.safetensors (+ tokenizer.json when not GPT-2), written atomically."""
-    def write(tmp: Path):
-        save_file(_cpu_state(model), str(tmp / "model.safetensors"), metadata={"format": FORMAT})
-        (tmp / "config.json").write_text(model.config.to_json())
-        tokenizer.save(tmp)
-    return _atomic_dir_write(Path(path), write)
+    """Our format, written atomically: a crash never leaves half a checkpoint at `path`."""
+    return atomic_dir_write(Path(path), lambda tmp: write_model_files(model, tokenizer, tmp))
 
 
 def export_hf(model, tokenizer, out_dir):
@@ -401,4 +404,4 @@ def export_hf(model, tokenizer, out_dir):
         (tmp / "generation_config.json").write_text(json.dumps(
             {"eos_token_id": hf_cfg["eos_token_id"], "bos_token_id": hf_cfg["bos_token_id"]}, indent=2))
         tokenizer.save(tmp)
-    return _atomic_dir_write(Path(out_dir), write)
+    return atomic_dir_write(Path(out_dir), write)

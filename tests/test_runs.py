@@ -1,0 +1,211 @@
+"""Run management (training/runs.py): background runs the UI can start, watch, stop, resume and find again.
+
+The trainer runs as a real subprocess on the tiny preset; every test kills what it started."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from training import runs
+from training.runs import RunError
+
+ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # a shared 2-core machine: no oversubscription
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from training.data import prepare
+
+    out = tmp_path_factory.mktemp("data") / "builtin"
+    prepare("builtin", out, builtin_stories=300, progress=False)
+    return out
+
+
+def config(data, **overrides):
+    return {"preset": "tiny", "data": str(data), "batch_size": 4, "seq_len": 32, "max_steps": 100_000,
+            "log_every": 1, "ckpt_every": 4, "eval_every": 3, "eval_windows": 4, "sample_tokens": 4,
+            "warmup_steps": 2, **overrides}
+
+
+def poll(fn, timeout=60, every=0.1, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def new_metrics(run, offset, kind="train"):
+    """Poll read_metrics from offset until a record of `kind` arrives; returns (those records, offset)."""
+    got = []
+
+    def step():
+        nonlocal offset
+        records, offset = run.read_metrics(offset)
+        got.extend(r for r in records if r["kind"] == kind)
+        return got
+
+    poll(step, what=f"{kind} metrics of {run.name} (log: {run.log_tail(5)!r})")
+    return got, offset
+
+
+def kill(run):
+    """Safety net for finally blocks: nothing the tests start outlives them."""
+    pid = run.launch_info().get("pid")
+    if pid and run.is_alive():
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        run.wait(timeout=10)
+
+
+def dead_pid():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_start_watch_stop_resume(data, tmp_path):
+    runs_dir = tmp_path / "runs"
+    run = runs.start(config(data), runs_dir, name="life", env=ENV)
+    resumed = None
+    try:
+        assert run.status()["state"] in ("starting", "running")
+        assert json.loads((runs_dir / ".active.lock").read_text())["run"] == "life"
+        records, offset = new_metrics(run, 0)
+        assert records[0]["step"] == 1 and records[0]["loss"] > 0
+        saved = json.loads((run.path / "config.json").read_text())
+        assert (saved["batch_size"], saved["seq_len"], saved["max_steps"]) == (4, 32, 100_000)
+
+        with pytest.raises(RunError, match=r"A training run \(life\) is already running; stop it first"):
+            runs.start(config(data), runs_dir, env=ENV)
+        with pytest.raises(RunError, match="already running"):
+            runs.resume("life", runs_dir, env=ENV)
+
+        # a UI restart: nothing but the folder to go on
+        again = runs.active(runs_dir)
+        assert again is not None and again is not run and again.name == "life" and again.is_alive()
+        assert again.read_metrics(0)[0][0]["step"] == 1
+        [info] = runs.list_runs(runs_dir)
+        assert (info.name, info.alive, info.preset) == ("life", True, "tiny")
+        assert info.state in ("starting", "running")
+
+        final = runs.stop(again, timeout=30)
+        assert final["state"] == "stopped" and not final["alive"], final
+        assert not run.is_alive()
+        assert runs.active(runs_dir) is None and not (runs_dir / ".active.lock").exists()
+        latest = run.latest_checkpoint()
+        assert latest is not None and int(latest.name.split("_")[1]) == final["step"] >= 1
+        stopped_at = final["step"]
+        assert "stopped:" in run.log_tail(3)
+        assert runs.stop(run)["state"] == "stopped"  # stopping twice is harmless
+
+        _, offset = run.read_metrics(offset)  # everything logged before the stop
+        resumed = runs.resume("life", runs_dir, env=ENV)
+        assert resumed.name == "life" and runs.active(runs_dir) == resumed
+        after, _ = new_metrics(resumed, offset)
+        assert after[0]["step"] == stopped_at + 1
+        assert "resumed from" in resumed.log_tail(50)
+
+        final = runs.stop(resumed)
+        assert final["state"] == "stopped" and final["step"] > stopped_at
+        [info] = runs.list_runs(runs_dir)
+        assert info.state == "stopped" and info.latest_checkpoint == resumed.latest_checkpoint()
+        assert info.has_best and info.best_val_loss is not None and resumed.best() is not None
+    finally:
+        kill(run)
+        if resumed is not None:
+            kill(resumed)
+
+
+def test_stale_lock_and_killed_run(data, tmp_path):
+    runs_dir = tmp_path / "runs"
+    runs_dir.mkdir()
+    lock = runs_dir / ".active.lock"
+    lock.write_text(json.dumps({"pid": dead_pid(), "run": "ghost", "started": time.time() - 60}))
+    run = runs.start(config(data), runs_dir, env=ENV)  # the stale lock does not block
+    try:
+        assert run.name.startswith("tiny-")
+        held = json.loads(lock.read_text())
+        assert held["run"] == run.name and held["pid"] == run.pid
+        poll(lambda: run.status()["state"] == "running", what="the run to start")
+        os.killpg(run.pid, signal.SIGKILL)
+        poll(lambda: not run.is_alive(), what="the killed run to end")
+        assert json.loads((run.path / "status.json").read_text())["state"] == "running"  # what the file says
+        [info] = runs.list_runs(runs_dir)
+        assert (info.name, info.state, info.reason, info.alive) == (run.name, "failed", "process ended unexpectedly",
+                                                                    False)
+
+        # a UI that was not there to see it end finds a lock naming a dead process
+        lock.write_text(json.dumps({"pid": run.pid, "run": run.name, "started": time.time() - 5}))
+        assert runs.active(runs_dir) is None and not lock.exists()
+    finally:
+        kill(run)
+
+
+def test_user_errors(data, tmp_path):
+    runs_dir = tmp_path / "runs"
+    for bad in ("../escape", "a/b", ".hidden", "", "x" * 200):
+        with pytest.raises(RunError, match="not allowed"):
+            runs.start(config(data), runs_dir, name=bad)
+    with pytest.raises(RunError, match="no prepared data"):
+        runs.start(config(tmp_path / "nowhere"), runs_dir)
+    with pytest.raises(RunError, match="Unknown training setting"):
+        runs.start(config(data, learning_rate=1e-3), runs_dir)
+    with pytest.raises(RunError, match="batch_size must be int"):
+        runs.start(config(data, batch_size=2.5), runs_dir)
+    with pytest.raises(RunError, match="GPUs"):
+        runs.start(config(data, gpus=64), runs_dir)
+    with pytest.raises(RunError, match="No run named 'nope'"):
+        runs.resume("nope", runs_dir)
+    assert not (runs_dir / ".active.lock").exists()
+
+    # folders as the trainer leaves them, without a process
+    cfg = {**config(data), "out": "x"}
+    for name, state, step, ckpt in [("old", "finished", 5, True), ("fresh", "failed", 0, False)]:
+        path = runs_dir / name
+        (path / "checkpoints" / f"step_{step:07d}").mkdir(parents=True)
+        if ckpt:
+            (path / "checkpoints" / f"step_{step:07d}" / "trainer.pt").write_bytes(b"")
+        (path / "config.json").write_text(json.dumps(cfg))
+        (path / "status.json").write_text(json.dumps({"state": state, "reason": "r", "step": step, "max_steps": 5,
+                                                      "pid": dead_pid(), "updated": time.time()}))
+        time.sleep(0.02)  # distinct creation times
+    with pytest.raises(RunError, match="already finished at step 5"):
+        runs.resume("old", runs_dir)
+    with pytest.raises(RunError, match="Nothing to resume"):
+        runs.resume("fresh", runs_dir)
+    assert [i.name for i in runs.list_runs(runs_dir)] == ["fresh", "old"]
+    assert runs.get("old", runs_dir).latest_checkpoint().name == "step_0000005"
+    assert runs.stop("old", runs_dir=runs_dir)["state"] == "finished"  # nothing to stop
+
+
+def test_read_metrics_leaves_a_partial_line(tmp_path):
+    run = runs.Run(tmp_path / "r")
+    run.path.mkdir()
+    assert run.read_metrics(0) == ([], 0)
+    first = json.dumps({"kind": "train", "step": 1}) + "\n" + json.dumps({"kind": "train", "step": 2}) + "\n"
+    (run.path / "metrics.jsonl").write_text(first + '{"kind": "ev')
+    records, offset = run.read_metrics(0)
+    assert [r["step"] for r in records] == [1, 2] and offset == len(first)
+    assert run.read_metrics(offset) == ([], offset)
+    with open(run.path / "metrics.jsonl", "a") as f:
+        f.write('al", "step": 2}\n')
+    records, offset2 = run.read_metrics(offset)
+    assert records == [{"kind": "eval", "step": 2}] and offset2 == (run.path / "metrics.jsonl").stat().st_size
+
+
+def test_log_tail(tmp_path):
+    run = runs.Run(tmp_path / "r")
+    run.path.mkdir()
+    assert run.log_tail(5) == ""
+    (run.path / "train.log").write_text("".join(f"line {i}\n" for i in range(100_000)))
+    assert run.log_tail(3) == "line 99997\nline 99998\nline 99999"

@@ -1,0 +1,183 @@
+"""The trainer: it learns, resumes exactly, survives interrupted writes, and agrees with itself under DDP."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import gemma3
+from training import TrainConfig, train
+from training import trainer as train_module
+from training.data import prepare
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = dict(preset="tiny", batch_size=4, seq_len=32, eval_windows=8, sample_tokens=8, log_every=1)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "builtin"
+    prepare("builtin", out, builtin_stories=2000, progress=False)
+    return out
+
+
+def records(run: Path, kind: str) -> list[dict]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def status(run: Path) -> dict:
+    return json.loads((run / "status.json").read_text())
+
+
+def test_tiny_model_learns_and_its_checkpoint_generates(data, tmp_path):
+    run = tmp_path / "run"
+    cfg = TrainConfig.for_preset("tiny", data=str(data), out=str(run), batch_size=8, seq_len=32, max_steps=150,
+                                 eval_every=75, eval_windows=16, ckpt_every=75, log_every=5, sample_tokens=10)
+    assert train(cfg) == 0
+    losses = [r["loss"] for r in records(run, "train")]
+    assert losses[0] > 10 and sum(losses[-3:]) / 3 < 0.6 * losses[0], losses
+    evals = records(run, "eval")
+    assert [e["step"] for e in evals] == [75, 150]
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] and evals[-1]["val_bpb"] > 0
+    assert evals[-1]["sample"].startswith("Once upon a time")
+    last = records(run, "train")[-1]
+    for key in ("tokens", "lr", "grad_norm", "tokens_per_s", "mfu", "elapsed_s", "eta_s"):
+        assert last[key] >= 0, key
+    assert status(run)["state"] == "finished"
+    model, tok = gemma3.load_model(run / "checkpoints" / "step_0000150")
+    assert gemma3.generate(model, tok, "Once upon a time", max_new_tokens=10, temperature=0)
+    assert (run / "best" / "model.safetensors").exists()
+
+
+def _stop_at(step: int, monkeypatch):
+    """Make the trainer see a stop request right after `step` (as a STOP file or SIGTERM would)."""
+    original = train_module.Trainer._stop_now
+
+    def stop_now(self):
+        return self.step == step or original(self)
+
+    monkeypatch.setattr(train_module.Trainer, "_stop_now", stop_now)
+
+
+def test_resume_logs_exactly_the_losses_of_an_uninterrupted_run(data, tmp_path, monkeypatch):
+    common = dict(SMALL, data=str(data), max_steps=12, eval_every=100, ckpt_every=100)
+    straight = tmp_path / "straight"
+    assert train(TrainConfig.for_preset(**{**common, "out": str(straight)})) == 0
+
+    interrupted = tmp_path / "interrupted"
+    cfg = TrainConfig.for_preset(**{**common, "out": str(interrupted)})
+    with monkeypatch.context() as m:
+        _stop_at(5, m)
+        assert train(cfg) == 0
+    assert status(interrupted)["state"] == "stopped"
+    assert train(cfg, resume=True) == 0
+    assert status(interrupted)["state"] == "finished"
+
+    want = {r["step"]: r["loss"] for r in records(straight, "train")}
+    got = {r["step"]: r["loss"] for r in records(interrupted, "train")}
+    assert sorted(got) == list(range(1, 13))
+    assert got == want  # bit for bit, after the resume too
+    a, _ = gemma3.load_model(straight / "checkpoints" / "step_0000012")
+    b, _ = gemma3.load_model(interrupted / "checkpoints" / "step_0000012")
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(p, q), name
+
+
+def test_interrupted_checkpoint_write_keeps_the_previous_one(data, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    cfg = TrainConfig.for_preset(**dict(SMALL, data=str(data), out=str(run), max_steps=4, eval_every=100,
+                                        ckpt_every=2, keep_last=1))
+    real_save = torch.save
+
+    def dies_midway(obj, f, *args, **kwargs):
+        if "step_0000004" in str(f):
+            Path(f).write_bytes(b"half a file")
+            raise OSError("disk full")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", dies_midway)
+    assert train(cfg) == 1
+    assert "disk full" in status(run)["reason"] and status(run)["state"] == "failed"
+    kept = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert kept == ["step_0000002"]  # no half-written step_0000004, no temporary folder
+    model, _ = gemma3.load_model(run / "checkpoints" / "step_0000002")
+    monkeypatch.setattr(torch, "save", real_save)
+    cfg.max_steps = 4
+    assert train(cfg, resume=True) == 0  # and the run resumes from it
+    assert status(run)["state"] == "finished"
+
+
+def test_non_finite_losses_skip_updates_then_fail_clearly(data, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    cfg = TrainConfig.for_preset(**dict(SMALL, data=str(data), out=str(run), max_steps=20, max_bad_steps=3,
+                                        eval_every=100, ckpt_every=100))
+    real_ce = torch.nn.functional.cross_entropy
+    monkeypatch.setattr(train_module.F, "cross_entropy", lambda *a, **k: real_ce(*a, **k) * float("nan"))
+    assert train(cfg) == 1
+    st = status(run)
+    assert st["state"] == "failed" and "non-finite" in st["reason"] and st["step"] == 2
+
+
+def test_min_lr_above_lr_is_refused():
+    with pytest.raises(ValueError, match="min_lr"):
+        TrainConfig(lr=1e-4, min_lr=1e-3)
+
+
+def test_cli_reports_missing_data_in_one_sentence(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "training", "train", "--data", str(tmp_path / "nope"),
+                             "--preset", "tiny", "--out", str(tmp_path / "run")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "prepare" in result.stdout + result.stderr
+    assert status(tmp_path / "run")["state"] == "failed"
+
+
+def test_ddp_on_two_cpu_processes_matches_one_process(data, tmp_path):
+    """torchrun on gloo: ranks end identical, and the losses equal one process with the same global batch."""
+    common = ["--data", str(data), "--preset", "tiny", "--seq-len", "32", "--max-steps", "6", "--log-every", "1",
+              "--eval-every", "100", "--ckpt-every", "100", "--eval-windows", "8", "--sample-tokens", "4"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ddp, single = tmp_path / "ddp", tmp_path / "single"
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                    "-m", "training", "train", *common, "--batch-size", "4", "--out", str(ddp)],
+                   cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "training", "train", *common, "--batch-size", "8", "--out", str(single)],
+                   cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+    st = status(ddp)
+    assert st["state"] == "finished" and st["world_size"] == 2 and st["replicas_identical"] is True
+    a = [r["loss"] for r in records(ddp, "train")]
+    b = [r["loss"] for r in records(single, "train")]
+    assert len(a) == len(b) == 6
+    assert a == pytest.approx(b, rel=1e-4)
+    m1, _ = gemma3.load_model(ddp / "checkpoints" / "step_0000006")
+    m2, _ = gemma3.load_model(single / "checkpoints" / "step_0000006")
+    for (name, p), q in zip(m1.state_dict().items(), m2.state_dict().values()):
+        torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("length", [8, 23], ids=["inside-window-is_causal", "beyond-window-mask"])
+def test_training_gradients_match_transformers(length):
+    """Both attention paths (is_causal inside the window, an explicit mask beyond it) train exactly like
+    transformers' eager Gemma 3: same loss, same gradient for every parameter."""
+    from conftest import build_hf_tiny, random_ids
+    from gemma3.checkpoints import to_native
+
+    ref = build_hf_tiny(seed=3).train()
+    ours = gemma3.Gemma3(gemma3.Gemma3Config.from_hf(ref.config.to_dict())).train()
+    ref_sd = {k: v for k, v in ref.state_dict().items() if k != "lm_head.weight"}
+    ours.load_state_dict(to_native(ref_sd, "hf"))
+    ids = random_ids(2, length + 1, seed=5)
+    x, y = ids[:, :-1], ids[:, 1:]
+    loss_ref = torch.nn.functional.cross_entropy(ref(x).logits.flatten(0, 1), y.flatten())
+    loss_ours = torch.nn.functional.cross_entropy(ours(x).flatten(0, 1), y.flatten())
+    loss_ref.backward()
+    loss_ours.backward()
+    torch.testing.assert_close(loss_ours, loss_ref, rtol=1e-6, atol=1e-6)
+    grads_ref = to_native({k: p.grad for k, p in ref.named_parameters() if p.grad is not None}, "hf")
+    for name, p in ours.named_parameters():
+        torch.testing.assert_close(p.grad, grads_ref[name], rtol=1e-4, atol=2e-5)

@@ -1,0 +1,430 @@
+"""The training loop: one process, or one per GPU under torchrun (DDP).
+
+A run folder holds everything about a run:
+    config.json        the TrainConfig
+    metrics.jsonl      one line per logged step ({"kind": "train", ...}) and per eval ({"kind": "eval", ...})
+    status.json        {"state": starting|running|stopped|finished|failed, "reason": ..., "step": ...}
+    checkpoints/step_NNNNNNN/   model (our format, loadable by gemma3.load_model) + trainer.pt
+    best/              the model with the lowest validation loss so far
+    STOP               created by anyone who wants the run to save and stop
+Only rank 0 writes. A run resumed from its last checkpoint logs exactly the losses it would
+have logged without the interruption (the data is a pure function of the step).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+import gemma3
+from gemma3.checkpoints import atomic_dir_write, write_model_files
+
+from .config import TrainConfig
+from .data import Batches, eval_windows, load_split, read_meta
+
+# Dense bf16 tensor-core peaks (TFLOP/s) for MFU; other devices are measured at start.
+GPU_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0,
+                   "RTX 4090": 165.0, "RTX 3090": 71.0, "T4": 65.0}
+
+
+class StopRun(Exception):
+    """The run must end now with the given state ("failed" or "stopped") and reason."""
+
+    def __init__(self, state: str, reason: str):
+        super().__init__(reason)
+        self.state, self.reason = state, reason
+
+
+# ---- small helpers -------------------------------------------------------------------------------
+
+def atomic_write_text(path: Path, text: str):
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def text_bytes(tokenizer, ids: list[int]) -> int:
+    """UTF-8 bytes the ids stand for, counting an end-of-text separator as one byte (as prepare does)."""
+    eot = tokenizer.eot_id
+    return len(tokenizer.decode_bytes([i for i in ids if i != eot])) + sum(i == eot for i in ids)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to lr, then cosine decay to min_lr at max_steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * min(1.0, progress))) * (cfg.lr - cfg.min_lr)
+
+
+def flops_per_token(mcfg: gemma3.Gemma3Config, seq_len: int) -> float:
+    """Training FLOPs per token: 6 x matmul parameters (head included) + attention scores and values."""
+    per_layer = mcfg.hidden * (2 * mcfg.heads + 2 * mcfg.kv_heads) * mcfg.head_dim + 3 * mcfg.hidden * mcfg.ffn
+    matmul_params = mcfg.layers * per_layer + mcfg.vocab_size * mcfg.hidden
+    attn = sum(min(seq_len, mcfg.window) if t == "sliding" else seq_len for t in mcfg.layer_types)
+    return 6 * matmul_params + 6 * mcfg.heads * mcfg.head_dim * attn  # 2 matmuls x (fwd + 2 bwd), causal half
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype, given_tflops: float | None) -> float:
+    if given_tflops:
+        return given_tflops * 1e12
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, tflops in GPU_PEAK_TFLOPS.items():
+            if key in name:
+                return tflops * 1e12
+    n = 1024 if device.type == "cuda" else 512  # otherwise measure a square matmul, the best case here
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ a
+    reps, t0 = 10, time.perf_counter()
+    for _ in range(reps):
+        a @ a
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return 2 * n ** 3 * reps / (time.perf_counter() - t0)
+
+
+def rng_state() -> dict:
+    """Torch's generators (the data itself is a pure function of the step, numpy/random are unused)."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict):
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoints(run: Path) -> list[Path]:
+    """Complete step checkpoints of a run, oldest first."""
+    folder = run / "checkpoints"
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.name.startswith("step_") and (p / "trainer.pt").exists())
+
+
+# ---- the trainer ---------------------------------------------------------------------------------
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, resume: bool = False):
+        self.cfg = cfg
+        self.run = Path(cfg.out)
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.main = self.rank == 0
+        self.device = self._pick_device()
+        self.stop_requested: str | None = None
+
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        if self.main:
+            self.run.mkdir(parents=True, exist_ok=True)
+            (self.run / "STOP").unlink(missing_ok=True)
+            atomic_write_text(self.run / "config.json", json.dumps(cfg.to_dict(), indent=2))
+        self.status("starting")
+
+        meta = read_meta(cfg.data)
+        self.tokenizer = gemma3.gpt2_tokenizer()
+        if meta.get("tokenizer", "gpt2") != "gpt2":
+            raise StopRun("failed", f"{cfg.data} was tokenised with {meta['tokenizer']}, not gpt2.")
+        self.train_batches = Batches(load_split(cfg.data, "train"), cfg.batch_size, cfg.seq_len, cfg.seed,
+                                     self.rank, self.world)
+        self.val_x, self.val_y = eval_windows(load_split(cfg.data, "val"), cfg.eval_windows, cfg.seq_len)
+        self.val_bytes = sum(text_bytes(self.tokenizer, row.tolist()) for row in self.val_y)
+
+        torch.manual_seed(cfg.seed)
+        if cfg.init_from:
+            self.model, _ = gemma3.load_model(cfg.init_from, device="cpu", dtype=torch.float32)
+            self.model.train()
+        else:
+            self.model = gemma3.Gemma3(gemma3.Gemma3Config.from_preset(cfg.preset, **cfg.model))
+        if self.model.config.vocab_size < self.tokenizer.vocab_size:
+            raise StopRun("failed", f"The model's vocabulary ({self.model.config.vocab_size}) is smaller than "
+                                    f"the data's tokenizer ({self.tokenizer.vocab_size}).")
+        self.model.to(self.device)
+        decay = [p for p in self.model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in self.model.parameters() if p.dim() < 2]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=self.device.type == "cuda")
+
+        self.step, self.tokens, self.elapsed, self.skipped = 0, 0, 0.0, 0
+        self.best_val = float("inf")
+        if resume:
+            self._load_latest()
+
+        self.amp_dtype = self._amp_dtype()
+        self.fwd_model = self.model
+        if cfg.compile:
+            self.fwd_model = torch.compile(self.model)
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.fwd_model = torch.nn.parallel.DistributedDataParallel(self.fwd_model, device_ids=ids)
+        self.tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * self.world
+        self.flops_per_step = flops_per_token(self.model.config, cfg.seq_len) * self.tokens_per_step
+        self.peak = peak_flops(self.device, self.amp_dtype or torch.float32, cfg.peak_tflops) * self.world
+
+    # ---- setup ----
+    def _pick_device(self) -> torch.device:
+        want = self.cfg.device
+        if want == "auto":
+            want = "cuda" if torch.cuda.is_available() else "cpu"
+        if want.startswith("cuda"):
+            if not torch.cuda.is_available():
+                raise StopRun("failed", "CUDA was asked for but no GPU is visible; use --device cpu.")
+            if want == "cuda":
+                want = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+            torch.cuda.set_device(torch.device(want))
+        return torch.device(want)
+
+    def _amp_dtype(self):
+        dtype = self.cfg.dtype
+        if dtype == "auto":
+            dtype = "bf16" if self.device.type == "cuda" else "fp32"
+        return torch.bfloat16 if dtype == "bf16" else None
+
+    def _load_latest(self):
+        found = checkpoints(self.run)
+        if not found:
+            raise StopRun("failed", f"Nothing to resume: {self.run} has no complete checkpoint.")
+        latest = found[-1]
+        state = torch.load(latest / "trainer.pt", map_location="cpu", weights_only=True)
+        model, _ = gemma3.load_model(latest, device=self.device, dtype=torch.float32)
+        self.model.load_state_dict(model.state_dict())
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.tokens, self.elapsed = state["step"], state["tokens"], state["elapsed"]
+        self.skipped, self.best_val = state["skipped"], state["best_val"]
+        set_rng_state(state["rng"])
+        self.log(f"resumed from {latest} at step {self.step}")
+
+    # ---- output (rank 0 only) ----
+    def log(self, text: str):
+        if self.main:
+            print(text, flush=True)
+
+    def metrics(self, record: dict):
+        if self.main:
+            with open(self.run / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def status(self, state: str, reason: str | None = None):
+        if self.main:
+            atomic_write_text(self.run / "status.json", json.dumps({
+                "state": state, "reason": reason, "step": getattr(self, "step", 0), "max_steps": self.cfg.max_steps,
+                "best_val_loss": None if getattr(self, "best_val", math.inf) == math.inf else self.best_val,
+                "pid": os.getpid(), "world_size": self.world, "updated": time.time(),
+                "replicas_identical": getattr(self, "replicas_identical", None)}, indent=2))
+
+    def save(self):
+        """A step checkpoint (atomic), then prune to the last `keep_last`."""
+        if not self.main:
+            return
+        state = {"optimizer": self.optimizer.state_dict(), "step": self.step, "tokens": self.tokens,
+                 "elapsed": self.elapsed, "skipped": self.skipped, "best_val": self.best_val, "rng": rng_state(),
+                 "train_config": self.cfg.to_dict()}
+
+        def write(tmp: Path):
+            write_model_files(self.model, self.tokenizer, tmp)
+            torch.save(state, tmp / "trainer.pt")
+
+        path = atomic_dir_write(self.run / "checkpoints" / f"step_{self.step:07d}", write)
+        for old in checkpoints(self.run)[:-self.cfg.keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+        self.log(f"saved {path}")
+
+    # ---- the loop ----
+    def train_step(self) -> tuple[float, float]:
+        """One optimizer step; returns (mean loss over all ranks, gradient norm before clipping)."""
+        cfg = self.cfg
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.step, cfg)
+        total = torch.zeros((), device=self.device)
+        for micro in range(cfg.grad_accum):
+            x, y = self.train_batches.get(self.step, micro)
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            last = micro == cfg.grad_accum - 1
+            sync = nullcontext() if (self.world == 1 or last) else self.fwd_model.no_sync()
+            with sync, self._autocast():
+                logits = self.fwd_model(x)
+                loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1)) / cfg.grad_accum
+                loss.backward()
+            total += loss.detach()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        if self.world > 1:
+            dist.all_reduce(total, op=dist.ReduceOp.AVG)
+        loss_value, norm_value = total.item(), grad_norm.item()
+        if math.isfinite(loss_value) and math.isfinite(norm_value):
+            self.optimizer.step()
+            self.bad_in_a_row = 0
+        else:
+            self.skipped += 1
+            self.bad_in_a_row = getattr(self, "bad_in_a_row", 0) + 1
+            self.log(f"step {self.step}: loss {loss_value} / grad norm {norm_value} not finite, update skipped")
+            if self.bad_in_a_row >= cfg.max_bad_steps:
+                raise StopRun("failed", f"{self.bad_in_a_row} steps in a row had a non-finite loss or gradient; "
+                                        "lower the learning rate or check the data.")
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_value, norm_value
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        self.model.eval()
+        total, n = 0.0, 0
+        batch = self.cfg.batch_size
+        for i in range(0, len(self.val_x), batch):
+            x = self.val_x[i:i + batch].to(self.device)
+            y = self.val_y[i:i + batch].to(self.device)
+            with self._autocast():
+                logits = self.model(x)
+            total += F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1), reduction="sum").item()
+            n += y.numel()
+        loss = total / n
+        sample = gemma3.generate(self.model, self.tokenizer, self.cfg.sample_prompt,
+                                 max_new_tokens=self.cfg.sample_tokens, temperature=0.7, top_k=50, seed=0)
+        self.model.train()
+        return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50)), "val_bpb": total / math.log(2) / self.val_bytes,
+                "sample": self.cfg.sample_prompt + sample}
+
+    def _eval_and_keep_best(self):
+        if self.main:
+            result = self.evaluate()
+            self.metrics({"kind": "eval", "step": self.step, "tokens": self.tokens, **result, "time": time.time()})
+            self.log(f"eval step {self.step}: val loss {result['val_loss']:.4f}, ppl {result['val_ppl']:.2f}, "
+                     f"bpb {result['val_bpb']:.3f} | {result['sample'][:200]!r}")
+            if result["val_loss"] < self.best_val:
+                self.best_val = result["val_loss"]
+                from gemma3 import save_model
+                save_model(self.model, self.tokenizer, self.run / "best")
+        if self.world > 1:
+            dist.barrier()
+
+    def _stop_now(self) -> bool:
+        flag = torch.tensor(float(self.stop_requested is not None or (self.run / "STOP").exists()))
+        if self.world > 1:
+            flag = flag.to(self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def fit(self):
+        cfg = self.cfg
+        self.model.train()
+        self.status("running")
+        self.log(f"training {self.model.num_params() / 1e6:.1f}M parameters on {self.device} x{self.world}, "
+                 f"{self.tokens_per_step} tokens/step, steps {self.step}..{cfg.max_steps}")
+        window_start, window_tokens = time.perf_counter(), 0
+        while self.step < cfg.max_steps:
+            t0 = time.perf_counter()
+            loss, grad_norm = self.train_step()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            dt = time.perf_counter() - t0
+            self.step += 1
+            self.tokens += self.tokens_per_step
+            self.elapsed += dt
+            window_tokens += self.tokens_per_step
+            if self.step % cfg.log_every == 0 or self.step == 1 or self.step == cfg.max_steps:
+                span = time.perf_counter() - window_start
+                tps = window_tokens / span
+                self.metrics({"kind": "train", "step": self.step, "tokens": self.tokens, "loss": loss,
+                              "lr": lr_at(self.step - 1, cfg), "grad_norm": grad_norm, "tokens_per_s": tps,
+                              "mfu": self.flops_per_step / self.tokens_per_step * tps / self.peak,
+                              "elapsed_s": self.elapsed, "eta_s": (cfg.max_steps - self.step) * span
+                              / max(1, window_tokens // self.tokens_per_step), "skipped": self.skipped,
+                              "time": time.time()})
+                self.log(f"step {self.step}/{cfg.max_steps} | loss {loss:.4f} | lr {lr_at(self.step - 1, cfg):.2e} "
+                         f"| grad norm {grad_norm:.2f} | {tps:,.0f} tok/s")
+                self.status("running")
+                window_start, window_tokens = time.perf_counter(), 0
+            if self.step % cfg.eval_every == 0 or self.step == cfg.max_steps:
+                self._eval_and_keep_best()
+            if self.step % cfg.ckpt_every == 0 or self.step == cfg.max_steps:
+                self.save()
+            if self.step < cfg.max_steps and self._stop_now():
+                self.save()
+                raise StopRun("stopped", self.stop_requested or "stop requested (STOP file)")
+        if self.world > 1:
+            self.check_replicas()
+        self.status("finished", f"reached {cfg.max_steps} steps")
+
+    def check_replicas(self):
+        """DDP keeps one model on every rank; say so in status.json, or fail loudly if they drifted."""
+        flat = torch.cat([p.detach().float().reshape(-1) for p in self.model.parameters()])
+        gathered = [torch.empty_like(flat) for _ in range(self.world)]
+        dist.all_gather(gathered, flat)
+        self.replicas_identical = all(torch.equal(gathered[0], g) for g in gathered[1:])
+        if not self.replicas_identical:
+            raise StopRun("failed", "The model replicas on the different ranks have drifted apart.")
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> int:
+    """Run training to the end (or a stop); returns a process exit code and leaves status.json."""
+    trainer = None
+    previous = {}
+
+    def request_stop(signum, frame):
+        if trainer is not None:
+            trainer.stop_requested = f"stopped by signal {signal.Signals(signum).name}"
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous[sig] = signal.signal(sig, request_stop)
+    try:
+        trainer = Trainer(cfg, resume)
+        trainer.fit()
+        return 0
+    except StopRun as e:
+        if trainer is not None:
+            trainer.status(e.state, e.reason)
+        else:
+            _write_failure(cfg, e.state, e.reason)
+        print(f"{e.state}: {e.reason}", flush=True)
+        return 0 if e.state == "stopped" else 1
+    except torch.cuda.OutOfMemoryError:
+        reason = (f"Out of GPU memory with micro-batch {cfg.batch_size} x {cfg.seq_len}: use a smaller --batch-size "
+                  f"with a larger --grad-accum (same tokens per step), or a shorter --seq-len.")
+        (trainer.status if trainer else lambda s, r: _write_failure(cfg, s, r))("failed", reason)
+        print(f"failed: {reason}", flush=True)
+        return 1
+    except (ValueError, OSError) as e:  # bad data or settings, a full disk, ...
+        (trainer.status if trainer else lambda s, r: _write_failure(cfg, s, r))("failed", str(e))
+        print(f"failed: {e}", flush=True)
+        return 1
+    except BaseException as e:
+        reason = f"{e.__class__.__name__}: {e}"
+        (trainer.status if trainer else lambda s, r: _write_failure(cfg, s, r))("failed", reason)
+        raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _write_failure(cfg: TrainConfig, state: str, reason: str):
+    if int(os.environ.get("RANK", "0")) == 0:
+        run = Path(cfg.out)
+        run.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run / "status.json", json.dumps(
+            {"state": state, "reason": reason, "step": 0, "max_steps": cfg.max_steps, "pid": os.getpid(),
+             "updated": time.time()}, indent=2))
