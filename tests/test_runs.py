@@ -8,12 +8,14 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from training import runs
 from training.runs import RunError
 
+ROOT = Path(__file__).resolve().parent.parent
 ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # a shared 2-core machine: no oversubscription
 
 
@@ -126,27 +128,51 @@ def test_start_watch_stop_resume(data, tmp_path):
             kill(resumed)
 
 
-def test_stale_lock_and_killed_run(data, tmp_path):
+def test_run_outlives_the_ui_and_a_killed_run_shows_failed(data, tmp_path):
     runs_dir = tmp_path / "runs"
     runs_dir.mkdir()
     lock = runs_dir / ".active.lock"
     lock.write_text(json.dumps({"pid": dead_pid(), "run": "ghost", "started": time.time() - 60}))
-    run = runs.start(config(data), runs_dir, env=ENV)  # the stale lock does not block
+    # a UI process starts the run and exits; the stale lock does not block it
+    ui = subprocess.run([sys.executable, "-c", "import json, sys; from training import runs; "
+                         "print(runs.start(json.loads(sys.argv[1]), sys.argv[2], env=json.loads(sys.argv[3])).name)",
+                         json.dumps(config(data)), str(runs_dir), json.dumps(ENV)],
+                        cwd=ROOT, env={**os.environ, **ENV}, capture_output=True, text=True, timeout=60)
     try:
-        assert run.name.startswith("tiny-")
+        assert ui.returncode == 0, ui.stderr
+        name = ui.stdout.strip()
+        assert name.startswith("tiny-")
+        run = runs.active(runs_dir)  # the next UI: nothing but the folder to go on
+        assert run is not None and run.name == name and run.is_alive()
         held = json.loads(lock.read_text())
-        assert held["run"] == run.name and held["pid"] == run.pid
+        assert held["run"] == name and held["pid"] == run.pid
         poll(lambda: run.status()["state"] == "running", what="the run to start")
+
         os.killpg(run.pid, signal.SIGKILL)
         poll(lambda: not run.is_alive(), what="the killed run to end")
         assert json.loads((run.path / "status.json").read_text())["state"] == "running"  # what the file says
         [info] = runs.list_runs(runs_dir)
-        assert (info.name, info.state, info.reason, info.alive) == (run.name, "failed", "process ended unexpectedly",
+        assert (info.name, info.state, info.reason, info.alive) == (name, "failed", "process ended unexpectedly",
                                                                     False)
+        assert lock.exists()  # no UI saw the run end...
+        assert runs.active(runs_dir) is None and not lock.exists()  # ...so the next look cleans up
+    finally:
+        for info in runs.list_runs(runs_dir):
+            kill(runs.Run(info.path))
 
-        # a UI that was not there to see it end finds a lock naming a dead process
-        lock.write_text(json.dumps({"pid": run.pid, "run": run.name, "started": time.time() - 5}))
-        assert runs.active(runs_dir) is None and not lock.exists()
+
+def test_stop_while_starting_ends_the_run_at_once(data, tmp_path):
+    runs_dir = tmp_path / "runs"
+    run = runs.start(config(data), runs_dir, name="early", env=ENV)
+    try:
+        assert run.status()["state"] == "starting"
+        t0 = time.monotonic()
+        final = runs.stop(run, timeout=30)
+        assert time.monotonic() - t0 < 10
+        assert (final["state"], final["reason"], final["alive"]) == ("stopped", "stopped before training began", False)
+        assert runs.active(runs_dir) is None and not (runs_dir / ".active.lock").exists()
+        with pytest.raises(RunError, match="Nothing to resume: run early has no checkpoint yet"):
+            runs.resume(run, runs_dir)
     finally:
         kill(run)
 
@@ -209,3 +235,47 @@ def test_log_tail(tmp_path):
     assert run.log_tail(5) == ""
     (run.path / "train.log").write_text("".join(f"line {i}\n" for i in range(100_000)))
     assert run.log_tail(3) == "line 99997\nline 99998\nline 99999"
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="process identity needs /proc")
+def test_lock_names_a_process_by_pid_and_start_time(data, tmp_path):
+    runs_dir = tmp_path / "runs"
+    (runs_dir / "other").mkdir(parents=True)
+    lock = runs_dir / ".active.lock"
+    status = runs_dir / "other" / "status.json"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "training"])
+    try:
+        ticks = runs._start_ticks(sleeper.pid)
+        started = time.time()
+        status.write_text(json.dumps({"state": "running", "step": 3, "pid": sleeper.pid, "updated": started}))
+        lock.write_text(json.dumps({"pid": sleeper.pid, "pid_start": ticks, "run": "other", "started": started}))
+        assert runs.active(runs_dir).name == "other"
+        with pytest.raises(RunError, match=r"A training run \(other\) is already running; stop it first"):
+            runs.start(config(data), runs_dir)
+        assert [p.name for p in runs_dir.iterdir() if not p.name.startswith(".")] == ["other"]  # nothing launched
+
+        # the same pid with another start time is a recycled pid, not our trainer
+        lock.write_text(json.dumps({"pid": sleeper.pid, "pid_start": ticks - 1, "run": "other", "started": started}))
+        assert runs.active(runs_dir) is None and not lock.exists()
+
+        # a run that wrote its final status is over, even while its process is still exiting
+        lock.write_text(json.dumps({"pid": sleeper.pid, "pid_start": ticks, "run": "other", "started": started}))
+        status.write_text(json.dumps({"state": "finished", "step": 3, "pid": sleeper.pid, "updated": time.time()}))
+        assert runs.active(runs_dir) is None and not lock.exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_flags_give_the_trainer_the_same_config(data):
+    import argparse
+
+    from training.__main__ import _add_train_args, config_from_args
+
+    cfg, _ = runs._resolve(config(data, sample_prompt="-- a prompt, with = signs", compile=True, peak_tflops=12,
+                                  model={"window": 16, "layer_types": ["sliding"] * 6 + ["full"]}), None)
+    parser = argparse.ArgumentParser()
+    _add_train_args(parser)
+    parsed = config_from_args(parser.parse_args(runs._flags(cfg)))
+    assert parsed.to_dict() == cfg.to_dict()
+    assert isinstance(parsed.peak_tflops, float) and parsed.model["window"] == 16

@@ -9,11 +9,13 @@
 
 A run is `python -m training train ...` (or torchrun with one process per GPU) in its own session,
 so the UI's signals never reach it and it outlives a UI restart; its output goes to RUN/train.log.
-Besides what the trainer writes (see train.py), a run folder holds launch.json: the launcher's pid,
+Besides what the trainer writes (see trainer.py), a run folder holds launch.json: the launcher's pid,
 the command, when the run was created and last launched.
 
-One run at a time per runs folder: RUNS/.active.lock ({"pid", "run", "started"}) is created with
-O_CREAT | O_EXCL before a launch. A lock whose process is gone, or whose run wrote a final status
+One run at a time per runs folder: RUNS/.active.lock ({"pid", "pid_start", "run", "started"}) is
+created with O_CREAT | O_EXCL before a launch. A process is identified by its pid and its start time
+in clock ticks since boot (pid_start), so a recycled pid is not taken for the trainer. A lock whose
+process is gone, or whose run wrote a final status
 after the lock was taken, is stale and is removed by the next start/resume/active/stop. Every read
 and change of the lock happens under an flock on RUNS/.runs.mutex, so two UIs cannot both launch.
 The run's state is its status.json, except that a run whose status says starting/running but whose
@@ -78,21 +80,27 @@ def _write_json(path: Path, obj: dict):
     os.replace(tmp, path)
 
 
-_BOOT_TIME: float | None = None
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (state first), or None where there is no /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2:].split()
 
 
-def _boot_time() -> float:
-    global _BOOT_TIME
-    if _BOOT_TIME is None:
-        _BOOT_TIME = next(float(line.split()[1]) for line in open("/proc/stat") if line.startswith("btime"))
-    return _BOOT_TIME
+def _start_ticks(pid: int) -> int | None:
+    """When the process started, in clock ticks since boot: with the pid, an identity no clock step can fool."""
+    fields = _proc_stat(pid)
+    return int(fields[19]) if fields else None
 
 
-def _alive(pid, started_by: float | None = None) -> bool:
-    """Is `pid` a live (not zombie) training process that started no later than `started_by` (epoch s)?
+def _alive(pid, start_ticks: int | None = None, started_by: float | None = None) -> bool:
+    """Is `pid` a live (not zombie) training process, the one that started at `start_ticks` (exact) or no
+    later than `started_by` (epoch seconds, give or take a minute)?
 
-    The command-line and start-time checks keep a recycled pid (after a reboot or a container
-    restart) from passing for the trainer; where /proc is missing only existence is checked."""
+    These checks keep a recycled pid (after a container restart, say) from passing for a trainer;
+    where /proc is missing only existence is checked."""
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
         return False
     try:
@@ -101,21 +109,19 @@ def _alive(pid, started_by: float | None = None) -> bool:
         return False
     except PermissionError:
         pass  # exists, owned by someone else
-    proc = Path(f"/proc/{pid}")
-    if not proc.is_dir():
+    if not Path("/proc/self/stat").exists():
         return True
+    fields = _proc_stat(pid)
     try:
-        stat = (proc / "stat").read_text()
-        fields = stat[stat.rindex(")") + 2:].split()
-        if fields[0] in ("Z", "X"):
+        if not fields or fields[0] in ("Z", "X") or b"training" not in Path(f"/proc/{pid}/cmdline").read_bytes():
             return False
-        if b"training" not in (proc / "cmdline").read_bytes():
-            return False
+        if start_ticks is not None:
+            return int(fields[19]) == start_ticks
         if started_by is not None:
-            start = _boot_time() + int(fields[19]) / os.sysconf("SC_CLK_TCK")
-            if start > started_by + 2.0:
-                return False
-    except (OSError, ValueError, IndexError, StopIteration):
+            uptime = float(Path("/proc/uptime").read_text().split()[0])
+            started = time.time() - uptime + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+            return started <= started_by + 60.0
+    except (OSError, ValueError, IndexError):
         return False
     return True
 
@@ -193,11 +199,11 @@ class Run:
 
     def is_alive(self) -> bool:
         """Is a process of this run (launcher or rank-0 trainer) still running?"""
-        launch = self.launch_info()
-        if _alive(launch.get("pid"), launch.get("started")):
+        launch, raw = self.launch_info(), _read_json(self.path / "status.json") or {}
+        if _alive(launch.get("pid"), launch.get("pid_start"), launch.get("started")):
             return True
-        raw = _read_json(self.path / "status.json") or {}
-        return _alive(raw.get("pid"), raw.get("updated"))
+        # the rank-0 trainer under torchrun (its launcher may be gone), or a run started from a shell
+        return raw.get("pid") != launch.get("pid") and _alive(raw.get("pid"), None, raw.get("updated"))
 
     def status(self) -> dict:
         """status.json, plus "alive"; a live state whose process is gone reads as failed."""
@@ -207,6 +213,7 @@ class Run:
             st = {"state": "starting", "reason": None} if alive else \
                  {"state": "failed", "reason": "the run never started (it has no status.json)"}
             st.update(step=0, max_steps=self.config().get("max_steps"))
+        st = _progress_at_launch(st, self.launch_info())
         if st.get("state") in LIVE and not alive:
             st = {**st, "state": "failed", "reason": DIED}
         return {**st, "alive": alive}
@@ -285,6 +292,16 @@ class Run:
         return stop(self, timeout)
 
 
+def _progress_at_launch(st: dict, launch: dict) -> dict:
+    """A starting trainer reports step 0 until it has loaded its checkpoint: show the progress it resumes."""
+    at = launch.get("at_launch") or {}
+    if st.get("state") != "starting" or not at:
+        return st
+    best = st.get("best_val_loss")
+    return {**st, "step": max(st.get("step") or 0, at.get("step") or 0),
+            "best_val_loss": at.get("best_val_loss") if best is None else best}
+
+
 @dataclass(frozen=True)
 class RunInfo:
     name: str
@@ -349,12 +366,12 @@ def active(runs_dir="runs") -> Run | None:
 
 def _lock_is_live(runs_dir: Path, lock: dict) -> bool:
     name, started = lock.get("run"), lock.get("started")
-    if not isinstance(name, str) or not isinstance(started, (int, float)):
+    if not isinstance(name, str) or not NAME.fullmatch(name) or not isinstance(started, (int, float)):
         return False
     status = _read_json(runs_dir / name / "status.json") or {}
     if status.get("state") in FINAL and (status.get("updated") or 0) >= started:
         return False  # the run has ended; its process is only exiting
-    return _alive(lock.get("pid"), started)
+    return _alive(lock.get("pid"), lock.get("pid_start"), started)
 
 
 def _held_lock(runs_dir: Path) -> dict | None:
@@ -384,7 +401,8 @@ def _acquire(runs_dir: Path, name: str):
     except FileExistsError:
         raise _busy(name, (_read_json(runs_dir / LOCK) or {}).get("run")) from None
     with os.fdopen(fd, "w") as f:
-        json.dump({"pid": os.getpid(), "run": name, "started": time.time(), "launching": True}, f)
+        json.dump({"pid": os.getpid(), "pid_start": _start_ticks(os.getpid()), "run": name, "started": time.time(),
+                   "launching": True}, f)
         f.flush()
         os.fsync(f.fileno())
 
@@ -424,24 +442,20 @@ def _auto_name(preset: str, runs_dir: Path) -> str:
     return name
 
 
-def _coerce(cfg: TrainConfig) -> TrainConfig:
-    """Values of the declared types (a UI's number boxes give 4.0 for 4); a wrong type is a RunError."""
-    hints, fixed = typing.get_type_hints(TrainConfig), {}
-    for f in dataclasses.fields(TrainConfig):
-        value, kind = getattr(cfg, f.name), hints[f.name]
-        options = [t for t in typing.get_args(kind) if t is not type(None)] or [kind]
-        base = options[0]
-        if value is None and type(None) in typing.get_args(kind):
-            continue
-        if base is int and isinstance(value, float) and value.is_integer():
-            value = int(value)
-        elif base is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        ok = isinstance(value, base) and not (base in (int, float) and isinstance(value, bool))
-        if not ok:
-            raise RunError(f"Training setting {f.name} must be {getattr(base, '__name__', base)}, not {value!r}.")
-        fixed[f.name] = value
-    return dataclasses.replace(cfg, **fixed)
+def _coerce(name: str, value):
+    """`value` as the type TrainConfig declares for `name` (a UI's number box gives 4.0 for 4), else RunError."""
+    kind = typing.get_type_hints(TrainConfig)[name]
+    optional = type(None) in typing.get_args(kind)
+    base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+    if value is None and optional:
+        return None
+    if base is int and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    elif base is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, base) or (base in (int, float) and isinstance(value, bool)):
+        raise RunError(f"Training setting {name} must be {getattr(base, '__name__', base)}, not {value!r}.")
+    return value
 
 
 def _resolve(config, gpus) -> tuple[TrainConfig, int]:
@@ -456,15 +470,16 @@ def _resolve(config, gpus) -> tuple[TrainConfig, int]:
         unknown = set(given) - {f.name for f in dataclasses.fields(TrainConfig)}
         if unknown:
             raise RunError(f"Unknown training setting(s): {', '.join(sorted(unknown))}.")
+        given = {key: _coerce(key, value) for key, value in given.items()}
         try:
             cfg = TrainConfig.for_preset(given.pop("preset", TrainConfig.preset), **given)
         except (ValueError, TypeError) as e:
             raise RunError(str(e)) from None
     else:
         raise RunError(f"A run needs a dict of settings or a TrainConfig, not {type(config).__name__}.")
-    cfg = _coerce(cfg)
-    try:
-        cfg = dataclasses.replace(cfg)  # __post_init__'s checks on the coerced values
+    try:  # __post_init__'s checks again, on the coerced values
+        cfg = dataclasses.replace(cfg, **{f.name: _coerce(f.name, getattr(cfg, f.name))
+                                          for f in dataclasses.fields(TrainConfig)})
     except ValueError as e:
         raise RunError(str(e)) from None
     if cfg.init_from is None:
@@ -533,17 +548,20 @@ def _launch(run: Path, runs_dir: Path, args: list[str], nproc: int, env: dict | 
                                     stderr=subprocess.STDOUT, start_new_session=True)
     except OSError as e:
         _release(runs_dir, run.name)
-        if run.is_dir():
+        try:
             _write_json(run / "status.json", {**status, "state": "failed", "reason": f"could not launch: {e}",
                                               "updated": time.time()})
+        except OSError:
+            pass
         raise RunError(f"Could not launch the trainer: {e}.") from None
-    started = time.time()
+    started, ticks, host = time.time(), _start_ticks(proc.pid), socket.gethostname()
     previous = _read_json(run / "launch.json") or {}
-    _write_json(run / "launch.json", {"pid": proc.pid, "nproc": nproc, "command": cmd, "host": socket.gethostname(),
-                                      "created": previous.get("created", started), "started": started,
-                                      "launches": previous.get("launches", 0) + 1})
-    _write_json(runs_dir / LOCK, {"pid": proc.pid, "run": run.name, "started": started,
-                                  "host": socket.gethostname()})
+    _write_json(run / "launch.json", {"pid": proc.pid, "pid_start": ticks, "nproc": nproc, "command": cmd,
+                                      "host": host, "created": previous.get("created", started),
+                                      "started": started, "launches": previous.get("launches", 0) + 1,
+                                      "at_launch": {k: status.get(k) for k in ("step", "best_val_loss")}})
+    _write_json(runs_dir / LOCK, {"pid": proc.pid, "pid_start": ticks, "run": run.name, "started": started,
+                                  "host": host})
     threading.Thread(target=_watch, args=(proc, runs_dir, run.name), daemon=True,
                      name=f"watch-{run.name}").start()
     return Run(run, runs_dir)
@@ -607,7 +625,15 @@ def resume(run_or_name, runs_dir="runs", *, max_steps: int | None = None, gpus: 
         raise RunError(f"Run {run.name} has no config.json, so it cannot be resumed; start a new run instead.")
     if max_steps is not None and (not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps < 1):
         raise RunError(f"max_steps must be a whole number of at least 1, not {max_steps!r}.")
-    nproc = _processes(gpus if gpus is not None else run.launch_info().get("nproc"), cfg.get("device", "auto"))
+    before = run.launch_info().get("nproc") or 1
+    if gpus is None and before > 1:
+        import torch
+        visible = torch.cuda.device_count()
+        if visible < before:
+            raise RunError(f"Run {run.name} was trained on {before} GPUs but {visible} "
+                           f"{'is' if visible == 1 else 'are'} visible; resume it with gpus={max(visible, 1)} "
+                           "(each step then holds fewer sequences).")
+    nproc = _processes(gpus if gpus is not None else before, cfg.get("device", "auto"))
     with _mutex(run.runs_dir):
         held = _held_lock(run.runs_dir)
         if held is not None:
@@ -638,44 +664,53 @@ def resume(run_or_name, runs_dir="runs", *, max_steps: int | None = None, gpus: 
 
 # ---- stopping ------------------------------------------------------------------------------------
 
-def _pids(run: Run) -> list[int]:
-    """The run's live processes: launcher, rank-0 trainer, and (torchrun) the other workers."""
+def _pids(run: Run, launcher: bool = True) -> list[int]:
+    """The run's live processes: launcher, rank-0 trainer, and (torchrun) the other workers.
+
+    launcher=False leaves torchrun out when its workers are known: they stop on their own and
+    torchrun then exits cleanly, where a signal to torchrun itself tears the workers down."""
     launch, raw = run.launch_info(), _read_json(run.path / "status.json") or {}
     pids = []
-    if _alive(launch.get("pid"), launch.get("started")):
-        pids.append(launch["pid"])
-        if launch.get("nproc", 1) > 1 and Path("/proc").is_dir():
-            pids += _descendants(launch["pid"])
-    if _alive(raw.get("pid"), raw.get("updated")) and raw["pid"] not in pids:
+    if _alive(launch.get("pid"), launch.get("pid_start"), launch.get("started")):
+        workers = _descendants(launch["pid"]) if launch.get("nproc", 1) > 1 and Path("/proc").is_dir() else []
+        pids += ([launch["pid"]] if launcher or not workers else []) + workers
+    if raw.get("pid") not in pids and _alive(raw.get("pid"), None, raw.get("updated")):
         pids.append(raw["pid"])
     return pids
+
+
+def _kill(run: Run):
+    for pid in _pids(run):
+        _signal(pid, signal.SIGKILL)
+    run.wait(timeout=10, poll=0.05)
 
 
 def stop(run, timeout: float = 30, runs_dir="runs") -> dict:
     """Ask the run to save a checkpoint and stop (STOP file + SIGTERM); SIGKILL after `timeout` seconds.
 
+    A run still starting up has trained nothing since its last checkpoint, so it is ended at once
+    (SIGTERM would reach each torchrun rank at a different point of its start-up, and hang them).
     Returns the final status; stopping a run that is not running just returns its status."""
     run = _as_run(run, runs_dir)
-    killed = False
+    killed = None
     if run.is_alive():
-        (run.path / "STOP").touch()
-        for pid in _pids(run):
-            _signal(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while run.is_alive() and time.monotonic() < deadline:
-            if not (run.path / "STOP").exists():
-                (run.path / "STOP").touch()  # the trainer clears STOP while it sets up; ask again
-            time.sleep(0.1)
-        if run.is_alive():
-            killed = True
-            for pid in _pids(run):
-                _signal(pid, signal.SIGKILL)
-            run.wait(timeout=10, poll=0.05)
+        if (_read_json(run.path / "status.json") or {}).get("state") == "starting":
+            _kill(run)
+        else:
+            (run.path / "STOP").touch()
+            for pid in _pids(run, launcher=False):
+                _signal(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while run.is_alive() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if run.is_alive():
+                killed = f"killed after not stopping within {timeout:g} s"
+                _kill(run)
     raw = _read_json(run.path / "status.json") or {}
     if raw.get("state") in LIVE and not run.is_alive():
-        reason = (f"killed after not stopping within {timeout:g} s" if killed else
-                  "stopped before training began" if raw.get("state") == "starting" else "stopped by signal")
-        _write_json(run.path / "status.json", {**raw, "state": "stopped", "reason": reason, "updated": time.time()})
+        reason = killed or ("stopped before training began" if raw.get("state") == "starting" else "stopped by signal")
+        _write_json(run.path / "status.json", {**_progress_at_launch(raw, run.launch_info()), "state": "stopped",
+                                               "reason": reason, "updated": time.time()})
     if run.runs_dir.is_dir():
         with _mutex(run.runs_dir):
             _held_lock(run.runs_dir)  # removes the lock now that the process is gone

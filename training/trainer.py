@@ -136,9 +136,7 @@ class Trainer:
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         if self.main:
             self.run.mkdir(parents=True, exist_ok=True)
-            (self.run / "STOP").unlink(missing_ok=True)
             atomic_write_text(self.run / "config.json", json.dumps(cfg.to_dict(), indent=2))
-        self.status("starting")
 
         meta = read_meta(cfg.data)
         self.tokenizer = gemma3.gpt2_tokenizer()
@@ -180,6 +178,7 @@ class Trainer:
         self.tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * self.world
         self.flops_per_step = flops_per_token(self.model.config, cfg.seq_len) * self.tokens_per_step
         self.peak = peak_flops(self.device, self.amp_dtype or torch.float32, cfg.peak_tflops) * self.world
+        self.status("starting")
 
     # ---- setup ----
     def _pick_device(self) -> torch.device:
@@ -362,7 +361,10 @@ class Trainer:
             if self.step % cfg.ckpt_every == 0 or self.step == cfg.max_steps:
                 self.save()
             if self.step < cfg.max_steps and self._stop_now():
-                self.save()
+                if self.step % cfg.ckpt_every:
+                    self.save()
+                if self.main:
+                    (self.run / "STOP").unlink(missing_ok=True)  # consumed: a resume must not stop at once
                 raise StopRun("stopped", self.stop_requested or "stop requested (STOP file)")
         if self.world > 1:
             self.check_replicas()
@@ -382,15 +384,19 @@ def train(cfg: TrainConfig, resume: bool = False) -> int:
     """Run training to the end (or a stop); returns a process exit code and leaves status.json."""
     trainer = None
     previous = {}
+    early_stop = None
 
     def request_stop(signum, frame):
+        nonlocal early_stop
+        early_stop = f"stopped by signal {signal.Signals(signum).name}"
         if trainer is not None:
-            trainer.stop_requested = f"stopped by signal {signal.Signals(signum).name}"
+            trainer.stop_requested = early_stop
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         previous[sig] = signal.signal(sig, request_stop)
     try:
         trainer = Trainer(cfg, resume)
+        trainer.stop_requested = early_stop  # a signal during start-up still counts
         trainer.fit()
         return 0
     except StopRun as e:
@@ -398,7 +404,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> int:
             trainer.status(e.state, e.reason)
         else:
             _write_failure(cfg, e.state, e.reason)
-        print(f"{e.state}: {e.reason}", flush=True)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"{e.state}: {e.reason}", flush=True)
         return 0 if e.state == "stopped" else 1
     except torch.cuda.OutOfMemoryError:
         reason = (f"Out of GPU memory with micro-batch {cfg.batch_size} x {cfg.seq_len}: use a smaller --batch-size "
