@@ -73,6 +73,8 @@ class Attention(nn.Module):
         self.wo = nn.Linear(cfg.heads * cfg.head_dim, cfg.hidden, bias=False)
         self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
         self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
+        self.keep_probs = False  # explain: compute softmax explicitly and keep it in self.probs
+        self.probs: torch.Tensor | None = None
 
     def forward(self, x, cos, sin, start: int = 0, cache: LayerCache | None = None):
         B, T, _ = x.shape
@@ -92,9 +94,11 @@ class Attention(nn.Module):
                 past_pos = torch.empty(0, dtype=torch.long, device=x.device)
             q_pos = torch.arange(start, start + T, device=x.device)
             k_pos = torch.cat((past_pos, q_pos))
+            if self.keep_probs:
+                out = self._explicit(q, k, v, sliding_mask(q_pos, k_pos, self.window))
             # Plain causal attention is exact when nothing is older than the window; otherwise
             # the window needs an explicit mask (is_causal=True would silently drop it).
-            if len(past_pos) == 0 and (self.window is None or T <= self.window):
+            elif len(past_pos) == 0 and (self.window is None or T <= self.window):
                 out = self._sdpa(q, k, v, None, is_causal=True)
             else:
                 out = self._sdpa(q, k, v, sliding_mask(q_pos, k_pos, self.window), is_causal=False)
@@ -110,6 +114,15 @@ class Attention(nn.Module):
         qg = q.view(B, self.kv_heads, self.heads // self.kv_heads, self.head_dim)
         out = F.scaled_dot_product_attention(qg, keys, values, scale=self.scale)
         return out.reshape(B, self.heads, 1, self.head_dim)
+
+    def _explicit(self, q, k, v, mask):
+        """softmax(q k^T * scale + mask) v written out, keeping the probabilities [B, H, Tq, Tk]."""
+        k = k.repeat_interleave(self.heads // self.kv_heads, dim=1)
+        v = v.repeat_interleave(self.heads // self.kv_heads, dim=1)
+        scores = (q @ k.transpose(-2, -1)).float() * self.scale
+        probs = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+        self.probs = probs.detach()
+        return probs.to(v.dtype) @ v
 
     def _sdpa(self, q, k, v, mask, is_causal):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=self.scale,
