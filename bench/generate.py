@@ -1,7 +1,7 @@
 """Benchmark: our cached generation against transformers' Gemma3ForCausalLM, same weights, same run.
 
     python bench/generate.py [--dtype fp32 bf16] [--new-tokens 200] [--prompt-tokens 20]
-                             [--prefill-tokens 512] [--repeats 3] [--threads N] [--no-memory]
+                             [--prefill-tokens 512] [--repeats 5] [--threads N] [--no-memory]
 
 Both models are the 270m preset with the same random weights (norm weights small and random so
 nothing is degenerate): ours is built directly, transformers' is loaded from `gemma3.export_hf`.
@@ -10,11 +10,12 @@ and taking the median of `--repeats` runs, because absolute times on a shared ma
 
 What is measured, and how it is made fair:
 - Decode (batch 1, greedy, `--prompt-tokens` prompt, `--new-tokens` new tokens, no early stop):
-  ours is `gemma3.generate_tokens`' own figure, new_tokens / decode_s, where decode_s runs from the
-  first token (picked from the prefill logits) to the end, i.e. one cached forward + argmax per token.
-  Transformers' is `generate(..., min_new_tokens=N, do_sample=False, use_cache=True)` with a
-  LogitsProcessor that stamps the time at every step: the first stamp comes right after the prefill
-  forward, so (N - 1) / (last stamp - first stamp) is the same one-forward-per-token rate.
+  the time between consecutive new tokens, which is one cached forward + argmax + loop bookkeeping
+  on both sides. Ours: `gemma3.generate_tokens(..., temperature=0)`, stamped at every yielded token.
+  Transformers: `generate(..., min_new_tokens=N, do_sample=False, use_cache=True)` with a
+  LogitsProcessor that stamps every step (the first stamp comes right after the prefill forward).
+  A run's rate is 1 / the median gap, which shrugs off short bursts of other load; the mean rate
+  (for ours the `tokens_per_s` of generate_tokens' stats) is printed too.
 - Roofline: one F.linear of a [1, in] vector with every weight matrix a decode step reads
   (per layer q, k, v, o, gate, up, down, then the embedding as the output head), same dtype, in the
   model's order. That is the time a token cannot beat with these kernels on this machine; we print
@@ -97,10 +98,17 @@ def decode_matrices(model) -> list[torch.Tensor]:
 
 # ---- timed runs ---------------------------------------------------------------------------------
 def ours_decode(model, ids, n):
-    stats = {}
-    tokens = list(gemma3.generate_tokens(model, ids, max_new_tokens=n, temperature=0, stats=stats))
+    """(median-gap rate, mean rate from generate_tokens' stats, tokens)."""
+    stats, tokens, times = {}, [], []
+    for tok in gemma3.generate_tokens(model, ids, max_new_tokens=n, temperature=0, stats=stats):
+        times.append(time.perf_counter())
+        tokens.append(tok)
     assert len(tokens) == n, stats
-    return n / stats["decode_s"], tokens
+    return 1 / gap(times), stats["tokens_per_s"], tokens
+
+
+def gap(times):
+    return statistics.median(b - a for a, b in zip(times, times[1:]))
 
 
 def hf_decode(hf, ids, n):
@@ -119,7 +127,7 @@ def hf_decode(hf, ids, n):
                       logits_processor=LogitsProcessorList([stamp]))
     tokens = out[0, len(ids):].tolist()
     assert len(tokens) == n and len(stamp.times) == n
-    return (n - 1) / (stamp.times[-1] - stamp.times[0]), tokens
+    return 1 / gap(stamp.times), (n - 1) / (stamp.times[-1] - stamp.times[0]), tokens
 
 
 def ours_ttft(model, ids):
@@ -150,14 +158,24 @@ def hf_forward(hf, ids):
     return time.perf_counter() - t0
 
 
-def roofline(mats, passes: int = 5) -> float:
-    """Seconds per token for one matrix-vector product with every weight a decode step reads."""
+def roofline(mats, passes: int = 5, kernel: str = "linear") -> float:
+    """Seconds per token (median of passes) for one matrix-vector product with every weight a decode step reads.
+
+    kernel "linear": F.linear of a [1, in] row, as the model calls it; "mv": torch.mv of an [in] vector,
+    a different kernel that is faster for bf16 on some CPUs (printed for reference).
+    """
     xs = {w.shape[1]: torch.randn(1, w.shape[1], dtype=w.dtype) for w in mats}
-    t0 = time.perf_counter()
+    times = []
     for _ in range(passes):
-        for w in mats:
-            F.linear(xs[w.shape[1]], w)
-    return (time.perf_counter() - t0) / passes
+        t0 = time.perf_counter()
+        if kernel == "linear":
+            for w in mats:
+                F.linear(xs[w.shape[1]], w)
+        else:
+            for w in mats:
+                torch.mv(w, xs[w.shape[1]][0])
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def alternate(repeats, ours, theirs):
@@ -223,7 +241,7 @@ def main():
     p.add_argument("--new-tokens", type=int, default=200)
     p.add_argument("--prompt-tokens", type=int, default=20)
     p.add_argument("--prefill-tokens", type=int, default=512)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--no-memory", action="store_true", help="skip the subprocess memory measurement")
     p.add_argument("--_memory-worker", nargs=6, help=argparse.SUPPRESS)
@@ -254,7 +272,7 @@ def main():
             x = torch.tensor([prompt])
             a, b = ours(x).float(), hf(x).logits.float()
             err = (a - b).abs().max().item()
-            tol = 1e-4 if dtype == torch.float32 else 0.1 * b.abs().max().item()
+            tol = (1e-3 if dtype == torch.float32 else 5e-2) * b.abs().max().item()
             print(f"logits agree: max |ours - transformers| = {err:.2e} (scale {b.abs().max().item():.2f})"
                   + ("" if err <= tol else "  <-- MISMATCH"))
 
@@ -262,36 +280,38 @@ def main():
             ours_decode(ours, prompt, 8), hf_decode(hf, prompt, 8)
             ours_ttft(ours, long_prompt), hf_ttft(hf, long_prompt)
             mats = decode_matrices(ours)
-            roofline(mats, 1)
+            roofline(mats, 1), roofline(mats, 1, "mv")
 
             # decode, with the roofline measured in between
-            rates, roofs, same = {"ours": [], "hf": []}, [], None
+            rates, means, roofs, roofs_mv, toks = {"ours": [], "hf": []}, {"ours": [], "hf": []}, [], [], {}
             for r in range(args.repeats):
-                order = ["ours", "hf"] if r % 2 == 0 else ["hf", "ours"]
-                for side in order:
-                    rate, toks = (ours_decode(ours, prompt, args.new_tokens) if side == "ours"
-                                  else hf_decode(hf, prompt, args.new_tokens))
+                for side in (["ours", "hf"] if r % 2 == 0 else ["hf", "ours"]):
+                    run = ours_decode if side == "ours" else hf_decode
+                    rate, mean, toks[side] = run(ours if side == "ours" else hf, prompt, args.new_tokens)
                     rates[side].append(rate)
-                    if side == "ours":
-                        ours_toks = toks
-                    else:
-                        hf_toks = toks
+                    means[side].append(mean)
                     roofs.append(roofline(mats))
-                if same is None:
-                    same = next((i for i, (u, v) in enumerate(zip(ours_toks, hf_toks)) if u != v), len(ours_toks))
+                    roofs_mv.append(roofline(mats, kernel="mv"))
+            same = next((i for i, (u, v) in enumerate(zip(toks["ours"], toks["hf"])) if u != v), args.new_tokens)
             o, h = statistics.median(rates["ours"]), statistics.median(rates["hf"])
-            roof = statistics.median(roofs)
-            print(f"decode tokens/s  ours {o:.1f}  transformers {h:.1f}  ratio {o / h:.2f}   "
+            roof, roof_mv = statistics.median(roofs), statistics.median(roofs_mv)
+            print(f"decode tokens/s (1 / median gap)  ours {o:.1f}  transformers {h:.1f}  ratio {o / h:.2f}   "
                   f"(runs: ours {', '.join(f'{v:.1f}' for v in rates['ours'])}; "
                   f"transformers {', '.join(f'{v:.1f}' for v in rates['hf'])})")
-            print(f"greedy tokens identical for the first {same} of {args.new_tokens}")
-            print(f"roofline: {1e3 * roof:.1f} ms/token ({1 / roof:.1f} tokens/s); "
+            mo, mh = statistics.median(means["ours"]), statistics.median(means["hf"])
+            print(f"decode tokens/s (mean over the run)  ours {mo:.1f} (generate_tokens stats)  "
+                  f"transformers {mh:.1f}  ratio {mo / mh:.2f}")
+            print(f"greedy tokens identical for the first {same} of {args.new_tokens}"
+                  + ("" if same == args.new_tokens else " (random weights give near-ties; expected in bf16)"))
+            print(f"roofline (F.linear): {1e3 * roof:.1f} ms/token ({1 / roof:.1f} tokens/s); "
                   f"ours reaches {o * roof:.0%}, transformers {h * roof:.0%}")
+            print(f"  for reference, the same products with torch.mv: {1e3 * roof_mv:.1f} ms/token "
+                  f"({roof / roof_mv:.2f}x F.linear)")
             rows[f"decode {name}"] = ("tokens/s", o, h, o / h, TARGETS["decode"])
-            roof_rows[name] = (1 / roof, o * roof, h * roof)
+            roof_rows[name] = (1 / roof, o * roof, h * roof, 1 / roof_mv)
 
             # prefill: time to first token
-            to, th, ro, rh = alternate(args.repeats, lambda: ours_ttft(ours, long_prompt),
+            to, th, _, _ = alternate(args.repeats, lambda: ours_ttft(ours, long_prompt),
                                        lambda: hf_ttft(hf, long_prompt))
             fo, fh, _, _ = alternate(args.repeats, lambda: ours_forward(ours, long_prompt),
                                      lambda: hf_forward(hf, long_prompt))
@@ -325,10 +345,11 @@ def main():
             label = f"{key}: ms to first token, {args.prefill_tokens}-token prompt"
             cells = f"{o:.0f} | {h:.0f} | {ratio:.2f}x faster | >= {target:.1f}x"
         print(f"| {label} | {cells} |")
-    print("\n| decode vs roofline (matrix-vector products only) | roofline tokens/s | ours | transformers | target |")
-    print("|---|---|---|---|---|")
-    for name, (rt, fo, fh) in roof_rows.items():
-        print(f"| {name} | {rt:.1f} | {fo:.0%} | {fh:.0%} | >= {TARGETS['roofline']:.0%} |")
+    print("\n| decode vs roofline (F.linear matrix-vector products only) | roofline tokens/s | ours | transformers "
+          "| target | (torch.mv roofline tokens/s) |")
+    print("|---|---|---|---|---|---|")
+    for name, (rt, fo, fh, rmv) in roof_rows.items():
+        print(f"| {name} | {rt:.1f} | {fo:.0%} | {fh:.0%} | >= {TARGETS['roofline']:.0%} | {rmv:.1f} |")
     if mem_rows:
         print("\n| memory (own process each) | model resident MiB | added while generating MiB |")
         print("|---|---|---|")

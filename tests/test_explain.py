@@ -1,0 +1,342 @@
+"""explain: a recorded forward pass and the figures drawn from it agree with what the model computes."""
+
+import re
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import randomise_norms
+
+import explain
+import gemma3
+from explain.figures import _html
+from gemma3.__main__ import describe
+from gemma3.generate import next_token
+from gemma3.model import RoPE
+
+torch.set_num_threads(1)
+
+JSON_LIMIT = 2_000_000  # characters of fig.to_json() (what Gradio sends) for any figure of a 256-token prompt
+PROMPT = "Once upon a time, there was a little girl named Lily. She liked <b>tags</b> & the sun.\n"
+LONG_PROMPT = "Once upon a time, there was a little girl named Lily. She loved to play in the park.\n" * 30
+
+
+# ---- fixtures ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tok():
+    return gemma3.gpt2_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return randomise_norms(gemma3.Gemma3(gemma3.Gemma3Config.from_preset("tiny")).eval())
+
+
+@pytest.fixture(scope="module")
+def tiny_rec(tiny, tok):
+    return explain.record(tiny, tok, PROMPT)
+
+
+@pytest.fixture(scope="module")
+def big():
+    """The 270m preset with random weights (132M parameters): built once."""
+    torch.manual_seed(0)
+    return gemma3.Gemma3(gemma3.Gemma3Config.from_preset("270m")).eval()
+
+
+@pytest.fixture(scope="module")
+def big_rec(big, tok):
+    """A prompt over the limit: cut to the last 256 tokens."""
+    return explain.record(big, tok, LONG_PROMPT)
+
+
+def all_figures(model, rec):
+    yield "mask", explain.mask_figure(model.config, rec.seq_len)
+    yield "rope", explain.rope_figure(model.config)
+    for layer in (0, model.config.layer_types.index("full")):
+        yield f"attention {layer} head 0", explain.attention_figure(rec, layer, 0)
+        yield f"attention {layer} all heads", explain.attention_figure(rec, layer)
+    yield "activation", explain.activation_figure(rec)
+    yield "next token", explain.next_token_figure(rec, 0.7, 40)
+    yield "logit lens", explain.logit_lens_figure(rec)
+    yield "parameters", explain.parameter_figure(model)
+
+
+def assert_clean(model):
+    """No hook left on any module, and attention back on its fast path."""
+    for name, module in model.named_modules():
+        assert not module._forward_hooks and not module._forward_pre_hooks, name
+    for block in model.blocks:
+        assert block.attn.keep_probs is False and block.attn.probs is None
+
+
+def assert_titled(fig):
+    assert fig.layout.title.text
+    layout = fig.to_plotly_json()["layout"]
+    for trace in fig.data:
+        for ax in (trace.xaxis or "x", trace.yaxis or "y"):
+            spec = layout.get(ax[0] + "axis" + ax[1:], {})
+            if spec.get("showticklabels") is False and spec.get("matches"):
+                continue  # inner panel of a shared grid: the matching outer axis carries the title
+            assert spec.get("title", {}).get("text"), f"{trace.name}: {ax} has no title"
+
+
+def trace(fig, **match):
+    return next(t for t in fig.data if all(getattr(t, k) == v for k, v in match.items()))
+
+
+# ---- recording -----------------------------------------------------------------------------------
+def test_record_holds_the_pass(tiny, tok, tiny_rec):
+    rec, cfg = tiny_rec, tiny.config
+    ids = tok.encode(PROMPT)
+    T, L = len(ids), cfg.layers
+    assert rec.tokens == ids and rec.notice is None and rec.prompt_tokens == T > cfg.window
+    assert rec.residual.shape == (L + 1, T, cfg.hidden)
+    assert rec.attn_out.shape == rec.ffn_out.shape == (L, T, cfg.hidden)
+    assert len(rec.attn_probs) == L and rec.attn_probs[0].shape == (cfg.heads, T, T)
+    assert rec.logits.shape == (T, cfg.vocab_size) and rec.layer_types == cfg.layer_types
+    # the residual stream is the sum of what the blocks add
+    for i in range(L):
+        torch.testing.assert_close(rec.residual[i + 1], rec.residual[i] + rec.attn_out[i] + rec.ffn_out[i])
+    # the input of block 0 is the scaled embedding
+    torch.testing.assert_close(rec.residual[0], tiny.embed.weight[ids] * cfg.hidden ** 0.5)
+    # labels: unique, position first, spaces visible
+    assert len(set(rec.labels)) == T and rec.labels[:2] == ["0: Once", "1: ␣upon"]
+    assert all(label.startswith(f"{p}: ") for p, label in enumerate(rec.labels))
+
+
+def test_recording_changes_nothing(tiny, tok, tiny_rec):
+    """Explicit attention gives the block outputs of the normal SDPA path; the model is unchanged after."""
+    ids = torch.tensor([tiny_rec.tokens])
+    outputs = []
+    handles = [b.register_forward_hook(lambda m, a, out: outputs.append(out[0])) for b in tiny.blocks]
+    try:
+        with torch.no_grad():
+            before = tiny(ids)[0]
+    finally:
+        for h in handles:
+            h.remove()
+    torch.testing.assert_close(tiny_rec.residual[1:], torch.stack(outputs), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(tiny_rec.logits, before, atol=1e-4, rtol=1e-4)
+    explain.record(tiny, tok, PROMPT)
+    with torch.no_grad():
+        after = tiny(ids)[0]
+    assert torch.equal(before, after)
+    assert_clean(tiny)
+
+
+def test_no_hooks_left_after_an_exception(tiny, tok):
+    ffn = tiny.blocks[3].ffn
+
+    def boom(x):
+        raise RuntimeError("boom in block 3")
+
+    ffn.forward = boom
+    try:
+        with pytest.raises(RuntimeError, match="boom in block 3"):
+            explain.record(tiny, tok, PROMPT)
+    finally:
+        del ffn.forward
+    assert_clean(tiny)
+    explain.record(tiny, tok, PROMPT)  # and it records fine afterwards
+    assert_clean(tiny)
+
+
+def test_long_prompt_keeps_its_end_and_empty_prompt_is_refused(tiny, tok):
+    ids = tok.encode(PROMPT)
+    rec = explain.record(tiny, tok, PROMPT, max_tokens=10)
+    assert rec.tokens == ids[-10:] and rec.prompt_tokens == len(ids)
+    assert str(len(ids)) in rec.notice and "last 10" in rec.notice
+    assert rec.labels[0].startswith("0: ")
+
+    class WithBos:  # a tokenizer that puts BOS first (as Gemma's does): BOS stays when the prompt is cut
+        bos_id = 50256
+        encode, decode = tok.encode, tok.decode
+
+    rec = explain.record(tiny, WithBos(), PROMPT, max_tokens=10)
+    assert rec.tokens == [50256] + ids[-9:]
+    for bad in ("", None):
+        with pytest.raises(ValueError, match="prompt"):
+            explain.record(tiny, tok, bad)
+    with pytest.raises(ValueError, match="max_tokens"):
+        explain.record(tiny, tok, PROMPT, max_tokens=0)
+    assert_clean(tiny)
+
+
+# ---- figures carry the model's numbers -----------------------------------------------------------
+def test_attention_rows_sum_to_one_and_match_q_k(tiny, tiny_rec):
+    rec, cfg = tiny_rec, tiny.config
+    T = rec.seq_len
+    pos = torch.arange(T)
+    i, j = pos[:, None], pos[None, :]
+    for layer, block in enumerate(tiny.blocks):
+        attn = block.attn
+        rope = tiny.rope_local if block.sliding else tiny.rope_global
+        with torch.no_grad():
+            h = block.attn_norm(rec.residual[layer])
+            q = attn.q_norm(attn.wq(h).view(T, cfg.heads, cfg.head_dim)).transpose(0, 1)
+            k = attn.k_norm(attn.wk(h).view(T, cfg.kv_heads, cfg.head_dim)).transpose(0, 1)
+            cos, sin = rope(pos, torch.float32)
+            q, k = RoPE.rotate(q, cos, sin), RoPE.rotate(k, cos, sin)
+            k = k.repeat_interleave(cfg.heads // cfg.kv_heads, dim=0)
+            allowed = (j <= i) & ((i - j < cfg.window) if block.sliding else True)
+            scores = q @ k.transpose(-2, -1) * cfg.query_pre_attn_scalar ** -0.5
+            expected = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
+        probs = rec.attn_probs[layer]
+        torch.testing.assert_close(probs.sum(-1), torch.ones(cfg.heads, T))
+        torch.testing.assert_close(probs, expected, atol=1e-5, rtol=1e-4)
+        assert probs.std() > 0.01  # not uniform: the test would not see a wrong mask otherwise
+
+    fig = explain.attention_figure(rec, 0, 1)
+    z = np.asarray(fig.data[0].z, dtype=np.float64)
+    shown = ~np.isnan(z)
+    np.testing.assert_allclose(z[shown], rec.attn_probs[0][1].numpy()[shown], rtol=1e-6)
+    assert (shown == (rec.attn_probs[0][1] > 0).numpy()).all()  # hidden keys (the window) left empty
+    assert "sliding" in fig.layout.title.text and "full" in explain.attention_figure(rec, 5).layout.title.text
+    assert len(explain.attention_figure(rec, 5).data) == tiny.config.heads
+    assert "7: ␣Lily" not in fig.data[0].x and any("&lt;" in x for x in fig.data[0].x)  # "<" escaped for plotly
+    for bad in ((7, None), (0, 4), (-1, None)):
+        with pytest.raises(ValueError):
+            explain.attention_figure(rec, *bad)
+
+
+def test_mask_counts_are_the_model_attention_counts(tiny, tiny_rec):
+    rec, cfg = tiny_rec, tiny.config
+    fig = explain.mask_figure(cfg, rec.seq_len)
+    counts = {t.name: np.asarray(t.y) for t in fig.data if t.type == "scatter"}
+    sliding, full = counts[f"sliding layers (window {cfg.window})"], counts["full layers"]
+    assert sliding.max() == cfg.window and full.max() == rec.seq_len  # the window bites in this prompt
+    for layer, kind in enumerate(cfg.layer_types):
+        seen = (rec.attn_probs[layer] > 0).sum(-1).numpy()  # [H, T] keys each query really attends to
+        assert (seen == (sliding if kind == "sliding" else full)).all(), layer
+        mask = np.asarray(trace(fig, name=f"{kind} mask").z)
+        assert (mask == (rec.attn_probs[layer][0] > 0).numpy()).all()
+    strip = trace(fig, name="layer pattern")
+    assert list(strip.z[0]) == [int(t == "full") for t in cfg.layer_types]
+    # the 270m: 512-key window, visible from 513 tokens on; long masks are shown at sampled positions
+    cfg270 = gemma3.Gemma3Config.from_preset("270m")
+    fig = explain.mask_figure(cfg270, cfg270.context)
+    lines = {t.name: t for t in fig.data if t.type == "scatter"}
+    q = np.asarray(lines["full layers"].x)
+    assert len(q) <= explain.figures.MASK_CELLS and q[0] == 0 and q[-1] > cfg270.context - 200
+    np.testing.assert_array_equal(lines["sliding layers (window 512)"].y, np.minimum(q + 1, 512))
+    np.testing.assert_array_equal(lines["full layers"].y, q + 1)
+    assert np.asarray(fig.data[0].z).shape == (len(q), len(q))
+    with pytest.raises(ValueError):
+        explain.mask_figure(cfg, 0)
+
+
+def test_rope_figure_uses_the_model_tables(tiny):
+    cfg = tiny.config
+    fig = explain.rope_figure(cfg)
+    freq = {t.legendgroup: np.asarray(t.y) for t in fig.data if t.type == "scatter" and t.xaxis == "x"}
+    np.testing.assert_allclose(freq["local"], tiny.rope_local.inv_freq.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(freq["global"], tiny.rope_global.inv_freq.numpy(), rtol=1e-6)
+    dots = {t.legendgroup: (np.asarray(t.x), np.asarray(t.y)) for t in fig.data if t.xaxis == "x2"}
+    for kind, rope in (("local", tiny.rope_local), ("global", tiny.rope_global)):
+        d, y = dots[kind]
+        expected = np.cos(d[:, None] * rope.inv_freq.double().numpy()[None]).mean(-1)
+        np.testing.assert_allclose(y, expected, atol=5e-3)
+    d = dots["local"][0]
+    middle = (d >= 16) & (d <= 512)
+    assert np.abs(dots["local"][1][middle]).mean() < np.abs(dots["global"][1][middle]).mean()
+    angles = np.asarray(trace(fig, name="local angles").z)
+    pos = np.arange(angles.shape[0])[:, None]
+    expected = (pos * tiny.rope_local.inv_freq.numpy()[None]) % (2 * np.pi)
+    diff = np.abs(angles - expected)
+    assert np.minimum(diff, 2 * np.pi - diff).max() < 1e-3
+
+
+def test_logit_lens_last_layer_is_the_model_prediction(tiny, tok, tiny_rec):
+    rec = tiny_rec
+    with torch.no_grad():
+        logits = tiny(torch.tensor([rec.tokens]))[0]
+    top = logits.argmax(-1)
+    fig = explain.logit_lens_figure(rec)
+    hm = fig.data[0]
+    assert len(hm.y) == tiny.config.layers + 1
+    assert rec.lens_ids[-1].tolist() == top.tolist()
+    assert list(hm.text[-1]) == [_html(explain.hooks.show_token(tok.decode([i]))) for i in top.tolist()]
+    np.testing.assert_allclose(np.asarray(hm.z[-1]), logits.softmax(-1).max(-1).values.numpy(), rtol=1e-4)
+    with torch.no_grad():  # every row: that residual through the model's final norm and unembedding
+        for layer in range(tiny.config.layers + 1):
+            row = F.linear(tiny.final_norm(rec.residual[layer]), tiny.embed.weight).argmax(-1)
+            assert rec.lens_ids[layer].tolist() == row.tolist()
+    assert hm.texttemplate  # a small grid writes the tokens into the cells
+
+
+def test_next_token_is_what_sampling_draws_from(tiny_rec, monkeypatch):
+    rec = tiny_rec
+    seen = {}
+
+    def capture(probs, num_samples, generator=None):
+        seen["probs"] = probs.clone()
+        return torch.zeros(probs.shape[0], 1, dtype=torch.long)
+
+    monkeypatch.setattr(torch, "multinomial", capture)
+    top1 = []
+    for temperature, top_k in ((2.0, None), (1.0, None), (0.5, None), (0.7, 5), (1.3, 1)):
+        next_token(rec.logits[-1:], temperature, top_k)
+        fig = explain.next_token_figure(rec, temperature, top_k)
+        bars = np.asarray(fig.data[0].y, dtype=np.float64)
+        np.testing.assert_allclose(bars, seen["probs"][0, rec.next_ids[:20]].numpy(), rtol=1e-5, atol=1e-7)
+        if top_k is not None:
+            assert (bars[top_k:] == 0).all() and bars[:top_k].sum() == pytest.approx(1, abs=1e-5)
+        top1.append(bars[0])
+    assert top1[0] < top1[1] < top1[2]  # colder sharpens, hotter flattens
+    greedy = explain.next_token_figure(rec, 0)
+    assert int(next_token(rec.logits[-1:], 0)) == rec.next_ids[0]
+    assert list(greedy.data[0].y) == [1] + [0] * 19
+    assert greedy.data[0].x[0] == "1. " + _html(rec.token_text[rec.next_ids[0]])
+    for bad in ((-1, None), (1.0, 0)):
+        with pytest.raises(ValueError):
+            explain.next_token_figure(rec, *bad)
+
+
+def test_parameter_figure_counts_the_model(tiny, big, tok):
+    for model in (tiny, big):
+        fig = explain.parameter_figure(model)
+        bars = dict(zip(fig.data[0].x, fig.data[0].y))
+        assert bars == model.param_groups() and sum(bars.values()) == model.num_params()
+        printed = describe(model, tok).splitlines()[-1]  # "total   132,xxx,xxx" from python -m gemma3 info
+        assert int(printed.split()[-1].replace(",", "")) == sum(bars.values())
+        assert f"{model.num_params():,}" in fig.layout.title.text
+
+
+# ---- every figure, both presets, size ------------------------------------------------------------
+@pytest.mark.parametrize("preset", ["tiny", "270m"])
+def test_every_figure_builds_with_titles(preset, request):
+    model, rec = (request.getfixturevalue("tiny"), request.getfixturevalue("tiny_rec")) if preset == "tiny" else \
+        (request.getfixturevalue("big"), request.getfixturevalue("big_rec"))
+    names = set()
+    for name, fig in all_figures(model, rec):
+        assert_titled(fig)
+        assert fig.data, name
+        names.add(name.split()[0])
+    assert names == {"mask", "rope", "attention", "activation", "next", "logit", "parameters"}
+
+
+def test_270m_records_100_tokens_in_seconds(big, tok):
+    t0 = time.perf_counter()
+    rec = explain.record(big, tok, LONG_PROMPT, max_tokens=100)
+    elapsed = time.perf_counter() - t0
+    print(f"270m, 100 tokens: recorded in {elapsed:.2f} s")
+    assert rec.seq_len == 100 and elapsed < 5.0
+    with torch.no_grad():
+        logits = big(torch.tensor([rec.tokens]))[0]
+    torch.testing.assert_close(rec.logits, logits, atol=1e-4, rtol=1e-4)
+    assert rec.lens_ids[-1].tolist() == logits.argmax(-1).tolist()
+    torch.testing.assert_close(rec.attn_probs[5].sum(-1), torch.ones(4, 100))
+    assert_clean(big)
+
+
+def test_figures_of_a_256_token_prompt_stay_light(big, big_rec):
+    assert big_rec.seq_len == 256 and big_rec.prompt_tokens > 256 and "last 256" in big_rec.notice
+    sizes = {name: len(fig.to_json()) for name, fig in all_figures(big, big_rec)}
+    print({k: f"{v / 1e6:.2f} MB" for k, v in sizes.items()})
+    assert max(sizes.values()) < JSON_LIMIT, sizes
+    assert not explain.logit_lens_figure(big_rec).data[0].texttemplate  # 19 x 256 cells: tokens on hover only
+    assert re.search(r"256 tokens", explain.activation_figure(big_rec).layout.title.text)
