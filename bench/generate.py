@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -179,7 +178,7 @@ def roofline(mats, passes: int = 5, kernel: str = "linear") -> float:
 
 
 def alternate(repeats, ours, theirs):
-    """Medians of ours() and theirs(), run in alternating order."""
+    """Medians of ours() and theirs() over `repeats` runs each, alternating which goes first."""
     a, b = [], []
     for r in range(repeats):
         if r % 2 == 0:
@@ -188,7 +187,7 @@ def alternate(repeats, ours, theirs):
         else:
             b.append(theirs())
             a.append(ours())
-    return statistics.median(a), statistics.median(b), a, b
+    return statistics.median(a), statistics.median(b)
 
 
 # ---- memory, each side alone in a subprocess ----------------------------------------------------
@@ -311,9 +310,9 @@ def main():
             roof_rows[name] = (1 / roof, o * roof, h * roof, 1 / roof_mv)
 
             # prefill: time to first token
-            to, th, _, _ = alternate(args.repeats, lambda: ours_ttft(ours, long_prompt),
+            to, th = alternate(args.repeats, lambda: ours_ttft(ours, long_prompt),
                                        lambda: hf_ttft(hf, long_prompt))
-            fo, fh, _, _ = alternate(args.repeats, lambda: ours_forward(ours, long_prompt),
+            fo, fh = alternate(args.repeats, lambda: ours_forward(ours, long_prompt),
                                      lambda: hf_forward(hf, long_prompt))
             print(f"prefill {args.prefill_tokens} tokens, time to first token  ours {1e3 * to:.0f} ms  "
                   f"transformers generate(max_new_tokens=1) {1e3 * th:.0f} ms  speed-up {th / to:.2f}x")
@@ -334,7 +333,7 @@ def main():
     import resource
     print(f"\nthis process: peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB; "
           f"load average now {os.getloadavg()[0]:.2f}")
-    print("\n| benchmark (270m, batch 1, CPU) | ours | transformers | ratio | target |")
+    print("\n| benchmark (270m, batch 1, CPU) | ours | transformers | speed ratio (ours / transformers) | target |")
     print("|---|---|---|---|---|")
     for key, (unit, o, h, ratio, target) in rows.items():
         kind = key.split()[0]
@@ -343,7 +342,7 @@ def main():
             cells = f"{o:.1f} | {h:.1f} | {ratio:.2f}x | >= {target:.1f}x"
         else:
             label = f"{key}: ms to first token, {args.prefill_tokens}-token prompt"
-            cells = f"{o:.0f} | {h:.0f} | {ratio:.2f}x faster | >= {target:.1f}x"
+            cells = f"{o:.0f} | {h:.0f} | {ratio:.2f}x | >= {target:.1f}x"
         print(f"| {label} | {cells} |")
     print("\n| decode vs roofline (F.linear matrix-vector products only) | roofline tokens/s | ours | transformers "
           "| target | (torch.mv roofline tokens/s) |")
