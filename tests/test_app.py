@@ -1,52 +1,298 @@
-"""The minimal app: launched for real, driven through its API like a user's browser would."""
+"""The app, launched for real and driven through its named API endpoints the way a browser or a script would.
 
+Training writes into a temporary runs/ and data/ (build's runs_dir / data_dir), never into the repository.
+"""
+
+import json
+import os
+import signal
 import time
 
 import httpx
 import pytest
 
 import app
+from training import runs
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+PROMPT = "Once upon a time, a little girl named Lily"
+
+
+def wait_ready(url: str, timeout: float = 30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "gradio_api/info", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"the app at {url} did not answer /gradio_api/info within {timeout} s")
+
+
+def kill_runs(runs_dir):
+    """Safety net: no trainer started by a test outlives it."""
+    for info in runs.list_runs(runs_dir):
+        run = runs.get(info.name, runs_dir)
+        pid = run.launch_info().get("pid")
+        if pid and run.is_alive():
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            run.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    model, tok, desc = app.load(None)
-    demo = app.build(model, tok, desc).queue()
+    tmp = tmp_path_factory.mktemp("app")
+    demo = app.build(runs_dir=tmp / "runs", data_dir=tmp / "data").queue()
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True)
     try:
-        url = demo.local_url
-        for _ in range(100):
-            try:
-                if httpx.get(url + "gradio_api/info", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        yield url
+        wait_ready(demo.local_url)
+        yield demo
     finally:
         demo.close()
+        kill_runs(tmp / "runs")
 
 
-def test_generate_streams_pieces(server):
+@pytest.fixture(scope="module")
+def client(server):
     from gradio_client import Client
 
-    client = Client(server, verbose=False)
+    return Client(server.local_url, verbose=False)
+
+
+def generate(client, prompt="Once", max_new_tokens=5, temperature=0.0, top_k=0, top_p=1.0, rep=1.0, seed=0):
+    return client.predict(prompt, max_new_tokens, temperature, top_k, top_p, rep, seed, api_name="/generate")
+
+
+def plotly(result) -> dict:
+    assert result["type"] == "plotly"
+    return json.loads(result["plot"])
+
+
+# ---- Generate ------------------------------------------------------------------------------------
+
+def test_generate_streams_pieces(client):
     job = client.submit("Once upon a time", 40, 0.0, 0, 1.0, 1.0, 0, api_name="/generate")
-    updates = []
+    seen, first_at = [], None
     while not job.done():
-        updates.extend(job.outputs()[len(updates):])
-        time.sleep(0.01)
+        outputs = job.outputs()
+        if len(outputs) > len(seen):
+            seen = list(outputs)
+            if first_at is None and seen[0][0]:
+                first_at = time.monotonic()
+        time.sleep(0.005)
+    done_at = time.monotonic()
     outputs = job.outputs()
     text, info = outputs[-1]
     assert len(outputs) > 2, "text should arrive in several pieces, not at the end"
-    assert len(text) > 20 and "tokens/s" in info
+    assert first_at is not None and first_at < done_at, "a piece should arrive before the end"
+    partial = [t for t, _ in outputs[:-1]]
+    assert all(text.startswith(p) for p in partial) and len(partial[0]) < len(text), "each piece extends the last"
+    assert len(text) > 20 and "40 tokens" in info and "tokens/s" in info
 
 
-def test_bad_setting_is_a_clear_error_and_server_keeps_serving(server):
-    from gradio_client import Client
+def test_same_seed_same_story(client):
+    a, _ = generate(client, "Lily found", 12, 0.9, 40, 0.95, 1.1, 7)
+    b, _ = generate(client, "Lily found", 12, 0.9, 40, 0.95, 1.1, 7)
+    assert a == b and a
 
-    client = Client(server, verbose=False)
-    with pytest.raises(Exception, match="minimum|max_new_tokens"):
-        client.predict("Once", 0, 0.7, 0, 1.0, 1.0, 0, api_name="/generate")
-    text, _ = client.predict("Once", 5, 0.0, 0, 1.0, 1.0, 0, api_name="/generate")
+
+def test_bad_setting_is_a_clear_error_and_server_keeps_serving(client):
+    with pytest.raises(Exception, match="Max new tokens must be between 1 and 1,000, not 0"):
+        generate(client, "Once", 0)
+    text, _ = generate(client, "Once", 5)
     assert text
+
+
+@pytest.mark.parametrize("args, message", [
+    (("",), "prompt is empty"),
+    (("   \n",), "prompt is empty"),
+    (("x" * 200_000,), "200,000 characters long; the limit is 10,000"),
+    ((None,), "prompt is empty"),
+    ((["Once"],), "prompt must be text"),
+    (("Once", 5000), "Max new tokens must be between 1 and 1,000"),
+    (("Once", 2.5), "Max new tokens must be a whole number"),
+    (("Once", "ten"), "Max new tokens must be a whole number, not 'ten'"),
+    (("Once", 5, -0.1), "Temperature must be between 0 and 2"),
+    (("Once", 5, "hot"), "Temperature must be a number"),
+    (("Once", 5, 0.7, -3), "Top-k must be between 0 and 500"),
+    (("Once", 5, 0.7, 0, 0.0), "Top-p must be between 0.05 and 1"),
+    (("Once", 5, 0.7, 0, 1.0, 0.0), "Repetition penalty must be between 0.5 and 2"),
+    (("Once", 5, 0.7, 0, 1.0, 1.0, 2**40), "Seed must be between -1 and"),
+    (("Once", 5, 0.7, 0, 1.0, 1.0, True), "Seed must be a whole number"),
+])
+def test_bad_generate_inputs_get_one_clear_sentence(client, args, message):
+    full = list(args) + [5, 0.0, 0, 1.0, 1.0, 0][len(args) - 1:]
+    with pytest.raises(Exception, match=message):
+        client.predict(*full, api_name="/generate")
+
+
+# ---- Explore -------------------------------------------------------------------------------------
+
+def test_architecture_figures_need_no_prompt(client, server):
+    info = server.holder.info
+    mask = plotly(client.predict(32, api_name="/explore_mask"))
+    assert f"window {info.window}" in json.dumps(mask["layout"]) and "32 tokens" in mask["layout"]["title"]["text"]
+    rope = plotly(client.predict(api_name="/explore_rope"))
+    assert any(t["type"] == "heatmap" for t in rope["data"])
+    params = plotly(client.predict(api_name="/explore_parameters"))
+    bars = params["data"][0]
+    assert "embedding" in bars["x"] and f"{info.params:,}" in params["layout"]["title"]["text"]
+
+
+def test_prompt_figures_share_one_recording(client, server):
+    info = server.holder.info
+    before = server.explorer.recordings
+    all_heads = plotly(client.predict(PROMPT, 0, "all", api_name="/explore_attention"))
+    one_head = plotly(client.predict(PROMPT, info.layers - 1, "1", api_name="/explore_attention"))
+    assert len([t for t in all_heads["data"] if t["type"] == "heatmap"]) == info.heads
+    assert len(one_head["data"]) == 1 and f"Layer {info.layers - 1}, head 1" in one_head["layout"]["title"]["text"]
+    act = plotly(client.predict(PROMPT, api_name="/explore_activations"))
+    cold = plotly(client.predict(PROMPT, 0.0, 0, api_name="/explore_next_token"))
+    warm = plotly(client.predict(PROMPT, 2.0, 5, api_name="/explore_next_token"))
+    lens = plotly(client.predict(PROMPT, api_name="/explore_logit_lens"))
+    assert server.explorer.recordings == before + 1, "switching layer, head or temperature must not re-run the model"
+    assert act["data"] and lens["data"][0]["type"] == "heatmap"
+    assert "greedy" in cold["layout"]["title"]["text"] and "top-k 5" in warm["layout"]["title"]["text"]
+    client.predict(PROMPT + " and", api_name="/explore_logit_lens")
+    assert server.explorer.recordings == before + 2, "a new prompt is recorded again"
+
+
+@pytest.mark.parametrize("endpoint, args, message", [
+    ("/explore_attention", ("", 0, "all"), "Explore prompt is empty"),
+    ("/explore_attention", (PROMPT, 99, "all"), "Layer must be between 0 and"),
+    ("/explore_attention", (PROMPT, 0, "7"), "Head must be between 0 and"),
+    ("/explore_attention", (PROMPT, 0, "first"), "Head must be 'all' or a number"),
+    ("/explore_next_token", (PROMPT, 3.0, 0), "Temperature must be between 0 and 2"),
+    ("/explore_logit_lens", ("y" * 50_000,), "limit is 10,000"),
+    ("/explore_mask", (0,), "Sequence length must be between 1 and"),
+    ("/explore_mask", ("long",), "Sequence length must be a whole number"),
+])
+def test_bad_explore_inputs_get_one_clear_sentence(client, endpoint, args, message):
+    with pytest.raises(Exception, match=message):
+        client.predict(*args, api_name=endpoint)
+
+
+# ---- the model bar -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path, message", [
+    ("/etc", "outside the folders models may be loaded from"),
+    ("../../../etc/passwd", "outside the folders models may be loaded from"),
+    ("assets/no-such-model", "No checkpoint at assets/no-such-model"),
+    ("runs/no-such-run/best", "No checkpoint at runs/no-such-run/best"),
+    ("hf:not a repo", "is not a Hub model id"),
+    ("hf:nobody-here/no-such-model", "not in the local Hugging Face cache"),
+    ("assets/gpt2.tiktoken", "stays loaded"),
+    ("random:270m", "Random weights are offered for the presets tiny, demo"),
+])
+def test_bad_model_sources_keep_the_current_model(client, server, path, message):
+    before = server.holder.current()
+    with pytest.raises(Exception, match=message):
+        client.predict("", path, api_name="/load_model")
+    assert server.holder.current() is before
+    assert generate(client)[0]
+
+
+def test_load_model_swaps_the_shared_model(client, server):
+    before = server.holder.info
+    try:
+        md, details, *_ = client.predict("random:tiny", "", api_name="/load_model")
+        assert "random weights (tiny preset" in md and "7 layers" in details
+        assert server.holder.info.source == "random:tiny" and server.holder.current()[3] > 0
+        text, info = generate(client, "Once", 3)
+        assert text and "random weights (tiny preset" in info
+    finally:
+        if not before.random:
+            client.predict("", before.source, api_name="/load_model")
+
+
+# ---- Train ---------------------------------------------------------------------------------------
+
+TINY = dict(data_source="builtin", stories=300, hub=None, files=None, preset="tiny", max_steps=100, batch_size=4,
+            grad_accum=1, seq_len=32, lr=2e-3, device="cpu", gpus=1)
+
+
+def start(client, **overrides):
+    s = {**TINY, **overrides}
+    return client.predict(*s.values(), api_name="/train_start")
+
+
+def poll_metrics(client, name, until, timeout=90):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        frame, status, stats, sample = client.predict(name, api_name="/train_metrics")
+        rows = frame["data"] if frame else []
+        if until(rows, status):
+            return rows, status, stats, sample
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for metrics of {name}: {status!r}")
+
+
+def test_train_start_metrics_stop_and_use(client, server):
+    runs_dir = server.trainer.runs_dir
+    dd, status, table = start(client)
+    name = dd["value"]
+    try:
+        assert name.startswith("tiny-") and name in status and table["data"][0][0] == name
+        with pytest.raises(Exception, match="already running; stop it first"):
+            start(client)
+
+        rows, status, stats, _ = poll_metrics(client, name, lambda r, s: any(c == "train" for _, _, c in r))
+        first = len(rows)
+        rows, status, stats, sample = poll_metrics(
+            client, name, lambda r, s: len(r) > first and any(c == "val" for _, _, c in r))
+        assert "running" in status and "tokens/s" in stats and "MFU" in stats and "ETA" in stats
+        assert sample.startswith("Once upon a time"), "the latest evaluation's sample"
+        assert all(isinstance(step, int) and loss > 0 for step, loss, _ in rows)
+
+        status, table = client.predict(name, api_name="/train_stop")
+        assert status.startswith("stopped")
+        assert runs.get(name, runs_dir).status()["state"] == "stopped"
+        with pytest.raises(Exception, match="is not running"):
+            client.predict(name, api_name="/train_stop")
+
+        md, *_ = client.predict(name, api_name="/train_use_checkpoint")
+        assert f"run {name}" in md and server.holder.info.source.startswith(str(runs_dir))
+        assert generate(client)[0]
+    finally:
+        kill_runs(runs_dir)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(preset="huge"), "Preset must be one of tiny, demo, 270m"),
+    (dict(max_steps=0), "Max steps must be between 1 and"),
+    (dict(batch_size=-4), "Batch size must be between 1 and"),
+    (dict(seq_len=100_000), "Sequence length must be between 8 and 512"),
+    (dict(lr="fast"), "Learning rate must be a number"),
+    (dict(device="tpu"), "Device must be one of auto, cuda, cpu"),
+    (dict(device="cuda", gpus=2), "2 GPUs were asked for"),
+    (dict(stories=10), "Built-in stories must be between 100 and"),
+    (dict(data_source="ftp"), "Data source must be one of builtin, hub, files"),
+    (dict(data_source="files"), "No files uploaded"),
+    (dict(data_source="hub", hub=""), "dataset id is empty"),
+    (dict(data_source="hub", hub="../../etc"), "is not a Hugging Face dataset id"),
+    (dict(data_source="hub", hub="nobody/no-such-dataset"), "Could not load the Hugging Face dataset"),
+])
+def test_bad_training_inputs_get_one_clear_sentence(client, server, overrides, message):
+    with pytest.raises(Exception, match=message):
+        start(client, **overrides)
+    assert not runs.list_runs(server.trainer.runs_dir) or runs.active(server.trainer.runs_dir) is None
+
+
+@pytest.mark.parametrize("endpoint, args, message", [
+    ("/train_metrics", ("../../etc",), "is not allowed"),
+    ("/train_stop", ("no-such-run",), "No run named 'no-such-run'"),
+    ("/train_resume", ("no-such-run", 10), "No run named 'no-such-run'"),
+    ("/train_use_checkpoint", ("no-such-run",), "No run named 'no-such-run'"),
+])
+def test_bad_run_names_get_one_clear_sentence(client, endpoint, args, message):
+    with pytest.raises(Exception, match=message):
+        client.predict(*args, api_name=endpoint)
+
+
+def test_server_still_serves_after_all_that(client):
+    text, info = generate(client, "One day", 8)
+    assert text and "8 tokens" in info

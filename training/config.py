@@ -75,6 +75,6 @@ TRAIN_PRESETS: dict[str, dict] = {
     "270m": {},
     "tiny": dict(batch_size=16, grad_accum=1, seq_len=64, max_steps=300, lr=2e-3, min_lr=2e-4, warmup_steps=20,
                  grad_clip=1.0, eval_every=50, eval_windows=32, ckpt_every=100, sample_tokens=40, log_every=10),
-    "demo": dict(batch_size=16, grad_accum=1, seq_len=128, max_steps=2000, lr=2e-3, min_lr=2e-4, warmup_steps=100,
+    "demo": dict(batch_size=16, grad_accum=1, seq_len=128, max_steps=1000, lr=2e-3, min_lr=2e-4, warmup_steps=100,
                  grad_clip=1.0, eval_every=250, eval_windows=64, ckpt_every=250, sample_tokens=80, log_every=10),
 }

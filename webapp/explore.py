@@ -1,0 +1,134 @@
+"""The Explore tab's figures: checked inputs, and one recording per (model, prompt) reused by every view.
+
+Switching the layer, the head or the sampling temperature redraws from the cached Record; only a new
+prompt or a new model runs the model again. Recording switches the model's attention modules into a
+probability-keeping mode, so it takes the holder's exclusive lock (generation waits one token).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+import explain
+
+from .inputs import UserError, number, text
+
+CACHE_SIZE = 4   # recordings kept (a 270m recording of 256 tokens holds ~85 MB, mostly the logits)
+MAX_MASK_LEN = 8192
+NEXT_TEMPERATURE = (0.0, 2.0, 1.0)
+NEXT_TOP_K = (0, 200, 0)
+
+# Two or three sentences per view: what the picture is and what to look for.
+GUIDE = {
+    "mask": "Which keys each query may attend to. Sliding layers see only the last *window* tokens (a band "
+            "along the diagonal); full layers see everything before them (a triangle). Gemma 3 puts one full layer "
+            "after every five sliding ones, shown in the strip at the bottom right.",
+    "rope": "RoPE turns each pair of query/key dimensions by an angle that grows with the position. Sliding "
+            "layers use base 10,000 (fast-turning pairs, good for nearby tokens), full layers base 1,000,000 (slow "
+            "pairs that still tell positions apart far away). Top right: how similar a vector stays to itself as the "
+            "distance grows.",
+    "attention": "Each row is a token of your prompt (the query) and shows how much it attends to each earlier "
+                 "token (the keys). Look for heads that attend to the previous token (a line just left of the "
+                 "diagonal) or to the first token (a bright first column, an 'attention sink'). On sliding layers "
+                 "cells outside the window stay empty.",
+    "activations": "Top: how large the residual stream grows, layer by layer and token by token. Bottom left: how "
+                   "much the attention and the feed-forward part of each layer add. Bottom right: attention entropy: "
+                   "low = a head looks at few tokens, high = it spreads its attention.",
+    "next_token": "The most likely next tokens after your prompt, with the probabilities sampling would use at the "
+                  "temperature and top-k you choose (bars) and at temperature 1 (ticks). Temperature 0 always picks "
+                  "the top token; higher temperatures flatten the distribution.",
+    "logit_lens": "Each cell runs the residual stream after a layer through the final norm and the unembedding, "
+                  "and shows the token it would predict there. In a trained model the guesses settle layer by layer "
+                  "into the final prediction (the top row); in random weights they stay noise.",
+    "parameters": "Where the parameters live. With the GPT-2 vocabulary the embedding is a large share of a small "
+                  "model; with a tied head the output layer reuses it for free.",
+}
+
+
+class Explorer:
+    def __init__(self, holder, cache_size: int = CACHE_SIZE):
+        self.holder = holder
+        self.cache_size = cache_size
+        self._cache: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+        self.recordings = 0   # how many times the model was run (tests check the cache)
+
+    # ---- recording ----
+    def record(self, prompt):
+        prompt = text(prompt, "The Explore prompt", hint="type a sentence for the model to read")
+        version = self.holder.current()[3]
+        hit = self._get((version, prompt))
+        if hit is not None:
+            return hit
+        with self.holder.exclusive():
+            model, tokenizer, _, version = self.holder.current()
+            key = (version, prompt)
+            hit = self._get(key)
+            if hit is not None:
+                return hit
+            rec = explain.record(model, tokenizer, prompt)
+            self.recordings += 1
+        with self._lock:
+            self._cache[key] = rec
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return rec
+
+    def _get(self, key):
+        with self._lock:
+            rec = self._cache.get(key)
+            if rec is not None:
+                self._cache.move_to_end(key)
+            return rec
+
+    # ---- figures from the architecture (no prompt) ----
+    def mask(self, seq_len):
+        cfg = self.holder.current()[0].config
+        n = number(seq_len, "Sequence length", 1, min(cfg.context, MAX_MASK_LEN), integer=True)
+        return explain.mask_figure(cfg, n)
+
+    def rope(self):
+        return explain.rope_figure(self.holder.current()[0].config)
+
+    def parameters(self):
+        return explain.parameter_figure(self.holder.current()[0])
+
+    # ---- figures from a recorded prompt ----
+    def attention(self, prompt, layer, head):
+        rec = self.record(prompt)
+        layer = number(layer, "Layer", 0, rec.layers - 1, integer=True)
+        heads = rec.attn_probs[0].shape[0]
+        if head in (None, "", "all", "All heads", -1):
+            head = None
+        else:
+            if isinstance(head, str):
+                try:
+                    head = int(head.strip())
+                except ValueError:
+                    raise UserError(f"Head must be 'all' or a number from 0 to {heads - 1}, not {head!r}.") from None
+            head = number(head, "Head", 0, heads - 1, integer=True)
+        return explain.attention_figure(rec, layer, head), rec.notice
+
+    def activations(self, prompt):
+        rec = self.record(prompt)
+        return explain.activation_figure(rec), rec.notice
+
+    def next_token(self, prompt, temperature, top_k):
+        rec = self.record(prompt)
+        t = number(temperature, "Temperature", *NEXT_TEMPERATURE[:2])
+        k = number(top_k if top_k is not None else 0, "Top-k", *NEXT_TOP_K[:2], integer=True)
+        return explain.next_token_figure(rec, t, k or None), rec.notice
+
+    def logit_lens(self, prompt):
+        rec = self.record(prompt)
+        return explain.logit_lens_figure(rec), rec.notice
+
+
+def default_mask_len(info) -> int:
+    """Long enough to show the window's band: twice the window, within the context."""
+    return max(1, min(info.context, 2 * info.window, MAX_MASK_LEN))
+
+
+def head_choices(info) -> list[str]:
+    return ["all"] + [str(h) for h in range(info.heads)]

@@ -1,0 +1,67 @@
+"""Checks for what a user types or an API client sends: each failure is one sentence saying what to do."""
+
+from __future__ import annotations
+
+import math
+
+MAX_PROMPT_CHARS = 10_000
+
+
+class UserError(ValueError):
+    """Something a user gave cannot be used; the message says what is wrong and what to do."""
+
+
+def number(value, name: str, lo: float | None = None, hi: float | None = None, *, integer: bool = False):
+    """`value` as an int (integer=True) or float within [lo, hi], else a UserError naming the setting."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        kind = "a whole number" if integer else "a number"
+        raise UserError(f"{name} must be {kind}, not {_show(value)}.")
+    if not math.isfinite(value):
+        raise UserError(f"{name} must be a finite number, not {value}.")
+    if integer:
+        if not float(value).is_integer():
+            raise UserError(f"{name} must be a whole number, not {value}.")
+        value = int(value)
+    else:
+        value = float(value)
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        if lo is not None and hi is not None:
+            raise UserError(f"{name} must be between {_fmt(lo)} and {_fmt(hi)}, not {_fmt(value)}.")
+        if lo is not None:
+            raise UserError(f"{name} must be at least {_fmt(lo)}, not {_fmt(value)}.")
+        raise UserError(f"{name} must be at most {_fmt(hi)}, not {_fmt(value)}.")
+    return value
+
+
+def text(value, name: str = "The prompt", *, max_chars: int = MAX_PROMPT_CHARS, allow_empty: bool = False,
+         hint: str = "type some text (or pick an example)") -> str:
+    """A text field's value, checked for type, emptiness and length."""
+    if value is None:
+        value = ""
+    if not isinstance(value, str):
+        raise UserError(f"{name} must be text, not {_show(value)}.")
+    if not allow_empty and not value.strip():
+        raise UserError(f"{name} is empty: {hint}.")
+    if len(value) > max_chars:
+        raise UserError(f"{name} is {len(value):,} characters long; the limit is {max_chars:,}. Shorten it.")
+    if "\x00" in value:
+        raise UserError(f"{name} contains a NUL character; remove it.")
+    return value
+
+
+def choice(value, name: str, options) -> str:
+    options = list(options)
+    if value not in options:
+        raise UserError(f"{name} must be one of {', '.join(map(str, options))}, not {_show(value)}.")
+    return value
+
+
+def _fmt(x) -> str:
+    if isinstance(x, float) and x.is_integer() and abs(x) < 1e15:
+        x = int(x)
+    return f"{x:,}" if isinstance(x, int) else f"{x:g}"
+
+
+def _show(value) -> str:
+    r = repr(value)
+    return r if len(r) <= 60 else r[:57] + "..."

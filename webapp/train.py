@@ -1,0 +1,266 @@
+"""The Train tab's logic: prepare data, turn the form into a TrainConfig, start/stop/resume runs, read metrics.
+
+Runs are background processes managed by training.runs (one at a time per runs folder), so the UI
+never blocks and a restarted UI finds the live run again (training.runs.active). Prepared data goes to
+DATA_DIR/<name>: builtin (or builtin-N for N stories), hub-<owner>--<name>, upload-<content hash>.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+import time
+from pathlib import Path
+
+from training import runs
+from training.config import TRAIN_PRESETS, TrainConfig
+from training.data import SUFFIXES, prepare
+
+from .inputs import UserError, choice, number, text
+
+SOURCES = (("Built-in stories (offline)", "builtin"), ("Hugging Face dataset", "hub"), ("Uploaded files", "files"))
+PRESETS = ("tiny", "demo", "270m")
+DEVICES = ("auto", "cuda", "cpu")
+BUILTIN_STORIES = (100, 2_000_000, 50_000)
+MAX_STEPS = (1, 1_000_000)
+BATCH_SIZE = (1, 4096)
+GRAD_ACCUM = (1, 1024)
+SEQ_LEN_MIN = 8
+LR = (1e-6, 1.0)
+GPUS = (1, 64)
+MAX_FILES = 64
+MAX_PLOT_POINTS = 1000   # the live plot is thinned to about this many training points
+HUB_DATASET = re.compile(r"[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?")
+
+_preparing = threading.Lock()   # one data preparation at a time in this process
+
+
+def preset_defaults(preset: str) -> dict:
+    """The form's values for a preset: max steps, batch size, grad accum, sequence length, learning rate."""
+    cfg = TrainConfig.for_preset(choice(preset, "Preset", PRESETS))
+    return dict(max_steps=cfg.max_steps, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, seq_len=cfg.seq_len,
+                lr=cfg.lr)
+
+
+def _file_path(item) -> Path:
+    """A gr.File value (a path, or the {"path": ...} dict an unprocessed upload arrives as)."""
+    if isinstance(item, dict):
+        item = item.get("path")
+    if not isinstance(item, str) or not item:
+        raise UserError(f"An uploaded file arrived without a path ({item!r}); upload it again.")
+    return Path(item)
+
+
+def _digest(files: list[Path]) -> str:
+    h = hashlib.sha1()
+    for f in sorted(files, key=lambda p: p.name):
+        h.update(f.name.encode() + b"\0")
+        with open(f, "rb") as fh:
+            while block := fh.read(1 << 20):
+                h.update(block)
+    return h.hexdigest()[:12]
+
+
+def _elapsed(seconds) -> str:
+    if seconds is None:
+        return "–"
+    seconds = int(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h {m:02d}m" if h else f"{m}m {s:02d}s" if m else f"{s}s"
+
+
+class Trainer:
+    """Start, stop, resume and watch runs in runs_dir, on data prepared under data_dir."""
+
+    def __init__(self, runs_dir, data_dir):
+        self.runs_dir = Path(runs_dir).resolve()
+        self.data_dir = Path(data_dir).resolve()
+
+    # ---- data ----
+    def data_source(self, kind, stories=None, hub_id=None, files=None) -> tuple[object, Path, dict]:
+        """(what to pass to training.data.prepare, the folder to prepare into, prepare's keyword arguments)."""
+        kind = choice(kind, "Data source", [v for _, v in SOURCES])
+        if kind == "builtin":
+            n = number(stories if stories is not None else BUILTIN_STORIES[2], "Built-in stories",
+                       *BUILTIN_STORIES[:2], integer=True)
+            name = "builtin" if n == BUILTIN_STORIES[2] else f"builtin-{n}"
+            return "builtin", self.data_dir / name, {"builtin_stories": n}
+        if kind == "hub":
+            dataset = text(hub_id, "The Hugging Face dataset id", max_chars=200,
+                           hint="type owner/name, e.g. roneneldan/TinyStories").strip()
+            if not HUB_DATASET.fullmatch(dataset) or ".." in dataset:
+                raise UserError(f"{dataset!r} is not a Hugging Face dataset id; write owner/name, "
+                                "e.g. roneneldan/TinyStories.")
+            if Path(dataset).exists():
+                raise UserError(f"{dataset} names a local path; to train on your own files, upload them instead.")
+            return dataset, self.data_dir / ("hub-" + dataset.replace("/", "--")), {}
+        items = files if isinstance(files, (list, tuple)) else [files] if files else []
+        if not items:
+            raise UserError("No files uploaded: add .txt, .jsonl or .parquet files with stories, "
+                            "or choose the built-in stories.")
+        if len(items) > MAX_FILES:
+            raise UserError(f"{len(items)} files were uploaded; the limit is {MAX_FILES}. Combine them first.")
+        paths = [_file_path(i) for i in items]
+        for p in paths:
+            if p.suffix.lower() not in SUFFIXES:
+                raise UserError(f"{p.name} is not a .txt, .jsonl or .parquet file.")
+            if not p.is_file():
+                raise UserError(f"The upload {p.name} is gone from the server; upload it again.")
+        return [str(p) for p in paths], self.data_dir / f"upload-{_digest(paths)}", {}
+
+    def prepare(self, kind, stories=None, hub_id=None, files=None) -> tuple[Path, dict]:
+        """Tokenise the chosen data into data_dir (a no-op when already prepared); (folder, meta)."""
+        source, out, kwargs = self.data_source(kind, stories, hub_id, files)
+        if not _preparing.acquire(blocking=False):
+            raise UserError("Data is being prepared for another run right now; wait for it to finish, then start.")
+        try:
+            meta = prepare(source, out, progress=True, **kwargs)
+        finally:
+            _preparing.release()
+        return out, meta
+
+    # ---- settings ----
+    def config(self, preset, max_steps, batch_size, grad_accum, seq_len, lr, device="auto", gpus=1) -> dict:
+        """The form's values, checked, as a dict for training.runs.start (the preset fills the rest).
+
+        Evaluation, checkpoint, logging and warm-up intervals shrink with a short run, so a run of a
+        few hundred steps still draws a validation curve and leaves checkpoints behind."""
+        from gemma3 import Gemma3Config
+
+        preset = choice(preset, "Preset", PRESETS)
+        base = TrainConfig.for_preset(preset)
+        context = Gemma3Config.from_preset(preset).context
+        steps = number(max_steps, "Max steps", *MAX_STEPS, integer=True)
+        batch = number(batch_size, "Batch size", *BATCH_SIZE, integer=True)
+        accum = number(grad_accum, "Gradient accumulation", *GRAD_ACCUM, integer=True)
+        seq = number(seq_len, "Sequence length", SEQ_LEN_MIN, context, integer=True)
+        rate = number(lr, "Learning rate", *LR)
+        device = choice(device, "Device", DEVICES)
+        gpus = number(gpus if gpus is not None else 1, "Number of GPUs", *GPUS, integer=True)
+        if gpus > 1 and device == "cpu":
+            raise UserError("Training on several GPUs needs device auto or cuda, not cpu.")
+        if device == "cuda" or gpus > 1:
+            import torch
+            visible = torch.cuda.device_count()
+            if visible < gpus:
+                where = "no CUDA GPU is" if visible == 0 else f"only {visible} GPU{'s are' if visible > 1 else ' is'}"
+                raise UserError(f"{gpus} GPU{'s were' if gpus > 1 else ' was'} asked for but {where} visible "
+                                "on this machine; choose device auto or cpu, or fewer GPUs.")
+        return dict(
+            preset=preset, max_steps=steps, batch_size=batch, grad_accum=accum, seq_len=seq, lr=rate,
+            min_lr=rate * base.min_lr / base.lr, device=device, gpus=gpus,
+            warmup_steps=min(base.warmup_steps, steps // 10),
+            log_every=max(1, min(base.log_every, steps // 20)),
+            eval_every=max(1, min(base.eval_every, steps // 5)),
+            ckpt_every=max(1, min(base.ckpt_every, steps // 4)),
+        )
+
+    # ---- runs ----
+    def start(self, config: dict, data: Path) -> runs.Run:
+        return runs.start({**config, "data": str(data)}, self.runs_dir)
+
+    def pick(self, name=None) -> runs.Run | None:
+        """The run called `name`; without a name the live run, else the newest; None when there is none."""
+        if name not in (None, ""):
+            if not isinstance(name, str):
+                raise UserError(f"A run name must be text, not {type(name).__name__}.")
+            return runs.get(name, self.runs_dir)
+        live = runs.active(self.runs_dir)
+        if live is not None:
+            return live
+        found = runs.list_runs(self.runs_dir)
+        return runs.get(found[0].name, self.runs_dir) if found else None
+
+    def stop(self, name=None) -> dict:
+        run = self.pick(name) if name else runs.active(self.runs_dir)
+        if run is None:
+            raise UserError("No run is training right now.")
+        if not run.is_alive():
+            raise UserError(f"Run {run.name} is not running (it is {run.status()['state']}).")
+        return runs.stop(run, timeout=30)
+
+    def resume(self, name=None, max_steps=None) -> runs.Run:
+        run = self.pick(name)
+        if run is None:
+            raise UserError("There is no run to resume; start one first.")
+        target = None
+        if max_steps not in (None, ""):
+            target = number(max_steps, "Max steps", *MAX_STEPS, integer=True)
+            if target <= (run.config().get("max_steps") or 0):
+                target = None  # not an extension: resume to the run's own max_steps
+        return runs.resume(run, self.runs_dir, max_steps=target)
+
+    def checkpoint(self, name=None) -> Path:
+        """The checkpoint "Use this checkpoint" loads: the run's best model, else its latest step."""
+        run = self.pick(name)
+        if run is None:
+            raise UserError("There is no run yet; start one, then use its checkpoint.")
+        found = run.best() or run.latest_checkpoint()
+        if found is None:
+            raise UserError(f"Run {run.name} has no checkpoint yet; wait for its first evaluation or checkpoint.")
+        return found
+
+    def names(self) -> list[str]:
+        return [i.name for i in runs.list_runs(self.runs_dir)]
+
+    def table(self) -> list[list]:
+        rows = []
+        for i in runs.list_runs(self.runs_dir):
+            rows.append([i.name, i.state, f"{i.step}/{i.max_steps or '?'}", i.preset or "",
+                         "" if i.best_val_loss is None else round(i.best_val_loss, 4),
+                         time.strftime("%Y-%m-%d %H:%M", time.localtime(i.created))])
+        return rows
+
+    # ---- watching ----
+    def metrics(self, name=None) -> dict:
+        """Everything the monitor shows for a run: frame (step, loss, curve) for the line plot, status,
+        stats (lr, tokens/s, MFU, ETA), the latest sample, and the run's name."""
+        import pandas as pd
+
+        run = self.pick(name)
+        empty = pd.DataFrame({"step": pd.Series([], dtype="int64"), "loss": pd.Series([], dtype="float64"),
+                              "curve": pd.Series([], dtype="str")})
+        if run is None:
+            return dict(name=None, frame=empty, status="No training runs yet: start one on the left.", stats="",
+                        sample="", points=0)
+        records, _ = run.read_metrics(0)
+        train, val = {}, {}
+        for r in records:  # a resumed run logs again the steps after its last checkpoint: the later record wins
+            if isinstance(r.get("step"), int):
+                if r.get("kind") == "train" and isinstance(r.get("loss"), (int, float)):
+                    train[r["step"]] = r
+                elif r.get("kind") == "eval" and isinstance(r.get("val_loss"), (int, float)):
+                    val[r["step"]] = r
+        steps = sorted(train)
+        if len(steps) > MAX_PLOT_POINTS:
+            stride = -(-len(steps) // MAX_PLOT_POINTS)
+            steps = steps[::stride] + ([steps[-1]] if (len(steps) - 1) % stride else [])
+        rows = [(s, float(train[s]["loss"]), "train") for s in steps]
+        rows += [(s, float(val[s]["val_loss"]), "val") for s in sorted(val)]
+        frame = pd.DataFrame(rows, columns=["step", "loss", "curve"]) if rows else empty
+
+        st = run.status()
+        state, reason = st.get("state"), st.get("reason")
+        best = st.get("best_val_loss")
+        status = (f"**{run.name}**: {state}" + (f" ({reason})" if reason else "") +
+                  f" · step {st.get('step') or 0:,}/{st.get('max_steps') or '?'}" +
+                  (f" · best val loss {best:.4f}" if isinstance(best, (int, float)) else ""))
+        if state == "failed":
+            tail = run.log_tail(8).strip()
+            if tail:
+                status += "\n\n```\n" + tail + "\n```"
+        stats = ""
+        if train:
+            last = train[max(train)]
+            mfu = last.get("mfu")
+            stats = (f"train loss {last['loss']:.4f} · lr {last.get('lr', 0):.2e} · "
+                     f"{last.get('tokens_per_s', 0):,.0f} tokens/s · MFU "
+                     f"{'–' if not isinstance(mfu, (int, float)) else f'{mfu:.1%}'} · "
+                     f"elapsed {_elapsed(last.get('elapsed_s'))}"
+                     + (f" · ETA {_elapsed(last.get('eta_s'))}" if st.get("alive") else ""))
+            if val:
+                stats += f" · val loss {val[max(val)]['val_loss']:.4f}"
+        sample = val[max(val)].get("sample", "") if val else ""
+        return dict(name=run.name, frame=frame, status=status, stats=stats, sample=sample, points=len(rows))
