@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 import torch
@@ -371,6 +372,17 @@ def atomic_dir_write(out_dir: Path, write):
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def atomic_write_text(path: Path, text: str):
+    """Write a small text file so that readers see the old or the new content, never half of it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.{threading.get_ident()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _cpu_state(model) -> dict:

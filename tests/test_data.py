@@ -201,7 +201,7 @@ def test_crash_before_meta_is_written_reads_as_unprepared(tmp_path, monkeypatch)
     def fail(path, text):
         raise OSError("power cut")
 
-    monkeypatch.setattr(data, "_atomic_write_text", fail)
+    monkeypatch.setattr(data, "atomic_write_text", fail)
     with pytest.raises(OSError):
         prepare(src, out, val_fraction=0.5, progress=False)
     with pytest.raises(DataError):

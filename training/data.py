@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gemma3.checkpoints import atomic_write_text
 from gemma3.tokenizer import ENDOFTEXT, gpt2_tokenizer
 
 from .stories import iter_stories
@@ -283,7 +284,7 @@ def prepare(source="builtin", out_dir="data/builtin", *, val_fraction=0.01, num_
         (out_dir / "meta.json").unlink(missing_ok=True)
         for w in writers.values():
             os.replace(w.tmp, w.path)
-        _atomic_write_text(out_dir / "meta.json", json.dumps(meta, indent=2))
+        atomic_write_text(out_dir / "meta.json", json.dumps(meta, indent=2))
     finally:
         for w in writers.values():
             w.close()
@@ -292,15 +293,6 @@ def prepare(source="builtin", out_dir="data/builtin", *, val_fraction=0.01, num_
         print(f"Wrote {out_dir}: {meta['train_tokens']:,} train tokens ({meta['train_stories']:,} stories), "
               f"{meta['val_tokens']:,} val tokens ({meta['val_stories']:,} stories) in {meta['seconds']} s.")
     return meta
-
-
-def _atomic_write_text(path: Path, text: str):
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def default_out(source) -> str:

@@ -40,6 +40,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from gemma3.checkpoints import atomic_write_text
+
 from .config import TrainConfig
 
 try:
@@ -71,13 +73,7 @@ def _read_json(path: Path) -> dict | None:
 
 
 def _write_json(path: Path, obj: dict):
-    """Atomically: temporary file, fsync, rename."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.{threading.get_ident()}")
-    with open(tmp, "w") as f:
-        f.write(json.dumps(obj, indent=2))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2))
 
 
 def _proc_stat(pid: int) -> list[str] | None:

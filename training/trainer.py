@@ -27,7 +27,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 import gemma3
-from gemma3.checkpoints import atomic_dir_write, write_model_files
+from gemma3.checkpoints import atomic_dir_write, atomic_write_text, write_model_files
 
 from .config import TrainConfig
 from .data import Batches, eval_windows, load_split, read_meta
@@ -46,15 +46,6 @@ class StopRun(Exception):
 
 
 # ---- small helpers -------------------------------------------------------------------------------
-
-def atomic_write_text(path: Path, text: str):
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
 
 def text_bytes(tokenizer, ids: list[int]) -> int:
     """UTF-8 bytes the ids stand for, counting an end-of-text separator as one byte (as prepare does)."""
