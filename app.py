@@ -25,6 +25,7 @@ from webapp import explore as ex  # noqa: E402
 from webapp import generation as gen  # noqa: E402
 from webapp import models  # noqa: E402
 from webapp import train as tr  # noqa: E402
+from webapp.inputs import MAX_PROMPT_CHARS  # noqa: E402
 
 log = logging.getLogger("app")
 
@@ -40,6 +41,7 @@ CSS = """
 #model-bar { padding: 0.4rem 0.6rem; }
 .guide { color: var(--body-text-color-subdued); }
 """
+CURVE_COLORS = {"train": "#4f46e5", "val": "#db2777"}
 LAUNCH = dict(theme=THEME, css=CSS)  # Gradio 6: theme and css are arguments of launch()
 USER_ERRORS = (UserError, ValueError, RunError, DataError, FileNotFoundError, ConnectionError, PermissionError)
 
@@ -180,7 +182,8 @@ def build(model=None, tokenizer=None, description: str | None = None, *, holder:
             with gr.Tab("Generate", id="generate"):
                 with gr.Row():
                     with gr.Column(scale=2):
-                        prompt = gr.Textbox(label="Prompt", value=EXAMPLES[0], lines=3, elem_id="prompt")
+                        prompt = gr.Textbox(label="Prompt", value=EXAMPLES[0], lines=3, elem_id="prompt",
+                                            max_length=MAX_PROMPT_CHARS)
                         gr.Examples(EXAMPLES, inputs=prompt, label="Example prompts")
                         with gr.Row():
                             go = gr.Button("Generate", variant="primary", elem_id="generate-btn")
@@ -207,7 +210,7 @@ def build(model=None, tokenizer=None, description: str | None = None, *, holder:
                             "views run the model once on your prompt (switching layer or head reuses that run).")
                 with gr.Row():
                     ex_prompt = gr.Textbox(label="Prompt to look inside", value=EXPLORE_PROMPT, lines=2, scale=5,
-                                           elem_id="explore-prompt")
+                                           elem_id="explore-prompt", max_length=MAX_PROMPT_CHARS)
                     with gr.Column(scale=1, min_width=140):
                         look = gr.Button("Look inside", variant="primary", elem_id="look-inside")
                 with gr.Tabs():
@@ -261,8 +264,8 @@ def build(model=None, tokenizer=None, description: str | None = None, *, holder:
                                             elem_id="train-stories")
                         hub_id = gr.Textbox(label="Hugging Face dataset id (needs a network)", visible=False,
                                             placeholder="roneneldan/TinyStories", max_lines=1)
-                        files = gr.File(label="Story files: .txt (blank line between stories), .jsonl ({\"text\": …}), "
-                                        ".parquet (a text column)", file_count="multiple",
+                        files = gr.File(label="Story files: .txt (blank line between stories), "
+                                        ".jsonl ({\"text\": …}), .parquet (a text column)", file_count="multiple",
                                         file_types=[".txt", ".jsonl", ".parquet"], visible=False)
                         preset = gr.Radio(list(tr.PRESETS), value="tiny", label="Model preset",
                                           info="tiny: minutes on a CPU · demo: the bundled model's size · "
@@ -279,7 +282,7 @@ def build(model=None, tokenizer=None, description: str | None = None, *, holder:
                             lr = gr.Number(d["lr"], label="Learning rate")
                         with gr.Row():
                             device = gr.Radio(list(tr.DEVICES), value="auto", label="Device", elem_id="train-device")
-                            gpus = gr.Number(1, precision=0, label="GPUs", minimum=None)
+                            gpus = gr.Number(1, precision=0, label="GPUs")
                         with gr.Row():
                             start_btn = gr.Button("Start", variant="primary", interactive=allowed0,
                                                   elem_id="train-start")
@@ -294,7 +297,7 @@ def build(model=None, tokenizer=None, description: str | None = None, *, holder:
                         status_md = gr.Markdown(elem_id="train-status")
                         loss_plot = gr.LinePlot(x="step", y="loss", color="curve", title="Loss",
                                                 x_title="step", y_title="cross-entropy loss",
-                                                color_map={"train": "#4f46e5", "val": "#db2777"},
+                                                color_map=CURVE_COLORS,
                                                 height=320, elem_id="train-loss")
                         stats_md = gr.Markdown(elem_id="train-stats")
                         sample_tb = gr.Textbox(label="Latest sample (at the last evaluation)", lines=4,
@@ -302,7 +305,7 @@ def build(model=None, tokenizer=None, description: str | None = None, *, holder:
                         runs_df = gr.Dataframe(headers=["run", "state", "step", "preset", "best val loss", "created"],
                                                interactive=False, label="Runs", wrap=True)
                 timer = gr.Timer(2.0)
-                slow_timer = gr.Timer(10.0)
+                slow_timer = gr.Timer(4.0)
 
             # ---- About ----
             with gr.Tab("About", id="about"):
@@ -323,13 +326,13 @@ def build(model=None, tokenizer=None, description: str | None = None, *, holder:
             source = models.check_source(typed or choice, roots, trainer.runs_dir)
             progress(0, desc=f"Loading {models.display_name(source)} …")
             info = holder.load(source)
-            gr.Info(f"Loaded {info.name}: {info.params / 1e6:.1f}M parameters.")
-            return model_outputs(info)
+            gr.Info(f"Loaded {info.name}: {info.params / 1e6:.1f}M parameters.", duration=4)
+            return (*model_outputs(info), picker_update(source))
 
-        load_btn.click(load_model, [picker, custom], model_outs, api_name="load_model", concurrency_id="load",
-                       concurrency_limit=1, preprocess=False)
-        custom.submit(load_model, [picker, custom], model_outs, api_visibility="private", concurrency_id="load",
-                      concurrency_limit=1, preprocess=False)
+        load_btn.click(load_model, [picker, custom], [*model_outs, picker], api_name="load_model",
+                       concurrency_id="load", concurrency_limit=1, preprocess=False)
+        custom.submit(load_model, [picker, custom], [*model_outs, picker], api_visibility="private",
+                      concurrency_id="load", concurrency_limit=1, preprocess=False)
         refresh_btn.click(lambda: picker_update(), None, picker, api_visibility="private", queue=False)
 
         # -- Generate
@@ -338,8 +341,9 @@ def build(model=None, tokenizer=None, description: str | None = None, *, holder:
             s = gen.settings(prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
             stats: dict = {}
             text = ""
-            for text in gen.stream(holder, s, stats):
-                yield text, "*generating…*"
+            for i, text in enumerate(gen.stream(holder, s, stats)):
+                # the notice only once: a piece still in flight when Stop is pressed must not overwrite "Stopped"
+                yield text, "*generating…*" if i == 0 else gr.skip()
             yield text, gen.summary(stats)
 
         gen_event = go.click(guard.gpu(generate), [prompt, max_new, temperature, top_k, top_p, rep, seed],
@@ -431,11 +435,13 @@ def build(model=None, tokenizer=None, description: str | None = None, *, holder:
                         profile: gr.OAuthProfile | None = None, progress=gr.Progress(track_tqdm=True)):
             guard.check_training(_username(profile))
             config = trainer.config(preset_name, max_steps_, batch_size_, grad_accum_, seq_len_, lr_, device_, gpus_)
+            trainer.ensure_idle()
             progress(0, desc="Preparing the training data …")
             data, meta = trainer.prepare(data_source, builtin_stories, hub_dataset, uploaded_files)
             progress(0.95, desc="Starting the trainer …")
             run = trainer.start(config, data)
-            gr.Info(f"Started run {run.name}: {meta['train_tokens']:,} training tokens in {data.name}.")
+            gr.Info(f"Started run {run.name}: {meta['train_tokens']:,} training tokens in {data.name}.",
+                    duration=4)
             return runs_choices(run.name), f"**{run.name}**: starting …", trainer.table()
 
         tkw = dict(concurrency_id="train", concurrency_limit=1, preprocess=False)
@@ -448,7 +454,7 @@ def build(model=None, tokenizer=None, description: str | None = None, *, holder:
             guard.check_training(_username(profile))
             st = trainer.stop(run)
             gr.Info(f"Run stopped at step {st.get('step')}: {st.get('state')}"
-                    + (f" ({st['reason']})" if st.get("reason") else "") + ".")
+                    + (f" ({st['reason']})" if st.get("reason") else "") + ".", duration=4)
             return f"{st.get('state')} at step {st.get('step')}", trainer.table()
 
         stop_btn.click(train_stop, [run_dd], [status_md, runs_df], api_name="train_stop", **tkw)
@@ -457,7 +463,7 @@ def build(model=None, tokenizer=None, description: str | None = None, *, holder:
         def train_resume(run, max_steps_, profile: gr.OAuthProfile | None = None):
             guard.check_training(_username(profile))
             run = trainer.resume(run, max_steps_)
-            gr.Info(f"Resuming run {run.name}.")
+            gr.Info(f"Resuming run {run.name}.", duration=4)
             return runs_choices(run.name), f"**{run.name}**: resuming …", trainer.table()
 
         resume_btn.click(train_resume, [run_dd, max_steps], [run_dd, status_md, runs_df], api_name="train_resume",
@@ -478,7 +484,11 @@ def build(model=None, tokenizer=None, description: str | None = None, *, holder:
 
         gr.on([runs_refresh.click], refresh_runs, [run_dd], [run_dd, runs_df], api_visibility="private",
               preprocess=False)
-        slow_timer.tick(lambda: trainer.table(), None, runs_df, api_visibility="private", show_progress="hidden",
+        @friendly
+        def slow_refresh():  # the runs table, and the shared model as another visitor may have swapped it
+            return trainer.table(), holder.info.markdown()
+
+        slow_timer.tick(slow_refresh, None, [runs_df, model_md], api_visibility="private", show_progress="hidden",
                         concurrency_id="monitor")
 
         @friendly
@@ -487,13 +497,14 @@ def build(model=None, tokenizer=None, description: str | None = None, *, holder:
             source = models.check_source(str(path), roots, trainer.runs_dir)
             progress(0, desc=f"Loading {models.display_name(source)} …")
             info = holder.load(source)
-            gr.Info(f"Loaded {info.name} into the model bar.")
+            gr.Info(f"Loaded {info.name} into the model bar.", duration=4)
             return (*model_outputs(info), picker_update(source))
 
         use_btn.click(use_checkpoint, [run_dd], [*model_outs, picker], api_name="train_use_checkpoint",
                       concurrency_id="load", concurrency_limit=1, preprocess=False)
 
         # -- every page load: the shared model as it is now, this visitor's permission, the live run
+        @friendly
         def on_load(profile: gr.OAuthProfile | None = None):
             info = holder.info
             allowed, why = guard.training_permission(_username(profile))
@@ -523,8 +534,10 @@ def main(argv=None):
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
                         help="port to listen on (default: $GRADIO_SERVER_PORT, else 7860)")
     parser.add_argument("--share", action="store_true", help="also create a public gradio.live link")
-    parser.add_argument("--runs-dir", default=RUNS_DIR, help="where training runs are written (default: $GEMMA3_RUNS_DIR, else runs/)")
-    parser.add_argument("--data-dir", default=DATA_DIR, help="where prepared training data is written (default: $GEMMA3_DATA_DIR, else data/)")
+    parser.add_argument("--runs-dir", default=RUNS_DIR,
+                        help="where training runs are written (default: $GEMMA3_RUNS_DIR, else runs/)")
+    parser.add_argument("--data-dir", default=DATA_DIR,
+                        help="where prepared training data is written (default: $GEMMA3_DATA_DIR, else data/)")
     args = parser.parse_args(argv)
     try:
         holder = models.ModelHolder.from_default(args.model)

@@ -13,6 +13,7 @@ import pytest
 
 import app
 from training import runs
+from webapp import models
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 PROMPT = "Once upon a time, a little girl named Lily"
@@ -94,10 +95,31 @@ def test_generate_streams_pieces(client):
     assert len(text) > 20 and "40 tokens" in info and "tokens/s" in info
 
 
-def test_same_seed_same_story(client):
-    a, _ = generate(client, "Lily found", 12, 0.9, 40, 0.95, 1.1, 7)
+def test_cancel_stops_generation_and_frees_its_cache(client, server):
+    job = client.submit("Once upon a time", 1000, 0.8, 0, 1.0, 1.0, 1, api_name="/generate")
+    poll = time.monotonic() + 30
+    while not job.outputs() and time.monotonic() < poll:
+        time.sleep(0.01)
+    assert job.outputs() and server.holder.streaming == 1, "a generation is in flight"
+    job.cancel()
+    deadline = time.monotonic() + 10
+    while server.holder.streaming and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.holder.streaming == 0, "cancelling closes the generator (its finally frees the KV cache)"
+    text = job.outputs()[-1][0]
+    assert "tokens/s" not in job.outputs()[-1][1], "a cancelled generation never reaches its summary"
+    assert generate(client, "Once", 3)[0], "and the server keeps serving"
+
+
+def test_same_seed_same_story_and_random_seeds_differ(client):
+    a, info = generate(client, "Lily found", 12, 0.9, 40, 0.95, 1.1, 7)
     b, _ = generate(client, "Lily found", 12, 0.9, 40, 0.95, 1.1, 7)
-    assert a == b and a
+    assert a == b and a and "seed 7" in info
+    c, info_c = generate(client, "Lily found", 12, 1.0, 0, 1.0, 1.0, -1)
+    d, _ = generate(client, "Lily found", 12, 1.0, 0, 1.0, 1.0, -1)
+    assert c != d, "seed -1 draws a new seed every time"
+    used = int(info_c.split("seed ")[1].split(" ")[0])
+    assert generate(client, "Lily found", 12, 1.0, 0, 1.0, 1.0, used)[0] == c, "the seed shown reproduces the story"
 
 
 def test_bad_setting_is_a_clear_error_and_server_keeps_serving(client):
@@ -196,6 +218,15 @@ def test_bad_model_sources_keep_the_current_model(client, server, path, message)
     assert generate(client)[0]
 
 
+def test_picker_lists_the_known_hub_models_and_random_weights(server):
+    values = [v for _, v in models.picker_choices(server.trainer.runs_dir)]
+    assert {"hf:G3nadh/gemma3-270m-tinystories", "hf:disham993/gemma3-270m-tiny-stories",
+            "hf:google/gemma-3-270m", "random:tiny"} <= set(values)
+    assert (str(models.DEMO_MODEL.resolve()) in values) == models.DEMO_MODEL.is_dir()
+    gated = [label for label, v in models.picker_choices(server.trainer.runs_dir) if v == "hf:google/gemma-3-270m"]
+    assert "HF_TOKEN" in gated[0]
+
+
 def test_load_model_swaps_the_shared_model(client, server):
     before = server.holder.info
     try:
@@ -221,10 +252,13 @@ def start(client, **overrides):
 
 
 def poll_metrics(client, name, until, timeout=90):
+    """Poll /train_metrics until until(points, status); points: the (step, loss, curve) rows that hold a loss
+    (a curve without points yet is sent as one row with an empty loss, so the plot's legend knows it)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         frame, status, stats, sample = client.predict(name, api_name="/train_metrics")
-        rows = frame["data"] if frame else []
+        assert frame["columns"] == ["step", "loss", "curve"] and {c for *_, c in frame["data"]} == {"train", "val"}
+        rows = [r for r in frame["data"] if r[1] is not None]
         if until(rows, status):
             return rows, status, stats, sample
         time.sleep(0.5)
@@ -248,17 +282,84 @@ def test_train_start_metrics_stop_and_use(client, server):
         assert sample.startswith("Once upon a time"), "the latest evaluation's sample"
         assert all(isinstance(step, int) and loss > 0 for step, loss, _ in rows)
 
+        _, status, _, _ = client.predict("", api_name="/train_metrics")
+        assert status.startswith(f"**{name}**: running"), "without a name the monitor shows the live run"
+        restarted = app.build(runs_dir=runs_dir, data_dir=server.trainer.data_dir)  # a UI started again
+        assert restarted.trainer.pick(None).name == name, "a restarted UI finds the live run again"
+
         status, table = client.predict(name, api_name="/train_stop")
         assert status.startswith("stopped")
-        assert runs.get(name, runs_dir).status()["state"] == "stopped"
+        stopped_at = runs.get(name, runs_dir).status()
+        assert stopped_at["state"] == "stopped" and not stopped_at["alive"]
         with pytest.raises(Exception, match="is not running"):
             client.predict(name, api_name="/train_stop")
+
+        listed = dict(models.picker_choices(runs_dir))
+        assert f"Run {name}: best, val loss {stopped_at['best_val_loss']:.3f}" in listed
+        assert any(label.startswith(f"Run {name}: latest (step_") for label in listed), "the picker lists the run"
 
         md, *_ = client.predict(name, api_name="/train_use_checkpoint")
         assert f"run {name}" in md and server.holder.info.source.startswith(str(runs_dir))
         assert generate(client)[0]
+
+        dd, status, _ = client.predict(name, None, api_name="/train_resume")
+        assert dd["value"] == name and "resuming" in status
+        poll_metrics(client, name, lambda r, s: "running" in s and max(st for st, _, _ in r) > stopped_at["step"])
+        status, _ = client.predict(name, api_name="/train_stop")
+        assert status.startswith("stopped")
     finally:
         kill_runs(runs_dir)
+
+
+def test_uploaded_files_reach_data_preparation(client, tmp_path):
+    from gradio_client import handle_file
+
+    one = tmp_path / "one_story.txt"
+    one.write_text("Tom had a red ball. He liked to play with it every day.\n")
+    with pytest.raises(Exception, match="one_story.txt contains 1 stories; at least 2 are needed"):
+        start(client, data_source="files", files=[handle_file(str(one))])
+    csv = tmp_path / "stories.csv"
+    csv.write_text("text\nOnce upon a time\n")
+    with pytest.raises(Exception, match="stories.csv is not a .txt, .jsonl or .parquet file"):
+        start(client, data_source="files", files=[handle_file(str(csv))])
+
+
+def test_training_on_a_space_needs_the_owner(client, server, monkeypatch):
+    monkeypatch.setenv("SPACE_ID", "someone/gemma3-tinystories")
+    monkeypatch.setenv("SPACE_AUTHOR_NAME", "someone")
+    with pytest.raises(Exception, match="only its owner \\(someone\\) or allowed users may train: sign in"):
+        start(client)
+    with pytest.raises(Exception, match="only its owner"):
+        client.predict("", api_name="/train_stop")
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    with pytest.raises(Exception, match="Training needs a dedicated GPU"):
+        start(client)
+    assert not runs.list_runs(server.trainer.runs_dir) or runs.active(server.trainer.runs_dir) is None
+
+
+@pytest.mark.parametrize("env, user, allowed", [
+    ({}, None, True),                                                         # locally: anyone at the keyboard
+    ({"SPACE_ID": "ann/app", "SPACE_AUTHOR_NAME": "ann"}, None, False),       # a Space: signed-out visitors watch
+    ({"SPACE_ID": "ann/app", "SPACE_AUTHOR_NAME": "ann"}, "Ann", True),       # the owner
+    ({"SPACE_ID": "ann/app", "SPACE_AUTHOR_NAME": "ann"}, "bob", False),
+    ({"SPACE_ID": "ann/app", "TRAIN_ALLOWED_USERS": "carl, bob"}, "bob", True),  # the allow-list secret
+    ({"SPACE_ID": "ann/app", "SPACES_ZERO_GPU": "1"}, "ann", False),         # ZeroGPU: never
+])
+def test_who_may_train(env, user, allowed):
+    from webapp import guard
+
+    ok, why = guard.training_permission(user, env)
+    assert ok is allowed and why.endswith(".")
+
+
+def test_generation_is_wrapped_for_zero_gpu_only_when_spaces_is_there(monkeypatch):
+    from webapp import guard
+
+    def fn():
+        return 1
+
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    assert guard.gpu(fn) is fn  # the `spaces` package is not installed here: the import is guarded
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import dataclass
 
@@ -51,33 +52,35 @@ def stream(holder, s: Settings, stats: dict):
     frees the KV cache at once.
     """
     model, tokenizer, info, _ = holder.current()
-    stats["model"] = info.name
+    seed = s.seed if s.seed is not None else secrets.randbelow(SEED_MAX + 1)  # "random" differs on every call
+    stats.update(model=info.name, seed=seed)
     pieces = gemma3.stream(model, tokenizer, s.prompt, s.max_new_tokens, s.temperature, s.top_k, s.top_p,
-                           s.repetition_penalty, s.seed, stats=stats)
+                           s.repetition_penalty, seed, stats=stats)
     out, pending, last = "", 0, time.monotonic()
-    try:
-        while True:
-            with holder.reading():
-                piece = next(pieces, None)
-            if piece is None:
-                break
-            out += piece
-            pending += 1
-            if pending >= EVERY_TOKENS or time.monotonic() - last >= EVERY_SECONDS:
-                yield out
-                pending, last = 0, time.monotonic()
-    finally:
-        pieces.close()
+    with holder.stream_slot():
+        try:
+            while True:
+                with holder.reading():
+                    piece = next(pieces, None)
+                if piece is None:
+                    break
+                out += piece
+                pending += 1
+                if pending >= EVERY_TOKENS or time.monotonic() - last >= EVERY_SECONDS:
+                    yield out
+                    pending, last = 0, time.monotonic()
+        finally:
+            pieces.close()
     if pending:
         yield out
 
 
 def summary(stats: dict) -> str:
-    """'123 tokens, 45.6 tokens/s (stopped on end of text)' plus any notice."""
+    """'123 tokens, 45.6 tokens/s, prefill 12 ms · stopped on end of text · seed 42 · model' plus any notice."""
     n = stats.get("new_tokens", 0)
     line = (f"{n} token{'s' if n != 1 else ''}, {stats.get('tokens_per_s', 0.0):.1f} tokens/s, "
             f"prefill {stats.get('prefill_s', 0.0) * 1000:.0f} ms · stopped on {stats.get('stop_reason', 'length')}"
-            f" · {stats.get('model', '')}")
+            f" · seed {stats.get('seed')} · {stats.get('model', '')}")
     if stats.get("notice"):
         line += f"  \n{stats['notice']}"
     return line

@@ -158,7 +158,8 @@ def check_source(value, roots: list[Path], runs_dir=None) -> str:
         raise UserError("That model source is not a usable path or Hub id; type a path or hf:owner/name.")
     if text.startswith("random:"):
         if text[7:] not in RANDOM_PRESETS:
-            raise UserError(f"Random weights are offered for the presets {', '.join(RANDOM_PRESETS)}, not {text[7:]!r}.")
+            raise UserError(f"Random weights are offered for the presets {', '.join(RANDOM_PRESETS)}, "
+                            f"not {text[7:]!r}.")
         return text
     if text.startswith("hf:"):
         if not HUB_ID.fullmatch(text) or ".." in text:
@@ -264,6 +265,18 @@ class ModelHolder:
         self._state = (model, tokenizer, info, 0)
         self._rw = RWLock()
         self._loading = threading.Lock()
+        self._count = threading.Lock()
+        self.streaming = 0   # generations in flight (each holds a KV cache until its generator is closed)
+
+    @contextmanager
+    def stream_slot(self):
+        with self._count:
+            self.streaming += 1
+        try:
+            yield
+        finally:
+            with self._count:
+                self.streaming -= 1
 
     @classmethod
     def from_default(cls, cli: str | None = None) -> "ModelHolder":

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from training import runs
-from training.config import TRAIN_PRESETS, TrainConfig
+from training.config import TrainConfig
 from training.data import SUFFIXES, prepare
 
 from .inputs import UserError, choice, number, text
@@ -109,6 +109,12 @@ class Trainer:
             if not p.is_file():
                 raise UserError(f"The upload {p.name} is gone from the server; upload it again.")
         return [str(p) for p in paths], self.data_dir / f"upload-{_digest(paths)}", {}
+
+    def ensure_idle(self):
+        """A UserError when a run is training already (before spending minutes preparing data for another)."""
+        live = runs.active(self.runs_dir)
+        if live is not None:
+            raise UserError(f"A training run ({live.name}) is already running; stop it first.")
 
     def prepare(self, kind, stories=None, hub_id=None, files=None) -> tuple[Path, dict]:
         """Tokenise the chosen data into data_dir (a no-op when already prepared); (folder, meta)."""
@@ -217,14 +223,10 @@ class Trainer:
     def metrics(self, name=None) -> dict:
         """Everything the monitor shows for a run: frame (step, loss, curve) for the line plot, status,
         stats (lr, tokens/s, MFU, ETA), the latest sample, and the run's name."""
-        import pandas as pd
-
         run = self.pick(name)
-        empty = pd.DataFrame({"step": pd.Series([], dtype="int64"), "loss": pd.Series([], dtype="float64"),
-                              "curve": pd.Series([], dtype="str")})
         if run is None:
-            return dict(name=None, frame=empty, status="No training runs yet: start one on the left.", stats="",
-                        sample="", points=0)
+            return dict(name=None, frame=_frame([]), status="No training runs yet: start one on the left.",
+                        stats="", sample="", points=0)
         records, _ = run.read_metrics(0)
         train, val = {}, {}
         for r in records:  # a resumed run logs again the steps after its last checkpoint: the later record wins
@@ -239,7 +241,7 @@ class Trainer:
             steps = steps[::stride] + ([steps[-1]] if (len(steps) - 1) % stride else [])
         rows = [(s, float(train[s]["loss"]), "train") for s in steps]
         rows += [(s, float(val[s]["val_loss"]), "val") for s in sorted(val)]
-        frame = pd.DataFrame(rows, columns=["step", "loss", "curve"]) if rows else empty
+        frame = _frame(rows)
 
         st = run.status()
         state, reason = st.get("state"), st.get("reason")
@@ -264,3 +266,20 @@ class Trainer:
                 stats += f" · val loss {val[max(val)]['val_loss']:.4f}"
         sample = val[max(val)].get("sample", "") if val else ""
         return dict(name=run.name, frame=frame, status=status, stats=stats, sample=sample, points=len(rows))
+
+
+CURVES = ("train", "val")
+
+
+def _frame(rows):
+    """The live plot's data: columns step, loss, curve ("train" / "val").
+
+    A curve with no point yet gets one row with an empty loss (drawn as nothing): Gradio's LinePlot
+    fixes its colour legend to the curves present when the chart is first drawn, so both must be there
+    from the start for the validation curve to show up later."""
+    import pandas as pd
+
+    first = rows[0][0] if rows else 0
+    present = {c for _, _, c in rows}
+    rows = list(rows) + [(first, None, c) for c in CURVES if c not in present]
+    return pd.DataFrame(rows, columns=["step", "loss", "curve"]).astype({"step": "int64", "loss": "float64"})
