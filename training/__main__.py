@@ -3,6 +3,7 @@
     python -m training prepare --source builtin --out data/builtin
     python -m training train --data data/builtin --preset tiny --out runs/tiny
     python -m training train --out runs/tiny --resume            # continue exactly where it stopped
+    python -m training export --run runs/tiny --out my-model      # the model + a model card
     torchrun --nproc_per_node=4 -m training train --data data/tinystories --preset 270m --out runs/270m
 """
 
@@ -65,7 +66,20 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     add_prepare_args(sub.add_parser("prepare", help="tokenise a story corpus into train.bin / val.bin"))
     _add_train_args(sub.add_parser("train", help="pretrain (or resume) a model on prepared data"))
+    e = sub.add_parser("export", help="write a run's model with a model card (data, command, losses, samples)")
+    e.add_argument("--run", required=True, help="run folder")
+    e.add_argument("--out", required=True, help="folder to write (our checkpoint format + README.md)")
+    e.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    e.add_argument("--checkpoint", choices=["last", "best"], default="last")
     args = parser.parse_args(argv)
+    if args.command == "export":
+        from .card import export
+        try:
+            print(f"Wrote {export(args.run, args.out, args.dtype, args.checkpoint)}")
+        except (ValueError, FileNotFoundError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        return 0
     if args.command == "prepare":
         try:
             run_prepare(args)
