@@ -603,3 +603,50 @@ def test_hub_id_offline_loads_from_the_cache(tmp_path, monkeypatch):
     loaded, _ = gemma3.load_model("hf:someone/tiny-gemma3")
     ids = random_ids(10, seed=13)
     assert torch.equal(logits_of(loaded, ids), logits_of(model, ids))
+
+
+def _fake_hub_repo(cache, repo_id: str, files: dict):
+    """A repository laid out in the Hugging Face cache as a download would leave it."""
+    commit = "89abcdef0123456789abcdef0123456789abcdef"
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for name, write in files.items():
+        write(snapshot / name)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+
+
+@pytest.mark.parametrize("repo_id", ["G3nadh/gemma3-270m-tinystories", "disham993/gemma3-270m-tiny-stories",
+                                     "google/gemma-3-270m"])
+def test_known_hub_models_load_offline_from_their_repo_layout(tmp_path, monkeypatch, rasbt_ref, g3nadh_ref,
+                                                             repo_id):
+    """Each model the picker offers, laid out as its Hub repo is, loads through `hf:` with its own layout;
+    only the download itself goes untested."""
+    import huggingface_hub.constants as C
+    from conftest import build_hf_tiny
+
+    cache = tmp_path / "hub"
+    if repo_id.startswith("G3nadh"):
+        ref = g3nadh_ref
+        _fake_hub_repo(cache, repo_id, {
+            "pytorch_model.bin": lambda p: torch.save(ref.state_dict(), str(p)),
+            "config.json": lambda p: p.write_text(json.dumps(G3NADH_CONFIG))})
+    elif repo_id.startswith("disham993"):  # its weights file name is not known: any single .pt must do
+        ref = rasbt_ref
+        _fake_hub_repo(cache, repo_id, {"gemma3_tinystories_best.pt": lambda p: torch.save(
+            {k: v.to(torch.bfloat16) for k, v in ref.state_dict().items()}, str(p))})
+        ref = RefModel("rasbt", seed=1)
+        ref.load_state_dict({k: v.to(torch.bfloat16).float() for k, v in rasbt_ref.state_dict().items()})
+    else:
+        hf = build_hf_tiny(seed=4)
+        _fake_hub_repo(cache, repo_id, {"model.safetensors": lambda p: hf.save_pretrained(p.parent),
+                                        "tokenizer.json": lambda p: _tiny_tokenizer_json(p.parent)})
+        ref = lambda ids: hf(ids).logits  # noqa: E731
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(C, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(C, "HF_HUB_OFFLINE", True)
+    model, tok = gemma3.load_model("hf:" + repo_id)
+    ids = random_ids(20, seed=14).clamp(max=model.config.vocab_size - 1)
+    assert_logits_equal(logits_of(model, ids), logits_of(ref, ids))
+    assert isinstance(tok, gemma3.HFTokenizer if repo_id.startswith("google") else gemma3.GPT2Tokenizer)

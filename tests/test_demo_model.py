@@ -1,0 +1,68 @@
+"""The bundled demo model: `python app.py` offline opens on it, and it writes words, not noise."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+import gemma3
+from training.stories import vocabulary, words
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "assets" / "demo-model"
+
+
+def test_demo_model_is_small_and_loads_as_the_demo_preset():
+    size = sum(f.stat().st_size for f in DEMO.iterdir())
+    assert size <= 25e6, f"the bundled model must ship in 25 MB, it takes {size / 1e6:.1f} MB"
+    model, tok = gemma3.load_model(DEMO)
+    assert model.config == gemma3.Gemma3Config.from_preset("demo")
+    card = (DEMO / "README.md").read_text()
+    for fact in ("python -m training train", "steps", "tokens seen", "validation loss", "## Samples"):
+        assert fact in card, fact
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_app_starts_offline_on_the_demo_model_and_tells_stories(tmp_path):
+    from gradio_client import Client
+
+    port = _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "GEMMA3_RUNS_DIR": str(tmp_path / "runs"),
+           "GEMMA3_DATA_DIR": str(tmp_path / "data")}
+    env.pop("GEMMA3_MODEL", None)
+    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                if httpx.get(url + "gradio_api/info", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        page = httpx.get(url, timeout=10).text
+        assert "demo-model" in page and "random weights" not in page
+        client = Client(url, verbose=False)
+        text, _ = client.predict("Once upon a time", 120, 0.7, 50, 1.0, 1.0, 0, api_name="/generate")
+        found = words(text)
+        assert len(found) >= 40, text
+        unknown = sorted(set(found) - vocabulary())
+        assert not unknown, f"words the built-in corpus never uses: {unknown} in {text!r}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
