@@ -66,3 +66,21 @@ def test_app_starts_offline_on_the_demo_model_and_tells_stories(tmp_path):
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_explore_pictures_show_real_structure_on_the_demo_model():
+    """On the trained model, attention is far from uniform and the logit lens converges on the answer."""
+    import explain
+
+    model, tok = gemma3.load_model(DEMO)
+    rec = explain.record(model, tok, "Once upon a time, there was a little girl named Lily. She liked to play")
+    T = rec.seq_len
+    for layer, probs in enumerate(rec.attn_probs):
+        seen = (probs > 0).sum(-1).float()                   # keys each query may see
+        uniform = 1.0 / seen                                  # what a head with no preference would give
+        sharp = (probs.max(-1).values > 3 * uniform)[:, T // 2:].float().mean()
+        assert sharp > 0.7, f"layer {layer}: attention is close to uniform"
+    final = rec.lens_ids[-1]
+    agreement = [(rec.lens_ids[i] == final).float().mean().item() for i in range(rec.layers + 1)]
+    assert agreement[-1] == 1.0 and agreement[-2] > 0.8 and agreement[1] < 0.5, agreement
+    assert rec.lens_probs[-1].mean() > rec.lens_probs[1].mean(), "later layers should be more confident"
