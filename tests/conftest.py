@@ -80,3 +80,62 @@ def tiny(hf_tiny):
 def random_ids(batch: int, length: int, seed: int = 0, vocab: int = TINY_HF["vocab_size"]) -> torch.Tensor:
     """Reproducible random token ids [batch, length]."""
     return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+# ---- helpers for tests that launch the app or trainer processes ------------------------------------
+
+def poll(fn, timeout=30.0, every=0.1, what="condition"):
+    """fn() until it returns something true; that value, or an AssertionError after `timeout` s."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def wait_ready(url: str, timeout: float = 30):
+    """Wait until a launched Gradio app answers /gradio_api/info."""
+    import httpx
+
+    def answers():
+        try:
+            return httpx.get(url + "gradio_api/info", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+    poll(answers, timeout, what=f"the app at {url} to answer /gradio_api/info")
+
+
+def kill_run(run):
+    """Safety net for finally blocks: no trainer a test started outlives it."""
+    import os
+    import signal
+
+    pid = run.launch_info().get("pid")
+    if pid and run.is_alive():
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        run.wait(timeout=10)
+
+
+def kill_runs(runs_dir):
+    from training import runs
+
+    for info in runs.list_runs(runs_dir):
+        kill_run(runs.get(info.name, runs_dir))
+
+
+def serve(demo, runs_dir, **launch):
+    """Launch a built app for a test module and yield it; closed and its runs killed afterwards."""
+    demo.queue().launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True, **launch)
+    try:
+        wait_ready(demo.local_url)
+        yield demo
+    finally:
+        demo.close()
+        kill_runs(runs_dir)

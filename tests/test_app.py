@@ -4,14 +4,12 @@ Training writes into a temporary runs/ and data/ (build's runs_dir / data_dir), 
 """
 
 import json
-import os
-import signal
 import time
 
-import httpx
 import pytest
 
 import app
+from conftest import kill_runs, serve
 from training import runs
 from webapp import models
 
@@ -19,42 +17,10 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 PROMPT = "Once upon a time, a little girl named Lily"
 
 
-def wait_ready(url: str, timeout: float = 30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "gradio_api/info", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"the app at {url} did not answer /gradio_api/info within {timeout} s")
-
-
-def kill_runs(runs_dir):
-    """Safety net: no trainer started by a test outlives it."""
-    for info in runs.list_runs(runs_dir):
-        run = runs.get(info.name, runs_dir)
-        pid = run.launch_info().get("pid")
-        if pid and run.is_alive():
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            run.wait(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("app")
-    demo = app.build(runs_dir=tmp / "runs", data_dir=tmp / "data").queue()
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True)
-    try:
-        wait_ready(demo.local_url)
-        yield demo
-    finally:
-        demo.close()
-        kill_runs(tmp / "runs")
+    yield from serve(app.build(runs_dir=tmp / "runs", data_dir=tmp / "data"), tmp / "runs")
 
 
 @pytest.fixture(scope="module")

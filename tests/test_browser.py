@@ -18,6 +18,7 @@ if not os.path.exists(CHROMIUM):
 sync_api = pytest.importorskip("playwright.sync_api")
 
 import app  # noqa: E402
+from conftest import poll, serve  # noqa: E402
 from training import runs  # noqa: E402
 from webapp import models  # noqa: E402
 
@@ -29,30 +30,13 @@ EXPLORE_VIEWS = [("Masks", "mask"), ("RoPE", "rope"), ("Attention", "attention")
                  ("Next token", "next"), ("Logit lens", "lens"), ("Parameters", "params")]
 
 
-def poll(fn, timeout=30.0, every=0.1, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from test_app import kill_runs, wait_ready
 
     tmp = tmp_path_factory.mktemp("browser")
     holder = models.ModelHolder(*models.load_source("random:demo"))
-    demo = app.build(holder=holder, runs_dir=tmp / "runs", data_dir=tmp / "data").queue()
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True, **app.LAUNCH)
-    try:
-        wait_ready(demo.local_url)
-        yield demo
-    finally:
-        demo.close()
-        kill_runs(tmp / "runs")
+    demo = app.build(holder=holder, runs_dir=tmp / "runs", data_dir=tmp / "data")
+    yield from serve(demo, tmp / "runs", **app.LAUNCH)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 import gemma3
 from training.stories import vocabulary, words

@@ -15,6 +15,8 @@ import pytest
 from training import runs
 from training.runs import RunError
 
+from conftest import kill_run, poll
+
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # a shared 2-core machine: no oversubscription
 
@@ -34,16 +36,6 @@ def config(data, **overrides):
             "warmup_steps": 2, **overrides}
 
 
-def poll(fn, timeout=60, every=0.1, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def new_metrics(run, offset, kind="train"):
     """Poll read_metrics from offset until a record of `kind` arrives; returns (those records, offset)."""
     got = []
@@ -56,17 +48,6 @@ def new_metrics(run, offset, kind="train"):
 
     poll(step, what=f"{kind} metrics of {run.name} (log: {run.log_tail(5)!r})")
     return got, offset
-
-
-def kill(run):
-    """Safety net for finally blocks: nothing the tests start outlives them."""
-    pid = run.launch_info().get("pid")
-    if pid and run.is_alive():
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        run.wait(timeout=10)
 
 
 def dead_pid():
@@ -123,9 +104,9 @@ def test_start_watch_stop_resume(data, tmp_path):
         assert info.state == "stopped" and info.latest_checkpoint == resumed.latest_checkpoint()
         assert info.has_best and info.best_val_loss is not None and resumed.best() is not None
     finally:
-        kill(run)
+        kill_run(run)
         if resumed is not None:
-            kill(resumed)
+            kill_run(resumed)
 
 
 def test_run_outlives_the_ui_and_a_killed_run_shows_failed(data, tmp_path):
@@ -158,7 +139,7 @@ def test_run_outlives_the_ui_and_a_killed_run_shows_failed(data, tmp_path):
         assert runs.active(runs_dir) is None and not lock.exists()  # ...so the next look cleans up
     finally:
         for info in runs.list_runs(runs_dir):
-            kill(runs.Run(info.path))
+            kill_run(runs.Run(info.path))
 
 
 def test_stop_while_starting_ends_the_run_at_once(data, tmp_path):
@@ -174,7 +155,7 @@ def test_stop_while_starting_ends_the_run_at_once(data, tmp_path):
         with pytest.raises(RunError, match="Nothing to resume: run early has no checkpoint yet"):
             runs.resume(run, runs_dir)
     finally:
-        kill(run)
+        kill_run(run)
 
 
 def test_user_errors(data, tmp_path):

@@ -75,7 +75,7 @@ def _card(name, run, source, cfg, status, train, evals, meta, model, samples, dt
         "",
         f"- Data: `{meta.get('source', '?')}`, {meta.get('train_tokens', 0):,} training tokens in "
         f"{meta.get('train_stories', 0):,} stories, {meta.get('val_tokens', 0):,} validation tokens.",
-        f"- Commands (reproduce from the repository root; the data step needs no network):",
+        "- Commands (reproduce from the repository root; the data step needs no network):",
         "",
         "```bash",
         prepare_cmd,
