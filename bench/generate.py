@@ -64,14 +64,6 @@ def build_models(tmp: Path, seed: int = 0):
                 p.normal_(0.0, 0.1)
     hf_dir = tmp / "hf"
     gemma3.export_hf(model, gemma3.gpt2_tokenizer(), hf_dir)
-    # transformers' Gemma3TextConfig declares query_pre_attn_scalar an int and its strict config
-    # rejects 256.0; write it as an int when it is one (a bug to fix in Gemma3Config.to_hf).
-    cfg_path = hf_dir / "config.json"
-    cfg = json.loads(cfg_path.read_text())
-    q = cfg.get("query_pre_attn_scalar")
-    if isinstance(q, float) and q.is_integer():
-        cfg["query_pre_attn_scalar"] = int(q)
-        cfg_path.write_text(json.dumps(cfg, indent=2))
     return model, hf_dir
 
 
