@@ -100,7 +100,9 @@ def generate_tokens(model, ids: list[int], max_new_tokens: int = 200, temperatur
         seen[0, tok] = True
         logits = model(token.view(1, 1), cache=cache)[:, -1]
     stats["decode_s"] = time.perf_counter() - t0
-    stats["tokens_per_s"] = stats["new_tokens"] / stats["decode_s"] if stats["decode_s"] > 0 else 0.0
+    # the first new token comes from the prefill; the decode time covers the forwards of the others
+    decoded = stats["new_tokens"] - 1
+    stats["tokens_per_s"] = decoded / stats["decode_s"] if decoded > 0 and stats["decode_s"] > 0 else 0.0
 
 
 def stream(model, tokenizer, prompt: str, max_new_tokens: int = 200, temperature: float = 0.7, top_k=None,
