@@ -76,10 +76,11 @@ class Gemma3Config:
         full = rope.get("full_attention") or {}
         local = rope.get("sliding_attention") or {}
         scaling = hf.get("rope_scaling") or full
+        kind = scaling.get("rope_type", scaling.get("type", "default"))
         scale = 1.0
-        if scaling.get("rope_type", scaling.get("type", "default")) == "linear":
+        if kind == "linear":
             scale = float(scaling["factor"])
-        elif scaling.get("rope_type", scaling.get("type", "default")) != "default":
+        elif kind != "default":
             raise ValueError(f"RoPE type {scaling.get('rope_type')!r} is not supported (only default and linear).")
         if hf.get("final_logit_softcapping") or hf.get("attn_logit_softcapping"):
             raise ValueError("Logit soft-capping (Gemma 2) is not part of Gemma 3 and is not supported.")

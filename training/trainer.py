@@ -305,8 +305,7 @@ class Trainer:
                      f"bpb {result['val_bpb']:.3f} | {result['sample'][:200]!r}")
             if result["val_loss"] < self.best_val:
                 self.best_val = result["val_loss"]
-                from gemma3 import save_model
-                save_model(self.model, self.tokenizer, self.run / "best")
+                gemma3.save_model(self.model, self.tokenizer, self.run / "best")
         if self.world > 1:
             dist.barrier()
 
