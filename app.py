@@ -18,6 +18,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import gradio as gr  # noqa: E402
 
+from gemma3.cpu import keep_freed_memory  # noqa: E402
 from training.data import DataError  # noqa: E402
 from training.runs import RunError  # noqa: E402
 from webapp import UserError, guard  # noqa: E402
@@ -539,6 +540,7 @@ def main(argv=None):
     parser.add_argument("--data-dir", default=DATA_DIR,
                         help="where prepared training data is written (default: $GEMMA3_DATA_DIR, else data/)")
     args = parser.parse_args(argv)
+    keep_freed_memory()  # faster long prompts and explain passes on a CPU (gemma3/cpu.py)
     try:
         holder = models.ModelHolder.from_default(args.model)
     except (ValueError, FileNotFoundError, ConnectionError) as e:

@@ -25,6 +25,11 @@ What is measured, and how it is made fair:
   one forward with logits_to_keep=1 and a fresh DynamicCache). Also the bare forward, which leaves
   out generate's bookkeeping: ours `model(ids, cache=new_cache, last_only=True)`, transformers'
   `model(ids, use_cache=True, logits_to_keep=1)`.
+- Ceilings: how fast any implementation could go here. Decode: a step reads every weight once, so
+  it cannot beat the time this machine takes to read that many bytes (`common.read_time`). Prefill:
+  its matmul FLOPs at the matmul peak measured for the dtype. Each is printed as the largest ratio
+  over transformers it would allow.
+- The process runs as our programs run (`gemma3.cpu.keep_freed_memory`), for both sides alike.
 - Memory: each side runs alone in a subprocess (same imports in both); we print the resident set
   after loading the model and a 2-token warm-up (which pages in every weight), and the peak added
   while generating (`--prefill-tokens` prompt, then `--new-tokens` tokens), via /proc/self/status
@@ -48,6 +53,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import gemma3  # noqa: E402
+
+from gemma3.cpu import keep_freed_memory  # noqa: E402
+
+from common import matmul_peak, read_time  # noqa: E402  (bench/common.py)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 TARGETS = {"decode": 2.0, "prefill": 1.5, "roofline": 0.70}
@@ -149,6 +158,15 @@ def hf_forward(hf, ids):
     return time.perf_counter() - t0
 
 
+def prefill_flops(cfg: gemma3.Gemma3Config, T: int) -> float:
+    """FLOPs of a T-token prefill: every layer's matmuls on T rows, causal attention (scores and values,
+    a window's worth of keys at most on sliding layers), and the head on the last row only."""
+    per_layer = cfg.hidden * (2 * cfg.heads + 2 * cfg.kv_heads) * cfg.head_dim + 3 * cfg.hidden * cfg.ffn
+    keys = sum(sum(min(i + 1, cfg.window) if kind == "sliding" else i + 1 for i in range(T))
+               for kind in cfg.layer_types)
+    return 2 * T * cfg.layers * per_layer + 4 * cfg.heads * cfg.head_dim * keys + 2 * cfg.vocab_size * cfg.hidden
+
+
 def roofline(mats, passes: int = 5, kernel: str = "linear") -> float:
     """Seconds per token (median of passes) for one matrix-vector product with every weight a decode step reads.
 
@@ -192,6 +210,7 @@ def proc_status_kib(field: str) -> int:
 
 def memory_worker(side, dtype_name, source, prompt_tokens, new_tokens, threads):
     torch.set_num_threads(threads)
+    keep_freed_memory()
     import transformers  # noqa: F401  (both sides pay the same imports)
     base = proc_status_kib("VmRSS")
     dtype = DTYPES[dtype_name]
@@ -243,6 +262,7 @@ def main():
 
     import transformers
     torch.set_num_threads(args.threads)
+    keep_freed_memory()
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {args.threads} threads, "
           f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     tmp_ctx = tempfile.TemporaryDirectory()
@@ -298,7 +318,13 @@ def main():
                   f"ours reaches {o * roof:.0%}, transformers {h * roof:.0%}")
             print(f"  for reference, the same products with torch.mv: {1e3 * roof_mv:.1f} ms/token "
                   f"({roof / roof_mv:.2f}x F.linear)")
-            rows[f"decode {name}"] = ("tokens/s", o, h, o / h, TARGETS["decode"])
+            # The memory ceiling: a step reads every weight once; reading that many bytes takes this long.
+            nbytes = sum(w.numel() * w.element_size() for w in mats)
+            read = read_time(nbytes)
+            print(f"memory ceiling: a token reads {nbytes / 1e6:.0f} MB of weights; this machine reads that in "
+                  f"{1e3 * read:.1f} ms ({nbytes / read / 1e9:.1f} GB/s), so no decoder passes {1 / read:.1f} tokens/s "
+                  f"= {1 / read / h:.2f}x transformers")
+            rows[f"decode {name}"] = ("tokens/s", o, h, o / h, TARGETS["decode"], 1 / read / h)
             roof_rows[name] = (1 / roof, o * roof, h * roof, 1 / roof_mv)
 
             # prefill: time to first token
@@ -310,7 +336,10 @@ def main():
                   f"transformers generate(max_new_tokens=1) {1e3 * th:.0f} ms  speed-up {th / to:.2f}x")
             print(f"prefill bare forward (last logits only)  ours {1e3 * fo:.0f} ms  transformers {1e3 * fh:.0f} ms  "
                   f"speed-up {fh / fo:.2f}x")
-            rows[f"prefill {name}"] = ("ms to first token", 1e3 * to, 1e3 * th, th / to, TARGETS["prefill"])
+            floor = prefill_flops(master.config, len(long_prompt)) / matmul_peak(dtype)
+            print(f"compute ceiling: the prefill's matmuls at this machine's {name} matmul peak take {1e3 * floor:.0f} ms, "
+                  f"so no implementation is more than {th / floor:.2f}x transformers")
+            rows[f"prefill {name}"] = ("ms to first token", 1e3 * to, 1e3 * th, th / to, TARGETS["prefill"], th / floor)
         del ours, hf
 
         if not args.no_memory:
@@ -325,16 +354,17 @@ def main():
     import resource
     print(f"\nthis process: peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB; "
           f"load average now {os.getloadavg()[0]:.2f}")
-    print("\n| benchmark (270m, batch 1, CPU) | ours | transformers | speed ratio (ours / transformers) | target |")
-    print("|---|---|---|---|---|")
-    for key, (unit, o, h, ratio, target) in rows.items():
+    print("\n| benchmark (270m, batch 1, CPU) | ours | transformers | speed ratio (ours / transformers) | target "
+          "| ceiling on this machine |")
+    print("|---|---|---|---|---|---|")
+    for key, (unit, o, h, ratio, target, ceiling) in rows.items():
         kind = key.split()[0]
         if kind == "decode":
             label = f"{key}: tokens/s, {args.prompt_tokens}-token prompt, {args.new_tokens} new"
-            cells = f"{o:.1f} | {h:.1f} | {ratio:.2f}x | >= {target:.1f}x"
+            cells = f"{o:.1f} | {h:.1f} | {ratio:.2f}x | >= {target:.1f}x | {ceiling:.2f}x (memory reads)"
         else:
             label = f"{key}: ms to first token, {args.prefill_tokens}-token prompt"
-            cells = f"{o:.0f} | {h:.0f} | {ratio:.2f}x | >= {target:.1f}x"
+            cells = f"{o:.0f} | {h:.0f} | {ratio:.2f}x | >= {target:.1f}x | {ceiling:.2f}x (matmuls at peak)"
         print(f"| {label} | {cells} |")
     print("\n| decode vs roofline (F.linear matrix-vector products only) | roofline tokens/s | ours | transformers "
           "| target | (torch.mv roofline tokens/s) |")

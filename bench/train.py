@@ -1,11 +1,20 @@
 """Training throughput: our trainer's step against transformers' Gemma3ForCausalLM, same weights, same run.
 
     python bench/train.py                       # 270m preset, batch 4 x 256, fp32 and bf16 autocast
+    python bench/train.py --no-compile          # skip the torch.compile side (about a minute per dtype)
     python bench/train.py --preset tiny --steps 3
 
-Both sides run the same step: forward, cross-entropy over the vocabulary, backward, gradient
-clipping and an AdamW update, on the same batch. Prints tokens/s, the ratio, and MFU against a
-bf16 matmul peak measured in the same run.
+Every side runs the same step on the same batch: forward, cross-entropy over the vocabulary,
+backward, gradient clipping and an AdamW update. The process runs as our trainer runs on a CPU
+(gemma3.cpu.keep_freed_memory, fused AdamW), and so does transformers' side: both get the same
+allocator and optimizer, so the ratio is the model code's alone. Sides:
+- ours: our Gemma3, eager (the trainer's default);
+- ours compiled: the same with torch.compile, as `--compile` in the trainer (compile time printed);
+- transformers: Gemma3ForCausalLM, eager, with its default attention implementation.
+Sides alternate step by step, so drift on a shared machine hits all of them; each figure is the
+median over `--steps` steps. Prints tokens/s, the ratios, MFU against the bf16 matmul peak measured
+in the same run, and the ceiling no implementation can pass here: the step's matmul FLOPs at the
+measured matmul peak of the dtype the matmuls run in.
 """
 
 from __future__ import annotations
@@ -22,25 +31,17 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import gemma3  # noqa: E402
+from gemma3.cpu import keep_freed_memory  # noqa: E402
 from training.trainer import flops_per_token  # noqa: E402
 
-
-def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
-    """FLOP/s of a large square matmul: the best this machine does in this dtype."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n ** 3 * reps / (time.perf_counter() - t0)
+from common import matmul_peak  # noqa: E402  (bench/common.py)
 
 
 def make_step(model, forward, amp: bool):
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
-                            lr=1e-4, betas=(0.9, 0.95))
+                            lr=1e-4, betas=(0.9, 0.95), fused=True)
 
     def step(x, y):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
@@ -59,62 +60,90 @@ def main():
     ap.add_argument("--preset", default="270m")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=256)
-    ap.add_argument("--steps", type=int, default=4, help="timed steps per side and dtype (after one warm-up)")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps per side and dtype (after warm-up)")
     ap.add_argument("--dtype", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    ap.add_argument("--no-compile", action="store_true", help="leave out the torch.compile side")
     args = ap.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
     from transformers import AutoModelForCausalLM
 
+    print(f"allocator keeps freed memory: {keep_freed_memory()} (for every side)")
     torch.manual_seed(0)
     cfg = gemma3.Gemma3Config.from_preset(args.preset)
-    ours = gemma3.Gemma3(cfg)
+    master = gemma3.Gemma3(cfg)
     with torch.no_grad():  # non-zero norm weights, as after training
-        for name, p in ours.named_parameters():
+        for name, p in master.named_parameters():
             if "norm" in name:
                 p.normal_(0, 0.1)
-    with tempfile.TemporaryDirectory() as tmp:
-        gemma3.export_hf(ours, gemma3.gpt2_tokenizer(), tmp)
-        ref = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32)
-    ref.train()
-    ours.train()
+    tmp = tempfile.TemporaryDirectory()
+    gemma3.export_hf(master, gemma3.gpt2_tokenizer(), tmp.name)
+
+    def fresh():
+        """Both models with the same weights, before any step (each dtype starts from here)."""
+        ours, ref = gemma3.Gemma3(cfg), AutoModelForCausalLM.from_pretrained(tmp.name, dtype=torch.float32)
+        ours.load_state_dict(master.state_dict())
+        return ours.train(), ref.train()
+
+    ours, ref = fresh()
     x = torch.randint(0, cfg.vocab_size, (args.batch, args.seq))
     y = torch.randint(0, cfg.vocab_size, (args.batch, args.seq))
     with torch.no_grad():
         diff = (ours(x) - ref(x).logits).abs().max().item()
-    print(f"{args.preset}: {ours.num_params() / 1e6:.1f}M parameters, batch {args.batch} x {args.seq}, "
+    print(f"{args.preset}: {master.num_params() / 1e6:.1f}M parameters, batch {args.batch} x {args.seq}, "
           f"{torch.get_num_threads()} threads, transformers attention: {ref.config._attn_implementation}, "
           f"max logit difference {diff:.1e}")
 
     tokens = args.batch * args.seq
     flops = flops_per_token(cfg, args.seq) * tokens
-    peak = matmul_peak(torch.bfloat16)
-    print(f"bf16 matmul peak measured: {peak / 1e12:.2f} TFLOP/s; fp32: {matmul_peak(torch.float32) / 1e12:.2f}")
+    peaks = {"bf16": matmul_peak(torch.bfloat16), "fp32": matmul_peak(torch.float32)}
+    print(f"matmul peak measured: bf16 {peaks['bf16'] / 1e12:.2f} TFLOP/s, fp32 {peaks['fp32'] / 1e12:.2f} TFLOP/s")
     rows = []
     for dtype in args.dtype:
         amp = dtype == "bf16"
-        # Fresh optimizers per dtype; both models take the same sequence of updates.
+        ours, ref = fresh()
         sides = {"ours": make_step(ours, ours, amp), "transformers": make_step(ref, lambda t: ref(t).logits, amp)}
+        if not args.no_compile:
+            twin, _ = fresh()
+            sides["ours compiled"] = make_step(twin, torch.compile(twin), amp)
+        losses, first = {}, {}
+        for name, step in sides.items():  # warm-up; the compiled side compiles here
+            t0 = time.perf_counter()
+            losses[name] = step(x, y)
+            first[name] = time.perf_counter() - t0
+        compile_s = first.get("ours compiled")
         times = {name: [] for name in sides}
-        losses = {name: sides[name](x, y) for name in sides}  # warm-up
         for _ in range(args.steps):
-            for name, step in sides.items():  # alternate, so drift on a shared machine hits both
+            for name, step in sides.items():  # alternate, so drift on a shared machine hits every side
                 t0 = time.perf_counter()
                 step(x, y)
                 times[name].append(time.perf_counter() - t0)
         tps = {name: tokens / statistics.median(t) for name, t in times.items()}
-        rows.append((dtype, tps["ours"], tps["transformers"], flops / tokens * tps["ours"] / peak,
-                     flops / tokens * tps["transformers"] / peak))
-        print(f"{dtype}: ours {tps['ours']:.0f} tok/s, transformers {tps['transformers']:.0f} tok/s, "
-              f"ratio {tps['ours'] / tps['transformers']:.2f}x (first losses {losses['ours']:.4f} / "
-              f"{losses['transformers']:.4f})")
+        # The matmuls alone at this machine's peak in the dtype they run in: nothing runs this step faster.
+        ceiling = tokens / (flops / peaks[dtype])
+        rows.append((dtype, tps, ceiling))
+        print(f"{dtype}: " + ", ".join(f"{n} {v:.0f} tok/s" for n, v in tps.items())
+              + f"; ours / transformers {tps['ours'] / tps['transformers']:.2f}x"
+              + (f", compiled {tps['ours compiled'] / tps['transformers']:.2f}x (compile {compile_s:.0f} s)"
+                 if compile_s is not None else "")
+              + f"; first losses " + " / ".join(f"{v:.4f}" for v in losses.values()))
+        print(f"  ceiling: the matmuls alone at the {dtype} matmul peak run {ceiling:.0f} tok/s, "
+              f"{ceiling / tps['transformers']:.2f}x transformers")
+        del sides, ours, ref
 
-    print(f"\n| training step ({args.preset}, {args.batch} x {args.seq}, AdamW) | ours tok/s | transformers tok/s "
-          f"| ratio | MFU ours | MFU transformers |")
-    print("|---|---|---|---|---|---|")
-    for dtype, a, b, mfu_a, mfu_b in rows:
+    peak = peaks["bf16"]
+    print(f"\n| training step ({args.preset}, {args.batch} x {args.seq}, AdamW) | transformers tok/s | ours tok/s "
+          f"| ratio | ours compiled tok/s | ratio | ceiling (matmuls at peak) | MFU ours / compiled / transformers |")
+    print("|---|---|---|---|---|---|---|---|")
+    for dtype, tps, ceiling in rows:
         name = "fp32" if dtype == "fp32" else "bf16 autocast"
-        print(f"| {name} | {a:.0f} | {b:.0f} | {a / b:.2f}x | {mfu_a:.1%} | {mfu_b:.1%} |")
+        ref_tps = tps["transformers"]
+        comp = tps.get("ours compiled")
+        mfu = " / ".join(f"{flops / tokens * tps[n] / peak:.1%}" if n in tps else "-"
+                         for n in ("ours", "ours compiled", "transformers"))
+        print(f"| {name} | {ref_tps:.0f} | {tps['ours']:.0f} | {tps['ours'] / ref_tps:.2f}x | "
+              + (f"{comp:.0f} | {comp / ref_tps:.2f}x" if comp else "- | -")
+              + f" | {ceiling / ref_tps:.2f}x | {mfu} |")
     print(f"(MFU against the bf16 matmul peak measured above: {peak / 1e12:.2f} TFLOP/s)")
+    tmp.cleanup()
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import time
 import torch
 
 from .checkpoints import export_hf, load_model, save_model
+from .cpu import keep_freed_memory
 from .generate import stream
 
 DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16}
@@ -97,6 +98,7 @@ def main(argv=None):
     c.set_defaults(func=cmd_convert)
 
     args = parser.parse_args(argv)
+    keep_freed_memory()
     try:
         args.func(args)
     except (ValueError, FileNotFoundError, ConnectionError) as e:

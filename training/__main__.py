@@ -87,7 +87,10 @@ def main(argv=None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         return 0
+    from gemma3.cpu import keep_freed_memory
+
     from .trainer import train
+    keep_freed_memory()  # about 10% faster CPU steps (gemma3/cpu.py)
     try:
         cfg = config_from_args(args)
     except (ValueError, TypeError) as e:

@@ -1,0 +1,33 @@
+"""Measurements both benchmarks share: what this machine can do at best, measured in the same run."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
+    """FLOP/s of a large square matmul: the best this machine does in this dtype."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n ** 3 * reps / (time.perf_counter() - t0)
+
+
+def read_time(nbytes: int, passes: int = 5) -> float:
+    """Seconds to read `nbytes` of memory once: the best of passes of a sum and of a matrix-vector
+    product over an fp32 buffer of that size (both stream it once). A decode step reads every weight
+    once, so no decoder runs a step faster than this."""
+    buf = torch.ones(nbytes // 4)  # written, so every page is resident
+    mat, vec = buf[: buf.numel() // 1024 * 1024].view(-1, 1024), torch.ones(1024)
+    best = float("inf")
+    for _ in range(passes):
+        for read in (buf.sum, lambda: torch.mv(mat, vec)):
+            t0 = time.perf_counter()
+            read()
+            best = min(best, time.perf_counter() - t0)
+    return best
