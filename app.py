@@ -284,6 +284,9 @@ def build(model=None, tokenizer=None, description: str | None = None, *, holder:
                         with gr.Row():
                             device = gr.Radio(list(tr.DEVICES), value="auto", label="Device", elem_id="train-device")
                             gpus = gr.Number(1, precision=0, label="GPUs")
+                            compile_ = gr.Checkbox(False, label="torch.compile", elem_id="train-compile",
+                                                   info="faster steps (1.1-1.4x on a CPU) after a minute or two "
+                                                        "of compiling: for long runs")
                         with gr.Row():
                             start_btn = gr.Button("Start", variant="primary", interactive=allowed0,
                                                   elem_id="train-start")
@@ -432,10 +435,11 @@ def build(model=None, tokenizer=None, description: str | None = None, *, holder:
 
         @friendly
         def train_start(data_source, builtin_stories, hub_dataset, uploaded_files, preset_name, max_steps_,
-                        batch_size_, grad_accum_, seq_len_, lr_, device_, gpus_,
+                        batch_size_, grad_accum_, seq_len_, lr_, device_, gpus_, compile_on,
                         profile: gr.OAuthProfile | None = None, progress=gr.Progress(track_tqdm=True)):
             guard.check_training(_username(profile))
-            config = trainer.config(preset_name, max_steps_, batch_size_, grad_accum_, seq_len_, lr_, device_, gpus_)
+            config = trainer.config(preset_name, max_steps_, batch_size_, grad_accum_, seq_len_, lr_, device_, gpus_,
+                                    compile_on)
             trainer.ensure_idle()
             progress(0, desc="Preparing the training data …")
             data, meta = trainer.prepare(data_source, builtin_stories, hub_dataset, uploaded_files)
@@ -447,7 +451,7 @@ def build(model=None, tokenizer=None, description: str | None = None, *, holder:
 
         tkw = dict(concurrency_id="train", concurrency_limit=1, preprocess=False)
         start_btn.click(train_start, [source_kind, stories, hub_id, files, preset, max_steps, batch_size, grad_accum,
-                                      seq_len, lr, device, gpus], [run_dd, status_md, runs_df],
+                                      seq_len, lr, device, gpus, compile_], [run_dd, status_md, runs_df],
                         api_name="train_start", **tkw)
 
         @friendly

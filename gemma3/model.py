@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from .cache import KVCache, LayerCache
 from .config import Gemma3Config
+from .kernels import matvec_bf16, norm_rope, rms_norm
 
 
 class RMSNorm(nn.Module):
@@ -25,16 +26,24 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = rms_norm(x, self.weight, self.eps)  # one C call on a CPU when no gradient is wanted (kernels.py)
+        if y is not None:
+            return y
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return (xf * (1.0 + self.weight.float())).to(x.dtype)
 
 
 def project(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x W^T. One bf16 row on the CPU (a decoded token) takes a matrix-vector product, which the CPU
-    kernels run about 1.2-1.4x faster there than a one-row matrix product (bench/generate.py)."""
+    """x W^T. One bf16 row on the CPU (a decoded token) takes a matrix-vector product instead of a
+    one-row matrix product: our prefetching kernel where the CPU has AVX512-BF16 (gemma3/kernels.py),
+    else torch.mv, both faster there (bench/generate.py)."""
     if x.dtype == torch.bfloat16 and x.device.type == "cpu" and x.numel() == x.shape[-1]:
-        return torch.mv(weight, x.reshape(-1)).view(*x.shape[:-1], weight.shape[0])
+        v = x.reshape(-1)
+        y = matvec_bf16(weight, v)
+        if y is None:
+            y = torch.mv(weight, v)
+        return y.view(*x.shape[:-1], weight.shape[0])
     return F.linear(x, weight)
 
 
@@ -96,10 +105,9 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, start: int = 0, cache: LayerCache | None = None):
         B, T, _ = x.shape
-        q = self.q_norm(self.wq(x).view(B, T, self.heads, self.head_dim)).transpose(1, 2)
-        k = self.k_norm(self.wk(x).view(B, T, self.kv_heads, self.head_dim)).transpose(1, 2)
+        q = self._norm_rope(self.wq(x).view(B, T, self.heads, self.head_dim), self.q_norm, cos, sin)
+        k = self._norm_rope(self.wk(x).view(B, T, self.kv_heads, self.head_dim), self.k_norm, cos, sin)
         v = self.wv(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
-        q, k = RoPE.rotate(q, cos, sin), RoPE.rotate(k, cos, sin)
 
         if cache is not None and T == 1:
             out = self._decode_step(q, k, v, start, cache)
@@ -121,6 +129,15 @@ class Attention(nn.Module):
             else:
                 out = self._sdpa(q, k, v, sliding_mask(q_pos, k_pos, self.window), is_causal=False)
         return self.wo(out.transpose(1, 2).reshape(B, T, self.heads * self.head_dim))
+
+    @staticmethod
+    def _norm_rope(x, norm: RMSNorm, cos, sin):
+        """[B, T, heads, head_dim] -> per-head RMSNorm, then RoPE -> [B, heads, T, head_dim]."""
+        if x.shape[1] == 1:  # one decoded position: one C call where the kernels run (kernels.py)
+            y = norm_rope(x, norm.weight, norm.eps, cos, sin)
+            if y is not None:
+                return y.transpose(1, 2)
+        return RoPE.rotate(norm(x).transpose(1, 2), cos, sin)
 
     def _decode_step(self, q, k, v, pos: int, cache: LayerCache):
         """One new token: write it, then attend to every cached key (all of them are visible)."""

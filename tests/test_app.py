@@ -209,7 +209,7 @@ def test_load_model_swaps_the_shared_model(client, server):
 # ---- Train ---------------------------------------------------------------------------------------
 
 TINY = dict(data_source="builtin", stories=300, hub=None, files=None, preset="tiny", max_steps=100, batch_size=4,
-            grad_accum=1, seq_len=32, lr=2e-3, device="cpu", gpus=1)
+            grad_accum=1, seq_len=32, lr=2e-3, device="cpu", gpus=1, compile=False)
 
 
 def start(client, **overrides):
@@ -336,6 +336,7 @@ def test_generation_is_wrapped_for_zero_gpu_only_when_spaces_is_there(monkeypatc
     (dict(lr="fast"), "Learning rate must be a number"),
     (dict(device="tpu"), "Device must be one of auto, cuda, cpu"),
     (dict(device="cuda", gpus=2), "2 GPUs were asked for"),
+    (dict(compile="yes"), "torch.compile is on or off"),
     (dict(stories=10), "Built-in stories must be between 100 and"),
     (dict(data_source="ftp"), "Data source must be one of builtin, hub, files"),
     (dict(data_source="files"), "No files uploaded"),

@@ -128,7 +128,8 @@ class Trainer:
         return out, meta
 
     # ---- settings ----
-    def config(self, preset, max_steps, batch_size, grad_accum, seq_len, lr, device="auto", gpus=1) -> dict:
+    def config(self, preset, max_steps, batch_size, grad_accum, seq_len, lr, device="auto", gpus=1,
+               compile=False) -> dict:
         """The form's values, checked, as a dict for training.runs.start (the preset fills the rest).
 
         Evaluation, checkpoint, logging and warm-up intervals shrink with a short run, so a run of a
@@ -145,6 +146,8 @@ class Trainer:
         rate = number(lr, "Learning rate", *LR)
         device = choice(device, "Device", DEVICES)
         gpus = number(gpus if gpus is not None else 1, "Number of GPUs", *GPUS, integer=True)
+        if compile not in (None, True, False):
+            raise UserError("torch.compile is on or off: send true or false.")
         if gpus > 1 and device == "cpu":
             raise UserError("Training on several GPUs needs device auto or cuda, not cpu.")
         if device == "cuda" or gpus > 1:
@@ -156,7 +159,7 @@ class Trainer:
                                 "on this machine; choose device auto or cpu, or fewer GPUs.")
         return dict(
             preset=preset, max_steps=steps, batch_size=batch, grad_accum=accum, seq_len=seq, lr=rate,
-            min_lr=rate * base.min_lr / base.lr, device=device, gpus=gpus,
+            min_lr=rate * base.min_lr / base.lr, device=device, gpus=gpus, compile=bool(compile),
             warmup_steps=min(base.warmup_steps, steps // 10),
             log_every=max(1, min(base.log_every, steps // 20)),
             eval_every=max(1, min(base.eval_every, steps // 5)),

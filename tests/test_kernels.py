@@ -1,0 +1,138 @@
+"""gemma3/kernels.py: the C kernels a decoded token runs on the CPU give what the PyTorch code gives."""
+
+import shutil
+
+import pytest
+import torch
+
+import gemma3
+from gemma3 import kernels
+from gemma3.model import RMSNorm, RoPE, project
+
+AVAILABLE = kernels.cpu_has_avx512_bf16() and bool(shutil.which("cc") or shutil.which("gcc"))
+needs_kernels = pytest.mark.skipif(not AVAILABLE, reason="needs AVX512-BF16 and a C compiler")
+DTYPES = [torch.float32, torch.bfloat16]
+
+
+@pytest.fixture
+def pytorch_only(monkeypatch):
+    """A context in which the model runs its PyTorch code (the reference for the kernels)."""
+    def off():
+        monkeypatch.setattr(kernels, "_lib", False)
+    return off
+
+
+def ulps(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest difference in units of the dtype's last place at b's magnitude."""
+    eps = torch.finfo(b.dtype).eps
+    return ((a.double() - b.double()).abs() / (b.double().abs() * eps).clamp_min(1e-30)).max().item()
+
+
+@needs_kernels
+def test_the_kernels_build_and_load_where_they_can():
+    assert kernels.load() is not None
+
+
+@needs_kernels
+@pytest.mark.parametrize("rows, cols", [(1024, 640), (7, 2048), (50, 700), (3, 33), (1, 1)])
+def test_matvec_is_the_correctly_rounded_product(rows, cols):
+    g = torch.Generator().manual_seed(rows * cols)
+    w = torch.randn(rows, cols, generator=g).bfloat16()
+    x = torch.randn(cols, generator=g).bfloat16()
+    exact = (w.double() @ x.double()).bfloat16()  # the true sum, rounded once
+    y = kernels.matvec_bf16(w, x)
+    assert y.dtype == torch.bfloat16 and y.shape == (rows,)
+    # fp32 sums in another order than float64's may move a result by one bf16 step, rarely
+    assert (y != exact).float().mean() < 0.02
+    assert ulps(y, exact) <= 1.0 or torch.allclose(y.float(), exact.float(), atol=1e-3)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1, 640), (2, 37, 64), (1, 300, 640)])
+def test_rms_norm_matches_the_pytorch_code(dtype, shape, pytorch_only):
+    g = torch.Generator().manual_seed(shape[1])
+    norm = RMSNorm(shape[-1]).to(dtype)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(shape[-1], generator=g) * 0.3)
+        x = (torch.randn(shape, generator=g) * 3).to(dtype)
+        y = norm(x)
+        pytorch_only()
+        ref = norm(x)
+    assert y.dtype == dtype and y.shape == ref.shape
+    # only the order of the sum of squares differs: fp32 moves by an ulp, bf16 almost never
+    if dtype == torch.float32:
+        assert ulps(y, ref) <= 4
+    else:
+        assert (y != ref).float().mean() < 1e-3 and ulps(y, ref) <= 1
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("heads, position", [(4, 0), (1, 37), (4, 5000)])
+def test_norm_rope_matches_the_pytorch_code(dtype, heads, position, pytorch_only):
+    g = torch.Generator().manual_seed(heads + position)
+    norm, rope = RMSNorm(256).to(dtype), RoPE(256, 10_000.0)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(256, generator=g) * 0.3)
+        cos, sin = rope(torch.tensor([position]), dtype)
+        x = (torch.randn(1, 1, heads, 256, generator=g) * 2).to(dtype)
+        y = kernels.norm_rope(x, norm.weight, norm.eps, cos, sin).transpose(1, 2)
+        pytorch_only()
+        ref = RoPE.rotate(norm(x).transpose(1, 2), cos, sin)
+    assert y.shape == ref.shape == (1, heads, 1, 256)
+    if dtype == torch.float32:
+        assert torch.allclose(y, ref, rtol=1e-6, atol=1e-6)
+    else:
+        assert (y != ref).float().mean() < 1e-2 and torch.allclose(y.float(), ref.float(), rtol=2 ** -7, atol=1e-2)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_decoding_with_and_without_the_kernels_agree(dtype, pytorch_only):
+    torch.manual_seed(0)
+    model = gemma3.Gemma3(gemma3.Gemma3Config.from_preset("tiny")).eval().to(dtype)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(0, 0.2)
+    ids = torch.randint(0, 50000, (1, 12))
+
+    def decode():
+        cache = model.new_cache(1, 40)
+        with torch.no_grad():
+            out = [model(ids, cache=cache, last_only=True)]
+            for _ in range(20):  # beyond the window of 8: the ring buffer wraps
+                out.append(model(out[-1][:, -1:].argmax(-1), cache=cache))
+        return torch.cat(out, 1).float()
+
+    with_kernels = decode()
+    pytorch_only()
+    without = decode()
+    tol = 1e-5 if dtype == torch.float32 else 0.05
+    assert (with_kernels - without).abs().max() <= tol * without.abs().max()
+    assert torch.equal(with_kernels.argmax(-1), without.argmax(-1))
+
+
+def test_training_never_takes_a_kernel():
+    norm = RMSNorm(64)
+    x = torch.randn(2, 3, 64, requires_grad=True)
+    norm(x).sum().backward()  # a kernel has no backward: this would raise if one ran
+    assert x.grad is not None and norm.weight.grad is not None
+
+
+def test_without_a_compiler_the_model_falls_back_to_pytorch(monkeypatch, tmp_path):
+    monkeypatch.setattr(kernels, "_lib", None)
+    monkeypatch.setenv("GEMMA3_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    assert kernels.load() is None
+    w, x = torch.randn(8, 64).bfloat16(), torch.randn(1, 1, 64).bfloat16()
+    assert torch.equal(project(x, w).view(-1), torch.mv(w, x.view(-1)))
+    assert kernels.rms_norm(x, torch.zeros(64, dtype=torch.bfloat16), 1e-6) is None
+    assert list(tmp_path.iterdir()) == []  # nothing half-built left behind
+
+
+def test_switched_off_by_the_environment(monkeypatch):
+    monkeypatch.setattr(kernels, "_lib", None)
+    monkeypatch.setenv("GEMMA3_NO_KERNEL", "1")
+    assert kernels.load() is None
