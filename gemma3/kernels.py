@@ -105,6 +105,31 @@ void matvec_bf16(const uint16_t *W, const uint16_t *x, uint16_t *y, int64_t rows
         }                                                                                    \
     }
 
+/* The feed-forward half of a block for one decoded bf16 row, every step rounded to bf16 where the
+   PyTorch code rounds it: h = norm(x); p = gelu_tanh(Wg h) * (Wu h); out = x + post_norm(Wd p).
+   Scratch: 2 * (d + f) bf16 values. */
+static inline float dot_bf16(const uint16_t *w, const uint16_t *x, int64_t cols) {
+    int64_t full = cols / 64 * 64;
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    for (int64_t c = 0; c < full; c += 64) {
+        _mm_prefetch((const char *)(w + c + 1024), _MM_HINT_T0);
+        _mm_prefetch((const char *)(w + c + 1056), _MM_HINT_T0);
+        a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_loadu_si512(w + c), (__m512bh)_mm512_loadu_si512(x + c));
+        a1 = _mm512_dpbf16_ps(a1, (__m512bh)_mm512_loadu_si512(w + c + 32), (__m512bh)_mm512_loadu_si512(x + c + 32));
+    }
+    for (int64_t c = full; c < cols; c += 32) {
+        __mmask32 m = cols - c >= 32 ? 0xFFFFFFFFu : ((1u << (cols - c)) - 1u);
+        a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_maskz_loadu_epi16(m, w + c), (__m512bh)_mm512_maskz_loadu_epi16(m, x + c));
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+}
+
+static inline float gelu_tanh(float x) {                 /* as PyTorch's CPU kernel writes it */
+    const float beta = (float)(M_SQRT2 * M_2_SQRTPI * 0.5), kappa = 0.044715f;
+    float cube = x * x * x;
+    float inner = beta * (x + kappa * cube);
+    return 0.5f * x * (1.0f + tanhf(inner));
+}
 typedef float f32;
 typedef uint16_t bf16;
 NORM_ROW(f32, from_f32, to_f32)
@@ -113,6 +138,22 @@ RMS_NORM(f32, rms_norm_f32)
 RMS_NORM(bf16, rms_norm_bf16)
 NORM_ROPE(f32, norm_rope_f32, from_f32, to_f32)
 NORM_ROPE(bf16, norm_rope_bf16, from_bf16, to_bf16)
+
+void ffn_bf16(const bf16 *x, const bf16 *nw, const bf16 *Wg, const bf16 *Wu, const bf16 *Wd, const bf16 *pw,
+              bf16 *out, bf16 *scratch, int64_t d, int64_t f, float eps) {
+    bf16 *h = scratch, *p = scratch + d, *dn = scratch + d + f;
+    norm_row_bf16(x, nw, h, d, eps);
+    #pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < f; r++) {
+        float g = from_bf16(to_bf16(dot_bf16(Wg + r * d, h, d)));
+        float u = from_bf16(to_bf16(dot_bf16(Wu + r * d, h, d)));
+        p[r] = to_bf16(from_bf16(to_bf16(gelu_tanh(g))) * u);
+    }
+    #pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < d; r++) dn[r] = to_bf16(dot_bf16(Wd + r * f, p, f));
+    norm_row_bf16(dn, pw, dn, d, eps);
+    for (int64_t i = 0; i < d; i++) out[i] = to_bf16(from_bf16(x[i]) + from_bf16(dn[i]));
+}
 """
 # -ffp-contract=off: no fused multiply-adds, so every product and sum rounds where PyTorch's does.
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512bf16", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC"]
@@ -121,6 +162,7 @@ SIGNATURES = {
     "matvec_bf16": [_P, _P, _P, _I, _I],
     "rms_norm_f32": [_P, _P, _P, _I, _I, _F], "rms_norm_bf16": [_P, _P, _P, _I, _I, _F],
     "norm_rope_f32": [_P] * 5 + [_I, _I, _F], "norm_rope_bf16": [_P] * 5 + [_I, _I, _F],
+    "ffn_bf16": [_P] * 8 + [_I, _I, _F],
 }
 SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}
 
@@ -215,3 +257,17 @@ def norm_rope(x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tens
     getattr(_lib, "norm_rope_" + SUFFIX[x.dtype])(x.data_ptr(), weight.data_ptr(), cos.data_ptr(), sin.data_ptr(),
                                                   y.data_ptr(), x.numel() // d, d, eps)
     return y
+
+
+def feed_forward(x: torch.Tensor, block) -> torch.Tensor | None:
+    """x + post_ffn_norm(ffn(ffn_norm(x))) of a Block for one bf16 row, in one call; or None (use PyTorch)."""
+    ffn, norm, post = block.ffn, block.ffn_norm, block.post_ffn_norm
+    if x.dtype != torch.bfloat16 or x.numel() != x.shape[-1] or not hasattr(post, "weight"):
+        return None
+    ws = (norm.weight, ffn.gate.weight, ffn.up.weight, ffn.down.weight, post.weight)
+    if not _usable(x, *ws):
+        return None
+    d, f = ffn.gate.weight.shape[1], ffn.gate.weight.shape[0]
+    out, scratch = torch.empty_like(x), torch.empty(2 * (d + f), dtype=torch.bfloat16)
+    _lib.ffn_bf16(x.data_ptr(), *(w.data_ptr() for w in ws), out.data_ptr(), scratch.data_ptr(), d, f, norm.eps)
+    return out

@@ -88,6 +88,26 @@ def test_norm_rope_matches_the_pytorch_code(dtype, heads, position, pytorch_only
 
 
 @needs_kernels
+def test_feed_forward_half_matches_the_pytorch_code(pytorch_only):
+    torch.manual_seed(1)
+    cfg = gemma3.Gemma3Config.from_preset("270m")
+    block = gemma3.model.Block(cfg, 0).bfloat16()
+    with torch.no_grad():
+        for name, p in block.named_parameters():
+            if "norm" in name:
+                p.normal_(0, 0.3)
+        x = (torch.randn(1, 1, cfg.hidden) * 4).bfloat16()
+        y = kernels.feed_forward(x, block)
+        pytorch_only()
+        ref = x + block.post_ffn_norm(block.ffn(block.ffn_norm(x)))
+    assert y.shape == ref.shape and y.dtype == torch.bfloat16
+    # sums in another order and tanhf against PyTorch's tanh: an occasional last-bit difference,
+    # which later roundings may carry one step further
+    assert (y != ref).float().mean() < 0.05
+    assert torch.allclose(y.float(), ref.float(), rtol=2 ** -6, atol=2e-2)
+
+
+@needs_kernels
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_decoding_with_and_without_the_kernels_agree(dtype, pytorch_only):
     torch.manual_seed(0)
