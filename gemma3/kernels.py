@@ -139,6 +139,49 @@ RMS_NORM(bf16, rms_norm_bf16)
 NORM_ROPE(f32, norm_rope_f32, from_f32, to_f32)
 NORM_ROPE(bf16, norm_rope_bf16, from_bf16, to_bf16)
 
+/* The attention half of a block for one decoded bf16 row at cache slot `slot`, with `n` visible slots
+   (batch 1; cache k, v: [kv_heads, slots, hd]): h = norm(x); q, k, v = Wq h, Wk h, Wv h; q, k =
+   rope(q_norm(q)), rope(k_norm(k)); k, v written to the slot; a = softmax(q K^T * scale) V per head
+   (in fp32); out = x + post_norm(Wo a). Scratch: bf16 [d + 3 * nh * hd + 2 * nkv * hd], fp32 [nh * slots]. */
+void attn_bf16(const bf16 *x, const bf16 *nw, const bf16 *Wq, const bf16 *Wk, const bf16 *Wv,
+               const bf16 *qnw, const bf16 *knw, const bf16 *cs, const bf16 *sn, bf16 *K, bf16 *V,
+               const bf16 *Wo, const bf16 *pw, bf16 *out, bf16 *scratch, float *scores,
+               int64_t d, int64_t nh, int64_t nkv, int64_t hd, int64_t slots, int64_t slot, int64_t n,
+               float scale, float eps) {
+    int64_t nq = nh * hd, nk = nkv * hd;
+    bf16 *h = scratch, *raw = h + d, *q = raw + nq + 2 * nk, *a = q + nq;
+    norm_row_bf16(x, nw, h, d, eps);
+    #pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < nq + 2 * nk; r++) {
+        const bf16 *w = r < nq ? Wq + r * d : r < nq + nk ? Wk + (r - nq) * d : Wv + (r - nq - nk) * d;
+        raw[r] = to_bf16(dot_bf16(w, h, d));
+    }
+    norm_rope_bf16(raw, qnw, cs, sn, q, nh, hd, eps);
+    for (int64_t g = 0; g < nkv; g++) {
+        norm_rope_bf16(raw + nq + g * hd, knw, cs, sn, K + (g * slots + slot) * hd, 1, hd, eps);
+        for (int64_t i = 0; i < hd; i++) V[(g * slots + slot) * hd + i] = raw[nq + nk + g * hd + i];
+    }
+    #pragma omp parallel for schedule(static)
+    for (int64_t head = 0; head < nh; head++) {
+        int64_t g = head / (nh / nkv);
+        const bf16 *qh = q + head * hd, *Kg = K + g * slots * hd, *Vg = V + g * slots * hd;
+        float *s = scores + head * slots, m = -INFINITY, sum = 0.0f, acc[1024];
+        for (int64_t j = 0; j < n; j++) { s[j] = dot_bf16(Kg + j * hd, qh, hd) * scale; if (s[j] > m) m = s[j]; }
+        for (int64_t j = 0; j < n; j++) { s[j] = expf(s[j] - m); sum += s[j]; }
+        for (int64_t i = 0; i < hd; i++) acc[i] = 0.0f;
+        for (int64_t j = 0; j < n; j++) {
+            float pj = s[j] / sum;
+            for (int64_t i = 0; i < hd; i++) acc[i] += pj * from_bf16(Vg[j * hd + i]);
+        }
+        for (int64_t i = 0; i < hd; i++) a[head * hd + i] = to_bf16(acc[i]);
+    }
+    bf16 *o = h;  /* h is spent: reuse its room */
+    #pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < d; r++) o[r] = to_bf16(dot_bf16(Wo + r * nq, a, nq));
+    norm_row_bf16(o, pw, o, d, eps);
+    for (int64_t i = 0; i < d; i++) out[i] = to_bf16(from_bf16(x[i]) + from_bf16(o[i]));
+}
+
 void ffn_bf16(const bf16 *x, const bf16 *nw, const bf16 *Wg, const bf16 *Wu, const bf16 *Wd, const bf16 *pw,
               bf16 *out, bf16 *scratch, int64_t d, int64_t f, float eps) {
     bf16 *h = scratch, *p = scratch + d, *dn = scratch + d + f;
@@ -163,6 +206,7 @@ SIGNATURES = {
     "rms_norm_f32": [_P, _P, _P, _I, _I, _F], "rms_norm_bf16": [_P, _P, _P, _I, _I, _F],
     "norm_rope_f32": [_P] * 5 + [_I, _I, _F], "norm_rope_bf16": [_P] * 5 + [_I, _I, _F],
     "ffn_bf16": [_P] * 8 + [_I, _I, _F],
+    "attn_bf16": [_P] * 16 + [_I] * 7 + [_F, _F],
 }
 SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}
 
@@ -270,4 +314,25 @@ def feed_forward(x: torch.Tensor, block) -> torch.Tensor | None:
     d, f = ffn.gate.weight.shape[1], ffn.gate.weight.shape[0]
     out, scratch = torch.empty_like(x), torch.empty(2 * (d + f), dtype=torch.bfloat16)
     _lib.ffn_bf16(x.data_ptr(), *(w.data_ptr() for w in ws), out.data_ptr(), scratch.data_ptr(), d, f, norm.eps)
+    return out
+
+
+def attention(x: torch.Tensor, block, cos: torch.Tensor, sin: torch.Tensor, pos: int, cache) -> torch.Tensor | None:
+    """x + post_attn_norm(attn(attn_norm(x))) of a Block for one bf16 row at position `pos`, writing its
+    key and value into the LayerCache `cache`, in one call; or None (use PyTorch)."""
+    attn, norm, post = block.attn, block.attn_norm, block.post_attn_norm
+    if (x.dtype != torch.bfloat16 or x.numel() != x.shape[-1] or not hasattr(post, "weight") or attn.keep_probs
+            or attn.head_dim > 1024 or cache.k.shape[0] != 1):
+        return None
+    ws = (norm.weight, attn.wq.weight, attn.wk.weight, attn.wv.weight, attn.q_norm.weight, attn.k_norm.weight,
+          cos, sin, cache.k, cache.v, attn.wo.weight, post.weight)
+    if not _usable(x, *ws):
+        return None
+    d, nh, nkv, hd = x.shape[-1], attn.heads, attn.kv_heads, attn.head_dim
+    slot, n = (pos % cache.slots if cache.ring else pos), min(pos + 1, cache.slots)
+    out = torch.empty_like(x)
+    scratch = torch.empty(d + (3 * nh + 2 * nkv) * hd, dtype=torch.bfloat16)
+    scores = torch.empty(nh * cache.slots, dtype=torch.float32)
+    _lib.attn_bf16(x.data_ptr(), *(w.data_ptr() for w in ws), out.data_ptr(), scratch.data_ptr(), scores.data_ptr(),
+                   d, nh, nkv, hd, cache.slots, slot, n, attn.scale, norm.eps)
     return out

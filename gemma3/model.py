@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from .cache import KVCache, LayerCache
 from .config import Gemma3Config
-from .kernels import feed_forward, matvec_bf16, norm_rope, rms_norm
+from .kernels import attention, feed_forward, matvec_bf16, norm_rope, rms_norm
 
 
 class RMSNorm(nn.Module):
@@ -192,11 +192,14 @@ class Block(nn.Module):
         self.post_ffn_norm = post()
 
     def forward(self, x, cos, sin, start: int = 0, cache: LayerCache | None = None):
-        x = x + self.post_attn_norm(self.attn(self.attn_norm(x), cos, sin, start, cache))
-        if cache is not None and x.shape[1] == 1:  # a decoded row: the whole half in one C call (kernels.py)
-            y = feed_forward(x, self)
+        if cache is not None and x.shape[1] == 1:  # a decoded row: each half in one C call (kernels.py)
+            y = attention(x, self, cos, sin, start, cache)
             if y is not None:
-                return y
+                z = feed_forward(y, self)
+                if z is not None:
+                    return z
+                return y + self.post_ffn_norm(self.ffn(self.ffn_norm(y)))
+        x = x + self.post_attn_norm(self.attn(self.attn_norm(x), cos, sin, start, cache))
         return x + self.post_ffn_norm(self.ffn(self.ffn_norm(x)))
 
 
