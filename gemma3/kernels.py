@@ -43,30 +43,6 @@ static inline uint16_t to_bf16(float f) {            /* round to nearest even, a
 static inline float from_f32(float f) { return f; }
 static inline float to_f32(float f) { return f; }
 
-/* y = W x. W: bf16 [rows, cols] row-major; x: bf16 [cols]; y: bf16 [rows]; fp32 sums, one rounding. */
-void matvec_bf16(const uint16_t *W, const uint16_t *x, uint16_t *y, int64_t rows, int64_t cols) {
-    int64_t full = cols / 64 * 64;
-    #pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < rows; r++) {
-        const uint16_t *w = W + r * cols;
-        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-        for (int64_t c = 0; c < full; c += 64) {
-            /* the rows a thread reads are one linear stream: fetch 2 KiB ahead of it */
-            _mm_prefetch((const char *)(w + c + 1024), _MM_HINT_T0);
-            _mm_prefetch((const char *)(w + c + 1056), _MM_HINT_T0);
-            a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_loadu_si512(w + c), (__m512bh)_mm512_loadu_si512(x + c));
-            a1 = _mm512_dpbf16_ps(a1, (__m512bh)_mm512_loadu_si512(w + c + 32),
-                                  (__m512bh)_mm512_loadu_si512(x + c + 32));
-        }
-        for (int64_t c = full; c < cols; c += 32) {
-            __mmask32 m = cols - c >= 32 ? 0xFFFFFFFFu : ((1u << (cols - c)) - 1u);
-            a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_maskz_loadu_epi16(m, w + c),
-                                  (__m512bh)_mm512_maskz_loadu_epi16(m, x + c));
-        }
-        y[r] = to_bf16(_mm512_reduce_add_ps(_mm512_add_ps(a0, a1)));
-    }
-}
-
 /* One row of Gemma's RMSNorm, as gemma3/model.py computes it: in fp32, x * (1 / sqrt(mean(x^2) + eps))
    then * (1 + w), rounded once to the storage type. */
 #define NORM_ROW(T, LOAD, STORE)                                                           \
@@ -105,10 +81,18 @@ void matvec_bf16(const uint16_t *W, const uint16_t *x, uint16_t *y, int64_t rows
         }                                                                                    \
     }
 
-/* The feed-forward half of a block for one decoded bf16 row, every step rounded to bf16 where the
-   PyTorch code rounds it: h = norm(x); p = gelu_tanh(Wg h) * (Wu h); out = x + post_norm(Wd p).
-   Scratch: 2 * (d + f) bf16 values. */
-static inline float dot_bf16(const uint16_t *w, const uint16_t *x, int64_t cols) {
+typedef float f32;
+typedef uint16_t bf16;
+NORM_ROW(f32, from_f32, to_f32)
+NORM_ROW(bf16, from_bf16, to_bf16)
+RMS_NORM(f32, rms_norm_f32)
+RMS_NORM(bf16, rms_norm_bf16)
+NORM_ROPE(f32, norm_rope_f32, from_f32, to_f32)
+NORM_ROPE(bf16, norm_rope_bf16, from_bf16, to_bf16)
+
+/* Dot products of one weight row with a vector, fp32 sums. The rows a thread reads are one linear
+   stream: prefetching 2 KiB ahead of it reads memory about 1.4x faster than PyTorch's bf16 mv here. */
+static inline float dot_bf16(const bf16 *w, const bf16 *x, int64_t cols) {
     int64_t full = cols / 64 * 64;
     __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
     for (int64_t c = 0; c < full; c += 64) {
@@ -124,79 +108,102 @@ static inline float dot_bf16(const uint16_t *w, const uint16_t *x, int64_t cols)
     return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
 }
 
+static inline float dot_f32(const float *w, const float *x, int64_t cols) {
+    int64_t full = cols / 32 * 32;
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    for (int64_t c = 0; c < full; c += 32) {
+        _mm_prefetch((const char *)(w + c + 512), _MM_HINT_T0);
+        _mm_prefetch((const char *)(w + c + 528), _MM_HINT_T0);
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + c), _mm512_loadu_ps(x + c), a0);
+        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + c + 16), _mm512_loadu_ps(x + c + 16), a1);
+    }
+    for (int64_t c = full; c < cols; c += 16) {
+        __mmask16 m = cols - c >= 16 ? 0xFFFF : (__mmask16)((1u << (cols - c)) - 1u);
+        a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w + c), _mm512_maskz_loadu_ps(m, x + c), a0);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+}
+
 static inline float gelu_tanh(float x) {                 /* as PyTorch's CPU kernel writes it */
     const float beta = (float)(M_SQRT2 * M_2_SQRTPI * 0.5), kappa = 0.044715f;
     float cube = x * x * x;
     float inner = beta * (x + kappa * cube);
     return 0.5f * x * (1.0f + tanhf(inner));
 }
-typedef float f32;
-typedef uint16_t bf16;
-NORM_ROW(f32, from_f32, to_f32)
-NORM_ROW(bf16, from_bf16, to_bf16)
-RMS_NORM(f32, rms_norm_f32)
-RMS_NORM(bf16, rms_norm_bf16)
-NORM_ROPE(f32, norm_rope_f32, from_f32, to_f32)
-NORM_ROPE(bf16, norm_rope_bf16, from_bf16, to_bf16)
-
-/* The attention half of a block for one decoded bf16 row at cache slot `slot`, with `n` visible slots
-   (batch 1; cache k, v: [kv_heads, slots, hd]): h = norm(x); q, k, v = Wq h, Wk h, Wv h; q, k =
-   rope(q_norm(q)), rope(k_norm(k)); k, v written to the slot; a = softmax(q K^T * scale) V per head
-   (in fp32); out = x + post_norm(Wo a). Scratch: bf16 [d + 3 * nh * hd + 2 * nkv * hd], fp32 [nh * slots]. */
-void attn_bf16(const bf16 *x, const bf16 *nw, const bf16 *Wq, const bf16 *Wk, const bf16 *Wv,
-               const bf16 *qnw, const bf16 *knw, const bf16 *cs, const bf16 *sn, bf16 *K, bf16 *V,
-               const bf16 *Wo, const bf16 *pw, bf16 *out, bf16 *scratch, float *scores,
-               int64_t d, int64_t nh, int64_t nkv, int64_t hd, int64_t slots, int64_t slot, int64_t n,
-               float scale, float eps) {
-    int64_t nq = nh * hd, nk = nkv * hd;
-    bf16 *h = scratch, *raw = h + d, *q = raw + nq + 2 * nk, *a = q + nq;
-    norm_row_bf16(x, nw, h, d, eps);
+/* y = W x. W: bf16 [rows, cols] row-major; x: bf16 [cols]; y: bf16 [rows]; fp32 sums, one rounding. */
+void matvec_bf16(const bf16 *W, const bf16 *x, bf16 *y, int64_t rows, int64_t cols) {
     #pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < nq + 2 * nk; r++) {
-        const bf16 *w = r < nq ? Wq + r * d : r < nq + nk ? Wk + (r - nq) * d : Wv + (r - nq - nk) * d;
-        raw[r] = to_bf16(dot_bf16(w, h, d));
-    }
-    norm_rope_bf16(raw, qnw, cs, sn, q, nh, hd, eps);
-    for (int64_t g = 0; g < nkv; g++) {
-        norm_rope_bf16(raw + nq + g * hd, knw, cs, sn, K + (g * slots + slot) * hd, 1, hd, eps);
-        for (int64_t i = 0; i < hd; i++) V[(g * slots + slot) * hd + i] = raw[nq + nk + g * hd + i];
-    }
-    #pragma omp parallel for schedule(static)
-    for (int64_t head = 0; head < nh; head++) {
-        int64_t g = head / (nh / nkv);
-        const bf16 *qh = q + head * hd, *Kg = K + g * slots * hd, *Vg = V + g * slots * hd;
-        float *s = scores + head * slots, m = -INFINITY, sum = 0.0f, acc[1024];
-        for (int64_t j = 0; j < n; j++) { s[j] = dot_bf16(Kg + j * hd, qh, hd) * scale; if (s[j] > m) m = s[j]; }
-        for (int64_t j = 0; j < n; j++) { s[j] = expf(s[j] - m); sum += s[j]; }
-        for (int64_t i = 0; i < hd; i++) acc[i] = 0.0f;
-        for (int64_t j = 0; j < n; j++) {
-            float pj = s[j] / sum;
-            for (int64_t i = 0; i < hd; i++) acc[i] += pj * from_bf16(Vg[j * hd + i]);
-        }
-        for (int64_t i = 0; i < hd; i++) a[head * hd + i] = to_bf16(acc[i]);
-    }
-    bf16 *o = h;  /* h is spent: reuse its room */
-    #pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < d; r++) o[r] = to_bf16(dot_bf16(Wo + r * nq, a, nq));
-    norm_row_bf16(o, pw, o, d, eps);
-    for (int64_t i = 0; i < d; i++) out[i] = to_bf16(from_bf16(x[i]) + from_bf16(o[i]));
+    for (int64_t r = 0; r < rows; r++) y[r] = to_bf16(dot_bf16(W + r * cols, x, cols));
 }
 
-void ffn_bf16(const bf16 *x, const bf16 *nw, const bf16 *Wg, const bf16 *Wu, const bf16 *Wd, const bf16 *pw,
-              bf16 *out, bf16 *scratch, int64_t d, int64_t f, float eps) {
-    bf16 *h = scratch, *p = scratch + d, *dn = scratch + d + f;
-    norm_row_bf16(x, nw, h, d, eps);
-    #pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < f; r++) {
-        float g = from_bf16(to_bf16(dot_bf16(Wg + r * d, h, d)));
-        float u = from_bf16(to_bf16(dot_bf16(Wu + r * d, h, d)));
-        p[r] = to_bf16(from_bf16(to_bf16(gelu_tanh(g))) * u);
-    }
-    #pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < d; r++) dn[r] = to_bf16(dot_bf16(Wd + r * f, p, f));
-    norm_row_bf16(dn, pw, dn, d, eps);
-    for (int64_t i = 0; i < d; i++) out[i] = to_bf16(from_bf16(x[i]) + from_bf16(dn[i]));
+/* The two halves of a block for one decoded row (batch 1), each step rounded to the storage type
+   where the PyTorch code rounds it.
+   attention: h = norm(x); q, k, v = Wq h, Wk h, Wv h; q, k = rope(q_norm(q)), rope(k_norm(k)); k, v
+   go to cache slot `slot` (cache k, v: [kv_heads, slots, hd]); a = softmax(q K^T * scale) V over the
+   first n slots, per head, in fp32; out = x + post_norm(Wo a).
+   Scratch: T [d + 3 * nh * hd + 2 * nkv * hd], fp32 [nh * slots].
+   feed-forward: h = norm(x); p = gelu_tanh(Wg h) * (Wu h); out = x + post_norm(Wd p).
+   Scratch: T [2 * (d + f)]. */
+#define HALVES(T, LOAD, STORE)                                                                        \
+void attn_##T(const T *x, const T *nw, const T *Wq, const T *Wk, const T *Wv, const T *qnw, const T *knw,    \
+              const T *cs, const T *sn, T *K, T *V, const T *Wo, const T *pw, T *out, T *scratch,     \
+              float *scores, int64_t d, int64_t nh, int64_t nkv, int64_t hd, int64_t slots,           \
+              int64_t slot, int64_t n, float scale, float eps) {                                      \
+    int64_t nq = nh * hd, nk = nkv * hd;                                                              \
+    T *h = scratch, *raw = h + d, *q = raw + nq + 2 * nk, *a = q + nq;                                \
+    norm_row_##T(x, nw, h, d, eps);                                                                   \
+    _Pragma("omp parallel for schedule(static)")                                                      \
+    for (int64_t r = 0; r < nq + 2 * nk; r++) {                                                       \
+        const T *w = r < nq ? Wq + r * d : r < nq + nk ? Wk + (r - nq) * d : Wv + (r - nq - nk) * d;  \
+        raw[r] = STORE(dot_##T(w, h, d));                                                             \
+    }                                                                                                 \
+    norm_rope_##T(raw, qnw, cs, sn, q, nh, hd, eps);                                                  \
+    for (int64_t g = 0; g < nkv; g++) {                                                               \
+        norm_rope_##T(raw + nq + g * hd, knw, cs, sn, K + (g * slots + slot) * hd, 1, hd, eps);       \
+        for (int64_t i = 0; i < hd; i++) V[(g * slots + slot) * hd + i] = raw[nq + nk + g * hd + i];  \
+    }                                                                                                 \
+    _Pragma("omp parallel for schedule(static)")                                                      \
+    for (int64_t head = 0; head < nh; head++) {                                                       \
+        int64_t g = head / (nh / nkv);                                                                \
+        const T *qh = q + head * hd, *Kg = K + g * slots * hd, *Vg = V + g * slots * hd;              \
+        float *s = scores + head * slots, m = -INFINITY, sum = 0.0f, acc[1024];                       \
+        for (int64_t j = 0; j < n; j++) {                                                             \
+            s[j] = dot_##T(Kg + j * hd, qh, hd) * scale;                                              \
+            if (s[j] > m) m = s[j];                                                                   \
+        }                                                                                             \
+        for (int64_t j = 0; j < n; j++) { s[j] = expf(s[j] - m); sum += s[j]; }                       \
+        for (int64_t i = 0; i < hd; i++) acc[i] = 0.0f;                                               \
+        for (int64_t j = 0; j < n; j++) {                                                             \
+            float pj = s[j] / sum;                                                                    \
+            for (int64_t i = 0; i < hd; i++) acc[i] += pj * LOAD(Vg[j * hd + i]);                     \
+        }                                                                                             \
+        for (int64_t i = 0; i < hd; i++) a[head * hd + i] = STORE(acc[i]);                            \
+    }                                                                                                 \
+    T *o = h; /* h is spent: reuse its room */                                                        \
+    _Pragma("omp parallel for schedule(static)")                                                      \
+    for (int64_t r = 0; r < d; r++) o[r] = STORE(dot_##T(Wo + r * nq, a, nq));                        \
+    norm_row_##T(o, pw, o, d, eps);                                                                   \
+    for (int64_t i = 0; i < d; i++) out[i] = STORE(LOAD(x[i]) + LOAD(o[i]));                          \
+}                                                                                                     \
+                                                                                                      \
+void ffn_##T(const T *x, const T *nw, const T *Wg, const T *Wu, const T *Wd, const T *pw,             \
+             T *out, T *scratch, int64_t d, int64_t f, float eps) {                                   \
+    T *h = scratch, *p = scratch + d, *dn = scratch + d + f;                                          \
+    norm_row_##T(x, nw, h, d, eps);                                                                   \
+    _Pragma("omp parallel for schedule(static)")                                                      \
+    for (int64_t r = 0; r < f; r++) {                                                                 \
+        float g = LOAD(STORE(dot_##T(Wg + r * d, h, d)));                                             \
+        float u = LOAD(STORE(dot_##T(Wu + r * d, h, d)));                                             \
+        p[r] = STORE(LOAD(STORE(gelu_tanh(g))) * u);                                                  \
+    }                                                                                                 \
+    _Pragma("omp parallel for schedule(static)")                                                      \
+    for (int64_t r = 0; r < d; r++) dn[r] = STORE(dot_##T(Wd + r * f, p, f));                         \
+    norm_row_##T(dn, pw, dn, d, eps);                                                                 \
+    for (int64_t i = 0; i < d; i++) out[i] = STORE(LOAD(x[i]) + LOAD(dn[i]));                         \
 }
+
+HALVES(f32, from_f32, to_f32)
+HALVES(bf16, from_bf16, to_bf16)
 """
 # -ffp-contract=off: no fused multiply-adds, so every product and sum rounds where PyTorch's does.
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512bf16", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC"]
@@ -205,8 +212,8 @@ SIGNATURES = {
     "matvec_bf16": [_P, _P, _P, _I, _I],
     "rms_norm_f32": [_P, _P, _P, _I, _I, _F], "rms_norm_bf16": [_P, _P, _P, _I, _I, _F],
     "norm_rope_f32": [_P] * 5 + [_I, _I, _F], "norm_rope_bf16": [_P] * 5 + [_I, _I, _F],
-    "ffn_bf16": [_P] * 8 + [_I, _I, _F],
-    "attn_bf16": [_P] * 16 + [_I] * 7 + [_F, _F],
+    "ffn_f32": [_P] * 8 + [_I, _I, _F], "ffn_bf16": [_P] * 8 + [_I, _I, _F],
+    "attn_f32": [_P] * 16 + [_I] * 7 + [_F, _F], "attn_bf16": [_P] * 16 + [_I] * 7 + [_F, _F],
 }
 SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}
 
@@ -304,24 +311,25 @@ def norm_rope(x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tens
 
 
 def feed_forward(x: torch.Tensor, block) -> torch.Tensor | None:
-    """x + post_ffn_norm(ffn(ffn_norm(x))) of a Block for one bf16 row, in one call; or None (use PyTorch)."""
+    """x + post_ffn_norm(ffn(ffn_norm(x))) of a Block for one row, in one call; or None (use PyTorch)."""
     ffn, norm, post = block.ffn, block.ffn_norm, block.post_ffn_norm
-    if x.dtype != torch.bfloat16 or x.numel() != x.shape[-1] or not hasattr(post, "weight"):
+    if x.numel() != x.shape[-1] or not hasattr(post, "weight"):
         return None
     ws = (norm.weight, ffn.gate.weight, ffn.up.weight, ffn.down.weight, post.weight)
     if not _usable(x, *ws):
         return None
     d, f = ffn.gate.weight.shape[1], ffn.gate.weight.shape[0]
-    out, scratch = torch.empty_like(x), torch.empty(2 * (d + f), dtype=torch.bfloat16)
-    _lib.ffn_bf16(x.data_ptr(), *(w.data_ptr() for w in ws), out.data_ptr(), scratch.data_ptr(), d, f, norm.eps)
+    out, scratch = torch.empty_like(x), torch.empty(2 * (d + f), dtype=x.dtype)
+    getattr(_lib, "ffn_" + SUFFIX[x.dtype])(x.data_ptr(), *(w.data_ptr() for w in ws), out.data_ptr(),
+                                            scratch.data_ptr(), d, f, norm.eps)
     return out
 
 
 def attention(x: torch.Tensor, block, cos: torch.Tensor, sin: torch.Tensor, pos: int, cache) -> torch.Tensor | None:
-    """x + post_attn_norm(attn(attn_norm(x))) of a Block for one bf16 row at position `pos`, writing its
-    key and value into the LayerCache `cache`, in one call; or None (use PyTorch)."""
+    """x + post_attn_norm(attn(attn_norm(x))) of a Block for one row at position `pos`, writing its key
+    and value into the LayerCache `cache`, in one call; or None (use PyTorch)."""
     attn, norm, post = block.attn, block.attn_norm, block.post_attn_norm
-    if (x.dtype != torch.bfloat16 or x.numel() != x.shape[-1] or not hasattr(post, "weight") or attn.keep_probs
+    if (x.numel() != x.shape[-1] or not hasattr(post, "weight") or attn.keep_probs
             or attn.head_dim > 1024 or cache.k.shape[0] != 1):
         return None
     ws = (norm.weight, attn.wq.weight, attn.wk.weight, attn.wv.weight, attn.q_norm.weight, attn.k_norm.weight,
@@ -331,8 +339,9 @@ def attention(x: torch.Tensor, block, cos: torch.Tensor, sin: torch.Tensor, pos:
     d, nh, nkv, hd = x.shape[-1], attn.heads, attn.kv_heads, attn.head_dim
     slot, n = (pos % cache.slots if cache.ring else pos), min(pos + 1, cache.slots)
     out = torch.empty_like(x)
-    scratch = torch.empty(d + (3 * nh + 2 * nkv) * hd, dtype=torch.bfloat16)
+    scratch = torch.empty(d + (3 * nh + 2 * nkv) * hd, dtype=x.dtype)
     scores = torch.empty(nh * cache.slots, dtype=torch.float32)
-    _lib.attn_bf16(x.data_ptr(), *(w.data_ptr() for w in ws), out.data_ptr(), scratch.data_ptr(), scores.data_ptr(),
-                   d, nh, nkv, hd, cache.slots, slot, n, attn.scale, norm.eps)
+    getattr(_lib, "attn_" + SUFFIX[x.dtype])(x.data_ptr(), *(w.data_ptr() for w in ws), out.data_ptr(),
+                                             scratch.data_ptr(), scores.data_ptr(), d, nh, nkv, hd, cache.slots,
+                                             slot, n, attn.scale, norm.eps)
     return out
