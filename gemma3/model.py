@@ -192,15 +192,11 @@ class Block(nn.Module):
         self.post_ffn_norm = post()
 
     def forward(self, x, cos, sin, start: int = 0, cache: LayerCache | None = None):
-        if cache is not None and x.shape[1] == 1:  # a decoded row: each half in one C call (kernels.py)
-            y = attention(x, self, cos, sin, start, cache)
-            if y is not None:
-                z = feed_forward(y, self)
-                if z is not None:
-                    return z
-                return y + self.post_ffn_norm(self.ffn(self.ffn_norm(y)))
-        x = x + self.post_attn_norm(self.attn(self.attn_norm(x), cos, sin, start, cache))
-        return x + self.post_ffn_norm(self.ffn(self.ffn_norm(x)))
+        decoding = cache is not None and x.shape[1] == 1  # one token: each half is one C call where it can be
+        y = attention(x, self, cos, sin, start, cache) if decoding else None  # (kernels.py)
+        x = y if y is not None else x + self.post_attn_norm(self.attn(self.attn_norm(x), cos, sin, start, cache))
+        y = feed_forward(x, self) if decoding else None
+        return y if y is not None else x + self.post_ffn_norm(self.ffn(self.ffn_norm(x)))
 
 
 class Gemma3(nn.Module):
