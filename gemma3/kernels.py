@@ -48,17 +48,44 @@ static inline uint16_t to_bf16(float f) {            /* round to nearest even, a
 static inline float from_f32(float f) { return f; }
 static inline float to_f32(float f) { return f; }
 
+typedef float f32;
+typedef uint16_t bf16;
+
+/* 16 lanes of fp32 from/to each storage type, rounding to nearest even for bf16. */
+static inline __m512 load16_f32(const f32 *p) { return _mm512_loadu_ps(p); }
+static inline __m512 round16_f32(__m512 v) { return v; }
+static inline void store16_f32(f32 *p, __m512 v) { _mm512_storeu_ps(p, v); }
+static inline __m512 widen16(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
+static inline __m512 load16_bf16(const bf16 *p) { return widen16(_mm256_loadu_si256((const __m256i *)p)); }
+static inline __m512 round16_bf16(__m512 v) { return widen16((__m256i)_mm512_cvtneps_pbh(v)); }
+static inline __m512 neg16(__m512 v) {  /* flips the sign bit, as PyTorch's neg does (zeros too) */
+    return _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(v), _mm512_set1_epi32((int)0x80000000u)));
+}
+static inline void store16_bf16(bf16 *p, __m512 v) { _mm256_storeu_si256((__m256i *)p, (__m256i)_mm512_cvtneps_pbh(v)); }
+
 /* One row of Gemma's RMSNorm, as gemma3/model.py computes it: in fp32, x * (1 / sqrt(mean(x^2) + eps))
-   then * (1 + w), rounded once to the storage type. */
-#define NORM_ROW(T, LOAD, STORE)                                                           \
-    static inline void norm_row_##T(const T *x, const T *w, T *y, int64_t d, float eps) {  \
-        double ss = 0.0; /* PyTorch's fp32 sum is within an ulp or two of the exact one */    \
-        for (int64_t i = 0; i < d; i++) { float v = LOAD(x[i]); ss += (double)(v * v); }     \
-        float inv = 1.0f / sqrtf((float)ss / (float)d + eps);                               \
-        for (int64_t i = 0; i < d; i++) {                                                   \
-            float v = LOAD(x[i]) * inv;                                                     \
-            y[i] = STORE(v * (1.0f + LOAD(w[i])));                                          \
-        }                                                                                   \
+   then * (1 + w), rounded once to the storage type. The squares are summed in double: PyTorch's fp32
+   sum is within an ulp or two of that. */
+#define NORM_ROW(T, LOAD, STORE)                                                                 \
+    static inline void norm_row_##T(const T *x, const T *w, T *y, int64_t d, float eps) {        \
+        int64_t full = d / 16 * 16;                                                               \
+        __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();                               \
+        for (int64_t i = 0; i < full; i += 16) {                                                  \
+            __m512 v = load16_##T(x + i), sq = _mm512_mul_ps(v, v);                               \
+            s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm512_castps512_ps256(sq)));                  \
+            s1 = _mm512_add_pd(s1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(sq), 1)))); \
+        }                                                                                         \
+        double ss = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));                                  \
+        for (int64_t i = full; i < d; i++) { float v = LOAD(x[i]); ss += (double)(v * v); }       \
+        float inv = 1.0f / sqrtf((float)ss / (float)d + eps);                                     \
+        __m512 vinv = _mm512_set1_ps(inv), one = _mm512_set1_ps(1.0f);                            \
+        for (int64_t i = 0; i < full; i += 16)                                                    \
+            store16_##T(y + i, _mm512_mul_ps(_mm512_mul_ps(load16_##T(x + i), vinv),              \
+                                             _mm512_add_ps(one, load16_##T(w + i))));             \
+        for (int64_t i = full; i < d; i++) {                                                      \
+            float v = LOAD(x[i]) * inv;                                                           \
+            y[i] = STORE(v * (1.0f + LOAD(w[i])));                                                \
+        }                                                                                         \
     }
 
 /* rows of RMSNorm: x, y [rows, d]; w [d] */
@@ -68,26 +95,35 @@ static inline float to_f32(float f) { return f; }
         for (int64_t r = 0; r < rows; r++) norm_row_##T(x + r * d, w, y + r * d, d, eps);    \
     }
 
-/* q or k of one decoded position: each head's row normed, then rotated on half-split pairs with one
-   cos/sin row, each step rounded to the storage type as PyTorch rounds it:
+/* q or k rows [B, T, heads, d]: each head's row normed, then rotated on half-split pairs with the
+   cos/sin row [T, d] of its position, each step rounded to the storage type as PyTorch rounds it:
    y = (n * cos) + (rotate_half(n) * sin), rotate_half(n) = [-n2, n1]. Needs d <= 1024. */
 #define NORM_ROPE(T, NAME, LOAD, STORE)                                                      \
-    void NAME(const T *x, const T *w, const T *cs, const T *sn, T *y, int64_t rows, int64_t d, float eps) { \
+    void NAME(const T *x, const T *w, const T *cs, const T *sn, T *y, int64_t rows, int64_t heads, \
+              int64_t npos, int64_t d, float eps) {                                          \
         int64_t h = d / 2;                                                                   \
+        _Pragma("omp parallel for if (rows > 64)")                                           \
         for (int64_t r = 0; r < rows; r++) {                                                 \
+            const T *c = cs + (r / heads) % npos * d, *s = sn + (r / heads) % npos * d;      \
             T n[1024];                                                                       \
             norm_row_##T(x + r * d, w, n, d, eps);                                           \
-            for (int64_t i = 0; i < d; i++) {                                                \
+            int64_t i = 0;                                                                   \
+            if (h % 16 == 0)                                                                 \
+                for (; i < d; i += 16) {                                                     \
+                    __m512 rot = i < h ? neg16(load16_##T(n + i + h)) : load16_##T(n + i - h); \
+                    __m512 a = round16_##T(_mm512_mul_ps(load16_##T(n + i), load16_##T(c + i)));   \
+                    __m512 b = round16_##T(_mm512_mul_ps(rot, load16_##T(s + i)));           \
+                    store16_##T(y + r * d + i, _mm512_add_ps(a, b));                         \
+                }                                                                            \
+            for (; i < d; i++) {                                                             \
                 float rot = i < h ? -LOAD(n[i + h]) : LOAD(n[i - h]);                         \
-                float a = LOAD(STORE(LOAD(n[i]) * LOAD(cs[i])));                              \
-                float b = LOAD(STORE(rot * LOAD(sn[i])));                                     \
+                float a = LOAD(STORE(LOAD(n[i]) * LOAD(c[i])));                               \
+                float b = LOAD(STORE(rot * LOAD(s[i])));                                      \
                 y[r * d + i] = STORE(a + b);                                                 \
             }                                                                                \
         }                                                                                    \
     }
 
-typedef float f32;
-typedef uint16_t bf16;
 NORM_ROW(f32, from_f32, to_f32)
 NORM_ROW(bf16, from_bf16, to_bf16)
 RMS_NORM(f32, rms_norm_f32)
@@ -135,6 +171,45 @@ static inline float gelu_tanh(float x) {                 /* as PyTorch's CPU ker
     float inner = beta * (x + kappa * cube);
     return 0.5f * x * (1.0f + tanhf(inner));
 }
+/* GeGLU over whole rows (a prompt's feed-forward): p = gelu_tanh(g) * u, the gelu rounded to the
+   storage type first, as PyTorch does. 16 lanes at a time, tanh(v) = 1 - 2 / (e^2v + 1) with an exp
+   accurate to about an ulp (Cephes' polynomial): within 1e-6 of PyTorch's vectorized tanh. */
+static inline __m512 exp512(__m512 x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, n);
+}
+
+static inline __m512 gelu512(__m512 x) {
+    const __m512 one = _mm512_set1_ps(1.0f), two = _mm512_set1_ps(2.0f);
+    __m512 cube = _mm512_mul_ps(_mm512_mul_ps(x, x), x);
+    __m512 inner = _mm512_mul_ps(_mm512_set1_ps((float)(M_SQRT2 * M_2_SQRTPI * 0.5)),
+                                 _mm512_add_ps(x, _mm512_mul_ps(_mm512_set1_ps(0.044715f), cube)));
+    __m512 t = _mm512_sub_ps(one, _mm512_div_ps(two, _mm512_add_ps(exp512(_mm512_mul_ps(two, inner)), one)));
+    return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), x), _mm512_add_ps(one, t));
+}
+
+#define GEGLU(T, LOAD, STORE)                                                                          \
+void geglu_##T(const T *g, const T *u, T *p, int64_t n) {                                              \
+    int64_t full = n / 16 * 16;                                                                        \
+    _Pragma("omp parallel for schedule(static) if (n > 4096)")                                         \
+    for (int64_t i = 0; i < full; i += 16)                                                             \
+        store16_##T(p + i, _mm512_mul_ps(round16_##T(gelu512(load16_##T(g + i))), load16_##T(u + i))); \
+    for (int64_t i = full; i < n; i++) p[i] = STORE(LOAD(STORE(gelu_tanh(LOAD(g[i])))) * LOAD(u[i]));  \
+}
+GEGLU(f32, from_f32, to_f32)
+GEGLU(bf16, from_bf16, to_bf16)
+
 /* y = W x. W: bf16 [rows, cols] row-major; x: bf16 [cols]; y: bf16 [rows]; fp32 sums, one rounding. */
 void matvec_bf16(const bf16 *W, const bf16 *x, bf16 *y, int64_t rows, int64_t cols) {
     #pragma omp parallel for schedule(static)
@@ -162,9 +237,9 @@ void attn_##T(const T *x, const T *nw, const T *Wq, const T *Wk, const T *Wv, co
         const T *w = r < nq ? Wq + r * d : r < nq + nk ? Wk + (r - nq) * d : Wv + (r - nq - nk) * d;  \
         raw[r] = STORE(dot_##T(w, h, d));                                                             \
     }                                                                                                 \
-    norm_rope_##T(raw, qnw, cs, sn, q, nh, hd, eps);                                                  \
+    norm_rope_##T(raw, qnw, cs, sn, q, nh, nh, 1, hd, eps);                                           \
     for (int64_t g = 0; g < nkv; g++) {                                                               \
-        norm_rope_##T(raw + nq + g * hd, knw, cs, sn, K + (g * slots + slot) * hd, 1, hd, eps);       \
+        norm_rope_##T(raw + nq + g * hd, knw, cs, sn, K + (g * slots + slot) * hd, 1, 1, 1, hd, eps); \
         for (int64_t i = 0; i < hd; i++) V[(g * slots + slot) * hd + i] = raw[nq + nk + g * hd + i];  \
     }                                                                                                 \
     _Pragma("omp parallel for schedule(static)")                                                      \
@@ -216,7 +291,8 @@ _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 SIGNATURES = {
     "matvec_bf16": [_P, _P, _P, _I, _I],
     "rms_norm_f32": [_P, _P, _P, _I, _I, _F], "rms_norm_bf16": [_P, _P, _P, _I, _I, _F],
-    "norm_rope_f32": [_P] * 5 + [_I, _I, _F], "norm_rope_bf16": [_P] * 5 + [_I, _I, _F],
+    "norm_rope_f32": [_P] * 5 + [_I] * 4 + [_F], "norm_rope_bf16": [_P] * 5 + [_I] * 4 + [_F],
+    "geglu_f32": [_P] * 3 + [_I], "geglu_bf16": [_P] * 3 + [_I],
     "ffn_f32": [_P] * 8 + [_I, _I, _F], "ffn_bf16": [_P] * 8 + [_I, _I, _F],
     "attn_f32": [_P] * 16 + [_I] * 7 + [_F, _F], "attn_bf16": [_P] * 16 + [_I] * 7 + [_F, _F],
 }
@@ -303,16 +379,27 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor 
 
 def norm_rope(x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tensor,
               sin: torch.Tensor) -> torch.Tensor | None:
-    """RMSNorm then half-split RoPE of rows [..., d] that share one position (cos, sin: d values each),
-    or None (use PyTorch)."""
+    """Per-head RMSNorm then half-split RoPE of q or k [B, T, heads, d], position t taking row t of
+    cos, sin [T, d]; or None (use PyTorch)."""
     d = weight.numel()
-    if (x.shape[-1] != d or d % 2 or d > 1024 or cos.numel() != d or sin.numel() != d
-            or not _usable(x, weight, cos, sin)):
+    if (x.dim() != 4 or x.shape[-1] != d or d % 2 or d > 1024
+            or cos.shape != (x.shape[1], d) or sin.shape != (x.shape[1], d)):
+        return None
+    if not _usable(x, weight, cos, sin):
         return None
     y = torch.empty_like(x)
     getattr(_lib, "norm_rope_" + SUFFIX[x.dtype])(x.data_ptr(), weight.data_ptr(), cos.data_ptr(), sin.data_ptr(),
-                                                  y.data_ptr(), x.numel() // d, d, eps)
+                                                  y.data_ptr(), x.numel() // d, x.shape[2], x.shape[1], d, eps)
     return y
+
+
+def geglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor | None:
+    """gelu_tanh(gate) * up, or None (use PyTorch)."""
+    if gate.shape != up.shape or not _usable(gate, up):
+        return None
+    p = torch.empty_like(gate)
+    getattr(_lib, "geglu_" + SUFFIX[gate.dtype])(gate.data_ptr(), up.data_ptr(), p.data_ptr(), gate.numel())
+    return p
 
 
 def feed_forward(x: torch.Tensor, block) -> torch.Tensor | None:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from .cache import KVCache, LayerCache
 from .config import Gemma3Config
-from .kernels import attention, feed_forward, matvec_bf16, norm_rope, rms_norm
+from .kernels import attention, feed_forward, geglu, matvec_bf16, norm_rope, rms_norm
 
 
 class RMSNorm(nn.Module):
@@ -133,10 +133,9 @@ class Attention(nn.Module):
     @staticmethod
     def _norm_rope(x, norm: RMSNorm, cos, sin):
         """[B, T, heads, head_dim] -> per-head RMSNorm, then RoPE -> [B, heads, T, head_dim]."""
-        if x.shape[1] == 1:  # one decoded position: one C call where the kernels run (kernels.py)
-            y = norm_rope(x, norm.weight, norm.eps, cos, sin)
-            if y is not None:
-                return y.transpose(1, 2)
+        y = norm_rope(x, norm.weight, norm.eps, cos, sin)  # one C call where the kernels run (kernels.py)
+        if y is not None:
+            return y.transpose(1, 2)
         return RoPE.rotate(norm(x).transpose(1, 2), cos, sin)
 
     def _decode_step(self, q, k, v, pos: int, cache: LayerCache):
@@ -174,7 +173,9 @@ class FeedForward(nn.Module):
         self.down = Linear(cfg.ffn, cfg.hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(F.gelu(self.gate(x), approximate="tanh") * self.up(x))
+        g, u = self.gate(x), self.up(x)
+        p = geglu(g, u)  # one pass in C where the kernels run (kernels.py)
+        return self.down(p if p is not None else F.gelu(g, approximate="tanh") * u)
 
 
 class Block(nn.Module):

@@ -69,18 +69,20 @@ def test_rms_norm_matches_the_pytorch_code(dtype, shape, pytorch_only):
 
 @needs_kernels
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("heads, position", [(4, 0), (1, 37), (4, 5000)])
-def test_norm_rope_matches_the_pytorch_code(dtype, heads, position, pytorch_only):
-    g = torch.Generator().manual_seed(heads + position)
+@pytest.mark.parametrize("batch, heads, positions", [(1, 4, [0]), (1, 1, [37]), (1, 4, [5000]),
+                                                     (2, 4, list(range(30, 130)))])
+def test_norm_rope_matches_the_pytorch_code(dtype, batch, heads, positions, pytorch_only):
+    g = torch.Generator().manual_seed(heads + positions[0])
     norm, rope = RMSNorm(256).to(dtype), RoPE(256, 10_000.0)
+    T = len(positions)
     with torch.no_grad():
         norm.weight.copy_(torch.randn(256, generator=g) * 0.3)
-        cos, sin = rope(torch.tensor([position]), dtype)
-        x = (torch.randn(1, 1, heads, 256, generator=g) * 2).to(dtype)
+        cos, sin = rope(torch.tensor(positions), dtype)
+        x = (torch.randn(batch, T, heads, 256, generator=g) * 2).to(dtype)
         y = kernels.norm_rope(x, norm.weight, norm.eps, cos, sin).transpose(1, 2)
         pytorch_only()
         ref = RoPE.rotate(norm(x).transpose(1, 2), cos, sin)
-    assert y.shape == ref.shape == (1, heads, 1, 256)
+    assert y.shape == ref.shape == (batch, heads, T, 256)
     if dtype == torch.float32:
         assert torch.allclose(y, ref, rtol=1e-6, atol=1e-6)
     else:
@@ -195,3 +197,19 @@ def test_switched_off_by_the_environment(monkeypatch):
     monkeypatch.setattr(kernels, "_lib", None)
     monkeypatch.setenv("GEMMA3_NO_KERNEL", "1")
     assert kernels.load() is None
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_geglu_matches_the_pytorch_code(dtype):
+    g = torch.Generator().manual_seed(3)
+    gate = (torch.randn(37, 2048 + 5, generator=g) * 3).to(dtype)  # a ragged tail past the 16 lanes
+    gate[0, :4] = torch.tensor([-100.0, 100.0, 0.0, -5.0])
+    up = torch.randn(37, 2048 + 5, generator=g).to(dtype)
+    p = kernels.geglu(gate, up)
+    ref = torch.nn.functional.gelu(gate, approximate="tanh") * up
+    assert p.shape == ref.shape and p.dtype == dtype
+    if dtype == torch.float32:
+        assert torch.allclose(p, ref, rtol=1e-5, atol=2e-6)
+    else:
+        assert (p != ref).float().mean() < 0.06 and torch.allclose(p.float(), ref.float(), rtol=2 ** -7, atol=1e-4)
