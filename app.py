@@ -285,7 +285,7 @@ def build(model=None, tokenizer=None, description: str | None = None, *, holder:
                             device = gr.Radio(list(tr.DEVICES), value="auto", label="Device", elem_id="train-device")
                             gpus = gr.Number(1, precision=0, label="GPUs")
                             compile_ = gr.Checkbox(False, label="torch.compile", elem_id="train-compile",
-                                                   info="faster steps (1.1-1.4x on a CPU) after a minute or two "
+                                                   info="faster steps (1.1-1.3x on a CPU) after a minute or two "
                                                         "of compiling: for long runs")
                         with gr.Row():
                             start_btn = gr.Button("Start", variant="primary", interactive=allowed0,

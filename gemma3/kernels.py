@@ -5,9 +5,10 @@ RoPE, casts, views) whose cost is mostly per-operation overhead: an RMSNorm of o
 ten aten operations, about 20 us. Here each half of a block is one call (`attention`,
 `feed_forward`), and the weights are read by dot products that prefetch 2 KiB ahead of the row
 they stream (PyTorch's bf16 `torch.mv` reads about 15 GB/s on this project's 2-core Xeon, these
-about 21 GB/s). A 270m decode step went from 29.3 to 15.0 ms in bf16 and from 31.9 to 25.9 ms in
-fp32 (same process, alternating). For a prompt, `rms_norm`, `norm_rope` and `geglu` each make one
-vectorized pass where PyTorch makes four to ten: a 512-token bf16 prefill went from 162 to 136 ms.
+about 21 GB/s). For a prompt, `rms_norm`, `norm_rope` and `geglu` each make one vectorized pass
+where PyTorch makes four to ten. On the 270m preset, kernels against none (same process,
+alternating): a decode step 15.8 against 29.5 ms in bf16 and 25.9 against 33.1 ms in fp32; a
+512-token bf16 prefill 144 against 233 ms.
 `matvec_bf16` serves the output head and what the halves do not cover (batch > 1, layouts without
 post-norms). bench/generate.py compares the whole with transformers.
 

@@ -1,7 +1,9 @@
 """Gemma 3's text model, top to bottom: RMSNorm, RoPE, Attention, FeedForward, Block, Gemma3.
 
 It computes exactly what transformers' Gemma3ForCausalLM computes (see tests/test_parity.py).
-One forward serves training (no cache), prefill and one-token decoding (with a KVCache).
+One forward serves training (no cache), prefill and one-token decoding (with a KVCache). For
+inference on a CPU, a few places hand their work to the C kernels of kernels.py when those can run
+here (the same equations and roundings, in fewer passes); each falls back to the PyTorch code below.
 """
 
 from __future__ import annotations
