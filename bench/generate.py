@@ -32,6 +32,8 @@ What is measured, and how it is made fair:
   its matmul FLOPs at the matmul peak measured for the dtype. Each is printed as the largest ratio
   over transformers it would allow.
 - The process runs as our programs run (`gemma3.cpu.keep_freed_memory`), for both sides alike.
+  `GEMMA3_NO_KERNEL=1 python bench/generate.py` measures our PyTorch code path instead of the C
+  kernels of gemma3/kernels.py.
 - Memory: each side runs alone in a subprocess (same imports in both); we print the resident set
   after loading the model and a 2-token warm-up (which pages in every weight), and the peak added
   while generating (`--prefill-tokens` prompt, then `--new-tokens` tokens), via /proc/self/status

@@ -316,20 +316,28 @@ def cpu_has_avx512_bf16() -> bool:
 
 
 def build() -> Path:
-    """Compile the kernels (once; the file is named by the hash of source and flags); its path."""
+    """Compile the kernels (once; the file is named by the hash of source and flags); its path.
+    The cache folder is tried first, then the system's temporary folder if it is not writable."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not compiler:
         raise OSError("no C compiler found")
-    tag = hashlib.sha256((SOURCE + " ".join(FLAGS)).encode()).hexdigest()[:16]
-    out = cache_dir() / f"kernels-{tag}.so"
-    if not out.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-            src, lib = Path(tmp) / "kernels.c", Path(tmp) / "kernels.so"
-            src.write_text(SOURCE)
-            subprocess.run([compiler, *FLAGS, str(src), "-o", str(lib)], check=True, capture_output=True, timeout=120)
-            os.replace(lib, out)  # atomic: a half-written library is never loaded
-    return out
+    name = f"kernels-{hashlib.sha256((SOURCE + ' '.join(FLAGS)).encode()).hexdigest()[:16]}.so"
+    for folder in (cache_dir(), Path(tempfile.gettempdir()) / "gemma3"):
+        out = folder / name
+        if out.exists():
+            return out
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=folder) as tmp:
+                src, lib = Path(tmp) / "kernels.c", Path(tmp) / "kernels.so"
+                src.write_text(SOURCE)
+                subprocess.run([compiler, *FLAGS, str(src), "-o", str(lib)], check=True, capture_output=True,
+                               timeout=120)
+                os.replace(lib, out)  # atomic: a half-written library is never loaded
+            return out
+        except OSError:  # not writable (or no such compiler: the second try fails the same way)
+            continue
+    raise OSError("could not build the kernels in either folder")
 
 
 def load():

@@ -1,6 +1,8 @@
 """gemma3/kernels.py: the C kernels a decoded token runs on the CPU give what the PyTorch code gives."""
 
 import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -191,6 +193,16 @@ def test_without_a_compiler_the_model_falls_back_to_pytorch(monkeypatch, tmp_pat
     assert torch.equal(project(x, w).view(-1), torch.mv(w, x.view(-1)))
     assert kernels.rms_norm(x, torch.zeros(64, dtype=torch.bfloat16), 1e-6) is None
     assert list(tmp_path.iterdir()) == []  # nothing half-built left behind
+
+
+@needs_kernels
+def test_an_unwritable_cache_folder_falls_back_to_the_temporary_folder(monkeypatch, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setattr(kernels, "_lib", None)
+    monkeypatch.setenv("GEMMA3_CACHE", str(blocker / "cache"))
+    assert kernels.load() is not None
+    assert kernels.build().parent == Path(tempfile.gettempdir()) / "gemma3"
 
 
 def test_switched_off_by_the_environment(monkeypatch):
