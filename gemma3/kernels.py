@@ -5,10 +5,10 @@ RoPE, casts, views) whose cost is mostly per-operation overhead: an RMSNorm of o
 ten aten operations, about 20 us. Here each half of a block is one call (`attention`,
 `feed_forward`), and the weights are read by dot products that prefetch 2 KiB ahead of the row
 they stream (PyTorch's bf16 `torch.mv` reads about 15 GB/s on this project's 2-core Xeon, these
-about 21 GB/s). For a prompt, `rms_norm`, `norm_rope` and `geglu` each make one vectorized pass
-where PyTorch makes four to ten. On the 270m preset, kernels against none (same process,
-alternating): a decode step 15.8 against 29.5 ms in bf16 and 25.9 against 33.1 ms in fp32; a
-512-token bf16 prefill 144 against 233 ms.
+about 21 GB/s). For a prompt, `rms_norm` (with the residual add), `norm_rope` and `geglu` each
+make one vectorized pass where PyTorch makes two to ten. On the 270m preset, kernels against none
+(same process, alternating): a decode step 15.8 against 29.5 ms in bf16 and 25.9 against 33.1 ms
+in fp32; a 512-token bf16 prefill 123 against 230 ms.
 `matvec_bf16` serves the output head and what the halves do not cover (batch > 1, layouts without
 post-norms). bench/generate.py compares the whole with transformers.
 
@@ -50,6 +50,10 @@ static inline uint16_t to_bf16(float f) {            /* round to nearest even, a
 }
 static inline float from_f32(float f) { return f; }
 static inline float to_f32(float f) { return f; }
+#define LOAD_f32 from_f32
+#define STORE_f32 to_f32
+#define LOAD_bf16 from_bf16
+#define STORE_bf16 to_bf16
 
 typedef float f32;
 typedef uint16_t bf16;
@@ -93,9 +97,18 @@ static inline void store16_bf16(bf16 *p, __m512 v) { _mm256_storeu_si256((__m256
 
 /* rows of RMSNorm: x, y [rows, d]; w [d] */
 #define RMS_NORM(T, NAME)                                                                    \
-    void NAME(const T *x, const T *w, T *y, int64_t rows, int64_t d, float eps) {            \
+    void NAME(const T *x, const T *w, const T *res, T *y, int64_t rows, int64_t d, float eps) { \
         _Pragma("omp parallel for if (rows > 8)")                                            \
-        for (int64_t r = 0; r < rows; r++) norm_row_##T(x + r * d, w, y + r * d, d, eps);    \
+        for (int64_t r = 0; r < rows; r++) {                                                 \
+            T *yr = y + r * d;                                                               \
+            norm_row_##T(x + r * d, w, yr, d, eps);                                          \
+            if (res) { /* y = res + norm(x), the residual added after the norm's rounding */ \
+                int64_t i = 0;                                                               \
+                for (; i + 16 <= d; i += 16)                                                 \
+                    store16_##T(yr + i, _mm512_add_ps(load16_##T(res + r * d + i), load16_##T(yr + i))); \
+                for (; i < d; i++) yr[i] = STORE_##T(LOAD_##T(res[r * d + i]) + LOAD_##T(yr[i])); \
+            }                                                                                \
+        }                                                                                    \
     }
 
 /* q or k rows [B, T, heads, d]: each head's row normed, then rotated on half-split pairs with the
@@ -293,7 +306,7 @@ FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512bf16", "-ffp-contract=off", 
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 SIGNATURES = {
     "matvec_bf16": [_P, _P, _P, _I, _I],
-    "rms_norm_f32": [_P, _P, _P, _I, _I, _F], "rms_norm_bf16": [_P, _P, _P, _I, _I, _F],
+    "rms_norm_f32": [_P] * 4 + [_I, _I, _F], "rms_norm_bf16": [_P] * 4 + [_I, _I, _F],
     "norm_rope_f32": [_P] * 5 + [_I] * 4 + [_F], "norm_rope_bf16": [_P] * 5 + [_I] * 4 + [_F],
     "geglu_f32": [_P] * 3 + [_I], "geglu_bf16": [_P] * 3 + [_I],
     "ffn_f32": [_P] * 8 + [_I, _I, _F], "ffn_bf16": [_P] * 8 + [_I, _I, _F],
@@ -378,13 +391,19 @@ def matvec_bf16(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
     return y
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor | None:
-    """Gemma's RMSNorm over the last axis (weight as stored, 1 + w applied), or None (use PyTorch)."""
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
+             residual: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Gemma's RMSNorm over the last axis (weight as stored, 1 + w applied), plus `residual` when
+    given (added after the norm's rounding, as `residual + norm(x)` does); or None (use PyTorch)."""
     d = weight.numel()
-    if x.shape[-1] != d or not _usable(x, weight):
+    if x.shape[-1] != d or (residual is not None and residual.shape != x.shape):
+        return None
+    if not _usable(x, weight, *(() if residual is None else (residual,))):
         return None
     y = torch.empty_like(x)
-    getattr(_lib, "rms_norm_" + SUFFIX[x.dtype])(x.data_ptr(), weight.data_ptr(), y.data_ptr(), x.numel() // d, d, eps)
+    getattr(_lib, "rms_norm_" + SUFFIX[x.dtype])(x.data_ptr(), weight.data_ptr(),
+                                                 None if residual is None else residual.data_ptr(),
+                                                 y.data_ptr(), x.numel() // d, d, eps)
     return y
 
 

@@ -2,7 +2,6 @@
 
 import shutil
 import tempfile
-from pathlib import Path
 
 import pytest
 import torch
@@ -67,6 +66,25 @@ def test_rms_norm_matches_the_pytorch_code(dtype, shape, pytorch_only):
         assert ulps(y, ref) <= 4
     else:
         assert (y != ref).float().mean() < 1e-3 and ulps(y, ref) <= 1
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_residual_norm_matches_the_pytorch_code_and_leaves_hooked_norms_alone(dtype, pytorch_only):
+    g = torch.Generator().manual_seed(4)
+    norm = RMSNorm(640).to(dtype)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(640, generator=g) * 0.3)
+        x, h = (torch.randn(2, 300, 640, generator=g) * 3).to(dtype), (torch.randn(2, 300, 640, generator=g)).to(dtype)
+        y = gemma3.model.residual(x, norm, h)
+        seen = []
+        handle = norm.register_forward_hook(lambda mod, inp, out: seen.append(out))
+        hooked = gemma3.model.residual(x, norm, h)  # the hook must see the norm's output
+        handle.remove()
+        pytorch_only()
+        ref = x + norm(h)
+    assert len(seen) == 1 and torch.equal(hooked, x + seen[0])
+    assert close(y, ref) and close(hooked, ref)
 
 
 @needs_kernels
@@ -186,13 +204,14 @@ def test_training_never_takes_a_kernel():
 
 def test_without_a_compiler_the_model_falls_back_to_pytorch(monkeypatch, tmp_path):
     monkeypatch.setattr(kernels, "_lib", None)
-    monkeypatch.setenv("GEMMA3_CACHE", str(tmp_path))
+    monkeypatch.setenv("GEMMA3_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     assert kernels.load() is None
     w, x = torch.randn(8, 64).bfloat16(), torch.randn(1, 1, 64).bfloat16()
     assert torch.equal(project(x, w).view(-1), torch.mv(w, x.view(-1)))
     assert kernels.rms_norm(x, torch.zeros(64, dtype=torch.bfloat16), 1e-6) is None
-    assert list(tmp_path.iterdir()) == []  # nothing half-built left behind
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []  # nothing half-built left behind
 
 
 @needs_kernels
@@ -201,8 +220,9 @@ def test_an_unwritable_cache_folder_falls_back_to_the_temporary_folder(monkeypat
     blocker.write_text("not a folder")
     monkeypatch.setattr(kernels, "_lib", None)
     monkeypatch.setenv("GEMMA3_CACHE", str(blocker / "cache"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     assert kernels.load() is not None
-    assert kernels.build().parent == Path(tempfile.gettempdir()) / "gemma3"
+    assert kernels.build().parent == tmp_path / "tmp" / "gemma3"
 
 
 def test_switched_off_by_the_environment(monkeypatch):
