@@ -8,6 +8,7 @@ import time
 
 import torch
 
+from . import kernels
 from .checkpoints import export_hf, load_model, save_model
 from .cpu import keep_freed_memory
 from .generate import stream
@@ -45,7 +46,9 @@ def describe(model, tok) -> str:
         f"vocabulary {cfg.vocab_size} ({tok.name}), context {cfg.context}, RoPE bases {cfg.rope_local_base:g} local / "
         f"{cfg.rope_global_base:g} global, head {'tied' if cfg.tied_head else 'untied'}, "
         f"{'four' if cfg.post_norms else 'two'} norms per block",
-        f"device {w.device}, dtype {str(w.dtype).replace('torch.', '')}",
+        f"device {w.device}, dtype {str(w.dtype).replace('torch.', '')}, inference runs "
+        + ("the C kernels of gemma3/kernels.py where they apply" if w.device.type == "cpu" and kernels.load()
+           else "PyTorch's operations"),
         "",
         f"{'part':<14}{'parameters':>14}{'share':>8}",
     ]

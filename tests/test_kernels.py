@@ -245,3 +245,12 @@ def test_geglu_matches_the_pytorch_code(dtype):
         assert torch.allclose(p, ref, rtol=1e-5, atol=2e-6)
     else:
         assert (p != ref).float().mean() < 0.06 and torch.allclose(p.float(), ref.float(), rtol=2 ** -7, atol=1e-4)
+
+
+def test_info_says_which_code_runs_inference(monkeypatch):
+    from gemma3.__main__ import describe
+    model, tok = gemma3.Gemma3(gemma3.Gemma3Config.from_preset("tiny")), gemma3.gpt2_tokenizer()
+    if AVAILABLE:
+        assert "C kernels" in describe(model, tok)
+    monkeypatch.setattr(kernels, "_lib", False)
+    assert "PyTorch's operations" in describe(model, tok)
