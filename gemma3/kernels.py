@@ -381,6 +381,11 @@ def _usable(*tensors: torch.Tensor) -> bool:
             and load() is not None)
 
 
+def watched(*modules) -> bool:
+    """Whether a forward hook watches any of these modules: then they must run as modules."""
+    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+
+
 def matvec_bf16(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
     """weight [rows, cols] @ x [cols] in bf16, or None where the kernel cannot take it (use torch.mv)."""
     rows, cols = weight.shape
@@ -435,7 +440,7 @@ def geglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor | None:
 def feed_forward(x: torch.Tensor, block) -> torch.Tensor | None:
     """x + post_ffn_norm(ffn(ffn_norm(x))) of a Block for one row, in one call; or None (use PyTorch)."""
     ffn, norm, post = block.ffn, block.ffn_norm, block.post_ffn_norm
-    if x.numel() != x.shape[-1] or not hasattr(post, "weight"):
+    if x.numel() != x.shape[-1] or not hasattr(post, "weight") or watched(norm, ffn, post):
         return None
     ws = (norm.weight, ffn.gate.weight, ffn.up.weight, ffn.down.weight, post.weight)
     if not _usable(x, *ws):
@@ -451,7 +456,7 @@ def attention(x: torch.Tensor, block, cos: torch.Tensor, sin: torch.Tensor, pos:
     """x + post_attn_norm(attn(attn_norm(x))) of a Block for one row at position `pos`, writing its key
     and value into the LayerCache `cache`, in one call; or None (use PyTorch)."""
     attn, norm, post = block.attn, block.attn_norm, block.post_attn_norm
-    if (x.numel() != x.shape[-1] or not hasattr(post, "weight") or attn.keep_probs
+    if (x.numel() != x.shape[-1] or not hasattr(post, "weight") or attn.keep_probs or watched(norm, attn, post)
             or attn.head_dim > 1024 or cache.k.shape[0] != 1):
         return None
     ws = (norm.weight, attn.wq.weight, attn.wk.weight, attn.wv.weight, attn.q_norm.weight, attn.k_norm.weight,

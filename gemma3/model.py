@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from .cache import KVCache, LayerCache
 from .config import Gemma3Config
-from .kernels import attention, feed_forward, geglu, matvec_bf16, norm_rope, rms_norm
+from .kernels import attention, feed_forward, geglu, matvec_bf16, norm_rope, rms_norm, watched
 
 
 class RMSNorm(nn.Module):
@@ -182,7 +182,7 @@ class FeedForward(nn.Module):
 
 def residual(x: torch.Tensor, norm: nn.Module, h: torch.Tensor) -> torch.Tensor:
     """x + norm(h); one C pass where the kernels run and nothing watches the norm (explain's hooks)."""
-    if isinstance(norm, RMSNorm) and not (norm._forward_hooks or norm._forward_pre_hooks):
+    if isinstance(norm, RMSNorm) and not watched(norm):
         y = rms_norm(h, norm.weight, norm.eps, residual=x)
         if y is not None:
             return y

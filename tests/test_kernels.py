@@ -195,6 +195,20 @@ def test_decoding_with_and_without_the_kernels_agree(dtype, pytorch_only):
     assert (with_kernels.argmax(-1) == without.argmax(-1)).float().mean() >= 0.9  # bf16 near-ties may flip
 
 
+@needs_kernels
+def test_a_hooked_block_part_runs_as_a_module_while_decoding():
+    model = gemma3.Gemma3(gemma3.Gemma3Config.from_preset("tiny")).eval()
+    seen = []
+    model.blocks[2].post_ffn_norm.register_forward_hook(lambda mod, inp, out: seen.append(out.shape))
+    model.blocks[3].attn.register_forward_hook(lambda mod, inp, out: seen.append(out.shape))
+    cache = model.new_cache(1, 8)
+    with torch.no_grad():
+        model(torch.tensor([[1, 2, 3]]), cache=cache)
+        seen.clear()
+        model(torch.tensor([[4]]), cache=cache)  # one decoded token: the halves would skip the modules
+    assert len(seen) == 2
+
+
 def test_training_never_takes_a_kernel():
     norm = RMSNorm(64)
     x = torch.randn(2, 3, 64, requires_grad=True)
