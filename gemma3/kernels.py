@@ -373,11 +373,12 @@ def load():
 
 
 def _usable(*tensors: torch.Tensor) -> bool:
-    """CPU, contiguous, one dtype we have kernels for, and no gradient wanted."""
-    t0 = tensors[0]
-    return (t0.dtype in SUFFIX and all(t.device.type == "cpu" and t.dtype == t0.dtype and t.is_contiguous()
-                                       for t in tensors)
-            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+    """No gradient wanted, CPU, contiguous, one dtype we have kernels for, and the kernels built.
+    The cheapest refusals come first: every training step's norm asks."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    dtype = tensors[0].dtype
+    return (dtype in SUFFIX and all(t.device.type == "cpu" and t.dtype == dtype and t.is_contiguous() for t in tensors)
             and load() is not None)
 
 
