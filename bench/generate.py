@@ -84,7 +84,7 @@ def build_models(tmp: Path, seed: int = 0):
 def ours_in(master, dtype):
     model = gemma3.Gemma3(master.config).eval()
     model.load_state_dict(master.state_dict())
-    return model.to(dtype)
+    return model.to(dtype).pack_qkv_()  # as load_model gives it
 
 
 def hf_in(hf_dir, dtype):

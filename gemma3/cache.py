@@ -14,8 +14,9 @@ class LayerCache:
     def __init__(self, batch: int, kv_heads: int, slots: int, head_dim: int, ring: bool, device, dtype):
         self.ring = ring
         self.slots = slots
-        self.k = torch.zeros(batch, kv_heads, slots, head_dim, device=device, dtype=dtype)
-        self.v = torch.zeros_like(self.k)
+        # Never read before written (past() and visible() give written slots only), so left unfilled.
+        self.k = torch.empty(batch, kv_heads, slots, head_dim, device=device, dtype=dtype)
+        self.v = torch.empty_like(self.k)
 
     def _slots(self, positions: torch.Tensor) -> torch.Tensor:
         return positions % self.slots if self.ring else positions
@@ -23,14 +24,14 @@ class LayerCache:
     def write(self, k: torch.Tensor, v: torch.Tensor, start: int):
         """Store keys/values [B, KV, T, D] of positions start .. start+T-1 (a ring keeps the last W)."""
         T = k.shape[2]
-        if T == 1:
-            slot = start % self.slots if self.ring else start
-            self.k[:, :, slot] = k[:, :, 0]
-            self.v[:, :, slot] = v[:, :, 0]
-            return
         keep = min(T, self.slots) if self.ring else T
-        positions = torch.arange(start + T - keep, start + T, device=k.device)
-        idx = self._slots(positions)
+        first = start + T - keep
+        slot = first % self.slots if self.ring else first
+        if slot + keep <= self.slots:  # one run of slots: a plain copy
+            self.k[:, :, slot:slot + keep] = k[:, :, T - keep:]
+            self.v[:, :, slot:slot + keep] = v[:, :, T - keep:]
+            return
+        idx = self._slots(torch.arange(first, start + T, device=k.device))
         self.k[:, :, idx] = k[:, :, T - keep:]
         self.v[:, :, idx] = v[:, :, T - keep:]
 

@@ -339,7 +339,7 @@ def load_model(source, device=None, dtype=None):
     model.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, assign=True)
     model.rope_local = type(model.rope_local)(cfg.head_dim, cfg.rope_local_base)
     model.rope_global = type(model.rope_global)(cfg.head_dim, cfg.rope_global_base, cfg.rope_global_scale)
-    model = model.to(device).eval()
+    model = model.to(device).eval().pack_qkv_()
     tokenizer = load_tokenizer(folder)
     if tokenizer.vocab_size > cfg.vocab_size:
         raise ValueError(f"The tokenizer has {tokenizer.vocab_size} tokens but the model only {cfg.vocab_size}.")
@@ -386,7 +386,10 @@ def atomic_write_text(path: Path, text: str):
 
 
 def _cpu_state(model) -> dict:
-    return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    """Each tensor copied to the CPU in its own memory: safetensors refuses tensors that share a
+    buffer, as packed q/k/v weights do (Gemma3.pack_qkv_)."""
+    return {k: v.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
+            for k, v in model.state_dict().items()}
 
 
 def write_model_files(model, tokenizer, folder: Path):

@@ -113,16 +113,17 @@ static inline void store16_bf16(bf16 *p, __m512 v) { _mm256_storeu_si256((__m256
 
 /* q or k rows [B, T, heads, d]: each head's row normed, then rotated on half-split pairs with the
    cos/sin row [T, d] of its position, each step rounded to the storage type as PyTorch rounds it:
-   y = (n * cos) + (rotate_half(n) * sin), rotate_half(n) = [-n2, n1]. Needs d <= 1024. */
+   y = (n * cos) + (rotate_half(n) * sin), rotate_half(n) = [-n2, n1]. Needs d <= 1024. A token's
+   heads lie together in x, tokens `step` elements apart (a slice of a fused q/k/v product); y is dense. */
 #define NORM_ROPE(T, NAME, LOAD, STORE)                                                      \
     void NAME(const T *x, const T *w, const T *cs, const T *sn, T *y, int64_t rows, int64_t heads, \
-              int64_t npos, int64_t d, float eps) {                                          \
+              int64_t npos, int64_t d, int64_t step, float eps) {                            \
         int64_t h = d / 2;                                                                   \
         _Pragma("omp parallel for if (rows > 64)")                                           \
         for (int64_t r = 0; r < rows; r++) {                                                 \
             const T *c = cs + (r / heads) % npos * d, *s = sn + (r / heads) % npos * d;      \
             T n[1024];                                                                       \
-            norm_row_##T(x + r * d, w, n, d, eps);                                           \
+            norm_row_##T(x + r / heads * step + r % heads * d, w, n, d, eps);                \
             int64_t i = 0;                                                                   \
             if (h % 16 == 0)                                                                 \
                 for (; i < d; i += 16) {                                                     \
@@ -253,9 +254,9 @@ void attn_##T(const T *x, const T *nw, const T *Wq, const T *Wk, const T *Wv, co
         const T *w = r < nq ? Wq + r * d : r < nq + nk ? Wk + (r - nq) * d : Wv + (r - nq - nk) * d;  \
         raw[r] = STORE(dot_##T(w, h, d));                                                             \
     }                                                                                                 \
-    norm_rope_##T(raw, qnw, cs, sn, q, nh, nh, 1, hd, eps);                                           \
+    norm_rope_##T(raw, qnw, cs, sn, q, nh, nh, 1, hd, nq, eps);                                       \
     for (int64_t g = 0; g < nkv; g++) {                                                               \
-        norm_rope_##T(raw + nq + g * hd, knw, cs, sn, K + (g * slots + slot) * hd, 1, 1, 1, hd, eps); \
+        norm_rope_##T(raw + nq + g * hd, knw, cs, sn, K + (g * slots + slot) * hd, 1, 1, 1, hd, hd, eps); \
         for (int64_t i = 0; i < hd; i++) V[(g * slots + slot) * hd + i] = raw[nq + nk + g * hd + i];  \
     }                                                                                                 \
     _Pragma("omp parallel for schedule(static)")                                                      \
@@ -307,7 +308,7 @@ _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 SIGNATURES = {
     "matvec_bf16": [_P, _P, _P, _I, _I],
     "rms_norm_f32": [_P] * 4 + [_I, _I, _F], "rms_norm_bf16": [_P] * 4 + [_I, _I, _F],
-    "norm_rope_f32": [_P] * 5 + [_I] * 4 + [_F], "norm_rope_bf16": [_P] * 5 + [_I] * 4 + [_F],
+    "norm_rope_f32": [_P] * 5 + [_I] * 5 + [_F], "norm_rope_bf16": [_P] * 5 + [_I] * 5 + [_F],
     "geglu_f32": [_P] * 3 + [_I], "geglu_bf16": [_P] * 3 + [_I],
     "ffn_f32": [_P] * 8 + [_I, _I, _F], "ffn_bf16": [_P] * 8 + [_I, _I, _F],
     "attn_f32": [_P] * 16 + [_I] * 7 + [_F, _F], "attn_bf16": [_P] * 16 + [_I] * 7 + [_F, _F],
@@ -372,14 +373,15 @@ def load():
     return _lib or None
 
 
-def _usable(*tensors: torch.Tensor) -> bool:
-    """No gradient wanted, CPU, contiguous, one dtype we have kernels for, and the kernels built.
-    The cheapest refusals come first: every training step's norm asks."""
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+def _usable(*tensors: torch.Tensor, strided: tuple[torch.Tensor, ...] = ()) -> bool:
+    """No gradient wanted, CPU, one dtype we have kernels for, contiguous (except the `strided` ones,
+    whose layout the caller checks), and the kernels built. The cheapest refusals come first: every
+    training step's norm asks."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors + strided):
         return False
     dtype = tensors[0].dtype
-    return (dtype in SUFFIX and all(t.device.type == "cpu" and t.dtype == dtype and t.is_contiguous() for t in tensors)
-            and load() is not None)
+    return (dtype in SUFFIX and all(t.device.type == "cpu" and t.dtype == dtype for t in tensors + strided)
+            and all(t.is_contiguous() for t in tensors) and load() is not None)
 
 
 def watched(*modules) -> bool:
@@ -416,16 +418,17 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
 def norm_rope(x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tensor,
               sin: torch.Tensor) -> torch.Tensor | None:
     """Per-head RMSNorm then half-split RoPE of q or k [B, T, heads, d], position t taking row t of
-    cos, sin [T, d]; or None (use PyTorch)."""
-    d = weight.numel()
-    if (x.dim() != 4 or x.shape[-1] != d or d % 2 or d > 1024
-            or cos.shape != (x.shape[1], d) or sin.shape != (x.shape[1], d)):
+    cos, sin [T, d]; or None (use PyTorch). x may be a slice of a wider row (a fused q/k/v product):
+    each token's heads together, tokens evenly spaced. The result is dense."""
+    B, T, heads, d = x.shape if x.dim() == 4 else (0, 0, 0, -1)
+    if (d != weight.numel() or d % 2 or d > 1024 or cos.shape != (T, d) or sin.shape != (T, d)
+            or x.stride()[1:] != (x.stride(1), d, 1) or (B > 1 and x.stride(0) != T * x.stride(1))):
         return None
-    if not _usable(x, weight, cos, sin):
+    if not _usable(weight, cos, sin, strided=(x,)):
         return None
-    y = torch.empty_like(x)
+    y = torch.empty(x.shape, dtype=x.dtype)
     getattr(_lib, "norm_rope_" + SUFFIX[x.dtype])(x.data_ptr(), weight.data_ptr(), cos.data_ptr(), sin.data_ptr(),
-                                                  y.data_ptr(), x.numel() // d, x.shape[2], x.shape[1], d, eps)
+                                                  y.data_ptr(), B * T * heads, heads, T, d, x.stride(1), eps)
     return y
 
 

@@ -371,6 +371,40 @@ def test_our_format_round_trip(tmp_path, overrides):
     assert torch.equal(logits_of(loaded, ids), logits_of(model, ids))
 
 
+def test_a_loaded_model_projects_q_k_v_in_one_product_and_still_saves_and_trains(tmp_path):
+    """load_model lays each layer's Wq, Wk, Wv in one buffer (Gemma3.pack_qkv_): a prompt's q, k, v
+    are then one matrix product, with the same fp32 logits; saving such a model (safetensors refuses
+    shared buffers) and training it (the trainer resumes through load_model) work as before."""
+    from gemma3.model import stacked
+
+    model = _tiny()
+    gemma3.save_model(model, gemma3.gpt2_tokenizer(), tmp_path / "a")
+    loaded, tok = gemma3.load_model(tmp_path / "a")
+    attn = loaded.blocks[0].attn
+    assert stacked([attn.wq.weight, attn.wk.weight, attn.wv.weight]) is not None
+    assert stacked([model.blocks[0].attn.wq.weight, model.blocks[0].attn.wk.weight,
+                    model.blocks[0].attn.wv.weight]) is None
+    calls = []
+    attn.wq.register_forward_pre_hook(lambda *a: calls.append(1))  # a watched projection runs as a module
+    ids = random_ids(20, seed=8)
+    assert torch.equal(logits_of(loaded, ids), logits_of(model, ids)) and calls == [1]
+    attn.wq._forward_pre_hooks.clear()
+    assert torch.equal(logits_of(loaded, ids), logits_of(model, ids)) and calls == [1]
+
+    gemma3.save_model(loaded, tok, tmp_path / "b")
+    again, _ = gemma3.load_model(tmp_path / "b")
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values()))
+
+    for m in (model, loaded):
+        m.train()
+        F.cross_entropy(m(ids[:, :-1]).flatten(0, 1), ids[0, 1:]).backward()
+    for (name, p), q in zip(model.named_parameters(), loaded.parameters()):
+        assert torch.equal(p.grad, q.grad), name
+    torch.optim.AdamW(loaded.parameters(), lr=0.1).step()
+    assert stacked([attn.wq.weight, attn.wk.weight, attn.wv.weight]) is not None  # updated in place
+    assert not torch.equal(attn.wq.weight, model.blocks[0].attn.wq.weight)
+
+
 def _boom_after_partial_write(sd, filename, metadata=None):
     with open(filename, "wb") as f:
         f.write(b"half a checkpoint")

@@ -89,16 +89,20 @@ def test_residual_norm_matches_the_pytorch_code_and_leaves_hooked_norms_alone(dt
 
 @needs_kernels
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("batch, heads, positions", [(1, 4, [0]), (1, 1, [37]), (1, 4, [5000]),
-                                                     (2, 4, list(range(30, 130)))])
-def test_norm_rope_matches_the_pytorch_code(dtype, batch, heads, positions, pytorch_only):
+@pytest.mark.parametrize("batch, heads, positions, fused", [(1, 4, [0], False), (1, 1, [37], False),
+                                                            (1, 4, [5000], False), (2, 4, list(range(30, 130)), False),
+                                                            (2, 4, list(range(30, 130)), True)])
+def test_norm_rope_matches_the_pytorch_code(dtype, batch, heads, positions, fused, pytorch_only):
+    """`fused`: q or k as a slice of a wider row (a fused q/k/v product), tokens strided apart."""
     g = torch.Generator().manual_seed(heads + positions[0])
     norm, rope = RMSNorm(256).to(dtype), RoPE(256, 10_000.0)
     T = len(positions)
     with torch.no_grad():
         norm.weight.copy_(torch.randn(256, generator=g) * 0.3)
         cos, sin = rope(torch.tensor(positions), dtype)
-        x = (torch.randn(batch, T, heads, 256, generator=g) * 2).to(dtype)
+        x = (torch.randn(batch, T, heads * 256 + 3 * 256 if fused else heads * 256, generator=g) * 2).to(dtype)
+        x = x[..., 256:256 + heads * 256].view(batch, T, heads, 256) if fused else x.view(batch, T, heads, 256)
+        assert x.is_contiguous() != fused
         y = kernels.norm_rope(x, norm.weight, norm.eps, cos, sin).transpose(1, 2)
         pytorch_only()
         ref = RoPE.rotate(norm(x).transpose(1, 2), cos, sin)
