@@ -37,7 +37,8 @@ from training.trainer import flops_per_token  # noqa: E402
 from common import matmul_peak  # noqa: E402  (bench/common.py)
 
 
-def make_step(model, forward, amp: bool):
+def make_step(model, loss_of, amp: bool):
+    """One training step; `loss_of(x, y)` is the side's forward and mean cross-entropy."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
@@ -45,14 +46,18 @@ def make_step(model, forward, amp: bool):
 
     def step(x, y):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-            logits = forward(x)
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
+            loss = loss_of(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
         opt.step()
         opt.zero_grad(set_to_none=True)
         return loss.item()
     return step
+
+
+def logits_loss(logits, y):
+    """What transformers' Gemma3ForCausalLM(labels=...) computes: cross-entropy of the logits in fp32."""
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
 
 
 def main():
@@ -100,10 +105,12 @@ def main():
     for dtype in args.dtype:
         amp = dtype == "bf16"
         ours, ref = fresh()
-        sides = {"ours": make_step(ours, ours, amp), "transformers": make_step(ref, lambda t: ref(t).logits, amp)}
+        sides = {"ours": make_step(ours, lambda x, y: ours(x, targets=y), amp),
+                 "transformers": make_step(ref, lambda x, y: logits_loss(ref(x).logits, y), amp)}
         if not args.no_compile:
             twin, _ = fresh()
-            sides["ours compiled"] = make_step(twin, torch.compile(twin), amp)
+            compiled = torch.compile(twin)
+            sides["ours compiled"] = make_step(twin, lambda x, y: compiled(x, targets=y), amp)
         losses, first = {}, {}
         for name, step in sides.items():  # warm-up; the compiled side compiles here
             t0 = time.perf_counter()

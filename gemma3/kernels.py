@@ -1,4 +1,4 @@
-"""C kernels for inference on a CPU: a decoded token's block halves, and the elementwise work of a prompt.
+"""C kernels for a CPU: a decoded token's block halves, the elementwise work of a prompt, the loss's rows.
 
 Decoding one token reads every weight once, then runs about 1,900 tiny PyTorch operations (norms,
 RoPE, casts, views) whose cost is mostly per-operation overhead: an RMSNorm of one 640-wide row is
@@ -17,8 +17,11 @@ attention's softmax stays in fp32 and tanh comes from our own exp, so results ma
 path to the last bit or two (tests/test_kernels.py). The source below is compiled once with the
 system's C compiler into a cache folder (GEMMA3_CACHE, default ~/.cache/gemma3) and loaded with
 ctypes. It needs Linux on x86-64 with AVX512-BF16 and a C compiler; anywhere else, or with
-GEMMA3_NO_KERNEL=1, every function here returns None and the model runs its PyTorch code. Only
-inference uses these (no backward): they decline any tensor that wants a gradient.
+GEMMA3_NO_KERNEL=1, every function here returns None and the model runs its PyTorch code. None of
+them has a backward: they decline any tensor that wants a gradient. The one that serves training,
+`softmax_xent_`, works on logits that carry none (gemma3/loss.py writes the loss's gradient by hand):
+the training step's log-softmax and its backward, about 130 ms of PyTorch for 1024 rows of the GPT-2
+vocabulary here, become one 20 ms pass.
 """
 
 from __future__ import annotations
@@ -227,6 +230,51 @@ void geglu_##T(const T *g, const T *u, T *p, int64_t n) {                       
 GEGLU(f32, from_f32, to_f32)
 GEGLU(bf16, from_bf16, to_bf16)
 
+/* The training loss's rows (gemma3/loss.py), in place: fp32 logits x [rows, V] become
+   softmax(x) - one_hot(t), and loss[r] = logsumexp(x_r) - x_r[t_r]. Three passes over a row, which
+   stays in L2 after the first: its max, the sum of exp(x - max) (lanes summed in double), the
+   gradient. A row with a NaN or an infinity gets a NaN loss and gradient, as the PyTorch code would. */
+void softmax_xent_f32(float *x, const int64_t *t, float *loss, int64_t rows, int64_t V) {
+    int64_t full = V / 16 * 16;
+    _Pragma("omp parallel for schedule(static)")
+    for (int64_t r = 0; r < rows; r++) {
+        float *row = x + r * V;
+        __m512 m = _mm512_set1_ps(-INFINITY), z = _mm512_setzero_ps(); /* z: NaN once a value is not finite */
+        for (int64_t i = 0; i < full; i += 16) {
+            __m512 v = _mm512_loadu_ps(row + i);
+            z = _mm512_add_ps(z, _mm512_sub_ps(v, v));
+            m = _mm512_max_ps(m, v);
+        }
+        float mx = _mm512_reduce_max_ps(m);
+        int bad = _mm512_cmp_ps_mask(z, z, _CMP_UNORD_Q) != 0;
+        for (int64_t i = full; i < V; i++) {
+            if (!isfinite(row[i])) bad = 1;
+            if (row[i] > mx) mx = row[i];
+        }
+        if (bad) {
+            loss[r] = NAN;
+            for (int64_t i = 0; i < V; i++) row[i] = NAN;
+            continue;
+        }
+        __m512 vm = _mm512_set1_ps(mx);
+        __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+        for (int64_t i = 0; i < full; i += 16) {
+            __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(row + i), vm));
+            s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+            s1 = _mm512_add_pd(s1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1))));
+        }
+        double sum = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
+        for (int64_t i = full; i < V; i++) sum += (double)expf(row[i] - mx);
+        float lse = mx + (float)log(sum);
+        loss[r] = lse - row[t[r]];
+        __m512 vl = _mm512_set1_ps(lse);
+        for (int64_t i = 0; i < full; i += 16)
+            _mm512_storeu_ps(row + i, exp512(_mm512_sub_ps(_mm512_loadu_ps(row + i), vl)));
+        for (int64_t i = full; i < V; i++) row[i] = expf(row[i] - lse);
+        row[t[r]] -= 1.0f;
+    }
+}
+
 /* y = W x. W: bf16 [rows, cols] row-major; x: bf16 [cols]; y: bf16 [rows]; fp32 sums, one rounding. */
 void matvec_bf16(const bf16 *W, const bf16 *x, bf16 *y, int64_t rows, int64_t cols) {
     #pragma omp parallel for schedule(static)
@@ -310,6 +358,7 @@ SIGNATURES = {
     "rms_norm_f32": [_P] * 4 + [_I, _I, _F], "rms_norm_bf16": [_P] * 4 + [_I, _I, _F],
     "norm_rope_f32": [_P] * 5 + [_I] * 5 + [_F], "norm_rope_bf16": [_P] * 5 + [_I] * 5 + [_F],
     "geglu_f32": [_P] * 3 + [_I], "geglu_bf16": [_P] * 3 + [_I],
+    "softmax_xent_f32": [_P] * 3 + [_I, _I],
     "ffn_f32": [_P] * 8 + [_I, _I, _F], "ffn_bf16": [_P] * 8 + [_I, _I, _F],
     "attn_f32": [_P] * 16 + [_I] * 7 + [_F, _F], "attn_bf16": [_P] * 16 + [_I] * 7 + [_F, _F],
 }
@@ -439,6 +488,18 @@ def geglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor | None:
     p = torch.empty_like(gate)
     getattr(_lib, "geglu_" + SUFFIX[gate.dtype])(gate.data_ptr(), up.data_ptr(), p.data_ptr(), gate.numel())
     return p
+
+
+def softmax_xent_(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
+    """Per-row loss logsumexp(row) - row[target] of fp32 logits [n, V], turning `logits` into
+    softmax - one_hot(target) in place; or None (use PyTorch). For the training loss (loss.py)."""
+    if (logits.dim() != 2 or logits.dtype != torch.float32 or targets.shape != logits.shape[:1]
+            or targets.dtype != torch.int64 or targets.device.type != "cpu" or not targets.is_contiguous()
+            or not _usable(logits)):
+        return None
+    loss = torch.empty(len(logits), dtype=torch.float32)
+    _lib.softmax_xent_f32(logits.data_ptr(), targets.data_ptr(), loss.data_ptr(), *logits.shape)
+    return loss
 
 
 def feed_forward(x: torch.Tensor, block) -> torch.Tensor | None:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from .cache import KVCache, LayerCache
 from .config import Gemma3Config
+from .loss import cross_entropy
 from .kernels import attention, feed_forward, geglu, matvec_bf16, norm_rope, rms_norm, watched
 
 
@@ -262,10 +263,12 @@ class Gemma3(nn.Module):
             nn.init.zeros_(module.weight)
 
     def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None,
-                last_only: bool = False) -> torch.Tensor:
+                last_only: bool = False, targets: torch.Tensor | None = None) -> torch.Tensor:
         """Logits for every position (or only the last with `last_only`).
 
         With a cache, the ids continue the sequence already in it and are appended to it.
+        With `targets` [B, T] (the next token at each position), the mean cross-entropy instead,
+        computed with its gradient a chunk of rows at a time so the logits never exist whole (loss.py).
         """
         B, T = input_ids.shape
         start = cache.pos if cache is not None else 0
@@ -286,7 +289,10 @@ class Gemma3(nn.Module):
         if last_only:
             x = x[:, -1:]
         x = self.final_norm(x)
-        return project(x, w if self.head is None else self.head.weight)
+        head = w if self.head is None else self.head.weight
+        if targets is not None:
+            return cross_entropy(x.flatten(0, 1), head, targets.flatten())
+        return project(x, head)
 
     @torch.no_grad()
     def pack_qkv_(self) -> "Gemma3":

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 import gemma3
 from gemma3.checkpoints import atomic_dir_write, atomic_write_text, write_model_files
@@ -252,8 +251,7 @@ class Trainer:
             last = micro == cfg.grad_accum - 1
             sync = nullcontext() if (self.world == 1 or last) else self.fwd_model.no_sync()
             with sync, self._autocast():
-                logits = self.fwd_model(x)
-                loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1)) / cfg.grad_accum
+                loss = self.fwd_model(x, targets=y) / cfg.grad_accum  # never holds the whole logits (gemma3/loss.py)
                 loss.backward()
             total += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -287,8 +285,7 @@ class Trainer:
             x = self.val_x[i:i + batch].to(self.device)
             y = self.val_y[i:i + batch].to(self.device)
             with self._autocast():
-                logits = self.model(x)
-            total += F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1), reduction="sum").item()
+                total += self.model(x, targets=y).item() * y.numel()
             n += y.numel()
         loss = total / n
         sample = gemma3.generate(self.model, self.tokenizer, self.cfg.sample_prompt,

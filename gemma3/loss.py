@@ -1,0 +1,76 @@
+"""The training loss: mean cross-entropy of the head's logits against the next tokens.
+
+`cross_entropy(h, weight, targets)` equals F.cross_entropy((h @ weight.T).float(), targets) (fp32
+softmax, as transformers computes it; under autocast the head's matrix products run in the autocast
+dtype, as they would in `Gemma3.forward`), but the [tokens, vocab] logits never exist whole: rows are
+taken a chunk at a time, and each chunk's gradient (softmax - one-hot, times the head) is computed
+while its logits are at hand, in the forward pass. That saves the memory of the logits and their
+gradient (a batch of 32 x 512 with the GPT-2 vocabulary: 3.3 GB each in fp32) and, on a CPU, most of
+the time PyTorch spends in log-softmax and its backward. Use it when a gradient is wanted; with none
+it only computes the loss.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .kernels import softmax_xent_
+
+CHUNK_ELEMENTS = 1 << 26  # fp32 logits per chunk: 256 MB
+
+
+@torch.compiler.disable  # eager inside a compiled model: a loop of large matrix products and a C call
+def cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of CE(h W^T, targets): h [N, d], weight [V, d], targets [N] token ids."""
+    if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+        return HeadCrossEntropy.apply(h, weight, targets)
+    total = sum(rows_loss_(F.linear(hc, weight).float(), tc)
+                for hc, tc in zip(*chunks(h, weight, targets)))
+    return total / h.shape[0]
+
+
+def chunks(h, weight, targets):
+    rows = max(1, CHUNK_ELEMENTS // weight.shape[0])
+    return h.split(rows), targets.split(rows)
+
+
+def rows_loss_(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Sum over rows of logsumexp(row) - row[target], fp32 logits [n, V]; turns `logits` into the
+    gradient of that sum: softmax(row) - one_hot(target). One C pass per row where the kernels run."""
+    loss = softmax_xent_(logits, targets)
+    if loss is not None:
+        return loss.sum()
+    lse = torch.logsumexp(logits, dim=-1)
+    loss = (lse - logits.gather(1, targets[:, None]).squeeze(1)).sum()
+    logits.sub_(lse[:, None]).exp_()
+    logits[torch.arange(len(targets), device=logits.device), targets] -= 1
+    return loss
+
+
+class HeadCrossEntropy(torch.autograd.Function):
+    """Loss and gradients in one forward pass over row chunks; the backward only scales them."""
+
+    @staticmethod
+    def forward(ctx, h, weight, targets):
+        grad_h, grad_w = torch.empty_like(h), None
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        start = 0
+        for hc, tc in zip(*chunks(h, weight, targets)):
+            out = F.linear(hc, weight)  # the autocast dtype under autocast, as in Gemma3.forward
+            logits = out.float()
+            total += rows_loss_(logits, tc)
+            g = logits.to(out.dtype)  # the gradient reaches the head's product in its dtype, as autograd's would
+            grad_h[start:start + len(hc)] = g @ weight
+            part = g.t() @ hc
+            grad_w = part.float() if grad_w is None else grad_w.add_(part)
+            start += len(hc)
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.rows, ctx.weight_dtype = h.shape[0], weight.dtype
+        return total / h.shape[0]
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_h, grad_w = ctx.saved_tensors
+        scale = grad_loss / ctx.rows
+        return (grad_h * scale.to(grad_h.dtype)), (grad_w * scale).to(ctx.weight_dtype), None
