@@ -4,7 +4,8 @@
                              [--prefill-tokens 512] [--repeats 5] [--threads N] [--no-memory]
 
 Both models are the 270m preset with the same random weights (norm weights small and random so
-nothing is degenerate): ours is built directly, transformers' is loaded from `gemma3.export_hf`.
+nothing is degenerate): ours is loaded with `gemma3.load_model` from our format, as the CLI and the
+app load it; transformers' with `from_pretrained` from what `gemma3.export_hf` wrote.
 Every figure is a ratio against a peer measured in the same run, alternating which side goes first
 and taking the median of `--repeats` runs, because absolute times on a shared machine are noise.
 
@@ -81,10 +82,8 @@ def build_models(tmp: Path, seed: int = 0):
     return model, hf_dir
 
 
-def ours_in(master, dtype):
-    model = gemma3.Gemma3(master.config).eval()
-    model.load_state_dict(master.state_dict())
-    return model.to(dtype).pack_qkv_()  # as load_model gives it
+def ours_in(folder, dtype):
+    return gemma3.load_model(folder, device="cpu", dtype=dtype)[0]
 
 
 def hf_in(hf_dir, dtype):
@@ -283,7 +282,7 @@ def main():
     rows, roof_rows, mem_rows = {}, {}, []
     for name in args.dtype:
         dtype = DTYPES[name]
-        ours, hf = ours_in(master, dtype), hf_in(hf_dir, dtype)
+        ours, hf = ours_in(tmp / "ours", dtype), hf_in(hf_dir, dtype)
         print(f"\n== {name} ==  transformers attention implementation: {hf.config._attn_implementation}")
         with torch.inference_mode():
             x = torch.tensor([prompt])

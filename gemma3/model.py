@@ -52,7 +52,7 @@ def project(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 def stacked(weights) -> torch.Tensor | None:
     """The matrices stacked on their rows as one tensor, without a copy: only when they lie back to
-    back in one buffer (Gemma3.pack_qkv_); otherwise None."""
+    back in one buffer (checkpoints.pack_qkv); otherwise None."""
     first = weights[0]
     base = first.untyped_storage().data_ptr()
     for a, b in zip(weights, weights[1:]):
@@ -151,7 +151,7 @@ class Attention(nn.Module):
 
     def _project(self, x):
         """x Wq, x Wk, x Wv: for prompt rows with no gradient wanted, one matrix product where the three
-        weights lie back to back in memory (Gemma3.pack_qkv_), which is faster than three."""
+        weights lie back to back in memory (checkpoints.pack_qkv), which is faster than three."""
         ws = (self.wq.weight, self.wk.weight, self.wv.weight)
         fused = None
         if x.shape[-2] > 1 and not (torch.is_grad_enabled() and ws[0].requires_grad) and not watched(
@@ -293,19 +293,6 @@ class Gemma3(nn.Module):
         if targets is not None:
             return cross_entropy(x.flatten(0, 1), head, targets.flatten())
         return project(x, head)
-
-    @torch.no_grad()
-    def pack_qkv_(self) -> "Gemma3":
-        """Lay each attention's Wq, Wk, Wv back to back in one buffer (the parameters become views of
-        it; names, values and state dict unchanged), so a prompt's q, k and v are one matrix product:
-        about 6% off a bf16 prefill on a CPU. load_model does this. Moving the model to another dtype or
-        device gives each weight its own buffer again, which is only slower."""
-        for block in self.blocks:
-            ws = (block.attn.wq.weight, block.attn.wk.weight, block.attn.wv.weight)
-            if stacked(ws) is None:
-                for w, part in zip(ws, torch.cat(ws).split([w.shape[0] for w in ws])):
-                    w.data = part
-        return self
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         """A preallocated cache for `max_len` positions on the model's device and dtype."""

@@ -371,38 +371,48 @@ def test_our_format_round_trip(tmp_path, overrides):
     assert torch.equal(logits_of(loaded, ids), logits_of(model, ids))
 
 
-def test_a_loaded_model_projects_q_k_v_in_one_product_and_still_saves_and_trains(tmp_path):
-    """load_model lays each layer's Wq, Wk, Wv in one buffer (Gemma3.pack_qkv_): a prompt's q, k, v
-    are then one matrix product, with the same fp32 logits; saving such a model (safetensors refuses
-    shared buffers) and training it (the trainer resumes through load_model) work as before."""
+def test_packed_q_k_v_weights_give_the_same_model_which_still_saves_and_trains(tmp_path):
+    """checkpoints.pack_qkv lays each layer's Wq, Wk, Wv in one buffer, and a prompt's q, k, v are
+    then one matrix product (load_model does it for bf16 on the CPU). Same fp32 logits; saving such a
+    model (safetensors refuses shared buffers) and training it work as before."""
     from gemma3.model import stacked
 
+    def qkv(m):
+        return [m.blocks[0].attn.wq.weight, m.blocks[0].attn.wk.weight, m.blocks[0].attn.wv.weight]
+
     model = _tiny()
-    gemma3.save_model(model, gemma3.gpt2_tokenizer(), tmp_path / "a")
-    loaded, tok = gemma3.load_model(tmp_path / "a")
-    attn = loaded.blocks[0].attn
-    assert stacked([attn.wq.weight, attn.wk.weight, attn.wv.weight]) is not None
-    assert stacked([model.blocks[0].attn.wq.weight, model.blocks[0].attn.wk.weight,
-                    model.blocks[0].attn.wv.weight]) is None
+    packed = gemma3.Gemma3(model.config).eval()
+    packed.load_state_dict(checkpoints.pack_qkv(model.state_dict(), model.config.layers, torch.float32),
+                           assign=True)
+    assert stacked(qkv(packed)) is not None and stacked(qkv(model)) is None
     calls = []
-    attn.wq.register_forward_pre_hook(lambda *a: calls.append(1))  # a watched projection runs as a module
+    packed.blocks[0].attn.wq.register_forward_pre_hook(lambda *a: calls.append(1))  # watched: runs as a module
     ids = random_ids(20, seed=8)
-    assert torch.equal(logits_of(loaded, ids), logits_of(model, ids)) and calls == [1]
-    attn.wq._forward_pre_hooks.clear()
-    assert torch.equal(logits_of(loaded, ids), logits_of(model, ids)) and calls == [1]
+    assert torch.equal(logits_of(packed, ids), logits_of(model, ids)) and calls == [1]
+    packed.blocks[0].attn.wq._forward_pre_hooks.clear()
+    assert torch.equal(logits_of(packed, ids), logits_of(model, ids)) and calls == [1]
 
-    gemma3.save_model(loaded, tok, tmp_path / "b")
-    again, _ = gemma3.load_model(tmp_path / "b")
+    gemma3.save_model(packed, gemma3.gpt2_tokenizer(), tmp_path / "a")
+    again, _ = gemma3.load_model(tmp_path / "a")
+    assert stacked(qkv(again)) is None  # fp32: nothing to gain, so load_model leaves them apart
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values()))
+    bf16, _ = gemma3.load_model(tmp_path / "a", dtype=torch.bfloat16)
+    assert stacked(qkv(bf16)) is not None
+    assert all(torch.equal(a, b.bfloat16()) for a, b in zip(bf16.state_dict().values(), model.state_dict().values()))
+    apart, _ = gemma3.load_model(tmp_path / "a", dtype=torch.bfloat16)
+    for w in qkv(apart):
+        w.data = w.data.clone()
+    assert stacked(qkv(apart)) is None
+    assert torch.equal(logits_of(bf16, ids), logits_of(apart, ids))
 
-    for m in (model, loaded):
+    for m in (model, packed):
         m.train()
         F.cross_entropy(m(ids[:, :-1]).flatten(0, 1), ids[0, 1:]).backward()
-    for (name, p), q in zip(model.named_parameters(), loaded.parameters()):
+    for (name, p), q in zip(model.named_parameters(), packed.parameters()):
         assert torch.equal(p.grad, q.grad), name
-    torch.optim.AdamW(loaded.parameters(), lr=0.1).step()
-    assert stacked([attn.wq.weight, attn.wk.weight, attn.wv.weight]) is not None  # updated in place
-    assert not torch.equal(attn.wq.weight, model.blocks[0].attn.wq.weight)
+    torch.optim.AdamW(packed.parameters(), lr=0.1).step()
+    assert stacked(qkv(packed)) is not None  # updated in place
+    assert not torch.equal(qkv(packed)[0], qkv(model)[0])
 
 
 def _boom_after_partial_write(sd, filename, metadata=None):

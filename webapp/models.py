@@ -108,7 +108,7 @@ def display_name(source: str, runs_dir: Path | None = None) -> str:
 def random_model(preset: str = "tiny", seed: int = 0):
     """A randomly initialised model of a preset with the GPT-2 tokenizer (deterministic for a seed)."""
     torch.manual_seed(seed)
-    return gemma3.Gemma3(gemma3.Gemma3Config.from_preset(preset)).eval().pack_qkv_(), gemma3.gpt2_tokenizer()
+    return gemma3.Gemma3(gemma3.Gemma3Config.from_preset(preset)).eval(), gemma3.gpt2_tokenizer()
 
 
 def load_source(source: str):
