@@ -7,14 +7,20 @@ import time
 import torch
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
+def matmul_peak(dtype: torch.dtype, device: torch.device | str = "cpu", n: int | None = None,
+                reps: int = 10) -> float:
     """FLOP/s of a large square matmul: the best this machine does in this dtype."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    device = torch.device(device)
+    n = n or (8192 if device.type == "cuda" else 2048)
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(3):
         a @ b
+    sync()
     t0 = time.perf_counter()
     for _ in range(reps):
         a @ b
+    sync()
     return 2 * n ** 3 * reps / (time.perf_counter() - t0)
 
 
