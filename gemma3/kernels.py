@@ -233,7 +233,8 @@ GEGLU(bf16, from_bf16, to_bf16)
 /* The training loss's rows (gemma3/loss.py), in place: fp32 logits x [rows, V] become
    softmax(x) - one_hot(t), and loss[r] = logsumexp(x_r) - x_r[t_r]. Three passes over a row, which
    stays in L2 after the first: its max, the sum of exp(x - max) (lanes summed in double), the
-   gradient. A row with a NaN or an infinity gets a NaN loss and gradient, as the PyTorch code would. */
+   gradient. A row with a NaN or an infinity gets a NaN loss and gradient (the trainer then skips the
+   step, as it does for the NaN or infinite loss of the PyTorch code). Targets must be in [0, V). */
 void softmax_xent_f32(float *x, const int64_t *t, float *loss, int64_t rows, int64_t V) {
     int64_t full = V / 16 * 16;
     _Pragma("omp parallel for schedule(static)")
@@ -495,8 +496,8 @@ def softmax_xent_(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor |
     softmax - one_hot(target) in place; or None (use PyTorch). For the training loss (loss.py)."""
     if (logits.dim() != 2 or logits.dtype != torch.float32 or targets.shape != logits.shape[:1]
             or targets.dtype != torch.int64 or targets.device.type != "cpu" or not targets.is_contiguous()
-            or not _usable(logits)):
-        return None
+            or not _usable(logits) or (len(targets) and not 0 <= targets.min() <= targets.max() < logits.shape[1])):
+        return None  # (a target out of range: the PyTorch code says so)
     loss = torch.empty(len(logits), dtype=torch.float32)
     _lib.softmax_xent_f32(logits.data_ptr(), targets.data_ptr(), loss.data_ptr(), *logits.shape)
     return loss

@@ -102,3 +102,10 @@ def test_the_kernel_rows_are_softmax_minus_one_hot():
     assert (out.double() - want).abs().max() < 1e-7
     torch.testing.assert_close(rows.double(), torch.logsumexp(x.double(), -1) - x.double()[torch.arange(5), t],
                                rtol=1e-6, atol=1e-5)
+
+
+def test_a_target_outside_the_vocabulary_is_an_error_not_a_stray_write(path):
+    h, w = torch.randn(3, 8, requires_grad=True), torch.randn(100, 8)
+    for bad in (100, -1):
+        with pytest.raises((IndexError, RuntimeError)):
+            loss.cross_entropy(h, w, torch.tensor([1, bad, 2]))

@@ -32,8 +32,8 @@ from .config import TrainConfig
 from .data import Batches, eval_windows, load_split, read_meta
 
 # Dense bf16 tensor-core peaks (TFLOP/s) for MFU; other devices are measured at start.
-GPU_PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0,
-                   "RTX 4090": 165.0, "RTX 3090": 71.0, "T4": 65.0}
+GPU_PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "A100": 312.0,
+                   "L40S": 362.0, "A10G": 125.0, "L4": 121.0, "RTX 4090": 165.0, "RTX 3090": 71.0, "T4": 65.0}
 
 
 class StopRun(Exception):
