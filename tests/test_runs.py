@@ -165,9 +165,9 @@ def test_user_errors(data, tmp_path):
             runs.start(config(data), runs_dir, name=bad)
     with pytest.raises(RunError, match="no prepared data"):
         runs.start(config(tmp_path / "nowhere"), runs_dir)
-    with pytest.raises(RunError, match="Unknown training setting"):
+    with pytest.raises(ValueError, match="Unknown training setting: learning_rate"):
         runs.start(config(data, learning_rate=1e-3), runs_dir)
-    with pytest.raises(RunError, match="batch_size must be int"):
+    with pytest.raises(ValueError, match="Batch size must be a whole number, not 2.5"):
         runs.start(config(data, batch_size=2.5), runs_dir)
     with pytest.raises(RunError, match="GPUs"):
         runs.start(config(data, gpus=64), runs_dir)
@@ -218,34 +218,48 @@ def test_log_tail(tmp_path):
     assert run.log_tail(3) == "line 99997\nline 99998\nline 99999"
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="process identity needs /proc")
-def test_lock_names_a_process_by_pid_and_start_time(data, tmp_path):
+HOLD = "import sys, time; from training.status import hold; hold(sys.argv[1]); print('held', flush=True); time.sleep(60)"
+
+
+def test_a_run_lives_while_a_process_holds_its_lock(data, tmp_path):
+    """A run lives while any process holds RUN/.lock (as each trainer process does): the claim on the runs
+    folder counts only then, a kill -9 frees it, and no pid, recycled or not, can stand in for it."""
     runs_dir = tmp_path / "runs"
-    (runs_dir / "other").mkdir(parents=True)
-    lock = runs_dir / ".active.lock"
-    status = runs_dir / "other" / "status.json"
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "training"])
+    other = runs_dir / "other"
+    other.mkdir(parents=True)
+    claim, status = runs_dir / ".active.lock", other / "status.json"
+    started = time.time()
+    status.write_text(json.dumps({"state": "running", "step": 3, "updated": started}))
+    claim.write_text(json.dumps({"run": "other", "pid": os.getpid(), "started": started}))  # a live pid, no lock
+    assert runs.active(runs_dir) is None and not claim.exists()
+    assert runs.Run(other).status()["reason"] == "process ended unexpectedly"
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(other)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
-        ticks = runs._start_ticks(sleeper.pid)
-        started = time.time()
-        status.write_text(json.dumps({"state": "running", "step": 3, "pid": sleeper.pid, "updated": started}))
-        lock.write_text(json.dumps({"pid": sleeper.pid, "pid_start": ticks, "run": "other", "started": started}))
-        assert runs.active(runs_dir).name == "other"
+        assert holder.stdout.readline().strip() == "held"
+        claim.write_text(json.dumps({"run": "other", "pid": 12345, "started": started}))
+        assert runs.active(runs_dir).name == "other" and runs.Run(other).status()["state"] == "running"
         with pytest.raises(RunError, match=r"A training run \(other\) is already running; stop it first"):
             runs.start(config(data), runs_dir)
         assert [p.name for p in runs_dir.iterdir() if not p.name.startswith(".")] == ["other"]  # nothing launched
 
-        # the same pid with another start time is a recycled pid, not our trainer
-        lock.write_text(json.dumps({"pid": sleeper.pid, "pid_start": ticks - 1, "run": "other", "started": started}))
-        assert runs.active(runs_dir) is None and not lock.exists()
-
         # a run that wrote its final status is over, even while its process is still exiting
-        lock.write_text(json.dumps({"pid": sleeper.pid, "pid_start": ticks, "run": "other", "started": started}))
-        status.write_text(json.dumps({"state": "finished", "step": 3, "pid": sleeper.pid, "updated": time.time()}))
-        assert runs.active(runs_dir) is None and not lock.exists()
+        status.write_text(json.dumps({"state": "finished", "step": 3, "updated": time.time()}))
+        assert runs.active(runs_dir) is None and not claim.exists()
+        assert runs.Run(other).status() == {"state": "finished", "step": 3, "updated": json.loads(
+            status.read_text())["updated"], "alive": True}
+
+        status.write_text(json.dumps({"state": "running", "step": 3, "updated": started}))
+        claim.write_text(json.dumps({"run": "other", "pid": holder.pid, "started": started}))
+        assert runs.active(runs_dir).name == "other"
+        holder.kill()  # SIGKILL: nothing cleans up but the OS
+        holder.wait()
+        assert not runs.Run(other).is_alive()
+        assert runs.active(runs_dir) is None and not claim.exists()
+        assert runs.Run(other).status()["state"] == "failed"
     finally:
-        sleeper.kill()
-        sleeper.wait()
+        holder.kill()
+        holder.wait()
 
 
 def test_flags_give_the_trainer_the_same_config(data):
@@ -253,8 +267,10 @@ def test_flags_give_the_trainer_the_same_config(data):
 
     from training.__main__ import _add_train_args, config_from_args
 
-    cfg, _ = runs._resolve(config(data, sample_prompt="-- a prompt, with = signs", compile=True, peak_tflops=12,
-                                  model={"window": 16, "layer_types": ["sliding"] * 6 + ["full"]}), None)
+    from training import TrainConfig
+
+    cfg = TrainConfig.for_preset(**config(data, sample_prompt="-- a prompt, with = signs", compile=True, peak_tflops=12,
+                                          model={"window": 16, "layer_types": ["sliding"] * 6 + ["full"]}))
     parser = argparse.ArgumentParser()
     _add_train_args(parser)
     parsed = config_from_args(parser.parse_args(runs._flags(cfg)))

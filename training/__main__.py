@@ -12,12 +12,27 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import typing
 from pathlib import Path
 
-from .config import TrainConfig
+from .config import SETTINGS, TRAIN_PRESETS, ConfigError, TrainConfig, default_preset
 from .data import add_prepare_args, run_prepare
+
+
+def _preset_defaults(name: str) -> str:
+    """What --help says a setting defaults to: the value of each preset, or the one they share."""
+    values = {p: getattr(TrainConfig.for_preset(p), name) for p in TRAIN_PRESETS}
+    if len(set(map(repr, values.values()))) == 1:
+        return f"default {next(iter(values.values()))!r}"
+    return "default " + ", ".join(f"{v!r} ({p})" for p, v in values.items())
+
+
+SHORT = "shortened for a --max-steps below the preset's"  # how TrainConfig.for_preset derives these defaults
+NOTES = {"min_lr": "scaled with --lr", "warmup_steps": SHORT, "log_every": SHORT, "eval_every": SHORT,
+         "ckpt_every": SHORT, "device": "auto, cuda, cuda:N or cpu", "dtype": "auto (bf16 on a GPU), bf16 or fp32",
+         "init_from": "None: random weights", "peak_tflops": "None: a known GPU's datasheet figure, else measured"}
 
 
 def _add_train_args(p: argparse.ArgumentParser):
@@ -25,16 +40,24 @@ def _add_train_args(p: argparse.ArgumentParser):
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         kind = hints[f.name]
+        label = SETTINGS[f.name][0]
         if f.name == "model":
             p.add_argument("--set", dest="model", action="append", metavar="FIELD=VALUE", default=argparse.SUPPRESS,
                            help="override a field of the preset's model config, e.g. --set window=128 (repeatable)")
+        elif f.name == "preset":
+            p.add_argument(flag, default=argparse.SUPPRESS, metavar="|".join(TRAIN_PRESETS),
+                           help="the model and every default below; default: 270m where a GPU is visible, "
+                                "else tiny (a few minutes on a CPU); demo is the bundled model's (an hour on a CPU)")
         elif kind is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                           help=f"{label}; {_preset_defaults(f.name)}")
         else:
             base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+            extra = f"; {NOTES[f.name]}" if f.name in NOTES else ""
             p.add_argument(flag, type=base if base in (int, float, str) else str, default=argparse.SUPPRESS,
-                           help=f"default: preset's, else {f.default!r}" if f.default is not dataclasses.MISSING else None)
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+                           help=f"{label}; {_preset_defaults(f.name)}{extra}".replace("%", "%%"))
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint, with its saved settings")
 
 
 def _parse_model_overrides(items: list[str]) -> dict:
@@ -51,13 +74,21 @@ def _parse_model_overrides(items: list[str]) -> dict:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig the flags ask for; without --preset, the one that fits the device (said on stdout)."""
     given = {k: v for k, v in vars(args).items() if k not in ("command", "resume", "func")}
     if "model" in given:
         given["model"] = _parse_model_overrides(given["model"])
     saved = Path(given.get("out", TrainConfig.out)) / "config.json"
     if args.resume and saved.exists():
         return TrainConfig.from_dict({**json.loads(saved.read_text()), **given})
-    return TrainConfig.for_preset(given.pop("preset", TrainConfig.preset), **given)
+    if "preset" not in given:
+        preset, why = default_preset(given.get("device", "auto"))
+        if int(os.environ.get("RANK", "0")) == 0:
+            steps = TrainConfig.for_preset(preset).max_steps
+            print(f"No --preset given: training the {preset} preset ({steps:,} steps) because {why}; "
+                  f"choose one with --preset {'|'.join(TRAIN_PRESETS)}.", flush=True)
+        given["preset"] = preset
+    return TrainConfig.for_preset(given.pop("preset"), **given)
 
 
 def main(argv=None) -> int:
@@ -65,7 +96,9 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     add_prepare_args(sub.add_parser("prepare", help="tokenise a story corpus into train.bin / val.bin"))
-    _add_train_args(sub.add_parser("train", help="pretrain (or resume) a model on prepared data"))
+    _add_train_args(sub.add_parser("train", help="pretrain (or resume) a model on prepared data",
+                                   description="Pretrain (or resume) a model on prepared data. Every default comes "
+                                               "from --preset: each flag lists its value per preset."))
     e = sub.add_parser("export", help="write a run's model with a model card (data, command, losses, samples)")
     e.add_argument("--run", required=True, help="run folder")
     e.add_argument("--out", required=True, help="folder to write (our checkpoint format + README.md)")
@@ -93,7 +126,11 @@ def main(argv=None) -> int:
     keep_freed_memory()  # about 10% faster CPU steps (gemma3/cpu.py)
     try:
         cfg = config_from_args(args)
-    except (ValueError, TypeError) as e:
+    except ConfigError as e:
+        flag = {"model": "--set", None: ""}.get(e.field, f"--{str(e.field).replace('_', '-')}")
+        print(f"error: {flag + ': ' if flag else ''}{e}", file=sys.stderr)
+        return 2
+    except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return train(cfg, resume=args.resume)

@@ -7,6 +7,7 @@ A run folder holds everything about a run:
     checkpoints/step_NNNNNNN/   model (our format, loadable by gemma3.load_model) + trainer.pt
     best/              the model with the lowest validation loss so far
     STOP               created by anyone who wants the run to save and stop
+    .lock              held by every process of the run while it lives (status.py)
 Only rank 0 writes. A run resumed from its last checkpoint logs exactly the losses it would
 have logged without the interruption (the data is a pure function of the step).
 """
@@ -30,6 +31,7 @@ from gemma3.checkpoints import atomic_dir_write, atomic_write_text, write_model_
 
 from .config import TrainConfig
 from .data import Batches, eval_windows, load_split, read_meta
+from .status import hold, read_status, write_status
 
 # Dense bf16 tensor-core peaks (TFLOP/s) for MFU; other devices are measured at start.
 GPU_PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "A100": 312.0,
@@ -215,11 +217,10 @@ class Trainer:
 
     def status(self, state: str, reason: str | None = None):
         if self.main:
-            atomic_write_text(self.run / "status.json", json.dumps({
-                "state": state, "reason": reason, "step": getattr(self, "step", 0), "max_steps": self.cfg.max_steps,
-                "best_val_loss": None if getattr(self, "best_val", math.inf) == math.inf else self.best_val,
-                "pid": os.getpid(), "world_size": self.world, "updated": time.time(),
-                "replicas_identical": getattr(self, "replicas_identical", None)}, indent=2))
+            write_status(self.run, state, reason, step=getattr(self, "step", 0), max_steps=self.cfg.max_steps,
+                         best_val_loss=None if getattr(self, "best_val", math.inf) == math.inf else self.best_val,
+                         pid=os.getpid(), world_size=self.world,
+                         replicas_identical=getattr(self, "replicas_identical", None))
 
     def save(self):
         """A step checkpoint (atomic), then prune to the last `keep_last`."""
@@ -379,46 +380,50 @@ def train(cfg: TrainConfig, resume: bool = False) -> int:
         if trainer is not None:
             trainer.stop_requested = early_stop
 
+    def finish(state: str, reason: str):  # status.json's last word on this run
+        if trainer is not None:
+            trainer.status(state, reason)
+        else:
+            _write_failure(cfg, state, reason)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         previous[sig] = signal.signal(sig, request_stop)
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    lock = hold(cfg.out)  # the run is alive while any of its processes holds this (status.py)
     try:
         trainer = Trainer(cfg, resume)
         trainer.stop_requested = early_stop  # a signal during start-up still counts
         trainer.fit()
         return 0
     except StopRun as e:
-        if trainer is not None:
-            trainer.status(e.state, e.reason)
-        else:
-            _write_failure(cfg, e.state, e.reason)
+        finish(e.state, e.reason)
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"{e.state}: {e.reason}", flush=True)
         return 0 if e.state == "stopped" else 1
     except torch.cuda.OutOfMemoryError:
         reason = (f"Out of GPU memory with micro-batch {cfg.batch_size} x {cfg.seq_len}: use a smaller --batch-size "
                   f"with a larger --grad-accum (same tokens per step), or a shorter --seq-len.")
-        (trainer.status if trainer else lambda s, r: _write_failure(cfg, s, r))("failed", reason)
+        finish("failed", reason)
         print(f"failed: {reason}", flush=True)
         return 1
     except (ValueError, OSError) as e:  # bad data or settings, a full disk, ...
-        (trainer.status if trainer else lambda s, r: _write_failure(cfg, s, r))("failed", str(e))
+        finish("failed", str(e))
         print(f"failed: {e}", flush=True)
         return 1
     except BaseException as e:
-        reason = f"{e.__class__.__name__}: {e}"
-        (trainer.status if trainer else lambda s, r: _write_failure(cfg, s, r))("failed", reason)
+        finish("failed", f"{e.__class__.__name__}: {e}")
         raise
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if dist.is_initialized():
             dist.destroy_process_group()
+        if lock is not None:
+            os.close(lock)
 
 
 def _write_failure(cfg: TrainConfig, state: str, reason: str):
+    """The end of a run whose Trainer never came to be (the step and best loss stay as they were)."""
     if int(os.environ.get("RANK", "0")) == 0:
-        run = Path(cfg.out)
-        run.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run / "status.json", json.dumps(
-            {"state": state, "reason": reason, "step": 0, "max_steps": cfg.max_steps, "pid": os.getpid(),
-             "updated": time.time()}, indent=2))
+        step = read_status(cfg.out).get("step", 0)
+        write_status(cfg.out, state, reason, step=step, max_steps=cfg.max_steps, pid=os.getpid())

@@ -7,6 +7,7 @@ DATA_DIR/<name>: builtin (or builtin-N for N stories), hub-<owner>--<name>, uplo
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import threading
@@ -14,21 +15,15 @@ import time
 from pathlib import Path
 
 from training import runs
-from training.config import TrainConfig
+from training.config import TRAIN_PRESETS, TrainConfig
 from training.data import SUFFIXES, prepare
 
 from .inputs import UserError, choice, number, text
 
 SOURCES = (("Built-in stories (offline)", "builtin"), ("Hugging Face dataset", "hub"), ("Uploaded files", "files"))
-PRESETS = ("tiny", "demo", "270m")
+PRESETS = tuple(TRAIN_PRESETS)          # the form's choices; TrainConfig checks what is sent
 DEVICES = ("auto", "cuda", "cpu")
 BUILTIN_STORIES = (100, 2_000_000, 50_000)
-MAX_STEPS = (1, 1_000_000)
-BATCH_SIZE = (1, 4096)
-GRAD_ACCUM = (1, 1024)
-SEQ_LEN_MIN = 8
-LR = (1e-6, 1.0)
-GPUS = (1, 64)
 MAX_FILES = 64
 MAX_PLOT_POINTS = 1000   # the live plot is thinned to about this many training points
 HUB_DATASET = re.compile(r"[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?")
@@ -38,7 +33,7 @@ _preparing = threading.Lock()   # one data preparation at a time in this process
 
 def preset_defaults(preset: str) -> dict:
     """The form's values for a preset: max steps, batch size, grad accum, sequence length, learning rate."""
-    cfg = TrainConfig.for_preset(choice(preset, "Preset", PRESETS))
+    cfg = TrainConfig.for_preset(preset)
     return dict(max_steps=cfg.max_steps, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, seq_len=cfg.seq_len,
                 lr=cfg.lr)
 
@@ -129,46 +124,19 @@ class Trainer:
 
     # ---- settings ----
     def config(self, preset, max_steps, batch_size, grad_accum, seq_len, lr, device="auto", gpus=1,
-               compile=False) -> dict:
-        """The form's values, checked, as a dict for training.runs.start (the preset fills the rest).
-
-        Evaluation, checkpoint, logging and warm-up intervals shrink with a short run, so a run of a
-        few hundred steps still draws a validation curve and leaves checkpoints behind."""
-        from gemma3 import Gemma3Config
-
-        preset = choice(preset, "Preset", PRESETS)
-        base = TrainConfig.for_preset(preset)
-        context = Gemma3Config.from_preset(preset).context
-        steps = number(max_steps, "Max steps", *MAX_STEPS, integer=True)
-        batch = number(batch_size, "Batch size", *BATCH_SIZE, integer=True)
-        accum = number(grad_accum, "Gradient accumulation", *GRAD_ACCUM, integer=True)
-        seq = number(seq_len, "Sequence length", SEQ_LEN_MIN, context, integer=True)
-        rate = number(lr, "Learning rate", *LR)
-        device = choice(device, "Device", DEVICES)
-        gpus = number(gpus if gpus is not None else 1, "Number of GPUs", *GPUS, integer=True)
-        if compile not in (None, True, False):
-            raise UserError("torch.compile is on or off: send true or false.")
-        if gpus > 1 and device == "cpu":
-            raise UserError("Training on several GPUs needs device auto or cuda, not cpu.")
-        if device == "cuda" or gpus > 1:
-            import torch
-            visible = torch.cuda.device_count()
-            if visible < gpus:
-                where = "no CUDA GPU is" if visible == 0 else f"only {visible} GPU{'s are' if visible > 1 else ' is'}"
-                raise UserError(f"{gpus} GPU{'s were' if gpus > 1 else ' was'} asked for but {where} visible "
-                                "on this machine; choose device auto or cpu, or fewer GPUs.")
-        return dict(
-            preset=preset, max_steps=steps, batch_size=batch, grad_accum=accum, seq_len=seq, lr=rate,
-            min_lr=rate * base.min_lr / base.lr, device=device, gpus=gpus, compile=bool(compile),
-            warmup_steps=min(base.warmup_steps, steps // 10),
-            log_every=max(1, min(base.log_every, steps // 20)),
-            eval_every=max(1, min(base.eval_every, steps // 5)),
-            ckpt_every=max(1, min(base.ckpt_every, steps // 4)),
-        )
+               compile=False) -> tuple[TrainConfig, int]:
+        """The form as (TrainConfig, processes) for start(). TrainConfig and runs.processes check every value
+        and name the form's fields in their errors; the preset fills the rest, shortening its intervals for
+        a short run (TrainConfig.for_preset)."""
+        cfg = TrainConfig.for_preset(preset, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
+                                     seq_len=seq_len, lr=lr, device=device,
+                                     compile=False if compile is None else compile)
+        return cfg, runs.processes(gpus, cfg.device)
 
     # ---- runs ----
-    def start(self, config: dict, data: Path) -> runs.Run:
-        return runs.start({**config, "data": str(data)}, self.runs_dir)
+    def start(self, config: tuple[TrainConfig, int], data: Path) -> runs.Run:
+        cfg, gpus = config
+        return runs.start(dataclasses.replace(cfg, data=str(data)), self.runs_dir, gpus=gpus)
 
     def pick(self, name=None) -> runs.Run | None:
         """The run called `name`; without a name the live run, else the newest; None when there is none."""
@@ -194,11 +162,9 @@ class Trainer:
         run = self.pick(name)
         if run is None:
             raise UserError("There is no run to resume; start one first.")
-        target = None
-        if max_steps not in (None, ""):
-            target = number(max_steps, "Max steps", *MAX_STEPS, integer=True)
-            if target <= (run.config().get("max_steps") or 0):
-                target = None  # not an extension: resume to the run's own max_steps
+        target = None if max_steps in (None, "") else max_steps  # the form's box; TrainConfig checks it
+        if isinstance(target, (int, float)) and target <= (run.config().get("max_steps") or 0):
+            target = None  # not an extension: resume to the run's own max_steps
         return runs.resume(run, self.runs_dir, max_steps=target)
 
     def checkpoint(self, name=None) -> Path:
