@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 import gemma3
-from training import TrainConfig, train
+from training import TRAIN_PRESETS, TrainConfig, train
 from training import trainer as train_module
 from training.data import prepare
 
@@ -181,3 +182,103 @@ def test_training_gradients_match_transformers(length):
     grads_ref = to_native({k: p.grad for k, p in ref.named_parameters() if p.grad is not None}, "hf")
     for name, p in ours.named_parameters():
         torch.testing.assert_close(p.grad, grads_ref[name], rtol=1e-4, atol=2e-5)
+
+
+# ---- settings: checked once, in TrainConfig ------------------------------------------------------
+
+BAD_SETTINGS = [
+    (dict(max_steps=0), "max_steps", "Max steps must be between 1 and 1,000,000, not 0."),
+    (dict(batch_size=2.5), "batch_size", "Batch size must be a whole number, not 2.5."),
+    (dict(seq_len=4096), "seq_len", "Sequence length must be between 8 and 512 (the tiny model's context), not 4,096."),
+    (dict(lr="fast"), "lr", "Learning rate must be a number, not 'fast'."),
+    (dict(lr=0.1, min_lr=0.2), "min_lr", "Minimum learning rate (min_lr 0.2) must not exceed the learning rate (lr 0.1)"),
+    (dict(device="tpu"), "device", "Device must be one of auto, cuda, cpu or cuda:N, not 'tpu'."),
+    (dict(compile="yes"), "compile", "torch.compile is on or off: send true or false, not 'yes'."),
+    (dict(beta2=1), "beta2", "Adam beta2 must be at least 0 and less than 1, not 1."),
+    (dict(model={"widht": 3}), "model", "Unknown model setting: widht; use fields of gemma3.Gemma3Config."),
+    (dict(preset="huge"), "preset", "Preset must be one of tiny, demo, 270m, not 'huge'."),
+]
+
+
+@pytest.mark.parametrize("bad, field, sentence", BAD_SETTINGS, ids=[f for _, f, _ in BAD_SETTINGS])
+def test_a_bad_setting_gets_the_same_sentence_everywhere(bad, field, sentence, tmp_path, capsys):
+    """TrainConfig is the one place settings are checked: the run manager, the Train tab and the CLI
+    all pass its sentence on (the CLI leads it with the flag to change)."""
+    from training import runs
+    from training.__main__ import main
+    from training.config import ConfigError
+    from webapp.train import Trainer
+
+    settings = {"preset": "tiny", **bad}
+    with pytest.raises(ConfigError, match=re.escape(sentence)) as err:
+        TrainConfig.for_preset(**settings)
+    assert err.value.field == field
+    with pytest.raises(ValueError, match=re.escape(sentence)):
+        runs.start({**settings, "data": str(tmp_path)}, tmp_path / "runs")
+    if field in ("preset", "max_steps", "batch_size", "seq_len", "lr", "device", "compile"):  # the form's fields
+        form = dict(preset="tiny", max_steps=100, batch_size=4, grad_accum=1, seq_len=32, lr=2e-3, device="cpu",
+                    gpus=1, compile=False)
+        with pytest.raises(ValueError, match=re.escape(sentence)):
+            Trainer(tmp_path / "runs", tmp_path / "data").config(**{**form, **bad})
+    if field not in ("model", "compile"):  # not flags that can carry a bad value
+        flags = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]
+        assert main(["train", f"--out={tmp_path / 'run'}", *flags]) == 2
+        flag = f"--{field.replace('_', '-')}"
+        assert f"error: {flag}: {sentence}" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "run").exists()
+
+
+def test_presets_fill_the_defaults_and_follow_the_overrides():
+    assert TrainConfig.for_preset("tiny") == TrainConfig(preset="tiny", **TRAIN_PRESETS["tiny"])
+    assert TrainConfig.for_preset("tiny", max_steps=300) == TrainConfig.for_preset("tiny")  # the preset's own length
+    short = TrainConfig.for_preset("270m", max_steps=100, lr=1e-3, batch_size=4.0)  # a UI's number box sends 4.0
+    assert (short.warmup_steps, short.log_every, short.eval_every, short.ckpt_every) == (10, 5, 20, 25)
+    assert short.min_lr == pytest.approx(1e-4) and short.batch_size == 4 and isinstance(short.batch_size, int)
+    assert TrainConfig.for_preset("270m", max_steps=100, eval_every=7, min_lr=0.0).eval_every == 7  # what is given wins
+    with pytest.raises(ValueError, match="Unknown training setting: learning_rate"):
+        TrainConfig.for_preset("tiny", learning_rate=1e-3)
+
+
+def test_without_a_preset_the_cli_picks_the_one_that_fits_the_device(tmp_path, monkeypatch):
+    from training.config import default_preset
+
+    assert default_preset("cpu") == ("tiny", "the device is the CPU")
+    assert default_preset("cuda")[0] == "270m"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert default_preset("auto") == ("tiny", "no GPU is visible")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "NVIDIA H200")
+    assert default_preset("auto") == ("270m", "a GPU is visible (NVIDIA H200)")
+
+    run = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "training", "train", "--data", str(tmp_path / "nope"),
+                             "--device", "cpu", "--out", str(run)], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.stdout.splitlines()[0] == ("No --preset given: training the tiny preset (300 steps) because the "
+                                             "device is the CPU; choose one with --preset tiny|demo|270m.")
+    assert json.loads((run / "config.json").read_text())["preset"] == "tiny"
+
+
+def test_help_shows_each_presets_defaults(capsys):
+    from training.__main__ import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["train", "--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Max steps; default 300 (tiny), 1000 (demo), 13000 (270m)" in text
+    assert "Weight decay; default 0.1" in text
+    assert "default: 270m where a GPU is visible, else tiny" in text
+
+
+def test_status_has_one_writer_that_keeps_what_it_is_not_told(tmp_path):
+    from training.status import read_status, write_status
+
+    assert read_status(tmp_path) == {}
+    write_status(tmp_path, "running", step=5, best_val_loss=2.5, pid=1)
+    before = read_status(tmp_path)
+    after = write_status(tmp_path, "stopped", "stopped by signal")
+    assert after == read_status(tmp_path)
+    assert (after["state"], after["reason"], after["step"], after["best_val_loss"]) == ("stopped", "stopped by signal",
+                                                                                       5, 2.5)
+    assert after["updated"] >= before["updated"] and list(tmp_path.iterdir()) == [tmp_path / "status.json"]

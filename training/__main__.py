@@ -1,7 +1,10 @@
 """python -m training prepare|train — prepare token files, then pretrain on them.
 
+Without --preset, train picks the one that fits the device (270m on a GPU, tiny on a CPU) and says so.
+
     python -m training prepare --source builtin --out data/builtin
     python -m training train --data data/builtin --preset tiny --out runs/tiny
+    python -m training train --help                              # every setting, with each preset's default
     python -m training train --out runs/tiny --resume            # continue exactly where it stopped
     python -m training export --run runs/tiny --out my-model      # the model + a model card
     torchrun --nproc_per_node=4 -m training train --data data/tinystories --preset 270m --out runs/270m
@@ -19,6 +22,16 @@ from pathlib import Path
 
 from .config import SETTINGS, TRAIN_PRESETS, ConfigError, TrainConfig, default_preset
 from .data import add_prepare_args, run_prepare
+
+
+def _number(text: str):
+    """A number flag's text as an int or float (TrainConfig says whether it will do), else the text itself."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def _preset_defaults(name: str) -> str:
@@ -54,7 +67,7 @@ def _add_train_args(p: argparse.ArgumentParser):
         else:
             base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
             extra = f"; {NOTES[f.name]}" if f.name in NOTES else ""
-            p.add_argument(flag, type=base if base in (int, float, str) else str, default=argparse.SUPPRESS,
+            p.add_argument(flag, type=_number if base in (int, float) else str, default=argparse.SUPPRESS,
                            help=f"{label}; {_preset_defaults(f.name)}{extra}".replace("%", "%%"))
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint, with its saved settings")
@@ -120,19 +133,19 @@ def main(argv=None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         return 0
-    from gemma3.cpu import keep_freed_memory
-
-    from .trainer import train
-    keep_freed_memory()  # about 10% faster CPU steps (gemma3/cpu.py)
     try:
         cfg = config_from_args(args)
-    except ConfigError as e:
+    except ConfigError as e:  # one sentence, led by the flag to change
         flag = {"model": "--set", None: ""}.get(e.field, f"--{str(e.field).replace('_', '-')}")
         print(f"error: {flag + ': ' if flag else ''}{e}", file=sys.stderr)
         return 2
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from gemma3.cpu import keep_freed_memory
+
+    from .trainer import train
+    keep_freed_memory()  # about 10% faster CPU steps (gemma3/cpu.py)
     return train(cfg, resume=args.resume)
 
 
