@@ -1,7 +1,8 @@
-"""The app's logic without the UI: the shared model, input checks, explore, train and the Space guard.
+"""The app: the page's parts (webapp.ui) and the logic behind them (everything else here).
 
-app.py lays out the page and wires its events to these functions; everything here can be tested
-without a browser. Data flows one way: webapp -> {explain, training} -> gemma3.
+webapp.ui builds one part of the page per module and wires its events to the modules below, which
+can be tested without a browser; app.py composes the parts. Data flows one way:
+app.py -> webapp -> {explain, training} -> gemma3.
 
     models      ModelHolder (one model for every tab and user), the picker's sources, path checks
     inputs      UserError and the checks every typed or API-sent value goes through
@@ -9,6 +10,8 @@ without a browser. Data flows one way: webapp -> {explain, training} -> gemma3.
     explore     the recording cache and one function per explain figure
     train       data preparation, run settings, start/stop/resume, metrics for the live plot
     guard       who may train on a Space; ZeroGPU
+    errors      `friendly`: every handler's errors reach the visitor as one sentence
+    ui          model_bar, generate, explore, train, about: one module per part of the page
 """
 
 from .inputs import UserError

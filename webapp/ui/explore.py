@@ -1,0 +1,145 @@
+"""The Explore tab: one sub-tab per picture of what the model computes, each drawn by an Explorer method.
+
+Masks, RoPE and Parameters describe the architecture; the other views run the model once on the prompt
+(webapp.explore caches the recording, so switching layer, head or temperature reuses it). One table in
+`_wire` registers every figure's endpoint: API name, Explorer method, its inputs, its plot, what redraws it.
+"""
+
+import functools
+from dataclasses import dataclass
+
+import gradio as gr
+
+from webapp import explore as ex
+from webapp.errors import friendly
+from webapp.inputs import MAX_PROMPT_CHARS
+
+PROMPT = "Once upon a time, there was a little girl named Lily. She loved to play"
+INTRO = ("Pictures of what the model in the bar computes, drawn from its own code and weights. Masks, RoPE and "
+         "Parameters describe the architecture and need no prompt; the other views run the model once on your "
+         "prompt (switching layer or head reuses that run).")
+VIEWS = (  # (tab label, tab id and plot elem_id plot-<id>, key of its guide in webapp.explore.GUIDE, plot label)
+    ("Masks", "mask", "mask", "Attention masks"),
+    ("RoPE", "rope", "rope", "RoPE"),
+    ("Attention", "attention", "attention", "Attention"),
+    ("Activations", "activations", "activations", "Activations"),
+    ("Next token", "next", "next_token", "Next token"),
+    ("Logit lens", "lens", "logit_lens", "Logit lens"),
+    ("Parameters", "params", "parameters", "Parameters"),
+)
+EVENT = dict(concurrency_id="explore", concurrency_limit=2, preprocess=False)
+
+
+@dataclass(eq=False)
+class Explore:
+    explorer: ex.Explorer
+    tab: gr.Tab
+    prompt: gr.Textbox
+    look: gr.Button
+    views: dict          # tab id -> its gr.Tab
+    plots: dict          # tab id -> its gr.Plot
+    controls: dict       # seq, layer, head, temperature, top_k
+
+    @property
+    def selectors(self) -> list:
+        """The controls whose range depends on the model: they follow the model bar."""
+        return [self.controls["layer"], self.controls["head"], self.controls["seq"]]
+
+    @staticmethod
+    def follow(info) -> tuple:
+        """Updates for `selectors` when the model `info` is loaded."""
+        return (gr.update(maximum=max(1, info.layers - 1), value=0),
+                gr.update(choices=ex.head_choices(info), value="all"),
+                gr.update(maximum=min(info.context, ex.MAX_MASK_LEN), value=ex.default_mask_len(info)))
+
+
+def _mask_controls(info) -> dict:
+    return {"seq": gr.Slider(1, min(info.context, ex.MAX_MASK_LEN), value=ex.default_mask_len(info), step=1,
+                             label="Sequence length")}
+
+
+def _attention_controls(info) -> dict:
+    with gr.Row():
+        layer = gr.Slider(0, max(1, info.layers - 1), value=0, step=1, label="Layer")
+        head = gr.Dropdown(ex.head_choices(info), value="all", label="Head")
+    return {"layer": layer, "head": head}
+
+
+def _next_token_controls(info) -> dict:
+    with gr.Row():
+        lo, hi, d = ex.NEXT_TEMPERATURE
+        temperature = gr.Slider(lo, hi, value=d, step=0.05, label="Temperature (0 = greedy)")
+        lo, hi, d = ex.NEXT_TOP_K
+        top_k = gr.Slider(lo, hi, value=d, step=1, label="Top-k (0 = off)")
+    return {"temperature": temperature, "top_k": top_k}
+
+
+CONTROLS = {"mask": _mask_controls, "attention": _attention_controls, "next": _next_token_controls}
+
+
+def build(explorer: ex.Explorer, info) -> Explore:
+    """The tab, in the current Tabs, for the model `info` describes, with its events wired."""
+    views, plots, controls = {}, {}, {}
+    with gr.Tab("Explore", id="explore") as tab:
+        gr.Markdown(INTRO)
+        with gr.Row():
+            prompt = gr.Textbox(label="Prompt to look inside", value=PROMPT, lines=2, scale=5,
+                                elem_id="explore-prompt", max_length=MAX_PROMPT_CHARS)
+            with gr.Column(scale=1, min_width=140):
+                look = gr.Button("Look inside", variant="primary", elem_id="look-inside")
+        with gr.Tabs():
+            for label, key, guide, plot_label in VIEWS:
+                with gr.Tab(label, id=key) as views[key]:
+                    gr.Markdown(ex.GUIDE[guide], elem_classes="guide")
+                    if key in CONTROLS:
+                        controls.update(CONTROLS[key](info))
+                    plots[key] = gr.Plot(label=plot_label, elem_id=f"plot-{key}")
+    explore = Explore(explorer, tab, prompt, look, views, plots, controls)
+    _wire(explore)
+    return explore
+
+
+def shown(result):
+    """A figure; a figure from a prompt comes with the recording's notice (e.g. a prompt cut to the context),
+    shown as a warning."""
+    if not isinstance(result, tuple):
+        return result
+    fig, notice = result
+    if notice:
+        gr.Warning(notice)
+    return fig
+
+
+def handler(name: str, method):
+    """An Explorer method as an event handler: its parameters (the API's), its errors as one sentence."""
+    @functools.wraps(method)
+    def draw(*args):
+        return shown(method(*args))
+    draw.__name__ = draw.__qualname__ = name
+    return friendly(draw)
+
+
+def _wire(e: Explore):
+    x, c, v, prompt = e.explorer, e.controls, e.views, e.prompt
+    figures = (  # API name, Explorer method, its inputs, its plot, what redraws it
+        ("explore_mask", x.mask, [c["seq"]], "mask", [e.tab.select, v["mask"].select, c["seq"].release]),
+        ("explore_rope", x.rope, None, "rope", [v["rope"].select]),
+        ("explore_parameters", x.parameters, None, "params", [v["params"].select]),
+        ("explore_attention", x.attention, [prompt, c["layer"], c["head"]], "attention",
+         [v["attention"].select, c["layer"].release, c["head"].input]),
+        ("explore_activations", x.activations, [prompt], "activations", [v["activations"].select]),
+        ("explore_next_token", x.next_token, [prompt, c["temperature"], c["top_k"]], "next",
+         [v["next"].select, c["temperature"].release, c["top_k"].release]),
+        ("explore_logit_lens", x.logit_lens, [prompt], "lens", [v["lens"].select]),
+    )
+    for name, method, inputs, plot, triggers in figures:
+        gr.on(triggers, handler(name, method), inputs, e.plots[plot], api_name=name, **EVENT)
+
+    @friendly
+    def explore_all(prompt, layer, head, temperature, top_k):
+        figs = (x.attention(prompt, layer, head), x.activations(prompt),
+                x.next_token(prompt, temperature, top_k), x.logit_lens(prompt))
+        return tuple(shown(f) if i == 0 else f[0] for i, f in enumerate(figs))
+
+    gr.on([e.look.click, prompt.submit], explore_all, [prompt, c["layer"], c["head"], c["temperature"], c["top_k"]],
+          [e.plots[k] for k in ("attention", "activations", "next", "lens")], api_visibility="private", **EVENT)

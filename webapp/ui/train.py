@@ -1,0 +1,220 @@
+"""The Train tab: prepare a story corpus, train a model in the background, watch its loss, use a checkpoint.
+
+The logic lives in webapp.train (Trainer: data, settings, runs) and webapp.guard (who may train on a
+Space). app.py connects "Use this checkpoint" to the model bar and the page load to `page_state`.
+"""
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from webapp import guard
+from webapp import train as tr
+from webapp.errors import friendly
+
+CURVE_COLORS = {"train": "#4f46e5", "val": "#db2777"}
+RUN_EVENT = dict(concurrency_id="train", concurrency_limit=1, preprocess=False)
+SETTINGS = ("source_kind", "stories", "hub_id", "files", "preset", "max_steps", "batch_size", "grad_accum",
+            "seq_len", "lr", "device", "gpus", "compile")   # the inputs of Start, in train_start's order
+
+
+def username(profile) -> str | None:
+    return getattr(profile, "username", None) if profile is not None else None
+
+
+@dataclass(eq=False)
+class Train:
+    trainer: tr.Trainer
+    c: dict                      # every component of the tab by name
+    permission: gr.Markdown
+    duplicate: gr.DuplicateButton | None   # only on a Space
+
+    # what the other parts connect to (app.py)
+    use_btn = property(lambda self: self.c["use_btn"])        # "Use this checkpoint in the model bar"
+    run_dd = property(lambda self: self.c["run_dd"])          # the selected run
+    runs_df = property(lambda self: self.c["runs_df"])        # the table of runs
+    slow_timer = property(lambda self: self.c["slow_timer"])  # every 4 s: the table, and the shared model
+
+    def runs_choices(self, value=None):
+        names = self.trainer.names()
+        return gr.update(choices=names, value=value if value in names else (names[0] if names else None))
+
+    @property
+    def page_outputs(self) -> list:
+        """What `page_state` fills on every page load."""
+        c = self.c
+        return ([self.permission, c["start_btn"], c["stop_btn"], c["resume_btn"], c["run_dd"], c["runs_df"]]
+                + ([self.duplicate] if self.duplicate is not None else []))
+
+    def page_state(self, profile) -> list:
+        """This visitor's permission to train, and the live run (or the latest) in the run list."""
+        allowed, why = guard.training_permission(username(profile))
+        live = self.trainer.pick(None) if self.trainer.runs_dir.is_dir() else None
+        out = [why, gr.update(interactive=allowed), gr.update(interactive=allowed), gr.update(interactive=allowed),
+               self.runs_choices(live.name if live else None), self.trainer.table()]
+        if self.duplicate is not None:
+            out.append(gr.update(visible=not allowed))
+        return out
+
+
+def build(trainer: tr.Trainer) -> Train:
+    """The tab, in the current Tabs, with its events wired (not "Use this checkpoint": see app.py)."""
+    with gr.Tab("Train", id="train"):
+        allowed, why = guard.training_permission(None)
+        with gr.Row(equal_height=True):
+            permission = gr.Markdown(why, elem_id="train-permission")
+            if guard.on_space():
+                gr.LoginButton(scale=0)
+                duplicate = gr.DuplicateButton("Duplicate this Space", scale=0, visible=not allowed)
+            else:
+                duplicate = None
+        with gr.Row():
+            with gr.Column(scale=2):
+                c = {**_data_settings(), **_run_settings(), **_buttons(allowed)}
+            with gr.Column(scale=3):
+                c.update(_monitor())
+        c["timer"], c["slow_timer"] = gr.Timer(2.0), gr.Timer(4.0)
+    train = Train(trainer, c, permission, duplicate)
+    _wire_settings(c)
+    _wire_runs(train)
+    _wire_monitor(train)
+    return train
+
+
+def _data_settings() -> dict:
+    source_kind = gr.Radio(list(tr.SOURCES), value="builtin", label="Training data")
+    lo, hi, d = tr.BUILTIN_STORIES
+    stories = gr.Number(d, precision=0, label=f"Built-in stories to generate ({lo:,} to {hi:,})",
+                        elem_id="train-stories")
+    hub_id = gr.Textbox(label="Hugging Face dataset id (needs a network)", visible=False,
+                        placeholder="roneneldan/TinyStories", max_lines=1)
+    files = gr.File(label="Story files: .txt (blank line between stories), "
+                    ".jsonl ({\"text\": …}), .parquet (a text column)", file_count="multiple",
+                    file_types=[".txt", ".jsonl", ".parquet"], visible=False)
+    preset = gr.Radio(list(tr.PRESETS), value="tiny", label="Model preset",
+                      info="tiny: minutes on a CPU · demo: the bundled model's size · "
+                           "270m: the full design (GPU)")
+    return dict(source_kind=source_kind, stories=stories, hub_id=hub_id, files=files, preset=preset)
+
+
+def _run_settings() -> dict:
+    d = tr.preset_defaults("tiny")
+    with gr.Row():
+        max_steps = gr.Number(d["max_steps"], precision=0, label="Max steps", elem_id="train-steps")
+        batch_size = gr.Number(d["batch_size"], precision=0, label="Batch size", elem_id="train-batch")
+        grad_accum = gr.Number(d["grad_accum"], precision=0, label="Grad accumulation")
+    with gr.Row():
+        seq_len = gr.Number(d["seq_len"], precision=0, label="Sequence length", elem_id="train-seq")
+        lr = gr.Number(d["lr"], label="Learning rate")
+    with gr.Row():
+        device = gr.Radio(list(tr.DEVICES), value="auto", label="Device", elem_id="train-device")
+        gpus = gr.Number(1, precision=0, label="GPUs")
+        compile_ = gr.Checkbox(False, label="torch.compile", elem_id="train-compile",
+                               info="faster steps (1.1-1.3x on a CPU) after a minute or two "
+                                    "of compiling: for long runs")
+    return dict(max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, seq_len=seq_len, lr=lr,
+                device=device, gpus=gpus, compile=compile_)
+
+
+def _buttons(allowed: bool) -> dict:
+    with gr.Row():
+        start_btn = gr.Button("Start", variant="primary", interactive=allowed, elem_id="train-start")
+        stop_btn = gr.Button("Stop", variant="stop", interactive=allowed, elem_id="train-stop")
+        resume_btn = gr.Button("Resume", interactive=allowed, elem_id="train-resume")
+    use_btn = gr.Button("Use this checkpoint in the model bar", elem_id="train-use")
+    return dict(start_btn=start_btn, stop_btn=stop_btn, resume_btn=resume_btn, use_btn=use_btn)
+
+
+def _monitor() -> dict:
+    with gr.Row(equal_height=True):
+        run_dd = gr.Dropdown(label="Run", choices=[], value=None, scale=4, allow_custom_value=False,
+                             elem_id="train-run")
+        runs_refresh = gr.Button("↻", scale=0, min_width=40)
+    status_md = gr.Markdown(elem_id="train-status")
+    loss_plot = gr.LinePlot(x="step", y="loss", color="curve", title="Loss", x_title="step",
+                            y_title="cross-entropy loss", color_map=CURVE_COLORS, height=320, elem_id="train-loss")
+    stats_md = gr.Markdown(elem_id="train-stats")
+    sample_tb = gr.Textbox(label="Latest sample (at the last evaluation)", lines=4, interactive=False,
+                           elem_id="train-sample")
+    runs_df = gr.Dataframe(headers=["run", "state", "step", "preset", "best val loss", "created"],
+                           interactive=False, label="Runs", wrap=True)
+    return dict(run_dd=run_dd, runs_refresh=runs_refresh, status_md=status_md, loss_plot=loss_plot,
+                stats_md=stats_md, sample_tb=sample_tb, runs_df=runs_df)
+
+
+def _wire_settings(c: dict):
+    def show_source(kind):
+        return (gr.update(visible=kind == "builtin"), gr.update(visible=kind == "hub"),
+                gr.update(visible=kind == "files"))
+
+    @friendly
+    def fill_preset(name):
+        d = tr.preset_defaults(name)
+        return d["max_steps"], d["batch_size"], d["grad_accum"], d["seq_len"], d["lr"]
+
+    c["source_kind"].change(show_source, c["source_kind"], [c["stories"], c["hub_id"], c["files"]],
+                            api_visibility="private", queue=False)
+    c["preset"].input(fill_preset, c["preset"], [c[k] for k in ("max_steps", "batch_size", "grad_accum", "seq_len",
+                                                                "lr")], api_visibility="private", queue=False)
+
+
+def _wire_runs(t: Train):
+    """Start, Stop and Resume: the owner's alone on a Space (guard.check_training)."""
+    trainer, c = t.trainer, t.c
+
+    @friendly
+    def train_start(data_source, builtin_stories, hub_dataset, uploaded_files, preset_name, max_steps_,
+                    batch_size_, grad_accum_, seq_len_, lr_, device_, gpus_, compile_on,
+                    profile: gr.OAuthProfile | None = None, progress=gr.Progress(track_tqdm=True)):
+        guard.check_training(username(profile))
+        config = trainer.config(preset_name, max_steps_, batch_size_, grad_accum_, seq_len_, lr_, device_, gpus_,
+                                compile_on)
+        trainer.ensure_idle()
+        progress(0, desc="Preparing the training data …")
+        data, meta = trainer.prepare(data_source, builtin_stories, hub_dataset, uploaded_files)
+        progress(0.95, desc="Starting the trainer …")
+        run = trainer.start(config, data)
+        gr.Info(f"Started run {run.name}: {meta['train_tokens']:,} training tokens in {data.name}.", duration=4)
+        return t.runs_choices(run.name), f"**{run.name}**: starting …", trainer.table()
+
+    @friendly
+    def train_stop(run, profile: gr.OAuthProfile | None = None):
+        guard.check_training(username(profile))
+        st = trainer.stop(run)
+        gr.Info(f"Run stopped at step {st.get('step')}: {st.get('state')}"
+                + (f" ({st['reason']})" if st.get("reason") else "") + ".", duration=4)
+        return f"{st.get('state')} at step {st.get('step')}", trainer.table()
+
+    @friendly
+    def train_resume(run, max_steps_, profile: gr.OAuthProfile | None = None):
+        guard.check_training(username(profile))
+        run = trainer.resume(run, max_steps_)
+        gr.Info(f"Resuming run {run.name}.", duration=4)
+        return t.runs_choices(run.name), f"**{run.name}**: resuming …", trainer.table()
+
+    run_dd, status_md, runs_df = c["run_dd"], c["status_md"], c["runs_df"]
+    c["start_btn"].click(train_start, [c[k] for k in SETTINGS], [run_dd, status_md, runs_df], api_name="train_start",
+                         **RUN_EVENT)
+    c["stop_btn"].click(train_stop, [run_dd], [status_md, runs_df], api_name="train_stop", **RUN_EVENT)
+    c["resume_btn"].click(train_resume, [run_dd, c["max_steps"]], [run_dd, status_md, runs_df],
+                          api_name="train_resume", **RUN_EVENT)
+
+
+def _wire_monitor(t: Train):
+    """The live plot, status and sample of the selected run, every 2 s; the run list on demand."""
+    trainer, c = t.trainer, t.c
+
+    @friendly
+    def train_metrics(run):
+        m = trainer.metrics(run)
+        return m["frame"], m["status"], m["stats"], m["sample"]
+
+    @friendly
+    def refresh_runs(name):
+        return t.runs_choices(name), trainer.table()
+
+    gr.on([c["timer"].tick, c["run_dd"].change], train_metrics, [c["run_dd"]],
+          [c["loss_plot"], c["status_md"], c["stats_md"], c["sample_tb"]], api_name="train_metrics",
+          show_progress="hidden", concurrency_id="monitor", concurrency_limit=8, preprocess=False)
+    gr.on([c["runs_refresh"].click], refresh_runs, [c["run_dd"]], [c["run_dd"], c["runs_df"]],
+          api_visibility="private", preprocess=False)
