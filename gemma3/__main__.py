@@ -11,6 +11,7 @@ import torch
 from . import kernels
 from .checkpoints import export_hf, load_model, save_model
 from .cpu import keep_freed_memory
+from .defaults import default_model
 from .generate import stream
 
 DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16}
@@ -74,10 +75,13 @@ def cmd_convert(args):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m gemma3", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    model = default_model()
 
     def add(name, help_):
         p = sub.add_parser(name, help=help_)
-        p.add_argument("--model", required=True, help="a checkpoint folder, a .pt/.bin/.safetensors file, or hf:owner/name")
+        p.add_argument("--model", default=model, required=model is None,
+                       help="a checkpoint folder, a .pt/.bin/.safetensors file, or hf:owner/name "
+                            "(default: $GEMMA3_MODEL, else the bundled demo model)")
         p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
         p.add_argument("--dtype", choices=DTYPES, default="auto", help="default: bf16 on CUDA, fp32 on CPU")
         return p

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import tiktoken
 
-GPT2_RANKS = Path(__file__).resolve().parent.parent / "assets" / "gpt2.tiktoken"
+from .defaults import ASSETS
+
+GPT2_RANKS = ASSETS / "gpt2.tiktoken"  # assets/ of the checkout, or the installed copy (gemma3/defaults.py)
 GPT2_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 # tiktoken's own GPT-2 (r50k) split pattern, copied from tiktoken_ext/openai_public.py
 GPT2_PAT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""

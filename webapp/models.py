@@ -23,13 +23,14 @@ from pathlib import Path
 import torch
 
 import gemma3
+import gemma3.defaults
 from gemma3.__main__ import describe
 
 from .inputs import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
-ASSETS = ROOT / "assets"
-DEMO_MODEL = ASSETS / "demo-model"
+ASSETS = gemma3.defaults.ASSETS      # the checkout's assets/, or the copy `pip install .` puts inside gemma3
+DEMO_MODEL = gemma3.defaults.DEMO_MODEL
 RANDOM = "random:tiny"         # random:<preset> for the small presets: untrained weights, said plainly
 RANDOM_PRESETS = ("tiny", "demo")
 ALLOW_ENV = "GEMMA3_ALLOWED_DIRS"  # extra folders (os.pathsep-separated) a user may load models from
@@ -122,7 +123,7 @@ def load_source(source: str):
 
 def default_source(cli: str | None = None) -> str:
     """--model, else $GEMMA3_MODEL, else the bundled demo model if present, else random tiny weights."""
-    return cli or os.environ.get("GEMMA3_MODEL") or (str(DEMO_MODEL) if DEMO_MODEL.is_dir() else RANDOM)
+    return cli or gemma3.defaults.default_model() or RANDOM
 
 
 # ---- which sources a user may name -----------------------------------------------------------------
