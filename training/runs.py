@@ -43,6 +43,7 @@ from gemma3.checkpoints import atomic_write_text
 from . import status as run_status
 from .config import TrainConfig, default_preset
 from .status import FINAL, LIVE, read_status, write_status
+from .trainer import checkpoints
 
 CLAIM = ".active.lock"
 MUTEX = ".runs.mutex"
@@ -163,10 +164,7 @@ class Run:
 
     def checkpoints(self) -> list[Path]:
         """Complete step checkpoints, oldest first."""
-        folder = self.path / "checkpoints"
-        if not folder.is_dir():
-            return []
-        return sorted(p for p in folder.iterdir() if p.name.startswith("step_") and (p / "trainer.pt").exists())
+        return checkpoints(self.path)
 
     def latest_checkpoint(self) -> Path | None:
         found = self.checkpoints()
