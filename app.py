@@ -15,7 +15,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import gradio as gr  # noqa: E402
 
-from gemma3 import kernels  # noqa: E402
+from gemma3 import engine  # noqa: E402
 from gemma3.cpu import keep_freed_memory  # noqa: E402
 from webapp import explore as ex  # noqa: E402
 from webapp import models  # noqa: E402
@@ -119,7 +119,7 @@ def main(argv=None):
                         help="where prepared training data is written (default: $GEMMA3_DATA_DIR, else data/)")
     args = parser.parse_args(argv)
     keep_freed_memory()  # faster long prompts and explain passes on a CPU (gemma3/cpu.py)
-    kernels.load()  # compile the CPU decoding kernels now (about a second, once per machine), not mid-story
+    engine.available()  # build the CPU kernels now (about 15 s, once per machine), not mid-story
     try:
         holder = models.ModelHolder.from_default(args.model)
     except (ValueError, FileNotFoundError, ConnectionError) as e:

@@ -2,9 +2,9 @@
 
 `record(model, tokenizer, prompt)` runs the model's own forward once, with forward hooks that copy
 the residual stream and the two contributions each block adds to it, and with every block's
-`Attention.keep_probs` switched on so attention is computed explicitly (with the model's own mask)
-and its probabilities kept. The hooks are removed and `keep_probs` restored in a `finally`, so the
-model is left exactly as it was found, also when the pass raises. Nothing is re-derived: the logit
+`Attention.attend` swapped for `Probabilities`, which computes the same softmax(q k^T * scale + mask) v
+written out (with the mask the model passes) and keeps the probabilities. The hooks are removed and
+`attend` restored in a `finally`, so the model is left exactly as it was found, also when the pass raises. Nothing is re-derived: the logit
 lens runs each residual through the model's own final norm and unembedding.
 """
 
@@ -76,6 +76,23 @@ def _fit(ids: list[int], bos_id, max_tokens: int) -> tuple[list[int], str | None
     return head + ids[-keep:], notice, n
 
 
+class Probabilities:
+    """A drop-in for gemma3.model.attend that writes attention out and keeps its probabilities."""
+
+    def __init__(self):
+        self.probs: torch.Tensor | None = None  # [B, H, Tq, Tk] of the last call
+
+    def __call__(self, q, k, v, mask, scale):
+        group = q.shape[1] // k.shape[1]  # query heads per key/value head
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+        if mask is None:  # plain causal: the keys are exactly the queries
+            mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril()
+        scores = (q @ k.transpose(-2, -1)).float() * scale
+        probs = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+        self.probs = probs.detach()
+        return probs.to(v.dtype) @ v
+
+
 def record(model, tokenizer, prompt: str, max_tokens: int = MAX_TOKENS) -> Record:
     """Run `model` once on `prompt` and keep what every figure needs (see Record).
 
@@ -104,7 +121,8 @@ def record(model, tokenizer, prompt: str, max_tokens: int = MAX_TOKENS) -> Recor
             got[kind][i] = output.detach()
         return hook
 
-    saved = [(b.attn.keep_probs, b.attn.probs) for b in blocks]
+    saved = [b.attn.attend for b in blocks]
+    kept = [Probabilities() for _ in blocks]
     handles = []
     device = model.embed.weight.device
     try:
@@ -113,15 +131,15 @@ def record(model, tokenizer, prompt: str, max_tokens: int = MAX_TOKENS) -> Recor
             handles.append(b.register_forward_hook(keeper("block", i)))
             handles.append(b.post_attn_norm.register_forward_hook(keeper("attn", i)))
             handles.append(b.post_ffn_norm.register_forward_hook(keeper("ffn", i)))
-            b.attn.keep_probs = True
+            b.attn.attend = kept[i]
         with torch.no_grad():
             logits = model(torch.tensor([ids], device=device))[0]
-            probs = [b.attn.probs[0].float().cpu() for b in blocks]
+            probs = [k.probs[0].float().cpu() for k in kept]
     finally:
         for h in handles:
             h.remove()
-        for b, (keep, p) in zip(blocks, saved):
-            b.attn.keep_probs, b.attn.probs = keep, p
+        for b, attend in zip(blocks, saved):
+            b.attn.attend = attend
 
     residual = [got["input"][0]] + [x[0] for x in got["block"]]
     with torch.no_grad():

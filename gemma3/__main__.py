@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from . import kernels
+from . import engine
 from .checkpoints import export_hf, load_model, save_model
 from .cpu import keep_freed_memory
 from .defaults import default_model
@@ -48,8 +48,7 @@ def describe(model, tok) -> str:
         f"{cfg.rope_global_base:g} global, head {'tied' if cfg.tied_head else 'untied'}, "
         f"{'four' if cfg.post_norms else 'two'} norms per block",
         f"device {w.device}, dtype {str(w.dtype).replace('torch.', '')}, inference runs "
-        + ("the C kernels of gemma3/kernels.py where they apply" if w.device.type == "cpu" and kernels.load()
-           else "PyTorch's operations"),
+        + engine.describe(model),
         "",
         f"{'part':<14}{'parameters':>14}{'share':>8}",
     ]

@@ -14,6 +14,15 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import sys
+from contextlib import contextmanager
+
+import torch
+
+# One decoded token is a chain of small, memory-bound steps. Every parallel step waits for its slowest
+# thread, so on a machine whose other cores are busy (a Space's shared 2 vCPUs, a laptop compiling)
+# a second thread made decoding 10-100x slower, while on an idle machine it gained little
+# (bench/generate.py measures both). Prompts keep every thread: they are compute-bound.
+DECODE_THREADS = 1
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _done = False
@@ -35,3 +44,27 @@ def keep_freed_memory() -> bool:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     _done = bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30) and mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1))
     return _done
+
+
+@contextmanager
+def threads(n: int | None):
+    """PyTorch's intra-op threads set to `n` inside the block (None: unchanged), restored after.
+    With PyTorch's OpenMP backend the setting belongs to the calling thread."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    if n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def decode_threads(model):
+    """The threads a decoded token runs on (see DECODE_THREADS)."""
+    w = model.embed.weight
+    return threads(DECODE_THREADS if w.device.type == "cpu" else None)

@@ -12,6 +12,9 @@ from typing import Iterator
 
 import torch
 
+from . import engine
+from .cpu import decode_threads
+
 
 def check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty):
     """Raise ValueError with one clear sentence for settings that cannot be sampled with."""
@@ -66,8 +69,11 @@ def fit_prompt(ids: list[int], max_new_tokens: int, context: int) -> tuple[list[
 @torch.inference_mode()
 def generate_tokens(model, ids: list[int], max_new_tokens: int = 200, temperature: float = 0.7,
                     top_k=None, top_p=None, repetition_penalty: float = 1.0, seed=None,
-                    stop_ids=(), stats: dict | None = None) -> Iterator[int]:
-    """Yield new token ids after the prompt `ids` until a stop id, max_new_tokens or the context end."""
+                    stop_ids=(), stats: dict | None = None, use_engine: bool = True) -> Iterator[int]:
+    """Yield new token ids after the prompt `ids` until a stop id, max_new_tokens or the context end.
+
+    The forward passes run on the engine where it applies (gemma3/engine: the same logits, faster on
+    a CPU), else on the model itself; `use_engine=False` always runs the reference model."""
     check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
     if not ids:
         raise ValueError("The prompt is empty after tokenisation; give at least one token.")
@@ -79,8 +85,9 @@ def generate_tokens(model, ids: list[int], max_new_tokens: int = 200, temperatur
     seen = torch.zeros(1, model.config.vocab_size, dtype=torch.bool, device=device)
     seen[0, ids] = True
     stats.update(prompt_tokens=len(ids), new_tokens=0, stop_reason="length")
+    forward = engine.decoder(model, use_engine)
     t0 = time.perf_counter()
-    logits = model(torch.tensor([ids], device=device), cache=cache, last_only=True)[:, -1]
+    logits = forward(torch.tensor([ids], device=device), cache, last_only=True)[:, -1]
     for i in range(max_new_tokens):
         token = next_token(logits, temperature, top_k, top_p, repetition_penalty, seen, generator)
         tok = int(token)
@@ -98,7 +105,8 @@ def generate_tokens(model, ids: list[int], max_new_tokens: int = 200, temperatur
             stats["stop_reason"] = "length" if cache.max_len < context else "context"
             break
         seen[0, tok] = True
-        logits = model(token.view(1, 1), cache=cache)[:, -1]
+        with decode_threads(model):  # a decoded token gains little from a second thread, and can lose much
+            logits = forward(token.view(1, 1), cache)[:, -1]
     stats["decode_s"] = time.perf_counter() - t0
     # the first new token comes from the prefill; the decode time covers the forwards of the others
     decoded = stats["new_tokens"] - 1

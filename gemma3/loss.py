@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .kernels import softmax_xent_
+from . import native
 
 CHUNK_ELEMENTS = 1 << 26  # fp32 logits per chunk: 256 MB
 
@@ -37,15 +37,23 @@ def chunks(h, weight, targets):
 
 def rows_loss_(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Sum over rows of logsumexp(row) - row[target], fp32 logits [n, V]; turns `logits` into the
-    gradient of that sum: softmax(row) - one_hot(target). One C pass per row where the kernels run."""
-    loss = softmax_xent_(logits, targets)
-    if loss is not None:
-        return loss.sum()
+    gradient of that sum: softmax(row) - one_hot(target). One C++ pass per row where it builds (loss.cpp)."""
+    if _fast(logits, targets):
+        return torch.ops.gemma3_loss.softmax_xent_(logits, targets).sum()
     lse = torch.logsumexp(logits, dim=-1)
     loss = (lse - logits.gather(1, targets[:, None]).squeeze(1)).sum()
     logits.sub_(lse[:, None]).exp_()
     logits[torch.arange(len(targets), device=logits.device), targets] -= 1
     return loss
+
+
+def _fast(logits: torch.Tensor, targets: torch.Tensor) -> bool:
+    """Whether loss.cpp takes these rows: CPU fp32 logits, int64 targets all in range (a target out
+    of range goes to the PyTorch code, which says so), the operator built."""
+    return (logits.device.type == "cpu" and logits.dtype == torch.float32 and logits.dim() == 2
+            and logits.is_contiguous() and targets.dtype == torch.int64 and targets.is_contiguous()
+            and (not len(targets) or 0 <= targets.min() <= targets.max() < logits.shape[1])
+            and native.load("loss.cpp"))
 
 
 class HeadCrossEntropy(torch.autograd.Function):

@@ -1,9 +1,9 @@
 """Gemma 3's text model, top to bottom: RMSNorm, RoPE, Attention, FeedForward, Block, Gemma3.
 
-It computes exactly what transformers' Gemma3ForCausalLM computes (see tests/test_parity.py).
-One forward serves training (no cache), prefill and one-token decoding (with a KVCache). For
-inference on a CPU, a few places hand their work to the C kernels of kernels.py when those can run
-here (the same equations and roundings, in fewer passes); each falls back to the PyTorch code below.
+It computes exactly what transformers' Gemma3ForCausalLM computes (see tests/test_parity.py), in plain
+PyTorch: one forward serves training (no cache), a prompt and one-token decoding (with a KVCache).
+Every intermediate value can be watched with forward hooks on the named submodules. Speed is applied
+from outside: gemma3/engine runs the same equations faster on a CPU for generation.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from .cache import KVCache, LayerCache
 from .config import Gemma3Config
 from .loss import cross_entropy
-from .kernels import attention, feed_forward, geglu, matvec_bf16, norm_rope, rms_norm, watched
 
 
 class RMSNorm(nn.Module):
@@ -29,49 +28,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = rms_norm(x, self.weight, self.eps)  # one C call on a CPU when no gradient is wanted (kernels.py)
-        if y is not None:
-            return y
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return (xf * (1.0 + self.weight.float())).to(x.dtype)
-
-
-def project(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x W^T. One bf16 row on the CPU (a decoded token) takes a matrix-vector product instead of a
-    one-row matrix product: our prefetching kernel where the CPU has AVX512-BF16 (gemma3/kernels.py),
-    else torch.mv, both faster there (bench/generate.py)."""
-    if x.dtype == torch.bfloat16 and x.device.type == "cpu" and x.numel() == x.shape[-1]:
-        v = x.reshape(-1)
-        y = matvec_bf16(weight, v)
-        if y is None:
-            y = torch.mv(weight, v)
-        return y.view(*x.shape[:-1], weight.shape[0])
-    return F.linear(x, weight)
-
-
-def stacked(weights) -> torch.Tensor | None:
-    """The matrices stacked on their rows as one tensor, without a copy: only when they lie back to
-    back in one buffer (checkpoints.pack_qkv); otherwise None."""
-    first = weights[0]
-    base = first.untyped_storage().data_ptr()
-    for a, b in zip(weights, weights[1:]):
-        if (b.untyped_storage().data_ptr() != base or b.dtype != a.dtype or b.shape[1:] != a.shape[1:]
-                or not b.is_contiguous() or a.data_ptr() + a.numel() * a.element_size() != b.data_ptr()):
-            return None
-    if not first.is_contiguous():
-        return None
-    return first.as_strided((sum(w.shape[0] for w in weights), *first.shape[1:]), first.stride())
-
-
-class Linear(nn.Linear):
-    """A bias-free nn.Linear whose forward is `project`."""
-
-    def __init__(self, in_features: int, out_features: int):
-        super().__init__(in_features, out_features, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return project(x, self.weight)
 
 
 class RoPE(nn.Module):
@@ -103,6 +62,15 @@ def sliding_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -
     return allowed
 
 
+def attend(q, k, v, mask: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale + mask) v, the softmax in fp32. q [B, H, Tq, D]; k, v [B, KV, Tk, D], each
+    key/value head shared by H / KV query heads; mask [Tq, Tk] boolean, or None for plain causal
+    attention over keys that are exactly the queries. Attention.attend holds this function, so a caller
+    can swap in another that computes the same (explain records the probabilities that way)."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=scale,
+                                          enable_gqa=k.shape[1] != q.shape[1])
+
+
 class Attention(nn.Module):
     """Multi-query attention with per-head q/k RMSNorm before RoPE; sliding or full."""
 
@@ -111,87 +79,37 @@ class Attention(nn.Module):
         self.heads, self.kv_heads, self.head_dim = cfg.heads, cfg.kv_heads, cfg.head_dim
         self.window = cfg.window if sliding else None
         self.scale = cfg.query_pre_attn_scalar ** -0.5
-        self.wq = Linear(cfg.hidden, cfg.heads * cfg.head_dim)
-        self.wk = Linear(cfg.hidden, cfg.kv_heads * cfg.head_dim)
-        self.wv = Linear(cfg.hidden, cfg.kv_heads * cfg.head_dim)
-        self.wo = Linear(cfg.heads * cfg.head_dim, cfg.hidden)
+        self.wq = nn.Linear(cfg.hidden, cfg.heads * cfg.head_dim, bias=False)
+        self.wk = nn.Linear(cfg.hidden, cfg.kv_heads * cfg.head_dim, bias=False)
+        self.wv = nn.Linear(cfg.hidden, cfg.kv_heads * cfg.head_dim, bias=False)
+        self.wo = nn.Linear(cfg.heads * cfg.head_dim, cfg.hidden, bias=False)
         self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
         self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
-        self.keep_probs = False  # explain: compute softmax explicitly and keep it in self.probs
-        self.probs: torch.Tensor | None = None
+        self.attend = attend
 
     def forward(self, x, cos, sin, start: int = 0, cache: LayerCache | None = None):
         B, T, _ = x.shape
-        q, k, v = self._project(x)
-        q = self._norm_rope(q.view(B, T, self.heads, self.head_dim), self.q_norm, cos, sin)
-        k = self._norm_rope(k.view(B, T, self.kv_heads, self.head_dim), self.k_norm, cos, sin)
-        v = v.view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
+        q = self.wq(x).view(B, T, self.heads, self.head_dim)
+        k = self.wk(x).view(B, T, self.kv_heads, self.head_dim)
+        v = self.wv(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
+        # per-head RMSNorm over head_dim, then RoPE: [B, T, heads, D] -> [B, heads, T, D]
+        q = RoPE.rotate(self.q_norm(q).transpose(1, 2), cos, sin)
+        k = RoPE.rotate(self.k_norm(k).transpose(1, 2), cos, sin)
 
-        if cache is not None and T == 1:
-            out = self._decode_step(q, k, v, start, cache)
+        past_pos = torch.empty(0, dtype=torch.long, device=x.device)
+        if cache is not None:  # earlier positions' keys and values, then this call's go into the cache
+            past_k, past_v, past_pos = cache.past(start)
+            cache.write(k, v, start)
+            k, v = torch.cat((past_k, k), dim=2), torch.cat((past_v, v), dim=2)
+        q_pos = torch.arange(start, start + T, device=x.device)
+        # Plain causal attention is exact when nothing is older than the window; otherwise the
+        # window needs an explicit mask (is_causal=True would silently drop it).
+        if len(past_pos) == 0 and (self.window is None or T <= self.window):
+            mask = None
         else:
-            if cache is not None:
-                past_k, past_v, past_pos = cache.past(start)
-                cache.write(k, v, start)
-                if len(past_pos):
-                    k, v = torch.cat((past_k, k), dim=2), torch.cat((past_v, v), dim=2)
-            else:
-                past_pos = torch.empty(0, dtype=torch.long, device=x.device)
-            q_pos = torch.arange(start, start + T, device=x.device)
-            k_pos = torch.cat((past_pos, q_pos))
-            if self.keep_probs:
-                out = self._explicit(q, k, v, sliding_mask(q_pos, k_pos, self.window))
-            # Plain causal attention is exact when nothing is older than the window; otherwise
-            # the window needs an explicit mask (is_causal=True would silently drop it).
-            elif len(past_pos) == 0 and (self.window is None or T <= self.window):
-                out = self._sdpa(q, k, v, None, is_causal=True)
-            else:
-                out = self._sdpa(q, k, v, sliding_mask(q_pos, k_pos, self.window), is_causal=False)
+            mask = sliding_mask(q_pos, torch.cat((past_pos, q_pos)), self.window)
+        out = self.attend(q, k, v, mask, self.scale)
         return self.wo(out.transpose(1, 2).reshape(B, T, self.heads * self.head_dim))
-
-    def _project(self, x):
-        """x Wq, x Wk, x Wv: for prompt rows with no gradient wanted, one matrix product where the three
-        weights lie back to back in memory (checkpoints.pack_qkv), which is faster than three."""
-        ws = (self.wq.weight, self.wk.weight, self.wv.weight)
-        fused = None
-        if x.shape[-2] > 1 and not (torch.is_grad_enabled() and ws[0].requires_grad) and not watched(
-                self.wq, self.wk, self.wv):
-            fused = stacked(ws)
-        if fused is None:
-            return self.wq(x), self.wk(x), self.wv(x)
-        return F.linear(x, fused).split([w.shape[0] for w in ws], dim=-1)
-
-    @staticmethod
-    def _norm_rope(x, norm: RMSNorm, cos, sin):
-        """[B, T, heads, head_dim] -> per-head RMSNorm, then RoPE -> [B, heads, T, head_dim]."""
-        y = norm_rope(x, norm.weight, norm.eps, cos, sin)  # one C call where the kernels run (kernels.py)
-        if y is not None:
-            return y.transpose(1, 2)
-        return RoPE.rotate(norm(x).transpose(1, 2), cos, sin)
-
-    def _decode_step(self, q, k, v, pos: int, cache: LayerCache):
-        """One new token: write it, then attend to every cached key (all of them are visible)."""
-        cache.write(k, v, pos)
-        keys, values = cache.visible(pos)
-        B = q.shape[0]
-        # Fold the query heads that share a key/value head into the query-length axis:
-        # [B, H, 1, D] -> [B, KV, H/KV, D], a single matrix product per key/value head.
-        qg = q.view(B, self.kv_heads, self.heads // self.kv_heads, self.head_dim)
-        out = F.scaled_dot_product_attention(qg, keys, values, scale=self.scale)
-        return out.reshape(B, self.heads, 1, self.head_dim)
-
-    def _explicit(self, q, k, v, mask):
-        """softmax(q k^T * scale + mask) v written out, keeping the probabilities [B, H, Tq, Tk]."""
-        k = k.repeat_interleave(self.heads // self.kv_heads, dim=1)
-        v = v.repeat_interleave(self.heads // self.kv_heads, dim=1)
-        scores = (q @ k.transpose(-2, -1)).float() * self.scale
-        probs = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
-        self.probs = probs.detach()
-        return probs.to(v.dtype) @ v
-
-    def _sdpa(self, q, k, v, mask, is_causal):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=self.scale,
-                                              enable_gqa=self.kv_heads != self.heads)
 
 
 class FeedForward(nn.Module):
@@ -199,23 +117,12 @@ class FeedForward(nn.Module):
 
     def __init__(self, cfg: Gemma3Config):
         super().__init__()
-        self.gate = Linear(cfg.hidden, cfg.ffn)
-        self.up = Linear(cfg.hidden, cfg.ffn)
-        self.down = Linear(cfg.ffn, cfg.hidden)
+        self.gate = nn.Linear(cfg.hidden, cfg.ffn, bias=False)
+        self.up = nn.Linear(cfg.hidden, cfg.ffn, bias=False)
+        self.down = nn.Linear(cfg.ffn, cfg.hidden, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        g, u = self.gate(x), self.up(x)
-        p = geglu(g, u)  # one pass in C where the kernels run (kernels.py)
-        return self.down(p if p is not None else F.gelu(g, approximate="tanh") * u)
-
-
-def residual(x: torch.Tensor, norm: nn.Module, h: torch.Tensor) -> torch.Tensor:
-    """x + norm(h); one C pass where the kernels run and nothing watches the norm (explain's hooks)."""
-    if isinstance(norm, RMSNorm) and not watched(norm):
-        y = rms_norm(h, norm.weight, norm.eps, residual=x)
-        if y is not None:
-            return y
-    return x + norm(h)
+        return self.down(F.gelu(self.gate(x), approximate="tanh") * self.up(x))
 
 
 class Block(nn.Module):
@@ -233,12 +140,8 @@ class Block(nn.Module):
         self.post_ffn_norm = post()
 
     def forward(self, x, cos, sin, start: int = 0, cache: LayerCache | None = None):
-        decoding = cache is not None and x.shape[1] == 1  # one token: each half is one C call where it can be
-        y = attention(x, self, cos, sin, start, cache) if decoding else None  # (kernels.py)
-        x = y if y is not None else residual(x, self.post_attn_norm,
-                                             self.attn(self.attn_norm(x), cos, sin, start, cache))
-        y = feed_forward(x, self) if decoding else None
-        return y if y is not None else residual(x, self.post_ffn_norm, self.ffn(self.ffn_norm(x)))
+        x = x + self.post_attn_norm(self.attn(self.attn_norm(x), cos, sin, start, cache))
+        return x + self.post_ffn_norm(self.ffn(self.ffn_norm(x)))
 
 
 class Gemma3(nn.Module):
@@ -250,7 +153,7 @@ class Gemma3(nn.Module):
         self.embed = nn.Embedding(config.vocab_size, config.hidden)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.layers))
         self.final_norm = RMSNorm(config.hidden, config.norm_eps)
-        self.head = None if config.tied_head else Linear(config.hidden, config.vocab_size)
+        self.head = None if config.tied_head else nn.Linear(config.hidden, config.vocab_size, bias=False)
         self.rope_local = RoPE(config.head_dim, config.rope_local_base)
         self.rope_global = RoPE(config.head_dim, config.rope_global_base, config.rope_global_scale)
         self.apply(self._init_weights)
@@ -292,7 +195,7 @@ class Gemma3(nn.Module):
         head = w if self.head is None else self.head.weight
         if targets is not None:
             return cross_entropy(x.flatten(0, 1), head, targets.flatten())
-        return project(x, head)
+        return F.linear(x, head)
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         """A preallocated cache for `max_len` positions on the model's device and dtype."""

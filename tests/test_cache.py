@@ -15,13 +15,16 @@ W = TINY_HF["sliding_window"]
 
 
 @torch.no_grad()
-def cached_logits(model, ids: torch.Tensor, chunks: list[int], max_len: int | None = None) -> torch.Tensor:
-    """Logits [B, T, V] for ids fed through one cache in consecutive chunks of the given lengths."""
+def cached_logits(model, ids: torch.Tensor, chunks: list[int], max_len: int | None = None,
+                  forward=None) -> torch.Tensor:
+    """Logits [B, T, V] for ids fed through one cache in consecutive chunks of the given lengths
+    (by `forward(ids, cache)`, default the model's own)."""
     assert sum(chunks) == ids.shape[1]
     cache = model.new_cache(ids.shape[0], max_len or ids.shape[1])
+    forward = forward or (lambda x, c: model(x, cache=c))
     out, start = [], 0
     for n in chunks:
-        out.append(model(ids[:, start:start + n], cache=cache))
+        out.append(forward(ids[:, start:start + n], cache))
         start += n
         assert cache.pos == start
     return torch.cat(out, dim=1)
@@ -41,14 +44,29 @@ def test_decoding_one_token_at_a_time_equals_full_forward(tiny, prefill):
     torch.testing.assert_close(cached_logits(tiny, ids, chunks), full_logits(tiny, ids), atol=1e-5, rtol=0)
 
 
-def test_bf16_decoding_stays_close_to_the_bf16_full_forward(hf_tiny):
-    """In bf16 a single decoded row takes the matrix-vector kernel, a full forward the matrix one:
-    rounding differs, the predictions must not."""
+@pytest.mark.parametrize("batch, prefill", [(2, 5), (1, 4), (1, W + 3)])
+def test_the_engine_decoding_equals_full_forward(tiny, batch, prefill):
+    """The engine (gemma3/engine, where it runs here) decodes through the ring wrap-arounds to the
+    full pass's logits; batch 1 takes its one-call block halves, batch 2 its per-step path."""
+    from gemma3 import engine
+
+    ids = random_ids(batch, 4 * W + 3, seed=prefill)
+    chunks = [prefill] + [1] * (ids.shape[1] - prefill)
+    got = cached_logits(tiny, ids, chunks, forward=lambda x, c: engine.forward(tiny, x, c))
+    torch.testing.assert_close(got, full_logits(tiny, ids), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("use_engine", [False, True])
+def test_bf16_decoding_stays_close_to_the_bf16_full_forward(hf_tiny, use_engine):
+    """In bf16 a decoded row's products have other shapes than the full forward's (and, on the engine,
+    are matrix-vector products): rounding differs, the predictions must not."""
     import gemma3
+    from gemma3 import engine
 
     model, _ = gemma3.load_model(hf_tiny[1], device="cpu", dtype=torch.bfloat16)
     ids = random_ids(1, 3 * W + 5, seed=11)  # batch 1: the decode rows are single vectors
-    cached = cached_logits(model, ids, [4] + [1] * (ids.shape[1] - 4)).float()
+    forward = (lambda x, c: engine.forward(model, x, c)) if use_engine else None
+    cached = cached_logits(model, ids, [4] + [1] * (ids.shape[1] - 4), forward=forward).float()
     full = full_logits(model, ids).float()
     assert (cached - full).abs().max() < 0.05 * full.abs().max()
     assert (cached.argmax(-1) == full.argmax(-1)).float().mean() > 0.9

@@ -255,7 +255,7 @@ def _save_variant(sd, path, dtype, wrap):
 def test_rasbt_layout_loads_with_its_logits(tmp_path, rasbt_ref, suffix, dtype, wrap):
     path = tmp_path / f"model{suffix}"
     _save_variant(rasbt_ref.state_dict(), path, dtype, wrap)
-    model, tok = gemma3.load_model(path)
+    model, tok = gemma3.load_model(path, dtype=torch.float32)  # exact conversion: computed in fp32
     assert isinstance(tok, gemma3.GPT2Tokenizer)
     assert not model.config.tied_head and model.config.post_norms
     ref = RefModel("rasbt", seed=1)
@@ -336,7 +336,7 @@ def test_g3nadh_training_checkpoint_loads(tmp_path, g3nadh_ref, dtype):
     path = tmp_path / "best_model.pt"
     torch.save({"model_state_dict": {k: v.to(dtype) for k, v in g3nadh_ref.state_dict().items()},
                 "optimizer_state_dict": opt.state_dict(), "iter": 3000, "best_val_loss": 1.9}, str(path))
-    model, _ = gemma3.load_model(path)
+    model, _ = gemma3.load_model(path, dtype=torch.float32)  # exact conversion: computed in fp32
     ref = RefModel("g3nadh", seed=2)
     ref.load_state_dict({k: v.to(dtype).float() for k, v in g3nadh_ref.state_dict().items()})
     ids = random_ids(50, seed=7)
@@ -371,39 +371,46 @@ def test_our_format_round_trip(tmp_path, overrides):
     assert torch.equal(logits_of(loaded, ids), logits_of(model, ids))
 
 
+def test_a_bf16_checkpoint_runs_in_bf16_on_a_cpu_with_native_bf16(tmp_path, monkeypatch):
+    """Fast by default: bf16 weights stay bf16 where the CPU multiplies bf16 natively; fp32 weights,
+    or a CPU without it, give fp32; asking for a dtype always wins."""
+    from gemma3 import native
+
+    model = _tiny()
+    gemma3.save_model(model.to(torch.bfloat16), gemma3.gpt2_tokenizer(), tmp_path / "bf16")
+    gemma3.save_model(model.float(), gemma3.gpt2_tokenizer(), tmp_path / "fp32")
+    for native_bf16 in (True, False):
+        monkeypatch.setattr(native, "cpu_has_native_bf16", lambda: native_bf16)
+        loaded, _ = gemma3.load_model(tmp_path / "bf16", device="cpu")
+        assert loaded.embed.weight.dtype == (torch.bfloat16 if native_bf16 else torch.float32)
+        assert gemma3.load_model(tmp_path / "fp32", device="cpu")[0].embed.weight.dtype == torch.float32
+        assert gemma3.load_model(tmp_path / "bf16", device="cpu", dtype="fp32")[0].embed.weight.dtype == torch.float32
+
+
 def test_packed_q_k_v_weights_give_the_same_model_which_still_saves_and_trains(tmp_path):
-    """checkpoints.pack_qkv lays each layer's Wq, Wk, Wv in one buffer, and a prompt's q, k, v are
-    then one matrix product (load_model does it for bf16 on the CPU). Same fp32 logits; saving such a
-    model (safetensors refuses shared buffers) and training it work as before."""
-    from gemma3.model import stacked
+    """engine.pack_qkv lays each layer's Wq, Wk, Wv in one buffer, and the engine computes a prompt's
+    q, k, v in one matrix product (load_model does it for bf16 on the CPU). The reference model gives
+    the same fp32 logits; saving such a model (safetensors refuses shared buffers) and training it
+    work as before."""
+    from gemma3.engine import pack_qkv, stacked
 
     def qkv(m):
         return [m.blocks[0].attn.wq.weight, m.blocks[0].attn.wk.weight, m.blocks[0].attn.wv.weight]
 
     model = _tiny()
     packed = gemma3.Gemma3(model.config).eval()
-    packed.load_state_dict(checkpoints.pack_qkv(model.state_dict(), model.config.layers, torch.float32),
-                           assign=True)
+    packed.load_state_dict(pack_qkv(model.state_dict(), model.config.layers, torch.float32), assign=True)
     assert stacked(qkv(packed)) is not None and stacked(qkv(model)) is None
-    calls = []
-    packed.blocks[0].attn.wq.register_forward_pre_hook(lambda *a: calls.append(1))  # watched: runs as a module
     ids = random_ids(20, seed=8)
-    assert torch.equal(logits_of(packed, ids), logits_of(model, ids)) and calls == [1]
-    packed.blocks[0].attn.wq._forward_pre_hooks.clear()
-    assert torch.equal(logits_of(packed, ids), logits_of(model, ids)) and calls == [1]
+    assert torch.equal(logits_of(packed, ids), logits_of(model, ids))
 
     gemma3.save_model(packed, gemma3.gpt2_tokenizer(), tmp_path / "a")
-    again, _ = gemma3.load_model(tmp_path / "a")
+    again, _ = gemma3.load_model(tmp_path / "a", dtype=torch.float32)
     assert stacked(qkv(again)) is None  # fp32: nothing to gain, so load_model leaves them apart
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values()))
     bf16, _ = gemma3.load_model(tmp_path / "a", dtype=torch.bfloat16)
     assert stacked(qkv(bf16)) is not None
     assert all(torch.equal(a, b.bfloat16()) for a, b in zip(bf16.state_dict().values(), model.state_dict().values()))
-    apart, _ = gemma3.load_model(tmp_path / "a", dtype=torch.bfloat16)
-    for w in qkv(apart):
-        w.data = w.data.clone()
-    assert stacked(qkv(apart)) is None
-    assert torch.equal(logits_of(bf16, ids), logits_of(apart, ids))
 
     for m in (model, packed):
         m.train()
@@ -690,7 +697,7 @@ def test_known_hub_models_load_offline_from_their_repo_layout(tmp_path, monkeypa
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(C, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(C, "HF_HUB_OFFLINE", True)
-    model, tok = gemma3.load_model("hf:" + repo_id)
+    model, tok = gemma3.load_model("hf:" + repo_id, dtype=torch.float32)  # exact conversion: computed in fp32
     ids = random_ids(20, seed=14).clamp(max=model.config.vocab_size - 1)
     assert_logits_equal(logits_of(model, ids), logits_of(ref, ids))
     assert isinstance(tok, gemma3.HFTokenizer if repo_id.startswith("google") else gemma3.GPT2Tokenizer)

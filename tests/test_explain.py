@@ -70,7 +70,7 @@ def assert_clean(model):
     for name, module in model.named_modules():
         assert not module._forward_hooks and not module._forward_pre_hooks, name
     for block in model.blocks:
-        assert block.attn.keep_probs is False and block.attn.probs is None
+        assert block.attn.attend is gemma3.model.attend
 
 
 def assert_titled(fig):

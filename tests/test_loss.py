@@ -2,24 +2,24 @@
 F.cross_entropy over the full logits gives: the same loss, the same gradients, NaN when the logits are.
 
 The reference is plain PyTorch autograd through `F.cross_entropy(logits.float(), targets)`, which is
-what transformers' Gemma3ForCausalLM(labels=...) computes. Each case runs with the C kernel where it
-builds and with the PyTorch code (`kernel` on / off)."""
+what transformers' Gemma3ForCausalLM(labels=...) computes. Each case runs with the C++ pass of
+gemma3/loss.cpp where it builds and with the PyTorch code (`kernel` on / off)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import gemma3
-from gemma3 import kernels, loss
+from gemma3 import loss, native
 from conftest import random_ids
 
 
 @pytest.fixture(params=["kernel", "pytorch"])
 def path(request, monkeypatch):
     if request.param == "pytorch":
-        monkeypatch.setattr(kernels, "_lib", False)
-    elif kernels.load() is None:
-        pytest.skip("the C kernels do not build here")
+        monkeypatch.setitem(native._loaded, "loss.cpp", False)
+    elif not native.load("loss.cpp"):
+        pytest.skip("the C++ kernels do not build here")
     return request.param
 
 
@@ -90,13 +90,13 @@ def test_the_model_trains_on_it_with_the_gradients_of_its_logits(path, small_chu
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
-@pytest.mark.skipif(kernels.load() is None, reason="the C kernels do not build here")
+@pytest.mark.skipif(not native.load("loss.cpp"), reason="the C++ kernels do not build here")
 def test_the_kernel_rows_are_softmax_minus_one_hot():
     g = torch.Generator().manual_seed(2)
     x = torch.randn(5, 50257, generator=g) * 4  # the GPT-2 vocabulary: a ragged tail past the 16 lanes
     t = torch.tensor([0, 50256, 7, 7, 30000])
     out = x.clone()
-    rows = kernels.softmax_xent_(out, t)
+    rows = torch.ops.gemma3_loss.softmax_xent_(out, t)
     want = torch.softmax(x.double(), -1)
     want[torch.arange(5), t] -= 1
     assert (out.double() - want).abs().max() < 1e-7

@@ -1,0 +1,51 @@
+"""The engine: Gemma 3's inference made fast on a CPU, applied from outside the reference model.
+
+gemma3/model.py is the plain PyTorch reference that learners read and the explainer records. For
+generation, `forward(model, ids, cache)` computes the same logits from the same modules and weights
+with C++ operators (kernels.cpp, built once per machine by gemma3/native.py) where the CPU has
+AVX512-BF16: a decoded token's block is two calls instead of about a hundred small PyTorch
+operations, a prompt's element-wise work is one vectorized pass each, and load_model packs q/k/v for
+bf16 (packing.py). `decoder(model)` says which forward generation should use. Training and the
+explainer never use the engine; a model with forward hooks (someone is watching it) runs the
+reference. bench/generate.py measures what the engine earns against the reference, against the
+reference under torch.compile, and against transformers.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..model import Gemma3
+from .forward import forward
+from .ops import available
+from .packing import pack_qkv, stacked
+
+
+def applies(model) -> bool:
+    """Whether the engine can run this model here: a Gemma3 whose forward is the reference's (not a
+    subclass that changes it), on the CPU in fp32 or bf16, with no hooks, and the kernels built."""
+    if type(model).forward is not Gemma3.forward:
+        return False
+    w = model.embed.weight
+    if w.device.type != "cpu" or w.dtype not in (torch.float32, torch.bfloat16):
+        return False
+    if any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
+        return False
+    return available()
+
+
+def decoder(model, use_engine: bool = True):
+    """The forward generation should call, as f(ids, cache, last_only): the engine's where it
+    applies, else the model's own."""
+    if use_engine and applies(model):
+        return lambda ids, cache, last_only=False: forward(model, ids, cache, last_only)
+    return lambda ids, cache, last_only=False: model(ids, cache=cache, last_only=last_only)
+
+
+def describe(model) -> str:
+    """Which code runs inference, in words (for `python -m gemma3 info` and the app)."""
+    return ("the engine's C++ kernels (gemma3/engine)" if applies(model)
+            else "the reference model's PyTorch operations")
+
+
+__all__ = ["forward", "available", "applies", "decoder", "describe", "pack_qkv", "stacked"]

@@ -1,0 +1,99 @@
+"""The engine's operators (kernels.cpp) as Python calls that say when they apply.
+
+Each C++ operator is registered with PyTorch as gemma3_engine::NAME, with a fake (shape-only)
+implementation here, so torch.compile traces them as opaque calls instead of breaking on them. A call
+returns None where its operator does not apply (no kernels here, a gradient wanted, not CPU, not
+fp32/bf16, a layout it does not take): the caller then runs the PyTorch code.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import native
+
+SOURCE = "engine/kernels.cpp"
+DTYPES = (torch.float32, torch.bfloat16)
+_ready: bool | None = None
+
+
+@torch.compiler.assume_constant_result  # torch.compile: a constant, not a file read to trace
+def available() -> bool:
+    """Whether the kernels run here (built once per machine and user, about 15 s; see gemma3/native.py)."""
+    global _ready
+    if _ready is None:
+        _ready = native.load(SOURCE)
+        if _ready:
+            _register_fakes()
+    return _ready
+
+
+def usable(*tensors: torch.Tensor) -> bool:
+    """CPU tensors of one dtype we have kernels for, no gradient wanted, and the kernels built."""
+    dtype = tensors[0].dtype
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    return dtype in DTYPES and all(t.device.type == "cpu" and t.dtype == dtype for t in tensors) and available()
+
+
+def _register_fakes():
+    """Output shapes for torch.compile's tracing (the operators never run on fake tensors)."""
+    lib = "gemma3_engine::"
+    torch.library.register_fake(lib + "matvec")(lambda W, x: W.new_empty(W.shape[0]))
+    torch.library.register_fake(lib + "rms_norm")(lambda x, weight, residual, eps: torch.empty_like(x))
+    torch.library.register_fake(lib + "norm_rope")(lambda x, weight, cos, sin, eps: x.new_empty(x.shape))
+    torch.library.register_fake(lib + "geglu")(lambda gate, up: torch.empty_like(gate))
+    torch.library.register_fake(lib + "attention_row")(lambda x, *rest: torch.empty_like(x))
+    torch.library.register_fake(lib + "feed_forward_row")(lambda x, *rest: torch.empty_like(x))
+
+
+def matvec(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
+    """weight [rows, cols] @ x [cols] for bf16, or None."""
+    if weight.dtype != torch.bfloat16 or x.numel() != weight.shape[1] or not usable(weight, x):
+        return None
+    return torch.ops.gemma3_engine.matvec(weight, x.reshape(-1))
+
+
+def rms_norm(x: torch.Tensor, norm, residual: torch.Tensor | None = None) -> torch.Tensor | None:
+    """`residual + norm(x)` (or `norm(x)`) of a gemma3 RMSNorm module, in one pass, or None."""
+    extra = () if residual is None else (residual,)
+    if not usable(x, norm.weight, *extra) or not x.is_contiguous() or (residual is not None and not residual.is_contiguous()):
+        return None
+    return torch.ops.gemma3_engine.rms_norm(x, norm.weight, residual, norm.eps)
+
+
+def norm_rope(x: torch.Tensor, norm, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor | None:
+    """Per-head RMSNorm then RoPE of q or k [B, T, heads, D] -> [B, T, heads, D] dense, or None.
+    x may be a slice of a wider row (a fused q/k/v product)."""
+    B, T, _, D = x.shape
+    if (D > 1024 or x.stride(3) != 1 or x.stride(2) != D or (B > 1 and x.stride(0) != T * x.stride(1))
+            or not usable(x, norm.weight, cos, sin)):
+        return None
+    return torch.ops.gemma3_engine.norm_rope(x, norm.weight, cos, sin, norm.eps)
+
+
+def geglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor | None:
+    if not usable(gate, up) or not gate.is_contiguous() or not up.is_contiguous():
+        return None
+    return torch.ops.gemma3_engine.geglu(gate, up)
+
+
+def attention_row(x, block, cos, sin, slot: int, n: int, cache) -> torch.Tensor | None:
+    """x + post_attn_norm(attn(attn_norm(x))) of a Block for one row (batch 1), writing its key and
+    value at `slot` of the LayerCache `cache` and attending to its first `n` slots; or None."""
+    a, norm, post = block.attn, block.attn_norm, block.post_attn_norm
+    ws = (norm.weight, a.wq.weight, a.wk.weight, a.wv.weight, a.q_norm.weight, a.k_norm.weight, cos, sin,
+          cache.k, cache.v, a.wo.weight, post.weight)
+    if x.numel() != x.shape[-1] or a.head_dim > 1024 or cache.k.shape[0] != 1 or not usable(x, *ws) or not all(
+            w.is_contiguous() for w in ws):
+        return None
+    return torch.ops.gemma3_engine.attention_row(x, *ws, slot, n, a.scale, norm.eps)
+
+
+def feed_forward_row(x, block) -> torch.Tensor | None:
+    """x + post_ffn_norm(ffn(ffn_norm(x))) of a Block for one row, or None."""
+    f, norm, post = block.ffn, block.ffn_norm, block.post_ffn_norm
+    ws = (norm.weight, f.gate.weight, f.up.weight, f.down.weight, post.weight)
+    if x.numel() != x.shape[-1] or not usable(x, *ws) or not all(w.is_contiguous() for w in ws):
+        return None
+    return torch.ops.gemma3_engine.feed_forward_row(x, *ws, norm.eps)

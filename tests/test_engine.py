@@ -1,0 +1,320 @@
+"""gemma3/engine: the CPU fast path gives what the reference model gives, stays out of the reference, is
+safe under torch.compile, and builds its library only where nobody else can plant one."""
+
+import ast
+import logging
+import os
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import gemma3
+from gemma3 import engine, native
+from gemma3.engine import ops
+from gemma3.model import RMSNorm, RoPE
+
+needs_kernels = pytest.mark.skipif(not (native.supported() and ops.available()),
+                                   reason="needs an x86-64 CPU with AVX512-BF16 and a C++ compiler")
+DTYPES = [torch.float32, torch.bfloat16]
+
+
+def ulps(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest difference in units of the dtype's last place at b's magnitude."""
+    eps = torch.finfo(b.dtype).eps
+    return ((a.double() - b.double()).abs() / (b.double().abs() * eps).clamp_min(1e-30)).max().item()
+
+
+def close(y: torch.Tensor, ref: torch.Tensor) -> bool:
+    """Equal up to sums taken in another order (and tanhf against PyTorch's tanh, attention's softmax
+    in fp32 where SDPA rounds to bf16 on the way): fp32 to about 1e-6; bf16 to a last bit or two,
+    which later roundings may carry further."""
+    if y.dtype == torch.float32:
+        return torch.allclose(y, ref, rtol=1e-5, atol=1e-5)
+    return torch.allclose(y.float(), ref.float(), rtol=2 ** -6, atol=3e-2)
+
+
+def tiny(dtype=torch.float32, seed=0):
+    torch.manual_seed(seed)
+    model = gemma3.Gemma3(gemma3.Gemma3Config.from_preset("tiny")).eval().to(dtype)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(0, 0.2)  # norms away from their zero start, so a wrong norm shows
+    return model
+
+
+def test_the_reference_model_knows_nothing_of_the_engine():
+    tree = ast.parse(Path(gemma3.model.__file__).read_text())
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
+    imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} | {
+        n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    assert not [m for m in imported if re.search(r"engine|kernel|native", m)]
+    assert not names & {"engine", "ops", "native", "watched", "keep_probs", "matvec", "stacked"}
+
+
+# ---- the operators against the reference's PyTorch code ----
+
+@needs_kernels
+@pytest.mark.parametrize("rows, cols", [(1024, 640), (7, 2048), (50, 700), (3, 33), (1, 1)])
+def test_matvec_is_the_correctly_rounded_product(rows, cols):
+    g = torch.Generator().manual_seed(rows * cols)
+    w = torch.randn(rows, cols, generator=g).bfloat16()
+    x = torch.randn(cols, generator=g).bfloat16()
+    exact = (w.double() @ x.double()).bfloat16()  # the true sum, rounded once
+    y = ops.matvec(w, x)
+    assert y.dtype == torch.bfloat16 and y.shape == (rows,)
+    # fp32 sums in another order than float64's may move a result by one bf16 step, rarely
+    assert (y != exact).float().mean() < 0.02
+    assert ulps(y, exact) <= 1.0 or torch.allclose(y.float(), exact.float(), atol=1e-3)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1, 640), (2, 37, 64), (1, 300, 640)])
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_rms_norm_matches_the_reference(dtype, shape, with_residual):
+    g = torch.Generator().manual_seed(shape[1])
+    norm = RMSNorm(shape[-1]).to(dtype)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(shape[-1], generator=g) * 0.3)
+        x = (torch.randn(shape, generator=g) * 3).to(dtype)
+        res = torch.randn(shape, generator=g).to(dtype) if with_residual else None
+        y = ops.rms_norm(x, norm, res)
+        ref = norm(x) if res is None else res + norm(x)
+    assert y.dtype == dtype and y.shape == ref.shape
+    # only the order of the sum of squares differs: fp32 moves by an ulp, bf16 almost never
+    if dtype == torch.float32:
+        assert ulps(y, ref) <= 4 if res is None else torch.allclose(y, ref, rtol=1e-6, atol=1e-6)
+    else:
+        assert (y != ref).float().mean() < 1e-3
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch, heads, positions, fused", [(1, 4, [0], False), (1, 1, [37], False),
+                                                            (1, 4, [5000], False), (2, 4, list(range(30, 130)), False),
+                                                            (2, 4, list(range(30, 130)), True)])
+def test_norm_rope_matches_the_reference(dtype, batch, heads, positions, fused):
+    """`fused`: q or k as a slice of a wider row (a fused q/k/v product), tokens strided apart."""
+    g = torch.Generator().manual_seed(heads + positions[0])
+    norm, rope = RMSNorm(256).to(dtype), RoPE(256, 10_000.0)
+    T = len(positions)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(256, generator=g) * 0.3)
+        cos, sin = rope(torch.tensor(positions), dtype)
+        x = (torch.randn(batch, T, heads * 256 + 3 * 256 if fused else heads * 256, generator=g) * 2).to(dtype)
+        x = x[..., 256:256 + heads * 256].view(batch, T, heads, 256) if fused else x.view(batch, T, heads, 256)
+        assert x.is_contiguous() != fused
+        y = ops.norm_rope(x, norm, cos, sin).transpose(1, 2)
+        ref = RoPE.rotate(norm(x).transpose(1, 2), cos, sin)
+    assert y.shape == ref.shape == (batch, heads, T, 256)
+    if dtype == torch.float32:
+        assert torch.allclose(y, ref, rtol=1e-6, atol=1e-6)
+    else:
+        assert (y != ref).float().mean() < 1e-2 and torch.allclose(y.float(), ref.float(), rtol=2 ** -7, atol=1e-2)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_geglu_matches_the_reference(dtype):
+    g = torch.Generator().manual_seed(3)
+    gate = (torch.randn(37, 2048 + 5, generator=g) * 3).to(dtype)  # a ragged tail past the 16 lanes
+    gate[0, :4] = torch.tensor([-100.0, 100.0, 0.0, -5.0])
+    up = torch.randn(37, 2048 + 5, generator=g).to(dtype)
+    p = ops.geglu(gate, up)
+    ref = torch.nn.functional.gelu(gate, approximate="tanh") * up
+    assert p.shape == ref.shape and p.dtype == dtype
+    if dtype == torch.float32:
+        assert torch.allclose(p, ref, rtol=1e-5, atol=2e-6)
+    else:
+        assert (p != ref).float().mean() < 0.06 and torch.allclose(p.float(), ref.float(), rtol=2 ** -7, atol=1e-4)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_feed_forward_half_matches_the_reference(dtype):
+    torch.manual_seed(1)
+    cfg = gemma3.Gemma3Config.from_preset("270m")
+    block = gemma3.model.Block(cfg, 0).to(dtype)
+    with torch.no_grad():
+        for name, p in block.named_parameters():
+            if "norm" in name:
+                p.normal_(0, 0.3)
+        x = (torch.randn(1, 1, cfg.hidden) * 4).to(dtype)
+        y = ops.feed_forward_row(x, block)
+        ref = x + block.post_ffn_norm(block.ffn(block.ffn_norm(x)))
+    assert y.shape == ref.shape and y.dtype == dtype
+    assert close(y, ref)
+    if dtype == torch.bfloat16:
+        assert (y != ref).float().mean() < 0.05  # mostly bit-identical
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layer, pos", [(0, 13), (0, 3), (5, 13)])  # sliding (wrapped, not yet), full
+def test_attention_half_matches_the_reference(dtype, layer, pos):
+    model = tiny(dtype, seed=layer + pos)
+    cfg, block = model.config, model.blocks[layer]
+    with torch.no_grad():
+        cache = model.new_cache(1, 20)
+        lc = cache.layers[layer]
+        lc.k.normal_(), lc.v.normal_()  # a cache that already holds earlier positions
+        before_k, before_v = lc.k.clone(), lc.v.clone()
+        rope = model.rope_local if block.sliding else model.rope_global
+        cos, sin = rope(torch.tensor([pos]), dtype)
+        x = (torch.randn(1, 1, cfg.hidden) * 4).to(dtype)
+        slot, n = (pos % lc.slots if lc.ring else pos), min(pos + 1, lc.slots)
+        y = ops.attention_row(x, block, cos, sin, slot, n, lc)
+        k_engine, v_engine = lc.k.clone(), lc.v.clone()
+        lc.k.copy_(before_k), lc.v.copy_(before_v)
+        ref = x + block.post_attn_norm(block.attn(block.attn_norm(x), cos, sin, pos, lc))
+    assert y.shape == ref.shape
+    assert close(y, ref)
+    assert torch.allclose(v_engine, lc.v, rtol=1e-6, atol=1e-6)  # the same slot written, nothing else moved
+    assert close(k_engine, lc.k)
+
+
+# ---- the engine's forward against the reference model ----
+
+def decode(forward, model, ids, prompt=12):
+    """Logits of a prompt, then of one token at a time past the tiny preset's window of 8 (the ring wraps)."""
+    cache = model.new_cache(1, ids.shape[1] + 4)
+    with torch.inference_mode():
+        out = [forward(ids[:, :prompt], cache, True)]
+        for t in range(prompt, ids.shape[1]):
+            out.append(forward(ids[:, t:t + 1], cache))
+    return torch.cat(out, 1).float()
+
+
+def reference(model):
+    return lambda ids, cache, last_only=False: model(ids, cache=cache, last_only=last_only)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_engine_gives_the_reference_logits_and_tokens(dtype):
+    model = tiny(dtype)
+    ids = torch.randint(0, 50000, (1, 32), generator=torch.Generator().manual_seed(0))
+    assert engine.applies(model)
+    got = decode(engine.decoder(model), model, ids)
+    want = decode(reference(model), model, ids)
+    tol = 1e-5 if dtype == torch.float32 else 0.05
+    assert (got - want).abs().max() <= tol * want.abs().max()
+    assert (got.argmax(-1) == want.argmax(-1)).float().mean() >= (1.0 if dtype == torch.float32 else 0.9)
+
+
+@needs_kernels
+def test_greedy_generation_on_the_engine_equals_the_reference():
+    model, tok = tiny(), gemma3.gpt2_tokenizer()
+    args = dict(max_new_tokens=30, temperature=0)
+    fast = list(gemma3.generate_tokens(model, tok.encode("Once upon a time"), **args))
+    slow = list(gemma3.generate_tokens(model, tok.encode("Once upon a time"), use_engine=False, **args))
+    assert fast == slow and len(fast) == 30
+
+
+@needs_kernels
+def test_packed_q_k_v_prefill_equals_unpacked():
+    model = tiny(torch.bfloat16)
+    packed = gemma3.Gemma3(model.config).eval()
+    packed.load_state_dict(engine.pack_qkv(model.state_dict(), model.config.layers, torch.bfloat16), assign=True)
+    assert engine.stacked([packed.blocks[0].attn.wq.weight, packed.blocks[0].attn.wk.weight,
+                           packed.blocks[0].attn.wv.weight]) is not None
+    ids = torch.randint(0, 50000, (1, 20), generator=torch.Generator().manual_seed(1))
+    got = decode(engine.decoder(packed), packed, ids, prompt=20)
+    want = decode(engine.decoder(model), model, ids, prompt=20)
+    assert (got - want).abs().max() <= 0.05 * want.abs().max()  # one product sums in another order than three
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
+
+
+def test_a_watched_model_runs_the_reference():
+    """Forward hooks mean someone is looking at the modules: generation then runs them."""
+    model = tiny()
+    seen = []
+    handle = model.blocks[1].attn.register_forward_hook(lambda *a: seen.append(1))
+    assert not engine.applies(model)
+    list(gemma3.generate_tokens(model, [1, 2, 3], max_new_tokens=3, temperature=0))
+    handle.remove()
+    assert len(seen) == 3  # the prompt and two decoded tokens
+
+
+def test_an_operator_never_takes_a_tensor_that_wants_a_gradient():
+    norm = RMSNorm(64)
+    x = torch.randn(2, 3, 64, requires_grad=True)
+    assert ops.rms_norm(x, norm) is None  # they have no backward
+
+
+# ---- torch.compile ----
+
+def test_torch_compile_of_the_model_equals_eager():
+    model = tiny()
+    ids = torch.randint(0, 50000, (1, 20), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        compiled = torch.compile(model)(ids)
+        eager = model(ids)
+    assert torch.allclose(compiled, eager, rtol=1e-5, atol=1e-5)
+
+
+@needs_kernels
+def test_a_compiled_decode_step_runs_the_engine_operators_and_equals_eager():
+    model = tiny()
+    ids = torch.randint(0, 50000, (1, 15), generator=torch.Generator().manual_seed(3))
+    step = torch.compile(engine.decoder(model))
+    assert torch.allclose(decode(step, model, ids), decode(engine.decoder(model), model, ids), rtol=1e-5, atol=1e-5)
+
+
+# ---- the build folder ----
+
+def test_the_build_folder_is_private(tmp_path):
+    folder = native.private_folder(tmp_path / "cache" / "gemma3")
+    assert folder.stat().st_mode & 0o777 == 0o700
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    with pytest.raises(native.UnsafeFolder):
+        native.private_folder(shared)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to give a file to another user")
+def test_a_folder_or_library_of_another_user_is_refused(tmp_path, monkeypatch, caplog):
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o700)
+    os.chown(theirs, 65534, 65534)
+    with pytest.raises(native.UnsafeFolder):
+        native.private_folder(theirs)
+    # a library planted in our build folder by another user is never loaded
+    monkeypatch.setattr(native, "supported", lambda: True)
+    monkeypatch.setattr(native, "_loaded", {})
+    monkeypatch.setattr(native, "build_folders", lambda: [tmp_path / "mine"])
+    real_build = native._build
+
+    def plant_then_build(src, name, folder):
+        lib = folder / f"{name}.so"
+        lib.write_bytes(b"\x7fELF planted")
+        os.chown(lib, 65534, 65534)
+        return real_build(src, name, folder)
+
+    monkeypatch.setattr(native, "_build", plant_then_build)
+    with caplog.at_level(logging.WARNING, logger="gemma3.native"):
+        assert native.load("loss.cpp") is False
+    assert "could not be built" in caplog.text and "not a file of this user's" in caplog.text
+
+
+def test_a_failed_build_says_why_once_and_the_reference_runs(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(native, "supported", lambda: True)
+    monkeypatch.setattr(native, "_loaded", {})
+    monkeypatch.setattr(native, "build_folders", lambda: [tmp_path / "a", tmp_path / "b"])
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    with caplog.at_level(logging.WARNING, logger="gemma3.native"):
+        assert native.load("loss.cpp") is False
+        assert native.load("loss.cpp") is False
+    warnings = [r for r in caplog.records if r.name == "gemma3.native"]
+    assert len(warnings) == 1 and "PyTorch's operations run instead" in warnings[0].getMessage()
+    assert not list((tmp_path / "a").rglob("*.so"))  # nothing half-built to load later
+
+
+def test_switched_off_by_the_environment(monkeypatch):
+    monkeypatch.setenv("GEMMA3_NO_KERNEL", "1")
+    assert not native.supported()
