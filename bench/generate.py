@@ -17,10 +17,13 @@ What is measured, and how it is made fair:
   LogitsProcessor that stamps every step (the first stamp comes right after the prefill forward).
   A run's rate is 1 / the median gap, which shrugs off short bursts of other load; the mean rate
   (for ours the `tokens_per_s` of generate_tokens' stats) is printed too.
+- Decode table (bench/decode.py, first): every way we decode - the reference model eager, the same
+  under torch.compile, the engine, the CLI path and the app path - and transformers, on the demo
+  model and the 270m preset, fp32 and bf16, on a quiet machine and with a CPU hog on every core.
 - Roofline: one matrix-vector product of an [in] vector with every weight matrix a decode step reads
   (per layer q, k, v, o, gate, up, down, then the embedding as the output head), same dtype, in the
   model's order, with each kernel this machine offers (F.linear, torch.mv, and in bf16 our
-  gemma3/kernels.py where it builds); the fastest is the roofline. That is the time a token cannot
+  engine's where it builds); the fastest is the roofline. That is the time a token cannot
   beat with these kernels here; we print the fraction of it each decoder reaches (roofline time /
   decode time per token).
 - Prefill (`--prefill-tokens` prompt): time to first token, end to end as a user sees it - ours:
@@ -33,8 +36,7 @@ What is measured, and how it is made fair:
   its matmul FLOPs at the matmul peak measured for the dtype. Each is printed as the largest ratio
   over transformers it would allow.
 - The process runs as our programs run (`gemma3.cpu.keep_freed_memory`), for both sides alike.
-  `GEMMA3_NO_KERNEL=1 python bench/generate.py` measures our PyTorch code path instead of the C
-  kernels of gemma3/kernels.py.
+  `GEMMA3_NO_KERNEL=1 python bench/generate.py` measures the reference model instead of the engine.
 - Memory: each side runs alone in a subprocess (same imports in both); we print the resident set
   after loading the model and a 2-token warm-up (which pages in every weight), and the peak added
   while generating (`--prefill-tokens` prompt, then `--new-tokens` tokens), via /proc/self/status
@@ -58,7 +60,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import gemma3  # noqa: E402
-from gemma3 import kernels as ck  # noqa: E402
+from gemma3 import engine  # noqa: E402
+from gemma3.engine import ops  # noqa: E402
 
 from gemma3.cpu import keep_freed_memory  # noqa: E402
 
@@ -152,7 +155,7 @@ def hf_ttft(hf, ids):
 def ours_forward(model, ids):
     t0 = time.perf_counter()
     x = torch.tensor([ids])
-    model(x, cache=model.new_cache(1, len(ids) + 1), last_only=True)[:, -1].argmax(-1)
+    engine.decoder(model)(x, model.new_cache(1, len(ids) + 1), last_only=True)[:, -1].argmax(-1)
     return time.perf_counter() - t0
 
 
@@ -174,8 +177,8 @@ def prefill_flops(cfg: gemma3.Gemma3Config, T: int) -> float:
 def kernels(dtype) -> dict:
     """The matrix-vector kernels this machine offers for a decoded token in this dtype."""
     ks = {"F.linear": lambda w, x: F.linear(x[None], w), "torch.mv": torch.mv}
-    if dtype == torch.bfloat16 and ck.load() is not None:
-        ks["gemma3 matvec"] = ck.matvec_bf16
+    if dtype == torch.bfloat16 and ops.available():
+        ks["engine matvec"] = ops.matvec
     return ks
 
 
@@ -249,6 +252,21 @@ def measure_memory(side, dtype_name, source, prompt_tokens, new_tokens, threads)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def decode_table(args, tmp: Path, hf_dir: Path, prompt: list[int]):
+    """Every decoder, quiet and with a CPU hog, on the demo model and the 270m preset (bench/decode.py)."""
+    import decode
+    from gemma3.defaults import DEMO_MODEL
+
+    demo, _ = gemma3.load_model(DEMO_MODEL, device="cpu", dtype=torch.float32)
+    gemma3.export_hf(demo, gemma3.gpt2_tokenizer(), tmp / "demo-hf")
+    models = {"demo": (DEMO_MODEL, tmp / "demo-hf"), "270m": (tmp / "ours", hf_dir)}
+    dtypes = {name: DTYPES[name] for name in args.dtype}
+    print(f"\n== decode: every decoder, {args.decode_tokens} tokens a run, quiet and busy "
+          f"(one busy process per core) ==", flush=True)
+    results = decode.measure(models, dtypes, prompt, tokens=args.decode_tokens, repeats=args.repeats)
+    print("\ntokens/s, quiet / busy:\n" + decode.table(results, models, dtypes) + "\n", flush=True)
+
+
 # ---- main ---------------------------------------------------------------------------------------
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -259,6 +277,10 @@ def main():
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--no-memory", action="store_true", help="skip the subprocess memory measurement")
+    p.add_argument("--only", choices=["decode", "transformers"],
+                   help="decode: only the table of every decoder, quiet and busy (bench/decode.py); "
+                        "transformers: only the comparison with transformers (prefill, roofline, memory)")
+    p.add_argument("--decode-tokens", type=int, default=64, help="tokens per measurement in the decode table")
     p.add_argument("--_memory-worker", nargs=6, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args._memory_worker:
@@ -279,6 +301,10 @@ def main():
     prompt = torch.randint(0, V, (args.prompt_tokens,), generator=gen).tolist()
     long_prompt = torch.randint(0, V, (args.prefill_tokens,), generator=gen).tolist()
 
+    if args.only != "transformers":
+        decode_table(args, tmp, hf_dir, prompt)
+    if args.only == "decode":
+        return tmp_ctx.cleanup()
     rows, roof_rows, mem_rows = {}, {}, []
     for name in args.dtype:
         dtype = DTYPES[name]

@@ -1,0 +1,186 @@
+"""Decode speed, every way this project can decode, on a quiet machine and on a busy one.
+
+For each model (the bundled demo model, the 270m preset with random weights) and dtype (fp32, bf16),
+batch 1, greedy, the decode rate (1 / median gap between tokens) of:
+- transformers: Gemma3ForCausalLM.generate on the same weights (export_hf), the peer;
+- reference: gemma3/model.py, eager, one cached forward per token;
+- compiled: the same forward under torch.compile (dynamic shapes, inductor's default CPU mode), the
+  answer gpt-fast gives to per-operation overhead: it fuses the many small operations of a step;
+- engine: gemma3/engine (the C++ operators), the same loop;
+- CLI: gemma3.generate_tokens from the main thread, as `python -m gemma3 generate` runs;
+- app: the same from a worker thread, as the app's generation runs.
+The reference, compiled and engine columns run one bench loop (forward, argmax, stamp) with the
+thread policy of generate_tokens (gemma3.cpu.DECODE_THREADS for a decoded token); transformers runs
+with PyTorch's default threads, as its users run it. "Busy" repeats everything with a CPU hog: one
+process per core spinning a bounded busy loop, as another program or another Space visitor would.
+A measurement stops after `tokens` tokens or `seconds` seconds, whichever comes first.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import statistics
+import threading
+import time
+
+import torch
+
+import gemma3
+from gemma3 import engine
+from gemma3.cpu import decode_threads
+
+SIDES = ["transformers", "reference", "compiled", "engine", "CLI", "app"]
+
+
+def spin(seconds: float):
+    end = time.monotonic() + seconds
+    x = 0
+    while time.monotonic() < end:
+        x += 1
+
+
+class Hog:
+    """One busy process per core for at most `seconds` (they stop by themselves)."""
+
+    def __init__(self, seconds: float = 600):
+        self.seconds = seconds
+        self.procs = []
+
+    def __enter__(self):
+        ctx = mp.get_context("spawn")
+        self.procs = [ctx.Process(target=spin, args=(self.seconds,), daemon=True)
+                      for _ in range(len(os.sched_getaffinity(0)))]
+        for p in self.procs:
+            p.start()
+        time.sleep(0.5)
+        return self
+
+    def __exit__(self, *exc):
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            p.join()
+
+
+def rate(times: list[float]) -> float:
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    return 1 / statistics.median(gaps) if gaps else 0.0
+
+
+def loop(model, forward, ids, tokens, seconds) -> float:
+    """Greedy decoding with `forward(ids, cache, last_only)`: the rate of the decoded tokens."""
+    cache = model.new_cache(1, len(ids) + tokens + 1)
+    times = []
+    with torch.inference_mode():
+        logits = forward(torch.tensor([ids]), cache, True)[:, -1]
+        end = time.perf_counter() + seconds
+        for _ in range(tokens):
+            tok = logits.argmax(-1)
+            times.append(time.perf_counter())
+            if times[-1] > end:
+                break
+            with decode_threads(model):
+                logits = forward(tok.view(1, 1), cache)[:, -1]
+    return rate(times)
+
+
+def cli(model, ids, tokens, seconds) -> float:
+    times, end = [], time.perf_counter() + seconds
+    for _ in gemma3.generate_tokens(model, ids, max_new_tokens=tokens, temperature=0):
+        times.append(time.perf_counter())
+        if times[-1] > end:
+            break
+    return rate(times)
+
+
+def app(model, ids, tokens, seconds) -> float:
+    out = []
+    worker = threading.Thread(target=lambda: out.append(cli(model, ids, tokens, seconds)))
+    worker.start()
+    worker.join()
+    return out[0]
+
+
+def transformers_rate(hf, ids, tokens, seconds) -> float:
+    from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+
+    times, end = [], time.perf_counter() + seconds
+
+    class Stamp(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            times.append(time.perf_counter())
+            return scores
+
+    class Deadline(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kw):
+            return time.perf_counter() > end
+
+    hf.generate(torch.tensor([ids]), max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, use_cache=True,
+                logits_processor=LogitsProcessorList([Stamp()]), stopping_criteria=StoppingCriteriaList([Deadline()]))
+    return rate(times)
+
+
+def runners(model, hf):
+    """name -> f(ids, tokens, seconds) for every side; the compiled one is compiled on first call."""
+    reference = lambda ids, cache, last_only=False: model(ids, cache=cache, last_only=last_only)  # noqa: E731
+    compiled = torch.compile(reference, dynamic=True)
+    fast = engine.decoder(model)
+    return {
+        "transformers": lambda ids, n, s: transformers_rate(hf, ids, n, s),
+        "reference": lambda ids, n, s: loop(model, reference, ids, n, s),
+        "compiled": lambda ids, n, s: loop(model, compiled, ids, n, s),
+        "engine": lambda ids, n, s: loop(model, fast, ids, n, s) if engine.applies(model) else float("nan"),
+        "CLI": lambda ids, n, s: cli(model, ids, n, s),
+        "app": lambda ids, n, s: app(model, ids, n, s),
+    }
+
+
+def measure(models: dict, dtypes: dict, ids, tokens: int = 64, seconds: float = 8.0, repeats: int = 3) -> dict:
+    """{(model, dtype, busy, side): tokens/s} (median of `repeats` runs), printing as it goes.
+    `models`: name -> (our folder, transformers folder)."""
+    from transformers import AutoModelForCausalLM
+
+    results = {}
+    for mname, (ours_dir, hf_dir) in models.items():
+        for dname, dtype in dtypes.items():
+            model = gemma3.load_model(ours_dir, device="cpu", dtype=dtype)[0]
+            hf = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=dtype).eval()
+            run = runners(model, hf)
+            t0 = time.perf_counter()
+            for f in run.values():  # warm up; compiles the compiled side
+                f(ids, 4, 600)
+            print(f"  {mname} {dname}: warmed up (compile included) in {time.perf_counter() - t0:.0f} s", flush=True)
+            for busy in (False, True):
+                with Hog() if busy else _Quiet():
+                    for side, f in run.items():
+                        v = statistics.median(f(ids, tokens, seconds) for _ in range(repeats))
+                        results[(mname, dname, busy, side)] = v
+                        print(f"  {mname:5s} {dname} {'busy ' if busy else 'quiet'} {side:12s} {v:7.1f} tokens/s",
+                              flush=True)
+            del model, hf, run
+            torch._dynamo.reset()
+    return results
+
+
+class _Quiet:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+def table(results: dict, models, dtypes) -> str:
+    """The README's decode table: tokens/s per side, quiet / busy, and the ratios that matter."""
+    lines = ["| model, dtype | " + " | ".join(SIDES) + " | engine / compiled | CLI busy / quiet | app busy / quiet |",
+             "|---" * (len(SIDES) + 4) + "|"]
+    for m in models:
+        for d in dtypes:
+            cell = lambda side: "{:.1f} / {:.1f}".format(results[(m, d, False, side)],  # noqa: E731
+                                                         results[(m, d, True, side)])
+            q = lambda side, busy=False: results[(m, d, busy, side)]  # noqa: E731
+            lines.append(f"| {m} {d} | " + " | ".join(cell(s) for s in SIDES)
+                         + f" | {q('engine') / q('compiled'):.2f}x | {q('CLI', True) / q('CLI'):.2f}"
+                         + f" | {q('app', True) / q('app'):.2f} |")
+    return "\n".join(lines)
