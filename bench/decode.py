@@ -10,7 +10,9 @@ batch 1, greedy, the decode rate (1 / median gap between tokens) of:
 - CLI: gemma3.generate_tokens from the main thread, as `python -m gemma3 generate` runs;
 - app: the same from a worker thread, as the app's generation runs.
 The reference, compiled and engine columns run one bench loop (forward, argmax, stamp) with the
-thread policy of generate_tokens (gemma3.cpu.DECODE_THREADS for a decoded token); transformers runs
+thread policy of generate_tokens (gemma3.cpu.DecodeThreads: one thread or all, by measurement);
+"engine, 1 thread" and "engine, all threads" pin the engine's thread count instead, to show what the
+policy chooses between. Transformers runs
 with PyTorch's default threads, as its users run it. "Busy" repeats everything with a CPU hog: one
 process per core spinning a bounded busy loop, as another program or another Space visitor would.
 A measurement stops after `tokens` tokens or `seconds` seconds, whichever comes first.
@@ -28,9 +30,9 @@ import torch
 
 import gemma3
 from gemma3 import engine
-from gemma3.cpu import decode_threads
+from gemma3.cpu import DecodeThreads, threads
 
-SIDES = ["transformers", "reference", "compiled", "engine", "CLI", "app"]
+SIDES = ["transformers", "reference", "compiled", "engine", "engine, 1 thread", "engine, all threads", "CLI", "app"]
 
 
 def spin(seconds: float):
@@ -68,9 +70,20 @@ def rate(times: list[float]) -> float:
     return 1 / statistics.median(gaps) if gaps else 0.0
 
 
-def loop(model, forward, ids, tokens, seconds) -> float:
+class Pinned:
+    """A thread policy that always uses `n` threads."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def step(self):
+        return threads(self.n)
+
+
+def loop(model, forward, ids, tokens, seconds, pinned: int | None = None) -> float:
     """Greedy decoding with `forward(ids, cache, last_only)`: the rate of the decoded tokens."""
     cache = model.new_cache(1, len(ids) + tokens + 1)
+    policy = Pinned(pinned) if pinned else DecodeThreads()
     times = []
     with torch.inference_mode():
         logits = forward(torch.tensor([ids]), cache, True)[:, -1]
@@ -80,7 +93,7 @@ def loop(model, forward, ids, tokens, seconds) -> float:
             times.append(time.perf_counter())
             if times[-1] > end:
                 break
-            with decode_threads(model):
+            with policy.step():
                 logits = forward(tok.view(1, 1), cache)[:, -1]
     return rate(times)
 
@@ -130,7 +143,9 @@ def runners(model, hf):
         "transformers": lambda ids, n, s: transformers_rate(hf, ids, n, s),
         "reference": lambda ids, n, s: loop(model, reference, ids, n, s),
         "compiled": lambda ids, n, s: loop(model, compiled, ids, n, s),
-        "engine": lambda ids, n, s: loop(model, fast, ids, n, s) if engine.applies(model) else float("nan"),
+        "engine": lambda ids, n, s: loop(model, fast, ids, n, s),
+        "engine, 1 thread": lambda ids, n, s: loop(model, fast, ids, n, s, pinned=1),
+        "engine, all threads": lambda ids, n, s: loop(model, fast, ids, n, s, pinned=len(os.sched_getaffinity(0))),
         "CLI": lambda ids, n, s: cli(model, ids, n, s),
         "app": lambda ids, n, s: app(model, ids, n, s),
     }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from contextlib import nullcontext
 from typing import Iterator
 
 import torch
@@ -86,6 +87,7 @@ def generate_tokens(model, ids: list[int], max_new_tokens: int = 200, temperatur
     seen[0, ids] = True
     stats.update(prompt_tokens=len(ids), new_tokens=0, stop_reason="length")
     forward = engine.decoder(model, use_engine)
+    policy = decode_threads(model)
     t0 = time.perf_counter()
     logits = forward(torch.tensor([ids], device=device), cache, last_only=True)[:, -1]
     for i in range(max_new_tokens):
@@ -105,7 +107,7 @@ def generate_tokens(model, ids: list[int], max_new_tokens: int = 200, temperatur
             stats["stop_reason"] = "length" if cache.max_len < context else "context"
             break
         seen[0, tok] = True
-        with decode_threads(model):  # a decoded token gains little from a second thread, and can lose much
+        with policy.step() if policy else nullcontext():  # one thread or all, by measurement (cpu.py)
             logits = forward(token.view(1, 1), cache)[:, -1]
     stats["decode_s"] = time.perf_counter() - t0
     # the first new token comes from the prefill; the decode time covers the forwards of the others

@@ -5,6 +5,7 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
 SCRIPT = textwrap.dedent("""
     import resource, sys, torch
@@ -37,3 +38,34 @@ def test_freed_memory_is_reused_without_page_faults():
     assert default > PAGES / 2  # by default every big allocation is faulted in again
     assert kept < PAGES / 3, (kept, default)  # mostly none; the heap may still grow once or twice
 
+
+
+def test_decoding_keeps_the_faster_thread_count_and_notices_a_busy_machine(monkeypatch):
+    """gemma3.cpu.DecodeThreads, on a simulated clock: two threads win on a quiet machine; once the
+    other core gets busy (two threads 50x slower) it moves to one thread within a few tokens, and its
+    later tries of two threads get rarer and cost little in all."""
+    from gemma3 import cpu
+
+    clock, cost = [0.0], {1: 1.0, 2: 0.55}
+    monkeypatch.setattr(cpu.time, "perf_counter", lambda: clock[0])
+    policy, used = cpu.DecodeThreads(most=2), []
+
+    def tokens(n):
+        for _ in range(n):
+            with policy.step():
+                k = torch.get_num_threads()
+                used.append(k)
+                clock[0] += cost[k]
+
+    tokens(100)
+    assert sorted(used[:4]) == [1, 1, 2, 2] and used[4:].count(2) >= 0.9 * 96
+    cost[2] = 50.0  # the machine gets busy
+    start, before = len(used), clock[0]
+    tokens(1000)
+    busy = used[start:]
+    assert 1 not in busy[:1] or busy.index(1) <= 3  # switched within a few tokens
+    assert busy[-500:].count(2) <= 3  # tries with two threads: rare
+    assert clock[0] - before < 1.3 * 1000 * cost[1]  # and together cheap
+    cost[2] = 0.55  # quiet again: two threads come back
+    tokens(1200)
+    assert used[-100:].count(2) >= 95

@@ -118,12 +118,15 @@ def test_export_hf_untied_head(tmp_path):
 
 # ---- generation ------------------------------------------------------------------------------------
 
-def test_greedy_generation_matches_transformers(hf_tiny, tiny):
-    """Greedy decoding through our ring-buffer cache writes the same 40 tokens as transformers' generate."""
+@pytest.mark.parametrize("use_engine", [False, True], ids=["reference", "engine"])
+def test_greedy_generation_matches_transformers(hf_tiny, tiny, use_engine):
+    """Greedy decoding through our ring-buffer cache writes the same 40 tokens as transformers' generate,
+    on the reference model alone and on the engine (where it runs here)."""
     hf, _ = hf_tiny
     prompt = random_ids(1, 6, seed=5)
     new = 40  # 6 + 40 positions: the sliding layers' ring of 8 slots wraps five times
-    ours = list(gemma3.generate_tokens(tiny, prompt[0].tolist(), max_new_tokens=new, temperature=0))
+    ours = list(gemma3.generate_tokens(tiny, prompt[0].tolist(), max_new_tokens=new, temperature=0,
+                                       use_engine=use_engine))
     config = GenerationConfig(max_new_tokens=new, min_new_tokens=new, do_sample=False, use_cache=True,
                               eos_token_id=None, bos_token_id=None, pad_token_id=0)
     with torch.no_grad():

@@ -48,8 +48,8 @@ def _register_fakes():
 
 
 def matvec(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
-    """weight [rows, cols] @ x [cols] for bf16, or None."""
-    if weight.dtype != torch.bfloat16 or x.numel() != weight.shape[1] or not usable(weight, x):
+    """weight [rows, cols] @ x [cols], or None."""
+    if x.numel() != weight.shape[1] or not usable(weight, x) or not weight.is_contiguous():
         return None
     return torch.ops.gemma3_engine.matvec(weight, x.reshape(-1))
 
