@@ -177,7 +177,7 @@ def prefill_flops(cfg: gemma3.Gemma3Config, T: int) -> float:
 def kernels(dtype) -> dict:
     """The matrix-vector kernels this machine offers for a decoded token in this dtype."""
     ks = {"F.linear": lambda w, x: F.linear(x[None], w), "torch.mv": torch.mv}
-    if dtype == torch.bfloat16 and ops.available():
+    if ops.available():
         ks["engine matvec"] = ops.matvec
     return ks
 

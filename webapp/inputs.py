@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from training.config import _fmt, _show  # numbers and values in messages, written as the training checks write them
+
 MAX_PROMPT_CHARS = 10_000
 
 
@@ -55,13 +57,3 @@ def choice(value, name: str, options) -> str:
         raise UserError(f"{name} must be one of {', '.join(map(str, options))}, not {_show(value)}.")
     return value
 
-
-def _fmt(x) -> str:
-    if isinstance(x, float) and x.is_integer() and abs(x) < 1e15:
-        x = int(x)
-    return f"{x:,}" if isinstance(x, int) else f"{x:g}"
-
-
-def _show(value) -> str:
-    r = repr(value)
-    return r if len(r) <= 60 else r[:57] + "..."
