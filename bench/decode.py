@@ -9,8 +9,9 @@ batch 1, greedy, the decode rate (1 / median gap between tokens) of:
 - engine: gemma3/engine (the C++ operators), the same loop;
 - CLI: gemma3.generate_tokens from the main thread, as `python -m gemma3 generate` runs;
 - app: the same from a worker thread, as the app's generation runs.
-The reference, compiled and engine columns run one bench loop (forward, argmax, stamp) with the
-thread policy of generate_tokens (gemma3.cpu.DecodeThreads: one thread or all, by measurement);
+The reference and engine columns run one bench loop (forward, argmax, stamp) with the thread policy
+of generate_tokens (gemma3.cpu.DecodeThreads: one thread or all, by measurement); the compiled one
+runs that loop on all threads (a compiled graph guards on the thread count: switching recompiles);
 "engine, 1 thread" and "engine, all threads" pin the engine's thread count instead, to show what the
 policy chooses between. Transformers runs with PyTorch's default threads, as its users run it.
 Everything is measured three times: on a quiet machine, with a "spin" hog (one process per core
@@ -38,24 +39,24 @@ CONDITIONS = [None, "spin", "torch"]  # quiet, a Python busy loop per core, anot
 SIDES = ["transformers", "reference", "compiled", "engine", "engine, 1 thread", "engine, all threads", "CLI", "app"]
 
 
-def spin(seconds: float):
+def spin(seconds: float, parent: int):
     end = time.monotonic() + seconds
     x = 0
-    while time.monotonic() < end:
+    while time.monotonic() < end and os.getppid() == parent:  # also stop when the bench is gone
         x += 1
 
 
-def matmuls(seconds: float):
+def matmuls(seconds: float, parent: int):
     """Another PyTorch program on every core (a training run, another visitor's prompt)."""
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     a = torch.randn(512, 512)
     end = time.monotonic() + seconds
-    while time.monotonic() < end:
+    while time.monotonic() < end and os.getppid() == parent:
         a = (a @ a).tanh_()
 
 
 class Hog:
-    """Busy processes that stop by themselves after at most `seconds`: "spin" is one Python busy loop
+    """Busy processes that stop by themselves after at most `seconds`, or when the bench ends: "spin" is one Python busy loop
     per core; "torch" is one process running matrix products on every core with PyTorch's threads."""
 
     def __init__(self, kind: str = "spin", seconds: float = 600):
@@ -65,7 +66,7 @@ class Hog:
     def __enter__(self):
         ctx = mp.get_context("spawn")
         count, target = (len(os.sched_getaffinity(0)), spin) if self.kind == "spin" else (1, matmuls)
-        self.procs = [ctx.Process(target=target, args=(self.seconds,), daemon=True) for _ in range(count)]
+        self.procs = [ctx.Process(target=target, args=(self.seconds, os.getpid()), daemon=True) for _ in range(count)]
         for p in self.procs:
             p.start()
         time.sleep(0.5)
@@ -99,15 +100,14 @@ def loop(model, forward, ids, tokens, seconds, pinned: int | None = None) -> flo
     policy = Pinned(pinned) if pinned else DecodeThreads()
     times = []
     with torch.inference_mode():
-        logits = forward(torch.tensor([ids]), cache, True)[:, -1]
+        tok = forward(torch.tensor([ids]), cache, True)[:, -1].argmax(-1)
         end = time.perf_counter() + seconds
         for _ in range(tokens):
-            tok = logits.argmax(-1)
             times.append(time.perf_counter())
             if times[-1] > end:
                 break
-            with policy.step():
-                logits = forward(tok.view(1, 1), cache)[:, -1]
+            with policy.step():  # forward and argmax, as generate_tokens times a token
+                tok = forward(tok.view(1, 1), cache)[:, -1].argmax(-1)
     return rate(times)
 
 
@@ -155,7 +155,8 @@ def runners(model, hf):
     return {
         "transformers": lambda ids, n, s: transformers_rate(hf, ids, n, s),
         "reference": lambda ids, n, s: loop(model, reference, ids, n, s),
-        "compiled": lambda ids, n, s: loop(model, compiled, ids, n, s),
+        # pinned: a compiled graph guards on the thread count, so the policy's switches would recompile it
+        "compiled": lambda ids, n, s: loop(model, compiled, ids, n, s, pinned=len(os.sched_getaffinity(0))),
         "engine": lambda ids, n, s: loop(model, fast, ids, n, s),
         "engine, 1 thread": lambda ids, n, s: loop(model, fast, ids, n, s, pinned=1),
         "engine, all threads": lambda ids, n, s: loop(model, fast, ids, n, s, pinned=len(os.sched_getaffinity(0))),

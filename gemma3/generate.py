@@ -90,8 +90,8 @@ def generate_tokens(model, ids: list[int], max_new_tokens: int = 200, temperatur
     policy = decode_threads(model)
     t0 = time.perf_counter()
     logits = forward(torch.tensor([ids], device=device), cache, last_only=True)[:, -1]
+    token = next_token(logits, temperature, top_k, top_p, repetition_penalty, seen, generator)
     for i in range(max_new_tokens):
-        token = next_token(logits, temperature, top_k, top_p, repetition_penalty, seen, generator)
         tok = int(token)
         if i == 0:
             stats["prefill_s"] = time.perf_counter() - t0
@@ -107,8 +107,10 @@ def generate_tokens(model, ids: list[int], max_new_tokens: int = 200, temperatur
             stats["stop_reason"] = "length" if cache.max_len < context else "context"
             break
         seen[0, tok] = True
-        with policy.step() if policy else nullcontext():  # one thread or all, by measurement (cpu.py)
+        # the whole token, forward and sampling, on one thread or all, by measurement (cpu.py)
+        with policy.step() if policy else nullcontext():
             logits = forward(token.view(1, 1), cache)[:, -1]
+            token = next_token(logits, temperature, top_k, top_p, repetition_penalty, seen, generator)
     stats["decode_s"] = time.perf_counter() - t0
     # the first new token comes from the prefill; the decode time covers the forwards of the others
     decoded = stats["new_tokens"] - 1
