@@ -263,8 +263,10 @@ def decode_table(args, tmp: Path, hf_dir: Path, prompt: list[int]):
     dtypes = {name: DTYPES[name] for name in args.dtype}
     print(f"\n== decode: every decoder, {args.decode_tokens} tokens a run, quiet and busy "
           f"(one busy process per core) ==", flush=True)
-    results = decode.measure(models, dtypes, prompt, tokens=args.decode_tokens, repeats=args.repeats)
-    print("\ntokens/s, quiet / busy:\n" + decode.table(results, models, dtypes) + "\n", flush=True)
+    sides = args.sides or decode.SIDES
+    results = decode.measure(models, dtypes, prompt, tokens=args.decode_tokens, repeats=args.repeats, sides=sides)
+    print("\ntokens/s, quiet / spin hog / torch hog:\n" + decode.table(results, models, dtypes, sides) + "\n",
+          flush=True)
 
 
 # ---- main ---------------------------------------------------------------------------------------
@@ -281,6 +283,7 @@ def main():
                    help="decode: only the table of every decoder, quiet and busy (bench/decode.py); "
                         "transformers: only the comparison with transformers (prefill, roofline, memory)")
     p.add_argument("--decode-tokens", type=int, default=64, help="tokens per measurement in the decode table")
+    p.add_argument("--sides", nargs="+", help="only these columns of the decode table (default: all)")
     p.add_argument("--_memory-worker", nargs=6, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args._memory_worker:

@@ -63,29 +63,39 @@ class DecodeThreads:
     slowest thread. On an idle machine every core's share of the memory reads helps (two threads read
     the weights about 1.8x faster than one here); when the other cores are busy (a Space's shared 2
     vCPUs, a laptop compiling), a thread that is not scheduled holds up every step, and two threads
-    decoded 10-100x slower than one. So the first tokens try both and the loop keeps the faster
-    (median of two). It tries the other again after 16 tokens, then 32, 64, ... up to 512 while that
-    keeps losing, and at once when a token takes twice as long as the other option did: a machine that
-    gets busy or quiet mid-story is noticed, and losing tries cost little. `with policy.step():` wraps one decoded token. Prompts keep every thread.
+    decoded up to 50x slower than one (bench/decode.py). So decoding starts on one thread and tries
+    the other count on a few tokens: it switches when their median beats the current one's, tries
+    again after 16 tokens, then 32, 64, ... up to 512 while the other keeps losing, and at once when
+    the current count gets twice as slow as the other was. A try stops at its first token that takes
+    three times the current median, so a collapse costs one token. Timing single tokens would not do:
+    on a busy machine any token may be preempted, so a try takes the median of five, and more threads
+    must win by a quarter (they gain at most 1.8x when they win, and lose 3-50x when they lose).
+    `with policy.step():` wraps one decoded token. Prompts keep every thread (they are compute-bound).
     """
+
+    SAMPLES = 5
+    MARGIN = 0.75  # more threads must take at most this fraction of one thread's time
 
     def __init__(self, most: int | None = None):
         most = most or torch.get_num_threads()
         self.options = [1, most] if most > 1 else [1]
-        self.times: dict[int, list[float]] = {n: [] for n in self.options}
-        self.current: int | None = None  # chosen once every option has been timed twice
-        self.tokens, self.next_try, self.wait = 0, 0, 16
+        self.times: dict[int, list[float]] = {n: [] for n in self.options}  # the last SAMPLES of each
+        self.current = 1
+        self.trial: list[float] | None = None  # the times of a try of the other count, while one runs
+        self.tokens, self.next_try, self.wait = 0, self.SAMPLES, 16
+
+    @property
+    def other(self) -> int:
+        return self.options[-1] if self.current == self.options[0] else self.options[0]
 
     def median(self, n: int) -> float:
         t = sorted(self.times[n])
-        return t[len(t) // 2]
+        return t[len(t) // 2] if t else float("inf")
 
     def choose(self) -> int:
-        if self.current is None:
-            return next(n for n in self.options if len(self.times[n]) < 2)
-        if len(self.options) > 1 and self.tokens >= self.next_try:
-            return next(n for n in self.options if n != self.current)
-        return self.current
+        if self.trial is None and len(self.options) > 1 and self.tokens >= self.next_try:
+            self.trial = []
+        return self.other if self.trial is not None else self.current
 
     @contextmanager
     def step(self):
@@ -93,20 +103,26 @@ class DecodeThreads:
         t0 = time.perf_counter()
         with threads(n):
             yield
-        self.times[n] = (self.times[n] + [time.perf_counter() - t0])[-3:]
+        took = time.perf_counter() - t0
         self.tokens += 1
-        if self.current is None:
-            if all(len(t) >= 2 for t in self.times.values()):
-                self.current = min(self.options, key=self.median)
-                self.next_try = self.tokens + self.wait
-        elif n != self.current:  # a try of the other option, against the current's latest token
-            if self.times[n][-1] < self.times[self.current][-1]:
-                self.current, self.wait = n, 16
-            else:
-                self.wait = min(2 * self.wait, 512)
-            self.next_try = self.tokens + self.wait
-        elif len(self.options) > 1 and self.times[n][-1] > 2 * self.median(next(m for m in self.options if m != n)):
-            self.next_try = self.tokens  # much slower than the other option was: try it now
+        self.times[n] = (self.times[n] + [took])[-self.SAMPLES:]
+        if self.trial is None:
+            if self.times[self.other] and self.median(n) > 2 * self.median(self.other):
+                self.next_try = self.tokens  # much slower than the other count was: try it now
+            return
+        self.trial.append(took)
+        bar = (self.MARGIN if self.other > self.current else 1.0) * self.median(self.current)
+        if took > 3 * self.median(self.current) or sum(t >= bar for t in self.trial) > self.SAMPLES // 2:
+            self._end_trial(won=False)  # a collapse, or a median that can no longer beat the bar
+        elif len(self.trial) == self.SAMPLES:
+            self._end_trial(won=True)
+
+    def _end_trial(self, won: bool):
+        if won:
+            self.current, self.wait = self.other, 16
+        else:
+            self.wait = min(2 * self.wait, 512)
+        self.trial, self.next_try = None, self.tokens + self.wait
 
 
 def decode_threads(model) -> DecodeThreads | None:
