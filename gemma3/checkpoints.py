@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 import threading
 from pathlib import Path
@@ -168,16 +169,19 @@ _SEED_CONFIG_KEYS = {"context_length": "context", "sliding_window": "window", "r
                      "rope_local_base": "rope_local_base", "query_pre_attn_scalar": "query_pre_attn_scalar"}
 
 
-def seed_overrides(folder: Path, layout: str) -> dict:
+def seed_overrides(folder: Path, layout: str, root: Path | None = None) -> dict:
     """Settings the weights' shapes cannot tell, from a config.json / model_config.json beside them."""
     defaults = {"g3nadh": {"window": 513}}.get(layout, {})
+    root = model_root(folder) if root is None else root
     for name in ("model_config.json", "config.json"):
-        f = folder / name
-        if not f.exists():
+        f = inside(root, folder, name)  # before any look at the target: a link outside is refused, found or not
+        if not f.is_file():
             continue
         try:
             raw = json.loads(f.read_text())
         except (OSError, ValueError):
+            continue
+        if not isinstance(raw, dict):
             continue
         found = {ours: raw[theirs] for theirs, ours in _SEED_CONFIG_KEYS.items() if raw.get(theirs) is not None}
         if "window" in found and layout == "g3nadh":
@@ -211,36 +215,99 @@ def interleaved_to_half_split(sd: dict, cfg: Gemma3Config) -> dict:
 
 
 # ---- reading files ----------------------------------------------------------------------------
+# The app serves strangers, and a model folder is theirs to fill (a Hub repository lands in the cache,
+# an allowed folder): an index may name any path, any file may be a link. So every file a loader opens
+# is first resolved, links followed, and must lie inside the folder being loaded; a path that leaves it
+# is refused with one sentence that reads the same whether its target exists or not, before anything
+# out there is opened. The folder (or single weights file) the caller names is taken where its own links
+# lead: naming it is the caller's choice, which the app checks against its allowed folders first.
 
-def _read_weights(path: Path) -> dict:
-    if path.suffix == ".safetensors":
-        return load_file(str(path))
+INDEX = "model.safetensors.index.json"
+
+
+def model_root(folder) -> Path:
+    """The folder a model's files must resolve inside: `folder` itself with its links followed, or, for a
+    snapshot in the Hugging Face cache (whose files are links to ../../blobs/), that repository's cache folder."""
+    folder = Path(os.path.realpath(folder))
+    if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--"):
+        return folder.parent.parent
+    return folder
+
+
+def inside(root: Path, folder, name: str, what: str | None = None) -> Path:
+    """folder/name with every link followed, which must lie inside `root`; else one ValueError sentence.
+
+    `name` may be anything an index or a folder listing holds (absolute, `../..`, a link, a link to a
+    folder); the refusal names only `what` (default `name`), never the target, and is decided from
+    the path alone, so it reads the same whether the outside target exists, is unreadable or is missing.
+    """
+    try:
+        real = Path(os.path.realpath(Path(folder) / name))
+        ok = real != root and real.is_relative_to(root)
+    except (OSError, ValueError):  # e.g. a NUL byte in a name from an index
+        ok = False
+    if not ok:
+        raise ValueError(f"{what or name} points outside the model folder; a model folder must hold its own "
+                         "files, not links or paths to files elsewhere.")
+    return real
+
+
+def _read_json(path: Path, name: str):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise ValueError(f"{name} in the model folder is not readable JSON; re-save or re-download the model.") from None
+
+
+def _read_weights(path: Path, name: str | None = None) -> dict:
+    """A state dict from one file; `name` is the file's name in its folder (a cached Hub file's real name is a hash)."""
+    name = name or path.name
+    if name.endswith(".safetensors"):
+        try:
+            return load_file(str(path))
+        except Exception as e:
+            raise ValueError(f"{name} could not be read as a safetensors file ({e.__class__.__name__}); "
+                             "re-save or re-download the model.") from None
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # pickles with code in them are refused here, never executed
-        raise ValueError(f"{path.name} could not be read as a plain PyTorch state dict ({e.__class__.__name__}); "
+        raise ValueError(f"{name} could not be read as a plain PyTorch state dict ({e.__class__.__name__}); "
                          "only tensors and plain containers are accepted.") from None
     for key in ("model_state_dict", "state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path.name} does not hold a state dict of tensors.")
+        raise ValueError(f"{name} does not hold a state dict of tensors.")
     return obj
 
 
-def _weight_files(folder: Path) -> list[Path]:
-    index = folder / "model.safetensors.index.json"
-    if index.exists():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [folder / s for s in shards]
+def _weight_files(folder: Path, root: Path | None = None) -> list[tuple[Path, str]]:
+    """(resolved path, name) of each weights file a folder holds, every one checked to lie inside `root`
+    before any is looked at."""
+    root = model_root(folder) if root is None else root
+    index = inside(root, folder, INDEX)
+    if index.is_file():
+        raw = _read_json(index, INDEX)
+        weight_map = raw.get("weight_map") if isinstance(raw, dict) else None
+        if not isinstance(weight_map, dict) or not weight_map or not all(
+                isinstance(s, str) and s for s in weight_map.values()):
+            raise ValueError(f"{INDEX} has no weight_map of tensor names to shard files; "
+                             "re-save or re-download the model.")
+        shards = sorted(set(weight_map.values()))
+        files = [(inside(root, folder, s, f"A shard listed in {INDEX}"), Path(s).name) for s in shards]
+        missing = [name for real, name in files if not real.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{INDEX} lists shards the folder does not hold ({', '.join(missing[:3])}); "
+                                    "re-save or re-download the model.")
+        return files
     for name in ("model.safetensors", "pytorch_model.bin"):
-        if (folder / name).exists():
-            return [folder / name]
-    files = sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES and not p.name.startswith("optim"))
-    if len(files) > 1:
-        raise ValueError(f"{folder} holds several weight files ({', '.join(p.name for p in files)}); "
-                         "name the one to load.")
-    return files
+        real = inside(root, folder, name)
+        if real.is_file():
+            return [(real, name)]
+    names = sorted(p.name for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES and not p.name.startswith("optim"))
+    if len(names) > 1:
+        raise ValueError(f"{folder} holds several weight files ({', '.join(names)}); name the one to load.")
+    return [(inside(root, folder, n), n) for n in names]
 
 
 def resolve_source(source: str | os.PathLike) -> Path:
@@ -257,18 +324,75 @@ def resolve_source(source: str | os.PathLike) -> Path:
     return path
 
 
+HUB_PROBE_SECONDS = 1.5  # a TCP connect to the Hub takes well under 0.5 s on any working network
+
+
+def hub_reachable(endpoint: str | None = None, timeout: float = HUB_PROBE_SECONDS) -> bool:
+    """Whether a TCP connection to the Hugging Face Hub (or to the proxy the environment names for it)
+    opens within `timeout` seconds.
+
+    One short probe before any download: without a network huggingface_hub and datasets retry for
+    24-36 s before giving up. The name lookup and the connect run in a helper thread, because
+    getaddrinfo ignores socket timeouts (an unreachable DNS server would hold us for its own).
+    """
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    if endpoint is None:
+        from huggingface_hub import constants
+        endpoint = constants.ENDPOINT
+    try:
+        url = urlsplit(endpoint)
+        host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
+        proxies = urllib.request.getproxies()
+        proxy = proxies.get(url.scheme) or proxies.get("all")
+        if host and proxy and not urllib.request.proxy_bypass_environment(host, proxies):
+            p = urlsplit(proxy if "://" in proxy else "http://" + proxy)
+            host, port = p.hostname, p.port or (443 if p.scheme == "https" else 80)
+    except ValueError:  # a malformed endpoint or proxy setting
+        return False
+    if not host:
+        return False
+    opened = []
+
+    def connect():
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            opened.append(True)
+        except (OSError, ValueError):
+            pass
+
+    probe = threading.Thread(target=connect, name="hub-probe", daemon=True)
+    probe.start()
+    probe.join(timeout)
+    return bool(opened)
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+    env = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    return bool(constants.HF_HUB_OFFLINE) or env
+
+
 def _download(repo_id: str) -> Path:
-    from huggingface_hub import list_repo_files, snapshot_download
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    from huggingface_hub import HfApi, constants, snapshot_download
+    offline = _hub_offline()
+    endpoint = constants.ENDPOINT  # read now, and passed on: HfApi's default endpoint is fixed at import
     patterns = ["*.json", "*.safetensors", "*.model", "*.txt"]
+    if not offline and not hub_reachable(endpoint):
+        try:  # no network: a copy already in the cache still loads, at once
+            return Path(snapshot_download(repo_id, local_files_only=True))
+        except Exception:
+            raise ConnectionError(f"{repo_id} is not in the local Hugging Face cache and the Hugging Face Hub "
+                                  "cannot be reached from here; download it once with a network.") from None
     try:
         if offline:
             return Path(snapshot_download(repo_id, local_files_only=True))
-        files = list_repo_files(repo_id)
+        files = HfApi(endpoint=endpoint).list_repo_files(repo_id)
         weights = [f for f in files if f.endswith(WEIGHT_SUFFIXES)]
         if not any(f.endswith(".safetensors") for f in weights):
             patterns += weights[:1] if len(weights) == 1 else [f for f in weights if "pytorch_model" in f]
-        return Path(snapshot_download(repo_id, allow_patterns=patterns, etag_timeout=10))
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, etag_timeout=10, endpoint=endpoint))
     except Exception as e:
         if offline:
             raise ConnectionError(f"{repo_id} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
@@ -280,27 +404,38 @@ def _download(repo_id: str) -> Path:
 # ---- public API ----------------------------------------------------------------------------------
 
 def load_state(source) -> tuple[Gemma3Config, dict, Path]:
-    """Config and native-named state dict (any stored dtype) from any supported source."""
-    path = resolve_source(source)
-    folder = path if path.is_dir() else path.parent
+    """Config and native-named state dict (any stored dtype) from any supported source.
+
+    Every file read beyond the one named (config, index, shards, sidecars) resolves inside the model
+    folder, links followed, or the load is refused: see `inside`.
+    """
+    given = resolve_source(source)
+    path = Path(os.path.realpath(given))
+    # a weights file named directly is the caller's choice, wherever its links lead; its sidecars are
+    # read from the folder it was named in (a Hub cache snapshot's file is a link into blobs/)
+    folder = path if path.is_dir() else Path(os.path.realpath(given.parent))
+    root = model_root(folder)
     hf_config = None
     if path.is_dir():
-        config_file = path / "config.json"
-        if config_file.exists():
-            raw = json.loads(config_file.read_text())
+        config_file = inside(root, folder, "config.json")
+        if config_file.is_file():
+            raw = _read_json(config_file, "config.json")
+            if not isinstance(raw, dict):
+                raise ValueError("config.json in the model folder is not a JSON object; "
+                                 "re-save or re-download the model.")
             if raw.get("format") == FORMAT:
                 raw.pop("format")
-                sd = load_file(str(path / "model.safetensors"))
+                sd = _read_weights(inside(root, folder, "model.safetensors"), "model.safetensors")
                 return Gemma3Config.from_dict(raw), sd, folder
             hf_config = raw
-        files = _weight_files(path)
+        files = _weight_files(folder, root)
         if not files:
             raise FileNotFoundError(f"{path} holds no weights file ({', '.join(WEIGHT_SUFFIXES)}).")
     else:
-        files = [path]
+        files = [(path, Path(given).name)]
     sd = {}
-    for f in files:
-        sd.update(_read_weights(f))
+    for f, name in files:
+        sd.update(_read_weights(f, name))
     sd = _strip_prefixes(sd)
     layout = detect_layout(sd)
     sd = to_native(sd, layout)
@@ -313,7 +448,7 @@ def load_state(source) -> tuple[Gemma3Config, dict, Path]:
         if cfg.tied_head:
             sd.pop("head.weight", None)
     else:
-        cfg = config_from_shapes(sd, **seed_overrides(folder, layout))
+        cfg = config_from_shapes(sd, **seed_overrides(folder, layout, root))
         if layout == "g3nadh":
             sd = interleaved_to_half_split(sd, cfg)
     return cfg, sd, folder

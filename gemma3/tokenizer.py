@@ -8,6 +8,7 @@ Both expose the same small interface:
 
 import base64
 import hashlib
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -125,7 +126,19 @@ class HFTokenizer:
 
 
 def load_tokenizer(folder=None):
-    """HFTokenizer if folder holds tokenizer.json, else the bundled GPT-2 tokenizer."""
-    if folder is not None and (Path(folder) / "tokenizer.json").is_file():
-        return HFTokenizer(folder)
+    """HFTokenizer if folder holds tokenizer.json, else the bundled GPT-2 tokenizer.
+
+    Like every file of a model folder, tokenizer.json must resolve (links followed) inside the folder
+    (inside a Hub cache snapshot: inside its repository's cache folder); else one ValueError sentence.
+    """
+    if folder is None:
+        return gpt2_tokenizer()
+    from .checkpoints import inside, model_root  # checkpoints imports this module
+
+    folder = Path(os.path.realpath(folder))
+    path = inside(model_root(folder), folder, "tokenizer.json")
+    if path.is_file():
+        tok = HFTokenizer(path)
+        tok.name = folder.name or tok.name  # the folder's name, not that of the file a link leads to
+        return tok
     return gpt2_tokenizer()

@@ -656,6 +656,95 @@ def test_hub_id_offline_loads_from_the_cache(tmp_path, monkeypatch):
     assert torch.equal(logits_of(loaded, ids), logits_of(model, ids))
 
 
+def _closed_port() -> int:
+    """A port on 127.0.0.1 nothing listens on: a connection there is refused at once."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _without_proxies(monkeypatch):
+    """A proxy named in the environment is what the probe would try: none here, so only 127.0.0.1 is touched."""
+    for name in ("http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+
+
+@pytest.fixture
+def hub_unreachable(tmp_path, monkeypatch):
+    """HF_HUB_OFFLINE unset, but the Hub's endpoint is a closed port on this machine (nothing ever leaves
+    it, even if the probe were skipped); an empty cache. Returns the cache folder."""
+    import huggingface_hub.constants as C
+
+    cache = tmp_path / "hf" / "hub"
+    _without_proxies(monkeypatch)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(C, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(C, "ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setattr(C, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+@pytest.fixture
+def dns_hangs(monkeypatch):
+    """Name lookups hang, as with an unreachable DNS server (getaddrinfo ignores socket timeouts)."""
+    import socket
+    import threading
+
+    release = threading.Event()
+
+    def hang(*args, **kwargs):
+        release.wait(30)
+        raise socket.gaierror("name lookup timed out")
+
+    monkeypatch.setattr(socket, "getaddrinfo", hang)
+    yield
+    release.set()
+
+
+# The issue measured 24-32 s (five retries) for an `hf:` model without a network; the target is under
+# 3 s, of which the probe may take 1.5. The bound here is 5 s: a shared 2-core machine stalls now and then.
+@pytest.mark.parametrize("how", ["refused", "dns-hangs"])
+def test_hub_id_without_a_network_fails_at_once(request, hub_unreachable, how):
+    if how == "dns-hangs":
+        request.getfixturevalue("dns_hangs")
+    t0 = time.perf_counter()
+    with pytest.raises(ConnectionError) as e:
+        gemma3.load_model("hf:someone/not-cached")
+    assert time.perf_counter() - t0 < 5
+    msg = str(e.value)
+    assert "someone/not-cached" in msg and "cannot be reached" in msg and "cache" in msg and "\n" not in msg
+
+
+def test_hub_id_without_a_network_loads_from_the_cache_at_once(hub_unreachable):
+    """HF_HUB_OFFLINE unset and no network: a repository already in the cache still loads, without waiting."""
+    model = _tiny()
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = hub_unreachable / "models--someone--tiny-gemma3"
+    gemma3.save_model(model, gemma3.gpt2_tokenizer(), repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    t0 = time.perf_counter()
+    loaded, _ = gemma3.load_model("hf:someone/tiny-gemma3")
+    assert time.perf_counter() - t0 < 5
+    ids = random_ids(10, seed=13)
+    assert torch.equal(logits_of(loaded, ids), logits_of(model, ids))
+
+
+def test_hub_probe_follows_the_endpoint(monkeypatch):
+    """The probe says yes to a listening endpoint and no to a closed one (both on this machine)."""
+    _without_proxies(monkeypatch)
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        assert checkpoints.hub_reachable(f"http://127.0.0.1:{server.getsockname()[1]}")
+    assert not checkpoints.hub_reachable(f"http://127.0.0.1:{_closed_port()}")
+
+
 def _fake_hub_repo(cache, repo_id: str, files: dict):
     """A repository laid out in the Hugging Face cache as a download would leave it."""
     commit = "89abcdef0123456789abcdef0123456789abcdef"

@@ -12,17 +12,19 @@ train_bytes / val_bytes count each story's UTF-8 bytes plus one byte per separat
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
 import re
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from gemma3.checkpoints import atomic_write_text
+from gemma3.checkpoints import atomic_write_text, hub_reachable
 from gemma3.tokenizer import ENDOFTEXT, gpt2_tokenizer
 
 from .stories import iter_stories
@@ -173,14 +175,41 @@ def _tokenise_rows(batch):
             "nbytes": [len(t.encode()) + 1 if t else 0 for t in texts]}
 
 
+_OFFLINE_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _hub_offline_mode(datasets):
+    """datasets and huggingface_hub in offline mode for a while (both read these flags on every call)."""
+    from huggingface_hub import constants
+
+    with _OFFLINE_LOCK:
+        was = datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE
+        datasets.config.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE = True
+        try:
+            yield
+        finally:
+            datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE = was
+
+
 def _load_hub(source: str, val_fraction: float, seed: int):
     """{"train": Dataset, "val": Dataset} from the Hub, or a one-sentence DataError."""
     import datasets
 
+    # One short probe first: without a network, datasets retries for half a minute before it gives
+    # up (or falls back to its cache). Unreachable, the cache is read in offline mode at once.
+    unreachable = not datasets.config.HF_HUB_OFFLINE and not hub_reachable(datasets.config.HF_ENDPOINT)
     try:
-        ds = datasets.load_dataset(source)
+        if unreachable:
+            with _hub_offline_mode(datasets):
+                ds = datasets.load_dataset(source)
+        else:
+            ds = datasets.load_dataset(source)
     except Exception as e:  # offline, no network, no such dataset: all the same advice
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if unreachable:
+            reason = "the Hugging Face Hub cannot be reached from here and it is not in the local cache"
+        else:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(f"Could not load the Hugging Face dataset {source!r} ({reason}); {HINT}.") from None
     if "train" not in ds or "text" not in ds["train"].column_names:
         raise DataError(f"Hugging Face dataset {source!r} has no 'train' split with a 'text' column.")
