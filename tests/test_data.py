@@ -361,3 +361,46 @@ def test_eval_windows_are_fixed():
     x, y = eval_windows(tokens, 8, 32)
     x2, y2 = eval_windows(tokens, 8, 32)
     assert x.shape == (8, 32) and torch.equal(x, x2) and torch.equal(y, y2) and torch.equal(x[:, 1:], y[:, :-1])
+
+
+def test_token_ids_beyond_the_vocabulary_are_a_sentence_and_prepare_repairs_them(tmp_path, capsys):
+    """A train.bin of the right size holding ids the tokenizer does not have (a corrupt file): the run
+    manager and the trainer refuse it in one sentence naming the file, and preparing again rewrites it."""
+    from training import runs
+
+    out = tmp_path / "data"
+    prepare("builtin", out, builtin_stories=100, progress=False)
+    ids = np.fromfile(out / "train.bin", dtype=np.uint16)
+    ids[7] = 60_000
+    ids.tofile(out / "train.bin")  # same size: meta.json still matches
+    sentence = (f"{out / 'train.bin'} is corrupt: it holds token id 60,000, beyond the 50,257 ids of the "
+                "tokenizer; prepare the data again.")
+    with pytest.raises(DataError) as e:
+        load_split(out, "train", TOK.vocab_size)
+    assert str(e.value) == sentence
+    assert load_split(out, "val", TOK.vocab_size).max() < TOK.vocab_size
+    with pytest.raises(DataError, match="is corrupt: it holds token id 60,000"):
+        runs.start({"preset": "tiny", "data": str(out), "device": "cpu"}, tmp_path / "runs", name="r")
+    assert not (tmp_path / "runs" / "r").exists(), "refused before any run folder is made"
+    capsys.readouterr()
+    prepare("builtin", out, builtin_stories=100, progress=False)
+    assert "nothing to do" not in capsys.readouterr().out, "the same parameters prepare again over a corrupt file"
+    assert load_split(out, "train", TOK.vocab_size).max() < TOK.vocab_size
+
+
+@pytest.mark.parametrize("content, reason", [
+    ("{not json", "is damaged (Expecting property name"),
+    ("[1, 2]", "is damaged (it holds no JSON object)"),
+    (b"\xff\xfe{}", "is damaged ("),
+    ('{"version": 1}', "is damaged (no token count for train)"),
+])
+def test_a_damaged_meta_json_is_named_in_one_sentence(tmp_path, content, reason):
+    out = tmp_path / "data"
+    prepare("builtin", out, builtin_stories=100, progress=False)
+    meta = out / "meta.json"
+    meta.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(DataError) as e:
+        load_split(out, "train")
+    assert str(e.value).startswith(f"{meta} {reason}") and "prepare the data again" in str(e.value)
+    assert "\n" not in str(e.value)
+    assert prepare("builtin", out, builtin_stories=100, progress=False)["train_stories"] == 100  # and it repairs

@@ -244,14 +244,18 @@ def _write_hub(splits, writers, num_proc, progress):
 # ----------------------------------------------------------------------------- prepare
 
 def _is_done(out_dir: Path, params: dict) -> dict | None:
+    """meta.json when out_dir holds a finished preparation with these parameters; None when it must be
+    prepared (again): missing, damaged, other parameters, or a token file of the wrong size or holding
+    ids the tokenizer does not have."""
     try:
-        meta = json.loads((out_dir / "meta.json").read_text())
-    except (OSError, ValueError):
+        meta = read_meta(out_dir)
+        if meta.get("version") != VERSION or meta.get("params") != params:
+            return None
+        for split in ("train", "val"):  # each of the size meta.json says, with no id beyond the vocabulary
+            load_split(out_dir, split, gpt2_tokenizer().vocab_size)
+    except (OSError, ValueError):  # DataError is a ValueError
         return None
-    ok = meta.get("version") == VERSION and meta.get("params") == params and all(
-        (out_dir / f"{s}.bin").is_file() and (out_dir / f"{s}.bin").stat().st_size == 2 * meta[f"{s}_tokens"]
-        for s in ("train", "val"))
-    return meta if ok else None
+    return meta
 
 
 def prepare(source="builtin", out_dir="data/builtin", *, val_fraction=0.01, num_proc=None, builtin_stories=50_000,
@@ -354,20 +358,60 @@ def run_prepare(args: argparse.Namespace) -> dict:
 # ----------------------------------------------------------------------------- loading for the trainer
 
 def read_meta(data_dir) -> dict:
+    """data_dir/meta.json, or a DataError naming the file when it is missing or damaged."""
     path = Path(data_dir) / "meta.json"
     if not path.is_file():
         raise DataError(f"{data_dir} holds no prepared data (no meta.json); run "
                         f"`python -m training prepare --out {data_dir}` first.")
-    return json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is damaged (it is not UTF-8 text); prepare the data again with "
+                        f"`python -m training prepare --out {data_dir}`.") from None
+    except (OSError, ValueError) as e:  # JSONDecodeError is a ValueError
+        raise DataError(f"{path} is damaged ({_first_line(e)}); prepare the data again with "
+                        f"`python -m training prepare --out {data_dir}`.") from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{path} is damaged (it holds no JSON object); prepare the data again with "
+                        f"`python -m training prepare --out {data_dir}`.")
+    return meta
 
 
-def load_split(data_dir, split: str) -> np.memmap:
-    """The uint16 tokens of split "train" or "val", memory-mapped read-only."""
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def check_ids(tokens: np.ndarray, vocab_size: int, path) -> None:
+    """A DataError when `tokens` holds an id the tokenizer does not have (a corrupt file): the maximum of
+    the memmap, one pass over the file."""
+    top = int(tokens.max()) if len(tokens) else 0
+    if top >= vocab_size:
+        raise DataError(f"{path} is corrupt: it holds token id {top:,}, beyond the {vocab_size:,} ids of the "
+                        f"tokenizer; prepare the data again.")
+
+
+def load_split(data_dir, split: str, vocab_size: int | None = None) -> np.memmap:
+    """The uint16 tokens of split "train" or "val", memory-mapped read-only; with vocab_size, checked to hold
+    no id beyond it (check_ids)."""
     meta = read_meta(data_dir)
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', not {split!r}.")
     path = Path(data_dir) / f"{split}.bin"
-    if split not in ("train", "val") or not path.is_file() or path.stat().st_size != 2 * meta[f"{split}_tokens"]:
+    tokens = meta.get(f"{split}_tokens")
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+        raise DataError(f"{Path(data_dir) / 'meta.json'} is damaged (no token count for {split}); prepare the "
+                        f"data again with `python -m training prepare --out {data_dir}`.")
+    if not path.is_file() or path.stat().st_size != 2 * tokens:
         raise DataError(f"{path} is missing or incomplete; run `python -m training prepare --out {data_dir}` again.")
-    return np.memmap(path, dtype=np.uint16, mode="r")
+    if tokens == 0:  # mmap refuses an empty file; Batches says the split is too short
+        empty = np.zeros(0, dtype=np.uint16)
+        empty.flags.writeable = False
+        return empty
+    data = np.memmap(path, dtype=np.uint16, mode="r")
+    if vocab_size is not None:
+        check_ids(data, vocab_size, path)
+    return data
 
 
 def _windows(tokens, starts, seq_len):
