@@ -4,7 +4,8 @@ python app.py [--model DIR|FILE|hf:owner/name] [--host HOST] [--port PORT] [--sh
 
 Layout and wiring only: each part of the page (the model bar, Generate, Explore, Train, About) is a
 module of webapp.ui that builds its components and wires its own events; this file composes them and
-makes the few connections between parts. One model is shared by every tab and every user (webapp.models).
+makes the few connections between parts. Each visitor picks their own model (the model bar's session
+state); loaded models are shared through one cache (webapp.models.ModelCache).
 """
 
 import argparse
@@ -12,6 +13,12 @@ import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from webapp.guard import use_persistent_storage  # noqa: E402
+
+# A Space's persistent storage (/data, or $GEMMA3_PERSISTENT): runs, data and the Hugging Face cache default
+# to it. Before gradio and huggingface_hub are imported: the Hub library reads HF_HOME once.
+PERSISTENT = use_persistent_storage()
 
 import gradio as gr  # noqa: E402
 
@@ -45,66 +52,67 @@ def load(source: str | None = None):
     return model, tok, info.name
 
 
-def build(model=None, tokenizer=None, description: str | None = None, *, holder: models.ModelHolder | None = None,
+def build(model=None, tokenizer=None, description: str | None = None, *, cache: models.ModelCache | None = None,
           runs_dir=None, data_dir=None) -> gr.Blocks:
-    """The whole app, on `holder`'s model (or on model/tokenizer, or else the default: see load()).
+    """The whole app, with `cache`'s default model (or model/tokenizer, or else the default: see load()) as the
+    model every visitor starts on.
 
     runs_dir / data_dir: where training writes (default $GEMMA3_RUNS_DIR / $GEMMA3_DATA_DIR, else runs/ and
-    data/ in the repository)."""
-    if holder is None and model is None:
-        holder = models.ModelHolder.from_default()
-    elif holder is None:
+    data/ in the repository, or in the persistent folder when there is one)."""
+    if cache is None and model is None:
+        cache = models.ModelCache.from_default()
+    elif cache is None:
         source = description or "model given to build()"
-        holder = models.ModelHolder(model, tokenizer, models.model_info(model, tokenizer, source, description))
+        cache = models.ModelCache(model, tokenizer, models.model_info(model, tokenizer, source, description))
     trainer = tr.Trainer(runs_dir or RUNS_DIR, data_dir or DATA_DIR)
-    explorer = ex.Explorer(holder)
+    explorer = ex.Explorer(cache)
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(HEADER)
-        bar = model_bar.build(holder, trainer.runs_dir)   # shared by every tab
+        bar = model_bar.build(cache, trainer.runs_dir)   # above every tab; its choice is per session
         with gr.Tabs():
-            generate.build(holder)
-            explore_tab = explore.build(explorer, holder.info)
+            generate.build(cache, bar.choice)
+            explore_tab = explore.build(explorer, cache.default.info, bar.choice)
             train_tab = train.build(trainer)
             about.build()
         connect(demo, bar, explore_tab, train_tab)
-    demo.holder, demo.trainer, demo.explorer = holder, trainer, explorer  # for tests and embedding
+    demo.cache, demo.trainer, demo.explorer = cache, trainer, explorer  # for tests and embedding
     return demo
 
 
 def connect(demo: gr.Blocks, bar: model_bar.ModelBar, explore_tab: explore.Explore, train_tab: train.Train):
     """The connections between parts: a loaded model resets Explore's selectors; "Use this checkpoint"
-    loads into the model bar; Train's slow timer and every page load show the shared model as it is now."""
+    loads into this visitor's model bar; Train's slow timer refreshes the runs; every page load shows the
+    default model (a new session starts on it) and this visitor's permissions."""
     bar.connect(explore_tab.selectors, explore_tab.follow)
-    holder, trainer = bar.holder, train_tab.trainer
+    trainer = train_tab.trainer
 
     @friendly
-    def use_checkpoint(run, progress=gr.Progress()):
-        info, source = bar.load(str(trainer.checkpoint(run)), progress)
+    def use_checkpoint(run, profile: gr.OAuthProfile | None = None, progress=gr.Progress()):
+        info = bar.load(str(trainer.checkpoint(run)), progress, model_bar.username(profile))
         gr.Info(f"Loaded {info.name} into the model bar.", duration=4)
-        return bar.shown(info, source)
+        return bar.shown(info)
 
     train_tab.use_btn.click(use_checkpoint, [train_tab.run_dd], bar.outputs, api_name="train_use_checkpoint",
                             **model_bar.LOAD_EVENT)
 
     @friendly
-    def slow_refresh():  # the runs table, and the shared model as another visitor may have swapped it
-        return trainer.table(), holder.info.markdown()
+    def slow_refresh():  # the runs table (another visitor's run may have started or ended)
+        return trainer.table()
 
-    train_tab.slow_timer.tick(slow_refresh, None, [train_tab.runs_df, bar.info_md], api_visibility="private",
+    train_tab.slow_timer.tick(slow_refresh, None, [train_tab.runs_df], api_visibility="private",
                               show_progress="hidden", concurrency_id="monitor")
 
-    # every page load: the shared model as it is now, this visitor's permission, the live run
     @friendly
     def on_load(profile: gr.OAuthProfile | None = None):
-        return [*bar.shown(holder.info), *train_tab.page_state(profile)]
+        return [*bar.page_state(profile), *train_tab.page_state(profile)]
 
-    demo.load(on_load, None, bar.outputs + train_tab.page_outputs, api_visibility="private")
+    demo.load(on_load, None, [*bar.outputs, bar.custom, *train_tab.page_outputs], api_visibility="private")
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None,
-                        help="model to start on: a checkpoint folder, a weights file or hf:owner/name "
+                        help="model every visitor starts on: a checkpoint folder, a weights file or hf:owner/name "
                              "(default: $GEMMA3_MODEL, else the bundled demo model assets/demo-model, else random "
                              "tiny weights, said plainly)")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
@@ -114,17 +122,19 @@ def main(argv=None):
                         help="port to listen on (default: $GRADIO_SERVER_PORT, else 7860)")
     parser.add_argument("--share", action="store_true", help="also create a public gradio.live link")
     parser.add_argument("--runs-dir", default=RUNS_DIR,
-                        help="where training runs are written (default: $GEMMA3_RUNS_DIR, else runs/)")
+                        help="where training runs are written (default: $GEMMA3_RUNS_DIR, else runs/ in the "
+                             "persistent folder or the repository)")
     parser.add_argument("--data-dir", default=DATA_DIR,
-                        help="where prepared training data is written (default: $GEMMA3_DATA_DIR, else data/)")
+                        help="where prepared training data is written (default: $GEMMA3_DATA_DIR, else data/ in the "
+                             "persistent folder or the repository)")
     args = parser.parse_args(argv)
     keep_freed_memory()  # faster long prompts and explain passes on a CPU (gemma3/cpu.py)
     engine.available()  # build the CPU kernels now (about 15 s, once per machine), not mid-story
     try:
-        holder = models.ModelHolder.from_default(args.model)
+        cache = models.ModelCache.from_default(args.model)
     except (ValueError, FileNotFoundError, ConnectionError) as e:
         parser.exit(2, f"error: could not load the model: {e}\n")
-    demo = build(holder=holder, runs_dir=args.runs_dir, data_dir=args.data_dir)
+    demo = build(cache=cache, runs_dir=args.runs_dir, data_dir=args.data_dir)
     demo.queue(max_size=64, default_concurrency_limit=1).launch(
         server_name=args.host, server_port=args.port, share=args.share, **LAUNCH)
 

@@ -2,7 +2,8 @@
 
 Switching the layer, the head or the sampling temperature redraws from the cached Record; only a new
 prompt or a new model runs the model again. Recording switches the model's attention modules into a
-probability-keeping mode, so it takes the holder's exclusive lock (generation waits one token).
+probability-keeping mode, so it takes that model's exclusive lock (a generation on the same model waits one
+token; other models are not touched). Recordings are shared by every session that chose the same model.
 """
 
 from __future__ import annotations
@@ -47,56 +48,60 @@ GUIDE = {
 
 
 class Explorer:
-    def __init__(self, holder, cache_size: int = CACHE_SIZE):
-        self.holder = holder
+    """Figures for the model a session chose (`source`, a checked source; None: the default model)."""
+
+    def __init__(self, cache, cache_size: int = CACHE_SIZE):
+        self.cache = cache            # webapp.models.ModelCache
         self.cache_size = cache_size
-        self._cache: OrderedDict = OrderedDict()
+        self._records: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
-        self.recordings = 0   # how many times the model was run (tests check the cache)
+        self.recordings = 0   # how many times a model was run (tests check the cache)
 
     # ---- recording ----
-    def record(self, prompt):
+    def record(self, prompt, source=None):
         prompt = text(prompt, "The Explore prompt", hint="type a sentence for the model to read")
-        version = self.holder.current()[3]
-        hit = self._get((version, prompt))
+        loaded = self.cache.get(source)
+        key = (loaded.version, prompt)   # a version per load: a reloaded source is recorded again
+        hit = self._get(key)
         if hit is not None:
             return hit
-        with self.holder.exclusive():
-            model, tokenizer, _, version = self.holder.current()
-            key = (version, prompt)
+        with loaded.exclusive():
             hit = self._get(key)
             if hit is not None:
                 return hit
-            rec = explain.record(model, tokenizer, prompt)
+            rec = explain.record(loaded.model, loaded.tokenizer, prompt)
             self.recordings += 1
         with self._lock:
-            self._cache[key] = rec
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
+            self._records[key] = rec
+            while len(self._records) > self.cache_size:
+                self._records.popitem(last=False)
         return rec
 
     def _get(self, key):
         with self._lock:
-            rec = self._cache.get(key)
+            rec = self._records.get(key)
             if rec is not None:
-                self._cache.move_to_end(key)
+                self._records.move_to_end(key)
             return rec
 
+    def _model(self, source):
+        return self.cache.get(source).model
+
     # ---- figures from the architecture (no prompt) ----
-    def mask(self, seq_len):
-        cfg = self.holder.current()[0].config
+    def mask(self, seq_len, source=None):
+        cfg = self._model(source).config
         n = number(seq_len, "Sequence length", 1, min(cfg.context, MAX_MASK_LEN), integer=True)
         return explain.mask_figure(cfg, n)
 
-    def rope(self):
-        return explain.rope_figure(self.holder.current()[0].config)
+    def rope(self, source=None):
+        return explain.rope_figure(self._model(source).config)
 
-    def parameters(self):
-        return explain.parameter_figure(self.holder.current()[0])
+    def parameters(self, source=None):
+        return explain.parameter_figure(self._model(source))
 
     # ---- figures from a recorded prompt ----
-    def attention(self, prompt, layer, head):
-        rec = self.record(prompt)
+    def attention(self, prompt, layer, head, source=None):
+        rec = self.record(prompt, source)
         layer = number(layer, "Layer", 0, rec.layers - 1, integer=True)
         heads = rec.attn_probs[0].shape[0]
         if head in (None, "", "all", "All heads", -1):
@@ -110,18 +115,18 @@ class Explorer:
             head = number(head, "Head", 0, heads - 1, integer=True)
         return explain.attention_figure(rec, layer, head), rec.notice
 
-    def activations(self, prompt):
-        rec = self.record(prompt)
+    def activations(self, prompt, source=None):
+        rec = self.record(prompt, source)
         return explain.activation_figure(rec), rec.notice
 
-    def next_token(self, prompt, temperature, top_k):
-        rec = self.record(prompt)
+    def next_token(self, prompt, temperature, top_k, source=None):
+        rec = self.record(prompt, source)
         t = number(temperature, "Temperature", *NEXT_TEMPERATURE[:2])
         k = number(top_k if top_k is not None else 0, "Top-k", *NEXT_TOP_K[:2], integer=True)
         return explain.next_token_figure(rec, t, k or None), rec.notice
 
-    def logit_lens(self, prompt):
-        rec = self.record(prompt)
+    def logit_lens(self, prompt, source=None):
+        rec = self.record(prompt, source)
         return explain.logit_lens_figure(rec), rec.notice
 
 

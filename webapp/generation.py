@@ -44,23 +44,23 @@ def settings(prompt, max_new_tokens, temperature, top_k, top_p, repetition_penal
     return Settings(prompt, n, t, k or None, p if p < 1 else None, r, None if s < 0 else s)
 
 
-def stream(holder, s: Settings, stats: dict):
+def stream(loaded, s: Settings, stats: dict):
     """Yield the text so far every few tokens (and at the end, if it grew since); fills `stats` as gemma3.stream does.
 
-    The holder's read lock is held only while a token is computed, so loading a model or recording a
-    prompt for Explore waits at most one step. Closing this generator (Stop) closes gemma3's, which
-    frees the KV cache at once.
+    `loaded`: the session's webapp.models.LoadedModel. Its read lock is held only while a token is computed, so
+    recording a prompt for Explore on the same model waits at most one step; loading another model takes no
+    lock at all. Closing this generator (Stop) closes gemma3's, which frees the KV cache at once.
     """
-    model, tokenizer, info, _ = holder.current()
+    model, tokenizer, info = loaded.model, loaded.tokenizer, loaded.info
     seed = s.seed if s.seed is not None else secrets.randbelow(SEED_MAX + 1)  # "random" differs on every call
     stats.update(model=info.name, seed=seed)
     pieces = gemma3.stream(model, tokenizer, s.prompt, s.max_new_tokens, s.temperature, s.top_k, s.top_p,
                            s.repetition_penalty, seed, stats=stats)
     out, pending, last = "", 0, time.monotonic()
-    with holder.stream_slot():
+    with loaded.stream_slot():
         try:
             while True:
-                with holder.reading():
+                with loaded.reading():
                     piece = next(pieces, None)
                 if piece is None:
                     break

@@ -1,21 +1,28 @@
-"""One model for every tab and every user, the sources the picker offers, and which paths may be loaded.
+"""The models visitors generate with: a cache shared by every session, the sources the picker offers, and
+which sources may be loaded (and by whom, on a Space).
 
-    holder = ModelHolder.from_default(None)          # --model, $GEMMA3_MODEL, the demo model, or random
-    model, tokenizer, info, version = holder.current()
-    with holder.reading(): ...                       # a forward pass (generation holds it per token)
-    with holder.exclusive(): ...                     # something that changes the model's state (explain.record)
-    holder.load(check_source("runs/x/best", roots))  # swap in another model; on failure the old one stays
+    cache = ModelCache.from_default(None)            # --model, $GEMMA3_MODEL, the demo model, or random
+    loaded = cache.get(source)                       # a LoadedModel: model, tokenizer, info, version
+    with loaded.reading(): ...                       # a forward pass (generation holds it per token)
+    with loaded.exclusive(): ...                     # something that changes the model's state (explain.record)
 
-A swap takes the write lock only for the assignment, so it waits at most for one decode step; a
-generation that started on the old model finishes on it (it holds its own reference).
+Each visitor (a browser page, or one gradio_client Client) keeps the source it chose in its own session
+state (webapp.ui.model_bar), so one visitor's choice never changes another's page. Sessions that chose
+the same source share one LoadedModel. The cache holds models up to a memory budget (parameter and
+buffer bytes; $GEMMA3_MODEL_MEMORY_MB, default 2048) and drops the least recently used beyond it,
+never the default model. Loading takes no lock any model's users hold, so it never pauses or changes a
+generation on another model; a generation keeps its own reference, so a model dropped from the cache
+mid-story finishes that story, and the session that chose it reloads it on its next request.
 """
 
 from __future__ import annotations
 
 import gc
+import itertools
 import os
 import re
 import threading
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,13 +34,14 @@ import gemma3.defaults
 from gemma3.__main__ import describe
 
 from .inputs import UserError
-
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = gemma3.defaults.ASSETS      # the checkout's assets/, or the copy `pip install .` puts inside gemma3
 DEMO_MODEL = gemma3.defaults.DEMO_MODEL
 RANDOM = "random:tiny"         # random:<preset> for the small presets: untrained weights, said plainly
 RANDOM_PRESETS = ("tiny", "demo")
 ALLOW_ENV = "GEMMA3_ALLOWED_DIRS"  # extra folders (os.pathsep-separated) a user may load models from
+MEMORY_ENV = "GEMMA3_MODEL_MEMORY_MB"  # how much model memory the cache keeps (MiB)
+DEFAULT_MEMORY_MB = 2048   # the demo model, random weights and three 270m models in bf16 (or one in fp32 and more)
 HUB_ID = re.compile(r"hf:[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
 MAX_SOURCE_CHARS = 1000
 
@@ -71,7 +79,10 @@ class ModelInfo:
         return self.source.startswith("random:")
 
     def markdown(self) -> str:
-        source = "" if self.source == self.name else f" — `{self.source}`"
+        # a Hub id or random:<preset> is worth showing; a path is not (visitors never see server paths: the
+        # name says which run, or the folder's name)
+        shown = self.source != self.name and self.source.startswith(("hf:", "random:"))
+        source = f" — `{self.source}`" if shown else ""
         text = (f"**Model:** {self.name}{source} · {self.params / 1e6:.1f}M parameters · "
                 f"{self.device} · {self.dtype}")
         if self.random:
@@ -216,7 +227,45 @@ def picker_choices(runs_dir) -> list[tuple[str, str]]:
     return choices
 
 
-# ---- the shared model --------------------------------------------------------------------------------
+def check_visitor_choice(source: str, runs_dir, anything: bool, default: str | None = None) -> str:
+    """`source` (checked by check_source) if this visitor may load it: anyone may load what the picker
+    lists, the default model and any checkpoint inside the runs folder; other paths and Hub ids need
+    `anything` (everyone locally, the owner and allowed users on a Space: webapp.guard.may_load_anything)."""
+    if anything or source == default or source in {v for _, v in picker_choices(runs_dir)}:
+        return source
+    if not source.startswith(("hf:", "random:")):
+        try:
+            if Path(source).resolve().is_relative_to(Path(runs_dir).resolve()):
+                return source
+        except (OSError, RuntimeError):
+            pass
+    raise UserError("On this Space, visitors load the models in the list and the checkpoints of its training runs; "
+                    "other paths and Hub models are for its owner. Duplicate the Space to load your own.")
+
+
+# ---- the models in memory ----------------------------------------------------------------------------
+
+def memory_budget(env=None) -> int:
+    """Bytes of model weights the cache keeps: $GEMMA3_MODEL_MEMORY_MB (default 2048) MiB."""
+    raw = (env if env is not None else os.environ).get(MEMORY_ENV, "").strip()
+    try:
+        mb = float(raw) if raw else DEFAULT_MEMORY_MB
+    except ValueError:
+        mb = DEFAULT_MEMORY_MB
+    return int(max(mb, 0) * 2**20)
+
+
+def model_bytes(model) -> int:
+    """Memory held by a model's parameters and buffers, each storage counted once (a tied head is free)."""
+    seen, total = set(), 0
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        storage = t.untyped_storage()
+        key = (str(t.device), storage.data_ptr())
+        if key not in seen:
+            seen.add(key)
+            total += storage.nbytes()
+    return total
+
 
 class RWLock:
     """Many readers or one writer; a waiting writer goes first, so readers cannot starve it."""
@@ -259,39 +308,36 @@ class RWLock:
                 self._cond.notify_all()
 
 
-class ModelHolder:
-    """The one model in memory, swapped safely under a lock."""
+class Counter:
+    """A thread-safe count of things in flight."""
 
-    def __init__(self, model, tokenizer, info: ModelInfo):
-        self._state = (model, tokenizer, info, 0)
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.value = 0
+
+    def add(self, n: int):
+        with self._lock:
+            self.value += n
+
+
+class LoadedModel:
+    """One model in memory with its tokenizer and info, its lock, and the generations streaming from it."""
+
+    def __init__(self, model, tokenizer, info: ModelInfo, version: int = 0, streams: Counter | None = None):
+        self.model, self.tokenizer, self.info, self.version = model, tokenizer, info, version
+        self.bytes = model_bytes(model)
         self._rw = RWLock()
-        self._loading = threading.Lock()
-        self._count = threading.Lock()
-        self.streaming = 0   # generations in flight (each holds a KV cache until its generator is closed)
-
-    @contextmanager
-    def stream_slot(self):
-        with self._count:
-            self.streaming += 1
-        try:
-            yield
-        finally:
-            with self._count:
-                self.streaming -= 1
-
-    @classmethod
-    def from_default(cls, cli: str | None = None) -> "ModelHolder":
-        """Start on --model / $GEMMA3_MODEL / the demo model / random weights (the operator's choice: not
-        restricted to the allowed folders)."""
-        return cls(*load_source(default_source(cli)))
-
-    def current(self):
-        """(model, tokenizer, info, version): one consistent snapshot; version changes on every swap."""
-        return self._state
+        self._streams = Counter()
+        self._all_streams = streams   # the cache's count, over every model
 
     @property
-    def info(self) -> ModelInfo:
-        return self._state[2]
+    def source(self) -> str:
+        return self.info.source
+
+    @property
+    def streaming(self) -> int:
+        """Generations in flight on this model (each holds a KV cache until its generator is closed)."""
+        return self._streams.value
 
     def reading(self):
         return self._rw.read()
@@ -299,31 +345,122 @@ class ModelHolder:
     def exclusive(self, timeout: float | None = 120):
         return self._rw.write(timeout)
 
-    def load(self, source: str, name: str | None = None) -> ModelInfo:
-        """Load a checked source and swap it in; any failure is a UserError and the current model stays."""
-        if not self._loading.acquire(blocking=False):
-            raise UserError("Another model is being loaded right now; wait until it is done, then try again.")
+    @contextmanager
+    def stream_slot(self):
+        counters = [c for c in (self._streams, self._all_streams) if c is not None]
+        for c in counters:
+            c.add(1)
         try:
-            current = self.info.name
-            try:
-                model, tok, info = load_source(source)
-            except UserError:
-                raise
-            except (FileNotFoundError, ConnectionError, ValueError) as e:
-                raise UserError(f"{_hint(source, e)} The current model ({current}) stays loaded.") from None
-            except Exception as e:  # a corrupt file, out of memory, ...: still one sentence, and the old model
-                raise UserError(f"Could not load {source} ({e.__class__.__name__}: {str(e)[:300]}). "
-                                f"The current model ({current}) stays loaded.") from None
-            if name:
-                info = ModelInfo(**{**info.__dict__, "name": name})
-            with self._rw.write(timeout=None):
-                self._state = (model, tok, info, self._state[3] + 1)
+            yield
+        finally:
+            for c in counters:
+                c.add(-1)
+
+
+class ModelCache:
+    """The models the sessions chose, by source: shared, least recently used dropped beyond the budget,
+    the default always kept."""
+
+    LOAD_WAIT_S = 600   # how long a load waits for another to finish before saying so
+
+    def __init__(self, model, tokenizer, info: ModelInfo, *, budget: int | None = None, loader=None):
+        self.budget = memory_budget() if budget is None else int(budget)
+        self._loader = loader or load_source
+        self._lock = threading.Lock()       # guards _entries (held only for dict operations)
+        self._loading = threading.Lock()    # one load at a time: two 270m loads at once could exhaust memory
+        self._versions = itertools.count()
+        self._streams = Counter()
+        self._entries: OrderedDict[str, LoadedModel] = OrderedDict()
+        self.loads = self.evictions = 0     # what the cache did (tests and the About tab read them)
+        self.default = self._wrap(model, tokenizer, info)
+        self._entries[info.source] = self.default
+
+    @classmethod
+    def from_default(cls, cli: str | None = None, budget: int | None = None) -> "ModelCache":
+        """Start on --model / $GEMMA3_MODEL / the demo model / random weights (the operator's choice: not
+        restricted to the allowed folders)."""
+        return cls(*load_source(default_source(cli)), budget=budget)
+
+    def _wrap(self, model, tokenizer, info) -> LoadedModel:
+        return LoadedModel(model, tokenizer, info, next(self._versions), self._streams)
+
+    @property
+    def streaming(self) -> int:
+        """Generations in flight on any model, including one dropped from the cache mid-story."""
+        return self._streams.value
+
+    @property
+    def bytes(self) -> int:
+        with self._lock:
+            return sum(e.bytes for e in self._entries.values())
+
+    def sources(self) -> list[str]:
+        """The sources in memory, least recently used first."""
+        with self._lock:
+            return list(self._entries)
+
+    def peek(self, source: str | None) -> LoadedModel | None:
+        """The model for `source` if it is in memory (None: the default), without loading or reordering."""
+        if source in (None, ""):
+            return self.default
+        with self._lock:
+            return self._entries.get(source)
+
+    def _hit(self, source: str) -> LoadedModel | None:
+        with self._lock:
+            hit = self._entries.get(source)
+            if hit is not None:
+                self._entries.move_to_end(source)
+            return hit
+
+    def get(self, source: str | None = None) -> LoadedModel:
+        """The model for a checked source (None: the default), loaded if it is not in memory. Failures are one
+        UserError sentence; nothing another session uses changes."""
+        if source in (None, ""):
+            source = self.default.source
+        hit = self._hit(source)
+        if hit is not None:
+            return hit
+        if not self._loading.acquire(timeout=self.LOAD_WAIT_S):
+            raise UserError("Another model is still being loaded; try again in a minute.")
+        try:
+            hit = self._hit(source)   # another session may have loaded it while this one waited
+            if hit is not None:
+                return hit
+            loaded = self._wrap(*self._load(source))
+            with self._lock:
+                self._entries[source] = loaded
+                self.loads += 1
+                self._evict(keep=source)
         finally:
             self._loading.release()
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        return info
+        return loaded
+
+    def _load(self, source: str):
+        try:
+            return self._loader(source)
+        except UserError:
+            raise
+        except (FileNotFoundError, ConnectionError, ValueError) as e:
+            raise UserError(_hint(source, e)) from None
+        except Exception as e:  # a corrupt file, out of memory, ...: still one sentence
+            raise UserError(f"Could not load {source} ({e.__class__.__name__}: {str(e)[:300]}).") from None
+
+    def _evict(self, keep: str):
+        """Drop least recently used models (never the default, nor `keep`) until the rest fit the budget."""
+        total = sum(e.bytes for e in self._entries.values())
+        for source in list(self._entries):
+            if total <= self.budget:
+                break
+            entry = self._entries[source]
+            if entry is self.default or source == keep:
+                continue
+            del self._entries[source]
+            total -= entry.bytes
+            self.evictions += 1
 
 
 def _hint(source: str, error: Exception) -> str:

@@ -22,7 +22,9 @@ with the GPT-2 tokenizer, trained on TinyStories-like text.
 - **Train** prepares a story corpus and trains a model in the background (`training/`); any checkpoint
   can be loaded into the model bar.
 
-The model bar is shared: loading a model replaces it for every tab and every visitor.
+The model bar is yours: loading a model changes it for your tabs only, never another visitor's page (visitors
+who pick the same model share it in memory). On a public Space, visitors pick from the list and the Space's
+training runs; other paths and Hub models are for the Space's owner.
 
 ### Measured figures
 {figures}

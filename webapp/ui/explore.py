@@ -3,6 +3,7 @@
 Masks, RoPE and Parameters describe the architecture; the other views run the model once on the prompt
 (webapp.explore caches the recording, so switching layer, head or temperature reuses it). One table in
 `_wire` registers every figure's endpoint: API name, Explorer method, its inputs, its plot, what redraws it.
+Every figure is drawn from the model this session chose in the model bar (its `choice` state, the last input).
 """
 
 import functools
@@ -77,8 +78,9 @@ def _next_token_controls(info) -> dict:
 CONTROLS = {"mask": _mask_controls, "attention": _attention_controls, "next": _next_token_controls}
 
 
-def build(explorer: ex.Explorer, info) -> Explore:
-    """The tab, in the current Tabs, for the model `info` describes, with its events wired."""
+def build(explorer: ex.Explorer, info, choice: gr.State) -> Explore:
+    """The tab, in the current Tabs, for the model `info` describes (the default), with its events wired; every
+    figure is drawn from the model of the session's `choice` (the model bar's per-session source)."""
     views, plots, controls = {}, {}, {}
     with gr.Tab("Explore", id="explore") as tab:
         gr.Markdown(INTRO)
@@ -95,7 +97,7 @@ def build(explorer: ex.Explorer, info) -> Explore:
                         controls.update(CONTROLS[key](info))
                     plots[key] = gr.Plot(label=plot_label, elem_id=f"plot-{key}")
     explore = Explore(explorer, tab, prompt, look, views, plots, controls)
-    _wire(explore)
+    _wire(explore, choice)
     return explore
 
 
@@ -119,7 +121,7 @@ def handler(name: str, method):
     return friendly(draw)
 
 
-def _wire(e: Explore):
+def _wire(e: Explore, choice: gr.State):
     x, c, v, prompt = e.explorer, e.controls, e.views, e.prompt
     figures = (  # API name, Explorer method, its inputs, its plot, what redraws it
         ("explore_mask", x.mask, [c["seq"]], "mask", [e.tab.select, v["mask"].select, c["seq"].release]),
@@ -133,13 +135,14 @@ def _wire(e: Explore):
         ("explore_logit_lens", x.logit_lens, [prompt], "lens", [v["lens"].select]),
     )
     for name, method, inputs, plot, triggers in figures:
-        gr.on(triggers, handler(name, method), inputs, e.plots[plot], api_name=name, **EVENT)
+        gr.on(triggers, handler(name, method), [*(inputs or []), choice], e.plots[plot], api_name=name, **EVENT)
 
     @friendly
-    def explore_all(prompt, layer, head, temperature, top_k):
-        figs = (x.attention(prompt, layer, head), x.activations(prompt),
-                x.next_token(prompt, temperature, top_k), x.logit_lens(prompt))
+    def explore_all(prompt, layer, head, temperature, top_k, source=None):
+        figs = (x.attention(prompt, layer, head, source), x.activations(prompt, source),
+                x.next_token(prompt, temperature, top_k, source), x.logit_lens(prompt, source))
         return tuple(shown(f) if i == 0 else f[0] for i, f in enumerate(figs))
 
-    gr.on([e.look.click, prompt.submit], explore_all, [prompt, c["layer"], c["head"], c["temperature"], c["top_k"]],
+    inputs = [prompt, c["layer"], c["head"], c["temperature"], c["top_k"], choice]
+    gr.on([e.look.click, prompt.submit], explore_all, inputs,
           [e.plots[k] for k in ("attention", "activations", "next", "lens")], api_visibility="private", **EVENT)

@@ -1,6 +1,7 @@
 """The Generate tab: a prompt, the sampling settings, and a story streamed into the page; Stop cancels it.
 
-The settings' ranges and checks and the streaming loop live in webapp.generation.
+The settings' ranges and checks and the streaming loop live in webapp.generation. The story comes from the model
+this session chose in the model bar (its `choice` state), whatever other visitors load meanwhile.
 """
 
 from dataclasses import dataclass
@@ -32,8 +33,8 @@ class Generate:
     info: gr.Markdown
 
 
-def build(holder: models.ModelHolder) -> Generate:
-    """The tab, in the current Tabs, with its events wired."""
+def build(cache: models.ModelCache, choice: gr.State) -> Generate:
+    """The tab, in the current Tabs, with its events wired; `choice`: the model bar's per-session source."""
     with gr.Tab("Generate", id="generate"):
         with gr.Row():
             with gr.Column(scale=2):
@@ -50,17 +51,18 @@ def build(holder: models.ModelHolder) -> Generate:
                 story = gr.Textbox(label="Story", lines=18, elem_id="story", interactive=False)
                 info = gr.Markdown(elem_id="gen-info")
     tab = Generate(prompt, settings, go, stop, story, info)
-    _wire(tab, holder)
+    _wire(tab, cache, choice)
     return tab
 
 
-def _wire(tab: Generate, holder: models.ModelHolder):
+def _wire(tab: Generate, cache: models.ModelCache, choice: gr.State):
     @friendly
-    def generate(prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed):
+    def generate(prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, source=None):
         s = gen.settings(prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
+        loaded = cache.get(source)   # this session's model (reloaded if the cache dropped it)
         stats: dict = {}
         text = ""
-        for i, text in enumerate(gen.stream(holder, s, stats)):
+        for i, text in enumerate(gen.stream(loaded, s, stats)):
             # the notice only once: a piece still in flight when Stop is pressed must not overwrite "Stopped"
             yield text, "*generating…*" if i == 0 else gr.skip()
         yield text, gen.summary(stats)
@@ -69,6 +71,6 @@ def _wire(tab: Generate, holder: models.ModelHolder):
         n = len(text) if isinstance(text, str) else 0
         return f"Stopped after {n:,} characters."
 
-    event = tab.go.click(guard.gpu(generate), [tab.prompt, *tab.settings], [tab.story, tab.info], api_name="generate",
-                         concurrency_id="generate", concurrency_limit=2, preprocess=False)
+    event = tab.go.click(guard.gpu(generate), [tab.prompt, *tab.settings, choice], [tab.story, tab.info],
+                         api_name="generate", concurrency_id="generate", concurrency_limit=2, preprocess=False)
     tab.stop.click(stopped, tab.story, tab.info, cancels=[event], api_visibility="private", queue=False)

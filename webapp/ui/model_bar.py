@@ -1,7 +1,11 @@
-"""The model bar above the tabs: what is loaded, the list of available models, a path box, Load.
+"""The model bar above the tabs: which model this visitor uses, the list of available models, a path box, Load.
 
-One model serves every tab and every visitor (webapp.models.ModelHolder). Parts that change with the
-model (Explore's layer, head and length selectors) follow it: app.py hands them to `ModelBar.connect`.
+The choice is per visitor: `ModelBar.choice` (a gr.State) holds the source this session picked (None: the
+default model), and every tab passes it to webapp.models.ModelCache, which shares loaded models between
+sessions that picked the same one. Loading changes nothing on another visitor's page. On a Space,
+visitors pick from the list and the Space's runs; other paths and Hub ids are the owner's
+(webapp.guard.may_load_anything). Parts that change with the model (Explore's layer, head and length
+selectors) follow it: app.py hands them to `ModelBar.connect`.
 """
 
 from collections.abc import Callable
@@ -10,8 +14,9 @@ from pathlib import Path
 
 import gradio as gr
 
-from webapp import models
+from webapp import guard, models
 from webapp.errors import friendly
+from webapp.inputs import UserError
 
 LOAD_EVENT = dict(concurrency_id="load", concurrency_limit=1, preprocess=False)
 
@@ -20,21 +25,25 @@ def details_text(info) -> str:
     return f"```\n{info.details}\n```"
 
 
-def picker_state(holder: models.ModelHolder, runs_dir: Path, current: str | None = None):
-    """(choices, value): the known models, with the loaded one even if it is outside the listed places."""
+def username(profile) -> str | None:
+    return getattr(profile, "username", None) if profile is not None else None
+
+
+def picker_state(cache: models.ModelCache, runs_dir: Path, current: str | None = None):
+    """(choices, value): the known models, plus the default and this session's model (`current`, a checked
+    source) where they are outside the listed places (e.g. --model, or a typed path)."""
     choices = models.picker_choices(runs_dir)
     values = {v for _, v in choices}
-    info = holder.info
-    if info.source not in values:  # e.g. --model outside the listed places: still shown as loaded
-        choices.insert(0, (f"Loaded: {info.name}", info.source))
-        values.add(info.source)
-    current = current if current in values else holder.info.source if holder.info.source in values else None
-    return choices, current
+    for source in (cache.default.source, current):
+        if source and source not in values:
+            choices.insert(0, (f"Loaded: {models.display_name(source)}", source))
+            values.add(source)
+    return choices, current or cache.default.source
 
 
 @dataclass(eq=False)
 class ModelBar:
-    holder: models.ModelHolder
+    cache: models.ModelCache
     runs_dir: Path
     roots: list[Path]                     # the folders a visitor may load from
     info_md: gr.Markdown
@@ -42,59 +51,77 @@ class ModelBar:
     picker: gr.Dropdown
     custom: gr.Textbox
     load_btn: gr.Button
+    choice: gr.State                      # this session's source (None: the default model)
     followers: list = field(default_factory=list)        # other parts' components that change with the model
     follow: Callable = lambda info: ()                    # info -> their updates, in that order
 
     def picker_update(self, current: str | None = None):
-        choices, value = picker_state(self.holder, self.runs_dir, current)
+        choices, value = picker_state(self.cache, self.runs_dir, current)
         return gr.update(choices=choices, value=value)
 
     @property
     def outputs(self) -> list:
-        """What `shown` fills: the bar, its followers, the picker."""
-        return [self.info_md, self.details_md, *self.followers, self.picker]
+        """What `shown` fills: the bar, its followers, the picker, the session's choice."""
+        return [self.info_md, self.details_md, *self.followers, self.picker, self.choice]
 
-    def shown(self, info, source: str | None = None) -> tuple:
-        """Updates for `outputs` after `info` was loaded (from `source`, selected in the picker)."""
-        return (info.markdown(), details_text(info), *self.follow(info), self.picker_update(source))
+    def shown(self, info) -> tuple:
+        """Updates for `outputs` after this session chose the model `info` describes."""
+        return (info.markdown(), details_text(info), *self.follow(info), self.picker_update(info.source),
+                info.source)
 
-    def load(self, value, progress) -> tuple:
-        """(info, source): `value` checked against the allowed places, loaded into the shared holder."""
+    def load(self, value, progress, user: str | None = None):
+        """The ModelInfo of `value`, checked against the allowed places and this visitor's rights, loaded into
+        the shared cache (or found there). The caller stores its source in this session's `choice`."""
         source = models.check_source(value, self.roots, self.runs_dir)
+        source = models.check_visitor_choice(source, self.runs_dir, guard.may_load_anything(user),
+                                             self.cache.default.source)
         progress(0, desc=f"Loading {models.display_name(source)} …")
-        return self.holder.load(source), source
+        try:
+            return self.cache.get(source).info
+        except UserError as e:
+            raise UserError(f"{e} Your current model stays loaded.") from None
 
     def connect(self, followers: list, follow: Callable):
         """Wire Load and the path box, with `followers` updated by follow(info) on every load."""
         self.followers, self.follow = list(followers), follow
 
         @friendly
-        def load_model(choice, path, progress=gr.Progress(track_tqdm=True)):
+        def load_model(choice, path, profile: gr.OAuthProfile | None = None,
+                       progress=gr.Progress(track_tqdm=True)):
             typed = path.strip() if isinstance(path, str) else path
-            info, source = self.load(typed or choice, progress)
+            info = self.load(typed or choice, progress, username(profile))
             gr.Info(f"Loaded {info.name}: {info.params / 1e6:.1f}M parameters.", duration=4)
-            return self.shown(info, source)
+            return self.shown(info)
 
         inputs = [self.picker, self.custom]
         self.load_btn.click(load_model, inputs, self.outputs, api_name="load_model", **LOAD_EVENT)
         self.custom.submit(load_model, inputs, self.outputs, api_visibility="private", **LOAD_EVENT)
 
+    def page_state(self, profile) -> list:
+        """On every page load: the default model (a new session starts on it) and, on a Space, the path box
+        only for the owner. Fills `outputs` + [custom]."""
+        return [*self.shown(self.cache.default.info), gr.update(visible=guard.may_load_anything(username(profile)))]
 
-def build(holder: models.ModelHolder, runs_dir: Path) -> ModelBar:
+
+def build(cache: models.ModelCache, runs_dir: Path) -> ModelBar:
     """The bar, in the current Blocks; Refresh wired, Load wired by `connect`."""
-    info = holder.info
+    info = cache.default.info
     with gr.Group(elem_id="model-bar"):
         info_md = gr.Markdown(info.markdown(), elem_id="model-info")
         with gr.Row(equal_height=True):
-            choices, value = picker_state(holder, runs_dir)
+            choices, value = picker_state(cache, runs_dir)
             picker = gr.Dropdown(choices, value=value, label="Available models", scale=4, elem_id="model-picker")
             custom = gr.Textbox(label="…or a path / hf:owner/name", scale=3, max_lines=1, elem_id="model-path",
-                                placeholder="runs/NAME/best · assets/demo-model · hf:owner/name")
+                                placeholder="runs/NAME/best · assets/demo-model · hf:owner/name",
+                                visible=not guard.on_space())
             with gr.Column(scale=1, min_width=120):
                 load_btn = gr.Button("Load model", variant="primary", elem_id="load-model")
                 refresh_btn = gr.Button("↻ Refresh list", size="sm")
         with gr.Accordion("Model details", open=False):
             details_md = gr.Markdown(details_text(info))
-    bar = ModelBar(holder, runs_dir, models.allowed_roots(runs_dir), info_md, details_md, picker, custom, load_btn)
-    refresh_btn.click(lambda: bar.picker_update(), None, picker, api_visibility="private", queue=False)
+    choice = gr.State(None)
+    bar = ModelBar(cache, runs_dir, models.allowed_roots(runs_dir), info_md, details_md, picker, custom, load_btn,
+                   choice)
+    refresh_btn.click(lambda source: bar.picker_update(source), choice, picker, api_visibility="private",
+                      queue=False)
     return bar
