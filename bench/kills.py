@@ -255,8 +255,9 @@ def kill_test(data: Path, work: Path, kills: int = 20, steps: int | None = None,
         figures["leftovers_seen"] += len(left)
         loaded = check_loadable(run)
         figures["checkpoints_loaded"] += loaded
-        log(f"{i + 1:3d} {where:8s} #{n}: killed at step {last_step(run):3d}; {loaded} complete checkpoint(s) load; "
-            f"left behind: {', '.join(left) or 'nothing'}")
+        nth = "" if where == "random" else f"#{n}"
+        log(f"{i + 1:3d} {where:8s} {nth:3s}: killed at step {last_step(run):3d}; {loaded} complete checkpoint(s) "
+            f"load; left behind: {', '.join(left) or 'nothing'}")
 
     rc, out = finish(launch(args + ["--resume"], work / "last.log"), 600)
     figures["launches"] += 1

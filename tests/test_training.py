@@ -113,6 +113,32 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one(data, tmp_path, mon
     assert status(run)["state"] == "finished"
 
 
+def test_resume_without_a_complete_checkpoint_starts_from_step_0(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    cfg = TrainConfig.for_preset(**dict(SMALL, data=str(data), out=str(run), max_steps=3, eval_every=100,
+                                        ckpt_every=100))
+    assert train(cfg, resume=True) == 0  # e.g. killed while it wrote its first checkpoint
+    assert "Nothing to resume: run has no complete checkpoint, so it starts from step 0." in capsys.readouterr().out
+    assert status(run)["state"] == "finished" and [r["step"] for r in records(run, "train")] == [1, 2, 3]
+
+
+def test_token_ids_beyond_the_vocabulary_fail_the_run_in_one_sentence(tmp_path, capsys):
+    import numpy as np
+
+    data = tmp_path / "data"
+    prepare("builtin", data, builtin_stories=100, progress=False)
+    ids = np.fromfile(data / "train.bin", dtype=np.uint16)
+    ids[3] = 65_535
+    ids.tofile(data / "train.bin")
+    run = tmp_path / "run"
+    assert train(TrainConfig.for_preset(**dict(SMALL, data=str(data), out=str(run), max_steps=2))) == 1
+    st = status(run)
+    assert st["state"] == "failed"
+    assert st["reason"] == (f"{data / 'train.bin'} is corrupt: it holds token id 65,535, beyond the 50,257 ids of the "
+                            "tokenizer; prepare the data again.")
+    assert "Traceback" not in capsys.readouterr().out
+
+
 def test_non_finite_losses_skip_updates_then_fail_clearly(data, tmp_path, monkeypatch):
     run = tmp_path / "run"
     cfg = TrainConfig.for_preset(**dict(SMALL, data=str(data), out=str(run), max_steps=20, max_bad_steps=3,

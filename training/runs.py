@@ -39,11 +39,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gemma3.checkpoints import atomic_write_text
+from gemma3.tokenizer import gpt2_tokenizer
 
 from . import status as run_status
 from .config import TrainConfig, default_preset
+from .data import load_split
 from .status import FINAL, LIVE, read_status, write_status
-from .trainer import checkpoints
+from .trainer import checkpoints, clean
 
 CLAIM = ".active.lock"
 MUTEX = ".runs.mutex"
@@ -386,6 +388,13 @@ def _launch(run: Path, runs_dir: Path, args: list[str], nproc: int, env: dict | 
     return Run(run, runs_dir)
 
 
+def _check_data(data: Path):
+    """A DataError now, rather than a run that fails as it starts: meta.json must read, and the token
+    files must have their sizes and hold no id beyond the tokenizer's (one pass over each file)."""
+    for split in ("train", "val"):
+        load_split(data, split, gpt2_tokenizer().vocab_size)
+
+
 def start(config: dict | TrainConfig, runs_dir="runs", name: str | None = None, *, gpus: int | None = None,
           env: dict | None = None) -> Run:
     """Create runs_dir/NAME and train there in the background; returns at once (the run is "starting").
@@ -408,6 +417,7 @@ def start(config: dict | TrainConfig, runs_dir="runs", name: str | None = None, 
     if not (data / "meta.json").is_file():
         raise RunError(f"{config.data} holds no prepared data (no meta.json); prepare it first with "
                        f"`python -m training prepare --out {config.data}`.")
+    _check_data(data)
     init_from = config.init_from
     if init_from and Path(init_from).exists():
         init_from = str(Path(init_from).resolve())
@@ -442,7 +452,8 @@ def _as_run(run_or_name, runs_dir) -> Run:
 
 def resume(run_or_name, runs_dir="runs", *, max_steps: int | None = None, gpus: int | None = None,
            env: dict | None = None) -> Run:
-    """Continue a stopped or failed run from its last checkpoint (`python -m training train --resume`).
+    """Continue a stopped or failed run from its last complete checkpoint (`python -m training train --resume`);
+    a run killed before its first complete checkpoint starts again from step 0.
 
     max_steps: a new total, to train a finished run further. gpus: default, as the run was launched."""
     run = _as_run(run_or_name, runs_dir)
@@ -459,6 +470,7 @@ def resume(run_or_name, runs_dir="runs", *, max_steps: int | None = None, gpus: 
                            f"{'is' if visible == 1 else 'are'} visible; resume it with gpus={max(visible, 1)} "
                            "(each step then holds fewer sequences).")
     nproc = processes(gpus if gpus is not None else before, cfg.device)
+    _check_data(Path(cfg.data))
     with _mutex(run.runs_dir):
         holder = _claimed(run.runs_dir) or (run.name if run.is_alive() else None)  # or started from a shell
         if holder is not None:
@@ -469,12 +481,14 @@ def resume(run_or_name, runs_dir="runs", *, max_steps: int | None = None, gpus: 
         if st["state"] == "finished" and (max_steps is None or cfg.max_steps <= done):
             raise RunError(f"Run {run.name} already finished at step {st.get('step')}; start a new run, "
                            f"or resume with a larger max_steps to train it further.")
-        if latest is None:
-            raise RunError(f"Nothing to resume: run {run.name} has no checkpoint yet; start a new run instead.")
-        if cfg.max_steps <= done:
+        if latest is None:  # killed before its first complete checkpoint: nothing is lost but the steps
+            reason = "no complete checkpoint: starting again from step 0"
+        elif cfg.max_steps <= done:
             raise RunError(f"max_steps ({cfg.max_steps}) must exceed the step of the last checkpoint ({done}).")
+        else:
+            reason = f"resuming from {latest.name}"
         args = [f"--out={run.path}", "--resume"] + ([f"--max-steps={cfg.max_steps}"] if max_steps else [])
-        return _launch(run.path, run.runs_dir, args, nproc, env, f"resuming from {latest.name}", step=done,
+        return _launch(run.path, run.runs_dir, args, nproc, env, reason, step=done,
                        max_steps=cfg.max_steps, best_val_loss=st.get("best_val_loss"))
 
 
@@ -542,6 +556,8 @@ def _kill(run: Run):
     for pid in _pids(run):
         _signal(pid, signal.SIGKILL)
     run.wait(timeout=10, poll=0.05)
+    if not run.is_alive():
+        clean(run.path)  # what the killed trainer left half-written (a resume would too)
 
 
 def stop(run, timeout: float = 30, runs_dir="runs") -> dict:

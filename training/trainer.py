@@ -5,18 +5,27 @@ A run folder holds everything about a run:
     metrics.jsonl      one line per logged step ({"kind": "train", ...}) and per eval ({"kind": "eval", ...})
     status.json        {"state": starting|running|stopped|finished|failed, "reason": ..., "step": ...}
     checkpoints/step_NNNNNNN/   model (our format, loadable by gemma3.load_model) + trainer.pt
+                       + complete.json (written last: the files and their sizes)
     best/              the model with the lowest validation loss so far
     STOP               created by anyone who wants the run to save and stop
     .lock              held by every process of the run while it lives (status.py)
 Only rank 0 writes. A run resumed from its last checkpoint logs exactly the losses it would
 have logged without the interruption (the data is a pure function of the step).
+
+A kill at any moment leaves a run that resumes: a checkpoint is written in a temporary folder and
+renamed into place (atomic_dir_write), an old one is renamed out of the set before it is deleted
+(discard), only complete checkpoints count (checkpoints), and what an interrupted write or deletion
+left behind (.step_N.*, .best.*, half a metrics line) is removed when a run starts and when it ends
+(clean). A run killed before its first complete checkpoint resumes from step 0.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import time
@@ -104,12 +113,133 @@ def set_rng_state(state: dict):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+COMPLETE = "complete.json"                                  # a step checkpoint's last file
+LEGACY_FILES = ("config.json", "model.safetensors", "trainer.pt")  # checkpoints written before complete.json
+TEMP_FILE = re.compile(r"\..+\.tmp(\d+)\.\d+")               # atomic_write_text's temporary files
+
+
+def is_complete(folder: Path) -> bool:
+    """Does the step checkpoint `folder` hold every file it was written with, at its full size?
+
+    complete.json, written last, lists them; a checkpoint from before it existed counts when its three
+    files are there (its folder was renamed into place whole; only a deletion could have broken it)."""
+    folder = Path(folder)
+    try:
+        files = json.loads((folder / COMPLETE).read_text())["files"]
+    except FileNotFoundError:
+        return folder.is_dir() and all((folder / f).is_file() for f in LEGACY_FILES)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if not isinstance(files, dict) or not files:
+        return False
+    try:
+        return all(isinstance(name, str) and "/" not in name and name not in ("", ".", "..")
+                   and (folder / name).stat().st_size == size for name, size in files.items())
+    except OSError:
+        return False
+
+
 def checkpoints(run: Path) -> list[Path]:
-    """Complete step checkpoints of a run, oldest first."""
-    folder = run / "checkpoints"
+    """Complete step checkpoints of a run, oldest first (a folder being written or deleted is not one)."""
+    folder = Path(run) / "checkpoints"
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.name.startswith("step_") and (p / "trainer.pt").exists())
+    return sorted(p for p in folder.iterdir() if p.name.startswith("step_") and is_complete(p))
+
+
+def discard(folder: Path):
+    """Delete a folder so that it never exists half-deleted under its own name: rename it out of the set
+    (atomic), then delete it. A kill in between leaves a dot-folder that clean() removes."""
+    folder = Path(folder)
+    trash = folder.with_name(f".{folder.name}.deleting.{os.getpid()}.{time.monotonic_ns()}")
+    try:
+        os.rename(folder, trash)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # someone else's process: alive
+        return False
+    return False
+
+
+def clean(run: Path) -> list[str]:
+    """Remove what interrupted writes and deletions left in a run folder; returns what it removed.
+
+    - checkpoints/.step_N.*: a checkpoint being written (atomic_dir_write's temporary folder), being
+      deleted (discard), or the previous copy of one being replaced (.step_N.old: put back if its
+      checkpoint is missing, as atomic_dir_write would have);
+    - checkpoints/step_N that are not complete (left by versions that deleted in place);
+    - .best.*: best/ being written, or its previous copy (.best.old: put back if best/ is missing);
+    - .NAME.tmpPID.TID files of atomic_write_text whose process is gone;
+    - a last metrics.jsonl line without its newline (the next record would be glued to it).
+    Call it while no process of the run writes (when a run starts or ends)."""
+    run = Path(run)
+    removed = []
+    folder = run / "checkpoints"
+    entries = list(folder.iterdir()) if folder.is_dir() else []
+    for p in sorted(entries):
+        if p.name.startswith(".step_") and p.name.endswith(".old") and p.is_dir():
+            original = p.with_name(p.name[1:-len(".old")])
+            if not original.exists() and is_complete(p):
+                with contextlib.suppress(OSError):
+                    os.rename(p, original)
+                    continue
+        if p.name.startswith("."):  # out of the set already: delete in place
+            removed.append(f"checkpoints/{p.name}")
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+        elif p.name.startswith("step_") and p.is_dir() and not is_complete(p):
+            removed.append(f"checkpoints/{p.name}")
+            discard(p)
+    best, old_best = run / "best", run / ".best.old"
+    if old_best.is_dir() and not best.exists() and (old_best / "model.safetensors").is_file() \
+            and (old_best / "config.json").is_file():
+        with contextlib.suppress(OSError):
+            os.rename(old_best, best)
+    for p in sorted(run.iterdir()) if run.is_dir() else []:
+        temp = TEMP_FILE.fullmatch(p.name)
+        if p.name.startswith(".best.") and p.is_dir():
+            removed.append(p.name)
+            shutil.rmtree(p, ignore_errors=True)
+        elif temp and p.is_file() and _process_gone(int(temp.group(1))):
+            removed.append(p.name)
+            p.unlink(missing_ok=True)
+    if _drop_partial_line(run / "metrics.jsonl"):
+        removed.append("half a line of metrics.jsonl")
+    return removed
+
+
+def _drop_partial_line(path: Path) -> bool:
+    """Cut a last line that lacks its newline (a kill mid-append); True if there was one."""
+    try:
+        with open(path, "rb+") as f:
+            end = f.seek(0, os.SEEK_END)
+            pos = end
+            while pos > 0:
+                step = min(pos, 1 << 16)
+                f.seek(pos - step)
+                block = f.read(step)
+                if pos == end and block.endswith(b"\n"):
+                    return False
+                cut = block.rfind(b"\n")
+                if cut >= 0:
+                    f.truncate(pos - step + cut + 1)
+                    return True
+                pos -= step
+            if end:
+                f.truncate(0)
+            return end > 0
+    except FileNotFoundError:
+        return False
 
 
 # ---- the trainer ---------------------------------------------------------------------------------
@@ -129,14 +259,20 @@ class Trainer:
         if self.main:
             self.run.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run / "config.json", json.dumps(cfg.to_dict(), indent=2))
+            removed = clean(self.run)  # what a killed process left behind
+            if removed:
+                self.log(f"removed what an interrupted run left: {', '.join(removed)}")
+        if self.world > 1:
+            dist.barrier()  # no rank looks at the checkpoints while rank 0 cleans them
 
         meta = read_meta(cfg.data)
         self.tokenizer = gemma3.gpt2_tokenizer()
         if meta.get("tokenizer", "gpt2") != "gpt2":
             raise StopRun("failed", f"{cfg.data} was tokenised with {meta['tokenizer']}, not gpt2.")
-        self.train_batches = Batches(load_split(cfg.data, "train"), cfg.batch_size, cfg.seq_len, cfg.seed,
+        vocab = self.tokenizer.vocab_size  # load_split refuses a file holding ids beyond it (a corrupt file)
+        self.train_batches = Batches(load_split(cfg.data, "train", vocab), cfg.batch_size, cfg.seq_len, cfg.seed,
                                      self.rank, self.world)
-        self.val_x, self.val_y = eval_windows(load_split(cfg.data, "val"), cfg.eval_windows, cfg.seq_len)
+        self.val_x, self.val_y = eval_windows(load_split(cfg.data, "val", vocab), cfg.eval_windows, cfg.seq_len)
         self.val_bytes = sum(text_bytes(self.tokenizer, row.tolist()) for row in self.val_y)
 
         torch.manual_seed(cfg.seed)
@@ -193,8 +329,9 @@ class Trainer:
 
     def _load_latest(self):
         found = checkpoints(self.run)
-        if not found:
-            raise StopRun("failed", f"Nothing to resume: {self.run} has no complete checkpoint.")
+        if not found:  # e.g. killed while writing its first checkpoint: nothing was lost but the steps
+            self.log(f"Nothing to resume: {self.run.name} has no complete checkpoint, so it starts from step 0.")
+            return
         latest = found[-1]
         state = torch.load(latest / "trainer.pt", map_location="cpu", weights_only=True)
         model, _ = gemma3.load_model(latest, device=self.device, dtype=torch.float32)
@@ -233,10 +370,12 @@ class Trainer:
         def write(tmp: Path):
             write_model_files(self.model, self.tokenizer, tmp)
             torch.save(state, tmp / "trainer.pt")
+            files = {p.name: p.stat().st_size for p in tmp.iterdir()}
+            (tmp / COMPLETE).write_text(json.dumps({"step": self.step, "files": files}))  # last: see is_complete
 
         path = atomic_dir_write(self.run / "checkpoints" / f"step_{self.step:07d}", write)
         for old in checkpoints(self.run)[:-self.cfg.keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+            discard(old)
         self.log(f"saved {path}")
 
     # ---- the loop ----
@@ -414,6 +553,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> int:
         finish("failed", f"{e.__class__.__name__}: {e}")
         raise
     finally:
+        if int(os.environ.get("RANK", "0")) == 0:
+            try:
+                clean(Path(cfg.out))  # temporary folders of writes this process (or a killed one) began
+            except OSError:
+                pass
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if dist.is_initialized():
