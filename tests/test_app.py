@@ -9,7 +9,7 @@ import time
 import pytest
 
 import app
-from conftest import kill_runs, serve
+from conftest import kill_runs, poll, serve
 from training import runs
 from webapp import models
 
@@ -66,12 +66,12 @@ def test_cancel_stops_generation_and_frees_its_cache(client, server):
     poll = time.monotonic() + 30
     while not job.outputs() and time.monotonic() < poll:
         time.sleep(0.01)
-    assert job.outputs() and server.holder.streaming == 1, "a generation is in flight"
+    assert job.outputs() and server.cache.streaming == 1, "a generation is in flight"
     job.cancel()
     deadline = time.monotonic() + 10
-    while server.holder.streaming and time.monotonic() < deadline:
+    while server.cache.streaming and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert server.holder.streaming == 0, "cancelling closes the generator (its finally frees the KV cache)"
+    assert server.cache.streaming == 0, "cancelling closes the generator (its finally frees the KV cache)"
     text = job.outputs()[-1][0]
     assert "tokens/s" not in job.outputs()[-1][1], "a cancelled generation never reaches its summary"
     assert generate(client, "Once", 3)[0], "and the server keeps serving"
@@ -121,7 +121,7 @@ def test_bad_generate_inputs_get_one_clear_sentence(client, args, message):
 # ---- Explore -------------------------------------------------------------------------------------
 
 def test_architecture_figures_need_no_prompt(client, server):
-    info = server.holder.info
+    info = server.cache.default.info   # this client has not chosen another model
     mask = plotly(client.predict(32, api_name="/explore_mask"))
     assert f"window {info.window}" in json.dumps(mask["layout"]) and "32 tokens" in mask["layout"]["title"]["text"]
     rope = plotly(client.predict(api_name="/explore_rope"))
@@ -132,7 +132,7 @@ def test_architecture_figures_need_no_prompt(client, server):
 
 
 def test_prompt_figures_share_one_recording(client, server):
-    info = server.holder.info
+    info = server.cache.default.info   # this client has not chosen another model
     before = server.explorer.recordings
     all_heads = plotly(client.predict(PROMPT, 0, "all", api_name="/explore_attention"))
     one_head = plotly(client.predict(PROMPT, info.layers - 1, "1", api_name="/explore_attention"))
@@ -177,11 +177,13 @@ def test_bad_explore_inputs_get_one_clear_sentence(client, endpoint, args, messa
     ("random:270m", "Random weights are offered for the presets tiny, demo"),
 ])
 def test_bad_model_sources_keep_the_current_model(client, server, path, message):
-    before = server.holder.current()
+    model = generate(client)[1].split(" · ")[-1]       # the summary ends with this session's model
+    loaded = server.cache.sources()
     with pytest.raises(Exception, match=message):
         client.predict("", path, api_name="/load_model")
-    assert server.holder.current() is before
-    assert generate(client)[0]
+    assert server.cache.sources() == loaded, "nothing was loaded or dropped"
+    text, summary = generate(client)
+    assert text and summary.endswith(model), "the session keeps its model"
 
 
 def test_picker_lists_the_known_hub_models_and_random_weights(server):
@@ -193,17 +195,87 @@ def test_picker_lists_the_known_hub_models_and_random_weights(server):
     assert "HF_TOKEN" in gated[0]
 
 
-def test_load_model_swaps_the_shared_model(client, server):
-    before = server.holder.info
-    try:
-        md, details, *_ = client.predict("random:tiny", "", api_name="/load_model")
-        assert "random weights (tiny preset" in md and "7 layers" in details
-        assert server.holder.info.source == "random:tiny" and server.holder.current()[3] > 0
-        text, info = generate(client, "Once", 3)
-        assert text and "random weights (tiny preset" in info
-    finally:
-        if not before.random:
-            client.predict("", before.source, api_name="/load_model")
+def test_sessions_on_different_models_generate_at_once_while_a_third_loads(server):
+    """Two API sessions generate at the same time, each on the model it chose, and each gets exactly the text
+    its model writes alone; a third session loading another model meanwhile changes neither."""
+    import gemma3
+    from gradio_client import Client
+
+    third = server.trainer.runs_dir / "copy" / "checkpoints" / "step_1"   # a checkpoint no session has loaded
+    gemma3.save_model(*models.random_model("tiny", seed=3), third)
+    a, b, c = (Client(server.local_url, verbose=False) for _ in range(3))
+    md, *_ = b.predict("random:demo", "", api_name="/load_model")
+    assert "random weights (demo preset" in md
+    args = ("Once upon a time", 1000, 0.0, 0, 1.0, 1.0, 0)
+    alone_a = a.predict(*args, api_name="/generate")
+    alone_b = b.predict(*args, api_name="/generate")
+    default = server.cache.default.info.name
+    assert default in alone_a[1] and "random weights (demo preset" in alone_b[1] and alone_a[0] != alone_b[0]
+
+    loads = server.cache.loads
+    ja, jb = a.submit(*args, api_name="/generate"), b.submit(*args, api_name="/generate")
+    poll(lambda: server.cache.streaming == 2, timeout=30, every=0.005, what="both generations to stream at once")
+    md, *_ = c.predict("", "runs/copy/checkpoints/step_1", api_name="/load_model")
+    assert "run copy: step_1" in md and server.cache.loads == loads + 1, "the third session loaded its model"
+    assert server.cache.streaming >= 1, "while the others were still generating"
+    assert ja.result()[0] == alone_a[0] and jb.result()[0] == alone_b[0], "each got its own model's text, undisturbed"
+    text_c, summary_c = c.predict(*args, api_name="/generate")
+    assert "run copy: step_1" in summary_c and text_c not in (alone_a[0], alone_b[0])
+    assert generate(a)[1].endswith(default) and generate(b)[1].endswith("untrained: expect noise)")
+
+
+def long_streams(server, client, n=2):
+    """n long generations (random weights of the demo preset, 1000 tokens) in one session, all streaming."""
+    client.predict("random:demo", "", api_name="/load_model")
+    jobs = [client.submit("Once upon a time", 1000, 1.0, 0, 1.0, 1.0, i, api_name="/generate") for i in range(n)]
+    poll(lambda: all(j.outputs() for j in jobs), timeout=30, what="every generation to stream")
+    return jobs
+
+
+def finished(server, job, timeout=60) -> bool:
+    """Wait until `job` ends, or until nothing streams any more (it was cancelled too); did it reach its summary?"""
+    poll(lambda: job.done() or server.cache.streaming == 0, timeout=timeout, what="the generation to end")
+    if not job.done():
+        time.sleep(1)   # a story that has just ended sends its summary a moment after its generator closes
+    return job.done() and "tokens/s" in job.outputs()[-1][1]
+
+
+def test_cancelling_a_stream_leaves_other_sessions_streaming(server):
+    from gradio_client import Client
+
+    a, b = Client(server.local_url, verbose=False), Client(server.local_url, verbose=False)
+    (ja,), (jb,) = long_streams(server, a, 1), long_streams(server, b, 1)
+    assert server.cache.streaming == 2
+    ja.cancel()
+    assert finished(server, jb), "the other session's story reaches its summary"
+    assert "tokens/s" not in ja.outputs()[-1][1]
+
+
+@pytest.mark.xfail(strict=True, reason="Gradio's /cancel cancels every stream of a session and endpoint, not the "
+                   "one event (gradio-app/gradio#10342; README, The API). An XPASS means Gradio fixed it: update "
+                   "the README and drop this mark.")
+def test_cancelling_one_of_two_streams_in_one_session_keeps_the_other(server):
+    from gradio_client import Client
+
+    first, second = long_streams(server, Client(server.local_url, verbose=False), 2)
+    first.cancel()
+    assert finished(server, second)
+
+
+def test_load_model_changes_only_this_sessions_model(client, server):
+    from gradio_client import Client
+
+    other = Client(server.local_url, verbose=False)
+    md, details, *_ = other.predict("random:tiny", "", api_name="/load_model")
+    assert "random weights (tiny preset" in md and "7 layers" in details
+    assert "random:tiny" in server.cache.sources()
+    text, info = generate(other, "Once", 3)
+    assert text and "random weights (tiny preset" in info
+    assert "random weights" not in generate(client, "Once", 3)[1], "another session's load changes nothing here"
+    mask = plotly(other.predict(32, api_name="/explore_mask"))
+    assert "window 8" in json.dumps(mask["layout"]), "Explore draws this session's model (tiny: window 8)"
+    assert f"window {server.cache.default.info.window}" in json.dumps(
+        plotly(client.predict(32, api_name="/explore_mask"))["layout"])
 
 
 # ---- Train ---------------------------------------------------------------------------------------
@@ -265,8 +337,8 @@ def test_train_start_metrics_stop_and_use(client, server):
         assert any(label.startswith(f"Run {name}: latest (step_") for label in listed), "the picker lists the run"
 
         md, *_ = client.predict(name, api_name="/train_use_checkpoint")
-        assert f"run {name}" in md and server.holder.info.source.startswith(str(runs_dir))
-        assert generate(client)[0]
+        assert f"run {name}" in md and str(runs_dir) not in md, "the checkpoint is in this session's model bar"
+        assert f"run {name}" in generate(client)[1], "and its stories come from it"
 
         dd, status, _ = client.predict(name, None, api_name="/train_resume")
         assert dd["value"] == name and "resuming" in status

@@ -34,8 +34,8 @@ EXPLORE_VIEWS = [("Masks", "mask"), ("RoPE", "rope"), ("Attention", "attention")
 def server(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("browser")
-    holder = models.ModelHolder(*models.load_source("random:demo"))
-    demo = app.build(holder=holder, runs_dir=tmp / "runs", data_dir=tmp / "data")
+    cache = models.ModelCache(*models.load_source("random:demo"))
+    demo = app.build(cache=cache, runs_dir=tmp / "runs", data_dir=tmp / "data")
     yield from serve(demo, tmp / "runs", **app.LAUNCH)
 
 
@@ -68,6 +68,21 @@ def test_model_bar_says_what_is_loaded(page, server):
     assert "Untrained random weights" in info
 
 
+def test_another_visitors_model_leaves_this_page_alone(page, server):
+    other = page.context.browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        other.goto(server.local_url)
+        other.wait_for_selector("#model-info")
+        other.locator("#model-path input, #model-path textarea").first.fill("random:tiny")
+        other.click("#load-model")
+        poll(lambda: "tiny preset" in other.inner_text("#model-info"), what="the other visitor's model in their bar")
+        time.sleep(5)   # longer than Train's slow timer, which once showed every page the model last loaded
+        assert "demo preset" in page.inner_text("#model-info"), "this page keeps its own model"
+        assert "random:tiny" in server.cache.sources()
+    finally:
+        other.close()
+
+
 def test_generate_streams_and_stop_cancels(page, server):
     page.get_by_role("tab", name="Generate").click()
     page.fill("#max-new input[type=number]", "1000")
@@ -76,10 +91,10 @@ def test_generate_streams_and_stop_cancels(page, server):
     first = poll(lambda: story(page), what="the first piece of the story")
     grown = poll(lambda: len(story(page)) > len(first) and story(page), what="the story to grow")
     assert grown.startswith(first), "streamed text extends what was already shown"
-    assert server.holder.streaming == 1
+    assert server.cache.streaming == 1
     page.click("#stop-btn")
     poll(lambda: "Stopped" in page.inner_text("#gen-info"), what="the stop notice")
-    poll(lambda: server.holder.streaming == 0, timeout=5, what="the generator to be closed (its cache freed)")
+    poll(lambda: server.cache.streaming == 0, timeout=5, what="the generator to be closed (its cache freed)")
     after_stop = story(page)
     time.sleep(1.5)
     assert story(page) == after_stop, "no more text arrives after Stop"
