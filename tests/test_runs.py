@@ -152,8 +152,13 @@ def test_stop_while_starting_ends_the_run_at_once(data, tmp_path):
         assert time.monotonic() - t0 < 10
         assert (final["state"], final["reason"], final["alive"]) == ("stopped", "stopped before training began", False)
         assert runs.active(runs_dir) is None and not (runs_dir / ".active.lock").exists()
-        with pytest.raises(RunError, match="Nothing to resume: run early has no checkpoint yet"):
-            runs.resume(run, runs_dir)
+        # nothing to resume from: the run starts again from step 0, and says so
+        again = runs.resume(run, runs_dir, env=ENV)
+        assert again.launch_info()["at_launch"]["step"] == 0
+        records, _ = new_metrics(again, 0)
+        assert records[0]["step"] == 1
+        assert "has no complete checkpoint, so it starts from step 0" in again.log_tail(50)
+        assert runs.stop(again)["state"] == "stopped"
     finally:
         kill_run(run)
 
@@ -180,16 +185,17 @@ def test_user_errors(data, tmp_path):
     for name, state, step, ckpt in [("old", "finished", 5, True), ("fresh", "failed", 0, False)]:
         path = runs_dir / name
         (path / "checkpoints" / f"step_{step:07d}").mkdir(parents=True)
+        (path / "checkpoints" / f"step_{step:07d}" / "trainer.pt").write_bytes(b"")  # alone: not complete
         if ckpt:
-            (path / "checkpoints" / f"step_{step:07d}" / "trainer.pt").write_bytes(b"")
+            for f in ("config.json", "model.safetensors"):  # a checkpoint from before complete.json
+                (path / "checkpoints" / f"step_{step:07d}" / f).write_bytes(b"")
         (path / "config.json").write_text(json.dumps(cfg))
         (path / "status.json").write_text(json.dumps({"state": state, "reason": "r", "step": step, "max_steps": 5,
                                                       "pid": dead_pid(), "updated": time.time()}))
         time.sleep(0.02)  # distinct creation times
     with pytest.raises(RunError, match="already finished at step 5"):
         runs.resume("old", runs_dir)
-    with pytest.raises(RunError, match="Nothing to resume"):
-        runs.resume("fresh", runs_dir)
+    assert runs.get("fresh", runs_dir).latest_checkpoint() is None  # a resume would start from step 0
     assert [i.name for i in runs.list_runs(runs_dir)] == ["fresh", "old"]
     assert runs.get("old", runs_dir).latest_checkpoint().name == "step_0000005"
     assert runs.stop("old", runs_dir=runs_dir)["state"] == "finished"  # nothing to stop
@@ -276,3 +282,75 @@ def test_flags_give_the_trainer_the_same_config(data):
     parsed = config_from_args(parser.parse_args(runs._flags(cfg)))
     assert parsed.to_dict() == cfg.to_dict()
     assert isinstance(parsed.peak_tflops, float) and parsed.model["window"] == 16
+
+
+# ---- what the Train tab shows: one sentence, no traceback, no server path ------------------------
+
+def test_messages_show_no_server_path_and_only_characters_that_can_be_sent(tmp_path):
+    from webapp.errors import UNICODE, public, show_paths_as, user_error
+
+    show_paths_as(tmp_path / "runs", "runs")
+    assert public(f"No run named 'x' in {tmp_path / 'runs'}.") == "No run named 'x' in runs."
+    assert public(f"{tmp_path}/runs/a/checkpoints/step_1 is bad") == "runs/a/checkpoints/step_1 is bad"
+    assert public(f"{tmp_path}/runs-old/x.bin is gone") == "x.bin is gone"  # not the runs folder: its last part
+    assert public("/srv/secret/app/data/train.bin is corrupt.") == "train.bin is corrupt."
+    for kept in ("see https://huggingface.co/datasets/a/b", "runs/tiny-1/best", "/etc is outside", "and/or 1/2",
+                 "../../etc/passwd"):
+        assert public(kept) == kept
+    assert public("story\ud800.txt is not UTF-8").encode("utf-8")  # escaped: the answer can be encoded
+    assert user_error(UnicodeEncodeError("utf-8", "a\ud800", 1, 2, "surrogates not allowed"), "t").message == UNICODE
+    crash = user_error(RuntimeError(f"boom in {tmp_path}/deep/inside/x.py"), "t").message
+    assert "Something went wrong" in crash and str(tmp_path) not in crash and "x.py" in crash
+
+
+def test_a_call_with_missing_or_refused_inputs_gets_a_sentence():
+    """Gradio checks the count of values, and files, before any handler runs; what it refuses reaches the
+    caller as {"error": null} unless errors.guard_inputs turns it into a sentence."""
+    import asyncio
+
+    import gradio as gr
+
+    from webapp.errors import guard_inputs
+
+    with gr.Blocks() as demo:
+        a, b, f = gr.Textbox(), gr.Textbox(), gr.File()
+        gr.Button().click(lambda x, y: x, [a, b], a, api_name="pair")
+        gr.Button().click(lambda x: None, [f], None, api_name="upload", preprocess=False)
+    guard_inputs(guard_inputs(demo))  # twice: still one wrapper
+    pair, upload = demo.fns.values()
+    demo.validate_inputs(pair, ["x", "y"])
+    with pytest.raises(gr.Error, match="The call to pair sent 1 value but it takes 2; send every input"):
+        demo.validate_inputs(pair, ["x"])
+    with pytest.raises(gr.Error, match="The call to upload sent a value its inputs cannot take"):
+        asyncio.run(demo.preprocess_data(upload, [{"path": "/etc/passwd"}], None))
+
+
+def test_the_train_tab_shows_a_failed_run_in_one_sentence(tmp_path):
+    from training.status import write_status
+    from webapp.train import Trainer
+
+    trainer = Trainer(tmp_path / "runs", tmp_path / "data")
+    run = tmp_path / "runs" / "broken"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"max_steps": 10}))
+    write_status(run, "failed", f"{tmp_path / 'data' / 'builtin' / 'train.bin'} is corrupt: it holds token id "
+                 "60,000, beyond the 50,257 ids of the tokenizer; prepare the data again.", step=0, max_steps=10)
+    (run / "train.log").write_text('Traceback (most recent call last):\n  File "/srv/app/training/trainer.py", '
+                                   'line 3, in fit\nIndexError: index out of range in self\n')
+    status = trainer.metrics("broken")["status"]
+    assert "(data/builtin/train.bin is corrupt: it holds token id 60,000" in status
+    assert "runs/broken/train.log" in status
+    assert str(tmp_path) not in status and "Traceback" not in status and "/srv" not in status
+
+
+def test_an_upload_whose_name_is_not_text_gets_a_sentence(tmp_path):
+    from webapp.inputs import UserError
+    from webapp.train import Trainer
+
+    trainer = Trainer(tmp_path / "runs", tmp_path / "data")
+    with pytest.raises(UserError, match="holds characters that are not valid text; rename the file"):
+        trainer.data_source("files", files=[str(tmp_path / "st\ud800ry.txt")])
+    odd = tmp_path / os.fsdecode(b"caf\xe9.txt")  # a Latin-1 name: a surrogate-escaped str, a valid file
+    odd.write_text("One story.\n\nAnother story.\n")
+    source, out, _ = trainer.data_source("files", files=[str(odd)])
+    assert source == [str(odd)] and out.name.startswith("upload-")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import re
 import threading
 import time
@@ -18,6 +19,7 @@ from training import runs
 from training.config import TRAIN_PRESETS, TrainConfig
 from training.data import SUFFIXES, prepare
 
+from .errors import public, show_paths_as
 from .inputs import UserError, choice, number, text
 
 SOURCES = (("Built-in stories (offline)", "builtin"), ("Hugging Face dataset", "hub"), ("Uploaded files", "files"))
@@ -50,7 +52,7 @@ def _file_path(item) -> Path:
 def _digest(files: list[Path]) -> str:
     h = hashlib.sha1()
     for f in sorted(files, key=lambda p: p.name):
-        h.update(f.name.encode() + b"\0")
+        h.update(os.fsencode(f.name) + b"\0")
         with open(f, "rb") as fh:
             while block := fh.read(1 << 20):
                 h.update(block)
@@ -72,6 +74,8 @@ class Trainer:
     def __init__(self, runs_dir, data_dir):
         self.runs_dir = Path(runs_dir).resolve()
         self.data_dir = Path(data_dir).resolve()
+        show_paths_as(self.runs_dir, self.runs_dir.name)  # what visitors see of paths in messages (errors.public)
+        show_paths_as(self.data_dir, self.data_dir.name)
 
     # ---- data ----
     def data_source(self, kind, stories=None, hub_id=None, files=None) -> tuple[object, Path, dict]:
@@ -99,6 +103,11 @@ class Trainer:
             raise UserError(f"{len(items)} files were uploaded; the limit is {MAX_FILES}. Combine them first.")
         paths = [_file_path(i) for i in items]
         for p in paths:
+            try:
+                os.fsencode(p)
+            except UnicodeEncodeError:  # a lone surrogate no file name on this server can hold
+                raise UserError(f"The name of the upload {p.name!r} holds characters that are not valid text; "
+                                "rename the file and upload it again.") from None
             if p.suffix.lower() not in SUFFIXES:
                 raise UserError(f"{p.name} is not a .txt, .jsonl or .parquet file.")
             if not p.is_file():
@@ -215,13 +224,11 @@ class Trainer:
         st = run.status()
         state, reason = st.get("state"), st.get("reason")
         best = st.get("best_val_loss")
-        status = (f"**{run.name}**: {state}" + (f" ({reason})" if reason else "") +
+        status = (f"**{run.name}**: {state}" + (f" ({_one_line(reason)})" if reason else "") +
                   f" · step {st.get('step') or 0:,}/{st.get('max_steps') or '?'}" +
                   (f" · best val loss {best:.4f}" if isinstance(best, (int, float)) else ""))
-        if state == "failed":
-            tail = run.log_tail(8).strip()
-            if tail:
-                status += "\n\n```\n" + tail + "\n```"
+        if state == "failed":  # the reason is one sentence; the log (a traceback, perhaps) stays on the server
+            status += f"\n\nThe trainer's output is in {public(run.path / 'train.log')} on the server."
         stats = ""
         if train:
             last = train[max(train)]
@@ -252,3 +259,9 @@ def _frame(rows):
     present = {c for _, _, c in rows}
     rows = list(rows) + [(first, None, c) for c in CURVES if c not in present]
     return pd.DataFrame(rows, columns=["step", "loss", "curve"]).astype({"step": "int64", "loss": "float64"})
+
+
+def _one_line(reason) -> str:
+    """A run's reason as the monitor shows it: its first line, with no server path (errors.public)."""
+    lines = str(reason).strip().splitlines()
+    return public(lines[0] if lines else "")

@@ -10,7 +10,7 @@ import gradio as gr
 
 from webapp import guard
 from webapp import train as tr
-from webapp.errors import friendly
+from webapp.errors import friendly, guard_inputs, public
 
 CURVE_COLORS = {"train": "#4f46e5", "val": "#db2777"}
 RUN_EVENT = dict(concurrency_id="train", concurrency_limit=1, preprocess=False)
@@ -75,6 +75,8 @@ def build(trainer: tr.Trainer) -> Train:
                 c.update(_monitor())
         c["timer"], c["slow_timer"] = gr.Timer(2.0), gr.Timer(4.0)
     train = Train(trainer, c, permission, duplicate)
+    if gr.context.Context.root_block is not None:  # a call with too few inputs gets a sentence (errors.py)
+        guard_inputs(gr.context.Context.root_block)
     _wire_settings(c)
     _wire_runs(train)
     _wire_monitor(train)
@@ -182,7 +184,7 @@ def _wire_runs(t: Train):
         guard.check_training(username(profile))
         st = trainer.stop(run)
         gr.Info(f"Run stopped at step {st.get('step')}: {st.get('state')}"
-                + (f" ({st['reason']})" if st.get("reason") else "") + ".", duration=4)
+                + (f" ({public(st['reason'])})" if st.get("reason") else "") + ".", duration=4)
         return f"{st.get('state')} at step {st.get('step')}", trainer.table()
 
     @friendly
