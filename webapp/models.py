@@ -399,13 +399,6 @@ class ModelCache:
         with self._lock:
             return list(self._entries)
 
-    def peek(self, source: str | None) -> LoadedModel | None:
-        """The model for `source` if it is in memory (None: the default), without loading or reordering."""
-        if source in (None, ""):
-            return self.default
-        with self._lock:
-            return self._entries.get(source)
-
     def _hit(self, source: str) -> LoadedModel | None:
         with self._lock:
             hit = self._entries.get(source)
