@@ -27,7 +27,7 @@ from gemma3.cpu import keep_freed_memory  # noqa: E402
 from webapp import explore as ex  # noqa: E402
 from webapp import models  # noqa: E402
 from webapp import train as tr  # noqa: E402
-from webapp.errors import friendly  # noqa: E402
+from webapp.errors import friendly, guard_inputs  # noqa: E402
 from webapp.ui import about, explore, generate, model_bar, train  # noqa: E402
 from webapp.ui.train import CURVE_COLORS  # noqa: E402,F401  (the loss plot's colours; tests read them here)
 
@@ -75,6 +75,7 @@ def build(model=None, tokenizer=None, description: str | None = None, *, cache: 
             train_tab = train.build(trainer)
             about.build()
         connect(demo, bar, explore_tab, train_tab)
+        guard_inputs(demo)  # a call with too few or refused inputs gets a sentence, not {"error": null}
     demo.cache, demo.trainer, demo.explorer = cache, trainer, explorer  # for tests and embedding
     return demo
 

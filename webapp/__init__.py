@@ -4,7 +4,8 @@ webapp.ui builds one part of the page per module and wires its events to the mod
 can be tested without a browser; app.py composes the parts. Data flows one way:
 app.py -> webapp -> {explain, training} -> gemma3.
 
-    models      ModelHolder (one model for every tab and user), the picker's sources, path checks
+    models      ModelCache (loaded models shared by the visitors who chose them, LRU within a memory
+                budget), the picker's sources, path checks
     inputs      UserError and the checks every typed or API-sent value goes through
     generation  generation settings and the streaming loop
     explore     the recording cache and one function per explain figure

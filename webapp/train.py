@@ -227,7 +227,12 @@ class Trainer:
         status = (f"**{run.name}**: {state}" + (f" ({_one_line(reason)})" if reason else "") +
                   f" · step {st.get('step') or 0:,}/{st.get('max_steps') or '?'}" +
                   (f" · best val loss {best:.4f}" if isinstance(best, (int, float)) else ""))
-        if state == "failed":  # the reason is one sentence; the log (a traceback, perhaps) stays on the server
+        last = run.latest_checkpoint()
+        if reason == runs.DIED:  # its processes are gone: a restart of the app or the machine, or a kill
+            status = (f"**{run.name}**: interrupted (its processes ended, e.g. the app restarted) · step "
+                      f"{st.get('step') or 0:,}/{st.get('max_steps') or '?'} · last checkpoint "
+                      f"{last.name if last else 'none (Resume starts again from step 0)'} · Resume continues it")
+        elif state == "failed":  # the reason is one sentence; the log (a traceback, perhaps) stays on the server
             status += f"\n\nThe trainer's output is in {public(run.path / 'train.log')} on the server."
         stats = ""
         if train:
