@@ -12,6 +12,7 @@ there. Builds are named by the hash of source and flags: an edit builds anew.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
@@ -78,15 +79,27 @@ def _owned(path: Path):
 
 
 def _build(source: Path, name: str, folder: Path):
-    from torch.utils import cpp_extension  # imported here: it pulls in setuptools
-
+    """Load the library in `folder`, building it first if it is not there. Under an OS file lock,
+    which frees itself if this process dies: torch's own build lock (a file named "lock") stays
+    behind when a build is killed and makes every later build wait forever, so one found while we
+    hold ours is stale and removed. A library that exists is loaded directly, without the build
+    tool; one that does not load (a build killed while linking) is built again."""
     lib = folder / f"{name}.so"
-    if lib.exists() or lib.is_symlink():
-        _owned(lib)
-    cpp_extension.load(name=name, sources=[str(source)], build_directory=str(folder), extra_cflags=FLAGS,
-                       extra_ldflags=["-fopenmp"], extra_include_paths=[str(HERE)], is_python_module=False,
-                       verbose=False)
-    _owned(lib)
+    with open(folder / ".build.flock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        if lib.exists() or lib.is_symlink():
+            _owned(lib)
+            try:
+                torch.ops.load_library(str(lib))
+                return
+            except OSError:
+                lib.unlink()
+        from torch.utils import cpp_extension  # imported here: it pulls in setuptools
+
+        (folder / "lock").unlink(missing_ok=True)
+        cpp_extension.load(name=name, sources=[str(source)], build_directory=str(folder), extra_cflags=FLAGS,
+                           extra_ldflags=["-fopenmp"], extra_include_paths=[str(HERE)], is_python_module=False,
+                           verbose=False)
 
 
 def _reason(e: Exception) -> str:

@@ -318,3 +318,24 @@ def test_a_failed_build_says_why_once_and_the_reference_runs(tmp_path, monkeypat
 def test_switched_off_by_the_environment(monkeypatch):
     monkeypatch.setenv("GEMMA3_NO_KERNEL", "1")
     assert not native.supported()
+
+
+@pytest.mark.skipif(not native.supported(), reason="needs an x86-64 CPU with AVX512-BF16")
+def test_a_build_lock_left_by_a_killed_process_does_not_stop_later_loads(tmp_path):
+    """torch's build lock (a file named "lock") stays behind when a process is killed while loading,
+    and made every later load wait forever: a trainer stopped while starting never resumed."""
+    import subprocess
+    import sys
+    import textwrap
+
+    assert native.load("loss.cpp")  # built once, in this user's folder
+    code = textwrap.dedent("""
+        import sys
+        from gemma3 import native
+        folder = next(f for base in native.build_folders() if base.is_dir()
+                      for f in base.iterdir() if f.name.startswith("gemma3_loss_"))
+        (folder / "lock").write_text("")  # as a killed process leaves it
+        sys.exit(0 if native.load("loss.cpp") else 3)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(gemma3.__file__).parent.parent, timeout=120)
+    assert done.returncode == 0
