@@ -503,6 +503,11 @@ class Trainer:
         gathered = [torch.empty_like(flat) for _ in range(self.world)]
         dist.all_gather(gathered, flat)
         self.replicas_identical = all(torch.equal(gathered[0], g) for g in gathered[1:])
+        del gathered, flat
+        # gloo's worker thread drops the all_gather's tensors after the call returns, and needs the GIL
+        # for it: were the process group torn down at exit meanwhile (its destructor joins that thread
+        # while holding the GIL), the process would hang. A barrier runs on the same thread, after it.
+        dist.barrier()
         if not self.replicas_identical:
             raise StopRun("failed", "The model replicas on the different ranks have drifted apart.")
 
