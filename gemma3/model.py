@@ -2,8 +2,7 @@
 
 It computes exactly what transformers' Gemma3ForCausalLM computes (see tests/test_parity.py), in plain
 PyTorch: one forward serves training (no cache), a prompt and one-token decoding (with a KVCache).
-Every intermediate value can be watched with forward hooks on the named submodules. Speed is applied
-from outside: gemma3/engine runs the same equations faster on a CPU for generation.
+Every intermediate value can be read with forward hooks on the named submodules.
 """
 
 from __future__ import annotations
