@@ -1,0 +1,167 @@
+"""On a GPU: the model, the cache, loading, generation and the trainer do there what they do on a CPU.
+
+Skipped where no CUDA device is visible (CI has none). References are the same as on the CPU:
+transformers' eager Gemma 3 on the same GPU, the full forward pass for the cache, an uninterrupted
+run for a resumed one. GPU reductions run in another order than the CPU's, so fp32 tolerances are
+1e-4 where the CPU tests use 1e-5.
+"""
+
+import json
+
+import pytest
+import torch
+from conftest import TINY_HF, random_ids
+
+import gemma3
+from gemma3.defaults import DEMO_MODEL
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible")
+
+W = TINY_HF["sliding_window"]
+GPU = torch.device("cuda")
+
+
+@pytest.fixture(autouse=True)
+def plain_fp32():
+    """fp32 matrix products in full fp32 (no TF32), as PyTorch's default; asserted, not assumed."""
+    assert not torch.backends.cuda.matmul.allow_tf32
+
+
+@torch.no_grad()
+def logits_of(model, ids):
+    out = model(ids.to(GPU))
+    return getattr(out, "logits", out).float()
+
+
+@pytest.fixture(scope="module")
+def pair(hf_tiny):
+    """(transformers model, our model), fp32, same weights, on the GPU."""
+    from transformers import AutoModelForCausalLM
+
+    _, path = hf_tiny
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").to(GPU).eval()
+    ours, _ = gemma3.load_model(path, device=GPU, dtype=torch.float32)
+    return hf, ours
+
+
+@pytest.mark.parametrize("length", [W - 3, W + 1, 5 * W])
+def test_fp32_logits_on_the_gpu_match_transformers(pair, length):
+    hf, ours = pair
+    ids = random_ids(2, length, seed=length)
+    torch.testing.assert_close(logits_of(ours, ids), logits_of(hf, ids), atol=1e-4, rtol=0)
+
+
+def test_bf16_on_the_gpu_is_as_close_to_fp32_as_transformers_bf16(hf_tiny, pair):
+    """load_model picks bf16 on a GPU; its logits lose no more than transformers' bf16 model does."""
+    from transformers import AutoModelForCausalLM
+
+    hf32, _ = pair
+    _, path = hf_tiny
+    ours, _ = gemma3.load_model(path, device="cuda")
+    assert ours.embed.weight.dtype == torch.bfloat16 and ours.embed.weight.is_cuda
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16, attn_implementation="eager").to(GPU).eval()
+    ids = random_ids(2, 5 * W, seed=2)
+    exact, a, b = logits_of(hf32, ids), logits_of(ours, ids), logits_of(hf, ids)
+    assert (a - exact).abs().mean() < 1.25 * (b - exact).abs().mean()
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean() >= 0.8
+
+
+@pytest.mark.parametrize("prefill", [1, W + 3])
+def test_gpu_decoding_equals_the_full_forward(pair, prefill):
+    """Token by token through four ring wrap-arounds of the sliding layers' cache."""
+    _, ours = pair
+    ids = random_ids(2, 4 * W + 3, seed=prefill).to(GPU)
+    cache = ours.new_cache(2, ids.shape[1])
+    with torch.no_grad():
+        parts = [ours(ids[:, :prefill], cache=cache)]
+        parts += [ours(ids[:, t:t + 1], cache=cache) for t in range(prefill, ids.shape[1])]
+        full = ours(ids)
+    assert cache.layers[0].k.is_cuda
+    torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-4, rtol=0)
+
+
+def test_greedy_generation_on_the_gpu_matches_transformers(pair):
+    """fp32 greedy decoding with the cache: the same 40 tokens as transformers' generate."""
+    hf, ours = pair
+    prompt = random_ids(1, 5, seed=9).to(GPU)
+    want = hf.generate(prompt, max_new_tokens=40, do_sample=False)[0, 5:].tolist()
+    got = list(gemma3.generate_tokens(ours, prompt[0].tolist(), max_new_tokens=40, temperature=0))
+    assert got == want
+
+
+def test_the_demo_model_writes_the_same_story_on_the_gpu(tmp_path):
+    """The bundled model, bf16 on the GPU, agrees with fp32 on the CPU on the next-token choices of a story."""
+    cpu, tok = gemma3.load_model(DEMO_MODEL, device="cpu", dtype=torch.float32)
+    gpu, _ = gemma3.load_model(DEMO_MODEL, device="cuda")
+    assert gpu.embed.weight.dtype == torch.bfloat16
+    ids = torch.tensor([tok.encode("Once upon a time, there was a little girl named Lily. She loved to play")])
+    with torch.no_grad():
+        a, b = cpu(ids), gpu(ids.to(GPU)).float().cpu()
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean() >= 0.9
+    text = gemma3.generate(gpu, tok, "Once upon a time", max_new_tokens=30, temperature=0)
+    assert len(tok.encode(text)) >= 10
+
+
+# ---- training ---------------------------------------------------------------------------------------
+
+SMALL = dict(preset="tiny", batch_size=8, seq_len=64, eval_windows=8, sample_tokens=8, log_every=1, device="cuda")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from training.data import prepare
+
+    out = tmp_path_factory.mktemp("data") / "builtin"
+    prepare("builtin", out, builtin_stories=2000, progress=False)
+    return out
+
+
+def train_records(run):
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["kind"] == "train"]
+
+
+def test_training_on_the_gpu_learns_in_bf16(data, tmp_path):
+    from training import TrainConfig, train
+
+    run = tmp_path / "run"
+    cfg = TrainConfig.for_preset(**dict(SMALL, data=str(data), out=str(run), max_steps=120, eval_every=60,
+                                        ckpt_every=60, log_every=10))
+    assert train(cfg) == 0
+    losses = [r["loss"] for r in train_records(run)]
+    assert losses[-1] < 0.6 * losses[0], losses
+    last = train_records(run)[-1]
+    assert last["mfu"] > 0 and last["tokens_per_s"] > 0
+    model, tok = gemma3.load_model(run / "checkpoints" / "step_0000120", device="cuda")
+    assert gemma3.generate(model, tok, "Once upon a time", max_new_tokens=10, temperature=0)
+
+
+def test_a_resumed_gpu_run_logs_the_losses_of_an_uninterrupted_one(data, tmp_path, monkeypatch):
+    from training import TrainConfig, train
+    from training import trainer as train_module
+
+    common = dict(SMALL, data=str(data), max_steps=10, eval_every=100, ckpt_every=100)
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert train(TrainConfig.for_preset(**common, out=str(straight))) == 0
+    cfg = TrainConfig.for_preset(**common, out=str(stopped))
+    original = train_module.Trainer._stop_now
+    with monkeypatch.context() as m:
+        m.setattr(train_module.Trainer, "_stop_now", lambda self: self.step == 4 or original(self))
+        assert train(cfg) == 0
+    assert train(cfg, resume=True) == 0
+    want = {r["step"]: r["loss"] for r in train_records(straight)}
+    got = {r["step"]: r["loss"] for r in train_records(stopped)}
+    assert sorted(got) == list(range(1, 11))
+    assert got == want
+
+
+def test_compiled_gpu_training_follows_eager(data, tmp_path):
+    from training import TrainConfig, train
+
+    common = dict(SMALL, data=str(data), max_steps=6, eval_every=100, ckpt_every=100)
+    eager, compiled = tmp_path / "eager", tmp_path / "compiled"
+    assert train(TrainConfig.for_preset(**common, out=str(eager))) == 0
+    assert train(TrainConfig.for_preset(**common, out=str(compiled), compile=True)) == 0
+    a = [r["loss"] for r in train_records(eager)]
+    b = [r["loss"] for r in train_records(compiled)]
+    assert b == pytest.approx(a, rel=2e-2)
