@@ -15,7 +15,7 @@ import explain
 
 from .inputs import UserError, number, text
 
-CACHE_SIZE = 4   # recordings kept (a 270m recording of 256 tokens holds ~85 MB, mostly the logits)
+CACHE_SIZE = 4   # recordings kept: every stage of the pass, explain.record_bytes (270m, 256 tokens: 374 MB in fp32)
 MAX_MASK_LEN = 8192
 NEXT_TEMPERATURE = (0.0, 2.0, 1.0)
 NEXT_TOP_K = (0, 200, 0)
