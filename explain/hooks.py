@@ -75,7 +75,8 @@ def show_token(text: str) -> str:
 
 
 def record_bytes(config: Gemma3Config, tokens: int, dtype: torch.dtype = torch.float32) -> int:
-    """Bytes of the stage tensors a Record keeps for `tokens` tokens of a model in `dtype` (its budget)."""
+    """Bytes of the stage tensors a Record keeps for `tokens` tokens of a model in `dtype` (its budget;
+    a model without post-norms keeps less: there post_attn_norm is o and post_ffn_norm is down)."""
     size = torch.empty(0, dtype=dtype).element_size()
     c, T = config, tokens
     per_layer = 8 * c.hidden + 4 * c.heads * c.head_dim + 4 * c.kv_heads * c.head_dim + 3 * c.ffn

@@ -139,3 +139,113 @@ def test_a_wrong_stage_or_layer_gets_one_clear_sentence(tiny_rec):
     with pytest.raises(ValueError, match=r"^Stage 'logits' belongs to the whole model, not to a layer: ask for it "
                                          r"without a layer, not with layer=3\.$"):
         rec.stage("logits", 3)
+
+
+# ---- every stage equals transformers' own modules on the same weights ----------------------------
+@pytest.fixture(scope="module")
+def demo_hf(demo, tmp_path_factory):
+    """The demo model as a transformers Gemma3ForCausalLM (eager attention), through gemma3.export_hf."""
+    from transformers import AutoModelForCausalLM
+
+    path = gemma3.export_hf(*demo, tmp_path_factory.mktemp("demo_hf"))
+    return AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", dtype=torch.float32).eval()
+
+
+def hf_stages(hf, ids: list[int]) -> tuple[list[dict], dict]:
+    """Every stage as transformers computes it, caught with forward hooks on its own modules, in our shapes."""
+    layers = hf.model.layers
+    got: list[dict] = [{} for _ in layers]
+    whole: dict = {}
+
+    def keep(where, name, pre=False):
+        if pre:
+            return lambda module, args: where.__setitem__(name, args[0].detach()[0])
+        return lambda module, args, out: where.__setitem__(name, (out[0] if isinstance(out, tuple) else out).detach()[0])
+
+    def keep_rope(where):  # the (cos, sin) the attention module receives for its layer type
+        return lambda module, args, kwargs: where.__setitem__("rope", kwargs["position_embeddings"])
+
+    handles = [hf.model.embed_tokens.register_forward_hook(keep(whole, "embed")),
+               hf.model.norm.register_forward_hook(keep(whole, "final_norm"))]
+    for i, layer in enumerate(layers):
+        a, m, s = layer.self_attn, layer.mlp, got[i]
+        post = (("attn_norm", layer.input_layernorm), ("q", a.q_proj), ("k", a.k_proj), ("v", a.v_proj),
+                ("q_norm", a.q_norm), ("k_norm", a.k_norm), ("o", a.o_proj),
+                ("post_attn_norm", layer.post_attention_layernorm), ("ffn_norm", layer.pre_feedforward_layernorm),
+                ("gate", m.gate_proj), ("up", m.up_proj), ("down", m.down_proj),
+                ("post_ffn_norm", layer.post_feedforward_layernorm), ("output", layer))
+        pre = (("input", layer), ("attn_out", a.o_proj), ("mid", layer.pre_feedforward_layernorm),
+               ("act", m.down_proj))
+        handles += [module.register_forward_hook(keep(s, name)) for name, module in post]
+        handles += [module.register_forward_pre_hook(keep(s, name, pre=True)) for name, module in pre]
+        handles.append(a.register_forward_pre_hook(keep_rope(s), with_kwargs=True))
+    try:
+        with torch.no_grad():
+            out = hf(torch.tensor([ids]), output_attentions=True)
+    finally:
+        for h in handles:
+            h.remove()
+    cfg = hf.config
+    for i, s in enumerate(got):
+        for name, heads in (("q", cfg.num_attention_heads), ("k", cfg.num_key_value_heads),
+                            ("v", cfg.num_key_value_heads)):
+            s[name] = s[name].view(len(ids), heads, cfg.head_dim)
+        s["q_norm"], s["k_norm"] = s["q_norm"].transpose(0, 1), s["k_norm"].transpose(0, 1)  # [H, T, D] there
+        s["attn_probs"] = out.attentions[i][0]
+    whole["logits"] = out.logits[0]
+    return got, whole
+
+
+def hf_rope(s: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """transformers' apply_rotary_pos_emb on its own q_norm / k_norm outputs with its rotary tables: [T, H, D]."""
+    from transformers.models.gemma3.modeling_gemma3 import apply_rotary_pos_emb
+
+    cos, sin = s["rope"]
+    q, k = apply_rotary_pos_emb(s["q_norm"].transpose(0, 1)[None], s["k_norm"].transpose(0, 1)[None], cos, sin)
+    return q[0].transpose(0, 1), k[0].transpose(0, 1)
+
+
+@pytest.fixture(params=["tiny", "demo"])
+def twins(request):
+    """(our record, transformers' stages) on the same weights and tokens."""
+    if request.param == "tiny":
+        rec, hf = request.getfixturevalue("tiny_rec"), request.getfixturevalue("hf_tiny")[0]
+    else:
+        rec, hf = request.getfixturevalue("demo_rec"), request.getfixturevalue("demo_hf")
+    return rec, hf_stages(hf, rec.tokens)
+
+
+def test_every_stage_equals_transformers(twins):
+    rec, (theirs, whole) = twins
+    close = dict(atol=1e-5, rtol=1e-4)
+    hooked = [n for n in explain.STAGES if n not in ("q_rope", "k_rope")]
+    for layer, s in enumerate(theirs):
+        for name in hooked:
+            torch.testing.assert_close(rec.stage(name, layer), s[name], **close, msg=lambda m: f"{name} {layer}: {m}")
+        q, k = hf_rope(s)
+        torch.testing.assert_close(rec.stage("q_rope", layer), q, **close)
+        torch.testing.assert_close(rec.stage("k_rope", layer), k, **close)
+    for name in explain.MODEL_STAGES:
+        torch.testing.assert_close(rec.stage(name), whole[name], **close, msg=lambda m: f"{name}: {m}")
+    # the window bites: a sliding layer's last query sees exactly `window` keys, a full layer's all of them
+    cfg = rec.config
+    seen = [int((rec.stage("attn_probs", i)[0, -1] > 0).sum()) for i in range(cfg.layers)]
+    assert seen == [cfg.window if t == "sliding" else rec.seq_len for t in cfg.layer_types]
+
+
+def test_attention_from_the_recorded_q_k_reproduces_the_probabilities(twins):
+    """softmax(q_rope k_rope^T * scale) under the model's mask gives the recorded (and transformers') weights."""
+    rec, (theirs, _) = twins
+    cfg, T = rec.config, rec.seq_len
+    pos = torch.arange(T)
+    for layer, kind in enumerate(cfg.layer_types):
+        q, k = rec.stage("q_rope", layer).transpose(0, 1), rec.stage("k_rope", layer).transpose(0, 1)
+        k = k.repeat_interleave(cfg.heads // cfg.kv_heads, dim=0)
+        visible = gemma3.model.sliding_mask(pos, pos, cfg.window if kind == "sliding" else None)
+        scores = q @ k.transpose(-2, -1) * cfg.query_pre_attn_scalar ** -0.5
+        probs = scores.masked_fill(~visible, float("-inf")).softmax(-1)
+        torch.testing.assert_close(probs, theirs[layer]["attn_probs"], atol=1e-5, rtol=1e-4)
+        # and the attention output before Wo is those probabilities applied to v, heads side by side
+        v = rec.stage("v", layer).transpose(0, 1).repeat_interleave(cfg.heads // cfg.kv_heads, dim=0)
+        torch.testing.assert_close(rec.stage("attn_out", layer), (probs @ v).transpose(0, 1).reshape(T, -1),
+                                   atol=1e-5, rtol=1e-4)
