@@ -160,7 +160,8 @@ def hf_stages(hf, ids: list[int]) -> tuple[list[dict], dict]:
     def keep(where, name, pre=False):
         if pre:
             return lambda module, args: where.__setitem__(name, args[0].detach()[0])
-        return lambda module, args, out: where.__setitem__(name, (out[0] if isinstance(out, tuple) else out).detach()[0])
+        return lambda module, args, out: where.__setitem__(name, (out[0] if isinstance(out, tuple) else out)
+                                                           .detach()[0])
 
     def keep_rope(where):  # the (cos, sin) the attention module receives for its layer type
         return lambda module, args, kwargs: where.__setitem__("rope", kwargs["position_embeddings"])
