@@ -238,7 +238,7 @@ def activation_figure(record: Record) -> go.Figure:
                              hovertemplate="%{y}, token %{x}: |x| = %{z:.4g}<extra></extra>"), row=1, col=1)
     fig.update_xaxes(title_text="token", type="category", tickangle=-60, row=1, col=1)
     fig.update_yaxes(title_text="layer", type="category", row=1, col=1)
-    for part, t, color in (("attention", record.attn_out, "#2a78b5"), ("feed-forward", record.ffn_out, "#d9622b")):
+    for part, t, color in (("attention", record.attn_added, "#2a78b5"), ("feed-forward", record.ffn_added, "#d9622b")):
         fig.add_trace(go.Bar(x=names, y=_f32(t.norm(dim=-1).mean(-1)), name=part, marker_color=color,
                              hovertemplate="layer %{x}: %{y:.4g}<extra>" + part + "</extra>"), row=2, col=1)
     fig.update_xaxes(title_text="layer", type="category", row=2, col=1)

@@ -95,12 +95,12 @@ def test_record_holds_the_pass(tiny, tok, tiny_rec):
     T, L = len(ids), cfg.layers
     assert rec.tokens == ids and rec.notice is None and rec.prompt_tokens == T > cfg.window
     assert rec.residual.shape == (L + 1, T, cfg.hidden)
-    assert rec.attn_out.shape == rec.ffn_out.shape == (L, T, cfg.hidden)
+    assert rec.attn_added.shape == rec.ffn_added.shape == (L, T, cfg.hidden)
     assert len(rec.attn_probs) == L and rec.attn_probs[0].shape == (cfg.heads, T, T)
     assert rec.logits.shape == (T, cfg.vocab_size) and rec.layer_types == cfg.layer_types
     # the residual stream is the sum of what the blocks add
     for i in range(L):
-        torch.testing.assert_close(rec.residual[i + 1], rec.residual[i] + rec.attn_out[i] + rec.ffn_out[i])
+        torch.testing.assert_close(rec.residual[i + 1], rec.residual[i] + rec.attn_added[i] + rec.ffn_added[i])
     # the input of block 0 is the scaled embedding
     torch.testing.assert_close(rec.residual[0], tiny.embed.weight[ids] * cfg.hidden ** 0.5)
     # labels: unique, position first, spaces visible
