@@ -68,6 +68,13 @@ def text_bytes(tokenizer, ids: list[int]) -> int:
     return len(tokenizer.decode_bytes([i for i in ids if i != eot])) + sum(i == eot for i in ids)
 
 
+def device_name(device: torch.device) -> str:
+    """The device in words, as a model card states it: "NVIDIA H200", "2-core CPU"."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{os.cpu_count()}-core CPU" if device.type == "cpu" else device.type
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Linear warmup to lr, then cosine decay to min_lr at max_steps."""
     if step < cfg.warmup_steps:
@@ -363,7 +370,7 @@ class Trainer:
         if self.main:
             write_status(self.run, state, reason, step=getattr(self, "step", 0), max_steps=self.cfg.max_steps,
                          best_val_loss=None if getattr(self, "best_val", math.inf) == math.inf else self.best_val,
-                         pid=os.getpid(), world_size=self.world,
+                         pid=os.getpid(), world_size=self.world, device=device_name(self.device),
                          replicas_identical=getattr(self, "replicas_identical", None))
 
     def save(self):
