@@ -2,6 +2,7 @@
 training curve that starts at the first step."""
 
 import json
+import os
 import math
 from pathlib import Path
 
@@ -121,3 +122,17 @@ def test_snapshots_off_and_a_half_written_one_cleaned(data, tmp_path):
     (run / "snapshots" / ".step_0000008.abc").mkdir()
     assert sorted(clean(run)) == ["snapshots/.step_0000008.abc", "snapshots/step_0000007"]
     assert not any((run / "snapshots").iterdir())
+
+
+def test_the_model_card_states_the_weights_step_the_device_and_the_exact_command(run, tmp_path):
+    from training.card import export
+
+    evals = records(run, "eval")
+    best = min(evals, key=lambda e: e["val_loss"])["step"]
+    card = (export(run, tmp_path / "model", which="best") / "README.md").read_text()
+    assert f"- Training: {best} steps of 4 x 32 tokens" in card
+    assert f"({os.cpu_count()}-core CPU)" in card
+    command = next(line for line in card.splitlines() if line.startswith("python -m training train"))
+    for flag in ("--batch-size 4", "--seq-len 32", "--max-steps 60", "--eval-every 25", "--log-every 20"):
+        assert f" {flag} " in command + " ", flag
+    assert "--checkpoint best" in card
