@@ -487,7 +487,7 @@ def _tensor_figure(rec: Record, stage: str, layer: int, token: int) -> go.Figure
     names = [f"head {h}, dim {d}" if heads > 1 else f"dim {d}" for h in range(heads) for d in cols]
     where = f"layer {layer} · " if stage in PER_LAYER else ""
     sampled = f" ({len(cols)} of {D} dims{' per head' if heads > 1 else ''}, evenly spaced)" if len(cols) < D else ""
-    fig = make_subplots(rows=3, cols=1, row_heights=[0.5, 0.25, 0.25], vertical_spacing=0.11,
+    fig = make_subplots(rows=3, cols=1, row_heights=[0.5, 0.25, 0.25], vertical_spacing=0.13,
                         subplot_titles=(f"value of each token × dimension{sampled}",
                                         "RMS of each token's vector" + (" (per head)" if heads > 1 else ""),
                                         f"the selected token's vector, every dimension: {_label(rec, token)}"))

@@ -282,6 +282,11 @@ def heading(page) -> str:
     return page.inner_text("#walk-guide h3")
 
 
+def plot_title(page) -> str:
+    title = page.locator("#walk-plot .gtitle")
+    return (title.first.text_content() or "") if title.count() else ""
+
+
 def selected(page) -> str:
     return page.get_attribute("#walk-diagram .wt-sel", "data-stage")
 
@@ -308,13 +313,12 @@ def test_clicking_every_box_shows_its_stage(browser, server):
     page = open_walk(browser, server, 1440, 1000)
     try:
         for stage in wt.WALK_STAGES:
-            before = page.inner_text("#walk-plot .gtitle") if page.locator("#walk-plot .gtitle").count() else ""
+            before = plot_title(page)
             page.click(f"#walk-diagram [data-stage='{stage}']")
             wait_for(page, lambda: selected(page) == stage, f"box {stage} to be selected")
             title = wt.STEPS[stage].title.format(**wt._facts(server.cache.default.model.config, 0, 0))
             wait_for(page, lambda: heading(page) == title, f"the heading of {stage}")
-            wait_for(page, lambda: page.locator("#walk-plot .gtitle").count()
-                     and page.inner_text("#walk-plot .gtitle") != before, f"the figure of {stage}")
+            wait_for(page, lambda: plot_title(page) not in ("", before), f"the figure of {stage}")
             code = page.inner_text("#walk-source")
             first = wt.source_lines(stage)[0][2][0][1].strip()
             assert first in code, f"{stage}: the source panel shows its lines"
@@ -380,3 +384,16 @@ def test_the_walk_through_reads_at_desktop_and_phone_width(browser, server, widt
         page.screenshot(path=str(SHOTS / f"walkthrough-{width}.png"), full_page=True)
     finally:
         page.close()
+
+
+def test_the_walk_is_an_api_endpoint_with_one_sentence_errors(server):
+    from gradio_client import Client
+
+    client = Client(server.local_url, verbose=False)
+    diagram, stage, layer, token, guide, plot, code = client.predict(PROMPT, "k_norm", 5, 2, api_name="/explore_walk")
+    assert stage == "k_norm" and 'class="wt-box wt-sel" data-stage="k_norm"' in diagram
+    assert guide.startswith("### RMSNorm of each key head") and "Layer 5 · full" in guide
+    assert "self.k_norm(k)" in code and plot
+    with pytest.raises(Exception, match="Stage must be one of") as e:
+        client.predict(PROMPT, "everything", 0, 0, api_name="/explore_walk")
+    assert "Traceback" not in str(e.value)
