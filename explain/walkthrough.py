@@ -464,7 +464,9 @@ def stage_figure(rec: Record, stage: str, layer: int, token: int) -> go.Figure:
         fig = _next_figure(rec, token)
     else:
         fig = _tensor_figure(rec, stage, layer, token)
-    fig.update_layout(margin=dict(l=60, r=20, t=80, b=90), title=dict(font=dict(size=14), x=0.01, xanchor="left"))
+    fig.update_layout(margin=dict(l=60, r=20, t=125, b=90),
+                      title=dict(font=dict(size=14), x=0.01, xanchor="left", yref="container", y=1, yanchor="top",
+                                 pad=dict(t=18)))
     return fig
 
 
@@ -486,15 +488,15 @@ def _tensor_figure(rec: Record, stage: str, layer: int, token: int) -> go.Figure
     lim = float(np.quantile(np.abs(z), 0.99)) or 1.0
     names = [f"head {h}, dim {d}" if heads > 1 else f"dim {d}" for h in range(heads) for d in cols]
     where = f"layer {layer} · " if stage in PER_LAYER else ""
-    sampled = f" ({len(cols)} of {D} dims{' per head' if heads > 1 else ''}, evenly spaced)" if len(cols) < D else ""
+    sampled = f"<br>({len(cols)} of {D} dims{' per head' if heads > 1 else ''}, evenly spaced)" if len(cols) < D else ""
     fig = make_subplots(rows=3, cols=1, row_heights=[0.5, 0.25, 0.25], vertical_spacing=0.13,
                         subplot_titles=(f"value of each token × dimension{sampled}",
                                         "RMS of each token's vector" + (" (per head)" if heads > 1 else ""),
-                                        f"the selected token's vector, every dimension: {_label(rec, token)}"))
+                                        f"every dimension of {_label(rec, token)}"))
     ylabels = [html.escape(s) for s in rec.labels]
-    fig.add_trace(go.Heatmap(z=z, y=ylabels, customdata=np.array([names] * T), colorscale="RdBu_r", zmid=0,
+    fig.add_trace(go.Heatmap(z=z, x=names, y=ylabels, colorscale="RdBu_r", zmid=0,
                              zmin=-lim, zmax=lim, colorbar=dict(len=0.45, y=1, yanchor="top", thickness=12),
-                             hovertemplate="%{y}, %{customdata}: %{z:.4g}<extra></extra>"), row=1, col=1)
+                             hovertemplate="%{y}, %{x}: %{z:.4g}<extra></extra>"), row=1, col=1)
     fig.add_shape(type="rect", x0=-0.5, x1=z.shape[1] - 0.5, y0=token - 0.5, y1=token + 0.5,
                   line=dict(color="#111", width=2), row=1, col=1)
     for h in range(1, heads):
@@ -521,7 +523,7 @@ def _fact(rec: Record, stage: str, layer: int, token: int, x3: np.ndarray) -> st
     if stage == "act":
         g = F.gelu(rec.stage("gate", layer)[token].float(), approximate="tanh")
         near = float((g.abs() < 0.05).float().mean()) * 100
-        return f"{_label(rec, token)}: {near:.0f}% of {g.numel()} GELU(gate) values within ±0.05 of 0"
+        return f"{_label(rec, token)}: {near:.0f}% of {g.numel()} GELU(gate) values<br>within ±0.05 of 0"
     rms = _rms(x3[token])
     per = ", ".join(f"{r:.3g}" for r in rms) if len(rms) > 1 else f"{rms[0]:.4g}"
     return f"{_label(rec, token)} has RMS {per}"
@@ -574,9 +576,9 @@ def _top_figure(rec: Record, stage: str, token: int) -> go.Figure:
                            hovertemplate="%{y}: %{x:.4g}<extra></extra>"))
     fig.update_yaxes(autorange="reversed")
     what = "logit" if stage == "logits" else "probability"
-    fig.update_xaxes(title_text=what)
+    fig.update_xaxes(title_text=what, tickformat=None if stage == "logits" else ".2~%")
     shown = "" if follows is None else f"green: {html.escape(_token_text(rec, follows))}, the token that follows"
-    fig.update_layout(title=f"the {len(ids)} highest {what}s after {_label(rec, token)}<br>{shown}",
+    fig.update_layout(title=f"the {len(ids)} highest {what.replace('y', 'ie')}s after {_label(rec, token)}<br>{shown}",
                       height=max(360, 26 * len(ids) + 120))
     return fig
 
@@ -602,8 +604,8 @@ def _next_figure(rec: Record, token: int) -> go.Figure:
     fig.update_xaxes(title_text="probability of the top prediction", range=[0, 1])
     n = sum(hits)
     last = html.escape(_token_text(rec, int(top.indices[-1])))
-    fig.update_layout(title=f"the most likely next token at every position<br>{n} of {T - 1} match the prompt; "
-                            f"after the last token: {last}", height=max(360, 22 * T + 140))
+    fig.update_layout(title=f"the most likely next token at every position<br>{n} of {T - 1} match the prompt<br>"
+                            f"after the last token: {last}", height=max(380, 22 * T + 170))
     return fig
 
 
@@ -615,7 +617,7 @@ def _ids_figure(rec: Record, token: int) -> go.Figure:
         cells=dict(values=[list(range(T)), [html.escape(_token_text(rec, i)) for i in rec.tokens], rec.tokens],
                    align="left", fill_color=[fill] * 3, height=24)))
     fig.update_layout(title=f"{T} token ids<br>the selected one: {_label(rec, token)}, id {rec.tokens[token]}",
-                      height=min(700, 26 * T + 140))
+                      height=min(760, 30 * T + 200))
     return fig
 
 

@@ -158,7 +158,7 @@ def test_the_panels_draw_the_recorded_tensors(tiny_rec, demo_rec):
     z, cols = np.asarray(_heatmap(fig).z), wt._columns(gate.shape[1], wt.MAX_COLUMNS)
     assert z.shape[1] == len(cols) == wt.MAX_COLUMNS
     np.testing.assert_allclose(z, gate[:, cols].numpy(), rtol=1e-6)
-    assert any(f"{wt.MAX_COLUMNS} of {gate.shape[1]} dims, evenly spaced" in a.text for a in fig.layout.annotations)
+    assert any(f"({wt.MAX_COLUMNS} of {gate.shape[1]} dims, evenly spaced)" in a.text for a in fig.layout.annotations)
     assert "evenly spaced" not in " ".join(a.text for a in wt.stage_figure(rec, "q", 0, 0).layout.annotations)
     # attention: the chosen head's probabilities, each head's own map
     fig = wt.stage_figure(rec, "attn_probs", 0, token)
@@ -188,7 +188,7 @@ def test_the_gelu_fact_counts_the_recorded_gate(tiny_rec):
     gate = rec_gate = tiny_rec.stage("gate", 2)[1].float()
     near = (torch.nn.functional.gelu(rec_gate, approximate="tanh").abs() < 0.05).float().mean().item()
     title = wt.stage_figure(tiny_rec, "act", 2, 1).layout.title.text
-    assert f"{near * 100:.0f}% of {gate.numel()} GELU(gate) values within ±0.05 of 0" in title
+    assert f"{near * 100:.0f}% of {gate.numel()} GELU(gate) values<br>within ±0.05 of 0" in title
 
 
 def test_the_guide_teaches_with_the_models_numbers(demo):
@@ -322,8 +322,8 @@ def test_clicking_every_box_shows_its_stage(browser, server):
             code = page.inner_text("#walk-source")
             first = wt.source_lines(stage)[0][2][0][1].strip()
             assert first in code, f"{stage}: the source panel shows its lines"
-            if stage in ("q_norm", "attn_probs", "act"):
-                page.screenshot(path=str(SHOTS / f"walkthrough-{stage}-1440.png"), full_page=True)
+            if stage in ("attn_probs", "logits", "probs"):
+                page.locator("#walk-plot").screenshot(path=str(SHOTS / f"walkthrough-{stage}-1440.png"))
     finally:
         page.close()
 
@@ -382,6 +382,13 @@ def test_the_walk_through_reads_at_desktop_and_phone_width(browser, server, widt
         assert plot["width"] >= panel["width"] - 40, "the figure is as wide as its panel"
         assert page.evaluate("document.documentElement.scrollWidth") <= width, "nothing widens the page"
         page.screenshot(path=str(SHOTS / f"walkthrough-{width}.png"), full_page=True)
+        for stage in ("q_norm", "act", "next", "ids"):  # the other kinds of panel
+            before = plot_title(page)
+            page.click(f"#walk-diagram [data-stage='{stage}']")
+            wait_for(page, lambda: plot_title(page) not in ("", before), f"the figure of {stage}")
+            assert page.evaluate("document.documentElement.scrollWidth") <= width, f"{stage}: nothing widens the page"
+            page.locator("#walk-guide").screenshot(path=str(SHOTS / f"walkthrough-{stage}-guide-{width}.png"))
+            page.locator("#walk-plot").screenshot(path=str(SHOTS / f"walkthrough-{stage}-{width}.png"))
     finally:
         page.close()
 

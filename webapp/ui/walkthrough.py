@@ -69,7 +69,7 @@ def build(explorer: ex.Explorer, prompt: gr.Textbox, choice: gr.State, redraw_on
                             min_width=140)
         nxt = gr.Button("Next →", elem_id="walk-next", scale=1, min_width=110)
     guide = gr.Markdown(wt.guide(config, START, 0, "T"), elem_id="walk-guide")
-    plot = gr.Plot(label="The tensor at this stage", elem_id="walk-plot")
+    plot = gr.Plot(label="The tensor at this stage", show_label=False, elem_id="walk-plot")
     code = gr.Code(wt.source(START), language="python", label="The lines of the model's code that compute it",
                    elem_id="walk-source", interactive=False)
     w = Walkthrough(diagram, stage, layer, token, prev, nxt, guide, plot, code)
