@@ -53,8 +53,8 @@ STEPS: dict[str, Step] = {
                 "ids = tokenize(prompt), each in 0 … {vocab_1:,}"),
     "embed": Step("embedding × √{hidden}", "Embedding × √hidden",
                   "Each id picks its row of the {vocab:,} × {hidden} embedding table, and the row is multiplied by "
-                  "√{hidden} ≈ {sqrt_hidden:.1f}. Gemma scales the small numbers of the table up to the size of what "
-                  "the layers will add. {tied_note}",
+                  "√{hidden} ≈ {sqrt_hidden:.1f} (cast to the weights' dtype), as the original Transformer did: the table's "
+                  "small numbers become vectors on the scale of what the layers will add. {tied_note}",
                   "x₀ = E[ids] · √{hidden}"),
     "input": Step("residual stream in", "The residual stream entering layer {layer}",
                   "Each token's {hidden} numbers as they enter layer {layer}: the embedding plus everything the "
@@ -116,7 +116,7 @@ STEPS: dict[str, Step] = {
                            "adds has a size set by the learned weight (1 + w), not by the layer's arithmetic. This is "
                            "why every layer adds about the same amount.",
                            "o′ = o / rms(o) ⊙ (1 + w)"),
-    "mid": Step("+ residual", "Residual add after attention",
+    "mid": Step("+ residual: x + o′", "Residual add after attention",
                 "The attention half's contribution joins the stream that came in. Nothing is overwritten: what earlier "
                 "layers wrote stays, and this layer's part is added on top.",
                 "x_mid = x + o′"),
@@ -143,7 +143,7 @@ STEPS: dict[str, Step] = {
                           "Like the attention half, the feed-forward result is normalised before it is added, so its "
                           "size is set by the learned weight.",
                           "d′ = d / rms(d) ⊙ (1 + w)"),
-    "output": Step("+ residual", "Residual add: the layer's output",
+    "output": Step("+ residual: x_mid + d′", "Residual add: the layer's output",
                    "The feed-forward contribution joins the stream. {next_note}",
                    "x_out = x_mid + d′"),
     "final_norm": Step("final RMSNorm", "Final RMSNorm",

@@ -343,6 +343,10 @@ def test_next_and_previous_walk_the_data_flow_across_layers(browser, server):
         page.click("#walk-prev")
         wait_for(page, lambda: selected(page) == "output" and "Layer 0 ·" in page.inner_text("#walk-guide"),
                  "Previous: back to layer 0's output")
+        page.click("#walk-token input")
+        label = server.explorer.record(page.input_value("#explore-prompt textarea")).labels[3]
+        page.get_by_role("option", name=label, exact=True).click()
+        wait_for(page, lambda: label in plot_title(page), "the token picker: the panel follows the chosen token")
         page.click(f"#walk-diagram [data-layer='{layers - 1}']")
         wait_for(page, lambda: f"Layer {layers - 1} ·" in page.inner_text("#walk-guide"), "a layer chip")
         page.click("#walk-next")
