@@ -287,8 +287,17 @@ def guide(config, stage: str, layer: int, T) -> str:
     """Markdown for the panel: the heading, the shape, the sentences and the equation of `stage`."""
     s, f = STEPS[stage], _facts(config, layer, T)
     where = f"{layer_label(config, layer)} · " if stage in PER_LAYER else ""
+    about, equation = s.about.format(**f), s.equation.format(**f)
+    if stage in NO_POST_NORM and not getattr(config, "post_norms", True):
+        about = ("This model has no post-norms (only the two pre-norms in each block, like Gemma 1): "
+                 "what is added to the stream is the sub-layer's output itself, so its size is not held steady.")
+        equation = NO_POST_NORM[stage]
     return (f"### {s.title.format(**f)}\n{where}shape `{shape_text(shape(config, T, stage))}`\n\n"
-            f"{s.about.format(**f)}\n\n**Equation** `{s.equation.format(**f)}`")
+            f"{about}\n\n**Equation** `{equation}`")
+
+
+NO_POST_NORM = {"post_attn_norm": "o′ = o (no post-norm in this model)",
+                "post_ffn_norm": "d′ = d (no post-norm in this model)"}
 
 
 # ---- the source lines ------------------------------------------------------------------------------

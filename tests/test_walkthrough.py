@@ -201,6 +201,8 @@ def test_the_guide_teaches_with_the_models_numbers(demo):
     assert "base 1,000,000" in wt.guide(cfg, "q_rope", 5, 17) and "base 10,000" in wt.guide(cfg, "q_rope", 0, 17)
     assert "input of layer 1" in wt.guide(cfg, "output", 0, 17)
     assert "last layer" in wt.guide(cfg, "output", cfg.layers - 1, 17)
+    bare = gemma3.Gemma3Config.from_preset("tiny", post_norms=False)
+    assert "no post-norms" in wt.guide(bare, "post_attn_norm", 0, 5) and "d′ = d" in wt.guide(bare, "post_ffn_norm", 0, 5)
     for stage in wt.WALK_STAGES:
         body = wt.guide(cfg, stage, 1, 17)
         assert "{" not in body and "**Equation**" in body, stage
@@ -386,7 +388,7 @@ def test_the_walk_through_reads_at_desktop_and_phone_width(browser, server, widt
         assert plot["width"] >= panel["width"] - 40, "the figure is as wide as its panel"
         assert page.evaluate("document.documentElement.scrollWidth") <= width, "nothing widens the page"
         page.screenshot(path=str(SHOTS / f"walkthrough-{width}.png"), full_page=True)
-        for stage in ("q_norm", "act", "next", "ids"):  # the other kinds of panel
+        for stage in ("q_norm", "act", "next", "ids", "q_rope", "logits"):  # the other kinds of panel, long equations
             before = plot_title(page)
             page.click(f"#walk-diagram [data-stage='{stage}']")
             wait_for(page, lambda: plot_title(page) not in ("", before), f"the figure of {stage}")
