@@ -34,7 +34,8 @@ WALK_STAGES = BEFORE + STAGES + AFTER               # every box of the diagram, 
 PER_LAYER = frozenset(STAGES)
 MAX_COLUMNS = 128   # heatmap columns: wider tensors are sampled (evenly spaced dimensions, each value exact)
 TOP = 20            # tokens shown by the logits and softmax panels
-BELOW = dict(orientation="h", x=0, xanchor="left", yref="container", y=0.005, yanchor="bottom")  # a legend under the plots, over none
+# a legend under the plots, over none of them
+BELOW = dict(orientation="h", x=0, xanchor="left", yref="container", y=0.005, yanchor="bottom")
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,8 @@ STEPS: dict[str, Step] = {
                 "ids = tokenize(prompt), each in 0 … {vocab_1:,}"),
     "embed": Step("embedding × √{hidden}", "Embedding × √hidden",
                   "Each id picks its row of the {vocab:,} × {hidden} embedding table, and the row is multiplied by "
-                  "√{hidden} ≈ {sqrt_hidden:.1f} (cast to the weights' dtype), as the original Transformer did: the table's "
-                  "small numbers become vectors on the scale of what the layers will add. {tied_note}",
+                  "√{hidden} ≈ {sqrt_hidden:.1f} (cast to the weights' dtype), as the original Transformer did: "
+                  "the table's small numbers become vectors on the scale of what the layers will add. {tied_note}",
                   "x₀ = E[ids] · √{hidden}"),
     "input": Step("residual stream in", "The residual stream entering layer {layer}",
                   "Each token's {hidden} numbers as they enter layer {layer}: the embedding plus everything the "
@@ -99,9 +100,9 @@ STEPS: dict[str, Step] = {
                    "Base {base:,.0f} on this {kind} layer.",
                    "k′ = k̂ ⊙ cos(pθ) + rotate_half(k̂) ⊙ sin(pθ)"),
     "attn_probs": Step("masked attention", "Masked attention: the probabilities",
-                       "Each query scores every key with q·k / √{qpas:g}; the mask hides later keys{window_note}, and a "
-                       "softmax turns each row into probabilities that sum to 1. One map per query head, all reading "
-                       "the same shared key head; the selected token's row is outlined.",
+                       "Each query scores every key with q·k / √{qpas:g}; the mask hides later "
+                       "keys{window_note}, and a softmax turns each row into probabilities that sum to 1. One map "
+                       "per query head, all reading the same shared key head; the selected token's row is outlined.",
                        "P = softmax(q′ k′ᵀ / √{qpas:g} + mask)"),
     "attn_out": Step("P · v", "The weighted values",
                      "Each head mixes the value vectors with its row of probabilities, and the {heads} heads' results "
@@ -151,8 +152,8 @@ STEPS: dict[str, Step] = {
                        "of a steady size.",
                        "z = x_L / √(mean(x_L²) + ε) ⊙ (1 + w)"),
     "logits": Step("{head_box}", "{head_title}",
-                   "Each final vector is compared, by a dot product, with every one of the {vocab:,} tokens: {head_how} "
-                   "A high logit means the vector points the way of that token.",
+                   "Each final vector is compared, by a dot product, with every one of the {vocab:,} tokens: "
+                   "{head_how} A high logit means the vector points the way of that token.",
                    "{head_equation}"),
     "probs": Step("softmax", "Softmax: the probabilities",
                   "The softmax turns the {vocab:,} logits at each position into probabilities that sum to 1 (sampling "
@@ -258,7 +259,8 @@ def _facts(config, layer: int, T) -> dict:
     return dict(
         vocab=c.vocab_size, vocab_1=c.vocab_size - 1, hidden=c.hidden, sqrt_hidden=math.sqrt(c.hidden), T=T,
         heads=c.heads, kv_heads=c.kv_heads, kv_s="" if c.kv_heads == 1 else "s", heads_per_kv=c.heads // c.kv_heads,
-        head_dim=c.head_dim, half_dim=c.head_dim // 2, q_width=c.heads * c.head_dim, ffn=c.ffn, qpas=c.query_pre_attn_scalar,
+        head_dim=c.head_dim, half_dim=c.head_dim // 2, q_width=c.heads * c.head_dim, ffn=c.ffn,
+        qpas=c.query_pre_attn_scalar,
         layer=layer, layer_1=layer - 1, kind="sliding" if sliding else "full",
         base=c.rope_local_base if sliding else c.rope_global_base,
         far="d positions",

@@ -202,7 +202,8 @@ def test_the_guide_teaches_with_the_models_numbers(demo):
     assert "input of layer 1" in wt.guide(cfg, "output", 0, 17)
     assert "last layer" in wt.guide(cfg, "output", cfg.layers - 1, 17)
     bare = gemma3.Gemma3Config.from_preset("tiny", post_norms=False)
-    assert "no post-norms" in wt.guide(bare, "post_attn_norm", 0, 5) and "d′ = d" in wt.guide(bare, "post_ffn_norm", 0, 5)
+    assert "no post-norms" in wt.guide(bare, "post_attn_norm", 0, 5)
+    assert "d′ = d" in wt.guide(bare, "post_ffn_norm", 0, 5)
     for stage in wt.WALK_STAGES:
         body = wt.guide(cfg, stage, 1, 17)
         assert "{" not in body and "**Equation**" in body, stage
@@ -364,8 +365,10 @@ def test_next_and_previous_walk_the_data_flow_across_layers(browser, server):
 
 def _boxes(page):
     return page.eval_on_selector_all("#walk-diagram [data-stage], #walk-diagram [data-layer]", """els => els.map(e => {
-        const r = e.getBoundingClientRect(); return [e.dataset.stage || e.dataset.layer, r.left, r.top, r.right, r.bottom,
-        e.scrollWidth > e.clientWidth + 1]; })""")
+        const r = e.getBoundingClientRect();
+        const clipped = e.scrollWidth > e.clientWidth + 1;
+        return [e.dataset.stage || e.dataset.layer, r.left, r.top, r.right, r.bottom, clipped];
+    })""")
 
 
 @pytest.mark.parametrize("width,height", [(1440, 1000), (390, 844)])
