@@ -160,7 +160,8 @@ def hf_stages(hf, ids: list[int]) -> tuple[list[dict], dict]:
     def keep(where, name, pre=False):
         if pre:
             return lambda module, args: where.__setitem__(name, args[0].detach()[0])
-        return lambda module, args, out: where.__setitem__(name, (out[0] if isinstance(out, tuple) else out).detach()[0])
+        return lambda module, args, out: where.__setitem__(name, (out[0] if isinstance(out, tuple) else out)
+                                                           .detach()[0])
 
     def keep_rope(where):  # the (cos, sin) the attention module receives for its layer type
         return lambda module, args, kwargs: where.__setitem__("rope", kwargs["position_embeddings"])
@@ -249,3 +250,26 @@ def test_attention_from_the_recorded_q_k_reproduces_the_probabilities(twins):
         v = rec.stage("v", layer).transpose(0, 1).repeat_interleave(cfg.heads // cfg.kv_heads, dim=0)
         torch.testing.assert_close(rec.stage("attn_out", layer), (probs @ v).transpose(0, 1).reshape(T, -1),
                                    atol=1e-5, rtol=1e-4)
+
+
+# ---- the app keeps recordings within a byte budget -----------------------------------------------
+def test_explore_keeps_recordings_within_its_byte_budget():
+    from webapp import models
+    from webapp.explore import Explorer
+
+    explorer = Explorer(models.ModelCache(*models.load_source("random:tiny")), cache_size=4)
+    prompts = [PROMPT + word for word in (" Then", " Soon", " Later")]  # one token more each: same size
+    one = explorer.record(PROMPT).nbytes
+    explorer.cache_bytes = 2 * one + one // 2  # room for two such recordings, not three
+    for p in prompts:
+        explorer.record(p)
+    assert explorer.recordings == 4
+    explorer.record(prompts[2])
+    explorer.record(prompts[1])
+    assert explorer.recordings == 4, "the two newest recordings are kept"
+    explorer.record(prompts[0])
+    assert explorer.recordings == 5, "the oldest was let go to stay within the bytes"
+    explorer.cache_bytes = one // 2  # smaller than one recording: the newest still stays
+    explorer.record(PROMPT)
+    explorer.record(PROMPT)
+    assert explorer.recordings == 6

@@ -16,7 +16,9 @@ from explain import walkthrough
 
 from .inputs import UserError, choice, number, text
 
-CACHE_SIZE = 4   # recordings kept: every stage of the pass, explain.record_bytes (270m, 256 tokens: 374 MB in fp32)
+CACHE_SIZE = 4   # recordings kept, at most
+CACHE_BYTES = 800_000_000  # and at most this much of them (the newest always stays): a recording keeps every
+                           # stage of the pass, explain.record_bytes (270m, 256 tokens: 374 MB in fp32, 196 in bf16)
 MAX_MASK_LEN = 8192
 NEXT_TEMPERATURE = (0.0, 2.0, 1.0)
 NEXT_TOP_K = (0, 200, 0)
@@ -51,9 +53,9 @@ GUIDE = {
 class Explorer:
     """Figures for the model a session chose (`source`, a checked source; None: the default model)."""
 
-    def __init__(self, cache, cache_size: int = CACHE_SIZE):
+    def __init__(self, cache, cache_size: int = CACHE_SIZE, cache_bytes: int = CACHE_BYTES):
         self.cache = cache            # webapp.models.ModelCache
-        self.cache_size = cache_size
+        self.cache_size, self.cache_bytes = cache_size, cache_bytes
         self._records: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
         self.recordings = 0   # how many times a model was run (tests check the cache)
@@ -74,7 +76,8 @@ class Explorer:
             self.recordings += 1
         with self._lock:
             self._records[key] = rec
-            while len(self._records) > self.cache_size:
+            while len(self._records) > 1 and (len(self._records) > self.cache_size or
+                                              sum(r.nbytes for r in self._records.values()) > self.cache_bytes):
                 self._records.popitem(last=False)
         return rec
 

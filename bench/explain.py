@@ -1,0 +1,111 @@
+"""Benchmark: recording every stage (explain.record) and drawing each figure, against a plain forward pass.
+
+    python bench/explain.py [--repeats 3] [--threads N]
+
+For the bundled demo model (fp32) and the 270m preset with random weights (fp32 and bf16), on a prompt
+cut to 100 tokens and to explain.MAX_TOKENS: the time of `explain.record` and of every figure function
+of explain/figures.py drawn from that record (a figure's own JSON encoding, what Gradio sends, not
+included), each the median of `--repeats` runs. The peer, measured in the same run, is one plain
+forward pass of the same model on the same tokens (model(ids), no hooks): every time is also printed
+as a multiple of it, since absolute times on a shared machine are noise. Memory: the bytes the record's
+stages hold (Record.nbytes, each tensor once) and the budget explain.record_bytes states.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+# This file is named explain.py: its own folder must not shadow the explain package, so the repository
+# root takes the place of bench/ on the import path.
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+import explain  # noqa: E402
+import gemma3  # noqa: E402
+from gemma3.defaults import DEMO_MODEL  # noqa: E402
+
+STORY = ("Once upon a time, there was a little girl named Lily. She loved to play in the park with her dog, Max. "
+         "One day, they found a big red ball under a tree. Lily wanted to share it with her friends. ")
+PROMPT = STORY * 20  # about 900 tokens: cut to the last 100 or MAX_TOKENS
+
+
+def median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def models():
+    """(name, model, tokenizer) for every model and dtype measured."""
+    demo, demo_tok = gemma3.load_model(DEMO_MODEL, device="cpu", dtype=torch.float32)
+    yield "demo fp32", demo, demo_tok
+    torch.manual_seed(0)
+    big = gemma3.Gemma3(gemma3.Gemma3Config.from_preset("270m")).eval()
+    tok = gemma3.gpt2_tokenizer()
+    yield "270m fp32", big, tok
+    yield "270m bf16", big.to(torch.bfloat16), tok
+
+
+def figures(model, rec):
+    """(name, thunk) of every figure function of explain/figures.py, on this record."""
+    full = rec.layer_types.index("full") if "full" in rec.layer_types else 0
+    return [
+        ("mask", lambda: explain.mask_figure(model.config, rec.seq_len)),
+        ("rope", lambda: explain.rope_figure(model.config)),
+        ("attention, 1 head", lambda: explain.attention_figure(rec, full, 0)),
+        ("attention, all heads", lambda: explain.attention_figure(rec, full)),
+        ("activation", lambda: explain.activation_figure(rec)),
+        ("next token", lambda: explain.next_token_figure(rec, 0.7, 40)),
+        ("logit lens", lambda: explain.logit_lens_figure(rec)),
+        ("parameters", lambda: explain.parameter_figure(model)),
+    ]
+
+
+def measure(name, model, tok, tokens: int, repeats: int) -> list[tuple]:
+    """Rows (model, tokens, what, seconds, x forward, note) for one model at one prompt length."""
+    record = lambda: explain.record(model, tok, PROMPT, max_tokens=tokens)  # noqa: E731
+    rec = record()  # warm-up, and the record the figures are drawn from
+    ids = torch.tensor([rec.tokens])
+    with torch.no_grad():
+        model(ids)
+        forward = median_time(lambda: model(ids), repeats)
+    t_record = median_time(record, repeats)
+    dtype = model.embed.weight.dtype
+    budget = explain.record_bytes(model.config, rec.seq_len, dtype)
+    memory = f"stages {rec.nbytes / 1e6:.1f} MB (budget {budget / 1e6:.1f} MB)"
+    rows = [(name, rec.seq_len, "forward (peer)", forward, 1.0, ""),
+            (name, rec.seq_len, "explain.record", t_record, t_record / forward, memory)]
+    for what, draw in figures(model, rec):
+        draw()
+        t = median_time(draw, repeats)
+        rows.append((name, rec.seq_len, what + " figure", t, t / forward, ""))
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: PyTorch's)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats}\n", flush=True)
+    print("| model | tokens | what | time | x forward | memory |")
+    print("|---|---:|---|---:|---:|---|")
+    for name, model, tok in models():
+        for tokens in (100, explain.MAX_TOKENS):
+            for row in measure(name, model, tok, tokens, args.repeats):
+                m, t, what, sec, ratio, note = row
+                print(f"| {m} | {t} | {what} | {sec * 1e3:.0f} ms | {ratio:.2f} | {note} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
