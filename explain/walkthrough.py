@@ -455,6 +455,11 @@ def _rms(x: np.ndarray) -> np.ndarray:
     return np.sqrt((x.astype(np.float64) ** 2).mean(-1)).astype(np.float32)
 
 
+def _rows_px(T: int) -> int:
+    """Height in pixels of a heatmap with T token rows: 14 px a row, from 260 to 900."""
+    return min(900, max(260, 14 * T))
+
+
 def _label(rec: Record, token: int) -> str:
     return html.escape(rec.labels[token])
 
@@ -500,13 +505,16 @@ def _tensor_figure(rec: Record, stage: str, layer: int, token: int) -> go.Figure
     names = [f"head {h}, dim {d}" if heads > 1 else f"dim {d}" for h in range(heads) for d in cols]
     where = f"layer {layer} · " if stage in PER_LAYER else ""
     sampled = f"<br>({len(cols)} of {D} dims{' per head' if heads > 1 else ''}, evenly spaced)" if len(cols) < D else ""
-    fig = make_subplots(rows=3, cols=1, row_heights=[0.5, 0.25, 0.25], vertical_spacing=0.13,
+    heat = _rows_px(T)  # the heatmap grows with the prompt (its rows stay readable; the page scrolls)
+    height = heat + 2 * 170 + 2 * 100 + 215
+    fig = make_subplots(rows=3, cols=1, row_heights=[heat, 170, 170], vertical_spacing=100 / height,
                         subplot_titles=(f"value of each token × dimension{sampled}",
                                         "RMS of each token's vector" + (" (per head)" if heads > 1 else ""),
                                         f"every dimension of {_label(rec, token)}"))
     ylabels = [html.escape(s) for s in rec.labels]
+    y0, y1 = fig.layout.yaxis.domain  # the colorbar as tall as the heatmap
     fig.add_trace(go.Heatmap(z=z, x=names, y=ylabels, colorscale="RdBu_r", zmid=0,
-                             zmin=-lim, zmax=lim, colorbar=dict(len=0.45, y=1, yanchor="top", thickness=12),
+                             zmin=-lim, zmax=lim, colorbar=dict(len=y1 - y0, y=y1, yanchor="top", thickness=12),
                              hovertemplate="%{y}, %{x}: %{z:.4g}<extra></extra>"), row=1, col=1)
     fig.add_shape(type="rect", x0=-0.5, x1=z.shape[1] - 0.5, y0=token - 0.5, y1=token + 0.5,
                   line=dict(color="#111", width=2), row=1, col=1)
@@ -525,7 +533,7 @@ def _tensor_figure(rec: Record, stage: str, layer: int, token: int) -> go.Figure
                              hovertemplate="dim %{x}: %{y:.4g}<extra></extra>"), row=3, col=1)
     fig.update_xaxes(title_text="dimension" + (" (heads one after another)" if heads > 1 else ""), row=3, col=1)
     fig.update_layout(title=f"{where}{stage} {shape_text(tuple(t.shape))}<br>{_fact(rec, stage, layer, token, x3)}",
-                      height=780, barmode="group", legend=BELOW)
+                      height=height, barmode="group", legend=BELOW)
     return fig
 
 
@@ -545,8 +553,10 @@ def _attention_figure(rec: Record, layer: int, token: int) -> go.Figure:
     H, T = p.shape[0], p.shape[1]
     cols = min(H, 2)
     rows = math.ceil(H / cols)
-    fig = make_subplots(rows=rows + 1, cols=cols, vertical_spacing=0.08, horizontal_spacing=0.08,
-                        row_heights=[1.0] * rows + [0.6],
+    heat = min(560, _rows_px(T))  # maps about as tall as they are wide
+    height = rows * heat + 220 + rows * 60 + 215
+    fig = make_subplots(rows=rows + 1, cols=cols, vertical_spacing=60 / height, horizontal_spacing=0.08,
+                        row_heights=[heat] * rows + [220],
                         specs=[[{}] * cols for _ in range(rows)] + [[{"colspan": cols}] + [None] * (cols - 1)],
                         subplot_titles=[f"query head {h}" for h in range(H)] + [""] * (rows * cols - H)
                         + [f"what {_label(rec, token)} attends to, per head"])
@@ -554,7 +564,8 @@ def _attention_figure(rec: Record, layer: int, token: int) -> go.Figure:
     for h in range(H):
         r, c = h // cols + 1, h % cols + 1
         fig.add_trace(go.Heatmap(z=p[h], x=labels, y=labels, zmin=0, zmax=1, colorscale="Blues", showscale=h == 0,
-                                 colorbar=dict(len=0.4, y=1, yanchor="top", thickness=12, title="p"),
+                                 colorbar=dict(len=heat / (height - 215), y=1, yanchor="top", thickness=12,
+                                               title="p"),
                                  hovertemplate="query %{y}, key %{x}: %{z:.3f}<extra>head " + str(h) + "</extra>"),
                       row=r, col=c)
         fig.add_shape(type="rect", x0=-0.5, x1=T - 0.5, y0=token - 0.5, y1=token + 0.5,
@@ -571,7 +582,7 @@ def _attention_figure(rec: Record, layer: int, token: int) -> go.Figure:
     window = rec.config.window
     seen = token + 1 if kind == "full" else min(token + 1, window)
     fig.update_layout(title=f"layer {layer} ({kind}) attention [{H}, {T}, {T}]<br>{_label(rec, token)} sees {seen} "
-                            f"key{'s' if seen != 1 else ''}", height=380 * rows + 300, legend=BELOW)
+                            f"key{'s' if seen != 1 else ''}", height=height, legend=BELOW)
     return fig
 
 
