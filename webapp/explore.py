@@ -12,8 +12,9 @@ import threading
 from collections import OrderedDict
 
 import explain
+from explain import walkthrough
 
-from .inputs import UserError, number, text
+from .inputs import UserError, choice, number, text
 
 CACHE_SIZE = 4   # recordings kept, at most
 CACHE_BYTES = 800_000_000  # and at most this much of them (the newest always stays): a recording keeps every
@@ -131,6 +132,25 @@ class Explorer:
     def logit_lens(self, prompt, source=None):
         rec = self.record(prompt, source)
         return explain.logit_lens_figure(rec), rec.notice
+
+    # ---- the walk-through ----
+    def walk(self, prompt, stage, layer, token, source=None, clamp: bool = False):
+        """The walk-through's view (explain.walkthrough.View) of `stage` in `layer`, with token position `token`
+        selected (-1: the last). With `clamp`, a layer or token past this model's or prompt's last stands for the
+        last one (the page's pickers may still hold a choice made for another model or prompt)."""
+        rec = self.record(prompt, source)
+        stage = choice(stage, "Stage", walkthrough.WALK_STAGES)
+        layer = number(layer, "Layer", 0, None if clamp else rec.layers - 1, integer=True)
+        token = number(token, "Token", -rec.seq_len, None if clamp else rec.seq_len - 1, integer=True)
+        token = token % rec.seq_len if token < 0 else min(token, rec.seq_len - 1)
+        return walkthrough.view(rec, stage, min(layer, rec.layers - 1), token)
+
+    def walk_step(self, stage, layer, direction: int, source=None):
+        """(stage, layer) one step along the forward pass from `stage` in `layer` (direction +1 or -1)."""
+        layers = self.cache.get(source).model.config.layers
+        stage = choice(stage, "Stage", walkthrough.WALK_STAGES)
+        layer = min(number(layer, "Layer", 0, None, integer=True), layers - 1)
+        return walkthrough.step(stage, layer, layers, direction)
 
 
 def default_mask_len(info) -> int:
