@@ -7,6 +7,8 @@ Without --preset, train picks the one that fits the device (270m on a GPU, tiny 
     python -m training train --help                              # every setting, with each preset's default
     python -m training train --out runs/tiny --resume            # continue exactly where it stopped
     python -m training export --run runs/tiny --out my-model      # the model + a model card
+    python -m training push --run runs/tiny --repo me/tiny-stories # the same, as a Hub repository
+    python -m training train --data data/builtin --out runs/tiny --tracker trackio --tracker tensorboard
     torchrun --nproc_per_node=4 -m training train --data data/tinystories --preset 270m --out runs/270m
 """
 
@@ -117,7 +119,27 @@ def main(argv=None) -> int:
     e.add_argument("--out", required=True, help="folder to write (our checkpoint format + README.md)")
     e.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
     e.add_argument("--checkpoint", choices=["last", "best"], default="last")
+    u = sub.add_parser("push", help="upload a run's model to the Hugging Face Hub (transformers layout + ours + card)",
+                       description="Upload a run's model to the Hugging Face Hub as a repository transformers loads, "
+                                   "with our format in gemma3/, the run's metrics, the loss curve and a model card. "
+                                   "The token: HF_TOKEN, else the cached `hf auth login`.")
+    u.add_argument("--run", required=True, help="run folder")
+    u.add_argument("--repo", help="user/name (default: your user name and the run's name)")
+    u.add_argument("--private", action="store_true", help="create the repository private")
+    u.add_argument("--checkpoint", choices=["last", "best"], default="last")
+    u.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    u.add_argument("--gguf", choices=["f16", "bf16", "q8_0"], help="also upload a GGUF file of this type (llama.cpp)")
     args = parser.parse_args(argv)
+    if args.command == "push":
+        from .push import PushError, push
+        try:
+            url = push(args.run, args.repo, private=args.private, which=args.checkpoint, dtype=args.dtype,
+                       gguf=args.gguf)
+        except PushError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(f"Pushed {args.run} to {url}")
+        return 0
     if args.command == "export":
         from .card import export
         try:

@@ -28,13 +28,22 @@ def _records(run: Path) -> tuple[list[dict], list[dict]]:
     return [r for r in records if r["kind"] == "train"], [r for r in records if r["kind"] == "eval"]
 
 
-def export(run, out, dtype: str = "bf16", which: str = "last", seed: int = 0) -> Path:
-    """Write the run's model (last step checkpoint, or best/) in our format plus README.md, atomically."""
+def checkpoint_of(run, which: str = "last") -> Path:
+    """The folder of the run's last complete step checkpoint, or of best/; FileNotFoundError if none."""
     run = Path(run)
     found = checkpoints(run)
     source = run / "best" if which == "best" else (found[-1] if found else None)
     if source is None or not (source / "model.safetensors").exists():
         raise FileNotFoundError(f"{run} has no {'best model' if which == 'best' else 'checkpoint'} to export.")
+    return source
+
+
+def model_and_card(run, name: str, dtype: str = "bf16", which: str = "last", seed: int = 0, command: str | None = None):
+    """(the model in the stored dtype, its tokenizer, the card's Markdown) for the run's chosen checkpoint.
+
+    `command` is the card's last command line (default: the export command that writes `name`)."""
+    run = Path(run)
+    source = checkpoint_of(run, which)
     model, tok = gemma3.load_model(source, device="cpu", dtype=torch.float32)
     cfg = json.loads((run / "config.json").read_text())
     status = json.loads((run / "status.json").read_text()) if (run / "status.json").exists() else {}
@@ -46,7 +55,13 @@ def export(run, out, dtype: str = "bf16", which: str = "last", seed: int = 0) ->
     samples = [(p, gemma3.generate(model, tok, p, max_new_tokens=120, temperature=0.7, top_k=50, seed=seed))
                for p in PROMPTS]
     stored = model.to(torch_dtype)
-    card = _card(Path(out).name, run, source, cfg, status, train, evals, meta, stored, samples, dtype, seed)
+    card = _card(name, run, source, cfg, status, train, evals, meta, stored, samples, dtype, seed, command)
+    return stored, tok, card
+
+
+def export(run, out, dtype: str = "bf16", which: str = "last", seed: int = 0) -> Path:
+    """Write the run's model (last step checkpoint, or best/) in our format plus README.md, atomically."""
+    stored, tok, card = model_and_card(run, Path(out).name, dtype, which, seed)
 
     def write(tmp: Path):
         write_model_files(stored, tok, tmp)
@@ -54,7 +69,7 @@ def export(run, out, dtype: str = "bf16", which: str = "last", seed: int = 0) ->
     return atomic_dir_write(Path(out), write)
 
 
-def _card(name, run, source, cfg, status, train, evals, meta, model, samples, dtype, seed) -> str:
+def _card(name, run, source, cfg, status, train, evals, meta, model, samples, dtype, seed, command=None) -> str:
     mcfg = model.config
     last_train = train[-1] if train else {}
     last_eval = evals[-1] if evals else {}
@@ -94,8 +109,9 @@ def _card(name, run, source, cfg, status, train, evals, meta, model, samples, dt
         "```bash",
         prepare_cmd,
         train_cmd,
-        f"python -m training export --run runs/{run.name} --out {name}"
-        + (" --checkpoint best" if source.name == "best" else "") + (f" --dtype {dtype}" if dtype != "bf16" else ""),
+        command or (f"python -m training export --run runs/{run.name} --out {name}"
+                    + (" --checkpoint best" if source.name == "best" else "")
+                    + (f" --dtype {dtype}" if dtype != "bf16" else "")),
         "```",
         "",
         f"- Training: {step} steps of {cfg['batch_size']} x {cfg['seq_len']} tokens x {cfg['grad_accum']} "
@@ -114,15 +130,16 @@ def _card(name, run, source, cfg, status, train, evals, meta, model, samples, dt
     ]
     for prompt, text in samples:
         lines += [f"**{prompt}**{text}", ""]
-    lines += ["It knows only the built-in corpus's few hundred words and its simple plots: it is a demonstration "
-              "of the architecture and the trainer, not a general model.", ""]
+    knows = ("only the built-in corpus's few hundred words and its simple plots" if meta.get("source") == "builtin"
+             else "only what its training stories hold")
+    lines += [f"It knows {knows}: it is a demonstration of the architecture and the trainer, not a general model.", ""]
     return "\n".join(lines)
 
 
 def _flags(cfg: dict) -> str:
     """The train command's flags for every setting that differs from its preset's default."""
     base = TrainConfig.for_preset(cfg["preset"]).to_dict()
-    skip = {"data", "out", "preset", "model", "init_from", "device", "dtype", "peak_tflops"}
+    skip = {"data", "out", "preset", "model", "init_from", "device", "dtype", "peak_tflops", "trackers"}
     flags = [f" --{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in cfg.items()
              if k in base and k not in skip and v != base[k] and not isinstance(v, bool)]
     flags += [f" --{'' if v else 'no-'}{k.replace('_', '-')}" for k, v in cfg.items()
