@@ -22,7 +22,7 @@ import sys
 import typing
 from pathlib import Path
 
-from .config import SETTINGS, TRAIN_PRESETS, ConfigError, TrainConfig, default_preset
+from .config import SETTINGS, TRACKERS, TRAIN_PRESETS, ConfigError, TrainConfig, default_preset
 from .data import add_prepare_args, run_prepare
 
 
@@ -59,6 +59,10 @@ def _add_train_args(p: argparse.ArgumentParser):
         if f.name == "model":
             p.add_argument("--set", dest="model", action="append", metavar="FIELD=VALUE", default=argparse.SUPPRESS,
                            help="override a field of the preset's model config, e.g. --set window=128 (repeatable)")
+        elif f.name == "trackers":
+            p.add_argument("--tracker", dest="trackers", action="append", metavar="|".join(TRACKERS),
+                           default=argparse.SUPPRESS, help="also send the metrics to this experiment tracker "
+                           "(repeatable; its package must be installed: pip install '.[trackers]')")
         elif f.name == "preset":
             p.add_argument(flag, default=argparse.SUPPRESS, metavar="|".join(TRAIN_PRESETS),
                            help="the model and every default below; default: 270m where a GPU is visible, "
@@ -158,7 +162,7 @@ def main(argv=None) -> int:
     try:
         cfg = config_from_args(args)
     except ConfigError as e:  # one sentence, led by the flag to change
-        flag = {"model": "--set", None: ""}.get(e.field, f"--{str(e.field).replace('_', '-')}")
+        flag = {"model": "--set", "trackers": "--tracker", None: ""}.get(e.field, f"--{str(e.field).replace('_', '-')}")
         print(f"error: {flag + ': ' if flag else ''}{e}", file=sys.stderr)
         return 2
     except ValueError as e:

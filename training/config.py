@@ -60,6 +60,7 @@ class TrainConfig:
     dtype: str = "auto"               # auto (bf16 autocast on CUDA, fp32 on CPU), bf16, fp32
     compile: bool = False             # torch.compile the model
     peak_tflops: float | None = None  # for MFU; default: known GPU peak, or a matmul measured at start
+    trackers: list = field(default_factory=list)  # experiment trackers fed with metrics.jsonl's records
 
     def __post_init__(self):
         check(self)
@@ -161,8 +162,10 @@ SETTINGS: dict[str, tuple] = {
     "dtype": ("Precision",),
     "compile": ("torch.compile",),
     "peak_tflops": ("Peak TFLOP/s", _Open(0), None),
+    "trackers": ("Experiment trackers",),
 }
 DEVICES = ("auto", "cuda", "cpu")
+TRACKERS = ("trackio", "tensorboard", "wandb")  # training/trackers.py's adapters
 DTYPES = ("auto", "bf16", "fp32")
 
 
@@ -179,6 +182,10 @@ def check(cfg: TrainConfig):
             raise ConfigError(name, f"{SETTINGS[name][0]} must be a path, not {_show(value)}.")
     if cfg.device not in DEVICES and not (cfg.device.startswith("cuda:") and cfg.device[5:].isdigit()):
         raise ConfigError("device", f"Device must be one of {', '.join(DEVICES)} or cuda:N, not {_show(cfg.device)}.")
+    unknown = [t for t in cfg.trackers if t not in TRACKERS]
+    if unknown:
+        raise ConfigError("trackers", f"Experiment trackers must be among {', '.join(TRACKERS)}, not {_show(unknown[0])}.")
+    cfg.trackers = list(dict.fromkeys(cfg.trackers))  # each once, in the order given
     if cfg.dtype not in DTYPES:
         raise ConfigError("dtype", f"Precision must be one of {', '.join(DTYPES)}, not {_show(cfg.dtype)}.")
     context, model_name = None, f"the {cfg.preset} model"
@@ -228,6 +235,10 @@ def _typed(name: str, value, kind):
         return int(value) if whole else float(value)
     if base is str and not isinstance(value, str):
         raise ConfigError(name, f"{label} must be text, not {_show(value)}.")
+    if base is list:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(name, f"{label} must be a list of names, not {_show(value)}.")
+        return list(value)
     if base is dict and not isinstance(value, dict):
         raise ConfigError(name, f"{label} must be a mapping of setting names to values, not {_show(value)}.")
     return value

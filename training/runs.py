@@ -344,6 +344,8 @@ def _flags(cfg: TrainConfig) -> list[str]:
             args += [f"--set={key}={json.dumps(v)}" for key, v in value.items()]
         elif value is None:
             continue  # None is every optional field's default
+        elif f.name == "trackers":
+            args += [f"--tracker={name}" for name in value]
         elif isinstance(value, bool):
             args.append(flag if value else f"--no-{flag[2:]}")
         else:

@@ -39,7 +39,7 @@ import torch.distributed as dist
 import gemma3
 from gemma3.checkpoints import atomic_dir_write, atomic_write_text, write_model_files
 
-from . import snapshots
+from . import snapshots, trackers
 from .config import TrainConfig
 from .data import Batches, eval_windows, load_split, read_meta
 from .status import hold, read_status, write_status
@@ -266,6 +266,8 @@ class Trainer:
         self.main = self.rank == 0
         self.device = self._pick_device()
         self.stop_requested: str | None = None
+        self.trackers = None
+        trackers.require(cfg.trackers)  # a missing package: one sentence before anything else
 
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
@@ -320,6 +322,8 @@ class Trainer:
         self.tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * self.world
         self.flops_per_step = flops_per_token(self.model.config, cfg.seq_len) * self.tokens_per_step
         self.peak = peak_flops(self.device, self.amp_dtype or torch.float32, cfg.peak_tflops) * self.world
+        if self.main and cfg.trackers:  # last: nothing after it can fail and leave a tracker open
+            self.trackers = trackers.Trackers(cfg.trackers, self.run, cfg.to_dict(), resume, self.step)
         self.status("starting")
 
     # ---- setup ----
@@ -365,6 +369,8 @@ class Trainer:
         if self.main:
             with open(self.run / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
+            if self.trackers is not None:
+                self.trackers.log(record)
 
     def status(self, state: str, reason: str | None = None):
         if self.main:
@@ -552,6 +558,7 @@ class Trainer:
 def train(cfg: TrainConfig, resume: bool = False) -> int:
     """Run training to the end (or a stop); returns a process exit code and leaves status.json."""
     trainer = None
+    ended = "failed"  # how the run ended, for the trackers
     previous = {}
     early_stop = None
 
@@ -575,8 +582,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> int:
         trainer = Trainer(cfg, resume)
         trainer.stop_requested = early_stop  # a signal during start-up still counts
         trainer.fit()
+        ended = "finished"
         return 0
     except StopRun as e:
+        ended = e.state
         finish(e.state, e.reason)
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"{e.state}: {e.reason}", flush=True)
@@ -595,6 +604,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> int:
         finish("failed", f"{e.__class__.__name__}: {e}")
         raise
     finally:
+        if trainer is not None and trainer.trackers is not None:
+            trainer.trackers.close(ok=ended != "failed")
         if int(os.environ.get("RANK", "0")) == 0:
             try:
                 clean(Path(cfg.out))  # temporary folders of writes this process (or a killed one) began
