@@ -90,11 +90,12 @@ def test_the_pushed_repository_loads_in_transformers_with_our_logits(run, hub):
     assert (folder / "run" / "metrics.jsonl").read_text() == (run / "metrics.jsonl").read_text()
 
 
-def test_the_card_carries_the_run_and_the_hub_reads_its_header(run, hub):
+def test_the_card_carries_the_run_and_the_hub_reads_its_header(run, hub, capsys):
     import matplotlib.image
 
-    push(run, "tiny-stories", which="best")  # a bare name goes to the token's user
-    assert hub["upload"]["repo_id"] == "someone/tiny-stories"
+    assert cli(["push", "--run", str(run), "--repo", "tiny-stories", "--checkpoint", "best"]) == 0
+    assert capsys.readouterr().out == f"Pushed {run} to https://huggingface.co/someone/tiny-stories\n"
+    assert hub["upload"]["repo_id"] == "someone/tiny-stories"  # a bare name goes to the token's user
     folder = hub["uploaded"]
     meta = huggingface_hub.metadata_load(folder / "README.md")
     assert meta["license"] == "mit" and meta["pipeline_tag"] == "text-generation"

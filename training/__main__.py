@@ -61,8 +61,8 @@ def _add_train_args(p: argparse.ArgumentParser):
                            help="override a field of the preset's model config, e.g. --set window=128 (repeatable)")
         elif f.name == "trackers":
             p.add_argument("--tracker", dest="trackers", action="append", metavar="|".join(TRACKERS),
-                           default=argparse.SUPPRESS, help="also send the metrics to this experiment tracker "
-                           "(repeatable; its package must be installed: pip install '.[trackers]')")
+                           default=argparse.SUPPRESS, help="also send the metrics to this experiment tracker (repeatable; "
+                           "each needs its package: pip install trackio, tensorboard or wandb)")
         elif f.name == "preset":
             p.add_argument(flag, default=argparse.SUPPRESS, metavar="|".join(TRAIN_PRESETS),
                            help="the model and every default below; default: 270m where a GPU is visible, "

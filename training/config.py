@@ -184,7 +184,8 @@ def check(cfg: TrainConfig):
         raise ConfigError("device", f"Device must be one of {', '.join(DEVICES)} or cuda:N, not {_show(cfg.device)}.")
     unknown = [t for t in cfg.trackers if t not in TRACKERS]
     if unknown:
-        raise ConfigError("trackers", f"Experiment trackers must be among {', '.join(TRACKERS)}, not {_show(unknown[0])}.")
+        raise ConfigError("trackers", f"Experiment trackers must be among {', '.join(TRACKERS)}, "
+                                      f"not {_show(unknown[0])}.")
     cfg.trackers = list(dict.fromkeys(cfg.trackers))  # each once, in the order given
     if cfg.dtype not in DTYPES:
         raise ConfigError("dtype", f"Precision must be one of {', '.join(DTYPES)}, not {_show(cfg.dtype)}.")

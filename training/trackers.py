@@ -38,9 +38,8 @@ def require(names):
     """ValueError, one sentence saying what to install, if a tracker's package is not installed."""
     lost = missing(names)
     if lost:
-        packages = " ".join(PACKAGES[n] for n in lost)
-        raise ValueError(f"The {' and '.join(lost)} tracker{'s need their packages' if len(lost) > 1 else ' needs its package'}"
-                         f": pip install {packages} (or pip install '.[trackers]' for all of them).")
+        need = "trackers need their packages" if len(lost) > 1 else "tracker needs its package"
+        raise ValueError(f"The {' and '.join(lost)} {need}: pip install {' '.join(PACKAGES[n] for n in lost)}.")
 
 
 def split(record: dict) -> tuple[int, dict, dict]:
