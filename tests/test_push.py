@@ -144,6 +144,9 @@ def test_offline_or_without_a_token_says_so_before_any_work(run, hub, monkeypatc
     with pytest.raises(PushError, match="HF_HUB_OFFLINE is set"):
         push(run, "someone/x")
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(push_module, "hub_reachable", lambda endpoint=None: False)
+    with pytest.raises(PushError, match="^The Hugging Face Hub cannot be reached from here; push again with a network"):
+        push(run, "someone/x")
     monkeypatch.delenv("HF_TOKEN")
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
     assert cli(["push", "--run", str(run), "--repo", "someone/x"]) == 2
@@ -163,13 +166,15 @@ def test_the_signed_in_visitors_token_is_used(run, hub, monkeypatch, tmp_path):
 
 
 def test_what_cannot_be_pushed_gets_one_sentence(run, hub, monkeypatch, tmp_path):
-    with pytest.raises(PushError, match="not a training run folder"):
+    with pytest.raises(PushError, match=f"^{tmp_path.name} is not a training run folder"):
         push(tmp_path, "someone/x")
     empty = tmp_path / "empty"
     empty.mkdir()
     shutil.copy(run / "config.json", empty)
-    with pytest.raises(PushError, match="has no checkpoint to push"):
+    with pytest.raises(PushError, match="^The run empty has no checkpoint to push yet.$"):
         push(empty, "someone/x")
+    with pytest.raises(PushError, match="^The run empty has no best model to push yet.$"):
+        push(empty, "someone/x", which="best")
     _no_work(monkeypatch)
     if not hasattr(gemma3, "export_gguf"):
         with pytest.raises(PushError, match="cannot write GGUF files; push without --gguf"):

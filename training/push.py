@@ -174,12 +174,13 @@ def push(run, repo_id: str | None = None, *, private: bool = False, which: str =
     token = hub_token(token)
     if not hub_reachable(constants.ENDPOINT):
         raise PushError("The Hugging Face Hub cannot be reached from here; push again with a network.")
-    if not (run / "config.json").is_file():
-        raise PushError(f"{run} is not a training run folder (it has no config.json).")
+    if not (run / "config.json").is_file():  # messages name the run, never a server path
+        raise PushError(f"{run.name} is not a training run folder (it has no config.json).")
     try:
         checkpoint_of(run, which)
-    except FileNotFoundError as e:
-        raise PushError(str(e).replace("to export", "to push")) from None
+    except FileNotFoundError:
+        raise PushError(f"The run {run.name} has no {'best model' if which == 'best' else 'checkpoint'} "
+                        "to push yet.") from None
     if gguf:
         _gguf_export()
     api = HfApi(endpoint=constants.ENDPOINT, token=token)

@@ -9,6 +9,7 @@ A run folder holds everything about a run:
     best/              the model with the lowest validation loss so far
     snapshots/step_NNNNNNN/   light bf16 model-only snapshots for watching the run learn (snapshots.py)
     STOP               created by anyone who wants the run to save and stop
+    trackers.json, tensorboard/, wandb/   with --tracker: the experiment trackers' ids and files (trackers.py)
     .lock              held by every process of the run while it lives (status.py)
 Only rank 0 writes. A run resumed from its last checkpoint logs exactly the losses it would
 have logged without the interruption (the data is a pure function of the step).
