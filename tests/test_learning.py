@@ -62,3 +62,31 @@ def test_no_repeated_token_no_induction_claim():
     assert induction_scores(rec).max() == 0
     assert "repeat a name" in learning_text([0], torch.ones(1, 2), induction_scores(rec), model.config.layer_types)
     assert token_losses(model, rec.tokens).shape == (rec.seq_len - 1,)
+
+
+def test_explore_over_training_lists_runs_steps_and_draws_the_table(run):
+    from webapp.inputs import UserError
+    from webapp.learning import Learning
+
+    lrn = Learning(run.parent)
+    assert [name for _, name in lrn.runs()] == [run.name]
+    steps = lrn.steps(run.name)
+    assert [label.split(" ·")[0] for label, _ in steps] == [f"step {s}" for s in (0, 1, 2, 5, 10, 20, 25, 50)]
+    folder = steps[-1][1]
+    assert lrn.run_of(folder) == run.name and lrn.run_of(str(run / "best")) == run.name
+    assert lrn.run_of("random:tiny") is None and lrn.snapshot(run.name, folder) == folder
+    with pytest.raises(UserError, match="Pick a step"):
+        lrn.snapshot(run.name, str(run / "best"))
+    with pytest.raises(UserError, match="Pick one of the runs with snapshots"):
+        lrn.steps("../elsewhere")
+
+    prompt = "Once upon a time, there was a girl named Lily. Lily liked to play."
+    heat, scores, words = lrn.table(prompt, run.name)
+    assert lrn.table(prompt, run.name)[0] is heat  # cached
+    tok = gemma3.gpt2_tokenizer()
+    ids = tok.encode(prompt)
+    want = torch.stack([token_losses(gemma3.load_model(p, device="cpu", dtype=torch.float32)[0], ids)
+                        for _, p in steps])
+    torch.testing.assert_close(torch.tensor(heat.data[0].z), want)
+    cfg = gemma3.Gemma3Config.from_preset("tiny")
+    assert "steps 0 to 50" in words and torch.tensor(scores.data[0].z).shape == (cfg.layers, cfg.heads)
