@@ -494,5 +494,5 @@ def parameter_figure(model) -> go.Figure:
         title=_title(f"Where the {total:,} parameters live ({total / 1e6:.1f}M)",
                      "every layer's matrices summed; indigo: attention, pink: feed-forward, teal: embedding and head"),
         xaxis=dict(title="parameters", range=[0, max(counts.values()) * 1.35]),
-        yaxis=dict(autorange="reversed", type="category"), height=460, margin=dict(r=40))
+        yaxis=dict(title="matrix", autorange="reversed", type="category"), height=460, margin=dict(r=40))
     return _style(fig)

@@ -234,6 +234,9 @@ def test_look_inside_from_another_sub_tab_draws_full_width(sized, server):
     its panel once shown (Plotly draws a hidden figure 700 px wide)."""
     page, width = sized
     page.get_by_role("tab", name="Explore", exact=True).click()
+    for label, key in PROMPT_VIEWS:   # each drawn once while shown, then redrawn while hidden
+        page.get_by_role("tab", name=label, exact=True).click()
+        page.locator(f"#plot-{key} .js-plotly-plot .main-svg").first.wait_for(state="visible")
     page.get_by_role("tab", name="Masks", exact=True).click()
     page.locator("#plot-mask .js-plotly-plot").wait_for(state="visible")
     page.fill("#explore-prompt textarea", f"The dog ran to the park at {width} px. He saw a ball")
