@@ -106,9 +106,10 @@ def token_pieces(loaded, stats: dict) -> list[tuple[str, float]]:
     if not new:
         return []
     model, tokenizer = loaded.model, loaded.tokenizer
-    run = torch.tensor([ids + new], device=model.embed.weight.device)
+    # the last new token is never fed back (it may sit one past the context): predicting it needs no more
+    run = torch.tensor([(ids + new)[:-1]], device=model.embed.weight.device)
     with loaded.reading():
-        logits = model(run)[0, len(ids) - 1:-1].float()
+        logits = model(run)[0, len(ids) - 1:].float()
     probs = logits.softmax(-1).gather(-1, torch.tensor(new, device=logits.device)[:, None])[:, 0].tolist()
     pieces, start, before = [], 0, ""
     for i in range(len(new)):
