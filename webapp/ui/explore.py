@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from webapp import explore as ex
-from webapp.errors import friendly
+from webapp.errors import USER_ERRORS, friendly, public
 from webapp.inputs import MAX_PROMPT_CHARS
 
 PROMPT = ex.PROMPT   # long enough to pass the demo model's window, open at its end (see webapp.explore)
@@ -140,8 +140,14 @@ def _wire(e: Explore, choice: gr.State):
 
     @friendly
     def explore_all(prompt, layer, head, temperature, top_k, source=None):
-        figs = (x.attention(prompt, layer, head, source), x.activations(prompt, source),
-                x.next_token(prompt, temperature, top_k, source), x.logit_lens(prompt, source))
+        """The four prompt figures; a prompt the visitor can fix (e.g. empty) keeps the figures shown and says
+        why in a warning, rather than turning every plot into an error box."""
+        try:
+            figs = (x.attention(prompt, layer, head, source), x.activations(prompt, source),
+                    x.next_token(prompt, temperature, top_k, source), x.logit_lens(prompt, source))
+        except USER_ERRORS as err:
+            gr.Warning(public(str(err)))
+            return (gr.skip(),) * 4
         return tuple(shown(f) if i == 0 else f[0] for i, f in enumerate(figs))
 
     inputs = [prompt, c["layer"], c["head"], c["temperature"], c["top_k"], choice]
