@@ -57,6 +57,8 @@ CSS = """
 .tab-container.visually-hidden button { padding: 0 !important; font-size: 1px !important; min-width: 0 !important; }
 .tab-wrapper { height: auto !important; }
 .tab-container[role=tablist] { flex-wrap: wrap !important; height: auto !important; row-gap: 2px; }
+/* a figure whose redraw failed stays as it was (the toast says why) instead of an "Error" box over it */
+.block:has(.js-plotly-plot) [data-testid=status-tracker]:has(> .error) { display: none !important; }
 /* at phone width a figure keeps a readable width and scrolls sideways instead of shrinking to slivers */
 @media (max-width: 760px) {
   .explore-plot { overflow-x: auto !important; }

@@ -310,4 +310,10 @@ def test_a_bad_prompt_leaves_the_figures_and_says_why(page):
     assert page.locator("#plot-attention .gtitle").first.is_visible(), "the figure stays, not an error box"
     assert page.locator("#plot-attention .gtitle").first.text_content() == title
     assert not page.locator("#plot-attention .error").count(), "no error overlay on the figure"
+    page.get_by_role("tab", name="Activations", exact=True).click()   # a view redrawn from the bad prompt fails:
+    page.get_by_text("The Explore prompt is empty").first.wait_for(state="visible")   # the sentence again,
+    time.sleep(1)
+    error = page.locator("#plot-activations .error")   # and the figure drawn before stays visible
+    assert not error.count() or not error.first.is_visible(), "no error box over the figure"
+    assert page.locator("#plot-activations .gtitle").first.is_visible()
     shot(page, "explore-error")
