@@ -146,9 +146,9 @@ def mask_figure(config, seq_len: int) -> go.Figure:
         title=_title(f"Attention masks for {seq_len} tokens",
                      f"built by the model's sliding_mask: {config.layers - n_full} sliding and {n_full} full layers"),
         height=720)
-    sp = fig.get_subplot(2, 1)  # legend inside the keys-per-query panel, bottom right (always empty there)
-    fig.update_layout(legend=dict(x=sp.xaxis.domain[1] - 0.01, xanchor="right", y=sp.yaxis.domain[0] + 0.01,
-                                  yanchor="bottom"))
+    sp = fig.get_subplot(2, 1)  # legend inside the keys-per-query panel, top left (above both lines: always empty)
+    fig.update_layout(legend=dict(x=sp.xaxis.domain[0] + 0.01, xanchor="left", y=sp.yaxis.domain[1] - 0.01,
+                                  yanchor="top"))
     return _style(fig)
 
 
@@ -280,7 +280,8 @@ def activation_figure(record: Record) -> go.Figure:
         fig.add_trace(go.Bar(x=names, y=_f32(t.norm(dim=-1).mean(-1)), name=part, marker_color=color,
                              hovertemplate="layer %{x}: %{y:.4g}<extra>" + part + "</extra>"), row=2, col=1)
     fig.update_xaxes(title_text="layer", type="category", row=2, col=1)
-    fig.update_yaxes(title_text="mean |added vector|", row=2, col=1)
+    top = max(float(record.attn_out.norm(dim=-1).mean(-1).max()), float(record.ffn_out.norm(dim=-1).mean(-1).max()))
+    fig.update_yaxes(title_text="mean |added vector|", range=[0, 1.35 * top], row=2, col=1)  # room for the legend
     ent = attention_entropy(record)
     fig.add_trace(go.Heatmap(z=_f32(ent), x=[f"head {h}" for h in range(ent.shape[1])], y=names,
                              colorscale="Magma", name="attention entropy", colorbar=_colorbar(fig, 2, 2, "nats"),

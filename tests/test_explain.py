@@ -368,3 +368,28 @@ def test_figures_of_a_256_token_prompt_stay_light(big, big_rec):
     assert max(sizes.values()) < JSON_LIMIT, sizes
     assert not explain.logit_lens_figure(big_rec).data[0].texttemplate  # 19 x 256 cells: tokens on hover only
     assert re.search(r"256 tokens", explain.activation_figure(big_rec).layout.title.text)
+
+
+def test_every_figure_wears_the_apps_template(tiny, tiny_rec):
+    from explain.figures import FONT, TEMPLATE
+    for name, fig in [*all_figures(tiny, tiny_rec), ("message", explain.figures.message_figure("No prompt."))]:
+        layout = fig.layout
+        assert layout.template.layout.font.family == FONT, name
+        assert layout.template.layout.plot_bgcolor == TEMPLATE.layout.plot_bgcolor == "white", name
+        assert layout.plot_bgcolor in (None, "white", "#f9fafb"), f"{name}: no grey default background"
+
+
+def test_the_default_explore_prompt_passes_the_window_and_leaves_the_next_token_open():
+    """On the bundled demo model: more tokens than its sliding window, and no single next token near 100%."""
+    import gemma3
+    from gemma3 import defaults
+    from webapp.explore import PROMPT as EXPLORE_PROMPT
+    if not defaults.DEMO_MODEL.is_dir():
+        pytest.skip("the bundled demo model is missing")
+    model, tok = gemma3.load_model(defaults.DEMO_MODEL, device="cpu")
+    rec = explain.record(model, tok, EXPLORE_PROMPT)
+    assert rec.seq_len > model.config.window
+    sliding = rec.layer_types.index("sliding")
+    assert (rec.attn_probs[sliding][:, -1, : rec.seq_len - model.config.window] == 0).all(), "the window bites"
+    p = rec.logits[-1].float().softmax(-1)
+    assert float(p.max()) < 0.5 and float(p.topk(5).values.sum()) > 0.5, "an open choice among a few words"
