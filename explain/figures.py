@@ -181,7 +181,8 @@ def rope_figure(config, positions: int = ROPE_POSITIONS) -> go.Figure:
     distances = torch.unique(torch.logspace(0, math.log10(far), 400).round().long())
     for kind, rope in ropes.items():
         fig.add_trace(go.Scatter(x=pairs, y=_f32(rope.inv_freq), mode="lines+markers", marker=dict(size=3),
-                                 name=names[kind], legendgroup=kind, line=dict(color=colors[kind]),
+                                 name=f"{kind}, base {rope.base:g}",
+                                 legendgroup=kind, line=dict(color=colors[kind]),
                                  hovertemplate="pair %{x}: %{y:.3g} rad/position<extra></extra>"), row=1, col=1)
         fig.add_trace(go.Scatter(x=distances.numpy(), y=_f32(_self_dot(rope, D, distances)), mode="lines",
                                  name=names[kind], legendgroup=kind, showlegend=False, line=dict(color=colors[kind]),
@@ -199,7 +200,7 @@ def rope_figure(config, positions: int = ROPE_POSITIONS) -> go.Figure:
     for col in (1, 2):
         fig.update_xaxes(title_text="dimension pair", row=2, col=col)
         fig.update_yaxes(title_text="position", autorange="reversed", row=2, col=col)
-    sp = fig.get_subplot(1, 1)  # legend inside the frequency panel, bottom left (always empty there)
+    sp = fig.get_subplot(1, 1)  # legend inside the frequency panel, bottom left (the lines fall from the top left)
     fig.update_layout(
         title=_title("RoPE as the model builds it", f"head_dim {D}, bases {config.rope_local_base:g} (local) and "
                                                     f"{config.rope_global_base:g} (global)"),
