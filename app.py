@@ -29,8 +29,9 @@ from webapp import generation as gen  # noqa: E402
 from webapp import models  # noqa: E402
 from webapp import train as tr  # noqa: E402
 from webapp.errors import friendly, guard_inputs  # noqa: E402
+from webapp.inputs import UserError  # noqa: E402
+from webapp.learning import Learning  # noqa: E402
 from webapp.ui import about, explore, generate, model_bar, train  # noqa: E402
-from webapp.ui.train import CURVE_COLORS  # noqa: E402,F401  (the loss plot's colours; tests read them here)
 
 ROOT = models.ROOT
 DEMO_MODEL = str(models.DEMO_MODEL)
@@ -106,16 +107,18 @@ def build(model=None, tokenizer=None, description: str | None = None, *, cache: 
         cache = models.ModelCache(model, tokenizer, models.model_info(model, tokenizer, source, description))
     trainer = tr.Trainer(runs_dir or RUNS_DIR, data_dir or DATA_DIR)
     explorer = ex.Explorer(cache)
+    learning = Learning(trainer.runs_dir)
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(HEADER)
         bar = model_bar.build(cache, trainer.runs_dir)   # above every tab; its choice is per session
         with gr.Tabs() as tabs:
             generate_tab = generate.build(cache, bar.choice)
-            explore_tab = explore.build(explorer, cache.default.info, bar.choice)
+            explore_tab = explore.build(explorer, cache.default.info, bar.choice, learning)
             train_tab = train.build(trainer)
             about.build()
         connect(demo, bar, explore_tab, train_tab)
         link_story(generate_tab, explore_tab, tabs)
+        link_training(bar, explore_tab, train_tab, tabs)
         guard_inputs(demo)  # a call with too few or refused inputs gets a sentence, not {"error": null}
     demo.cache, demo.trainer, demo.explorer = cache, trainer, explorer  # for tests and embedding
     return demo
@@ -164,6 +167,36 @@ def link_story(generate_tab: generate.Generate, explore_tab: explore.Explore, ta
     generate_tab.story.select(open_in_explore, [generate_tab.pieces], [tabs, explore_tab.prompt, sub_tabs],
                               api_visibility="private").success(fn, inputs, outputs, api_visibility="private",
                                                                 **explore.EVENT)
+
+
+def link_training(bar: model_bar.ModelBar, explore_tab: explore.Explore, train_tab: train.Train, tabs: gr.Tabs):
+    """Explore over training: a step of the "Over training" sub-tab loads that snapshot in this visitor's model
+    bar; the Train tab's "Explore this run" opens that sub-tab on the run's latest snapshot, loaded."""
+    over = explore_tab.over
+    sub_tabs = over.tab.parent
+
+    @friendly
+    def look_at_step(run, step, profile: gr.OAuthProfile | None = None, progress=gr.Progress()):
+        info = bar.load(over.learning.snapshot(run, step), progress, model_bar.username(profile))
+        gr.Info(f"Loaded {info.name}: every Explore view now shows the model at that step.", duration=4)
+        return bar.shown(info)
+
+    over.look.click(look_at_step, [over.run, over.step], bar.outputs, api_name="explore_step",
+                    **model_bar.LOAD_EVENT)
+
+    @friendly
+    def explore_run(name, profile: gr.OAuthProfile | None = None, progress=gr.Progress()):
+        run_update, step_update = over.choose(name)
+        if step_update.get("value") is None:
+            raise UserError(f"Run {name} has no snapshots yet: they appear from its first step on.")
+        info = bar.load(step_update["value"], progress, model_bar.username(profile))
+        return (*bar.shown(info), run_update, step_update, gr.Tabs(selected="explore"), gr.Tabs(selected="training"))
+
+    opened = train_tab.explore_btn.click(explore_run, [train_tab.run_dd],
+                                         [*bar.outputs, over.run, over.step, tabs, sub_tabs], api_name="train_explore",
+                                         **model_bar.LOAD_EVENT)
+    for fn, inputs, outputs in (explore_tab.look_all, over.draw):
+        opened.success(fn, inputs, outputs, api_visibility="private", **explore.EVENT)
 
 
 def main(argv=None):

@@ -56,6 +56,13 @@ def copy_targets(record: Record) -> list[tuple[int, int]]:
     return names or pairs
 
 
+def even_share(record: Record) -> float:
+    """The induction score attention spread evenly over every earlier token would get: the mean of
+    1 / (i + 1) over the positions `induction_scores` averages (0 when nothing repeats)."""
+    pairs = copy_targets(record)
+    return sum(1 / (i + 1) for i, _ in pairs) / len(pairs) if pairs else 0.0
+
+
 def induction_scores(record: Record) -> torch.Tensor:
     """[layers, heads]: where the next token already appeared in the prompt (`copy_targets`), the share of
     attention on that earlier occurrence, averaged: the head that finds a name said before and copies it.
@@ -68,14 +75,19 @@ def induction_scores(record: Record) -> torch.Tensor:
     return probs[:, :, q, k].mean(-1)
 
 
-def learning_text(steps: list[int], losses: torch.Tensor, scores: torch.Tensor | None, layer_types) -> str:
-    """Two or three sentences on the table: how far the loss fell, and where the induction head is."""
+def learning_text(steps: list[int], losses: torch.Tensor, scores: torch.Tensor | None, layer_types,
+                  even: float = 0.0) -> str:
+    """Two or three sentences on the table: how far the loss fell, and where the induction head is (`even`:
+    the score of attention spread evenly, `even_share`; a head is named only at three times that)."""
     first, final = losses[0].mean().item(), losses[-1].mean().item()
     text = (f"Across {len(steps)} snapshots (steps {steps[0]:,} to {steps[-1]:,}) the mean loss of your prompt's "
             f"tokens fell from {first:.2f} to {final:.2f} nats. Rows are snapshots, columns the prompt's tokens: "
-            "frequent words turn dark first, then the grammar between them, and last the tokens that can only be "
+            "frequent words turn bright first, then the grammar between them, and last the tokens that can only be "
             "copied from earlier in the story (a name said before).")
-    if scores is not None and scores.numel() and scores.max() > 0:
+    if scores is not None and scores.numel() and scores.max() > 0 and scores.max() < 3 * even:
+        text += (f" No head copies yet: the highest induction score is {scores.max():.0%}, near the "
+                 f"{even:.0%} that attention spread evenly over the earlier tokens would give.")
+    elif scores is not None and scores.numel() and scores.max() > 0:
         layer, head = divmod(int(scores.argmax()), scores.shape[1])
         kind = layer_types[layer]
         text += (f" Copying takes an induction head: in the last snapshot the strongest is layer {layer} ({kind}), "

@@ -291,14 +291,19 @@ def start(client, **overrides):
     return client.predict(*s.values(), api_name="/train_start")
 
 
+def curve_points(figure) -> list[tuple[int, float, str]]:
+    """(step, loss, "train" / "val") of every point of the monitor's loss curves."""
+    data = json.loads(figure["plot"])["data"]
+    kinds = {"train": "train", "validation": "val"}
+    return [(x, y, kinds[t["name"]]) for t in data if t.get("name") in kinds for x, y in zip(t["x"], t["y"])]
+
+
 def poll_metrics(client, name, until, timeout=90):
-    """Poll /train_metrics until until(points, status); points: the (step, loss, curve) rows that hold a loss
-    (a curve without points yet is sent as one row with an empty loss, so the plot's legend knows it)."""
+    """Poll /train_metrics until until(points, status); points: (step, loss, curve) of the loss curves."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        frame, status, stats, sample = client.predict(name, api_name="/train_metrics")
-        assert frame["columns"] == ["step", "loss", "curve"] and {c for *_, c in frame["data"]} == {"train", "val"}
-        rows = [r for r in frame["data"] if r[1] is not None]
+        figure, status, stats, sample = client.predict(name, False, api_name="/train_metrics")
+        rows = curve_points(figure)
         if until(rows, status):
             return rows, status, stats, sample
         time.sleep(0.5)
@@ -317,10 +322,13 @@ def test_train_start_metrics_stop_and_use(client, server):
         rows, status, stats, _ = poll_metrics(client, name, lambda r, s: any(c == "train" for _, _, c in r))
         first = len(rows)
         rows, status, stats, sample = poll_metrics(
-            client, name, lambda r, s: len(r) > first and any(c == "val" for _, _, c in r))
+            client, name, lambda r, s: len(r) > first and sum(c == "val" for _, _, c in r) >= 2)
         assert "running" in status and "tokens/s" in stats and "MFU" in stats and "ETA" in stats
-        assert sample.startswith("Once upon a time"), "the latest evaluation's sample"
+        assert sample.startswith("**step 0** · val loss") and sample.count("Once upon a time") >= 2, \
+            "the samples of the evaluations so far, from step 0 on"
         assert all(isinstance(step, int) and loss > 0 for step, loss, _ in rows)
+        assert [s for s, _, c in rows if c == "train"][:3] == [1, 2, 3], "every one of the first steps"
+        assert rows[[c for *_, c in rows].index("val")][0] == 0, "an evaluation at step 0"
 
         _, status, _, _ = client.predict("", api_name="/train_metrics")
         assert status.startswith(f"**{name}**: running"), "without a name the monitor shows the live run"

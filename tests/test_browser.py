@@ -125,25 +125,25 @@ def test_every_explore_view_shows_a_plot(page):
          what="the new prompt's tokens in the logit lens")
 
 
+CURVES = {"train": "train", "val": "validation"}
+
+
+def trace(page, curve: str) -> dict | None:
+    """The live loss plot's trace of one curve, as Plotly holds it in the page ({x, y, color}), or None."""
+    return page.evaluate("""name => {
+        const plot = document.querySelector('#train-loss .js-plotly-plot');
+        const t = plot && plot.data && plot.data.find(d => d.name === name);
+        return t ? {x: Array.from(t.x || []), y: Array.from(t.y || []), color: t.line && t.line.color} : null;
+    }""", CURVES[curve])
+
+
 def points(page, curve: str) -> int:
-    """Data points the live loss plot draws for one curve (vega marks them with aria labels)."""
-    labels = page.eval_on_selector_all("#train-loss svg path[aria-roledescription='point']",
-                                       "els => els.map(e => e.getAttribute('aria-label') || '')")
-    return sum(1 for a in labels if a.endswith(f"curve: {curve}") and "null" not in a)
-
-
-def line_color(page, curve: str) -> str | None:
-    """The stroke of the curve's line in the live plot (None: drawn invisibly)."""
-    for stroke, label in page.eval_on_selector_all(
-            "#train-loss svg path[aria-roledescription='line mark']",
-            "els => els.map(e => [e.getAttribute('stroke'), e.getAttribute('aria-label') || ''])"):
-        if label.endswith(f"curve: {curve}"):
-            return stroke
-    return None
+    t = trace(page, curve)
+    return len(t["x"]) if t else 0
 
 
 def test_training_curve_grows_and_stops(page, server):
-    page.get_by_role("tab", name="Train").click()
+    page.get_by_role("tab", name="Train", exact=True).click()
     page.fill("#train-stories input", "300")
     page.fill("#train-steps input", "100")
     page.fill("#train-batch input", "4")
@@ -155,15 +155,31 @@ def test_training_curve_grows_and_stops(page, server):
         n = poll(lambda: points(page, "train"), timeout=60, what="the first points of the loss curve")
         poll(lambda: points(page, "train") > n, timeout=60, what="the loss curve to gain points")
         poll(lambda: points(page, "val") >= 2, timeout=60, what="validation points")
-        poll(lambda: line_color(page, "val") == app.CURVE_COLORS["val"], what="the validation curve drawn in colour")
-        assert line_color(page, "train") == app.CURVE_COLORS["train"]
+        assert trace(page, "val")["x"][0] == 0, "the curve starts with the evaluation at step 0"
+        assert trace(page, "train")["x"][:3] == [1, 2, 3], "every one of the first steps"
+        assert trace(page, "val")["color"] != trace(page, "train")["color"]
+        assert page.locator("#train-loss .js-plotly-plot").get_by_text("random guess").count() == 1
         assert "tokens/s" in page.inner_text("#train-stats")
-        assert page.input_value("#train-sample textarea").startswith("Once upon a time")
+        assert page.inner_text("#train-sample").startswith("step 0 · val loss")
+        page.click("#train-logx label")
+        poll(lambda: trace(page, "val") and 0 not in trace(page, "val")["x"], what="the log axis without step 0")
         shot(page, "train")
         page.click("#train-stop")
         poll(lambda: "stopped" in page.inner_text("#train-status"), timeout=60, what="the run to stop")
         name = runs.list_runs(server.trainer.runs_dir)[0].name
         assert runs.get(name, server.trainer.runs_dir).status()["state"] == "stopped"
+        # watch it learn: Explore on the run's latest snapshot, then an earlier step
+        page.click("#train-explore")
+        poll(lambda: f"run {name} at step" in page.inner_text("#model-info"), timeout=60,
+             what="the run's latest snapshot in the model bar")
+        page.locator("#plot-learn .js-plotly-plot .main-svg").first.wait_for(state="visible", timeout=60_000)
+        assert "mean loss of your prompt's tokens fell" in page.inner_text("#learn-words")
+        shot(page, "explore-over-training")
+        page.click("#learn-step input")
+        page.get_by_role("option", name="step 5 ·").click()
+        page.click("#learn-look")
+        poll(lambda: f"run {name} at step 5" in page.inner_text("#model-info"), what="step 5 in the model bar")
+        page.get_by_role("tab", name="Train", exact=True).click()
         page.click("#train-use")
         poll(lambda: f"Model: run {name}: best" in page.inner_text("#model-info"),
              what="the checkpoint in the model bar")

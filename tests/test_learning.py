@@ -90,3 +90,16 @@ def test_explore_over_training_lists_runs_steps_and_draws_the_table(run):
     torch.testing.assert_close(torch.tensor(heat.data[0].z), want)
     cfg = gemma3.Gemma3Config.from_preset("tiny")
     assert "steps 0 to 50" in words and torch.tensor(scores.data[0].z).shape == (cfg.layers, cfg.heads)
+
+
+def test_a_head_is_named_only_when_it_copies_more_than_even_attention_would():
+    from explain.learning import even_share
+
+    model, tok = gemma3.load_model(DEMO_MODEL, device="cpu", dtype=torch.float32)
+    random = gemma3.Gemma3(model.config)
+    rec = explain.record(random, tok, STORY)
+    text = learning_text([0], torch.ones(1, 2), induction_scores(rec), model.config.layer_types, even_share(rec))
+    assert "No head copies yet" in text and "head 0" not in text
+    rec = explain.record(model, tok, STORY)
+    text = learning_text([0], torch.ones(1, 2), induction_scores(rec), model.config.layer_types, even_share(rec))
+    assert "the strongest is layer" in text

@@ -102,7 +102,8 @@ class Learning:
         labels = [f"{i}: {explain.hooks.show_token(tok.decode([t]))}" for i, t in enumerate(ids)]
         result = (learning.learning_figure(steps, losses, labels),
                   learning.induction_figure(scores, list(last.config.layer_types)),
-                  learning.learning_text(steps, losses, scores, list(last.config.layer_types)))
+                  learning.learning_text(steps, losses, scores, list(last.config.layer_types),
+                                         learning.even_share(rec)))
         with self._lock:
             self._tables[key] = result
             while len(self._tables) > CACHE_SIZE:

@@ -14,7 +14,7 @@ import gradio as gr
 from webapp import explore as ex
 from webapp.errors import USER_ERRORS, friendly, public
 from webapp.inputs import MAX_PROMPT_CHARS
-from webapp.ui import walkthrough
+from webapp.ui import over_training, walkthrough
 
 PROMPT = ex.PROMPT   # long enough to pass the demo model's window, open at its end (see webapp.explore)
 INTRO = ("Pictures of what the model in the bar computes, drawn from its own code and weights. Masks, RoPE and "
@@ -42,6 +42,7 @@ class Explore:
     plots: dict          # tab id -> its gr.Plot
     controls: dict       # seq, layer, head, temperature, top_k
     look_all: tuple = ()  # (function, inputs, outputs) of "Look inside": other tabs chain it (Generate's tokens)
+    over: object = None   # the "Over training" sub-tab (webapp/ui/over_training.py), when built
 
     @property
     def selectors(self) -> list:
@@ -80,7 +81,7 @@ def _next_token_controls(info) -> dict:
 CONTROLS = {"mask": _mask_controls, "attention": _attention_controls, "next": _next_token_controls}
 
 
-def build(explorer: ex.Explorer, info, choice: gr.State) -> Explore:
+def build(explorer: ex.Explorer, info, choice: gr.State, learning=None) -> Explore:
     """The tab, in the current Tabs, for the model `info` describes (the default), with its events wired; every
     figure is drawn from the model of the session's `choice` (the model bar's per-session source)."""
     views, plots, controls = {}, {}, {}
@@ -101,7 +102,8 @@ def build(explorer: ex.Explorer, info, choice: gr.State) -> Explore:
                     if key in CONTROLS:
                         controls.update(CONTROLS[key](info))
                     plots[key] = gr.Plot(label=plot_label, elem_id=f"plot-{key}", elem_classes="explore-plot")
-    explore = Explore(explorer, tab, prompt, look, views, plots, controls)
+            over = over_training.build(learning, prompt, choice) if learning is not None else None
+    explore = Explore(explorer, tab, prompt, look, views, plots, controls, over=over)
     _wire(explore, choice)
     return explore
 
