@@ -14,6 +14,7 @@ import gradio as gr
 from webapp import explore as ex
 from webapp.errors import friendly
 from webapp.inputs import MAX_PROMPT_CHARS
+from webapp.ui import gemma3_views
 
 PROMPT = "Once upon a time, there was a little girl named Lily. She loved to play"
 INTRO = ("Pictures of what the model in the bar computes, drawn from its own code and weights. Masks, RoPE and "
@@ -90,6 +91,7 @@ def build(explorer: ex.Explorer, info, choice: gr.State) -> Explore:
             with gr.Column(scale=1, min_width=140):
                 look = gr.Button("Look inside", variant="primary", elem_id="look-inside")
         with gr.Tabs():
+            gemma3_views.build(explorer, info, prompt, look, choice)  # "What is special about Gemma 3"
             for label, key, guide, plot_label in VIEWS:
                 with gr.Tab(label, id=key) as views[key]:
                     gr.Markdown(ex.GUIDE[guide], elem_classes="guide")
