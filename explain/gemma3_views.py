@@ -24,11 +24,14 @@ from plotly.subplots import make_subplots
 
 from gemma3.model import RoPE, sliding_mask
 
+from . import figures
 from .figures import _f32, _html
 from .hooks import Record
 
-SLIDING, FULL = "#2a78b5", "#d9622b"   # the colours figures.py gives the two kinds of layer
+# the colours figures.py gives the two kinds of layer (and its Plotly template, where it has one: see _style)
+SLIDING, FULL = getattr(figures, "SLIDING", "#2a78b5"), getattr(figures, "FULL", "#d9622b")
 GREY = "#777777"
+ZERO = "#f4b183"      # cells whose recorded attention probability is exactly 0
 FFN_UNITS = 48        # feed-forward units shown in the GeGLU heatmaps (evenly spaced)
 NEAR_ZERO = 0.1       # GELU(gate) counts as near zero below this fraction of its RMS in the layer
 TOP_LOGITS = 10       # bars in the tied-head panel
@@ -106,10 +109,14 @@ def _token(record: Record, pos: int) -> str:
     return record.token_text[record.tokens[pos]]
 
 
-def _style(fig: go.Figure, title: str, height: int) -> go.Figure:
-    fig.update_layout(title=dict(text=title, font=dict(size=15)), height=height,
-                      margin=dict(l=60, r=30, t=80, b=60))
-    return fig
+def _style(fig: go.Figure, title: str, detail: str, height: int) -> go.Figure:
+    """A short title with its detail on a second, smaller line (both stay within a narrow plot), the height, and
+    the app's Plotly look (figures._style) where explain.figures has one."""
+    text = f"{title}<br><span style='font-size:12px;color:#6b7280'>{detail}</span>" if detail else title
+    fig.update_layout(title=dict(text=text, x=0.01, xanchor="left", font=dict(size=15)), height=height,
+                      margin=dict(l=60, r=30, t=100, b=60))
+    app_style = getattr(figures, "_style", None)
+    return app_style(fig) if app_style else fig
 
 
 # ---- multi-query attention -----------------------------------------------------------------------
@@ -167,11 +174,12 @@ def mqa_view(record: Record, layer: int, dtype_bytes: int | None = None) -> tupl
         plot_bgcolor="#eeeeee",
         legend=dict(x=sp.xaxis.domain[0] + 0.01, y=sp.yaxis.domain[1] - 0.01, yanchor="top",
                     bgcolor="rgba(255,255,255,0.8)"))
-    _style(fig, f"Layer {layer}: {H} query heads sharing {KV} key/value head{'s' if KV > 1 else ''}", 820)
+    _style(fig, f"{H} query heads sharing {KV} key/value head{'s' if KV > 1 else ''}",
+           f"layer {layer} ({_kind(record, layer)}): each head's attention; below, the KV cache it needs", 840)
     mine, per_head = kv_bytes_per_token(cfg, KV, size), kv_bytes_per_token(cfg, H, size)
     full_ctx = kv_cache_bytes(cfg, cfg.context, KV, size)
     text = (f"This model has **{H} query heads sharing {KV} key/value head{'s' if KV > 1 else ''}**: each head "
-            f"computes its own pattern (top) from the same keys and values, so the cache keeps one K and one V per "
+            f"computes its own pattern over your {T} tokens (top) from the same keys and values, so the cache keeps one K and one V per "
             f"token and layer instead of {H}. Per token that is 2 x {cfg.layers} layers x {KV} x {cfg.head_dim} x "
             f"{size} bytes = **{_bytes(mine)}**, against {_bytes(per_head)} with one K/V per head: "
             f"**{H // KV}x less**. The {cfg.layer_types.count('sliding')} sliding layers keep only a ring of their "
@@ -222,7 +230,7 @@ def qk_norm_view(record: Record, model, layer: int, head: int) -> tuple[go.Figur
     pos = np.arange(T)
     fig = make_subplots(rows=2, cols=2, row_heights=[0.55, 0.45], vertical_spacing=0.2, horizontal_spacing=0.16,
                         specs=[[{}, {}], [{"colspan": 2}, None]],
-                        subplot_titles=("without q/k norm", "with q/k norm (what the model uses)",
+                        subplot_titles=("without q/k norm", "with q/k norm (the model)",
                                         "largest |logit| of each query"))
     for col, (name, z) in enumerate((("without", raw), ("with", normed)), start=1):
         m = float(np.nanmax(np.abs(_f32(z)))) or 1.0
@@ -241,10 +249,9 @@ def qk_norm_view(record: Record, model, layer: int, head: int) -> tuple[go.Figur
                              line=dict(color=FULL, dash="dash"), hoverinfo="skip"), row=2, col=1)
     fig.update_xaxes(title_text="query position", row=2, col=1)
     fig.update_yaxes(title_text="max |logit| (log)", type="log", row=2, col=1)
-    sp = fig.get_subplot(2, 1)
-    fig.update_layout(plot_bgcolor="#eeeeee", legend=dict(orientation="h", x=0, y=sp.yaxis.domain[1] + 0.02,
-                                                          yanchor="bottom", bgcolor="rgba(255,255,255,0.8)"))
-    _style(fig, f"Layer {layer}, head {head}: attention logits q·k × scale", 780)
+    fig.update_layout(plot_bgcolor="#eeeeee", legend=dict(orientation="h", x=0, y=-0.12, yanchor="top"))
+    _style(fig, "Attention logits without and with the q/k norm",
+           f"layer {layer}, head {head}: q·k × scale, RoPE applied to both by the model's RoPE", 820)
     cfg = record.config
     q_len = float(record.stage("q_norm", layer)[:, head].float().norm(dim=-1).mean())
     q_raw = float(record.stage("q", layer)[:, head].float().norm(dim=-1).mean())
@@ -307,12 +314,13 @@ def rope_view(record: Record, model, layer: int, head: int) -> tuple[go.Figure, 
                              marker=dict(size=12, color="black", symbol="x"),
                              hovertemplate="real distance %{x}: %{y:.3g}<extra></extra>"))
     fig.add_vline(x=W, line=dict(color=GREY, dash="dash"), annotation_text=f"window {W}",
-                  annotation_position="top right")
+                  annotation_position="top right", annotation_font=dict(size=11, color=GREY))
     fig.update_layout(xaxis=dict(title="distance d between query and key (positions)"),
                       yaxis=dict(title="score q·k × scale"),
                       legend=dict(orientation="h", x=0, y=-0.25, yanchor="top"))
     q_tok, k_tok = _html(_token(record, s["query"])), _html(_token(record, s["key"]))
-    _style(fig, f"Layer {layer}, head {head}: the same query and key, d positions apart", 560)
+    _style(fig, "One query and one key, d positions apart",
+           f"layer {layer}, head {head}: their score under the local and the global RoPE base", 580)
     near = slice(0, min(W, len(d)))
     lo_l, hi_l = float(s["local"][near].min()), float(s["local"][near].max())
     lo_g, hi_g = float(s["global"][near].min()), float(s["global"][near].max())
@@ -363,6 +371,11 @@ def sliding_view(record: Record, layer: int, head: int | None = None) -> tuple[g
                                  coloraxis="coloraxis", name=f"layer {lay}",
                                  hovertemplate="query %{y}, key %{x}: %{z:.4f}<extra>layer " + str(lay) + "</extra>"),
                       row=1, col=col)
+        zero = np.where(_f32((p == 0) & causal) > 0, 1.0, np.nan)   # exactly 0 where the query could look
+        fig.add_trace(go.Heatmap(z=zero, x=pos.numpy(), y=pos.numpy(), colorscale=[[0, ZERO], [1, ZERO]],
+                                 showscale=False, name="exactly 0",
+                                 hovertemplate="query %{y}, key %{x}: exactly 0<extra>layer " + str(lay) + "</extra>"),
+                      row=1, col=col)
         fig.update_yaxes(autorange="reversed", showticklabels=col == 1, title_text="query" if col == 1 else None,
                          row=1, col=col)
         fig.update_xaxes(title_text="key", row=1, col=col)
@@ -375,7 +388,7 @@ def sliding_view(record: Record, layer: int, head: int | None = None) -> tuple[g
         fig.add_trace(go.Scatter(x=[0, T - W], y=[W - 1, T - 1], mode="lines", showlegend=False, hoverinfo="skip",
                                  line=dict(color=FULL, dash="dash", width=1.5)), row=1, col=1)
     fig.add_vline(x=W - 0.5, line=dict(color=GREY, dash="dash"), annotation_text=f"window {W}",
-                  annotation_position="top right", row=2, col=1)
+                  annotation_position="top left", annotation_font=dict(size=11, color=GREY), row=2, col=1)
     fig.update_xaxes(title_text="distance back from the last token", row=2, col=1)
     fig.update_yaxes(title_text="attention", row=2, col=1)
     sp = fig.get_subplot(2, 1)
@@ -383,14 +396,15 @@ def sliding_view(record: Record, layer: int, head: int | None = None) -> tuple[g
         title=dict(text="attention", side="right"), len=0.5, y=0.78, thickness=12)), plot_bgcolor="#eeeeee",
         legend=dict(x=sp.xaxis.domain[1] - 0.01, xanchor="right", y=sp.yaxis.domain[1] - 0.01, yanchor="top",
                     bgcolor="rgba(255,255,255,0.8)"))
-    _style(fig, f"Sliding layer {s} against full layer {f} ({who}), {T} tokens", 820)
+    _style(fig, f"Sliding layer {s} against full layer {f}",
+           f"{who}, {T} tokens; grey: future keys, orange: probability exactly 0", 840)
     far = pos[None, :] <= pos[:, None] - W   # keys older than the window
     beyond_s = float(probs[s][far].max()) if T > W else 0.0
     share_f = float(probs[f][T - 1, : max(0, T - W)].sum())
     if T > W:
         text = (f"Your prompt has {T} tokens, more than the sliding window of {W}. In sliding layer {s} a query "
-                f"never sees a key {W} or more positions back: the top-left map is blank past the dashed edge and "
-                f"its largest probability there is exactly **{beyond_s:g}**. Full layer {f} reads the whole prompt: "
+                f"never sees a key {W} or more positions back: past the dashed edge the left map is orange, its "
+                f"largest probability there exactly **{beyond_s:g}**. Full layer {f} reads the whole prompt: "
                 f"its last query puts **{share_f:.1%}** of its attention beyond the window. Gemma 3 has "
                 f"{_count(cfg.layer_types, 'sliding')} and {_count(cfg.layer_types, 'full')}: "
                 f"only the full layers carry information from far back.")
@@ -449,7 +463,7 @@ def geglu_view(record: Record, layer: int) -> tuple[go.Figure, str]:
     sp = fig.get_subplot(1, 1)
     fig.update_layout(bargap=0.05, legend=dict(x=sp.xaxis.domain[0] + 0.01, y=sp.yaxis.domain[1] - 0.01,
                                                yanchor="top", bgcolor="rgba(255,255,255,0.8)"))
-    _style(fig, f"Layer {layer}: the GeGLU feed-forward, down(GELU(gate) × up)", 800)
+    _style(fig, "GeGLU: down(GELU(gate) × up)", f"layer {layer}, {T} tokens; red < 0 < blue, white: near 0", 820)
     text = (f"Gemma 3's feed-forward widens each token to {cfg.ffn} units twice: a **gate** and an **up** "
             f"projection, multiplied after GELU(gate) (red/blue: sign and size; white: near zero). In layer "
             f"{layer}, **{g['negative']:.0%}** of the gate values are negative, where GELU lets through at most "
@@ -491,7 +505,8 @@ def norms_view(record: Record) -> tuple[go.Figure, str]:
     fig.update_layout(xaxis=dict(title="layer", dtick=1 if L <= 32 else None),
                       yaxis=dict(title="RMS (mean over tokens, log)", type="log"),
                       legend=dict(orientation="h", x=0, y=-0.2, yanchor="top"))
-    _style(fig, f"Sizes through {L} layers: before and after each post-norm", 600)
+    _style(fig, "Sizes before and after each post-norm", f"RMS through {L} layers, mean over {record.seq_len} tokens",
+           620)
     before = n["o"] + n["down"]
     after = n["post_attn_norm"] + n["post_ffn_norm"]
     r = n["residual"]
@@ -545,9 +560,9 @@ def embedding_view(record: Record, model) -> tuple[go.Figure, str]:
     tied = e["tied"]
     head = "embedding" if tied else "output head"
     fig = make_subplots(rows=3, cols=1, vertical_spacing=0.13, row_heights=[0.32, 0.3, 0.38],
-                        subplot_titles=(f"RMS of each token's embedding row, raw and × √{cfg.hidden}",
+                        subplot_titles=(f"RMS of each token's embedding row: raw (light), × √{cfg.hidden} (dark)",
                                         f"next-token logits = final state · {head} row (top {len(top.indices)})",
-                                        f"logit lens, first row: each token's embedding · every {head} row"))
+                                        f"lens' first row: with its own row (blue), the best other (grey)"))
     fig.add_trace(go.Bar(x=labels, y=_f32(e["raw_rms"]), name="raw row", marker_color="#9bb8d3",
                          hovertemplate="%{x}: %{y:.3g}<extra>raw</extra>"), row=1, col=1)
     fig.add_trace(go.Bar(x=labels, y=_f32(e["scaled_rms"]), name=f"× √{cfg.hidden} = {e['scale']:.3g}",
@@ -564,8 +579,9 @@ def embedding_view(record: Record, model) -> tuple[go.Figure, str]:
     fig.update_yaxes(title_text="dot product", row=3, col=1)
     for row in (1, 2, 3):
         fig.update_xaxes(type="category", tickangle=-60, row=row, col=1)
-    fig.update_layout(barmode="group", legend=dict(orientation="h", x=0, y=1.0, yanchor="bottom"))
-    _style(fig, "The embedding, scaled on the way in and reused on the way out", 1000)
+    fig.update_layout(barmode="group", showlegend=False)
+    _style(fig, "The embedding, scaled in and reused out",
+           f"√{cfg.hidden} scale on the way in; {'tied' if tied else 'untied'} head on the way out", 1040)
     repeat = int((e["lens_top"] == torch.tensor(record.tokens)).sum())
     raw, scaled = float(e["raw_rms"].mean()), float(e["scaled_rms"].mean())
     first = (f"The logit lens' first row repeats the input for **{repeat} of {T}** tokens: a token's own "

@@ -15,7 +15,8 @@ from webapp.errors import friendly
 
 INTRO = ("What makes Gemma 3 Gemma 3, each shown on your prompt with the model in the bar: pick a topic. The "
          "sentences under it are filled in with this model's own numbers.")
-EVENT = dict(concurrency_id="explore", concurrency_limit=2, preprocess=False)
+# One at a time, in order: a draw for an older prompt (the tab opened) never lands after a newer one ("Look inside").
+EVENT = dict(concurrency_id="explore-gemma3", concurrency_limit=1, preprocess=False)
 
 
 @dataclass(eq=False)
@@ -36,7 +37,7 @@ def build(explorer: ex.Explorer, info, prompt: gr.Textbox, look: gr.Button, choi
                          elem_id="gemma3-topic")
         with gr.Row():
             layer = gr.Slider(0, max(1, info.layers - 1), value=0, step=1, label="Layer", elem_id="gemma3-layer")
-            head = gr.Dropdown(ex.head_choices(info), value="0", label="Head (all = their mean, where it applies)",
+            head = gr.Dropdown(ex.head_choices(info), value="0", label="Head (all = their mean)",
                                elem_id="gemma3-head", visible=False)
         text = gr.Markdown(elem_id="gemma3-text")
         plot = gr.Plot(label="What is special about Gemma 3", elem_id="plot-gemma3")
