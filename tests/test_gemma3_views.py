@@ -300,9 +300,6 @@ TITLES = {"mqa": "4 query heads sharing 1 key/value head", "qk_norm": "Attention
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
-    pytest.importorskip("playwright.sync_api")
     import app
 
     tmp = tmp_path_factory.mktemp("gemma3_views")
@@ -313,6 +310,9 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(server):
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
+    pytest.importorskip("playwright.sync_api")
     from playwright.sync_api import sync_playwright
 
     from test_browser import ARGS
@@ -376,3 +376,18 @@ def test_the_layer_slider_redraws(browser, server):
         page.wait_for_function(title % "layer 5 (full)")
     finally:
         page.close()
+
+
+def test_the_api_endpoint_answers_and_refuses_in_one_sentence(server):
+    from gradio_client import Client
+
+    client = Client(server.local_url, verbose=False)
+    words, plot, layer, head = client.predict(PROMPT, "sliding", 9, "all", api_name="/explore_gemma3")
+    assert "Your prompt has 75 tokens, more than the sliding window of 64" in words
+    assert "Sliding layer 7 against full layer 5" in plot["plot"], "layer 9 of an 8-layer model reads as its last"
+    assert layer["value"] == 7 and layer["maximum"] == 7 and head["value"] == "all"
+    for args, message in (((PROMPT, "nope", 0, "0"), "The topic must be one of mqa, qk_norm"),
+                          ((PROMPT, "rope", 0, "first"), "Head must be 'all' or a number from 0 to 3"),
+                          (("", "mqa", 0, "0"), "Explore prompt is empty")):
+        with pytest.raises(Exception, match=message):
+            client.predict(*args, api_name="/explore_gemma3")
