@@ -151,7 +151,9 @@ class Explorer:
             except ValueError:
                 raise UserError(f"Head must be 'all' or a number from 0 to {heads - 1}, not {head!r}.") from None
             head = min(number(head, "Head", 0, None, integer=True), heads - 1)
-        fig, words = gv.gemma3_view(topic, rec, self._model(source), layer, head)
+        loaded = self.cache.get(source)
+        with loaded.reading():   # the views read the model's weights, RoPE and final norm
+            fig, words = gv.gemma3_view(topic, rec, loaded.model, layer, head)
         return fig, words, rec.notice, layer, rec.layers, heads
 
 
