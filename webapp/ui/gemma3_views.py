@@ -40,7 +40,7 @@ def build(explorer: ex.Explorer, info, prompt: gr.Textbox, look: gr.Button, choi
             head = gr.Dropdown(ex.head_choices(info), value="0", label="Head (all = their mean)",
                                elem_id="gemma3-head", visible=False)
         text = gr.Markdown(elem_id="gemma3-text")
-        plot = gr.Plot(label="What is special about Gemma 3", elem_id="plot-gemma3")
+        plot = gr.Plot(label="What is special about Gemma 3", elem_id="plot-gemma3", elem_classes="explore-plot")
     views = Gemma3Views(tab, topic, layer, head, text, plot)
     _wire(views, explorer, prompt, look, choice)
     return views
