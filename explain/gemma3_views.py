@@ -24,13 +24,11 @@ from plotly.subplots import make_subplots
 
 from gemma3.model import RoPE, sliding_mask
 
-from . import figures
-from .figures import _f32, _html
+from .figures import FULL, INK, SLIDING, _f32, _html, _title
+from .figures import _style as _app_style
 from .hooks import Record
 
-# the colours figures.py gives the two kinds of layer (and its Plotly template, where it has one: see _style)
-SLIDING, FULL = getattr(figures, "SLIDING", "#2a78b5"), getattr(figures, "FULL", "#d9622b")
-GREY = "#777777"
+GREY = "#6b7280"      # a grey that stays visible on the template's white (figures.GREY is lighter)
 ZERO = "#f4b183"      # cells whose recorded attention probability is exactly 0
 FFN_UNITS = 48        # feed-forward units shown in the GeGLU heatmaps (evenly spaced)
 NEAR_ZERO = 0.1       # GELU(gate) counts as near zero below this fraction of its RMS in the layer
@@ -111,12 +109,9 @@ def _token(record: Record, pos: int) -> str:
 
 def _style(fig: go.Figure, title: str, detail: str, height: int) -> go.Figure:
     """A short title with its detail on a second, smaller line (both stay within a narrow plot), the height, and
-    the app's Plotly look (figures._style) where explain.figures has one."""
-    text = f"{title}<br><span style='font-size:12px;color:#6b7280'>{detail}</span>" if detail else title
-    fig.update_layout(title=dict(text=text, x=0.01, xanchor="left", font=dict(size=15)), height=height,
-                      margin=dict(l=60, r=30, t=100, b=60))
-    app_style = getattr(figures, "_style", None)
-    return app_style(fig) if app_style else fig
+    the app's Plotly template (explain.figures._style)."""
+    fig.update_layout(title=_title(title, detail), height=height)
+    return _app_style(fig)
 
 
 # ---- multi-query attention -----------------------------------------------------------------------
@@ -171,7 +166,7 @@ def mqa_view(record: Record, layer: int, dtype_bytes: int | None = None) -> tupl
     sp = fig.get_subplot(2, 1)
     fig.update_layout(coloraxis=dict(colorscale="Blues", cmin=0, colorbar=dict(
         title=dict(text="attention", side="right"), len=0.4, y=0.8, thickness=12)),
-        plot_bgcolor="#eeeeee",
+        plot_bgcolor="#f3f4f6",
         legend=dict(x=sp.xaxis.domain[0] + 0.01, y=sp.yaxis.domain[1] - 0.01, yanchor="top",
                     bgcolor="rgba(255,255,255,0.8)"))
     _style(fig, f"{H} query heads sharing {KV} key/value head{'s' if KV > 1 else ''}",
@@ -249,7 +244,7 @@ def qk_norm_view(record: Record, model, layer: int, head: int) -> tuple[go.Figur
                              line=dict(color=FULL, dash="dash"), hoverinfo="skip"), row=2, col=1)
     fig.update_xaxes(title_text="query position", row=2, col=1)
     fig.update_yaxes(title_text="max |logit| (log)", type="log", row=2, col=1)
-    fig.update_layout(plot_bgcolor="#eeeeee", legend=dict(orientation="h", x=0, y=-0.12, yanchor="top"))
+    fig.update_layout(plot_bgcolor="#f3f4f6", legend=dict(orientation="h", x=0, y=-0.12, yanchor="top"))
     _style(fig, "Attention logits without and with the q/k norm",
            f"layer {layer}, head {head}: q·k × scale, RoPE applied to both by the model's RoPE", 820)
     cfg = record.config
@@ -393,7 +388,7 @@ def sliding_view(record: Record, layer: int, head: int | None = None) -> tuple[g
     fig.update_yaxes(title_text="attention", row=2, col=1)
     sp = fig.get_subplot(2, 1)
     fig.update_layout(coloraxis=dict(colorscale="Blues", cmin=0, colorbar=dict(
-        title=dict(text="attention", side="right"), len=0.5, y=0.78, thickness=12)), plot_bgcolor="#eeeeee",
+        title=dict(text="attention", side="right"), len=0.5, y=0.78, thickness=12)), plot_bgcolor="#f3f4f6",
         legend=dict(x=sp.xaxis.domain[1] - 0.01, xanchor="right", y=sp.yaxis.domain[1] - 0.01, yanchor="top",
                     bgcolor="rgba(255,255,255,0.8)"))
     _style(fig, f"Sliding layer {s} against full layer {f}",
@@ -492,7 +487,7 @@ def norms_view(record: Record) -> tuple[go.Figure, str]:
     L = record.layers
     x = list(range(L))
     fig = go.Figure()
-    series = (("residual stream entering the layer", "residual", "black", "solid", L),
+    series = (("residual stream entering the layer", "residual", INK, "solid", L),
               ("attention output before its post-norm (o)", "o", SLIDING, "dot", L),
               ("attention added, after the post-norm", "post_attn_norm", SLIDING, "solid", L),
               ("feed-forward output before its post-norm (down)", "down", FULL, "dot", L),

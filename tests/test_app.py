@@ -11,6 +11,7 @@ import pytest
 import app
 from conftest import kill_runs, poll, serve
 from training import runs
+from webapp import generation as gen
 from webapp import models
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -53,10 +54,11 @@ def test_generate_streams_pieces(client):
         time.sleep(0.005)
     done_at = time.monotonic()
     outputs = job.outputs()
-    text, info = outputs[-1]
+    text, info = gen.continuation_text(outputs[-1][0]), outputs[-1][1]
     assert len(outputs) > 2, "text should arrive in several pieces, not at the end"
     assert first_at is not None and first_at < done_at, "a piece should arrive before the end"
-    partial = [t for t, _ in outputs[:-1]]
+    assert gen.story_text(outputs[-1][0]).startswith("Once upon a time" + text), "the story shows the prompt first"
+    partial = [gen.continuation_text(t) for t, _ in outputs[:-1]]
     assert all(text.startswith(p) for p in partial) and len(partial[0]) < len(text), "each piece extends the last"
     assert len(text) > 20 and "40 tokens" in info and "tokens/s" in info
 
@@ -128,7 +130,7 @@ def test_architecture_figures_need_no_prompt(client, server):
     assert any(t["type"] == "heatmap" for t in rope["data"])
     params = plotly(client.predict(api_name="/explore_parameters"))
     bars = params["data"][0]
-    assert "embedding" in bars["x"] and f"{info.params:,}" in params["layout"]["title"]["text"]
+    assert "embedding" in bars["y"] and "Wq (query)" in bars["y"] and f"{info.params:,}" in params["layout"]["title"]["text"]
 
 
 def test_prompt_figures_share_one_recording(client, server):
@@ -436,3 +438,29 @@ def test_bad_run_names_get_one_clear_sentence(client, endpoint, args, message):
 def test_server_still_serves_after_all_that(client):
     text, info = generate(client, "One day", 8)
     assert text and "8 tokens" in info
+
+
+def test_story_tokens_carry_the_models_probabilities():
+    """gemma3.stream's stats give the ids; each piece's probability is the model's own (a forward of its own),
+    the pieces join to the story, and a story that fills the context is still scored."""
+    import torch
+
+    import gemma3
+    cache = models.ModelCache(*models.load_source("random:tiny"))
+    loaded = cache.get(None)
+    model, tok = loaded.model, loaded.tokenizer
+    for n in (8, model.config.context):   # the second runs into the context's end
+        stats: dict = {}
+        text = gemma3.generate(model, tok, "Once upon a time", n, 1.0, seed=3, stats=stats)
+        pieces = gen.token_pieces(loaded, stats)
+        assert "".join(t for t, _ in pieces) == text and len(stats["new_ids"]) == stats["new_tokens"]
+        ids, new = stats["ids"], stats["new_ids"]
+        with torch.no_grad():
+            probs = model(torch.tensor([ids + new[:1]]))[0, len(ids) - 1].softmax(-1)
+        if len(tok.decode(new[:1]).rstrip("\ufffd")) > 0:
+            assert pieces[0][1] == pytest.approx(float(probs[new[0]]), rel=1e-4)
+    shown = gen.story_html("Once <b>", text, pieces)
+    assert gen.story_text(shown) == "Once <b>" + text and gen.continuation_text(shown) == text
+    assert gen.text_before({"prompt": "Once", "pieces": ["a", "b"]}, 1) == "Oncea"
+    with pytest.raises(ValueError, match="not part of the last story"):
+        gen.text_before({"prompt": "Once", "pieces": ["a"]}, 5)

@@ -76,7 +76,8 @@ def test_start_watch_stop_resume(data, tmp_path):
         # a UI restart: nothing but the folder to go on
         again = runs.active(runs_dir)
         assert again is not None and again is not run and again.name == "life" and again.is_alive()
-        assert again.read_metrics(0)[0][0]["step"] == 1
+        first = again.read_metrics(0)[0][:2]  # the evaluation at step 0, then step 1
+        assert [(r["kind"], r["step"]) for r in first] == [("eval", 0), ("train", 1)]
         [info] = runs.list_runs(runs_dir)
         assert (info.name, info.alive, info.preset) == ("life", True, "tiny")
         assert info.state in ("starting", "running")

@@ -43,7 +43,7 @@ def test_tiny_model_learns_and_its_checkpoint_generates(data, tmp_path):
     losses = [r["loss"] for r in records(run, "train")]
     assert losses[0] > 10 and sum(losses[-3:]) / 3 < 0.6 * losses[0], losses
     evals = records(run, "eval")
-    assert [e["step"] for e in evals] == [75, 150]
+    assert [e["step"] for e in evals] == [0, 75, 150]  # step 0: the curve starts at the initial loss
     assert evals[-1]["val_loss"] < evals[0]["val_loss"] and evals[-1]["val_bpb"] > 0
     assert evals[-1]["sample"].startswith("Once upon a time")
     last = records(run, "train")[-1]

@@ -7,6 +7,7 @@ steps, tokens, wall time, the final train and validation loss, and samples for f
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import torch
@@ -14,6 +15,7 @@ import torch
 import gemma3
 from gemma3.checkpoints import atomic_dir_write, write_model_files
 
+from .config import TrainConfig
 from .trainer import checkpoints
 
 PROMPTS = ["Once upon a time", "Lily found a little red ball", "The dog was sad because",
@@ -56,12 +58,24 @@ def _card(name, run, source, cfg, status, train, evals, meta, model, samples, dt
     mcfg = model.config
     last_train = train[-1] if train else {}
     last_eval = evals[-1] if evals else {}
-    step = int(source.name.split("_")[-1]) if source.name.startswith("step_") else status.get("step")
+    if source.name.startswith("step_"):
+        step = int(source.name.split("_")[-1])
+    elif evals:  # best/: the weights of the evaluation with the lowest validation loss
+        step = min(evals, key=lambda e: e["val_loss"])["step"]
+    else:
+        step = status.get("step")
     size_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e6
     stories = f" --stories {meta['params']['stories']}" if meta.get("source") == "builtin" else ""
     data = f"data/{Path(cfg['data']).name}"  # where the files were is the trainer's business, not the reader's
     prepare_cmd = f"python -m training prepare --source {meta.get('source', '?')}{stories} --out {data}"
-    train_cmd = f"python -m training train --data {data} --preset {cfg['preset']} --out runs/{run.name}"
+    train_cmd = (f"python -m training train --data {data} --preset {cfg['preset']} --out runs/{run.name}"
+                 + _flags(cfg))
+    tokens = next((e["tokens"] for e in evals if e["step"] == step), last_train.get("tokens", 0))
+    device = status.get("device") or "a machine it did not record"
+    ended = (f"- The run {status['state']} at step {status.get('step')} of {status.get('max_steps')}"
+             + (f" ({status['reason']})" if status.get("reason") else "") + "; "
+             + (f"these are the weights of step {step}, its lowest validation loss." if source.name == "best"
+                else f"these are the weights of step {step}.")) if status.get("state") else None
     lines = [
         f"# {name}: a Gemma 3 in miniature, trained by this project",
         "",
@@ -80,18 +94,20 @@ def _card(name, run, source, cfg, status, train, evals, meta, model, samples, dt
         "```bash",
         prepare_cmd,
         train_cmd,
-        f"python -m training export --run runs/{run.name} --out {name}",
+        f"python -m training export --run runs/{run.name} --out {name}"
+        + (" --checkpoint best" if source.name == "best" else "") + (f" --dtype {dtype}" if dtype != "bf16" else ""),
         "```",
         "",
         f"- Training: {step} steps of {cfg['batch_size']} x {cfg['seq_len']} tokens x {cfg['grad_accum']} "
-        f"accumulation, {last_train.get('tokens', 0):,} tokens seen, lr {cfg['lr']:g} -> {cfg['min_lr']:g} "
+        f"accumulation, {tokens:,} tokens seen, lr {cfg['lr']:g} -> {cfg['min_lr']:g} "
         f"(warm-up {cfg['warmup_steps']}), AdamW ({cfg['beta1']}, {cfg['beta2']}), weight decay "
         f"{cfg['weight_decay']}, clip {cfg['grad_clip']}, seed {cfg['seed']}.",
         f"- Wall time: {last_train.get('elapsed_s', 0) / 60:.1f} minutes of training steps on the machine "
-        f"that trained it (2-core CPU), {last_train.get('tokens_per_s', 0):,.0f} tokens/s at the end.",
+        f"that trained it ({device}), {last_train.get('tokens_per_s', 0):,.0f} tokens/s at the end.",
         f"- Final train loss {last_train.get('loss', float('nan')):.4f}; validation loss "
         f"{last_eval.get('val_loss', float('nan')):.4f} (perplexity {last_eval.get('val_ppl', float('nan')):.2f}, "
         f"{last_eval.get('val_bpb', float('nan')):.3f} bits per byte) at step {last_eval.get('step')}.",
+        *([ended] if ended else []),
         "",
         f"## Samples (temperature 0.7, top-k 50, seed {seed}, 120 new tokens)",
         "",
@@ -101,3 +117,15 @@ def _card(name, run, source, cfg, status, train, evals, meta, model, samples, dt
     lines += ["It knows only the built-in corpus's few hundred words and its simple plots: it is a demonstration "
               "of the architecture and the trainer, not a general model.", ""]
     return "\n".join(lines)
+
+
+def _flags(cfg: dict) -> str:
+    """The train command's flags for every setting that differs from its preset's default."""
+    base = TrainConfig.for_preset(cfg["preset"]).to_dict()
+    skip = {"data", "out", "preset", "model", "init_from", "device", "dtype", "peak_tflops"}
+    flags = [f" --{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in cfg.items()
+             if k in base and k not in skip and v != base[k] and not isinstance(v, bool)]
+    flags += [f" --{'' if v else 'no-'}{k.replace('_', '-')}" for k, v in cfg.items()
+              if isinstance(v, bool) and k in base and v != base[k]]
+    flags += [f" --set {k}={v}" for k, v in (cfg.get("model") or {}).items()]
+    return "".join(flags)

@@ -53,6 +53,7 @@ class TrainConfig:
     log_every: int = 10
     ckpt_every: int = 1000
     keep_last: int = 2                # step checkpoints kept besides best/
+    snapshot_mb: int = 2048           # disk budget of the run's snapshots (training/snapshots.py); 0: none
     max_bad_steps: int = 10           # consecutive non-finite steps before the run gives up
 
     device: str = "auto"              # auto, cuda, cuda:N, cpu
@@ -154,6 +155,7 @@ SETTINGS: dict[str, tuple] = {
     "log_every": ("Logging interval (steps)", 1, None),
     "ckpt_every": ("Checkpoint interval (steps)", 1, None),
     "keep_last": ("Checkpoints kept", 1, None),
+    "snapshot_mb": ("Snapshot budget (MB)", 0, None),
     "max_bad_steps": ("Non-finite steps allowed in a row", 1, None),
     "device": ("Device",),
     "dtype": ("Precision",),

@@ -7,6 +7,7 @@ A run folder holds everything about a run:
     checkpoints/step_NNNNNNN/   model (our format, loadable by gemma3.load_model) + trainer.pt
                        + complete.json (written last: the files and their sizes)
     best/              the model with the lowest validation loss so far
+    snapshots/step_NNNNNNN/   light bf16 model-only snapshots for watching the run learn (snapshots.py)
     STOP               created by anyone who wants the run to save and stop
     .lock              held by every process of the run while it lives (status.py)
 Only rank 0 writes. A run resumed from its last checkpoint logs exactly the losses it would
@@ -38,6 +39,7 @@ import torch.distributed as dist
 import gemma3
 from gemma3.checkpoints import atomic_dir_write, atomic_write_text, write_model_files
 
+from . import snapshots
 from .config import TrainConfig
 from .data import Batches, eval_windows, load_split, read_meta
 from .status import hold, read_status, write_status
@@ -45,6 +47,9 @@ from .status import hold, read_status, write_status
 # Dense bf16 tensor-core peaks (TFLOP/s) for MFU; other devices are measured at start.
 GPU_PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "A100": 312.0,
                    "L40S": 362.0, "A10G": 125.0, "L4": 121.0, "RTX 4090": 165.0, "RTX 3090": 71.0, "T4": 65.0}
+
+
+DENSE_LOG_STEPS = 10  # every one of the first steps is logged, so a curve shows from the first seconds
 
 
 class StopRun(Exception):
@@ -61,6 +66,13 @@ def text_bytes(tokenizer, ids: list[int]) -> int:
     """UTF-8 bytes the ids stand for, counting an end-of-text separator as one byte (as prepare does)."""
     eot = tokenizer.eot_id
     return len(tokenizer.decode_bytes([i for i in ids if i != eot])) + sum(i == eot for i in ids)
+
+
+def device_name(device: torch.device) -> str:
+    """The device in words, as a model card states it: "NVIDIA H200", "2-core CPU"."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{os.cpu_count()}-core CPU" if device.type == "cpu" else device.type
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -176,30 +188,31 @@ def clean(run: Path) -> list[str]:
       deleted (discard), or the previous copy of one being replaced (.step_N.old: put back if its
       checkpoint is missing, as atomic_dir_write would have);
     - checkpoints/step_N that are not complete (left by versions that deleted in place);
+    - the same in snapshots/ (a snapshot is complete once its snapshot.json is written);
     - .best.*: best/ being written, or its previous copy (.best.old: put back if best/ is missing);
     - .NAME.tmpPID.TID files of atomic_write_text whose process is gone;
     - a last metrics.jsonl line without its newline (the next record would be glued to it).
     Call it while no process of the run writes (when a run starts or ends)."""
     run = Path(run)
     removed = []
-    folder = run / "checkpoints"
-    entries = list(folder.iterdir()) if folder.is_dir() else []
-    for p in sorted(entries):
-        if p.name.startswith(".step_") and p.name.endswith(".old") and p.is_dir():
-            original = p.with_name(p.name[1:-len(".old")])
-            if not original.exists() and is_complete(p):
-                with contextlib.suppress(OSError):
-                    os.rename(p, original)
-                    continue
-        if p.name.startswith("."):  # out of the set already: delete in place
-            removed.append(f"checkpoints/{p.name}")
-            if p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                p.unlink(missing_ok=True)
-        elif p.name.startswith("step_") and p.is_dir() and not is_complete(p):
-            removed.append(f"checkpoints/{p.name}")
-            discard(p)
+    for kind, complete in (("checkpoints", is_complete), ("snapshots", lambda p: (p / snapshots.INFO).is_file())):
+        folder = run / kind
+        for p in sorted(folder.iterdir()) if folder.is_dir() else []:
+            if p.name.startswith(".step_") and p.name.endswith(".old") and p.is_dir():
+                original = p.with_name(p.name[1:-len(".old")])
+                if not original.exists() and complete(p):
+                    with contextlib.suppress(OSError):
+                        os.rename(p, original)
+                        continue
+            if p.name.startswith("."):  # out of the set already: delete in place
+                removed.append(f"{kind}/{p.name}")
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+            elif p.name.startswith("step_") and p.is_dir() and not complete(p):
+                removed.append(f"{kind}/{p.name}")
+                discard(p)
     best, old_best = run / "best", run / ".best.old"
     if old_best.is_dir() and not best.exists() and (old_best / "model.safetensors").is_file() \
             and (old_best / "config.json").is_file():
@@ -274,6 +287,7 @@ class Trainer:
                                      self.rank, self.world)
         self.val_x, self.val_y = eval_windows(load_split(cfg.data, "val", vocab), cfg.eval_windows, cfg.seq_len)
         self.val_bytes = sum(text_bytes(self.tokenizer, row.tolist()) for row in self.val_y)
+        self.last_loss: float | None = None
 
         torch.manual_seed(cfg.seed)
         if cfg.init_from:
@@ -356,7 +370,7 @@ class Trainer:
         if self.main:
             write_status(self.run, state, reason, step=getattr(self, "step", 0), max_steps=self.cfg.max_steps,
                          best_val_loss=None if getattr(self, "best_val", math.inf) == math.inf else self.best_val,
-                         pid=os.getpid(), world_size=self.world,
+                         pid=os.getpid(), world_size=self.world, device=device_name(self.device),
                          replicas_identical=getattr(self, "replicas_identical", None))
 
     def save(self):
@@ -434,7 +448,8 @@ class Trainer:
         return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50)), "val_bpb": total / math.log(2) / self.val_bytes,
                 "sample": self.cfg.sample_prompt + sample}
 
-    def _eval_and_keep_best(self):
+    def _eval_and_keep_best(self) -> dict | None:
+        result = None
         if self.main:
             result = self.evaluate()
             self.metrics({"kind": "eval", "step": self.step, "tokens": self.tokens, **result, "time": time.time()})
@@ -445,6 +460,23 @@ class Trainer:
                 gemma3.save_model(self.model, self.tokenizer, self.run / "best")
         if self.world > 1:
             dist.barrier()
+        return result
+
+    @torch.no_grad()
+    def snapshot(self, evaluation: dict | None):
+        """Snapshot the model at this step (training/snapshots.py), then prune to the budget."""
+        if not self.main or not self.cfg.snapshot_mb:
+            return
+        state = snapshots.stored_state(self.model)
+        x, y = self.val_x[:self.cfg.batch_size].to(self.device), self.val_y[:self.cfg.batch_size].to(self.device)
+        weights = {k: v.to(self.device, torch.float32) for k, v in state.items()}
+        batch_loss = torch.func.functional_call(self.model, weights, (x,), {"targets": y}).item()
+        del weights
+        snapshots.write(self.run, self.model.config, state, self.tokenizer, {
+            "step": self.step, "tokens": self.tokens, "train_loss": self.last_loss,
+            "val_loss": evaluation["val_loss"] if evaluation else None, "batch_loss": batch_loss,
+            "elapsed_s": self.elapsed, "time": time.time()})
+        snapshots.prune(self.run, self.cfg.snapshot_mb * 2 ** 20, discard)
 
     def _stop_now(self) -> bool:
         flag = torch.tensor(float(self.stop_requested is not None or (self.run / "STOP").exists()))
@@ -459,6 +491,8 @@ class Trainer:
         self.status("running")
         self.log(f"training {self.model.num_params() / 1e6:.1f}M parameters on {self.device} x{self.world}, "
                  f"{self.tokens_per_step} tokens/step, steps {self.step}..{cfg.max_steps}")
+        if self.step == 0:  # the curve starts at the initial loss, and the snapshots at the initialisation
+            self.snapshot(self._eval_and_keep_best())
         window_start, window_tokens = time.perf_counter(), 0
         while self.step < cfg.max_steps:
             t0 = time.perf_counter()
@@ -469,8 +503,9 @@ class Trainer:
             self.step += 1
             self.tokens += self.tokens_per_step
             self.elapsed += dt
+            self.last_loss = loss
             window_tokens += self.tokens_per_step
-            if self.step % cfg.log_every == 0 or self.step == 1 or self.step == cfg.max_steps:
+            if self.step <= DENSE_LOG_STEPS or self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                 span = time.perf_counter() - window_start
                 tps = window_tokens / span
                 self.metrics({"kind": "train", "step": self.step, "tokens": self.tokens, "loss": loss,
@@ -483,8 +518,10 @@ class Trainer:
                          f"| grad norm {grad_norm:.2f} | {tps:,.0f} tok/s")
                 self.status("running")
                 window_start, window_tokens = time.perf_counter(), 0
-            if self.step % cfg.eval_every == 0 or self.step == cfg.max_steps:
-                self._eval_and_keep_best()
+            evaluated = self.step % cfg.eval_every == 0 or self.step == cfg.max_steps
+            evaluation = self._eval_and_keep_best() if evaluated else None
+            if snapshots.wanted(self.step, evaluated):
+                self.snapshot(evaluation)
             if self.step % cfg.ckpt_every == 0 or self.step == cfg.max_steps:
                 self.save()
             if self.step < cfg.max_steps and self._stop_now():

@@ -222,17 +222,11 @@ class Trainer:
         frame = _frame(rows)
 
         st = run.status()
-        state, reason = st.get("state"), st.get("reason")
         best = st.get("best_val_loss")
-        status = (f"**{run.name}**: {state}" + (f" ({_one_line(reason)})" if reason else "") +
-                  f" · step {st.get('step') or 0:,}/{st.get('max_steps') or '?'}" +
-                  (f" · best val loss {best:.4f}" if isinstance(best, (int, float)) else ""))
-        last = run.latest_checkpoint()
-        if reason == runs.DIED:  # its processes are gone: a restart of the app or the machine, or a kill
-            status = (f"**{run.name}**: interrupted (its processes ended, e.g. the app restarted) · step "
-                      f"{st.get('step') or 0:,}/{st.get('max_steps') or '?'} · last checkpoint "
-                      f"{last.name if last else 'none (Resume starts again from step 0)'} · Resume continues it")
-        elif state == "failed":  # the reason is one sentence; the log (a traceback, perhaps) stays on the server
+        status = f"**{run.name}**: {state_words(st, run.latest_checkpoint())}" + (
+            f" · best val loss {best:.4f}" if isinstance(best, (int, float)) else "")
+        if st.get("state") == "failed" and st.get("reason") != runs.DIED:
+            # the reason is one sentence; the log (a traceback, perhaps) stays on the server
             status += f"\n\nThe trainer's output is in {public(run.path / 'train.log')} on the server."
         stats = ""
         if train:
@@ -264,6 +258,34 @@ def _frame(rows):
     present = {c for _, _, c in rows}
     rows = list(rows) + [(first, None, c) for c in CURVES if c not in present]
     return pd.DataFrame(rows, columns=["step", "loss", "curve"]).astype({"step": "int64", "loss": "float64"})
+
+
+STOPPED_BY_USER = ("stopped by signal SIGTERM", "stopped by signal SIGINT", "stop requested (STOP file)")
+
+
+def state_words(st: dict, last_checkpoint: Path | None = None) -> str:
+    """A run's state as people say it: "running: step 40 of 300", "stopped by you at step 120",
+    "finished: all 300 steps", "failed: <the reason>" (status.json's state and reason underneath)."""
+    state, reason = st.get("state"), st.get("reason")
+    step, total = st.get("step") or 0, st.get("max_steps")
+    of = f" of {total:,}" if isinstance(total, int) else ""
+    if reason == runs.DIED:  # its processes are gone: a restart of the app or the machine, or a kill
+        resume = f"Resume continues it from its last checkpoint, step {int(last_checkpoint.name[5:]):,}" \
+            if last_checkpoint else "Resume starts it again from step 0 (it has no checkpoint)"
+        return f"interrupted at step {step:,}{of} (its processes ended, e.g. the app restarted); {resume}"
+    if state == "running":
+        return f"running: step {step:,}{of}"
+    if state == "starting":
+        return "starting …"
+    if state == "stopped":
+        who = "by you " if reason in STOPPED_BY_USER else ""
+        why = "" if who or not reason else f" ({_one_line(reason)})"
+        return f"stopped {who}at step {step:,}{of}{why}; Resume continues it"
+    if state == "finished":
+        return f"finished: all {step:,} steps" if step == total else f"finished at step {step:,}{of}"
+    if state == "failed":
+        return f"failed at step {step:,}: {_one_line(reason)}" if reason else f"failed at step {step:,}"
+    return str(state or "unknown")
 
 
 def _one_line(reason) -> str:

@@ -10,7 +10,7 @@ import gradio as gr
 
 from webapp import guard
 from webapp import train as tr
-from webapp.errors import friendly, public
+from webapp.errors import friendly
 
 CURVE_COLORS = {"train": "#4f46e5", "val": "#db2777"}
 RUN_EVENT = dict(concurrency_id="train", concurrency_limit=1, preprocess=False)
@@ -181,9 +181,9 @@ def _wire_runs(t: Train):
     def train_stop(run, profile: gr.OAuthProfile | None = None):
         guard.check_training(username(profile))
         st = trainer.stop(run)
-        gr.Info(f"Run stopped at step {st.get('step')}: {st.get('state')}"
-                + (f" ({public(st['reason'])})" if st.get("reason") else "") + ".", duration=4)
-        return f"{st.get('state')} at step {st.get('step')}", trainer.table()
+        words = tr.state_words(st)
+        gr.Info(f"Run {words}.", duration=4)
+        return words, trainer.table()
 
     @friendly
     def train_resume(run, max_steps_, profile: gr.OAuthProfile | None = None):

@@ -1,0 +1,110 @@
+"""Explore's first view: Gemma 3 as a diagram of its forward pass, a box per stage; a click on a box (or a
+layer chip, or Previous / Next) shows, below the diagram, that stage on the Explore prompt: its tensor, what it
+does, its equation and the model's own lines that compute it.
+
+The diagram is a gr.HTML drawn by explain.walkthrough.diagram_html; its js_on_load turns a click on a box or
+chip into the component's "click" event carrying {stage} or {layer}. Every view is drawn by
+webapp.explore.Explorer.walk from the cached recording of the prompt, so walking never runs the model again.
+"""
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from explain import walkthrough as wt
+from webapp import explore as ex
+from webapp.errors import friendly
+
+START = "embed"
+INTRO = ("The model's forward pass, drawn from the loaded model's configuration: every box is one stage, with "
+         "the shape of its tensor for your prompt ([tokens, ...]). Click a box to see that stage on your prompt "
+         "below; pick a layer with the numbered chips, a token with the picker, and walk the data flow with "
+         "Previous and Next.")
+EVENT = dict(concurrency_id="explore", concurrency_limit=2, preprocess=False)
+
+
+@dataclass(eq=False)
+class Walkthrough:
+    diagram: gr.HTML
+    stage: gr.Textbox     # hidden: the stage shown
+    layer: gr.Dropdown
+    token: gr.Dropdown
+    prev: gr.Button
+    next: gr.Button
+    guide: gr.Markdown
+    plot: gr.Plot
+    code: gr.Code
+
+    @property
+    def outputs(self) -> list:
+        return [self.diagram, self.stage, self.layer, self.token, self.guide, self.plot, self.code]
+
+
+def layer_choices(config) -> list[tuple[str, int]]:
+    return [(f"{i} · {t}", i) for i, t in enumerate(config.layer_types)]
+
+
+def shown(v: wt.View) -> tuple:
+    """The outputs (Walkthrough.outputs) for a view."""
+    tokens = [(label, i) for i, label in enumerate(v.tokens)]
+    return (v.diagram, v.stage, gr.update(choices=layer_choices(v.config), value=v.layer),
+            gr.update(choices=tokens, value=v.token), v.guide, v.figure, v.source)
+
+
+def build(explorer: ex.Explorer, prompt: gr.Textbox, choice: gr.State, redraw_on: list,
+          new_prompt: list) -> Walkthrough:
+    """The walk-through in the current tab for the Explore `prompt`, on the model of the session's `choice`. It
+    redraws on the `redraw_on` triggers (keeping the stage, layer and token) and on `new_prompt` (the token goes
+    back to the prompt's last)."""
+    config = explorer.cache.default.model.config
+    gr.Markdown(INTRO, elem_classes="guide")
+    diagram = gr.HTML(wt.diagram_html(config, None, 0, START), css_template=wt.DIAGRAM_CSS,
+                      js_on_load=wt.DIAGRAM_JS, elem_id="walk-diagram")
+    stage = gr.Textbox(START, visible=False, elem_id="walk-stage")
+    with gr.Row(equal_height=True, elem_id="walk-controls"):
+        prev = gr.Button("← Previous", elem_id="walk-prev", scale=1, min_width=110)
+        layer = gr.Dropdown(layer_choices(config), value=0, label="Layer", elem_id="walk-layer", scale=2,
+                            min_width=120)
+        token = gr.Dropdown([("last token", -1)], value=-1, label="Token", elem_id="walk-token", scale=3,
+                            min_width=140)
+        nxt = gr.Button("Next →", elem_id="walk-next", scale=1, min_width=110)
+    guide = gr.Markdown(wt.guide(config, START, 0, "T"), elem_id="walk-guide")
+    plot = gr.Plot(label="The tensor at this stage", show_label=False, elem_id="walk-plot")
+    code = gr.Code(wt.source(START), language="python", label="The lines of the model's code that compute it",
+                   elem_id="walk-source", interactive=False)
+    w = Walkthrough(diagram, stage, layer, token, prev, nxt, guide, plot, code)
+    _wire(w, explorer, prompt, choice, redraw_on, new_prompt)
+    return w
+
+
+def _wire(w: Walkthrough, explorer: ex.Explorer, prompt, choice, redraw_on: list, new_prompt: list):
+    @friendly
+    def explore_walk(prompt, stage, layer, token, source=None):
+        return shown(explorer.walk(prompt, stage, layer, token, source, clamp=True))
+
+    @friendly
+    def walk_new_prompt(prompt, stage, layer, source=None):
+        return shown(explorer.walk(prompt, stage, layer, -1, source, clamp=True))
+
+    @friendly
+    def walk_click(prompt, stage, layer, token, source=None, evt: gr.EventData = None):
+        data = getattr(evt, "_data", None) or {}
+        stage = data.get("stage", stage)
+        layer = data.get("layer", layer)
+        return shown(explorer.walk(prompt, stage, layer, token, source, clamp=True))
+
+    def stepper(direction: int):
+        @friendly
+        def walk_step(prompt, stage, layer, token, source=None):
+            stage, layer = explorer.walk_step(stage, layer, direction, source)
+            return shown(explorer.walk(prompt, stage, layer, token, source, clamp=True))
+        return walk_step
+
+    inputs = [prompt, w.stage, w.layer, w.token, choice]
+    gr.on([*redraw_on, w.layer.input, w.token.input], explore_walk, inputs, w.outputs, api_name="explore_walk",
+          **EVENT)
+    gr.on(new_prompt, walk_new_prompt, [prompt, w.stage, w.layer, choice], w.outputs, api_visibility="private",
+          **EVENT)
+    w.diagram.click(walk_click, inputs, w.outputs, api_visibility="private", **EVENT)
+    w.prev.click(stepper(-1), inputs, w.outputs, api_visibility="private", **EVENT)
+    w.next.click(stepper(+1), inputs, w.outputs, api_visibility="private", **EVENT)
