@@ -281,7 +281,7 @@ def activation_figure(record: Record) -> go.Figure:
         fig.add_trace(go.Bar(x=names, y=_f32(t.norm(dim=-1).mean(-1)), name=part, marker_color=color,
                              hovertemplate="layer %{x}: %{y:.4g}<extra>" + part + "</extra>"), row=2, col=1)
     fig.update_xaxes(title_text="layer", type="category", row=2, col=1)
-    top = max(float(record.attn_out.norm(dim=-1).mean(-1).max()), float(record.ffn_out.norm(dim=-1).mean(-1).max()))
+    top = max(float(record.attn_added.norm(dim=-1).mean(-1).max()), float(record.ffn_added.norm(dim=-1).mean(-1).max()))
     fig.update_yaxes(title_text="mean |added vector|", range=[0, 1.35 * top], row=2, col=1)  # room for the legend
     ent = attention_entropy(record)
     fig.add_trace(go.Heatmap(z=_f32(ent), x=[f"head {h}" for h in range(ent.shape[1])], y=names,

@@ -1,7 +1,6 @@
 """explain: a recorded forward pass and the figures drawn from it agree with what the model computes."""
 
 import re
-import time
 
 import numpy as np
 import pytest
@@ -347,12 +346,10 @@ def test_every_figure_builds_with_titles(preset, request):
     assert names == {"mask", "rope", "attention", "activation", "next", "logit", "parameters"}
 
 
-def test_270m_records_100_tokens_in_seconds(big, tok):
-    t0 = time.perf_counter()
+def test_270m_records_100_tokens(big, tok):
+    """(Its time is measured by bench/explain.py, not here.)"""
     rec = explain.record(big, tok, LONG_PROMPT, max_tokens=100)
-    elapsed = time.perf_counter() - t0
-    print(f"270m, 100 tokens: recorded in {elapsed:.2f} s")
-    assert rec.seq_len == 100 and elapsed < 5.0
+    assert rec.seq_len == 100
     with torch.no_grad():
         logits = big(torch.tensor([rec.tokens]))[0]
     torch.testing.assert_close(rec.logits, logits, atol=1e-4, rtol=1e-4)

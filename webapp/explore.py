@@ -24,12 +24,12 @@ CACHE_BYTES = 800_000_000  # and at most this much of them (the newest always st
 MAX_MASK_LEN = 8192
 NEXT_TEMPERATURE = (0.0, 2.0, 1.0)
 NEXT_TOP_K = (0, 200, 0)
-# The default prompt: 69 tokens, past the bundled demo model's 64-token window (so a sliding layer's attention
+# The default prompt: 67 tokens, past the bundled demo model's 64-token window (so a sliding layer's attention
 # visibly stops at it), ending where the next token is open: measured on assets/demo-model, the top 5 after it are
-# " doll" 25%, " toy" 18%, " box" 16%, " drum" 10%, " friends" 8% (not one token at 100%).
+# " toy" 23%, " t" 18%, " k" 14%, " hat" 9%, " doll" 9% (not one token at 100%).
 PROMPT = ("Once upon a time, in a small house near the woods, there lived a little girl named Lily. Every morning she "
-          "went outside to look at the flowers and the birds. One sunny day, her mom gave her a new red ball and a big "
-          "hug. Lily smiled and ran to the garden with her dog. She wanted to play with her")
+          "went outside to look at the flowers, the trees and the birds. One sunny day, her mom gave her a big hug. "
+          "Lily smiled and ran to the garden with her dog. She wanted to play with her")
 
 # Two or three sentences per view: what the picture is and what to look for.
 GUIDE = {
