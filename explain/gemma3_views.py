@@ -31,6 +31,7 @@ from .hooks import Record
 GREY = "#6b7280"      # a grey that stays visible on the template's white (figures.GREY is lighter)
 ZERO = "#f4b183"      # cells whose recorded attention probability is exactly 0
 FFN_UNITS = 48        # feed-forward units shown in the GeGLU heatmaps (evenly spaced)
+GATE_BINS = 80        # bars of the gate histogram
 NEAR_ZERO = 0.1       # GELU(gate) counts as near zero below this fraction of its RMS in the layer
 TOP_LOGITS = 10       # bars in the tied-head panel
 
@@ -366,7 +367,7 @@ def sliding_view(record: Record, layer: int, head: int | None = None) -> tuple[g
                                  coloraxis="coloraxis", name=f"layer {lay}",
                                  hovertemplate="query %{y}, key %{x}: %{z:.4f}<extra>layer " + str(lay) + "</extra>"),
                       row=1, col=col)
-        zero = np.where(_f32((p == 0) & causal) > 0, 1.0, np.nan)   # exactly 0 where the query could look
+        zero = np.where(_f32((p == 0) & causal) > 0, 1.0, np.nan).astype(np.float32)  # exactly 0, yet causal
         fig.add_trace(go.Heatmap(z=zero, x=pos.numpy(), y=pos.numpy(), colorscale=[[0, ZERO], [1, ZERO]],
                                  showscale=False, name="exactly 0",
                                  hovertemplate="query %{y}, key %{x}: exactly 0<extra>layer " + str(lay) + "</extra>"),
@@ -434,16 +435,19 @@ def geglu_view(record: Record, layer: int) -> tuple[go.Figure, str]:
                         subplot_titles=("gate values and GELU (tanh approximation)", "GELU(gate)", "up",
                                         "GELU(gate) × up"))
     gate = _f32(g["gate"]).ravel()
-    fig.add_trace(go.Histogram(x=gate, nbinsx=80, name="gate values (all tokens, all units)",
-                               marker_color="#9bb8d3", hovertemplate="gate %{x}: %{y} values<extra></extra>"),
-                  row=1, col=1, secondary_y=True)
+    counts, edges = np.histogram(gate, bins=GATE_BINS)   # counted here: the figure carries 80 bars, not T x ffn values
+    fig.add_trace(go.Bar(x=(edges[:-1] + edges[1:]) / 2, y=counts, width=np.diff(edges),
+                         name="gate values (all tokens, all units)", marker_color="#9bb8d3",
+                         customdata=np.stack([edges[:-1], edges[1:]], -1),
+                         hovertemplate="gate %{customdata[0]:.3g} to %{customdata[1]:.3g}: %{y} values<extra></extra>"),
+                  row=1, col=1)
     xs = torch.linspace(float(gate.min()), float(gate.max()), 200)
     fig.add_trace(go.Scatter(x=_f32(xs), y=_f32(F.gelu(xs, approximate="tanh")), mode="lines", name="GELU(x)",
                              line=dict(color=FULL, width=2.5),
                              hovertemplate="GELU(%{x:.3g}) = %{y:.3g}<extra></extra>"),
-                  row=1, col=1)
-    fig.update_yaxes(title_text="GELU(gate)", row=1, col=1, secondary_y=False)
-    fig.update_yaxes(title_text="count", showgrid=False, row=1, col=1, secondary_y=True)
+                  row=1, col=1, secondary_y=True)   # the curve over the bars
+    fig.update_yaxes(title_text="count", row=1, col=1, secondary_y=False)
+    fig.update_yaxes(title_text="GELU(gate)", showgrid=False, row=1, col=1, secondary_y=True)
     fig.update_xaxes(title_text="gate value", row=1, col=1)
     for col, key in enumerate(("gelu", "up", "product"), start=1):
         z = _f32(g[key][:, units])

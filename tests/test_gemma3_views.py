@@ -30,6 +30,7 @@ PROMPT = ("Once upon a time, there was a little girl named Lily. She liked to pl
           "One day, Lily and Max went to the park. They saw a big red ball under a tree. Lily wanted to play "
           "with it, but a boy said it was his. Lily was sad, so Max ran to find a stick instead.")
 SHORT = "Once upon a time"
+JSON_LIMIT = 2_000_000  # characters of fig.to_json() (what Gradio sends), as tests/test_explain.py allows
 
 
 # ---- fixtures ------------------------------------------------------------------------------------
@@ -219,8 +220,11 @@ def test_geglu_view_says_how_much_is_switched_off(demo_rec):
     assert [m.name for m in maps] == ["gelu", "up", "product"]
     units = np.asarray(maps[2].x)
     np.testing.assert_allclose(np.asarray(maps[2].z), demo_rec.stage("act", 2).float().numpy()[:, units], rtol=1e-6)
-    hist = traces(fig, "histogram")[0]
-    assert len(hist.x) == demo_rec.seq_len * demo_rec.config.ffn
+    hist = [t for t in traces(fig, "bar") if t.name.startswith("gate values")][0]
+    assert sum(hist.y) == demo_rec.seq_len * demo_rec.config.ffn, "every gate value counted once"
+    gate = demo_rec.stage("gate", 2).float()
+    assert hist.x[0] - hist.width[0] / 2 == pytest.approx(float(gate.min()), abs=1e-6)
+    assert hist.x[-1] + hist.width[-1] / 2 == pytest.approx(float(gate.max()), abs=1e-6)
 
 
 # ---- pre- and post-norms -------------------------------------------------------------------------
@@ -261,6 +265,18 @@ def test_embedding_scale_and_the_tied_head(which, request):
     assert repeats >= record.seq_len * 0.9, "a token's own embedding row is the most similar to itself"
     own, other = traces(fig, "bar")[-2:]
     assert (np.asarray(own.y) > np.asarray(other.y)).sum() == repeats
+
+
+def test_every_view_stays_light_for_the_browser(tok):
+    """At the explainer's longest prompt (explain.MAX_TOKENS) and the 270m preset's feed-forward width, every
+    figure sends at most JSON_LIMIT characters (the limit tests/test_explain.py holds the other figures to)."""
+    torch.manual_seed(0)
+    model = gemma3.Gemma3(gemma3.Gemma3Config.from_preset("tiny", ffn=2048)).eval()
+    long = explain.record(model, tok, PROMPT * 5)
+    assert long.seq_len == explain.MAX_TOKENS
+    for topic in gv.TOPICS:
+        fig, _ = gv.gemma3_view(topic, long, model, 5, 0)
+        assert len(fig.to_json()) < JSON_LIMIT, topic
 
 
 # ---- errors, the entry point and the Explorer --------------------------------------------------
