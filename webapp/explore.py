@@ -12,6 +12,7 @@ import threading
 from collections import OrderedDict
 
 import explain
+from explain import gemma3_views as gv
 from explain import walkthrough
 from explain.figures import lens_ranks
 
@@ -177,6 +178,29 @@ class Explorer:
         stage = choice(stage, "Stage", walkthrough.WALK_STAGES)
         layer = min(number(layer, "Layer", 0, None, integer=True), layers - 1)
         return walkthrough.step(stage, layer, layers, direction)
+
+    # ==== What is special about Gemma 3 (explain.gemma3_views; the "Gemma 3" sub-tab, webapp/ui/gemma3_views.py) ====
+    def gemma3_view(self, prompt, topic, layer, head, source=None):
+        """(figure, text, notice, layer, layers, heads) of one topic of explain.gemma3_views.TOPICS on the prompt.
+
+        A layer beyond this model's last (the slider of a model with more layers) is read as its last layer, which
+        is returned with the model's layer and head counts so the page can set its controls to this model."""
+        topic = choice(topic, "The topic", gv.TOPICS)
+        rec = self.record(prompt, source)
+        layer = min(number(layer, "Layer", 0, None, integer=True), rec.layers - 1)
+        heads = rec.config.heads
+        if head in (None, "", "all", -1):
+            head = None
+        else:
+            try:
+                head = int(head.strip()) if isinstance(head, str) else head
+            except ValueError:
+                raise UserError(f"Head must be 'all' or a number from 0 to {heads - 1}, not {head!r}.") from None
+            head = min(number(head, "Head", 0, None, integer=True), heads - 1)
+        loaded = self.cache.get(source)
+        with loaded.reading():   # the views read the model's weights, RoPE and final norm
+            fig, words = gv.gemma3_view(topic, rec, loaded.model, layer, head)
+        return fig, words, rec.notice, layer, rec.layers, heads
 
 
 def default_mask_len(info) -> int:

@@ -14,7 +14,7 @@ import gradio as gr
 from webapp import explore as ex
 from webapp.errors import USER_ERRORS, friendly, public
 from webapp.inputs import MAX_PROMPT_CHARS
-from webapp.ui import over_training, walkthrough
+from webapp.ui import gemma3_views, over_training, walkthrough
 
 PROMPT = ex.PROMPT   # long enough to pass the demo model's window, open at its end (see webapp.explore)
 INTRO = ("Pictures of what the model in the bar computes, drawn from its own code and weights. Masks, RoPE and "
@@ -96,6 +96,7 @@ def build(explorer: ex.Explorer, info, choice: gr.State, learning=None) -> Explo
             with gr.Tab("Walk-through", id="walk") as views["walk"]:
                 walkthrough.build(explorer, prompt, choice, [tab.select, views["walk"].select],
                                   [look.click, prompt.submit])
+            gemma3_views.build(explorer, info, prompt, look, choice)  # "What is special about Gemma 3"
             for label, key, guide, plot_label in VIEWS:
                 with gr.Tab(label, id=key) as views[key]:
                     gr.Markdown(ex.GUIDE[guide], elem_classes="guide")
