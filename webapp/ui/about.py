@@ -1,12 +1,15 @@
 """The About tab, for learners: what Gemma 3 is, how to read the app, what each tab does; the README's measured
 figures folded away at the bottom."""
 
+import json
 import re
 from pathlib import Path
 
 import gradio as gr
 
-from webapp import models
+from training.config import TrainConfig
+from webapp import curves, models
+from webapp.train import VOCAB
 
 README = models.ROOT / "README.md"
 
@@ -37,12 +40,18 @@ and load it. It is yours alone: other visitors keep theirs.
 - **Generate** writes a story after your prompt. Your prompt is shown in bold, the model's words after
   it; when the story is done each new token is coloured by how likely the model found it (red: a surprise,
   green: expected). Click a token to open Explore at that point of the story.
-- **Explore** looks inside the model on a prompt: the attention masks and RoPE rotations of the
-  architecture, where each token looks (attention), how big the numbers get (activations), the next-token
-  probabilities and how temperature reshapes them, what each layer would predict (logit lens), and where
-  the parameters are. Each view starts with two or three sentences on what to look for.
-- **Train** trains your own model on stories in the background and shows its loss as it learns; any
-  checkpoint can be loaded into the model bar.
+- **Explore** looks inside the model on a prompt. Start with the **Walk-through**: the whole architecture
+  as a diagram, one box per step of the computation with the shape of its numbers for your prompt; click a
+  box to see its numbers, what it does, its equation and the lines of code that compute it, and walk the
+  data flow with Previous / Next. **Gemma 3** shows, live, each thing that makes Gemma 3 what it is (the
+  list above). The other views show the attention masks and RoPE rotations, where each token looks
+  (attention), how big the numbers get (activations), the next-token probabilities and how temperature
+  reshapes them, what each layer would predict (logit lens), and where the parameters are. **Over
+  training** shows how a model you trained learned your prompt, snapshot by snapshot. Each view starts
+  with two or three sentences on what to look for.
+- **Train** trains your own model on stories in the background and shows its loss from the first step,
+  what it writes at each evaluation, and snapshots to explore; any checkpoint can be loaded into the
+  model bar.
 
 ### Links
 - [Gemma 3 technical report](https://arxiv.org/abs/2503.19786) · [google/gemma-3-270m](https://huggingface.co/google/gemma-3-270m)
@@ -63,10 +72,31 @@ def measured_figures(readme: Path = README) -> str:
     return m.group(1).strip() if m else "(No measured figures in README.md yet.)"
 
 
+def demo_training():
+    """The bundled model's training run (assets/demo-model: metrics.jsonl and train_config.json) drawn as the
+    Train tab draws a run, or None."""
+    try:
+        records = [json.loads(line) for line in (models.DEMO_MODEL / "metrics.jsonl").read_text().splitlines()]
+        cfg = TrainConfig.from_dict(json.loads((models.DEMO_MODEL / "train_config.json").read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+    train = [r for r in records if r.get("kind") == "train"]
+    evals = [r for r in records if r.get("kind") == "eval"]
+    return curves.run_figure(train, evals, cfg, VOCAB, log_x=True)
+
+
 def build():
-    """The tab, in the current Tabs: the explanation, then the measured figures folded away."""
+    """The tab, in the current Tabs: the explanation, the bundled model's training, the measured figures folded
+    away."""
     with gr.Tab("About", id="about"):
         gr.Markdown(ABOUT)
+        figure = demo_training()
+        if figure is not None:
+            with gr.Accordion("How the bundled model learned", open=False):
+                gr.Markdown("The bundled demo model's own training run (its card: assets/demo-model/README.md), "
+                            "on a log scale of steps: the loss falls from the random guess at step 0 within a few "
+                            "hundred steps, then slowly while it learns to keep its characters' names.")
+                gr.Plot(figure, show_label=False, elem_id="about-demo-training")
         with gr.Accordion("Measured figures", open=False):
             gr.Markdown("How fast and how exact this implementation is, measured against transformers on this "
                         "project's machines (the README has the details).\n\n" + measured_figures())
