@@ -56,3 +56,14 @@ def test_curves_show_whole_steps_and_the_random_guess():
     assert list(log.data[1].x) == [] and "step 0 not shown" in log.layout.xaxis2.title.text
     timeline = sample_timeline(evals)
     assert timeline.startswith("**step 0** · val loss 10.83") and "\\<b\\>" in timeline and "\\*y\\*" in timeline
+
+
+def test_an_estimate_times_real_steps_and_says_when_it_scaled():
+    from training import TrainConfig
+    from training.probe import estimate
+
+    small = estimate(TrainConfig.for_preset("tiny", max_steps=10, batch_size=4, seq_len=32, device="cpu"))
+    assert small.seconds_per_step > 0 and small.total_seconds == 10 * small.seconds_per_step
+    assert small.scaled_from is None and "for 10 steps on this" in small.words(10)
+    big = estimate(TrainConfig.for_preset("tiny", max_steps=10, batch_size=256, seq_len=64, device="cpu"), steps=1)
+    assert big.scaled_from == 64 and "probed at batch 64" in big.words(10)

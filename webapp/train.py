@@ -255,6 +255,15 @@ class Trainer:
                                                              grad_accum=grad_accum, seq_len=seq_len, lr=lr))
 
 
+def estimate_words(cfg: TrainConfig) -> str:
+    """How long the run `cfg` would take here, from a probe of a few of its steps (training/probe.py)."""
+    from training.probe import estimate
+
+    if cfg.compile:
+        return estimate(cfg).words(cfg.max_steps) + " With torch.compile, steps get faster after it compiles."
+    return estimate(cfg).words(cfg.max_steps)
+
+
 STOPPED_BY_USER = ("stopped by signal SIGTERM", "stopped by signal SIGINT", "stop requested (STOP file)")
 
 

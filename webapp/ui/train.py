@@ -121,14 +121,16 @@ def _run_settings() -> dict:
 
 def _buttons(allowed: bool) -> dict:
     with gr.Row():
+        estimate_btn = gr.Button("Estimate time", elem_id="train-estimate-btn")
         start_btn = gr.Button("Start", variant="primary", interactive=allowed, elem_id="train-start")
         stop_btn = gr.Button("Stop", variant="stop", interactive=allowed, elem_id="train-stop")
         resume_btn = gr.Button("Resume", interactive=allowed, elem_id="train-resume")
+    estimate_md = gr.Markdown(elem_id="train-estimate")
     with gr.Row():
         use_btn = gr.Button("Use this checkpoint in the model bar", elem_id="train-use")
         explore_btn = gr.Button("Explore this run", elem_id="train-explore")
     return dict(start_btn=start_btn, stop_btn=stop_btn, resume_btn=resume_btn, use_btn=use_btn,
-                explore_btn=explore_btn)
+                explore_btn=explore_btn, estimate_btn=estimate_btn, estimate_md=estimate_md)
 
 
 def _monitor() -> dict:
@@ -206,6 +208,16 @@ def _wire_runs(t: Train):
         gr.Info(f"Resuming run {run.name}.", duration=4)
         return t.runs_choices(run.name), f"**{run.name}**: resuming …", trainer.table()
 
+    @friendly
+    def train_estimate(preset_name, max_steps_, batch_size_, grad_accum_, seq_len_, lr_, device_, gpus_, compile_on,
+                       progress=gr.Progress()):
+        config, _ = trainer.config(preset_name, max_steps_, batch_size_, grad_accum_, seq_len_, lr_, device_, gpus_,
+                                   compile_on)
+        progress(0, desc="Timing a few training steps of this model here …")
+        return tr.estimate_words(config)
+
+    c["estimate_btn"].click(train_estimate, [c[k] for k in SETTINGS[4:]], c["estimate_md"], api_name="train_estimate",
+                            **RUN_EVENT)
     run_dd, status_md, runs_df = c["run_dd"], c["status_md"], c["runs_df"]
     c["start_btn"].click(train_start, [c[k] for k in SETTINGS], [run_dd, status_md, runs_df], api_name="train_start",
                          **RUN_EVENT)
