@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from .hooks import Record
 
 __all__ = ["token_losses", "losses_over_training", "induction_scores", "learning_figure", "induction_figure",
+           "compare_figure",
            "learning_text"]
 
 
@@ -124,4 +125,32 @@ def induction_figure(scores: torch.Tensor, layer_types) -> go.Figure:
                                hovertemplate="layer %{y}, %{x}<br>induction score %{z:.2f}<extra></extra>"))
     fig.update_layout(title="Induction score: attention on the earlier occurrence of the next token",
                       yaxis=dict(autorange="reversed"), height=max(260, 30 * L + 120))
+    return fig
+
+
+def compare_figure(names: tuple[str, str], losses: tuple[torch.Tensor, torch.Tensor], labels: list[str],
+                   next_probs: tuple[torch.Tensor, torch.Tensor], token_text) -> go.Figure:
+    """Two steps side by side: the loss of each prompt token at each (top), and each one's ten likeliest
+    next tokens after the prompt (bottom left and right). `next_probs`: two [vocab] probability vectors;
+    `token_text(id)` gives a token's visible text."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=2, cols=2, specs=[[{"colspan": 2}, None], [{}, {}]], vertical_spacing=0.22,
+                        subplot_titles=("Loss of each token of your prompt", f"Next token at {names[0]}",
+                                        f"Next token at {names[1]}"))
+    colors = ("#9ca3af", "#4f46e5")
+    for name, row, color in zip(names, losses, colors):
+        fig.add_trace(go.Scatter(x=labels[1:], y=row.tolist(), name=name, mode="lines+markers",
+                                 line=dict(color=color), hovertemplate="%{x}: loss %{y:.2f}<extra>" + name +
+                                 "</extra>"), row=1, col=1)
+    for col, (name, probs, color) in enumerate(zip(names, next_probs, colors), start=1):
+        top = probs.float().topk(10)
+        fig.add_trace(go.Bar(x=top.values.tolist(), y=[token_text(i) for i in top.indices.tolist()],
+                             orientation="h", marker_color=color, showlegend=False,
+                             hovertemplate="%{y}: %{x:.1%}<extra>" + name + "</extra>"), row=2, col=col)
+        fig.update_yaxes(autorange="reversed", row=2, col=col)
+        fig.update_xaxes(tickformat=".0%", row=2, col=col)
+    fig.update_yaxes(title_text="loss (nats)", rangemode="tozero", row=1, col=1)
+    fig.update_xaxes(tickangle=-60, row=1, col=1)
+    fig.update_layout(height=620, legend=dict(orientation="h", y=1.08, x=0), margin=dict(l=60, r=20, t=70, b=40))
     return fig

@@ -179,6 +179,8 @@ def test_training_curve_grows_and_stops(page, server):
         page.get_by_role("option", name="step 5 ·").click()
         page.click("#learn-look")
         poll(lambda: f"run {name} at step 5" in page.inner_text("#model-info"), what="step 5 in the model bar")
+        page.click("#learn-compare")  # step 5 against the run's first snapshot
+        page.locator("#plot-pair .js-plotly-plot .main-svg").first.wait_for(state="visible", timeout=60_000)
         page.get_by_role("tab", name="Train", exact=True).click()
         page.click("#train-use")
         poll(lambda: f"Model: run {name}: best" in page.inner_text("#model-info"),

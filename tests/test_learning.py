@@ -103,3 +103,18 @@ def test_a_head_is_named_only_when_it_copies_more_than_even_attention_would():
     rec = explain.record(model, tok, STORY)
     text = learning_text([0], torch.ones(1, 2), induction_scores(rec), model.config.layer_types, even_share(rec))
     assert "the strongest is layer" in text
+
+
+def test_two_steps_side_by_side(run):
+    from webapp.learning import Learning
+
+    lrn = Learning(run.parent)
+    steps = lrn.steps(run.name)
+    prompt = "Once upon a time, there was a girl named Lily."
+    fig = lrn.compare(prompt, run.name, steps[0][1], steps[-1][1])
+    tok = gemma3.gpt2_tokenizer()
+    ids = tok.encode(prompt)
+    for trace, (_, folder) in zip(fig.data[:2], (steps[0], steps[-1])):
+        model = gemma3.load_model(folder, device="cpu", dtype=torch.float32)[0]
+        torch.testing.assert_close(torch.tensor(trace.y), token_losses(model, ids))
+    assert [t.name for t in fig.data[:2]] == ["step 0", "step 50"] and len(fig.data) == 4

@@ -111,5 +111,26 @@ class Learning:
         return result
 
 
+    def compare(self, prompt, name, a, b):
+        """Two of the run's snapshots side by side on the prompt (explain.learning.compare_figure)."""
+        prompt = text(prompt, "The Explore prompt", hint="type a story for the model to read")
+        folders = [self.snapshot(name, f) for f in (a, b)]
+        models = [gemma3.load_model(f, device="cpu", dtype=torch.float32) for f in folders]
+        tok = models[0][1]
+        ids = tok.encode(prompt)[-MAX_TOKENS:]
+        if len(ids) < 2:
+            raise UserError("The prompt needs at least two tokens to compare how well each is predicted.")
+        losses, probs = [], []
+        with torch.no_grad():
+            for model, _ in models:
+                logits = model(torch.tensor([ids]))[0].float()
+                losses.append(torch.nn.functional.cross_entropy(logits[:-1], torch.tensor(ids[1:]), reduction="none"))
+                probs.append(logits[-1].softmax(-1))
+        show = lambda i: explain.hooks.show_token(tok.decode([i]))  # noqa: E731
+        labels = [f"{i}: {show(t)}" for i, t in enumerate(ids)]
+        names = tuple(f"step {_step(Path(f)):,}" for f in folders)
+        return learning.compare_figure(names, tuple(losses), labels, tuple(probs), show)
+
+
 def _step(folder: Path) -> int:
     return int(Path(folder).name[len("step_"):])
