@@ -128,6 +128,15 @@ def test_every_explore_view_shows_a_plot(page):
 CURVES = {"train": "train", "val": "validation"}
 
 
+def phone(page, name):
+    """A screenshot at phone width (390 x 844), then back to the desktop size."""
+    size = page.viewport_size
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.wait_for_timeout(500)
+    shot(page, name)
+    page.set_viewport_size(size)
+
+
 def trace(page, curve: str) -> dict | None:
     """The live loss plot's trace of one curve, as Plotly holds it in the page ({x, y, color}), or None."""
     return page.evaluate("""name => {
@@ -164,6 +173,7 @@ def test_training_curve_grows_and_stops(page, server):
         page.click("#train-logx label")
         poll(lambda: trace(page, "val") and 0 not in trace(page, "val")["x"], what="the log axis without step 0")
         shot(page, "train")
+        phone(page, "train-390")
         page.click("#train-stop")
         poll(lambda: "stopped" in page.inner_text("#train-status"), timeout=60, what="the run to stop")
         name = runs.list_runs(server.trainer.runs_dir)[0].name
@@ -175,6 +185,7 @@ def test_training_curve_grows_and_stops(page, server):
         page.locator("#plot-learn .js-plotly-plot .main-svg").first.wait_for(state="visible", timeout=60_000)
         assert "mean loss of your prompt's tokens fell" in page.inner_text("#learn-words")
         shot(page, "explore-over-training")
+        phone(page, "explore-over-training-390")
         page.click("#learn-step input")
         page.get_by_role("option", name="step 5 ·").click()
         page.click("#learn-look")

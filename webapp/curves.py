@@ -66,7 +66,7 @@ def run_figure(train: list[dict], evals: list[dict], cfg: TrainConfig | None, vo
             fig.add_trace(go.Scatter(x=[now], y=[lr_at(now - 1, cfg)], mode="markers", name="now",
                                      marker=dict(color=COLORS["lr"], size=10, symbol="diamond"),
                                      hovertemplate="step %{x:,d} (now): lr %{y:.2e}<extra></extra>"), row=2, col=1)
-    fig.update_yaxes(title_text="lr", tickformat=".0e", rangemode="tozero", row=2, col=1)
+    fig.update_yaxes(title_text="lr", tickformat=".1e", rangemode="tozero", row=2, col=1)
     _axes(fig, log_x, 2)
     fig.update_layout(template=TEMPLATE, height=460, margin=dict(l=60, r=20, t=30, b=50),
                       legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0, xanchor="left"))
@@ -82,7 +82,7 @@ def schedule_figure(cfg: TrainConfig) -> go.Figure:
                       title=dict(text=f"Learning rate: {cfg.warmup_steps:,} warm-up steps, then cosine to "
                                       f"{cfg.min_lr:.0e} at step {cfg.max_steps:,}", font=dict(size=13)))
     fig.update_xaxes(title_text="step", tickformat=",d", rangemode="tozero")
-    fig.update_yaxes(tickformat=".0e", rangemode="tozero")
+    fig.update_yaxes(tickformat=".1e", rangemode="tozero")
     return fig
 
 
