@@ -25,11 +25,13 @@ import gradio as gr  # noqa: E402
 from gemma3 import engine  # noqa: E402
 from gemma3.cpu import keep_freed_memory  # noqa: E402
 from webapp import explore as ex  # noqa: E402
+from webapp import generation as gen  # noqa: E402
 from webapp import models  # noqa: E402
 from webapp import train as tr  # noqa: E402
 from webapp.errors import friendly, guard_inputs  # noqa: E402
+from webapp.inputs import UserError  # noqa: E402
+from webapp.learning import Learning  # noqa: E402
 from webapp.ui import about, explore, generate, model_bar, train  # noqa: E402
-from webapp.ui.train import CURVE_COLORS  # noqa: E402,F401  (the loss plot's colours; tests read them here)
 
 ROOT = models.ROOT
 DEMO_MODEL = str(models.DEMO_MODEL)
@@ -39,11 +41,50 @@ TITLE = "Gemma 3 TinyStories"
 HEADER = "# Gemma 3 TinyStories\nA from-scratch Gemma 3: write stories, look inside the model, train your own."
 THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="pink")
 CSS = """
-#story textarea { font-family: Georgia, 'Times New Roman', serif; font-size: 1.05rem; line-height: 1.5; }
+#story .story-view { font-family: Georgia, 'Times New Roman', serif; font-size: 1.05rem; line-height: 1.6;
+  white-space: pre-wrap; min-height: 22rem; max-height: 36rem; overflow-y: auto; padding: 0.6rem 0.8rem;
+  border: 1px solid var(--border-color-primary); border-radius: var(--radius-lg);
+  background: var(--input-background-fill); color: var(--body-text-color); }
+#story .story-empty { color: var(--body-text-color-subdued); font-style: italic; }
+#story .story-prompt { font-weight: 700; }
+#story .tok { cursor: pointer; border-radius: 3px; color: #111827; }
+#story .tok:hover { outline: 2px solid var(--color-accent); }
+#story .story-legend { font-size: 0.85rem; color: var(--body-text-color-subdued); margin-top: 0.4rem; }
+#story .story-legend span { padding: 0 0.3em; border-radius: 3px; color: #111827; }
 #model-bar { padding: 0.4rem 0.6rem; }
 .guide { color: var(--body-text-color-subdued); }
+/* every tab stays reachable: Gradio moves the tabs that its hidden copy of the bar measures as too wide into a
+   "..." menu; measured narrow, they all stay in the bar, which wraps onto a second line when it must */
+.tab-container.visually-hidden button { padding: 0 !important; font-size: 1px !important; min-width: 0 !important; }
+.tab-wrapper { height: auto !important; }
+.tab-container[role=tablist] { flex-wrap: wrap !important; height: auto !important; row-gap: 2px; }
+/* a figure whose redraw failed stays as it was (the toast says why) instead of an "Error" box over it */
+.block:has(.js-plotly-plot) [data-testid=status-tracker]:has(> .error) { display: none !important; }
+/* at phone width a figure keeps a readable width and scrolls sideways instead of shrinking to slivers */
+@media (max-width: 760px) {
+  .explore-plot { overflow-x: auto !important; }
+  .explore-plot .js-plotly-plot { min-width: 720px; }
+}
 """
-LAUNCH = dict(theme=THEME, css=CSS)  # Gradio 6: theme and css are arguments of launch()
+# Plotly draws a figure in a hidden tab 700 px wide (it cannot measure a hidden panel): whenever a figure's width
+# changes (its tab is shown, the window resized) it is redrawn at the width it now has.
+JS = """
+() => {
+  const seen = new WeakSet();
+  const fit = new ResizeObserver((entries) => {
+    for (const e of entries) {
+      const gd = e.target, w = e.contentRect.width;
+      if (w > 0 && window.Plotly && gd._fullLayout && Math.abs(gd._fullLayout.width - w) > 1) window.Plotly.Plots.resize(gd);
+    }
+  });
+  const watch = () => document.querySelectorAll('.js-plotly-plot').forEach((gd) => {
+    if (!seen.has(gd)) { seen.add(gd); fit.observe(gd); }
+  });
+  new MutationObserver(watch).observe(document.body, {childList: true, subtree: true});
+  watch();
+}
+"""
+LAUNCH = dict(theme=THEME, css=CSS, js=JS)  # Gradio 6: theme, css and js are arguments of launch()
 
 
 def load(source: str | None = None):
@@ -66,15 +107,18 @@ def build(model=None, tokenizer=None, description: str | None = None, *, cache: 
         cache = models.ModelCache(model, tokenizer, models.model_info(model, tokenizer, source, description))
     trainer = tr.Trainer(runs_dir or RUNS_DIR, data_dir or DATA_DIR)
     explorer = ex.Explorer(cache)
+    learning = Learning(trainer.runs_dir)
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(HEADER)
         bar = model_bar.build(cache, trainer.runs_dir)   # above every tab; its choice is per session
-        with gr.Tabs():
-            generate.build(cache, bar.choice)
-            explore_tab = explore.build(explorer, cache.default.info, bar.choice)
+        with gr.Tabs() as tabs:
+            generate_tab = generate.build(cache, bar.choice)
+            explore_tab = explore.build(explorer, cache.default.info, bar.choice, learning)
             train_tab = train.build(trainer)
             about.build()
         connect(demo, bar, explore_tab, train_tab)
+        link_story(generate_tab, explore_tab, tabs)
+        link_training(bar, explore_tab, train_tab, tabs)
         guard_inputs(demo)  # a call with too few or refused inputs gets a sentence, not {"error": null}
     demo.cache, demo.trainer, demo.explorer = cache, trainer, explorer  # for tests and embedding
     return demo
@@ -108,6 +152,51 @@ def connect(demo: gr.Blocks, bar: model_bar.ModelBar, explore_tab: explore.Explo
         return [*bar.page_state(profile), *train_tab.page_state(profile)]
 
     demo.load(on_load, None, [*bar.outputs, bar.custom, *train_tab.page_outputs], api_visibility="private")
+
+
+def link_story(generate_tab: generate.Generate, explore_tab: explore.Explore, tabs: gr.Tabs):
+    """A click on a token of a finished story opens Explore on the text before it, on its Next token view (where
+    the token the model chose stands among the ones it could have), and looks inside."""
+    sub_tabs = explore_tab.views["next"].parent
+
+    @friendly
+    def open_in_explore(story: dict, evt: gr.SelectData):
+        return gr.Tabs(selected="explore"), gen.text_before(story, evt.index), gr.Tabs(selected="next")
+
+    fn, inputs, outputs = explore_tab.look_all
+    generate_tab.story.select(open_in_explore, [generate_tab.pieces], [tabs, explore_tab.prompt, sub_tabs],
+                              api_visibility="private").success(fn, inputs, outputs, api_visibility="private",
+                                                                **explore.EVENT)
+
+
+def link_training(bar: model_bar.ModelBar, explore_tab: explore.Explore, train_tab: train.Train, tabs: gr.Tabs):
+    """Explore over training: a step of the "Over training" sub-tab loads that snapshot in this visitor's model
+    bar; the Train tab's "Explore this run" opens that sub-tab on the run's latest snapshot, loaded."""
+    over = explore_tab.over
+    sub_tabs = over.tab.parent
+
+    @friendly
+    def look_at_step(run, step, profile: gr.OAuthProfile | None = None, progress=gr.Progress()):
+        info = bar.load(over.learning.snapshot(run, step), progress, model_bar.username(profile))
+        gr.Info(f"Loaded {info.name}: every Explore view now shows the model at that step.", duration=4)
+        return bar.shown(info)
+
+    over.look.click(look_at_step, [over.run, over.step], bar.outputs, api_name="explore_step",
+                    **model_bar.LOAD_EVENT)
+
+    @friendly
+    def explore_run(name, profile: gr.OAuthProfile | None = None, progress=gr.Progress()):
+        run_update, step_update = over.choose(name)
+        if step_update.get("value") is None:
+            raise UserError(f"Run {name} has no snapshots yet: they appear from its first step on.")
+        info = bar.load(step_update["value"], progress, model_bar.username(profile))
+        return (*bar.shown(info), run_update, step_update, gr.Tabs(selected="explore"), gr.Tabs(selected="training"))
+
+    opened = train_tab.explore_btn.click(explore_run, [train_tab.run_dd],
+                                         [*bar.outputs, over.run, over.step, tabs, sub_tabs], api_name="train_explore",
+                                         **model_bar.LOAD_EVENT)
+    for fn, inputs, outputs in (explore_tab.look_all, over.draw):
+        opened.success(fn, inputs, outputs, api_visibility="private", **explore.EVENT)
 
 
 def main(argv=None):

@@ -14,6 +14,7 @@ import math
 import numpy as np
 import plotly.graph_objects as go
 import torch
+import torch.nn.functional as F
 from plotly.subplots import make_subplots
 
 from gemma3.generate import check_settings
@@ -26,8 +27,46 @@ ROPE_POSITIONS = 128  # positions in the RoPE angle heatmaps
 TEXT_CELLS = 600    # the logit lens writes tokens into the cells only up to this many cells (hover always)
 NEXT_TOKENS = 20    # bars in next_token_figure by default
 
+# One look for every figure, matching the app's theme (gr.themes.Soft, indigo and pink, Montserrat).
+FONT = "Montserrat, ui-sans-serif, system-ui, -apple-system, 'Segoe UI', sans-serif"
+INK, MUTED, GRID = "#1f2937", "#6b7280", "#e5e7eb"
+SLIDING, FULL = "#4f46e5", "#db2777"   # indigo-600 / pink-600: sliding (local) and full (global) layers
+TEAL, GREY = "#0d9488", "#9ca3af"
+_AXIS = dict(gridcolor=GRID, linecolor="#d1d5db", zerolinecolor="#d1d5db", automargin=True,
+             title=dict(font=dict(size=12, color=MUTED)), tickfont=dict(size=11))
+TEMPLATE = go.layout.Template(layout=dict(
+    font=dict(family=FONT, size=13, color=INK), paper_bgcolor="white", plot_bgcolor="white",
+    colorway=[SLIDING, FULL, TEAL, "#d97706", "#7c3aed", GREY],
+    title=dict(x=0.01, xanchor="left", font=dict(size=15, color=INK)),
+    xaxis=_AXIS, yaxis=_AXIS, hoverlabel=dict(font=dict(family=FONT, size=12)),
+    legend=dict(bgcolor="rgba(255,255,255,0.85)", font=dict(size=11)),
+    margin=dict(l=60, r=30, t=110, b=60)))
+
 
 # ---- helpers -------------------------------------------------------------------------------------
+def _style(fig: go.Figure) -> go.Figure:
+    """The app's look (TEMPLATE) on a figure; subplot titles in the template's font. Every figure ends here."""
+    fig.update_layout(template=TEMPLATE)
+    fig.update_annotations(font=dict(family=FONT, size=12, color=INK))
+    return fig
+
+
+def message_figure(text: str) -> go.Figure:
+    """A small figure that says `text` in words (shown instead of a blank plot when a figure cannot be drawn)."""
+    fig = go.Figure()
+    fig.add_annotation(text=_html(text), x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
+                       font=dict(size=14, color=MUTED))
+    fig.update_layout(height=160, margin=dict(l=20, r=20, t=20, b=20), xaxis=dict(visible=False),
+                      yaxis=dict(visible=False))
+    return _style(fig)
+
+
+def _title(main: str, detail: str = "") -> dict:
+    """A short title and, below it, its detail in smaller grey type (titles stay within a narrow plot)."""
+    text = main if not detail else f"{main}<br><span style='font-size:12px;color:{MUTED}'>{detail}</span>"
+    return dict(text=text)
+
+
 def _html(s: str) -> str:
     """Plotly renders labels as pseudo-HTML: a token such as "<br>" must show as text."""
     return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
@@ -77,12 +116,12 @@ def mask_figure(config, seq_len: int) -> go.Figure:
         rows=2, cols=2, row_heights=[0.64, 0.36], vertical_spacing=0.16, horizontal_spacing=0.1,
         subplot_titles=(f"sliding layers: window {W}{same}", "full layers: causal",
                         "keys each query sees", "layer pattern"))
-    colors = {"sliding": "#2a78b5", "full": "#d9622b"}
+    colors = {"sliding": SLIDING, "full": FULL}
     for col, (kind, window) in enumerate((("sliding", W), ("full", None)), start=1):
         m = sliding_mask(shown, shown, window).to(torch.uint8).numpy()
         fig.add_trace(go.Heatmap(
             z=m, x=shown.numpy(), y=shown.numpy(), zmin=0, zmax=1, showscale=False, name=f"{kind} mask",
-            colorscale=[[0, "#f2f2f2"], [1, colors[kind]]],
+            colorscale=[[0, "#f3f4f6"], [1, colors[kind]]],
             hovertemplate="query %{y}, key %{x}: %{z} (1 = visible)<extra></extra>"), row=1, col=col)
         fig.update_xaxes(title_text=f"key position{sampled}", row=1, col=col)
         fig.update_yaxes(title_text="query position", autorange="reversed", row=1, col=col)
@@ -104,13 +143,13 @@ def mask_figure(config, seq_len: int) -> go.Figure:
     fig.update_yaxes(title_text="attention", showticklabels=False, row=2, col=2)
     n_full = sum(full)
     fig.update_layout(
-        title=f"Attention masks for {seq_len} tokens, built by the model's sliding_mask: "
-              f"{config.layers - n_full} sliding and {n_full} full layers",
+        title=_title(f"Attention masks for {seq_len} tokens",
+                     f"built by the model's sliding_mask: {config.layers - n_full} sliding and {n_full} full layers"),
         height=720)
-    sp = fig.get_subplot(2, 1)  # legend inside the keys-per-query panel, bottom right (always empty there)
-    fig.update_layout(legend=dict(x=sp.xaxis.domain[1] - 0.01, xanchor="right", y=sp.yaxis.domain[0] + 0.01,
-                                  yanchor="bottom", bgcolor="rgba(255,255,255,0.7)"))
-    return fig
+    sp = fig.get_subplot(2, 1)  # legend inside the keys-per-query panel, top left (above both lines: always empty)
+    fig.update_layout(legend=dict(x=sp.xaxis.domain[0] + 0.01, xanchor="left", y=sp.yaxis.domain[1] - 0.01,
+                                  yanchor="top"))
+    return _style(fig)
 
 
 # ---- RoPE ----------------------------------------------------------------------------------------
@@ -132,7 +171,7 @@ def rope_figure(config, positions: int = ROPE_POSITIONS) -> go.Figure:
     names = {"local": f"local (sliding), base {config.rope_local_base:g}",
              "global": f"global (full), base {config.rope_global_base:g}"
                        + (f", scale {config.rope_global_scale:g}" if config.rope_global_scale != 1 else "")}
-    colors = {"local": "#2a78b5", "global": "#d9622b"}
+    colors = {"local": SLIDING, "global": FULL}
     fig = make_subplots(
         rows=2, cols=2, vertical_spacing=0.16, horizontal_spacing=0.12,
         subplot_titles=("rotation frequency per dimension pair", "q·k of a vector with itself, d positions apart",
@@ -142,7 +181,8 @@ def rope_figure(config, positions: int = ROPE_POSITIONS) -> go.Figure:
     distances = torch.unique(torch.logspace(0, math.log10(far), 400).round().long())
     for kind, rope in ropes.items():
         fig.add_trace(go.Scatter(x=pairs, y=_f32(rope.inv_freq), mode="lines+markers", marker=dict(size=3),
-                                 name=names[kind], legendgroup=kind, line=dict(color=colors[kind]),
+                                 name=f"{kind}, base {rope.base:g}",
+                                 legendgroup=kind, line=dict(color=colors[kind]),
                                  hovertemplate="pair %{x}: %{y:.3g} rad/position<extra></extra>"), row=1, col=1)
         fig.add_trace(go.Scatter(x=distances.numpy(), y=_f32(_self_dot(rope, D, distances)), mode="lines",
                                  name=names[kind], legendgroup=kind, showlegend=False, line=dict(color=colors[kind]),
@@ -160,16 +200,15 @@ def rope_figure(config, positions: int = ROPE_POSITIONS) -> go.Figure:
     for col in (1, 2):
         fig.update_xaxes(title_text="dimension pair", row=2, col=col)
         fig.update_yaxes(title_text="position", autorange="reversed", row=2, col=col)
-    sp = fig.get_subplot(1, 1)  # legend inside the frequency panel, bottom left (always empty there)
+    sp = fig.get_subplot(1, 1)  # legend inside the frequency panel, bottom left (the lines fall from the top left)
     fig.update_layout(
-        title=f"RoPE as the model builds it: head_dim {D}, bases {config.rope_local_base:g} (local) and "
-              f"{config.rope_global_base:g} (global)",
-        height=760, legend=dict(x=sp.xaxis.domain[0] + 0.01, y=sp.yaxis.domain[0] + 0.01, yanchor="bottom",
-                                bgcolor="rgba(255,255,255,0.7)"),
+        title=_title("RoPE as the model builds it", f"head_dim {D}, bases {config.rope_local_base:g} (local) and "
+                                                    f"{config.rope_global_base:g} (global)"),
+        height=760, legend=dict(x=sp.xaxis.domain[0] + 0.01, y=sp.yaxis.domain[0] + 0.01, yanchor="bottom"),
         coloraxis=dict(colorscale="Twilight", cmin=0, cmax=2 * math.pi,
                        colorbar=dict(_colorbar(fig, 2, 2, "angle mod 2π"), tickvals=[0, math.pi, 2 * math.pi],
                                      ticktext=["0", "π", "2π"])))
-    return fig
+    return _style(fig)
 
 
 # ---- attention -----------------------------------------------------------------------------------
@@ -211,10 +250,10 @@ def attention_figure(record: Record, layer: int, head: int | None = None) -> go.
         fig.update_yaxes(title_text="query (attending)", row=r + 1, col=1)
     who = f"head {head}" if head is not None else f"all {H} heads"
     fig.update_layout(
-        title=f"Layer {layer}, {who} — {kind}",
+        title=_title(f"Layer {layer}, {who}", kind),
         coloraxis=dict(colorscale="Blues", cmin=0, colorbar=dict(title=dict(text="attention", side="right"))),
-        height=max(480, 340 * rows + 140), plot_bgcolor="#fafafa")
-    return fig
+        height=max(480, 340 * rows + 160), plot_bgcolor="#f9fafb")
+    return _style(fig)
 
 
 # ---- activations ---------------------------------------------------------------------------------
@@ -242,7 +281,8 @@ def activation_figure(record: Record) -> go.Figure:
         fig.add_trace(go.Bar(x=names, y=_f32(t.norm(dim=-1).mean(-1)), name=part, marker_color=color,
                              hovertemplate="layer %{x}: %{y:.4g}<extra>" + part + "</extra>"), row=2, col=1)
     fig.update_xaxes(title_text="layer", type="category", row=2, col=1)
-    fig.update_yaxes(title_text="mean |added vector|", row=2, col=1)
+    top = max(float(record.attn_added.norm(dim=-1).mean(-1).max()), float(record.ffn_added.norm(dim=-1).mean(-1).max()))
+    fig.update_yaxes(title_text="mean |added vector|", range=[0, 1.35 * top], row=2, col=1)  # room for the legend
     ent = attention_entropy(record)
     fig.add_trace(go.Heatmap(z=_f32(ent), x=[f"head {h}" for h in range(ent.shape[1])], y=names,
                              colorscale="Magma", name="attention entropy", colorbar=_colorbar(fig, 2, 2, "nats"),
@@ -250,12 +290,14 @@ def activation_figure(record: Record) -> go.Figure:
     fig.update_xaxes(title_text="head", type="category", row=2, col=2)
     fig.update_yaxes(title_text="layer", type="category", row=2, col=2)
     sp = fig.get_subplot(2, 1)
+    fig.update_traces(marker_color=SLIDING, selector=dict(type="bar", name="attention"))
+    fig.update_traces(marker_color=FULL, selector=dict(type="bar", name="feed-forward"))
     fig.update_layout(
-        title=f"Activations over {record.seq_len} tokens and {record.layers} layers",
-        barmode="group", height=820,
-        legend=dict(x=sp.xaxis.domain[0] + 0.01, y=sp.yaxis.domain[1] - 0.01, yanchor="top",
-                    bgcolor="rgba(255,255,255,0.7)"))
-    return fig
+        title=_title(f"Activations over {record.seq_len} tokens and {record.layers} layers",
+                     "residual size, what each layer adds, attention entropy"),
+        barmode="group", height=840,
+        legend=dict(x=sp.xaxis.domain[0] + 0.01, y=sp.yaxis.domain[1] - 0.01, yanchor="top"))
+    return _style(fig)
 
 
 # ---- next token ----------------------------------------------------------------------------------
@@ -273,7 +315,12 @@ def sampling_probs(logits: torch.Tensor, temperature: float, top_k: int | None =
 
 def next_token_figure(record: Record, temperature: float = 1.0, top_k: int | None = None,
                       n: int = NEXT_TOKENS) -> go.Figure:
-    """The most likely next tokens after the prompt, with the probabilities sampling would use."""
+    """The most likely next tokens after the prompt, with the probabilities sampling would use.
+
+    The probability axis is logarithmic: temperature divides the log-probabilities, so on this scale it visibly
+    tilts the bars (flatter when hot, steeper when cold) even where one token dominates; each bar is labelled with
+    its probability in percent. Tokens that top-k or greedy sampling rule out have probability 0 and no bar.
+    """
     check_settings(1, temperature, top_k, None, 1.0)
     if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= len(record.next_ids):
         raise ValueError(f"n must be a whole number from 1 to {len(record.next_ids)}, not {n!r}.")
@@ -282,58 +329,172 @@ def next_token_figure(record: Record, temperature: float = 1.0, top_k: int | Non
     base = logits.float().softmax(-1)
     ids = record.next_ids[:n]
     x = [f"{r + 1}. {_html(record.token_text[i])}" for r, i in enumerate(ids)]
+    shown = _f32(p[ids])
     setting = f"temperature {temperature:g}" + (" (greedy)" if temperature == 0 else "") \
         + f", top-k {top_k if top_k is not None else 'off'}"
     fig = go.Figure()
-    fig.add_trace(go.Bar(x=x, y=_f32(p[ids]), name=setting, marker_color="#2a78b5",
-                         customdata=ids, hovertemplate="%{x} (id %{customdata}): p = %{y:.4f}<extra></extra>"))
+    fig.add_trace(go.Bar(x=x, y=shown, name=setting, marker_color=SLIDING,
+                         text=[_percent(v) if v > 0 else "ruled out" for v in shown], textposition="outside",
+                         cliponaxis=False, textfont=dict(size=10),
+                         customdata=ids, hovertemplate="%{x} (id %{customdata}): p = %{y:.4g}<extra></extra>"))
     fig.add_trace(go.Scatter(x=x, y=_f32(base[ids]), mode="markers", name="temperature 1, no top-k",
-                             marker=dict(color="#d9622b", size=9, symbol="line-ew-open", line=dict(width=3)),
-                             hovertemplate="%{x}: p = %{y:.4f} at temperature 1<extra></extra>"))
+                             marker=dict(color=FULL, size=10, symbol="line-ew-open", line=dict(width=3)),
+                             hovertemplate="%{x}: p = %{y:.4g} at temperature 1<extra></extra>"))
     after = _html(record.token_text[record.tokens[-1]])
+    floor = max(float(min(v for v in np.concatenate([shown, _f32(base[ids])]) if v > 0)), 1e-12)
+    low = math.floor(math.log10(floor)) - 0.3
     fig.update_layout(
-        title=f"Next token after “…{after}”: {setting} — the {n} shown hold {float(p[ids].sum()):.1%}",
+        title=_title(f"Next token after “…{after}”",
+                     f"{setting}: the {n} shown hold {float(p[ids].sum()):.1%} of the probability"),
         xaxis=dict(title="candidate next token (most likely first)", type="category", tickangle=-45),
-        yaxis=dict(title="probability", range=[0, 1]),
-        legend=dict(orientation="h", x=1, xanchor="right", y=1.0, yanchor="bottom"), height=460)
-    return fig
+        yaxis=dict(title="probability (log scale)", type="log", range=[low, 0.25],
+                   tickvals=[10.0 ** e for e in range(math.floor(low), 1)],
+                   ticktext=[_percent(10.0 ** e) for e in range(math.floor(low), 1)]),
+        legend=dict(orientation="h", x=1, xanchor="right", y=1.02, yanchor="bottom"), height=500)
+    return _style(fig)
+
+
+def _percent(p: float) -> str:
+    """0.1234 -> '12%', 0.000123 -> '0.012%': two significant digits, in percent."""
+    return f"{p * 100:.2g}%" if p < 0.1 else f"{p * 100:.0f}%"
 
 
 # ---- logit lens ----------------------------------------------------------------------------------
-def logit_lens_figure(record: Record) -> go.Figure:
-    """For each layer and position, the top-1 token of final_norm + unembedding of the residual, and its probability."""
+@torch.no_grad()
+def lens_ranks(model, record: Record) -> dict:
+    """For every residual row (embedding, after each layer) and position, through the model's own final norm and
+    unembedding: probability and rank (1 = top) of the model's final prediction there, and of the true next token
+    (the prompt's next token; NaN at the last position, which has none). Arrays [L + 1, T], float32 numpy.
+
+    One pass over the vocabulary per layer (as the recorded top-1 lens), so cache the result per record."""
+    w = model.embed.weight if model.head is None else model.head.weight
+    device = w.device
+    final = record.lens_ids[-1].to(device)                         # the model's own prediction at each position
+    nxt = torch.tensor(record.tokens[1:] + [record.tokens[-1]], device=device)
+    out = {k: np.full(tuple(record.lens_ids.shape), np.nan, dtype=np.float32)
+           for k in ("final_p", "final_rank", "true_p", "true_rank")}
+    T = record.seq_len
+    for row, x in enumerate(record.residual):
+        logits = F.linear(model.final_norm(x.to(device=device, dtype=w.dtype)), w).float()
+        logp = logits.log_softmax(-1)
+        for kind, ids in (("final", final), ("true", nxt)):
+            chosen = logits.gather(-1, ids[:, None])
+            out[f"{kind}_p"][row] = logp.gather(-1, ids[:, None])[:, 0].exp().cpu().numpy()
+            out[f"{kind}_rank"][row] = ((logits > chosen).sum(-1) + 1).cpu().numpy()
+    out["true_p"][:, T - 1] = np.nan
+    out["true_rank"][:, T - 1] = np.nan
+    return out
+
+
+def logit_lens_figure(record: Record, ranks: dict | None = None) -> go.Figure:
+    """For each layer and position, the top-1 token of final_norm + unembedding of the residual.
+
+    With `ranks` (lens_ranks(model, record)) the colour is the probability each layer already gives the model's
+    final prediction, the hover adds its rank and the true next token's, and cells whose top-1 is the true next
+    token are outlined. Without it the colour is the top-1 token's own probability.
+    """
     names = ["embedding"] + [f"after {n}" for n in _layer_names(record.layer_types)]
-    text = [[_html(record.token_text[i]) for i in row] for row in record.lens_ids.tolist()]
+    tt = record.token_text
+    text = [[_html(tt[i]) for i in row] for row in record.lens_ids.tolist()]
     small = record.lens_ids.numel() <= TEXT_CELLS
+    T = record.seq_len
+    nexts = record.tokens[1:] + [None]
+    x = [_html(s) for s in record.labels]
+    top_p = _f32(record.lens_probs)
+    if ranks is not None:
+        z, what = ranks["final_p"], "probability of the final prediction"
+        final = [_html(tt[i]) for i in record.lens_ids[-1].tolist()]
+        true = [_html(tt[n]) if n is not None else "(none: end of the prompt)" for n in nexts]
+        custom = np.empty(z.shape + (7,), dtype=object)
+        for r in range(z.shape[0]):
+            for c in range(T):
+                custom[r, c] = (final[c], f"{ranks['final_rank'][r, c]:.0f}", true[c],
+                                "–" if c == T - 1 else f"{ranks['true_p'][r, c]:.3g}",
+                                "–" if c == T - 1 else f"{ranks['true_rank'][r, c]:.0f}", f"{top_p[r, c]:.3f}", "")
+        hover = ("%{y}, at %{x}<br>top-1 here: %{text} (p = %{customdata[5]})<br>final prediction %{customdata[0]}: "
+                 "p = %{z:.3g}, rank %{customdata[1]}<br>true next token %{customdata[2]}: p = %{customdata[3]}, "
+                 "rank %{customdata[4]}<extra></extra>")
+    else:
+        z, what, custom = top_p, "probability of the top-1 token", None
+        hover = "%{y}, at %{x}<br>predicts %{text} with p = %{z:.3f}<extra></extra>"
     fig = go.Figure(go.Heatmap(
-        z=_f32(record.lens_probs), x=[_html(s) for s in record.labels], y=names, text=text,
+        z=z, x=x, y=names, text=text, customdata=custom,
         texttemplate="%{text}" if small else None, textfont=dict(size=10), colorscale="YlGnBu",
         zmin=0, zmax=1, name="logit lens", colorbar=dict(title=dict(text="probability", side="right")),
-        hovertemplate="%{y}, at %{x}<br>predicts %{text} with p = %{z:.3f}<extra></extra>"))
+        hovertemplate=hover, xgap=1, ygap=1))
+    hits = [(c, r) for r, row in enumerate(record.lens_ids.tolist()) for c, i in enumerate(row)
+            if c < T - 1 and i == record.tokens[c + 1]]
+    fig.add_trace(go.Scatter(
+        x=[x[c] for c, _ in hits], y=[names[r] for _, r in hits], mode="markers", name="top-1 = the true next token",
+        marker=dict(symbol="square-open", size=14 if small else 8, color=FULL, line=dict(width=2)),
+        hoverinfo="skip"))
+    if small:  # the true next token written above the grid, in the top row
+        fig.add_trace(go.Scatter(
+            x=x[:-1], y=["true next token"] * (T - 1), mode="text", text=[_html(tt[n]) for n in nexts[:-1]],
+            textfont=dict(size=10, color=FULL), name="true next token", showlegend=False,
+            hovertemplate="after %{x} the prompt continues with %{text}<extra></extra>"))
     fig.update_layout(
-        title="Logit lens: the next token each layer's residual predicts through the final norm and unembedding"
-              + ("" if small else " (hover for the tokens)"),
+        title=_title("Logit lens: what each layer would predict next",
+                     f"text: its top-1 token · colour: {what}" + ("" if small else " · hover for the tokens")),
         xaxis=dict(title="position: input token", type="category", tickangle=-60),
-        yaxis=dict(title="residual stream after layer", type="category"),
-        height=max(420, 26 * len(names) + 200))
-    return fig
+        yaxis=dict(title="residual stream after layer", type="category",
+                   categoryorder="array", categoryarray=names + (["true next token"] if small else [])),
+        legend=dict(orientation="h", x=1, xanchor="right", y=1.0, yanchor="bottom"),
+        height=max(440, 28 * len(names) + 240))
+    return _style(fig)
 
 
 # ---- parameters ----------------------------------------------------------------------------------
+MATRICES = (  # (bar label, part of model.param_groups(), colour, parameter name ends with / starts with)
+    ("embedding", "embedding", TEAL, "embed."),
+    ("Wq (query)", "attention", SLIDING, ".attn.wq.weight"),
+    ("Wk (key)", "attention", SLIDING, ".attn.wk.weight"),
+    ("Wv (value)", "attention", SLIDING, ".attn.wv.weight"),
+    ("Wo (output)", "attention", SLIDING, ".attn.wo.weight"),
+    ("gate", "feed-forward", FULL, ".gate.weight"),
+    ("up", "feed-forward", FULL, ".up.weight"),
+    ("down", "feed-forward", FULL, ".down.weight"),
+    ("norms", "norms", GREY, "norm"),
+    ("head", "head", TEAL, "head."),
+)
+
+
+def parameter_counts(model) -> dict[str, int]:
+    """Parameters by matrix (MATRICES' labels), from model.named_parameters(); sums to model.num_params()."""
+    counts = dict.fromkeys(label for label, *_ in MATRICES)
+    counts = {k: 0 for k in counts}
+    for name, p in model.named_parameters():
+        for label, _, _, key in MATRICES:
+            if (name.startswith(key) if key.endswith(".") else key in name if key == "norm" else name.endswith(key)):
+                counts[label] += p.numel()
+                break
+        else:
+            raise ValueError(f"parameter {name} fits no row of MATRICES")
+    return counts
+
+
 def parameter_figure(model) -> go.Figure:
-    """Where the parameters live, from model.param_groups() (the breakdown `python -m gemma3 info` prints)."""
-    groups = model.param_groups()
+    """Where the parameters live, matrix by matrix, coloured by the part of model.param_groups() they belong to."""
+    counts = parameter_counts(model)
     total = model.num_params()
     tied = model.head is None
+    parts = {label: part for label, part, *_ in MATRICES}
+    colors = [c for _, _, c, _ in MATRICES]
 
-    def text(part, n):
-        if part == "head" and tied:
-            return "tied to the embedding"
-        return f"{n / 1e6:.2f}M ({n / total:.1%})"
+    def text(label, n):
+        if label == "head" and tied:
+            return "0: tied to the embedding"
+        return f"{n / 1e6:.2f}M ({n / total:.1%})" if n >= 1e4 else f"{n:,} ({n / total:.2%})"
 
-    fig = go.Figure(go.Bar(x=list(groups), y=list(groups.values()), text=[text(k, v) for k, v in groups.items()],
-                           textposition="outside", marker_color="#2a78b5", name="parameters",
-                           hovertemplate="%{x}: %{y:,} parameters<extra></extra>"))
-    fig.update_layout(title=f"Where the {total:,} parameters live ({total / 1e6:.1f}M)",
-                      xaxis=dict(title="part of the model"), yaxis=dict(title="parameters"), height=420)
-    return fig
+    labels = list(counts)
+    fig = go.Figure(go.Bar(
+        y=labels, x=list(counts.values()), orientation="h", text=[text(k, v) for k, v in counts.items()],
+        textposition="outside", cliponaxis=False, marker_color=colors, name="parameters",
+        customdata=[parts[k] for k in labels],
+        hovertemplate="%{y} (%{customdata}): %{x:,} parameters<extra></extra>"))
+    fig.update_layout(
+        title=_title(f"Where the {total:,} parameters live ({total / 1e6:.1f}M)",
+                     "every layer's matrices summed; indigo: attention, pink: feed-forward, teal: embedding and head"),
+        xaxis=dict(title="parameters", range=[0, max(counts.values()) * 1.35]),
+        yaxis=dict(title="matrix", autorange="reversed", type="category"), height=460, margin=dict(r=40))
+    return _style(fig)

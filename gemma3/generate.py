@@ -124,7 +124,8 @@ def stream(model, tokenizer, prompt: str, max_new_tokens: int = 200, temperature
 
     A character whose bytes span several tokens is held back until complete (decoded text
     ending in U+FFFD; one left incomplete at the end is dropped), and text that could be the start of a stop string is held back until
-    it is clear it is not one. `stats` (a dict, optional) receives counts, timings and notices.
+    it is clear it is not one. `stats` (a dict, optional) receives counts, timings and notices, and the token ids:
+    "ids" (the prompt as run, BOS included) and "new_ids" (every new token so far).
     """
     check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
     if not isinstance(prompt, str):
@@ -142,6 +143,7 @@ def stream(model, tokenizer, prompt: str, max_new_tokens: int = 200, temperature
         warnings.warn(notice, stacklevel=2)
 
     new: list[int] = []
+    stats.update(ids=ids, new_ids=new)  # the prompt's ids as run, and the new ids (filled as they come)
     emitted = ""
     tokens = generate_tokens(model, ids, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed,
                              tokenizer.stop_ids, stats)

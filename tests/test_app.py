@@ -11,6 +11,7 @@ import pytest
 import app
 from conftest import kill_runs, poll, serve
 from training import runs
+from webapp import generation as gen
 from webapp import models
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -53,10 +54,11 @@ def test_generate_streams_pieces(client):
         time.sleep(0.005)
     done_at = time.monotonic()
     outputs = job.outputs()
-    text, info = outputs[-1]
+    text, info = gen.continuation_text(outputs[-1][0]), outputs[-1][1]
     assert len(outputs) > 2, "text should arrive in several pieces, not at the end"
     assert first_at is not None and first_at < done_at, "a piece should arrive before the end"
-    partial = [t for t, _ in outputs[:-1]]
+    assert gen.story_text(outputs[-1][0]).startswith("Once upon a time" + text), "the story shows the prompt first"
+    partial = [gen.continuation_text(t) for t, _ in outputs[:-1]]
     assert all(text.startswith(p) for p in partial) and len(partial[0]) < len(text), "each piece extends the last"
     assert len(text) > 20 and "40 tokens" in info and "tokens/s" in info
 
@@ -128,7 +130,7 @@ def test_architecture_figures_need_no_prompt(client, server):
     assert any(t["type"] == "heatmap" for t in rope["data"])
     params = plotly(client.predict(api_name="/explore_parameters"))
     bars = params["data"][0]
-    assert "embedding" in bars["x"] and f"{info.params:,}" in params["layout"]["title"]["text"]
+    assert "embedding" in bars["y"] and "Wq (query)" in bars["y"] and f"{info.params:,}" in params["layout"]["title"]["text"]
 
 
 def test_prompt_figures_share_one_recording(client, server):
@@ -289,14 +291,19 @@ def start(client, **overrides):
     return client.predict(*s.values(), api_name="/train_start")
 
 
+def curve_points(figure) -> list[tuple[int, float, str]]:
+    """(step, loss, "train" / "val") of every point of the monitor's loss curves."""
+    data = json.loads(figure["plot"])["data"]
+    kinds = {"train": "train", "validation": "val"}
+    return [(x, y, kinds[t["name"]]) for t in data if t.get("name") in kinds for x, y in zip(t["x"], t["y"])]
+
+
 def poll_metrics(client, name, until, timeout=90):
-    """Poll /train_metrics until until(points, status); points: the (step, loss, curve) rows that hold a loss
-    (a curve without points yet is sent as one row with an empty loss, so the plot's legend knows it)."""
+    """Poll /train_metrics until until(points, status); points: (step, loss, curve) of the loss curves."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        frame, status, stats, sample = client.predict(name, api_name="/train_metrics")
-        assert frame["columns"] == ["step", "loss", "curve"] and {c for *_, c in frame["data"]} == {"train", "val"}
-        rows = [r for r in frame["data"] if r[1] is not None]
+        figure, status, stats, sample = client.predict(name, False, api_name="/train_metrics")
+        rows = curve_points(figure)
         if until(rows, status):
             return rows, status, stats, sample
         time.sleep(0.5)
@@ -315,10 +322,13 @@ def test_train_start_metrics_stop_and_use(client, server):
         rows, status, stats, _ = poll_metrics(client, name, lambda r, s: any(c == "train" for _, _, c in r))
         first = len(rows)
         rows, status, stats, sample = poll_metrics(
-            client, name, lambda r, s: len(r) > first and any(c == "val" for _, _, c in r))
+            client, name, lambda r, s: len(r) > first and sum(c == "val" for _, _, c in r) >= 2)
         assert "running" in status and "tokens/s" in stats and "MFU" in stats and "ETA" in stats
-        assert sample.startswith("Once upon a time"), "the latest evaluation's sample"
+        assert sample.startswith("**step 0** · val loss") and sample.count("Once upon a time") >= 2, \
+            "the samples of the evaluations so far, from step 0 on"
         assert all(isinstance(step, int) and loss > 0 for step, loss, _ in rows)
+        assert [s for s, _, c in rows if c == "train"][:3] == [1, 2, 3], "every one of the first steps"
+        assert rows[[c for *_, c in rows].index("val")][0] == 0, "an evaluation at step 0"
 
         _, status, _, _ = client.predict("", api_name="/train_metrics")
         assert status.startswith(f"**{name}**: running"), "without a name the monitor shows the live run"
@@ -436,3 +446,29 @@ def test_bad_run_names_get_one_clear_sentence(client, endpoint, args, message):
 def test_server_still_serves_after_all_that(client):
     text, info = generate(client, "One day", 8)
     assert text and "8 tokens" in info
+
+
+def test_story_tokens_carry_the_models_probabilities():
+    """gemma3.stream's stats give the ids; each piece's probability is the model's own (a forward of its own),
+    the pieces join to the story, and a story that fills the context is still scored."""
+    import torch
+
+    import gemma3
+    cache = models.ModelCache(*models.load_source("random:tiny"))
+    loaded = cache.get(None)
+    model, tok = loaded.model, loaded.tokenizer
+    for n in (8, model.config.context):   # the second runs into the context's end
+        stats: dict = {}
+        text = gemma3.generate(model, tok, "Once upon a time", n, 1.0, seed=3, stats=stats)
+        pieces = gen.token_pieces(loaded, stats)
+        assert "".join(t for t, _ in pieces) == text and len(stats["new_ids"]) == stats["new_tokens"]
+        ids, new = stats["ids"], stats["new_ids"]
+        with torch.no_grad():
+            probs = model(torch.tensor([ids + new[:1]]))[0, len(ids) - 1].softmax(-1)
+        if len(tok.decode(new[:1]).rstrip("\ufffd")) > 0:
+            assert pieces[0][1] == pytest.approx(float(probs[new[0]]), rel=1e-4)
+    shown = gen.story_html("Once <b>", text, pieces)
+    assert gen.story_text(shown) == "Once <b>" + text and gen.continuation_text(shown) == text
+    assert gen.text_before({"prompt": "Once", "pieces": ["a", "b"]}, 1) == "Oncea"
+    with pytest.raises(ValueError, match="not part of the last story"):
+        gen.text_before({"prompt": "Once", "pieces": ["a"]}, 5)

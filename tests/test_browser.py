@@ -18,6 +18,7 @@ if not os.path.exists(CHROMIUM):
 sync_api = pytest.importorskip("playwright.sync_api")
 
 import app  # noqa: E402
+import explain  # noqa: E402
 from conftest import poll, serve  # noqa: E402
 from training import runs  # noqa: E402
 from webapp import models  # noqa: E402
@@ -59,7 +60,9 @@ def shot(page, name):
 
 
 def story(page) -> str:
-    return page.input_value("#story textarea")
+    """The continuation as the page shows it (after the prompt, in the story view)."""
+    loc = page.locator("#story .story-new")
+    return loc.inner_text() if loc.count() else ""
 
 
 def test_model_bar_says_what_is_loaded(page, server):
@@ -122,25 +125,34 @@ def test_every_explore_view_shows_a_plot(page):
          what="the new prompt's tokens in the logit lens")
 
 
+CURVES = {"train": "train", "val": "validation"}
+
+
+def phone(page, name):
+    """A screenshot at phone width (390 x 844), then back to the desktop size."""
+    size = page.viewport_size
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.wait_for_timeout(500)
+    shot(page, name)
+    page.set_viewport_size(size)
+
+
+def trace(page, curve: str) -> dict | None:
+    """The live loss plot's trace of one curve, as Plotly holds it in the page ({x, y, color}), or None."""
+    return page.evaluate("""name => {
+        const plot = document.querySelector('#train-loss .js-plotly-plot');
+        const t = plot && plot.data && plot.data.find(d => d.name === name);
+        return t ? {x: Array.from(t.x || []), y: Array.from(t.y || []), color: t.line && t.line.color} : null;
+    }""", CURVES[curve])
+
+
 def points(page, curve: str) -> int:
-    """Data points the live loss plot draws for one curve (vega marks them with aria labels)."""
-    labels = page.eval_on_selector_all("#train-loss svg path[aria-roledescription='point']",
-                                       "els => els.map(e => e.getAttribute('aria-label') || '')")
-    return sum(1 for a in labels if a.endswith(f"curve: {curve}") and "null" not in a)
-
-
-def line_color(page, curve: str) -> str | None:
-    """The stroke of the curve's line in the live plot (None: drawn invisibly)."""
-    for stroke, label in page.eval_on_selector_all(
-            "#train-loss svg path[aria-roledescription='line mark']",
-            "els => els.map(e => [e.getAttribute('stroke'), e.getAttribute('aria-label') || ''])"):
-        if label.endswith(f"curve: {curve}"):
-            return stroke
-    return None
+    t = trace(page, curve)
+    return len(t["x"]) if t else 0
 
 
 def test_training_curve_grows_and_stops(page, server):
-    page.get_by_role("tab", name="Train").click()
+    page.get_by_role("tab", name="Train", exact=True).click()
     page.fill("#train-stories input", "300")
     page.fill("#train-steps input", "100")
     page.fill("#train-batch input", "4")
@@ -152,15 +164,35 @@ def test_training_curve_grows_and_stops(page, server):
         n = poll(lambda: points(page, "train"), timeout=60, what="the first points of the loss curve")
         poll(lambda: points(page, "train") > n, timeout=60, what="the loss curve to gain points")
         poll(lambda: points(page, "val") >= 2, timeout=60, what="validation points")
-        poll(lambda: line_color(page, "val") == app.CURVE_COLORS["val"], what="the validation curve drawn in colour")
-        assert line_color(page, "train") == app.CURVE_COLORS["train"]
+        assert trace(page, "val")["x"][0] == 0, "the curve starts with the evaluation at step 0"
+        assert trace(page, "train")["x"][:3] == [1, 2, 3], "every one of the first steps"
+        assert trace(page, "val")["color"] != trace(page, "train")["color"]
+        assert page.locator("#train-loss .js-plotly-plot").get_by_text("random guess").count() == 1
         assert "tokens/s" in page.inner_text("#train-stats")
-        assert page.input_value("#train-sample textarea").startswith("Once upon a time")
+        assert page.inner_text("#train-sample").startswith("step 0 · val loss")
+        page.click("#train-logx label")
+        poll(lambda: trace(page, "val") and 0 not in trace(page, "val")["x"], what="the log axis without step 0")
         shot(page, "train")
+        phone(page, "train-390")
         page.click("#train-stop")
         poll(lambda: "stopped" in page.inner_text("#train-status"), timeout=60, what="the run to stop")
         name = runs.list_runs(server.trainer.runs_dir)[0].name
         assert runs.get(name, server.trainer.runs_dir).status()["state"] == "stopped"
+        # watch it learn: Explore on the run's latest snapshot, then an earlier step
+        page.click("#train-explore")
+        poll(lambda: f"run {name} at step" in page.inner_text("#model-info"), timeout=60,
+             what="the run's latest snapshot in the model bar")
+        page.locator("#plot-learn .js-plotly-plot .main-svg").first.wait_for(state="visible", timeout=60_000)
+        assert "mean loss of your prompt's tokens fell" in page.inner_text("#learn-words")
+        shot(page, "explore-over-training")
+        phone(page, "explore-over-training-390")
+        page.click("#learn-step input")
+        page.get_by_role("option", name="step 5 ·").click()
+        page.click("#learn-look")
+        poll(lambda: f"run {name} at step 5" in page.inner_text("#model-info"), what="step 5 in the model bar")
+        page.click("#learn-compare")  # step 5 against the run's first snapshot
+        page.locator("#plot-pair .js-plotly-plot .main-svg").first.wait_for(state="visible", timeout=60_000)
+        page.get_by_role("tab", name="Train", exact=True).click()
         page.click("#train-use")
         poll(lambda: f"Model: run {name}: best" in page.inner_text("#model-info"),
              what="the checkpoint in the model bar")
@@ -175,6 +207,147 @@ def test_training_curve_grows_and_stops(page, server):
 
 def test_about_tab(page):
     page.get_by_role("tab", name="About").click()
-    page.get_by_text("Measured figures").wait_for(state="visible")
+    page.get_by_text("What is Gemma 3?").wait_for(state="visible")
     assert page.get_by_role("link", name="Gemma 3 technical report").count() == 1
+    figures = page.get_by_text("Measured figures", exact=True)
+    assert figures.is_visible() and not page.get_by_text("roofline").first.is_visible(), "the figures start folded"
     shot(page, "about")
+
+
+# ---- the story and Explore, the sizes of the figures, phone width ---------------------------------
+PROMPT_VIEWS = [("Attention", "attention"), ("Activations", "activations"), ("Next token", "next"),
+                ("Logit lens", "lens")]
+WIDTHS = {"1440": {"width": 1440, "height": 1000}, "390": {"width": 390, "height": 844}}
+
+
+@pytest.fixture(scope="module", params=list(WIDTHS))
+def sized(request, page, server):
+    """A page of its own at 1440 x 1000 or at phone size 390 x 844: (page, width name)."""
+    sized = page.context.browser.new_page(viewport=WIDTHS[request.param])
+    try:
+        sized.set_default_timeout(30_000)
+        sized.goto(server.local_url)
+        sized.wait_for_selector("#model-info")
+        yield sized, request.param
+    finally:
+        sized.close()
+
+
+def plot_widths(page, key) -> tuple[float, float]:
+    """(width Plotly drew the figure at, width of the panel holding it)."""
+    return tuple(page.eval_on_selector(f"#plot-{key} .js-plotly-plot", """gd => [gd._fullLayout.width,
+        gd.closest('.explore-plot').getBoundingClientRect().width]"""))
+
+
+def boxes_overlap(a, b) -> bool:
+    return not (a["x"] + a["width"] <= b["x"] or b["x"] + b["width"] <= a["x"] or a["y"] + a["height"] <= b["y"]
+                or b["y"] + b["height"] <= a["y"])
+
+
+def test_every_tab_is_in_the_tab_bar(sized):
+    page, width = sized
+    for name in ("Generate", "Explore", "Train", "About"):
+        tab = page.get_by_role("tab", name=name, exact=True)
+        poll(tab.is_visible, timeout=10, what=f"{name} in the tab bar at {width} px, not behind a menu")
+        box = tab.bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= WIDTHS[width]["width"], f"{name} fits the screen"
+    page.get_by_role("tab", name="About", exact=True).click()
+    page.get_by_text("What is Gemma 3?").wait_for(state="visible")
+    shot(page, f"about-{width}")
+    page.get_by_role("tab", name="Explore", exact=True).click()
+    for label, _ in EXPLORE_VIEWS:
+        poll(page.get_by_role("tab", name=label, exact=True).is_visible, timeout=10, what=f"{label} at {width} px")
+
+
+def test_look_inside_from_another_sub_tab_draws_full_width(sized, server):
+    """Look inside while Masks is open draws the four prompt figures in hidden panels; each must be as wide as
+    its panel once shown (Plotly draws a hidden figure 700 px wide)."""
+    page, width = sized
+    page.get_by_role("tab", name="Explore", exact=True).click()
+    for label, key in PROMPT_VIEWS:   # each drawn once while shown, then redrawn while hidden
+        page.get_by_role("tab", name=label, exact=True).click()
+        page.locator(f"#plot-{key} .js-plotly-plot .main-svg").first.wait_for(state="visible")
+    page.get_by_role("tab", name="Masks", exact=True).click()
+    page.locator("#plot-mask .js-plotly-plot").wait_for(state="visible")
+    page.fill("#explore-prompt textarea", f"The dog ran to the park at {width} px. He saw a ball")
+    n = server.explorer.recordings
+    page.click("#look-inside")
+    poll(lambda: server.explorer.recordings > n, what="the prompt recorded")
+    time.sleep(1)  # its four figures reach the page (drawn while Masks is shown)
+    views = PROMPT_VIEWS + [("Masks", "mask"), ("RoPE", "rope"), ("Parameters", "params")]
+    for label, key in views:
+        page.get_by_role("tab", name=label, exact=True).click()
+        page.locator(f"#plot-{key} .js-plotly-plot .main-svg").first.wait_for(state="visible")
+        if key == "lens":
+            poll(lambda: "␣ball" in page.locator("#plot-lens").text_content(), what="the new prompt's logit lens")
+        drawn, panel = poll(lambda: (w := plot_widths(page, key)) and abs(w[0] - max(w[1], 720 if width == "390"
+                                                                                     else 0)) <= 2 and w,
+                            timeout=10, what=f"{label} drawn as wide as its panel at {width} px")
+        assert drawn >= min(panel, 720) - 2
+        if width == "390":
+            below = page.locator(f"#plot-{key}").bounding_box()
+            nxt = page.locator("footer").bounding_box()
+            assert below["x"] + below["width"] <= 390 + 1, f"{label}'s panel stays within the screen (it scrolls)"
+            assert not boxes_overlap(below, nxt), f"{label} overlaps what follows it"
+            guide = page.locator(f"#plot-{key}").locator("xpath=preceding::*[contains(@class,'guide')][1]")
+            assert not boxes_overlap(guide.bounding_box(), below), f"{label} overlaps its guide"
+        shot(page, f"explore-{key}-{width}")
+
+
+def test_story_shows_prompt_then_tokens_and_a_token_opens_explore(sized, server):
+    page, width = sized
+    page.get_by_role("tab", name="Generate", exact=True).click()
+    page.fill("#prompt textarea", "Once upon a time, a cat")
+    page.fill("#max-new input[type=number]", "12")
+    page.press("#max-new input[type=number]", "Enter")
+    page.click("#generate-btn")
+    poll(lambda: "tokens/s" in page.inner_text("#gen-info"), what="the story to finish")
+    assert page.inner_text("#story .story-prompt") == "Once upon a time, a cat", "the prompt comes first"
+    weight = page.eval_on_selector("#story .story-prompt", "e => getComputedStyle(e).fontWeight")
+    assert int(weight) >= 600, "the prompt is bold, the continuation is not"
+    tokens = page.locator("#story .tok")
+    assert tokens.count() >= 1
+    texts = tokens.all_inner_texts()
+    assert "".join(texts) == story(page) and story(page), "the tokens make the continuation"
+    colors = {tokens.nth(i).evaluate("e => getComputedStyle(e).backgroundColor") for i in range(tokens.count())}
+    assert all(c not in ("rgba(0, 0, 0, 0)", "transparent") for c in colors), "every token is coloured"
+    assert "%" in tokens.first.get_attribute("title"), "hovering a token tells its probability"
+    shot(page, f"generate-{width}")
+    n = min(3, tokens.count() - 1)
+    before = "Once upon a time, a cat" + "".join(texts[:n])
+    tokens.nth(n).click()
+    poll(lambda: page.get_by_role("tab", name="Explore", exact=True).get_attribute("aria-selected") == "true",
+         what="Explore to open")
+    assert page.input_value("#explore-prompt textarea") == before, "Explore reads the story up to the token"
+    assert page.get_by_role("tab", name="Next token", exact=True).get_attribute("aria-selected") == "true"
+    tok = server.cache.default.tokenizer   # the Next token view is drawn after the story's text up to the token
+    last = explain.hooks.show_token(tok.decode(tok.encode(before)[-1:]))
+    poll(lambda: page.locator("#plot-next .js-plotly-plot").count()
+         and f"…{last}”" in page.locator("#plot-next .gtitle").first.text_content(),
+         what="the Next token view of the story up to the token")
+
+
+def test_a_bad_prompt_leaves_the_figures_and_says_why(page, server):
+    page.set_viewport_size({"width": 1400, "height": 1000})
+    page.get_by_role("tab", name="Explore", exact=True).click()
+    page.get_by_role("tab", name="Attention", exact=True).click()
+    page.fill("#explore-prompt textarea", "The cat sat on a hat.")
+    n = server.explorer.recordings
+    page.click("#look-inside")
+    poll(lambda: server.explorer.recordings > n, what="the prompt recorded")
+    poll(lambda: "hat" in page.locator("#plot-attention").text_content(), what="its attention drawn")
+    title = page.locator("#plot-attention .gtitle").first.text_content()
+    page.fill("#explore-prompt textarea", "   ")
+    page.click("#look-inside")
+    page.get_by_text("The Explore prompt is empty").first.wait_for(state="visible")   # the sentence, in a toast
+    time.sleep(1)
+    assert page.locator("#plot-attention .gtitle").first.is_visible(), "the figure stays, not an error box"
+    assert page.locator("#plot-attention .gtitle").first.text_content() == title
+    assert not page.locator("#plot-attention .error").count(), "no error overlay on the figure"
+    page.get_by_role("tab", name="Activations", exact=True).click()   # a view redrawn from the bad prompt fails:
+    page.get_by_text("The Explore prompt is empty").first.wait_for(state="visible")   # the sentence again,
+    time.sleep(1)
+    error = page.locator("#plot-activations .error")   # and the figure drawn before stays visible
+    assert not error.count() or not error.first.is_visible(), "no error box over the figure"
+    assert page.locator("#plot-activations .gtitle").first.is_visible()
+    shot(page, "explore-error")

@@ -1,7 +1,6 @@
 """explain: a recorded forward pass and the figures drawn from it agree with what the model computes."""
 
 import re
-import time
 
 import numpy as np
 import pytest
@@ -266,6 +265,26 @@ def test_logit_lens_last_layer_is_the_model_prediction(tiny, tok, tiny_rec):
             row = F.linear(tiny.final_norm(rec.residual[layer]), tiny.embed.weight).argmax(-1)
             assert rec.lens_ids[layer].tolist() == row.tolist()
     assert hm.texttemplate  # a small grid writes the tokens into the cells
+    ranks = explain.figures.lens_ranks(tiny, rec)
+    with torch.no_grad():  # the final prediction's and the true next token's probability and rank, every layer
+        for layer in range(tiny.config.layers + 1):
+            p = F.linear(tiny.final_norm(rec.residual[layer]), tiny.embed.weight).softmax(-1)
+            final, true = p.gather(-1, top[:, None])[:, 0], p[:-1].gather(-1, torch.tensor(rec.tokens[1:])[:, None])[:, 0]
+            np.testing.assert_allclose(ranks["final_p"][layer], final.numpy(), rtol=1e-4, atol=1e-7)
+            np.testing.assert_allclose(ranks["true_p"][layer, :-1], true.numpy(), rtol=1e-4, atol=1e-7)
+            rank = (p > p.gather(-1, top[:, None])).sum(-1) + 1
+            assert ranks["final_rank"][layer].tolist() == rank.float().tolist()
+    assert (ranks["final_rank"][-1] == 1).all() and np.isnan(ranks["true_p"][:, -1]).all()
+    lens = explain.logit_lens_figure(rec, ranks)
+    np.testing.assert_allclose(np.asarray(lens.data[0].z, dtype=np.float64), ranks["final_p"], rtol=1e-6)
+    hits = lens.data[1]   # outlined cells: the layer's top-1 is the prompt's next token
+    expected = [(rec.labels[c], r) for r, row in enumerate(rec.lens_ids.tolist()) for c, i in enumerate(row)
+                if c < rec.seq_len - 1 and i == rec.tokens[c + 1]]
+    assert [(_html_inv(x), y) for x, y in zip(hits.x, hits.y)] == [(lab, lens.data[0].y[r]) for lab, r in expected]
+
+
+def _html_inv(s: str) -> str:
+    return s.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 
 
 def test_next_token_is_what_sampling_draws_from(tiny_rec, monkeypatch):
@@ -299,8 +318,16 @@ def test_next_token_is_what_sampling_draws_from(tiny_rec, monkeypatch):
 def test_parameter_figure_counts_the_model(tiny, big, tok):
     for model in (tiny, big):
         fig = explain.parameter_figure(model)
-        bars = dict(zip(fig.data[0].x, fig.data[0].y))
-        assert bars == model.param_groups() and sum(bars.values()) == model.num_params()
+        bars = dict(zip(fig.data[0].y, fig.data[0].x))
+        parts = dict(zip(fig.data[0].y, fig.data[0].customdata))
+        by_part = {}
+        for label, n in bars.items():
+            by_part[parts[label]] = by_part.get(parts[label], 0) + n
+        assert by_part == model.param_groups() and sum(bars.values()) == model.num_params()
+        cfg = model.config  # split by matrix: Wq holds heads * head_dim rows, Wk and Wv kv_heads * head_dim
+        assert bars["Wq (query)"] == cfg.layers * cfg.hidden * cfg.heads * cfg.head_dim
+        assert bars["Wk (key)"] == bars["Wv (value)"] == cfg.layers * cfg.hidden * cfg.kv_heads * cfg.head_dim
+        assert bars["gate"] == bars["up"] == bars["down"] == cfg.layers * cfg.hidden * cfg.ffn
         printed = describe(model, tok).splitlines()[-1]  # "total   132,xxx,xxx" from python -m gemma3 info
         assert int(printed.split()[-1].replace(",", "")) == sum(bars.values())
         assert f"{model.num_params():,}" in fig.layout.title.text
@@ -319,12 +346,10 @@ def test_every_figure_builds_with_titles(preset, request):
     assert names == {"mask", "rope", "attention", "activation", "next", "logit", "parameters"}
 
 
-def test_270m_records_100_tokens_in_seconds(big, tok):
-    t0 = time.perf_counter()
+def test_270m_records_100_tokens(big, tok):
+    """(Its time is measured by bench/explain.py, not here.)"""
     rec = explain.record(big, tok, LONG_PROMPT, max_tokens=100)
-    elapsed = time.perf_counter() - t0
-    print(f"270m, 100 tokens: recorded in {elapsed:.2f} s")
-    assert rec.seq_len == 100 and elapsed < 5.0
+    assert rec.seq_len == 100
     with torch.no_grad():
         logits = big(torch.tensor([rec.tokens]))[0]
     torch.testing.assert_close(rec.logits, logits, atol=1e-4, rtol=1e-4)
@@ -340,3 +365,28 @@ def test_figures_of_a_256_token_prompt_stay_light(big, big_rec):
     assert max(sizes.values()) < JSON_LIMIT, sizes
     assert not explain.logit_lens_figure(big_rec).data[0].texttemplate  # 19 x 256 cells: tokens on hover only
     assert re.search(r"256 tokens", explain.activation_figure(big_rec).layout.title.text)
+
+
+def test_every_figure_wears_the_apps_template(tiny, tiny_rec):
+    from explain.figures import FONT, TEMPLATE
+    for name, fig in [*all_figures(tiny, tiny_rec), ("message", explain.figures.message_figure("No prompt."))]:
+        layout = fig.layout
+        assert layout.template.layout.font.family == FONT, name
+        assert layout.template.layout.plot_bgcolor == TEMPLATE.layout.plot_bgcolor == "white", name
+        assert layout.plot_bgcolor in (None, "white", "#f9fafb"), f"{name}: no grey default background"
+
+
+def test_the_default_explore_prompt_passes_the_window_and_leaves_the_next_token_open():
+    """On the bundled demo model: more tokens than its sliding window, and no single next token near 100%."""
+    import gemma3
+    from gemma3 import defaults
+    from webapp.explore import PROMPT as EXPLORE_PROMPT
+    if not defaults.DEMO_MODEL.is_dir():
+        pytest.skip("the bundled demo model is missing")
+    model, tok = gemma3.load_model(defaults.DEMO_MODEL, device="cpu")
+    rec = explain.record(model, tok, EXPLORE_PROMPT)
+    assert rec.seq_len > model.config.window
+    sliding = rec.layer_types.index("sliding")
+    assert (rec.attn_probs[sliding][:, -1, : rec.seq_len - model.config.window] == 0).all(), "the window bites"
+    p = rec.logits[-1].float().softmax(-1)
+    assert float(p.max()) < 0.5 and float(p.topk(5).values.sum()) > 0.5, "an open choice among a few words"

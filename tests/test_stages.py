@@ -87,7 +87,9 @@ def test_the_residual_adds_up(case):
     model, rec = case
     with torch.no_grad():
         logits = model(torch.tensor([rec.tokens]))[0]
-    torch.testing.assert_close(rec.stage("logits"), logits)
+    # the recording pass writes attention out (explain.hooks.Probabilities), the plain pass uses SDPA:
+    # the same arithmetic in another order, a few fp32 ulps apart on the trained model's larger logits
+    torch.testing.assert_close(rec.stage("logits"), logits, atol=1e-4, rtol=1e-5)
     ids = torch.tensor(rec.tokens)
     torch.testing.assert_close(rec.stage("embed"), model.embed.weight[ids] * model.config.hidden ** 0.5)
     assert torch.equal(rec.stage("embed"), rec.stage("input", 0))

@@ -32,3 +32,38 @@ def test_an_interrupted_run_names_its_last_checkpoint():
     assert state_words(st, Path("runs/x/checkpoints/step_0000010")).endswith(
         "Resume continues it from its last checkpoint, step 10")
     assert "step 10" in state_words(st, Path("runs/x/checkpoints/step_0000010"))
+
+
+def test_the_bundled_model_ships_its_training_curve():
+    from webapp.ui.about import demo_training
+
+    fig = demo_training()
+    by_name = {t.name: t for t in fig.data}
+    assert len(by_name["train"].x) > 20 and by_name["validation"].y[-1] < 0.2  # its card: val loss 0.185
+    assert by_name["learning rate"].y[0] < by_name["learning rate"].y[10]  # the warm-up
+
+
+def test_curves_show_whole_steps_and_the_random_guess():
+    from training import TrainConfig
+    from webapp.curves import run_figure, sample_timeline
+
+    train = [{"step": s, "loss": 10.8 - s / 10} for s in (1, 2, 3, 10, 20)]
+    evals = [{"step": 0, "val_loss": 10.83, "sample": "Once upon a time <b>x</b> *y*"}]
+    fig = run_figure(train, evals, TrainConfig.for_preset("tiny", max_steps=20), 50257)
+    assert fig.layout.xaxis2.tickformat == ",d" and "ln 50,257 = 10.82" in fig.layout.annotations[0].text
+    assert list(fig.data[1].x) == [0]
+    log = run_figure(train, evals, None, 50257, log_x=True)
+    assert list(log.data[1].x) == [] and "step 0 not shown" in log.layout.xaxis2.title.text
+    timeline = sample_timeline(evals)
+    assert timeline.startswith("**step 0** · val loss 10.83") and "\\<b\\>" in timeline and "\\*y\\*" in timeline
+
+
+def test_an_estimate_times_real_steps_and_says_when_it_scaled():
+    from training import TrainConfig
+    from training.probe import estimate
+
+    small = estimate(TrainConfig.for_preset("tiny", max_steps=10, batch_size=4, seq_len=32, device="cpu"))
+    assert small.seconds_per_step > 0 and small.total_seconds == 10 * small.seconds_per_step
+    assert small.scaled_from is None and "for 10 steps on this" in small.words(10)
+    big = estimate(TrainConfig.for_preset("tiny", max_steps=10, batch_size=256, seq_len=64, device="cpu"), steps=1)
+    assert big.scaled_from == 64 and "probed at batch 64" in big.words(10)

@@ -12,7 +12,9 @@ import threading
 from collections import OrderedDict
 
 import explain
+from explain import gemma3_views as gv
 from explain import walkthrough
+from explain.figures import lens_ranks
 
 from .inputs import UserError, choice, number, text
 
@@ -22,6 +24,12 @@ CACHE_BYTES = 800_000_000  # and at most this much of them (the newest always st
 MAX_MASK_LEN = 8192
 NEXT_TEMPERATURE = (0.0, 2.0, 1.0)
 NEXT_TOP_K = (0, 200, 0)
+# The default prompt: 67 tokens, past the bundled demo model's 64-token window (so a sliding layer's attention
+# visibly stops at it), ending where the next token is open: measured on assets/demo-model, the top 5 after it are
+# " toy" 23%, " t" 18%, " k" 14%, " hat" 9%, " doll" 9% (not one token at 100%).
+PROMPT = ("Once upon a time, in a small house near the woods, there lived a little girl named Lily. Every morning she "
+          "went outside to look at the flowers, the trees and the birds. One sunny day, her mom gave her a big hug. "
+          "Lily smiled and ran to the garden with her dog. She wanted to play with her")
 
 # Two or three sentences per view: what the picture is and what to look for.
 GUIDE = {
@@ -40,13 +48,20 @@ GUIDE = {
                    "much the attention and the feed-forward part of each layer add. Bottom right: attention entropy: "
                    "low = a head looks at few tokens, high = it spreads its attention.",
     "next_token": "The most likely next tokens after your prompt, with the probabilities sampling would use at the "
-                  "temperature and top-k you choose (bars) and at temperature 1 (ticks). Temperature 0 always picks "
-                  "the top token; higher temperatures flatten the distribution.",
-    "logit_lens": "Each cell runs the residual stream after a layer through the final norm and the unembedding, "
-                  "and shows the token it would predict there. In a trained model the guesses settle layer by layer "
-                  "into the final prediction (the top row); in random weights they stay noise.",
-    "parameters": "Where the parameters live. With the GPT-2 vocabulary the embedding is a large share of a small "
-                  "model; with a tied head the output layer reuses it for free.",
+                  "temperature and top-k you choose (bars) and at temperature 1 (pink ticks). The scale is "
+                  "logarithmic, because temperature divides the *log*-probabilities: below 1 the bars grow steeper "
+                  "(the top token takes over; 0 always picks it), above 1 they level out and rarer words get a "
+                  "chance. Top-k keeps only the k best (the rest get no bar).",
+    "logit_lens": "Each cell runs the residual stream after a layer through the final norm and the unembedding, as if "
+                  "the model stopped there: the text is the token it would predict, the colour how much probability it "
+                  "already gives the model's final prediction (hover for its rank, and the true next token's). "
+                  "Outlined cells already predict the true next token (the top row shows it). With a tied head the "
+                  "unembedding is the embedding itself, so the *embedding* row mostly predicts the input token again: "
+                  "a token's vector is most similar to itself. In a trained model the guesses settle into the final "
+                  "prediction layer by layer; in random weights they stay noise.",
+    "parameters": "Where the parameters live, matrix by matrix (every layer's summed). With the GPT-2 vocabulary the "
+                  "embedding is a large share of a small model; with a tied head the output layer reuses it for free. "
+                  "Wk and Wv are a quarter of Wq: four query heads share one key/value head.",
 }
 
 
@@ -57,6 +72,7 @@ class Explorer:
         self.cache = cache            # webapp.models.ModelCache
         self.cache_size, self.cache_bytes = cache_size, cache_bytes
         self._records: OrderedDict = OrderedDict()
+        self._lens: OrderedDict = OrderedDict()   # id(record) -> (record, explain.figures.lens_ranks of it)
         self._lock = threading.Lock()
         self.recordings = 0   # how many times a model was run (tests check the cache)
 
@@ -131,7 +147,18 @@ class Explorer:
 
     def logit_lens(self, prompt, source=None):
         rec = self.record(prompt, source)
-        return explain.logit_lens_figure(rec), rec.notice
+        loaded = self.cache.get(source)
+        with self._lock:
+            kept, ranks = self._lens.get(id(rec), (None, None))
+        if kept is not rec:
+            with loaded.reading():
+                ranks = lens_ranks(loaded.model, rec)
+            with self._lock:  # kept as long as the recording is: (record, ranks) by the record's id
+                live = {id(r) for r in self._records.values()}
+                self._lens = OrderedDict((k, v) for k, v in self._lens.items() if k in live)
+                if id(rec) in live:
+                    self._lens[id(rec)] = (rec, ranks)
+        return explain.logit_lens_figure(rec, ranks), rec.notice
 
     # ---- the walk-through ----
     def walk(self, prompt, stage, layer, token, source=None, clamp: bool = False):
@@ -151,6 +178,29 @@ class Explorer:
         stage = choice(stage, "Stage", walkthrough.WALK_STAGES)
         layer = min(number(layer, "Layer", 0, None, integer=True), layers - 1)
         return walkthrough.step(stage, layer, layers, direction)
+
+    # ==== What is special about Gemma 3 (explain.gemma3_views; the "Gemma 3" sub-tab, webapp/ui/gemma3_views.py) ====
+    def gemma3_view(self, prompt, topic, layer, head, source=None):
+        """(figure, text, notice, layer, layers, heads) of one topic of explain.gemma3_views.TOPICS on the prompt.
+
+        A layer beyond this model's last (the slider of a model with more layers) is read as its last layer, which
+        is returned with the model's layer and head counts so the page can set its controls to this model."""
+        topic = choice(topic, "The topic", gv.TOPICS)
+        rec = self.record(prompt, source)
+        layer = min(number(layer, "Layer", 0, None, integer=True), rec.layers - 1)
+        heads = rec.config.heads
+        if head in (None, "", "all", -1):
+            head = None
+        else:
+            try:
+                head = int(head.strip()) if isinstance(head, str) else head
+            except ValueError:
+                raise UserError(f"Head must be 'all' or a number from 0 to {heads - 1}, not {head!r}.") from None
+            head = min(number(head, "Head", 0, None, integer=True), heads - 1)
+        loaded = self.cache.get(source)
+        with loaded.reading():   # the views read the model's weights, RoPE and final norm
+            fig, words = gv.gemma3_view(topic, rec, loaded.model, layer, head)
+        return fig, words, rec.notice, layer, rec.layers, heads
 
 
 def default_mask_len(info) -> int:

@@ -1,10 +1,16 @@
-"""Generation for the app: the settings' ranges and checks, and a stream that yields every few tokens."""
+"""Generation for the app: the settings' ranges and checks, a stream that yields every few tokens, and the story
+as the page shows it (the prompt, then the continuation; once done, each new token coloured by its probability)."""
 
 from __future__ import annotations
 
+import html
+import math
+import re
 import secrets
 import time
 from dataclasses import dataclass
+
+import torch
 
 import gemma3
 
@@ -84,3 +90,77 @@ def summary(stats: dict) -> str:
     if stats.get("notice"):
         line += f"  \n{stats['notice']}"
     return line
+
+
+# ---- the story as the page shows it --------------------------------------------------------------
+EMPTY_STORY = '<div class="story-view story-empty">Your story appears here: the prompt, then what the model writes.</div>'
+
+
+@torch.inference_mode()
+def token_pieces(loaded, stats: dict) -> list[tuple[str, float]]:
+    """(text, probability) of every new token of the generation `stats` describes (gemma3.stream's ids), from
+    one forward pass over prompt + story on the model itself: the probability the model gave that token at
+    temperature 1, before any sampling setting. Tokens that only together make whole characters are one piece
+    (their probabilities multiplied); the pieces join to the continuation exactly."""
+    ids, new = list(stats.get("ids") or []), list(stats.get("new_ids") or [])
+    if not new:
+        return []
+    model, tokenizer = loaded.model, loaded.tokenizer
+    # the last new token is never fed back (it may sit one past the context): predicting it needs no more
+    run = torch.tensor([(ids + new)[:-1]], device=model.embed.weight.device)
+    with loaded.reading():
+        logits = model(run)[0, len(ids) - 1:].float()
+    probs = logits.softmax(-1).gather(-1, torch.tensor(new, device=logits.device)[:, None])[:, 0].tolist()
+    pieces, start, before = [], 0, ""
+    for i in range(len(new)):
+        text = tokenizer.decode(new[: i + 1])
+        if text.endswith("\ufffd") and i + 1 < len(new):
+            continue   # an incomplete character: its bytes continue in the next token
+        text = text.rstrip("\ufffd")
+        pieces.append((text[len(before):], math.prod(probs[start: i + 1])))
+        before, start = text, i + 1
+    return pieces
+
+
+def probability_color(p: float) -> str:
+    """A light background from red (the model found the token unlikely) through yellow to green (likely)."""
+    return f"hsl({120 * min(max(p, 0.0), 1.0):.0f}, 85%, 82%)"
+
+
+def story_html(prompt: str, continuation: str, pieces: list[tuple[str, float]] | None = None) -> str:
+    """The prompt (bold), then the continuation: plain while it streams; with `pieces`, one clickable span per
+    token, coloured by its probability (hover shows it)."""
+    head = f'<span class="story-prompt">{html.escape(prompt)}</span>'
+    if pieces is None:
+        body = html.escape(continuation)
+    else:
+        body = "".join(f'<span class="tok" data-i="{i}" style="background:{probability_color(p)}" '
+                       f'title="p = {p:.1%}: click to look inside at this point">{html.escape(t)}</span>'
+                       for i, (t, p) in enumerate(pieces))
+    legend = ('<div class="story-legend">Each new token is coloured by the probability the model gave it '
+              '(temperature 1): <span style="background:hsl(0,85%,82%)">unlikely</span> '
+              '<span style="background:hsl(60,85%,82%)">so-so</span> '
+              '<span style="background:hsl(120,85%,82%)">likely</span>. Click a token to look inside the model at '
+              'that point.</div>') if pieces else ""
+    return f'<div class="story-view">{head}<span class="story-new">{body}</span></div>{legend}'
+
+
+def story_text(shown: str) -> str:
+    """The plain text of story_html's output: prompt and continuation (what a reader sees, without the legend)."""
+    view = re.sub(r'<div class="story-legend">.*?</div>', "", shown or "", flags=re.S)
+    return html.unescape(re.sub(r"<[^>]+>", "", view))
+
+
+def continuation_text(shown: str) -> str:
+    """The continuation alone, from story_html's output."""
+    m = re.search(r'<span class="story-new">(.*)</span></div>', shown or "", flags=re.S)
+    return html.unescape(re.sub(r"<[^>]+>", "", m.group(1))) if m else ""
+
+
+def text_before(story: dict, index) -> str:
+    """The prompt and the continuation up to (not including) piece `index` of `story` ({"prompt", "pieces"}):
+    the text after which the model chose that token."""
+    pieces = story.get("pieces") or []
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(pieces):
+        raise ValueError("That token is not part of the last story; generate one and click one of its tokens.")
+    return story["prompt"] + "".join(pieces[:index])

@@ -114,6 +114,8 @@ def display_name(source: str, runs_dir: Path | None = None) -> str:
         return f"run {parts[-2]}: best"
     if len(parts) >= 3 and parts[-2] == "checkpoints" and parts[-1].startswith("step_"):
         return f"run {parts[-3]}: {parts[-1]}"
+    if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-1][5:].isdigit():
+        return f"run {parts[-3]} at step {int(parts[-1][5:]):,}"
     return path.name or source
 
 

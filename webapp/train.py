@@ -19,6 +19,7 @@ from training import runs
 from training.config import TRAIN_PRESETS, TrainConfig
 from training.data import SUFFIXES, prepare
 
+from . import curves
 from .errors import public, show_paths_as
 from .inputs import UserError, choice, number, text
 
@@ -28,6 +29,7 @@ DEVICES = ("auto", "cuda", "cpu")
 BUILTIN_STORIES = (100, 2_000_000, 50_000)
 MAX_FILES = 64
 MAX_PLOT_POINTS = 1000   # the live plot is thinned to about this many training points
+VOCAB = 50257            # the GPT-2 tokenizer's: what a random guess is spread over
 HUB_DATASET = re.compile(r"[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?")
 
 _preparing = threading.Lock()   # one data preparation at a time in this process
@@ -198,13 +200,14 @@ class Trainer:
         return rows
 
     # ---- watching ----
-    def metrics(self, name=None) -> dict:
-        """Everything the monitor shows for a run: frame (step, loss, curve) for the line plot, status,
-        stats (lr, tokens/s, MFU, ETA), the latest sample, and the run's name."""
+    def metrics(self, name=None, log_x: bool = False) -> dict:
+        """Everything the monitor shows for a run: the figure (loss curves over the lr schedule), status,
+        stats (lr, tokens/s, MFU, ETA), the samples of its evaluations, and the run's name."""
         run = self.pick(name)
         if run is None:
-            return dict(name=None, frame=_frame([]), status="No training runs yet: start one on the left.",
-                        stats="", sample="", points=0)
+            return dict(name=None, figure=curves.run_figure([], [], None, VOCAB, log_x),
+                        status="No training runs yet: start one on the left.", stats="",
+                        sample=curves.sample_timeline([]), points=0)
         records, _ = run.read_metrics(0)
         train, val = {}, {}
         for r in records:  # a resumed run logs again the steps after its last checkpoint: the later record wins
@@ -217,9 +220,12 @@ class Trainer:
         if len(steps) > MAX_PLOT_POINTS:
             stride = -(-len(steps) // MAX_PLOT_POINTS)
             steps = steps[::stride] + ([steps[-1]] if (len(steps) - 1) % stride else [])
-        rows = [(s, float(train[s]["loss"]), "train") for s in steps]
-        rows += [(s, float(val[s]["val_loss"]), "val") for s in sorted(val)]
-        frame = _frame(rows)
+        try:
+            cfg = TrainConfig.from_dict(run.config())
+        except (ValueError, TypeError):  # a folder from another version: the curves without the schedule
+            cfg = None
+        evals = [val[s] for s in sorted(val)]
+        figure = curves.run_figure([train[s] for s in steps], evals, cfg, VOCAB, log_x)
 
         st = run.status()
         best = st.get("best_val_loss")
@@ -239,25 +245,23 @@ class Trainer:
                      + (f" · ETA {_elapsed(last.get('eta_s'))}" if st.get("alive") else ""))
             if val:
                 stats += f" · val loss {val[max(val)]['val_loss']:.4f}"
-        sample = val[max(val)].get("sample", "") if val else ""
-        return dict(name=run.name, frame=frame, status=status, stats=stats, sample=sample, points=len(rows))
+        return dict(name=run.name, figure=figure, status=status, stats=stats, sample=curves.sample_timeline(evals),
+                    points=len(steps) + len(evals))
+
+    @staticmethod
+    def schedule(preset, max_steps, batch_size, grad_accum, seq_len, lr):
+        """The learning-rate schedule the form's settings give (drawn before Start)."""
+        return curves.schedule_figure(TrainConfig.for_preset(preset, max_steps=max_steps, batch_size=batch_size,
+                                                             grad_accum=grad_accum, seq_len=seq_len, lr=lr))
 
 
-CURVES = ("train", "val")
+def estimate_words(cfg: TrainConfig) -> str:
+    """How long the run `cfg` would take here, from a probe of a few of its steps (training/probe.py)."""
+    from training.probe import estimate
 
-
-def _frame(rows):
-    """The live plot's data: columns step, loss, curve ("train" / "val").
-
-    A curve with no point yet gets one row with an empty loss (drawn as nothing): Gradio's LinePlot
-    fixes its colour legend to the curves present when the chart is first drawn, so both must be there
-    from the start for the validation curve to show up later."""
-    import pandas as pd
-
-    first = rows[0][0] if rows else 0
-    present = {c for _, _, c in rows}
-    rows = list(rows) + [(first, None, c) for c in CURVES if c not in present]
-    return pd.DataFrame(rows, columns=["step", "loss", "curve"]).astype({"step": "int64", "loss": "float64"})
+    if cfg.compile:
+        return estimate(cfg).words(cfg.max_steps) + " With torch.compile, steps get faster after it compiles."
+    return estimate(cfg).words(cfg.max_steps)
 
 
 STOPPED_BY_USER = ("stopped by signal SIGTERM", "stopped by signal SIGINT", "stop requested (STOP file)")

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 import gradio as gr
 
 from webapp import explore as ex
-from webapp.errors import friendly
+from webapp.errors import USER_ERRORS, friendly, public
 from webapp.inputs import MAX_PROMPT_CHARS
-from webapp.ui import walkthrough
+from webapp.ui import gemma3_views, over_training, walkthrough
 
-PROMPT = "Once upon a time, there was a little girl named Lily. She loved to play"
+PROMPT = ex.PROMPT   # long enough to pass the demo model's window, open at its end (see webapp.explore)
 INTRO = ("Pictures of what the model in the bar computes, drawn from its own code and weights. Masks, RoPE and "
          "Parameters describe the architecture and need no prompt; the other views run the model once on your "
          "prompt (switching layer or head reuses that run).")
@@ -41,6 +41,8 @@ class Explore:
     views: dict          # tab id -> its gr.Tab
     plots: dict          # tab id -> its gr.Plot
     controls: dict       # seq, layer, head, temperature, top_k
+    look_all: tuple = ()  # (function, inputs, outputs) of "Look inside": other tabs chain it (Generate's tokens)
+    over: object = None   # the "Over training" sub-tab (webapp/ui/over_training.py), when built
 
     @property
     def selectors(self) -> list:
@@ -79,14 +81,14 @@ def _next_token_controls(info) -> dict:
 CONTROLS = {"mask": _mask_controls, "attention": _attention_controls, "next": _next_token_controls}
 
 
-def build(explorer: ex.Explorer, info, choice: gr.State) -> Explore:
+def build(explorer: ex.Explorer, info, choice: gr.State, learning=None) -> Explore:
     """The tab, in the current Tabs, for the model `info` describes (the default), with its events wired; every
     figure is drawn from the model of the session's `choice` (the model bar's per-session source)."""
     views, plots, controls = {}, {}, {}
     with gr.Tab("Explore", id="explore") as tab:
         gr.Markdown(INTRO)
         with gr.Row():
-            prompt = gr.Textbox(label="Prompt to look inside", value=PROMPT, lines=2, scale=5,
+            prompt = gr.Textbox(label="Prompt to look inside", value=PROMPT, lines=2, scale=5, min_width=320,
                                 elem_id="explore-prompt", max_length=MAX_PROMPT_CHARS)
             with gr.Column(scale=1, min_width=140):
                 look = gr.Button("Look inside", variant="primary", elem_id="look-inside")
@@ -94,13 +96,15 @@ def build(explorer: ex.Explorer, info, choice: gr.State) -> Explore:
             with gr.Tab("Walk-through", id="walk") as views["walk"]:
                 walkthrough.build(explorer, prompt, choice, [tab.select, views["walk"].select],
                                   [look.click, prompt.submit])
+            gemma3_views.build(explorer, info, prompt, look, choice)  # "What is special about Gemma 3"
             for label, key, guide, plot_label in VIEWS:
                 with gr.Tab(label, id=key) as views[key]:
                     gr.Markdown(ex.GUIDE[guide], elem_classes="guide")
                     if key in CONTROLS:
                         controls.update(CONTROLS[key](info))
-                    plots[key] = gr.Plot(label=plot_label, elem_id=f"plot-{key}")
-    explore = Explore(explorer, tab, prompt, look, views, plots, controls)
+                    plots[key] = gr.Plot(label=plot_label, elem_id=f"plot-{key}", elem_classes="explore-plot")
+            over = over_training.build(learning, prompt, choice) if learning is not None else None
+    explore = Explore(explorer, tab, prompt, look, views, plots, controls, over=over)
     _wire(explore, choice)
     return explore
 
@@ -143,10 +147,17 @@ def _wire(e: Explore, choice: gr.State):
 
     @friendly
     def explore_all(prompt, layer, head, temperature, top_k, source=None):
-        figs = (x.attention(prompt, layer, head, source), x.activations(prompt, source),
-                x.next_token(prompt, temperature, top_k, source), x.logit_lens(prompt, source))
+        """The four prompt figures; a prompt the visitor can fix (e.g. empty) keeps the figures shown and says
+        why in a warning, rather than turning every plot into an error box."""
+        try:
+            figs = (x.attention(prompt, layer, head, source), x.activations(prompt, source),
+                    x.next_token(prompt, temperature, top_k, source), x.logit_lens(prompt, source))
+        except USER_ERRORS as err:
+            gr.Warning(public(str(err)))
+            return (gr.skip(),) * 4
         return tuple(shown(f) if i == 0 else f[0] for i, f in enumerate(figs))
 
     inputs = [prompt, c["layer"], c["head"], c["temperature"], c["top_k"], choice]
-    gr.on([e.look.click, prompt.submit], explore_all, inputs,
-          [e.plots[k] for k in ("attention", "activations", "next", "lens")], api_visibility="private", **EVENT)
+    outputs = [e.plots[k] for k in ("attention", "activations", "next", "lens")]
+    gr.on([e.look.click, prompt.submit], explore_all, inputs, outputs, api_visibility="private", **EVENT)
+    e.look_all = (explore_all, inputs, outputs)

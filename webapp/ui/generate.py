@@ -1,7 +1,10 @@
 """The Generate tab: a prompt, the sampling settings, and a story streamed into the page; Stop cancels it.
 
-The settings' ranges and checks and the streaming loop live in webapp.generation. The story comes from the model
-this session chose in the model bar (its `choice` state), whatever other visitors load meanwhile.
+The story shows the prompt (bold) followed by the continuation; when it is done, each new token is coloured by the
+probability the model gave it, and a click on one (the `story.select` event, wired in app.py) opens Explore on the
+text before it. The settings' ranges and checks, the streaming loop and the story's HTML live in
+webapp.generation. The story comes from the model this session chose in the model bar (its `choice` state),
+whatever other visitors load meanwhile.
 """
 
 from dataclasses import dataclass
@@ -14,6 +17,9 @@ from webapp.errors import friendly
 from webapp.inputs import MAX_PROMPT_CHARS
 
 EXAMPLES = ["Once upon a time", "Lily found a little red ball", "The dog was sad because", "One day, Tom and his mom"]
+# a click on a token sends its index as a select event (gr.SelectData: index, value)
+ON_CLICK = ("element.addEventListener('click', (ev) => { const t = ev.target.closest('[data-i]'); "
+            "if (t) trigger('select', {index: Number(t.dataset.i), value: t.textContent}); });")
 SLIDERS = (  # (low, high, default) from webapp.generation, step, label, elem_id
     (gen.MAX_NEW_TOKENS, 1, "Max new tokens", "max-new"),
     (gen.TEMPERATURE, 0.05, "Temperature (0 = greedy)", None),
@@ -29,8 +35,9 @@ class Generate:
     settings: list       # max new tokens, temperature, top-k, top-p, repetition penalty, seed
     go: gr.Button
     stop: gr.Button
-    story: gr.Textbox
+    story: gr.HTML        # the prompt and the story (webapp.generation.story_html)
     info: gr.Markdown
+    pieces: gr.State      # {"prompt", "pieces"}: the last finished story's tokens, for a click on one
 
 
 def build(cache: models.ModelCache, choice: gr.State) -> Generate:
@@ -48,9 +55,11 @@ def build(cache: models.ModelCache, choice: gr.State) -> Generate:
                             for (lo, hi, d), step, label, elem_id in SLIDERS]
                 settings.append(gr.Number(value=-1, precision=0, label="Seed (-1 = random)"))
             with gr.Column(scale=3):
-                story = gr.Textbox(label="Story", lines=18, elem_id="story", interactive=False)
+                story = gr.HTML(gen.EMPTY_STORY, label="Story", show_label=True, container=True, elem_id="story",
+                                js_on_load=ON_CLICK)
                 info = gr.Markdown(elem_id="gen-info")
-    tab = Generate(prompt, settings, go, stop, story, info)
+                pieces = gr.State({})   # inside the tab: a component between tabs would count as one
+    tab = Generate(prompt, settings, go, stop, story, info, pieces)
     _wire(tab, cache, choice)
     return tab
 
@@ -64,13 +73,15 @@ def _wire(tab: Generate, cache: models.ModelCache, choice: gr.State):
         text = ""
         for i, text in enumerate(gen.stream(loaded, s, stats)):
             # the notice only once: a piece still in flight when Stop is pressed must not overwrite "Stopped"
-            yield text, "*generating…*" if i == 0 else gr.skip()
-        yield text, gen.summary(stats)
+            yield gen.story_html(s.prompt, text), "*generating…*" if i == 0 else gr.skip(), gr.skip()
+        pieces = gen.token_pieces(loaded, stats)
+        yield (gen.story_html(s.prompt, text, pieces), gen.summary(stats),
+               {"prompt": s.prompt, "pieces": [t for t, _ in pieces]})
 
-    def stopped(text):
-        n = len(text) if isinstance(text, str) else 0
+    def stopped(shown):
+        n = len(gen.continuation_text(shown)) if isinstance(shown, str) else 0
         return f"Stopped after {n:,} characters."
 
-    event = tab.go.click(guard.gpu(generate), [tab.prompt, *tab.settings, choice], [tab.story, tab.info],
+    event = tab.go.click(guard.gpu(generate), [tab.prompt, *tab.settings, choice], [tab.story, tab.info, tab.pieces],
                          api_name="generate", concurrency_id="generate", concurrency_limit=2, preprocess=False)
     tab.stop.click(stopped, tab.story, tab.info, cancels=[event], api_visibility="private", queue=False)

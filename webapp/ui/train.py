@@ -12,7 +12,6 @@ from webapp import guard
 from webapp import train as tr
 from webapp.errors import friendly
 
-CURVE_COLORS = {"train": "#4f46e5", "val": "#db2777"}
 RUN_EVENT = dict(concurrency_id="train", concurrency_limit=1, preprocess=False)
 SETTINGS = ("source_kind", "stories", "hub_id", "files", "preset", "max_steps", "batch_size", "grad_accum",
             "seq_len", "lr", "device", "gpus", "compile")   # the inputs of Start, in train_start's order
@@ -31,6 +30,7 @@ class Train:
 
     # what the other parts connect to (app.py)
     use_btn = property(lambda self: self.c["use_btn"])        # "Use this checkpoint in the model bar"
+    explore_btn = property(lambda self: self.c["explore_btn"])  # "Explore this run": its snapshots in Explore
     run_dd = property(lambda self: self.c["run_dd"])          # the selected run
     runs_df = property(lambda self: self.c["runs_df"])        # the table of runs
     slow_timer = property(lambda self: self.c["slow_timer"])  # every 4 s: the table, and the shared model
@@ -110,19 +110,27 @@ def _run_settings() -> dict:
         device = gr.Radio(list(tr.DEVICES), value="auto", label="Device", elem_id="train-device")
         gpus = gr.Number(1, precision=0, label="GPUs")
         compile_ = gr.Checkbox(False, label="torch.compile", elem_id="train-compile",
-                               info="faster steps (1.1-1.3x on a CPU) after a minute or two "
+                               info="faster steps (1.1-1.3x on a CPU, 2x on a GPU) after a minute or two "
                                     "of compiling: for long runs")
+    schedule = gr.Plot(tr.Trainer.schedule("tiny", d["max_steps"], d["batch_size"], d["grad_accum"], d["seq_len"],
+                                           d["lr"]),
+                       label="Learning-rate schedule of these settings", elem_id="train-schedule")
     return dict(max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, seq_len=seq_len, lr=lr,
-                device=device, gpus=gpus, compile=compile_)
+                device=device, gpus=gpus, compile=compile_, schedule=schedule)
 
 
 def _buttons(allowed: bool) -> dict:
     with gr.Row():
+        estimate_btn = gr.Button("Estimate time", elem_id="train-estimate-btn")
         start_btn = gr.Button("Start", variant="primary", interactive=allowed, elem_id="train-start")
         stop_btn = gr.Button("Stop", variant="stop", interactive=allowed, elem_id="train-stop")
         resume_btn = gr.Button("Resume", interactive=allowed, elem_id="train-resume")
-    use_btn = gr.Button("Use this checkpoint in the model bar", elem_id="train-use")
-    return dict(start_btn=start_btn, stop_btn=stop_btn, resume_btn=resume_btn, use_btn=use_btn)
+    estimate_md = gr.Markdown(elem_id="train-estimate")
+    with gr.Row():
+        use_btn = gr.Button("Use this checkpoint in the model bar", elem_id="train-use")
+        explore_btn = gr.Button("Explore this run", elem_id="train-explore")
+    return dict(start_btn=start_btn, stop_btn=stop_btn, resume_btn=resume_btn, use_btn=use_btn,
+                explore_btn=explore_btn, estimate_btn=estimate_btn, estimate_md=estimate_md)
 
 
 def _monitor() -> dict:
@@ -131,14 +139,14 @@ def _monitor() -> dict:
                              elem_id="train-run")
         runs_refresh = gr.Button("↻", scale=0, min_width=40)
     status_md = gr.Markdown(elem_id="train-status")
-    loss_plot = gr.LinePlot(x="step", y="loss", color="curve", title="Loss", x_title="step",
-                            y_title="cross-entropy loss", color_map=CURVE_COLORS, height=320, elem_id="train-loss")
+    loss_plot = gr.Plot(label="Loss and learning rate", show_label=False, elem_id="train-loss")
+    log_x = gr.Checkbox(False, label="Log-scale steps (early learning spread out)", elem_id="train-logx")
     stats_md = gr.Markdown(elem_id="train-stats")
-    sample_tb = gr.Textbox(label="Latest sample (at the last evaluation)", lines=4, interactive=False,
-                           elem_id="train-sample")
+    with gr.Accordion("What the model wrote at each evaluation", open=True):
+        sample_tb = gr.Markdown(elem_id="train-sample")
     runs_df = gr.Dataframe(headers=["run", "state", "step", "preset", "best val loss", "created"],
                            interactive=False, label="Runs", wrap=True)
-    return dict(run_dd=run_dd, runs_refresh=runs_refresh, status_md=status_md, loss_plot=loss_plot,
+    return dict(run_dd=run_dd, runs_refresh=runs_refresh, status_md=status_md, loss_plot=loss_plot, log_x=log_x,
                 stats_md=stats_md, sample_tb=sample_tb, runs_df=runs_df)
 
 
@@ -154,8 +162,16 @@ def _wire_settings(c: dict):
 
     c["source_kind"].change(show_source, c["source_kind"], [c["stories"], c["hub_id"], c["files"]],
                             api_visibility="private", queue=False)
-    c["preset"].input(fill_preset, c["preset"], [c[k] for k in ("max_steps", "batch_size", "grad_accum", "seq_len",
-                                                                "lr")], api_visibility="private", queue=False)
+    form = [c[k] for k in ("max_steps", "batch_size", "grad_accum", "seq_len", "lr")]
+    c["preset"].input(fill_preset, c["preset"], form, api_visibility="private", queue=False)
+
+    def draw_schedule(preset, *values):
+        try:
+            return tr.Trainer.schedule(preset, *values)
+        except ValueError:  # a setting being typed; Start will say what is wrong with it
+            return gr.skip()
+    gr.on([c["preset"].change, *(x.change for x in form)], draw_schedule, [c["preset"], *form], c["schedule"],
+          api_visibility="private", show_progress="hidden")
 
 
 def _wire_runs(t: Train):
@@ -192,6 +208,16 @@ def _wire_runs(t: Train):
         gr.Info(f"Resuming run {run.name}.", duration=4)
         return t.runs_choices(run.name), f"**{run.name}**: resuming …", trainer.table()
 
+    @friendly
+    def train_estimate(preset_name, max_steps_, batch_size_, grad_accum_, seq_len_, lr_, device_, gpus_, compile_on,
+                       progress=gr.Progress()):
+        config, _ = trainer.config(preset_name, max_steps_, batch_size_, grad_accum_, seq_len_, lr_, device_, gpus_,
+                                   compile_on)
+        progress(0, desc="Timing a few training steps of this model here …")
+        return tr.estimate_words(config)
+
+    c["estimate_btn"].click(train_estimate, [c[k] for k in SETTINGS[4:]], c["estimate_md"], api_name="train_estimate",
+                            **RUN_EVENT)
     run_dd, status_md, runs_df = c["run_dd"], c["status_md"], c["runs_df"]
     c["start_btn"].click(train_start, [c[k] for k in SETTINGS], [run_dd, status_md, runs_df], api_name="train_start",
                          **RUN_EVENT)
@@ -205,15 +231,15 @@ def _wire_monitor(t: Train):
     trainer, c = t.trainer, t.c
 
     @friendly
-    def train_metrics(run):
-        m = trainer.metrics(run)
-        return m["frame"], m["status"], m["stats"], m["sample"]
+    def train_metrics(run, log_x=False):
+        m = trainer.metrics(run, bool(log_x))
+        return m["figure"], m["status"], m["stats"], m["sample"]
 
     @friendly
     def refresh_runs(name):
         return t.runs_choices(name), trainer.table()
 
-    gr.on([c["timer"].tick, c["run_dd"].change], train_metrics, [c["run_dd"]],
+    gr.on([c["timer"].tick, c["run_dd"].change, c["log_x"].change], train_metrics, [c["run_dd"], c["log_x"]],
           [c["loss_plot"], c["status_md"], c["stats_md"], c["sample_tb"]], api_name="train_metrics",
           show_progress="hidden", concurrency_id="monitor", concurrency_limit=8, preprocess=False)
     gr.on([c["runs_refresh"].click], refresh_runs, [c["run_dd"]], [c["run_dd"], c["runs_df"]],

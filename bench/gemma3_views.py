@@ -1,0 +1,87 @@
+"""Benchmark: each "What is special about Gemma 3" view (explain.gemma3_views), against a plain forward pass.
+
+    python bench/gemma3_views.py [--repeats 3] [--threads N]
+
+For the bundled demo model (fp32) and the 270m preset with random weights (fp32 and bf16), on a prompt cut
+to 100 tokens and to explain.MAX_TOKENS: the time of every topic's view (figure and text) drawn from one
+recording (explain.record is timed by bench/explain.py), each the median of `--repeats` runs, and the size
+of the figure's JSON (what Gradio sends). The peer, measured in the same run, is one plain forward pass of
+the same model on the same tokens: every time is also printed as a multiple of it, since absolute times on
+a shared machine are noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+import explain  # noqa: E402
+import gemma3  # noqa: E402
+from explain import gemma3_views as gv  # noqa: E402
+from gemma3.defaults import DEMO_MODEL  # noqa: E402
+
+STORY = ("Once upon a time, there was a little girl named Lily. She loved to play in the park with her dog, Max. "
+         "One day, they found a big red ball under a tree. Lily wanted to share it with her friends. ")
+PROMPT = STORY * 20  # about 900 tokens: cut to the last 100 or MAX_TOKENS
+
+
+def median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def models():
+    """(name, model, tokenizer) for every model and dtype measured."""
+    demo, demo_tok = gemma3.load_model(DEMO_MODEL, device="cpu", dtype=torch.float32)
+    yield "demo fp32", demo, demo_tok
+    torch.manual_seed(0)
+    big = gemma3.Gemma3(gemma3.Gemma3Config.from_preset("270m")).eval()
+    tok = gemma3.gpt2_tokenizer()
+    yield "270m fp32", big, tok
+    yield "270m bf16", big.to(torch.bfloat16), tok
+
+
+def measure(name, model, tok, tokens: int, repeats: int):
+    rec = explain.record(model, tok, PROMPT, max_tokens=tokens)
+    ids = torch.tensor([rec.tokens])
+    with torch.no_grad():
+        model(ids)
+        forward = median_time(lambda: model(ids), repeats)
+    yield name, rec.seq_len, "forward (peer)", forward, 1.0, ""
+    layer = rec.layer_types.index("full") if "full" in rec.layer_types else 0
+    for topic in gv.TOPICS:
+        draw = lambda: gv.gemma3_view(topic, rec, model, layer, 0)  # noqa: E731
+        fig, _ = draw()
+        t = median_time(draw, repeats)
+        yield name, rec.seq_len, topic, t, t / forward, f"{len(fig.to_json()) / 1e3:.0f} kB JSON"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: PyTorch's)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats}\n", flush=True)
+    print("| model | tokens | view | time | x forward | figure |")
+    print("|---|---:|---|---:|---:|---|")
+    for name, model, tok in models():
+        for tokens in (100, explain.MAX_TOKENS):
+            for m, t, what, sec, ratio, note in measure(name, model, tok, tokens, args.repeats):
+                print(f"| {m} | {t} | {what} | {sec * 1e3:.0f} ms | {ratio:.2f} | {note} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""Explore over training: a run's snapshots (training/snapshots.py) as models to look inside, and how the
+predictions of one prompt formed across them (explain.learning).
+
+A snapshot is a checkpoint folder inside the runs folder, so looking inside one is loading it in the
+model bar like any checkpoint: every Explore view then shows the model at that step. The table of
+per-token losses loads the run's snapshots one at a time (never all at once) and is cached per run,
+snapshot set and prompt.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+
+import explain
+import gemma3
+from explain import learning
+from training import runs, snapshots
+
+from .inputs import UserError, text
+
+MAX_TOKENS = 128   # the prompt's last tokens in the loss table (one forward per snapshot each)
+CACHE_SIZE = 8
+
+
+class Learning:
+    def __init__(self, runs_dir):
+        self.runs_dir = Path(runs_dir)
+        self._tables: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    # ---- which runs and steps ----
+    def runs(self) -> list[tuple[str, str]]:
+        """(label, name) of every run that has snapshots, newest first."""
+        out = []
+        for info in runs.list_runs(self.runs_dir):
+            found = snapshots.snapshots(info.path)
+            if found:
+                out.append((f"{info.name} ({len(found)} snapshots, up to step {_step(found[-1]):,})", info.name))
+        return out
+
+    def run_of(self, source: str | None) -> str | None:
+        """The run a loaded model comes from (a checkpoint, best/ or a snapshot inside the runs folder)."""
+        if not source or source.startswith(("hf:", "random:")):
+            return None
+        try:
+            rel = Path(source).resolve().relative_to(self.runs_dir.resolve())
+        except (ValueError, OSError, RuntimeError):
+            return None
+        name = rel.parts[0] if rel.parts else None
+        return name if name and snapshots.snapshots(self.runs_dir / name) else None
+
+    def _run(self, name) -> Path:
+        names = {n for _, n in self.runs()}
+        if not isinstance(name, str) or name not in names:
+            if not names:
+                raise UserError("No training run has snapshots yet: start one in the Train tab (snapshots are "
+                                "taken from step 0 on).")
+            raise UserError(f"Pick one of the runs with snapshots ({', '.join(sorted(names))}), not {name!r}.")
+        return self.runs_dir / name
+
+    def steps(self, name) -> list[tuple[str, str]]:
+        """(label, folder) of the run's snapshots, oldest first."""
+        out = []
+        for p in snapshots.snapshots(self._run(name)):
+            info = snapshots.read(p)
+            loss = info.get("val_loss") if info.get("val_loss") is not None else info.get("batch_loss")
+            out.append((f"step {info['step']:,} · {info['tokens']:,} tokens · loss {loss:.2f}", str(p.resolve())))
+        return out
+
+    def snapshot(self, name, folder) -> str:
+        """`folder` if it is one of the run's snapshots (a value the step picker offers), else UserError."""
+        offered = {v for _, v in self.steps(name)}
+        if folder not in offered:
+            raise UserError(f"Pick a step from the list of run {name}'s snapshots.")
+        return folder
+
+    # ---- how the prompt's predictions formed ----
+    def table(self, prompt, name):
+        """(loss heatmap, induction-score figure, two or three sentences) for the prompt over the run's snapshots."""
+        prompt = text(prompt, "The Explore prompt", hint="type a story for the model to read")
+        found = snapshots.snapshots(self._run(name))
+        key = (name, tuple(p.name for p in found), prompt)
+        with self._lock:
+            hit = self._tables.get(key)
+            if hit is not None:
+                self._tables.move_to_end(key)
+                return hit
+        tok = gemma3.load_model(found[0], device="cpu", dtype=torch.float32)[1]
+        ids = tok.encode(prompt)[-MAX_TOKENS:]
+        if len(ids) < 2:
+            raise UserError("The prompt needs at least two tokens: the table shows how well each token after the "
+                            "first is predicted.")
+        models = ((_step(p), gemma3.load_model(p, device="cpu", dtype=torch.float32)[0]) for p in found)
+        steps, losses = learning.losses_over_training(models, ids)
+        last, _ = gemma3.load_model(found[-1], device="cpu", dtype=torch.float32)
+        rec = explain.record(last, tok, tok.decode(ids), max_tokens=MAX_TOKENS)
+        scores = learning.induction_scores(rec)
+        labels = [f"{i}: {explain.hooks.show_token(tok.decode([t]))}" for i, t in enumerate(ids)]
+        result = (learning.learning_figure(steps, losses, labels),
+                  learning.induction_figure(scores, list(last.config.layer_types)),
+                  learning.learning_text(steps, losses, scores, list(last.config.layer_types),
+                                         learning.even_share(rec)))
+        with self._lock:
+            self._tables[key] = result
+            while len(self._tables) > CACHE_SIZE:
+                self._tables.popitem(last=False)
+        return result
+
+
+    def compare(self, prompt, name, a, b):
+        """Two of the run's snapshots side by side on the prompt (explain.learning.compare_figure)."""
+        prompt = text(prompt, "The Explore prompt", hint="type a story for the model to read")
+        folders = [self.snapshot(name, f) for f in (a, b)]
+        models = [gemma3.load_model(f, device="cpu", dtype=torch.float32) for f in folders]
+        tok = models[0][1]
+        ids = tok.encode(prompt)[-MAX_TOKENS:]
+        if len(ids) < 2:
+            raise UserError("The prompt needs at least two tokens to compare how well each is predicted.")
+        losses, probs = [], []
+        with torch.no_grad():
+            for model, _ in models:
+                logits = model(torch.tensor([ids]))[0].float()
+                losses.append(torch.nn.functional.cross_entropy(logits[:-1], torch.tensor(ids[1:]), reduction="none"))
+                probs.append(logits[-1].softmax(-1))
+        show = lambda i: explain.hooks.show_token(tok.decode([i]))  # noqa: E731
+        labels = [f"{i}: {show(t)}" for i, t in enumerate(ids)]
+        names = tuple(f"step {_step(Path(f)):,}" for f in folders)
+        return learning.compare_figure(names, tuple(losses), labels, tuple(probs), show)
+
+
+def _step(folder: Path) -> int:
+    return int(Path(folder).name[len("step_"):])

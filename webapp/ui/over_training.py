@@ -1,0 +1,96 @@
+"""Explore's "Over training" sub-tab: a run's snapshots, and how the prompt's predictions formed across them.
+
+Pick a run (the one the loaded model comes from is chosen for you) and a step: "Look inside at this step"
+loads that snapshot in the model bar, so every Explore view (the walk-through, attention, the logit lens,
+the next token) shows the model as it was then. The table below runs every snapshot on the Explore prompt:
+the loss of each of its tokens, step by step, and the head that learned to copy names. The Train tab's
+"Explore this run" opens here on the run's latest snapshot. app.py connects the step to the model bar.
+"""
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from webapp.errors import friendly
+from webapp.learning import Learning
+
+GUIDE = ("Watch the model learn. The table shows how surprised each snapshot of the run is by each token of your "
+         "prompt (bright = expected, dark = surprised): the frequent words are learned first, then the grammar that joins them, and "
+         "last the tokens only copying can predict, such as a name said earlier in the story. Copying takes an "
+         "induction head; the small map finds it in the last snapshot. Pick a step and look inside to see every "
+         "other view as the model was then.")
+EVENT = dict(concurrency_id="explore", concurrency_limit=2, preprocess=False)
+
+
+@dataclass(eq=False)
+class OverTraining:
+    learning: Learning
+    tab: gr.Tab
+    run: gr.Dropdown
+    step: gr.Dropdown
+    look: gr.Button
+    table: gr.Plot
+    heads: gr.Plot
+    words: gr.Markdown
+    draw: tuple = ()   # (function, inputs, outputs) drawing the table: other tabs chain it
+
+    def choose(self, name=None, source=None):
+        """Updates for (run, step): `name`, else the run of the model `source`, else the newest run; its latest step."""
+        runs = self.learning.runs()
+        names = [n for _, n in runs]
+        name = name if name in names else (self.learning.run_of(source) or (names[0] if names else None))
+        steps = self.learning.steps(name) if name else []
+        return (gr.update(choices=runs, value=name),
+                gr.update(choices=steps, value=steps[-1][1] if steps else None))
+
+
+def build(learning: Learning, prompt: gr.Textbox, choice: gr.State) -> OverTraining:
+    """The sub-tab, in the current Tabs, with its events that need no model bar wired."""
+    with gr.Tab("Over training", id="training") as tab:
+        gr.Markdown(GUIDE, elem_classes="guide")
+        with gr.Row(equal_height=True):
+            run = gr.Dropdown([], label="Training run (with snapshots)", elem_id="learn-run", scale=2)
+            step = gr.Dropdown([], label="Step", elem_id="learn-step", scale=2)
+            with gr.Column(scale=1, min_width=160):
+                look = gr.Button("Look inside at this step", variant="primary", elem_id="learn-look")
+        words = gr.Markdown(elem_id="learn-words")
+        table = gr.Plot(label="Loss of each prompt token, snapshot by snapshot", elem_id="plot-learn",
+                        elem_classes="explore-plot")
+        heads = gr.Plot(label="Induction heads (last snapshot)", elem_id="plot-heads", elem_classes="explore-plot")
+        with gr.Row(equal_height=True):
+            other = gr.Dropdown([], label="Compare the step above with step", elem_id="learn-other", scale=3)
+            compare_btn = gr.Button("Compare the two steps", elem_id="learn-compare", scale=1, min_width=160)
+        pair = gr.Plot(label="Two steps side by side", elem_id="plot-pair", elem_classes="explore-plot")
+    over = OverTraining(learning, tab, run, step, look, table, heads, words)
+
+    @friendly
+    def show_runs(name, source):
+        return over.choose(name, source)
+
+    @friendly
+    def show_steps(name):
+        return over.choose(name)[1]
+
+    @friendly
+    def first_step(name):  # the other step of a comparison starts at the run's first snapshot
+        steps = learning.steps(name) if name else []
+        return gr.update(choices=steps, value=steps[0][1] if steps else None)
+
+    @friendly
+    def explore_compare(text, name, a, b):
+        return learning.compare(text, name, a, b)
+
+    @friendly
+    def explore_learning(text, name):
+        if not name:
+            return gr.skip(), gr.skip(), "*No run has snapshots yet: start one in the Train tab.*"
+        return learning.table(text, name)
+
+    over.draw = (explore_learning, [prompt, run], [table, heads, words])
+    tab.select(show_runs, [run, choice], [run, step], api_visibility="private", queue=False).then(
+        explore_learning, [prompt, run], [table, heads, words], api_name="explore_learning", **EVENT)
+    run.change(first_step, run, other, api_visibility="private", queue=False)
+    compare_btn.click(explore_compare, [prompt, run, step, other], pair, api_name="explore_compare", **EVENT)
+    run.input(show_steps, run, step, api_visibility="private", queue=False).then(
+        explore_learning, [prompt, run], [table, heads, words], api_visibility="private", **EVENT)
+    return over
