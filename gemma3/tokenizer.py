@@ -193,7 +193,8 @@ def tokenizer_from_gguf_meta(meta: dict, name: str = "gguf"):
     if add_bos and bos is not None:
         from tokenizers import processors
 
-        tok.post_processor = processors.TemplateProcessing(single=f"{tokens[bos]} $A", special_tokens=[(tokens[bos], bos)])
+        tok.post_processor = processors.TemplateProcessing(single=f"{tokens[bos]} $A",
+                                                           special_tokens=[(tokens[bos], bos)])
     out = HFTokenizer(tok=tok, name=name)
     if eos is not None:
         out.eot_id = int(eos)

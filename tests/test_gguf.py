@@ -222,7 +222,8 @@ def test_a_sentencepiece_vocabulary_tokenizes_as_transformers_reads_the_same_fil
         ids = tok.encode(text)
         assert ids == ref.encode(text, add_special_tokens=False), text
         assert tok.decode(ids) == ref.decode(ids) == text
-    assert tok.encode(" once upon a time") == [vocab.index(t) for t in ("\u2581once", "\u2581upon", "\u2581a", "\u2581time")]
+    pieces = ("\u2581once", "\u2581upon", "\u2581a", "\u2581time")
+    assert tok.encode(" once upon a time") == [vocab.index(t) for t in pieces]
     assert tok.encode("é") == [7 + 0xC3, 7 + 0xA9]  # not in the vocabulary: its UTF-8 bytes
 
 
@@ -278,6 +279,16 @@ def test_convert_to_gguf_on_the_command_line_round_trips(tmp_path):
     assert not (tmp_path / "x.gguf").exists() and not list(tmp_path.glob(".x.gguf*"))
 
 
+def test_a_gguf_type_for_another_format_gets_one_sentence(tmp_path, capsys):
+    from gemma3.__main__ import main
+    gemma3.save_model(tiny_model(), gemma3.gpt2_tokenizer(), tmp_path / "ours")
+    assert main(["convert", "--model", str(tmp_path / "ours"), "--format", "hf", "--dtype", "q8_0",
+                 "--out", str(tmp_path / "hf")]) == 2
+    assert capsys.readouterr().err.strip() == ("error: --dtype q8_0 is a GGUF type; for --format hf choose "
+                                               "auto, fp32, bf16.")
+    assert not (tmp_path / "hf").exists()
+
+
 # ---- hf:owner/name repositories of GGUF files ---------------------------------------------------------
 
 @pytest.fixture
@@ -316,3 +327,30 @@ def test_a_hub_gguf_file_named_in_the_source_is_the_one_loaded(tmp_path, online_
     online_hub.remove("gemma-3-270m-Q4_K_M.gguf")  # one GGUF only: it is the one, unnamed
     gemma3.load_model("hf:someone/repo", device="cpu")
     assert asked[-1] == ("someone/repo", "gemma-3-270m-Q8_0.gguf")
+
+
+def test_a_byte_level_vocabulary_of_its_own_tokenizes_as_transformers_reads_it(tmp_path):
+    """A "gpt2"-model tokenizer that is not GPT-2's own (here: only its first 3000 merges) is built from the
+    file's tokens and merges, not swapped for the bundled GPT-2."""
+    from transformers import AutoTokenizer
+    from gemma3.gguf import gpt2_vocab, gguf_tokenizer
+    tokens, merges = gpt2_vocab()
+
+    def vocab(w):
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("gpt-2")
+        w.add_token_list(tokens)
+        w.add_token_types([1] * (len(tokens) - 1) + [3])
+        w.add_token_merges(merges[:3000])
+        w.add_eos_token_id(50256)
+        w.add_bos_token_id(50256)
+        w.add_add_bos_token(False)
+    write_like_llama_cpp(tmp_path / "bl.gguf", tiny_model(), tokenizer=vocab)
+    tok = gguf_tokenizer(tmp_path / "bl.gguf")
+    ref = AutoTokenizer.from_pretrained(tmp_path, gguf_file="bl.gguf")
+    assert tok.name != "gpt2" and tok.eot_id == 50256
+    for text in TEXTS + ["a story<|endoftext|>Another"]:
+        ids = tok.encode(text)
+        assert ids == ref.encode(text, add_special_tokens=False), text
+        assert tok.decode(ids) == text
+    assert tok.encode(TEXTS[0]) != gemma3.gpt2_tokenizer().encode(TEXTS[0])  # fewer merges: more pieces
