@@ -133,7 +133,7 @@ class _File:
         shape = list(reversed(dims))
         row = shape[-1] // block * size
         n = int(np.prod(shape[:-1], dtype=np.int64)) * row
-        if offset + n > len(self.buf) or shape[-1] % block:
+        if n < 0 or offset + n > len(self.buf) or shape[-1] % block:
             raise ValueError("a tensor runs past the end of the file")
         return np.frombuffer(self.buf, np.uint8, n, offset).reshape(*shape[:-1], row)
 

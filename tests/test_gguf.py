@@ -164,6 +164,15 @@ def test_another_architecture_gets_one_sentence(tmp_path, capsys):
     assert err[-1].startswith("error: llama.gguf is a GGUF") and err[0].startswith("Loading") and len(err) == 2
 
 
+@pytest.mark.parametrize("cut", [0.5, 0.999, 0.001])
+def test_a_truncated_gguf_gets_one_sentence(tmp_path, cut):
+    f = write_like_llama_cpp(tmp_path / "m.gguf", tiny_model())
+    data = f.read_bytes()
+    f.write_bytes(data[:max(8, int(len(data) * cut))])
+    with pytest.raises(ValueError, match=r"^m\.gguf (could not be read as a GGUF file|has a damaged tensor)"):
+        gemma3.load_model(f)
+
+
 def test_a_folder_with_one_gguf_loads_and_with_two_says_which(tmp_path):
     model = tiny_model()
     write_like_llama_cpp(tmp_path / "a.gguf", model)
