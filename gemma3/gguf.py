@@ -334,6 +334,7 @@ def _tokenizer_meta(writer, tokenizer, vocab_size: int):
     writer.add_token_merges(merges)
     writer.add_bos_token_id(tokenizer.eot_id)
     writer.add_eos_token_id(tokenizer.eot_id)
+    writer.add_eot_token_id(tokenizer.eot_id)  # Ollama's gemma3 runner otherwise stops on id 106 (Gemma's)
     writer.add_add_bos_token(False)  # our models read plain text; a story ends at <|endoftext|>
     writer.add_add_eos_token(False)
 
@@ -400,6 +401,9 @@ def write_gguf(model, tokenizer, path, kind: str = "f16"):
         w.add_layer_norm_rms_eps(cfg.norm_eps)
         w.add_sliding_window(cfg.window)
         w.add_rope_freq_base(cfg.rope_global_base)
+        # Ollama's own gemma3 runner reads its RoPE bases from these keys (llama.cpp ignores them)
+        w.add_float32(f"{ARCH}.rope.global.freq_base", cfg.rope_global_base)
+        w.add_float32(f"{ARCH}.rope.local.freq_base", cfg.rope_local_base)
         if cfg.rope_global_scale != 1.0:
             w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
             w.add_rope_scaling_factor(cfg.rope_global_scale)
