@@ -234,6 +234,9 @@ def test_a_sentencepiece_vocabulary_tokenizes_as_transformers_reads_the_same_fil
     pieces = ("\u2581once", "\u2581upon", "\u2581a", "\u2581time")
     assert tok.encode(" once upon a time") == [vocab.index(t) for t in pieces]
     assert tok.encode("é") == [7 + 0xC3, 7 + 0xA9]  # not in the vocabulary: its UTF-8 bytes
+    gemma3.save_model(gemma3.load_model(tmp_path / "sp.gguf", device="cpu")[0], tok, tmp_path / "ours")
+    _, again = gemma3.load_model(tmp_path / "ours", device="cpu")  # our format: the tokenizer as tokenizer.json
+    assert (again.eot_id, again.bos_id) == (1, 2) and all(again.encode(t) == tok.encode(t) for t in TEXTS)
 
 
 # ---- export: our GGUF read by transformers ----------------------------------------------------------
