@@ -80,7 +80,7 @@ class _File:
                 raise ValueError(f"{path.name} is not a GGUF file.")
             self.buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         self.pos = 4
-        version, n_tensors, n_kv = self._take("<I"), None, None
+        version = self._take("<I")
         if version not in (2, 3):
             raise ValueError(f"{path.name} is GGUF version {version}; versions 2 and 3 are supported.")
         n_tensors, n_kv = self._take("<Q"), self._take("<Q")
