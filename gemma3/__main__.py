@@ -13,8 +13,10 @@ from .checkpoints import export_hf, load_model, save_model
 from .cpu import keep_freed_memory
 from .defaults import default_model
 from .generate import stream
+from .gguf import write_gguf
 
 DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16}
+GGUF_TYPES = {"auto": "f16", "fp32": "f32", "f32": "f32", "f16": "f16", "bf16": "bf16", "q8_0": "q8_0"}
 
 
 def _load(args):
@@ -65,9 +67,20 @@ def cmd_info(args):
 
 
 def cmd_convert(args):
+    """--dtype is the dtype the model loads in for native/hf, and the GGUF's tensor type for gguf."""
+    if args.format == "gguf":
+        kind = GGUF_TYPES[args.dtype]
+        args.dtype = "fp32"  # load exactly, then write each tensor in the chosen type
+    elif args.dtype not in DTYPES:
+        raise ValueError(f"--dtype {args.dtype} is a GGUF type; for --format {args.format} choose "
+                         f"{', '.join(DTYPES)}.")
     model, tok = _load(args)
     t0 = time.perf_counter()
-    out = (save_model if args.format == "native" else export_hf)(model, tok, args.out)
+    if args.format == "gguf":
+        out = write_gguf(model, tok, args.out, kind)
+        args.format = f"GGUF ({kind})"
+    else:
+        out = (save_model if args.format == "native" else export_hf)(model, tok, args.out)
     print(f"Wrote {args.format} checkpoint to {out} in {time.perf_counter() - t0:.1f} s.")
 
 
@@ -76,13 +89,13 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     model = default_model()
 
-    def add(name, help_):
+    def add(name, help_, dtypes=tuple(DTYPES), dtype_help="default: bf16 on CUDA, fp32 on CPU"):
         p = sub.add_parser(name, help=help_)
         p.add_argument("--model", default=model, required=model is None,
-                       help="a checkpoint folder, a .pt/.bin/.safetensors file, or hf:owner/name "
-                            "(default: $GEMMA3_MODEL, else the bundled demo model)")
+                       help="a checkpoint folder, a .pt/.bin/.safetensors/.gguf file, hf:owner/name, or "
+                            "hf:owner/name/file.gguf (default: $GEMMA3_MODEL, else the bundled demo model)")
         p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-        p.add_argument("--dtype", choices=DTYPES, default="auto", help="default: bf16 on CUDA, fp32 on CPU")
+        p.add_argument("--dtype", choices=dtypes, default="auto", help=dtype_help)
         return p
 
     g = add("generate", "stream a continuation of a prompt")
@@ -98,9 +111,12 @@ def main(argv=None):
 
     add("info", "print the config and where the parameters are").set_defaults(func=cmd_info)
 
-    c = add("convert", "write a checkpoint in our format or Hugging Face format")
-    c.add_argument("--out", required=True)
-    c.add_argument("--format", choices=["native", "hf"], default="native")
+    c = add("convert", "write a checkpoint in our format, Hugging Face format or GGUF (llama.cpp, Ollama, LM Studio)",
+            dtypes=tuple(dict.fromkeys([*DTYPES, *GGUF_TYPES])),
+            dtype_help="native/hf: the dtype to load and save in (auto, fp32, bf16); gguf: the tensor type "
+                       "(f32, f16, bf16, q8_0; auto = f16)")
+    c.add_argument("--out", required=True, help="a folder (native, hf) or a .gguf file (gguf)")
+    c.add_argument("--format", choices=["native", "hf", "gguf"], default="native")
     c.set_defaults(func=cmd_convert)
 
     args = parser.parse_args(argv)

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from . import engine, native
 from .config import Gemma3Config
 from .model import Gemma3
-from .tokenizer import load_tokenizer
+from .tokenizer import _is_gguf, load_tokenizer
 
 FORMAT = "gemma3-tinystories"
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
@@ -375,30 +375,68 @@ def _hub_offline() -> bool:
 
 
 def _download(repo_id: str) -> Path:
-    from huggingface_hub import HfApi, constants, snapshot_download
+    """A Hub repository's snapshot folder, or one GGUF file of it: `owner/name/file.gguf` names the file;
+    a repository of GGUF files only (no transformers weights) gives its one file, or a sentence listing them."""
+    from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download
+    filename = None
+    if repo_id.count("/") > 1 and repo_id.endswith(".gguf"):
+        owner, name, filename = repo_id.split("/", 2)
+        repo_id = f"{owner}/{name}"
+        if ".." in filename.split("/"):
+            raise ValueError(f"{filename} is not a file name inside the repository.")
     offline = _hub_offline()
     endpoint = constants.ENDPOINT  # read now, and passed on: HfApi's default endpoint is fixed at import
     patterns = ["*.json", "*.safetensors", "*.model", "*.txt"]
+
+    def cached():
+        if filename:
+            return Path(hf_hub_download(repo_id, filename, local_files_only=True))
+        return Path(snapshot_download(repo_id, local_files_only=True))
+
+    what = f"{repo_id}/{filename}" if filename else repo_id
     if not offline and not hub_reachable(endpoint):
         try:  # no network: a copy already in the cache still loads, at once
-            return Path(snapshot_download(repo_id, local_files_only=True))
+            return cached()
         except Exception:
-            raise ConnectionError(f"{repo_id} is not in the local Hugging Face cache and the Hugging Face Hub "
+            raise ConnectionError(f"{what} is not in the local Hugging Face cache and the Hugging Face Hub "
                                   "cannot be reached from here; download it once with a network.") from None
     try:
         if offline:
-            return Path(snapshot_download(repo_id, local_files_only=True))
+            return cached()
+        if filename:
+            return Path(hf_hub_download(repo_id, filename, etag_timeout=10, endpoint=endpoint))
         files = HfApi(endpoint=endpoint).list_repo_files(repo_id)
         weights = [f for f in files if f.endswith(WEIGHT_SUFFIXES)]
+        ggufs = [f for f in files if f.endswith(".gguf")]
+        if ggufs and not weights:
+            if len(ggufs) > 1:
+                raise _Choose(f"{repo_id} holds several GGUF files ({', '.join(ggufs)}); pick one as "
+                              f"hf:{repo_id}/<file>, e.g. hf:{repo_id}/{ggufs[0]}.")
+            return Path(hf_hub_download(repo_id, ggufs[0], etag_timeout=10, endpoint=endpoint))
         if not any(f.endswith(".safetensors") for f in weights):
             patterns += weights[:1] if len(weights) == 1 else [f for f in weights if "pytorch_model" in f]
         return Path(snapshot_download(repo_id, allow_patterns=patterns, etag_timeout=10, endpoint=endpoint))
+    except _Choose as e:
+        raise ValueError(str(e)) from None
     except Exception as e:
         if offline:
-            raise ConnectionError(f"{repo_id} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
+            raise ConnectionError(f"{what} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
                                   "download it once with a network.") from None
-        raise ConnectionError(f"Could not download {repo_id} from the Hugging Face Hub "
+        raise ConnectionError(f"Could not download {what} from the Hugging Face Hub "
                               f"({e.__class__.__name__}: {str(e).splitlines()[0][:200]}).") from None
+
+
+class _Choose(Exception):
+    """A repository holds several files and the user must name one."""
+
+
+def _gguf_in(folder: Path) -> tuple[Path, Path] | None:
+    """(named path, resolved path) of the one GGUF file a folder without config.json holds, checked to lie
+    inside it; None when it holds none; several are a ValueError naming them."""
+    names = sorted(p.name for p in folder.iterdir() if p.name.endswith(".gguf"))
+    if len(names) > 1:
+        raise ValueError(f"The folder holds several GGUF files ({', '.join(names)}); name the one to load.")
+    return (folder / names[0], inside(model_root(folder), folder, names[0])) if names else None
 
 
 # ---- public API ----------------------------------------------------------------------------------
@@ -411,6 +449,13 @@ def load_state(source) -> tuple[Gemma3Config, dict, Path]:
     """
     given = resolve_source(source)
     path = Path(os.path.realpath(given))
+    if path.is_dir() and not os.path.lexists(path / "config.json") and (found := _gguf_in(path)):
+        given, path = found
+    if path.is_file() and _is_gguf(path):  # the config and tokenizer are in the file's metadata
+        from .gguf import read_gguf
+
+        cfg, sd, _ = read_gguf(path)
+        return cfg, sd, Path(given)  # the name it was given: a Hub cache file's real name is a hash
     # a weights file named directly is the caller's choice, wherever its links lead; its sidecars are
     # read from the folder it was named in (a Hub cache snapshot's file is a link into blobs/)
     folder = path if path.is_dir() else Path(os.path.realpath(given.parent))

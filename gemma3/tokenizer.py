@@ -1,4 +1,5 @@
-"""Tokenizers: GPT-2 BPE (tiktoken, built offline from assets/) and any Hugging Face tokenizer.json.
+"""Tokenizers: GPT-2 BPE (tiktoken, built offline from assets/), any Hugging Face tokenizer.json, and the
+vocabulary a GGUF file's metadata holds (Gemma's SentencePiece, or byte-level BPE).
 
 Both expose the same small interface:
     encode(text) -> list[int]     ordinary text, no special tokens added
@@ -90,13 +91,16 @@ class HFTokenizer:
     "\\ufffd" until more ids arrive (works for GPT-2 too).
     """
 
-    def __init__(self, path):
+    def __init__(self, path=None, tok=None, name=None):
         from tokenizers import Tokenizer
 
-        path = Path(path)
-        self.path = path / "tokenizer.json" if path.is_dir() else path
-        self.tok = Tokenizer.from_file(str(self.path))
-        self.name = self.path.parent.name or "tokenizer.json"
+        if tok is None:
+            path = Path(path)
+            self.path = path / "tokenizer.json" if path.is_dir() else path
+            tok = Tokenizer.from_file(str(self.path))
+            name = name or self.path.parent.name or "tokenizer.json"
+        self.tok = tok
+        self.name = name or "tokenizer"
         self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
         ids = [self.tok.token_to_id(t) for t in ("<eos>", ENDOFTEXT, "</s>")]
         ids = [i for i in ids if i is not None]
@@ -125,8 +129,17 @@ class HFTokenizer:
         self.tok.save(str(Path(folder) / "tokenizer.json"))
 
 
+def _is_gguf(path) -> bool:
+    """Whether `path` is a file that starts with GGUF's magic (a Hub cache file's real name has no suffix)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"GGUF"
+    except OSError:  # a folder, or nothing there
+        return False
+
+
 def load_tokenizer(folder=None):
-    """HFTokenizer if folder holds tokenizer.json, else the bundled GPT-2 tokenizer.
+    """HFTokenizer if folder holds tokenizer.json, else the bundled GPT-2 tokenizer; a GGUF file's own.
 
     Like every file of a model folder, tokenizer.json must resolve (links followed) inside the folder
     (inside a Hub cache snapshot: inside its repository's cache folder); else one ValueError sentence.
@@ -135,6 +148,10 @@ def load_tokenizer(folder=None):
         return gpt2_tokenizer()
     from .checkpoints import inside, model_root  # checkpoints imports this module
 
+    if _is_gguf(folder):  # a GGUF file carries its tokenizer in its metadata
+        from .gguf import gguf_tokenizer
+
+        return gguf_tokenizer(folder)
     folder = Path(os.path.realpath(folder))
     path = inside(model_root(folder), folder, "tokenizer.json")
     if path.is_file():
@@ -142,3 +159,95 @@ def load_tokenizer(folder=None):
         tok.name = folder.name or tok.name  # the folder's name, not that of the file a link leads to
         return tok
     return gpt2_tokenizer()
+
+
+# ---- from a GGUF file's metadata ------------------------------------------------------------------------
+# llama.cpp's token types (gguf.TokenType): 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte.
+_CONTROL, _USER_DEFINED = 3, 4
+
+
+def tokenizer_from_gguf_meta(meta: dict, name: str = "gguf"):
+    """Our tokenizer interface over the vocabulary of a GGUF file (`tokenizer.ggml.*` keys).
+
+    "gpt2": byte-level BPE from tokens + merges; GPT-2's own vocabulary (as our exports write it) gives the
+    bundled GPT-2 tokenizer. "llama": SentencePiece BPE as Gemma uses it (no merges stored: the vocabulary
+    order is the merge order, text spaces become "\u2581", unknown bytes fall back to <0xNN> tokens).
+    """
+    kind = meta.get("tokenizer.ggml.model")
+    tokens = meta.get("tokenizer.ggml.tokens")
+    if not tokens:
+        raise ValueError("The GGUF file holds no tokenizer (no tokenizer.ggml.tokens); it cannot be used for text.")
+    if kind == "gpt2":
+        tok = _byte_level(meta, tokens)
+        if tok is None:
+            return gpt2_tokenizer()
+    elif kind == "llama":
+        tok = _sentencepiece(tokens)
+    else:
+        raise ValueError(f"The GGUF file's tokenizer is of type {kind!r}; only 'llama' (SentencePiece, as "
+                         "Gemma's) and 'gpt2' (byte-level BPE) are supported.")
+    types = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
+    _add_special(tok, tokens, types)
+    bos, eos = meta.get("tokenizer.ggml.bos_token_id"), meta.get("tokenizer.ggml.eos_token_id")
+    add_bos = meta.get("tokenizer.ggml.add_bos_token", kind == "llama")
+    if add_bos and bos is not None:
+        from tokenizers import processors
+
+        tok.post_processor = processors.TemplateProcessing(single=f"{tokens[bos]} $A",
+                                                           special_tokens=[(tokens[bos], bos)])
+    out = HFTokenizer(tok=tok, name=name)
+    if eos is not None:
+        out.eot_id = int(eos)
+        out.stop_ids = out.stop_ids | {int(eos)}
+    return out
+
+
+def _byte_level(meta, tokens):
+    """A `tokenizers` byte-level BPE, or None when the vocabulary is GPT-2's own (bundled, exact)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    from .gguf import gpt2_vocab
+
+    merges = meta.get("tokenizer.ggml.merges") or []
+    gpt2_tokens, gpt2_merges = gpt2_vocab()
+    if list(tokens[:len(gpt2_tokens)]) == gpt2_tokens and list(merges) == gpt2_merges \
+            and all(t.startswith("[PAD") for t in tokens[len(gpt2_tokens):]):
+        return None
+    vocab = {t: i for i, t in enumerate(tokens)}
+    tok = Tokenizer(models.BPE(vocab, [tuple(m.split(" ", 1)) for m in merges]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+def _sentencepiece(tokens):
+    """Gemma's SentencePiece BPE rebuilt from its vocabulary: a token of several spaces is stored as spaces
+    but looked up as "\u2581"s; every token splits into pairs of tokens, merged in vocabulary order."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+    tokens = ["\u2581" * len(t) if " " in t and not t.strip() else t for t in tokens]
+    vocab = {t: i for i, t in enumerate(tokens)}
+    merges = []
+    for i, token in enumerate(tokens):
+        pairs = [(token[:k], token[k:]) for k in range(1, len(token)) if token[:k] in vocab and token[k:] in vocab]
+        pairs.sort(key=lambda p: (-len(p[0]), vocab[p[0]], vocab[p[1]]))
+        merges += [(i, p) for p in pairs]
+    unk = next((t for t in ("<unk>",) if t in vocab), None)
+    tok = Tokenizer(models.BPE(vocab, [p for _, p in merges], unk_token=unk, fuse_unk=True, byte_fallback=True))
+    tok.normalizer = normalizers.Replace(" ", "\u2581")
+    tok.pre_tokenizer = pre_tokenizers.Split(" ", behavior="merged_with_previous")
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
+    return tok
+
+
+def _add_special(tok, tokens, types):
+    """Control tokens (<bos>, <start_of_turn>, <|endoftext|> ...) as special tokens, user-defined ones as added
+    tokens, so that either typed in the text stays one token, as llama.cpp matches them."""
+    from tokenizers import AddedToken
+
+    control = [AddedToken(t, normalized=False, special=True) for t, k in zip(tokens, types) if k == _CONTROL]
+    user = [AddedToken(t, normalized=False, special=False) for t, k in zip(tokens, types) if k == _USER_DEFINED]
+    if control:
+        tok.add_special_tokens(control)
+    if user:
+        tok.add_tokens(user)

@@ -1,0 +1,424 @@
+"""GGUF, both ways: read Gemma 3 files of llama.cpp / Ollama / LM Studio, and write ours for them.
+
+A GGUF file holds the config as `gemma3.*` metadata keys, the tokenizer as `tokenizer.ggml.*` keys and
+the weights under llama.cpp's tensor names (token_embd, blk.N.attn_q, ...), each in its own type:
+F32, F16, BF16, Q8_0 or a k-quant (Q4_K, Q5_K, Q6_K, as in a Q4_K_M file), dequantised here with the
+`gguf` package's reference code. llama.cpp's converter stores every Gemma RMSNorm weight with the 1
+already added (it multiplies by the stored weight); ours computes x * (1 + w), so 1 comes off on the
+way in and goes back on the way out. In fp32, 1 + (stored - 1) is the stored number exactly (for
+stored values in [0.5, 2], as norm weights are), so the model multiplies by what llama.cpp multiplies by.
+
+What llama.cpp does not read from a gemma3 file is fixed in its code, and taken the same way here: the
+sliding layers' RoPE base 10000, every 6th layer global, the attention scale 1/sqrt(head_dim)
+(1/sqrt(hidden/heads) for the 62-layer 27B). Its sliding window is ours: a query sees `sliding_window`
+keys, itself included (llama.cpp masks p1 - p0 >= n_swa). An export that llama.cpp would read differently
+(another layer pattern, local RoPE base or attention scale) is refused with one sentence.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import Gemma3Config
+
+ARCH = "gemma3"
+_TOP = {"embed.weight": "token_embd.weight", "final_norm.weight": "output_norm.weight",
+        "head.weight": "output.weight"}
+_BLOCK = {"attn.wq": "attn_q", "attn.wk": "attn_k", "attn.wv": "attn_v", "attn.wo": "attn_output",
+          "attn.q_norm": "attn_q_norm", "attn.k_norm": "attn_k_norm", "ffn.gate": "ffn_gate",
+          "ffn.up": "ffn_up", "ffn.down": "ffn_down", "attn_norm": "attn_norm",
+          "post_attn_norm": "post_attention_norm", "ffn_norm": "ffn_norm", "post_ffn_norm": "post_ffw_norm"}
+_LOCAL_BASE = 10_000.0  # llama.cpp's rope_freq_base_train_swa for gemma3
+_PATTERN = 6            # llama.cpp's set_swa_pattern(6) for gemma3
+EXPORT_TYPES = ("f32", "f16", "bf16", "q8_0")
+
+
+def gguf_name(ours: str) -> str:
+    """Our parameter name -> llama.cpp's tensor name (blocks.3.attn.wq.weight -> blk.3.attn_q.weight)."""
+    if ours in _TOP:
+        return _TOP[ours]
+    _, i, rest = ours.split(".", 2)
+    return f"blk.{i}.{_BLOCK[rest.removesuffix('.weight')]}.weight"
+
+
+def _our_name(name: str) -> str | None:
+    inverse = {v: k for k, v in _TOP.items()}
+    if name in inverse:
+        return inverse[name]
+    parts = name.split(".")
+    if len(parts) == 4 and parts[0] == "blk" and parts[1].isdigit() and parts[3] == "weight":
+        ours = {v: k for k, v in _BLOCK.items()}.get(parts[2])
+        if ours:
+            return f"blocks.{parts[1]}.{ours}.weight"
+    return None
+
+
+# ---- reading ----------------------------------------------------------------------------------------
+
+class _File:
+    """A GGUF file's metadata and tensor table, parsed straight from the bytes (the gguf package's GGUFReader
+    takes seconds per 100k-token vocabulary); tensor data stays in the memory-mapped file until read."""
+
+    _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q",
+                12: "<d"}
+    _ARRAYS = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "?", 10: "<u8",
+               11: "<i8", 12: "<f8"}
+
+    def __init__(self, path: Path):
+        import mmap
+        import struct
+
+        self.struct = struct
+        with open(path, "rb") as f:
+            if f.read(4) != b"GGUF":
+                raise ValueError(f"{path.name} is not a GGUF file.")
+            self.buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self.pos = 4
+        version = self._take("<I")
+        if version not in (2, 3):
+            raise ValueError(f"{path.name} is GGUF version {version}; versions 2 and 3 are supported.")
+        n_tensors, n_kv = self._take("<Q"), self._take("<Q")
+        self.meta = {}
+        for _ in range(n_kv):
+            key = self._str()
+            self.meta[key] = self._value(self._take("<I"))
+        infos = []
+        for _ in range(n_tensors):
+            name = self._str()
+            dims = [self._take("<Q") for _ in range(self._take("<I"))]
+            infos.append((name, dims, self._take("<I"), self._take("<Q")))
+        align = int(self.meta.get("general.alignment", 32))
+        start = -(-self.pos // align) * align
+        self.tensors = [(name, dims, kind, start + offset) for name, dims, kind, offset in infos]
+
+    def _take(self, fmt):
+        value = self.struct.unpack_from(fmt, self.buf, self.pos)[0]
+        self.pos += self.struct.calcsize(fmt)
+        return value
+
+    def _str(self) -> str:
+        n = self._take("<Q")
+        if self.pos + n > len(self.buf):
+            raise ValueError("a string runs past the end of the file")
+        text = self.buf[self.pos:self.pos + n].decode("utf-8", errors="replace")
+        self.pos += n
+        return text
+
+    def _value(self, kind):
+        if kind in self._SCALARS:
+            return self._take(self._SCALARS[kind])
+        if kind == 8:
+            return self._str()
+        if kind != 9:
+            raise ValueError(f"unknown metadata type {kind}")
+        item, n = self._take("<I"), self._take("<Q")
+        if item in self._ARRAYS:
+            dt = np.dtype(self._ARRAYS[item])
+            values = np.frombuffer(self.buf, dt, n, self.pos)
+            self.pos += n * dt.itemsize
+            return values.tolist()
+        return [self._value(item) for _ in range(n)]
+
+    def data(self, dims, kind, offset) -> np.ndarray:
+        """The raw bytes of one tensor as gguf's dequantize takes them: rows of bytes, in numpy's order."""
+        from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+        block, size = GGML_QUANT_SIZES[GGMLQuantizationType(kind)]
+        shape = list(reversed(dims))
+        row = shape[-1] // block * size
+        n = int(np.prod(shape[:-1], dtype=np.int64)) * row
+        if n < 0 or offset + n > len(self.buf) or shape[-1] % block:
+            raise ValueError("a tensor runs past the end of the file")
+        return np.frombuffer(self.buf, np.uint8, n, offset).reshape(*shape[:-1], row)
+
+
+def _open(path: Path) -> _File:
+    try:
+        import gguf  # noqa: F401  (its dequantisation code reads the tensors)
+    except ImportError:
+        raise ValueError("Reading GGUF files needs the gguf package: pip install gguf.") from None
+    try:
+        return _File(path)
+    except ValueError as e:
+        if str(e).startswith(path.name):
+            raise
+        raise ValueError(f"{path.name} could not be read as a GGUF file ({e}); re-download or re-export it.") from None
+    except Exception as e:
+        raise ValueError(f"{path.name} could not be read as a GGUF file ({e.__class__.__name__}); "
+                         "re-download or re-export it.") from None
+
+
+def _check_arch(meta: dict, name: str):
+    arch = meta.get("general.architecture")
+    if arch != ARCH:
+        raise ValueError(f"{name} is a GGUF of the {arch!r} architecture; only Gemma 3 (gemma3) GGUF files "
+                         "load here.")
+
+
+def _f32(x) -> float:
+    """A float32 metadata value as the decimal it was written from (1e-06, not 9.99999997e-07)."""
+    return float(np.format_float_positional(np.float32(x), unique=True, trim="0"))
+
+
+def config_from_meta(meta: dict, vocab_size: int, tied: bool) -> Gemma3Config:
+    """A Gemma3Config from a gemma3 GGUF's metadata, read the way llama.cpp reads it."""
+    p = ARCH + "."
+
+    def get(key, default=None):
+        value = meta.get(p + key, default)
+        if value is None:
+            raise ValueError(f"The GGUF file has no {p + key} key; it is not a complete Gemma 3 GGUF.")
+        return value
+
+    if meta.get(p + "final_logit_softcapping") or meta.get(p + "attn_logit_softcapping"):
+        raise ValueError("This GGUF asks for logit soft-capping, which Gemma 3 does not have; it is not "
+                         "a Gemma 3 model this package can run.")
+    layers, hidden, heads = int(get("block_count")), int(get("embedding_length")), int(get("attention.head_count"))
+    head_dim = int(get("attention.key_length", hidden // heads))
+    window = int(meta.get(p + "attention.sliding_window") or 0)
+    pattern = meta.get(p + "attention.sliding_window_pattern", _PATTERN)
+    if not window:
+        types = ["full"] * layers
+    elif isinstance(pattern, list):  # llama.cpp's per-layer form: True = sliding
+        types = ["sliding" if s else "full" for s in pattern]
+    else:
+        types = ["full" if (i + 1) % int(pattern) == 0 else "sliding" for i in range(layers)]
+    kind = meta.get(p + "rope.scaling.type", "none")
+    if kind not in ("none", "linear"):
+        raise ValueError(f"RoPE scaling {kind!r} in the GGUF file is not supported (only none and linear).")
+    ffn, kv = get("feed_forward_length"), get("attention.head_count_kv")
+    if isinstance(ffn, list) or isinstance(kv, list):
+        raise ValueError("The GGUF gives per-layer sizes, which Gemma 3 does not have.")
+    return Gemma3Config(
+        vocab_size=vocab_size, hidden=hidden, layers=layers, heads=heads, kv_heads=int(kv),
+        head_dim=head_dim, ffn=int(ffn), window=window or int(get("context_length")),
+        rope_local_base=_f32(meta.get(p + "rope.freq_base_swa", _LOCAL_BASE)),
+        rope_global_base=_f32(meta.get(p + "rope.freq_base", 10_000.0)),
+        rope_global_scale=_f32(meta.get(p + "rope.scaling.factor", 1.0)) if kind == "linear" else 1.0,
+        query_pre_attn_scalar=float(hidden // heads if layers == 62 else head_dim),
+        context=int(get("context_length")),
+        norm_eps=_f32(meta.get(p + "attention.layer_norm_rms_epsilon", 1e-6)),
+        tied_head=tied, layer_types=types)
+
+
+def _to_torch(name: str, data: np.ndarray, kind: int) -> torch.Tensor:
+    """One GGUF tensor as a torch tensor of its logical shape: F16 as float16, BF16 as bfloat16 (both exact),
+    everything else (F32, Q8_0, k-quants ...) dequantised to float32."""
+    from gguf import GGMLQuantizationType as Q
+    from gguf.quants import dequantize
+
+    kind = Q(kind)
+    try:
+        values = dequantize(data, kind)
+    except NotImplementedError:
+        raise ValueError(f"Tensor {name} is stored as {kind.name}, which the gguf package cannot "
+                         "dequantise; use an F16, BF16, Q8_0 or K-quant file.") from None
+    values = torch.from_numpy(np.array(values, dtype=np.float32))  # a copy: the file is mapped read-only
+    return values.to({Q.F16: torch.float16, Q.BF16: torch.bfloat16}.get(kind, torch.float32))
+
+
+def read_gguf(path) -> tuple[Gemma3Config, dict, dict]:
+    """(config, our state dict, metadata) from a Gemma 3 GGUF file."""
+    path = Path(path)
+    f = _open(path)
+    _check_arch(f.meta, path.name)
+    sd, unknown = {}, []
+    for name, dims, kind, offset in f.tensors:
+        ours = _our_name(name)
+        if ours is None:
+            unknown.append(name)
+            continue
+        try:
+            w = _to_torch(name, f.data(dims, kind, offset), kind)
+        except (ValueError, KeyError) as e:
+            if isinstance(e, ValueError) and str(e).startswith("Tensor"):
+                raise
+            raise ValueError(f"{path.name} has a damaged tensor {name}; re-download or re-export it.") from None
+        if ours.endswith("norm.weight"):
+            w = w.float() - 1.0  # llama.cpp stores 1 + w
+        sd[ours] = w
+    if unknown:
+        raise ValueError(f"The GGUF file has tensors a Gemma 3 text model does not have: {', '.join(unknown[:5])}.")
+    if "embed.weight" not in sd:
+        raise ValueError("The GGUF file has no token_embd.weight tensor.")
+    cfg = config_from_meta(f.meta, sd["embed.weight"].shape[0], tied="head.weight" not in sd)
+    return cfg, sd, f.meta
+
+
+def gguf_tokenizer(path):
+    """The tokenizer a GGUF file's metadata describes, behind our tokenizer interface."""
+    path = Path(path)
+    meta = _open(path).meta
+    _check_arch(meta, path.name)
+    from .tokenizer import tokenizer_from_gguf_meta
+
+    return tokenizer_from_gguf_meta(meta, name=path.stem)
+
+
+# ---- writing ----------------------------------------------------------------------------------------
+
+@lru_cache(maxsize=1)
+def byte_spelling() -> dict[int, str]:
+    """GPT-2's printable spelling of each byte (bytes_to_unicode), which byte-level vocabularies use."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    out, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            out[b] = chr(b)
+        else:
+            out[b] = chr(256 + extra)
+            extra += 1
+    return out
+
+
+def _spell(token: bytes) -> str:
+    s = byte_spelling()
+    return "".join(s[b] for b in token)
+
+
+def _two_parts(ranks: dict, token: bytes, rank: int) -> list[bytes]:
+    """BPE of `token` with the merges ranked below its own: the pair it was merged from."""
+    parts = [bytes([b]) for b in token]
+    while len(parts) > 2:
+        best = None
+        for i in range(len(parts) - 1):
+            r = ranks.get(parts[i] + parts[i + 1])
+            if r is not None and r < rank and (best is None or r < best[0]):
+                best = (r, i)
+        if best is None:
+            break
+        i = best[1]
+        parts[i:i + 2] = [parts[i] + parts[i + 1]]
+    return parts
+
+
+@lru_cache(maxsize=1)
+def gpt2_vocab() -> tuple[list[str], list[str]]:
+    """GPT-2's tokens (byte-level spelling, by id, <|endoftext|> last) and merges ("a b", by rank)."""
+    from .tokenizer import ENDOFTEXT, load_gpt2_ranks
+
+    ranks = load_gpt2_ranks()
+    by_id = sorted(ranks, key=ranks.get)
+    merges = []
+    for token in by_id:
+        if len(token) > 1:
+            parts = _two_parts(ranks, token, ranks[token])
+            if len(parts) != 2:
+                raise ValueError("The GPT-2 ranks file does not describe a BPE vocabulary.")
+            merges.append(f"{_spell(parts[0])} {_spell(parts[1])}")
+    return [_spell(t) for t in by_id] + [ENDOFTEXT], merges
+
+
+def _tokenizer_meta(writer, tokenizer, vocab_size: int):
+    """The GPT-2 BPE tokenizer as llama.cpp reads it (tokenizer.ggml.model = gpt2)."""
+    from gguf import TokenType
+
+    if getattr(tokenizer, "name", None) != "gpt2":
+        raise ValueError("GGUF export writes the GPT-2 tokenizer of this project's models; a model with another "
+                         "tokenizer (e.g. Gemma's own) is best taken from its original GGUF release.")
+    tokens, merges = gpt2_vocab()
+    if vocab_size < len(tokens):
+        raise ValueError(f"The model has {vocab_size} token rows, fewer than GPT-2's {len(tokens)}.")
+    types = [TokenType.NORMAL] * (len(tokens) - 1) + [TokenType.CONTROL]
+    pads = [f"[PAD{i}]" for i in range(len(tokens), vocab_size)]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("gpt-2")
+    writer.add_token_list(tokens + pads)
+    writer.add_token_types(types + [TokenType.UNUSED] * len(pads))
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(tokenizer.eot_id)
+    writer.add_eos_token_id(tokenizer.eot_id)
+    writer.add_eot_token_id(tokenizer.eot_id)  # Ollama's gemma3 runner otherwise stops on id 106 (Gemma's)
+    writer.add_add_bos_token(False)  # our models read plain text; a story ends at <|endoftext|>
+    writer.add_add_eos_token(False)
+
+
+def _check_exportable(cfg: Gemma3Config):
+    """Refuse (one sentence) what llama.cpp would read back differently from what the model computes."""
+    gemma = ["full" if (i + 1) % _PATTERN == 0 else "sliding" for i in range(cfg.layers)]
+    problems = []
+    if not cfg.post_norms:
+        problems.append("it has no post-norms")
+    if cfg.layer_types != gemma:
+        problems.append("its layers are not in Gemma's pattern (every 6th global)")
+    if cfg.rope_local_base != _LOCAL_BASE:
+        problems.append(f"its sliding layers' RoPE base is {cfg.rope_local_base:g}, not 10000")
+    if cfg.query_pre_attn_scalar != (cfg.hidden // cfg.heads if cfg.layers == 62 else cfg.head_dim):
+        problems.append("its query_pre_attn_scalar is not its head_dim")
+    if problems:
+        raise ValueError("This model cannot be written as a gemma3 GGUF that llama.cpp reads the same: "
+                         + "; ".join(problems) + ".")
+
+
+def _tensor_data(name: str, w: torch.Tensor, kind: str):
+    """(numpy data, raw type) for one tensor: 1-D tensors (norms) in F32 as llama.cpp keeps them,
+    matrices in the chosen type (Q8_0 needs rows of a multiple of 32, else F16)."""
+    from gguf import GGMLQuantizationType as Q
+    from gguf.quants import quantize
+
+    w = w.detach().to("cpu", torch.float32)
+    if name.endswith("norm.weight"):
+        return (w + 1.0).numpy(), Q.F32
+    if kind == "f32" or w.dim() == 1:
+        return w.numpy(), Q.F32
+    if kind == "q8_0" and w.shape[-1] % 32 == 0:
+        return quantize(w.numpy(), Q.Q8_0), Q.Q8_0
+    if kind == "bf16":
+        return quantize(w.numpy(), Q.BF16), Q.BF16
+    return w.numpy().astype(np.float16), Q.F16
+
+
+def write_gguf(model, tokenizer, path, kind: str = "f16"):
+    """A gemma3 GGUF that llama.cpp (and Ollama, LM Studio, transformers) runs; written atomically."""
+    import gguf
+
+    if kind not in EXPORT_TYPES:
+        raise ValueError(f"Unknown GGUF type {kind!r}; choose one of {', '.join(EXPORT_TYPES)}.")
+    cfg = model.config
+    _check_exportable(cfg)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        w = gguf.GGUFWriter(tmp, ARCH)
+        w.add_name(path.stem)
+        w.add_file_type({"f32": 0, "f16": 1, "q8_0": 7, "bf16": 32}[kind])  # llama_ftype
+        w.add_context_length(cfg.context)
+        w.add_embedding_length(cfg.hidden)
+        w.add_block_count(cfg.layers)
+        w.add_feed_forward_length(cfg.ffn)
+        w.add_head_count(cfg.heads)
+        w.add_head_count_kv(cfg.kv_heads)
+        w.add_key_length(cfg.head_dim)
+        w.add_value_length(cfg.head_dim)
+        w.add_layer_norm_rms_eps(cfg.norm_eps)
+        w.add_sliding_window(cfg.window)
+        w.add_rope_freq_base(cfg.rope_global_base)
+        # Ollama's own gemma3 runner reads its RoPE bases from these keys (llama.cpp ignores them)
+        w.add_float32(f"{ARCH}.rope.global.freq_base", cfg.rope_global_base)
+        w.add_float32(f"{ARCH}.rope.local.freq_base", cfg.rope_local_base)
+        if cfg.rope_global_scale != 1.0:
+            w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+            w.add_rope_scaling_factor(cfg.rope_global_scale)
+        _tokenizer_meta(w, tokenizer, cfg.vocab_size)
+        for name, tensor in model.state_dict().items():
+            data, qtype = _tensor_data(name, tensor, kind)
+            w.add_tensor(gguf_name(name), data, raw_dtype=qtype)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
