@@ -339,7 +339,7 @@ def test_the_train_tab_shows_a_failed_run_in_one_sentence(tmp_path):
     (run / "train.log").write_text('Traceback (most recent call last):\n  File "/srv/app/training/trainer.py", '
                                    'line 3, in fit\nIndexError: index out of range in self\n')
     status = trainer.metrics("broken")["status"]
-    assert "(data/builtin/train.bin is corrupt: it holds token id 60,000" in status
+    assert "failed at step 0: data/builtin/train.bin is corrupt: it holds token id 60,000" in status
     assert "runs/broken/train.log" in status
     assert str(tmp_path) not in status and "Traceback" not in status and "/srv" not in status
 

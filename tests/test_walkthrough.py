@@ -15,6 +15,7 @@ import torch
 import explain
 import gemma3
 from explain import walkthrough as wt
+from webapp import explore as ex
 from gemma3.defaults import DEMO_MODEL
 
 torch.set_num_threads(1)
@@ -272,7 +273,8 @@ def open_walk(browser, server, width, height):
     page.wait_for_selector("#model-info")
     page.get_by_role("tab", name="Explore").click()
     page.wait_for_selector("#walk-diagram [data-stage='embed']")
-    wait_for(page, lambda: "[1" in page.inner_text("#walk-diagram [data-stage='embed']"), "the prompt's shapes")
+    T = len(gemma3.gpt2_tokenizer().encode(ex.PROMPT))  # the default prompt's tokens (GPT-2: no BOS)
+    wait_for(page, lambda: f"[{T}, " in page.inner_text("#walk-diagram [data-stage='embed']"), "the prompt's shapes")
     return page
 
 

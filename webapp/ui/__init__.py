@@ -3,7 +3,11 @@ its own events, and returns what the other parts connect to; app.py composes the
 
     model_bar   what is loaded, the list of models, Load (one model for every tab and visitor)
     generate    the Generate tab: prompt, sampling settings, a streamed story, Stop
-    explore     the Explore tab: one view per explain figure, registered from one table
-    train       the Train tab: data, settings, Start/Stop/Resume, the live loss plot, the run list
-    about       the About tab, with the README's measured figures
+    explore     the Explore tab: one view per explain figure, registered from one table, with its sub-tabs
+    walkthrough   the architecture walk-through (Explore's first sub-tab)
+    gemma3_views  what is special about Gemma 3 (Explore's "Gemma 3")
+    over_training a run's snapshots (Explore's "Over training")
+    train       the Train tab: data, settings, Start/Stop/Resume/Estimate, the loss and lr plot, samples, runs
+    about       the About tab, with the bundled model's training and the README's measured figures
+    page        the theme, the CSS and the page's script
 """
