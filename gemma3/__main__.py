@@ -13,7 +13,7 @@ from .checkpoints import export_hf, load_model, save_model
 from .cpu import keep_freed_memory
 from .defaults import default_model
 from .generate import stream
-from .gguf import write_gguf
+from .gguf import export_gguf
 
 DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16}
 GGUF_TYPES = {"auto": "f16", "fp32": "f32", "f32": "f32", "f16": "f16", "bf16": "bf16", "q8_0": "q8_0"}
@@ -77,7 +77,7 @@ def cmd_convert(args):
     model, tok = _load(args)
     t0 = time.perf_counter()
     if args.format == "gguf":
-        out = write_gguf(model, tok, args.out, kind)
+        out = export_gguf(model, tok, args.out, kind)
         args.format = f"GGUF ({kind})"
     else:
         out = (save_model if args.format == "native" else export_hf)(model, tok, args.out)

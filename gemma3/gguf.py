@@ -374,12 +374,12 @@ def _tensor_data(name: str, w: torch.Tensor, kind: str):
     return w.numpy().astype(np.float16), Q.F16
 
 
-def write_gguf(model, tokenizer, path, kind: str = "f16"):
+def export_gguf(model, tokenizer, path, dtype: str = "f16"):
     """A gemma3 GGUF that llama.cpp (and Ollama, LM Studio, transformers) runs; written atomically."""
     import gguf
 
-    if kind not in EXPORT_TYPES:
-        raise ValueError(f"Unknown GGUF type {kind!r}; choose one of {', '.join(EXPORT_TYPES)}.")
+    if dtype not in EXPORT_TYPES:
+        raise ValueError(f"Unknown GGUF type {dtype!r}; choose one of {', '.join(EXPORT_TYPES)}.")
     cfg = model.config
     _check_exportable(cfg)
     path = Path(path)
@@ -389,7 +389,7 @@ def write_gguf(model, tokenizer, path, kind: str = "f16"):
     try:
         w = gguf.GGUFWriter(tmp, ARCH)
         w.add_name(path.stem)
-        w.add_file_type({"f32": 0, "f16": 1, "q8_0": 7, "bf16": 32}[kind])  # llama_ftype
+        w.add_file_type({"f32": 0, "f16": 1, "q8_0": 7, "bf16": 32}[dtype])  # llama_ftype
         w.add_context_length(cfg.context)
         w.add_embedding_length(cfg.hidden)
         w.add_block_count(cfg.layers)
@@ -409,7 +409,7 @@ def write_gguf(model, tokenizer, path, kind: str = "f16"):
             w.add_rope_scaling_factor(cfg.rope_global_scale)
         _tokenizer_meta(w, tokenizer, cfg.vocab_size)
         for name, tensor in model.state_dict().items():
-            data, qtype = _tensor_data(name, tensor, kind)
+            data, qtype = _tensor_data(name, tensor, dtype)
             w.add_tensor(gguf_name(name), data, raw_dtype=qtype)
         w.write_header_to_file()
         w.write_kv_data_to_file()

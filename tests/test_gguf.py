@@ -252,9 +252,9 @@ def export_model():
 @pytest.mark.parametrize("kind,tol", [("f32", 1e-5), ("f16", 0.005), ("q8_0", 0.1)])
 def test_our_export_read_by_transformers_gives_our_logits(tmp_path, kind, tol):
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from gemma3.gguf import write_gguf
+    from gemma3.gguf import export_gguf
     model, tok = export_model(), gemma3.gpt2_tokenizer()
-    write_gguf(model, tok, tmp_path / "m.gguf", kind)
+    export_gguf(model, tok, tmp_path / "m.gguf", kind)
     hf = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf", dtype=torch.float32).eval()
     cfg = hf.config
     assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads,
@@ -286,8 +286,8 @@ def test_convert_to_gguf_on_the_command_line_round_trips(tmp_path):
         want = w if "norm" in name else w.to(torch.bfloat16).float()
         torch.testing.assert_close(back.state_dict()[name], want, atol=1.2e-7 if "norm" in name else 0, rtol=0)
     with pytest.raises(ValueError, match="query_pre_attn_scalar is not its head_dim"):
-        from gemma3.gguf import write_gguf
-        write_gguf(tiny_model(query_pre_attn_scalar=16), tok, tmp_path / "x.gguf")
+        from gemma3.gguf import export_gguf
+        export_gguf(tiny_model(query_pre_attn_scalar=16), tok, tmp_path / "x.gguf")
     assert not (tmp_path / "x.gguf").exists() and not list(tmp_path.glob(".x.gguf*"))
 
 

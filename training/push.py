@@ -4,8 +4,8 @@ The repository is one transformers loads (config.json, model.safetensors, GPT-2'
 our own format beside it in gemma3/ (what gemma3.load_model reads fastest), the run's config and metrics
 in run/, the loss curve as loss_curve.png, and a model card (README.md) whose YAML header the Hub reads
 (license, datasets, tags) above training/card.py's text: the data, the commands, steps, tokens, wall
-time, losses and samples. A GGUF file (llama.cpp, Ollama) joins them when asked for and gemma3 can
-write one (`gemma3.export_gguf`).
+time, losses and samples. A GGUF file (llama.cpp, LM Studio, Ollama) joins them when asked for
+(`gemma3.export_gguf`).
 
 Nothing is done before the two things a push cannot go without are known to be there: the network
 (HF_HUB_OFFLINE unset, the Hub reachable) and a token (the signed-in visitor's OAuth token the app
@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 import gemma3
+from gemma3.gguf import EXPORT_TYPES
 from gemma3.checkpoints import hub_reachable, write_model_files
 
 from .card import _records, checkpoint_of, model_and_card
@@ -117,15 +118,6 @@ def _usage(repo_id: str, gguf_file: str | None) -> list[str]:
     return lines
 
 
-def _gguf_export():
-    """The seam for the GGUF export (gemma3.export_gguf(model, tokenizer, path, dtype=...), from the gguf
-    work): one sentence while this gemma3 has none."""
-    export = getattr(gemma3, "export_gguf", None)
-    if export is None:
-        raise PushError("This version of gemma3 cannot write GGUF files; push without --gguf.")
-    return export
-
-
 def stage(run, folder, repo_id: str, *, which: str = "last", dtype: str = "bf16", gguf: str | None = None,
           seed: int = 0) -> Path:
     """Write into `folder` (existing, empty) every file the repository will hold; returns the folder."""
@@ -150,7 +142,7 @@ def stage(run, folder, repo_id: str, *, which: str = "last", dtype: str = "bf16"
     gguf_file = None
     if gguf:
         gguf_file = f"{name}-{gguf}.gguf"
-        _gguf_export()(model, tok, folder / gguf_file, dtype=gguf)
+        gemma3.export_gguf(model, tok, folder / gguf_file, dtype=gguf)
     head, _, rest = card.partition("\n## How it was made")
     card = (_front_matter(run) + head + "\n![Train and validation loss](loss_curve.png)\n\n"
             + "\n".join(_usage(repo_id, gguf_file)) + "\n## How it was made" + rest)
@@ -181,8 +173,8 @@ def push(run, repo_id: str | None = None, *, private: bool = False, which: str =
     except FileNotFoundError:
         raise PushError(f"The run {run.name} has no {'best model' if which == 'best' else 'checkpoint'} "
                         "to push yet.") from None
-    if gguf:
-        _gguf_export()
+    if gguf and gguf not in EXPORT_TYPES:
+        raise PushError(f"A GGUF export is one of {', '.join(EXPORT_TYPES)}, not {gguf!r}.")
     api = HfApi(endpoint=constants.ENDPOINT, token=token)
     try:
         if not repo_id or "/" not in repo_id:
