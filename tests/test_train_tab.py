@@ -67,3 +67,29 @@ def test_an_estimate_times_real_steps_and_says_when_it_scaled():
     assert small.scaled_from is None and "for 10 steps on this" in small.words(10)
     big = estimate(TrainConfig.for_preset("tiny", max_steps=10, batch_size=256, seq_len=64, device="cpu"), steps=1)
     assert big.scaled_from == 64 and "probed at batch 64" in big.words(10)
+
+
+def test_a_run_downloads_as_gguf_and_a_push_offline_says_so(tmp_path):
+    import torch
+
+    import gemma3
+    from training import TrainConfig, train
+    from training.data import prepare
+    from webapp import train as tr
+    from webapp.inputs import UserError
+
+    data = tmp_path / "data" / "builtin"
+    prepare("builtin", data, builtin_stories=300, progress=False)
+    runs_dir = tmp_path / "runs"
+    cfg = TrainConfig.for_preset("tiny", data=str(data), out=str(runs_dir / "r"), max_steps=3, batch_size=2,
+                                 seq_len=32, eval_windows=2, sample_tokens=2, snapshot_mb=0)
+    assert train(cfg) == 0
+    trainer = tr.Trainer(runs_dir, tmp_path / "data")
+    path = tr.export_gguf(trainer, "r", "f32")
+    assert path.name == "r-f32.gguf"
+    ours, _ = gemma3.load_model(trainer.checkpoint("r"), device="cpu", dtype=torch.float32)
+    theirs, _ = gemma3.load_model(path, device="cpu", dtype=torch.float32)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    torch.testing.assert_close(theirs(ids), ours(ids))
+    with pytest.raises(UserError, match="HF_HUB_OFFLINE is set, and pushing to the Hugging Face Hub needs the network"):
+        tr.push_to_hub(trainer, "r", "someone/r", False)  # the tests run with HF_HUB_OFFLINE=1

@@ -21,7 +21,6 @@ import tempfile
 from pathlib import Path
 
 import gemma3
-from gemma3.gguf import EXPORT_TYPES
 from gemma3.checkpoints import hub_reachable, write_model_files
 
 from .card import _records, checkpoint_of, model_and_card
@@ -173,8 +172,6 @@ def push(run, repo_id: str | None = None, *, private: bool = False, which: str =
     except FileNotFoundError:
         raise PushError(f"The run {run.name} has no {'best model' if which == 'best' else 'checkpoint'} "
                         "to push yet.") from None
-    if gguf and gguf not in EXPORT_TYPES:
-        raise PushError(f"A GGUF export is one of {', '.join(EXPORT_TYPES)}, not {gguf!r}.")
     api = HfApi(endpoint=constants.ENDPOINT, token=token)
     try:
         if not repo_id or "/" not in repo_id:

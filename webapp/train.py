@@ -15,6 +15,8 @@ import threading
 import time
 from pathlib import Path
 
+import torch
+
 from training import runs
 from training.config import TRAIN_PRESETS, TrainConfig
 from training.data import SUFFIXES, prepare
@@ -253,6 +255,35 @@ class Trainer:
         """The learning-rate schedule the form's settings give (drawn before Start)."""
         return curves.schedule_figure(TrainConfig.for_preset(preset, max_steps=max_steps, batch_size=batch_size,
                                                              grad_accum=grad_accum, seq_len=seq_len, lr=lr))
+
+
+def export_gguf(trainer: "Trainer", name, dtype) -> Path:
+    """The run's checkpoint ("Use this checkpoint"'s) as a GGUF file in a fresh temporary folder, to download."""
+    import tempfile
+
+    import gemma3
+    from gemma3.gguf import EXPORT_TYPES
+
+    dtype = choice(dtype, "GGUF type", EXPORT_TYPES)
+    source = trainer.checkpoint(name)
+    model, tok = gemma3.load_model(source, device="cpu", dtype=torch.float32)
+    run = trainer.pick(name)
+    out = Path(tempfile.mkdtemp(prefix="gemma3-gguf-")) / f"{run.name}-{dtype}.gguf"
+    return gemma3.export_gguf(model, tok, out, dtype)
+
+
+def push_to_hub(trainer: "Trainer", name, repo, private: bool, token=None) -> str:
+    """Upload the run (training/push.py: best model if it has one) and return the repository's URL."""
+    from training.push import PushError, push
+
+    run = trainer.pick(name)
+    if run is None:
+        raise UserError("There is no run to push; train one first.")
+    repo = text(repo, "The repository", allow_empty=True).strip() or None
+    try:
+        return push(run.path, repo, private=bool(private), which="best" if run.best() else "last", token=token)
+    except PushError as e:
+        raise UserError(str(e)) from None
 
 
 def estimate_words(cfg: TrainConfig) -> str:

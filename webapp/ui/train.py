@@ -129,8 +129,20 @@ def _buttons(allowed: bool) -> dict:
     with gr.Row():
         use_btn = gr.Button("Use this checkpoint in the model bar", elem_id="train-use")
         explore_btn = gr.Button("Explore this run", elem_id="train-explore")
+    with gr.Accordion("Share this run: GGUF, the Hugging Face Hub", open=False):
+        with gr.Row(equal_height=True):
+            gguf_type = gr.Radio(["f16", "bf16", "q8_0", "f32"], value="q8_0", label="GGUF type", scale=2)
+            gguf_btn = gr.Button("Download GGUF", elem_id="train-gguf", scale=1)
+        gguf_file = gr.File(label="GGUF for llama.cpp / LM Studio", elem_id="train-gguf-file")
+        with gr.Row(equal_height=True):
+            repo = gr.Textbox(label="Hub repository (user/name; empty: yours, named after the run)", scale=3,
+                              max_lines=1, elem_id="train-repo")
+            private = gr.Checkbox(False, label="private", scale=0, min_width=90)
+            push_btn = gr.Button("Push to Hub", interactive=allowed, elem_id="train-push", scale=1)
+        push_md = gr.Markdown(elem_id="train-push-result")
     return dict(start_btn=start_btn, stop_btn=stop_btn, resume_btn=resume_btn, use_btn=use_btn,
-                explore_btn=explore_btn, estimate_btn=estimate_btn, estimate_md=estimate_md)
+                explore_btn=explore_btn, estimate_btn=estimate_btn, estimate_md=estimate_md, gguf_type=gguf_type,
+                gguf_btn=gguf_btn, gguf_file=gguf_file, repo=repo, private=private, push_btn=push_btn, push_md=push_md)
 
 
 def _monitor() -> dict:
@@ -218,6 +230,23 @@ def _wire_runs(t: Train):
 
     c["estimate_btn"].click(train_estimate, [c[k] for k in SETTINGS[4:]], c["estimate_md"], api_name="train_estimate",
                             **RUN_EVENT)
+    @friendly
+    def train_gguf(run, dtype, progress=gr.Progress()):
+        progress(0, desc="Writing the GGUF file …")
+        return str(tr.export_gguf(trainer, run, dtype))
+
+    @friendly
+    def train_push(run, repo, private, profile: gr.OAuthProfile | None = None, token: gr.OAuthToken | None = None,
+                   progress=gr.Progress()):
+        guard.check_training(username(profile))
+        progress(0, desc="Pushing to the Hugging Face Hub …")
+        url = tr.push_to_hub(trainer, run, repo, private, token)
+        return f"Pushed: [{url}]({url})"
+
+    c["gguf_btn"].click(train_gguf, [c["run_dd"], c["gguf_type"]], c["gguf_file"], api_name="train_gguf",
+                        **RUN_EVENT)
+    c["push_btn"].click(train_push, [c["run_dd"], c["repo"], c["private"]], c["push_md"], api_name="train_push",
+                        **RUN_EVENT)
     run_dd, status_md, runs_df = c["run_dd"], c["status_md"], c["runs_df"]
     c["start_btn"].click(train_start, [c[k] for k in SETTINGS], [run_dd, status_md, runs_df], api_name="train_start",
                          **RUN_EVENT)
