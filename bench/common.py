@@ -1,7 +1,9 @@
-"""Measurements both benchmarks share: what this machine can do at best, measured in the same run."""
+"""What the benchmarks share: what this machine can do at best, measured in the same run; the explain
+benchmarks' prompt, timer and models."""
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import torch
@@ -37,3 +39,33 @@ def read_time(nbytes: int, passes: int = 5) -> float:
             read()
             best = min(best, time.perf_counter() - t0)
     return best
+
+
+# ---- what the explain benchmarks (record.py, gemma3_views.py) share ------------------------------------
+
+STORY = ("Once upon a time, there was a little girl named Lily. She loved to play in the park with her dog, Max. "
+         "One day, they found a big red ball under a tree. Lily wanted to share it with her friends. ")
+PROMPT = STORY * 20  # about 900 tokens: cut to the last 100 or MAX_TOKENS
+
+
+def median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def models():
+    """(name, model, tokenizer): the bundled demo model in fp32, the 270m preset (random weights) in fp32 and bf16."""
+    import gemma3
+    from gemma3.defaults import DEMO_MODEL
+
+    demo, demo_tok = gemma3.load_model(DEMO_MODEL, device="cpu", dtype=torch.float32)
+    yield "demo fp32", demo, demo_tok
+    torch.manual_seed(0)
+    big = gemma3.Gemma3(gemma3.Gemma3Config.from_preset("270m")).eval()
+    tok = gemma3.gpt2_tokenizer()
+    yield "270m fp32", big, tok
+    yield "270m bf16", big.to(torch.bfloat16), tok

@@ -58,7 +58,7 @@ def main():
         r = measure(source, args.max_new_tokens)
         rows.append((source, r))
         print(f"{source}: names per story {r['counts']}\n  example: {r['example'][:300]!r}", flush=True)
-    print(f"\n| model | stories | median names per story | stories with at most 2 names | target |")
+    print("\n| model | stories | median names per story | stories with at most 2 names | target |")
     print("|---|---|---|---|---|")
     for source, r in rows:
         met = r["median"] <= 2 and r["at_most_two"] >= 0.8

@@ -4,7 +4,7 @@
 
 For the bundled demo model (fp32) and the 270m preset with random weights (fp32 and bf16), on a prompt cut
 to 100 tokens and to explain.MAX_TOKENS: the time of every topic's view (figure and text) drawn from one
-recording (explain.record is timed by bench/explain.py), each the median of `--repeats` runs, and the size
+recording (explain.record is timed by bench/record.py), each the median of `--repeats` runs, and the size
 of the figure's JSON (what Gradio sends). The peer, measured in the same run, is one plain forward pass of
 the same model on the same tokens: every time is also printed as a multiple of it, since absolute times on
 a shared machine are noise.
@@ -13,44 +13,16 @@ a shared machine are noise.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+sys.path.insert(0, str(ROOT))
 import explain  # noqa: E402
-import gemma3  # noqa: E402
 from explain import gemma3_views as gv  # noqa: E402
-from gemma3.defaults import DEMO_MODEL  # noqa: E402
-
-STORY = ("Once upon a time, there was a little girl named Lily. She loved to play in the park with her dog, Max. "
-         "One day, they found a big red ball under a tree. Lily wanted to share it with her friends. ")
-PROMPT = STORY * 20  # about 900 tokens: cut to the last 100 or MAX_TOKENS
-
-
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def models():
-    """(name, model, tokenizer) for every model and dtype measured."""
-    demo, demo_tok = gemma3.load_model(DEMO_MODEL, device="cpu", dtype=torch.float32)
-    yield "demo fp32", demo, demo_tok
-    torch.manual_seed(0)
-    big = gemma3.Gemma3(gemma3.Gemma3Config.from_preset("270m")).eval()
-    tok = gemma3.gpt2_tokenizer()
-    yield "270m fp32", big, tok
-    yield "270m bf16", big.to(torch.bfloat16), tok
-
+from common import PROMPT, median_time, models  # noqa: E402  (bench/common.py)
 
 def measure(name, model, tok, tokens: int, repeats: int):
     rec = explain.record(model, tok, PROMPT, max_tokens=tokens)

@@ -347,7 +347,7 @@ def test_every_figure_builds_with_titles(preset, request):
 
 
 def test_270m_records_100_tokens(big, tok):
-    """(Its time is measured by bench/explain.py, not here.)"""
+    """(Its time is measured by bench/record.py, not here.)"""
     rec = explain.record(big, tok, LONG_PROMPT, max_tokens=100)
     assert rec.seq_len == 100
     with torch.no_grad():

@@ -1,6 +1,6 @@
 """Benchmark: recording every stage (explain.record) and drawing each figure, against a plain forward pass.
 
-    python bench/explain.py [--repeats 3] [--threads N]
+    python bench/record.py [--repeats 3] [--threads N]
 
 For the bundled demo model (fp32) and the 270m preset with random weights (fp32 and bf16), on a prompt
 cut to 100 tokens and to explain.MAX_TOKENS: the time of `explain.record` and of every figure function
@@ -14,45 +14,15 @@ stages hold (Record.nbytes, each tensor once) and the budget explain.record_byte
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-# This file is named explain.py: its own folder must not shadow the explain package, so the repository
-# root takes the place of bench/ on the import path.
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+sys.path.insert(0, str(ROOT))
 import explain  # noqa: E402
-import gemma3  # noqa: E402
-from gemma3.defaults import DEMO_MODEL  # noqa: E402
-
-STORY = ("Once upon a time, there was a little girl named Lily. She loved to play in the park with her dog, Max. "
-         "One day, they found a big red ball under a tree. Lily wanted to share it with her friends. ")
-PROMPT = STORY * 20  # about 900 tokens: cut to the last 100 or MAX_TOKENS
-
-
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def models():
-    """(name, model, tokenizer) for every model and dtype measured."""
-    demo, demo_tok = gemma3.load_model(DEMO_MODEL, device="cpu", dtype=torch.float32)
-    yield "demo fp32", demo, demo_tok
-    torch.manual_seed(0)
-    big = gemma3.Gemma3(gemma3.Gemma3Config.from_preset("270m")).eval()
-    tok = gemma3.gpt2_tokenizer()
-    yield "270m fp32", big, tok
-    yield "270m bf16", big.to(torch.bfloat16), tok
-
+from common import PROMPT, median_time, models  # noqa: E402  (bench/common.py)
 
 def figures(model, rec):
     """(name, thunk) of every figure function of explain/figures.py, on this record."""
