@@ -561,7 +561,7 @@ def embedding_view(record: Record, model) -> tuple[go.Figure, str]:
     fig = make_subplots(rows=3, cols=1, vertical_spacing=0.13, row_heights=[0.32, 0.3, 0.38],
                         subplot_titles=(f"RMS of each token's embedding row: raw (light), × √{cfg.hidden} (dark)",
                                         f"next-token logits = final state · {head} row (top {len(top.indices)})",
-                                        f"lens' first row: with its own row (blue), the best other (grey)"))
+                                        "lens' first row: with its own row (blue), the best other (grey)"))
     fig.add_trace(go.Bar(x=labels, y=_f32(e["raw_rms"]), name="raw row", marker_color="#9bb8d3",
                          hovertemplate="%{x}: %{y:.3g}<extra>raw</extra>"), row=1, col=1)
     fig.add_trace(go.Bar(x=labels, y=_f32(e["scaled_rms"]), name=f"× √{cfg.hidden} = {e['scale']:.3g}",
