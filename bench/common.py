@@ -69,3 +69,25 @@ def models():
     tok = gemma3.gpt2_tokenizer()
     yield "270m fp32", big, tok
     yield "270m bf16", big.to(torch.bfloat16), tok
+
+
+def explain_table(measure, what: str, note: str, doc: str):
+    """The explain benchmarks' command line and table: `measure(name, model, tok, tokens, repeats)` yields rows
+    (model, tokens, what, seconds, x forward, note) for every model of `models()`, at 100 and MAX_TOKENS tokens."""
+    import argparse
+
+    import explain
+
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: PyTorch's)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats}\n", flush=True)
+    print(f"| model | tokens | {what} | time | x forward | {note} |")
+    print("|---|---:|---|---:|---:|---|")
+    for name, model, tok in models():
+        for tokens in (100, explain.MAX_TOKENS):
+            for m, t, w, sec, ratio, n in measure(name, model, tok, tokens, args.repeats):
+                print(f"| {m} | {t} | {w} | {sec * 1e3:.0f} ms | {ratio:.2f} | {n} |", flush=True)

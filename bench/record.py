@@ -13,7 +13,6 @@ stages hold (Record.nbytes, each tensor once) and the budget explain.record_byte
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import explain  # noqa: E402
-from common import PROMPT, median_time, models  # noqa: E402  (bench/common.py)
+from common import PROMPT, explain_table, median_time  # noqa: E402  (bench/common.py)
 
 def figures(model, rec):
     """(name, thunk) of every figure function of explain/figures.py, on this record."""
@@ -61,21 +60,7 @@ def measure(name, model, tok, tokens: int, repeats: int) -> list[tuple]:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: PyTorch's)")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats}\n", flush=True)
-    print("| model | tokens | what | time | x forward | memory |")
-    print("|---|---:|---|---:|---:|---|")
-    for name, model, tok in models():
-        for tokens in (100, explain.MAX_TOKENS):
-            for row in measure(name, model, tok, tokens, args.repeats):
-                m, t, what, sec, ratio, note = row
-                print(f"| {m} | {t} | {what} | {sec * 1e3:.0f} ms | {ratio:.2f} | {note} |", flush=True)
-
+    explain_table(measure, "what", "memory", __doc__)
 
 if __name__ == "__main__":
     main()

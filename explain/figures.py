@@ -366,7 +366,10 @@ def lens_ranks(model, record: Record) -> dict:
     unembedding: probability and rank (1 = top) of the model's final prediction there, and of the true next token
     (the prompt's next token; NaN at the last position, which has none). Arrays [L + 1, T], float32 numpy.
 
-    One pass over the vocabulary per layer (as the recorded top-1 lens), so cache the result per record."""
+    One pass over the vocabulary per layer (as the recorded top-1 lens), so it runs when first asked for, not
+    while recording, and is kept on the record."""
+    if record.lens_ranks is not None:
+        return record.lens_ranks
     w = model.embed.weight if model.head is None else model.head.weight
     device = w.device
     final = record.lens_ids[-1].to(device)                         # the model's own prediction at each position
@@ -383,6 +386,7 @@ def lens_ranks(model, record: Record) -> dict:
             out[f"{kind}_rank"][row] = ((logits > chosen).sum(-1) + 1).cpu().numpy()
     out["true_p"][:, T - 1] = np.nan
     out["true_rank"][:, T - 1] = np.nan
+    record.lens_ranks = out
     return out
 
 

@@ -107,6 +107,7 @@ class Record:
     config: Gemma3Config
     notice: str | None = None        # set when the prompt was cut
     prompt_tokens: int = 0           # tokens in the prompt before any cut
+    lens_ranks: dict | None = field(default=None, repr=False)  # explain.figures.lens_ranks, once it has run
 
     @property
     def layers(self) -> int:

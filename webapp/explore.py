@@ -72,7 +72,6 @@ class Explorer:
         self.cache = cache            # webapp.models.ModelCache
         self.cache_size, self.cache_bytes = cache_size, cache_bytes
         self._records: OrderedDict = OrderedDict()
-        self._lens: OrderedDict = OrderedDict()   # id(record) -> (record, explain.figures.lens_ranks of it)
         self._lock = threading.Lock()
         self.recordings = 0   # how many times a model was run (tests check the cache)
 
@@ -148,16 +147,8 @@ class Explorer:
     def logit_lens(self, prompt, source=None):
         rec = self.record(prompt, source)
         loaded = self.cache.get(source)
-        with self._lock:
-            kept, ranks = self._lens.get(id(rec), (None, None))
-        if kept is not rec:
-            with loaded.reading():
-                ranks = lens_ranks(loaded.model, rec)
-            with self._lock:  # kept as long as the recording is: (record, ranks) by the record's id
-                live = {id(r) for r in self._records.values()}
-                self._lens = OrderedDict((k, v) for k, v in self._lens.items() if k in live)
-                if id(rec) in live:
-                    self._lens[id(rec)] = (rec, ranks)
+        with loaded.reading():
+            ranks = lens_ranks(loaded.model, rec)  # computed on the first draw, then kept on the record
         return explain.logit_lens_figure(rec, ranks), rec.notice
 
     # ---- the walk-through ----
