@@ -83,11 +83,13 @@ def test_same_seed_same_story_and_random_seeds_differ(client):
     a, info = generate(client, "Lily found", 12, 0.9, 40, 0.95, 1.1, 7)
     b, _ = generate(client, "Lily found", 12, 0.9, 40, 0.95, 1.1, 7)
     assert a == b and a and "seed 7" in info
-    c, info_c = generate(client, "Lily found", 12, 1.0, 0, 1.0, 1.0, -1)
-    d, _ = generate(client, "Lily found", 12, 1.0, 0, 1.0, 1.0, -1)
-    assert c != d, "seed -1 draws a new seed every time"
+    # The bundled model is confident: at temperature 1 two 12-token stories can agree by chance,
+    # so the random draws sample hot and long enough that equal stories mean an equal seed.
+    c, info_c = generate(client, "Lily found", 24, 2.0, 0, 1.0, 1.0, -1)
+    d, info_d = generate(client, "Lily found", 24, 2.0, 0, 1.0, 1.0, -1)
     used = int(info_c.split("seed ")[1].split(" ")[0])
-    assert generate(client, "Lily found", 12, 1.0, 0, 1.0, 1.0, used)[0] == c, "the seed shown reproduces the story"
+    assert used != int(info_d.split("seed ")[1].split(" ")[0]) and c != d, "seed -1 draws a new seed every time"
+    assert generate(client, "Lily found", 24, 2.0, 0, 1.0, 1.0, used)[0] == c, "the seed shown reproduces the story"
 
 
 def test_bad_setting_is_a_clear_error_and_server_keeps_serving(client):
