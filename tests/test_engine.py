@@ -135,46 +135,43 @@ def test_geglu_matches_the_reference(dtype):
 
 @needs_kernels
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_feed_forward_half_matches_the_reference(dtype):
-    torch.manual_seed(1)
-    cfg = gemma3.Gemma3Config.from_preset("270m")
-    block = gemma3.model.Block(cfg, 0).to(dtype)
+@pytest.mark.parametrize("pos", [3, 13])  # the sliding layer's ring not yet full, and wrapped
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_decoded_row_is_one_call_that_gives_the_reference_logits_and_cache(dtype, pos, threads):
+    """Layers of the 270m preset's sizes (hidden 640, head_dim 256, ffn 2048), a sliding and a full
+    one, over a cache that already holds earlier positions: the operator's logits and the keys and
+    values it writes are the reference model's, on one thread or a team of two."""
+    torch.manual_seed(pos)
+    cfg = gemma3.Gemma3Config.from_preset("270m", layers=2, layer_types=["sliding", "full"], window=8,
+                                          vocab_size=1000)
+    model = gemma3.Gemma3(cfg).eval().to(dtype)
     with torch.no_grad():
-        for name, p in block.named_parameters():
+        for name, p in model.named_parameters():
             if "norm" in name:
                 p.normal_(0, 0.3)
-        x = (torch.randn(1, 1, cfg.hidden) * 4).to(dtype)
-        y = ops.feed_forward_row(x, block)
-        ref = x + block.post_ffn_norm(block.ffn(block.ffn_norm(x)))
-    assert y.shape == ref.shape and y.dtype == dtype
-    assert close(y, ref)
-    if dtype == torch.bfloat16:
-        assert (y != ref).float().mean() < 0.05  # mostly bit-identical
-
-
-@needs_kernels
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("layer, pos", [(0, 13), (0, 3), (5, 13)])  # sliding (wrapped, not yet), full
-def test_attention_half_matches_the_reference(dtype, layer, pos):
-    model = tiny(dtype, seed=layer + pos)
-    cfg, block = model.config, model.blocks[layer]
-    with torch.no_grad():
         cache = model.new_cache(1, 20)
-        lc = cache.layers[layer]
-        lc.k.normal_(), lc.v.normal_()  # a cache that already holds earlier positions
-        before_k, before_v = lc.k.clone(), lc.v.clone()
-        rope = model.rope_local if block.sliding else model.rope_global
-        cos, sin = rope(torch.tensor([pos]), dtype)
-        x = (torch.randn(1, 1, cfg.hidden) * 4).to(dtype)
-        slot, n = (pos % lc.slots if lc.ring else pos), min(pos + 1, lc.slots)
-        y = ops.attention_row(x, block, cos, sin, slot, n, lc)
-        k_engine, v_engine = lc.k.clone(), lc.v.clone()
-        lc.k.copy_(before_k), lc.v.copy_(before_v)
-        ref = x + block.post_attn_norm(block.attn(block.attn_norm(x), cos, sin, pos, lc))
-    assert y.shape == ref.shape
-    assert close(y, ref)
-    assert torch.allclose(v_engine, lc.v, rtol=1e-6, atol=1e-6)  # the same slot written, nothing else moved
-    assert close(k_engine, lc.k)
+        for lc in cache.layers:
+            lc.k.normal_(), lc.v.normal_()
+        cache.pos = pos
+        before = [(lc.k.clone(), lc.v.clone()) for lc in cache.layers]
+        ids = torch.tensor([[17]])
+        x = model.embed(ids) * torch.tensor(cfg.hidden ** 0.5).to(dtype)
+        positions = torch.tensor([pos])
+        rope = [model.rope_local(positions, dtype) if b.sliding else model.rope_global(positions, dtype)
+                for b in model.blocks]
+        with gemma3.cpu.threads(threads):
+            logits = ops.decode_row(model, x, cache, rope)
+        written = [(lc.k.clone(), lc.v.clone()) for lc in cache.layers]
+        for lc, (k, v) in zip(cache.layers, before):
+            lc.k.copy_(k), lc.v.copy_(v)
+        ref = model(ids, cache=cache)[0, -1]
+    assert logits is not None and logits.shape == ref.shape and logits.dtype == dtype
+    assert close(logits, ref)
+    for lc, (k, v), (k0, v0) in zip(cache.layers, written, before):
+        slot = pos % lc.slots if lc.ring else pos
+        assert close(k, lc.k) and close(v, lc.v), "the reference's key and value, in the same slot"
+        others = torch.arange(lc.slots) != slot
+        assert torch.equal(k[:, :, others], k0[:, :, others]) and torch.equal(v[:, :, others], v0[:, :, others])
 
 
 # ---- the engine's forward against the reference model ----

@@ -2,9 +2,10 @@
 
 It reads the model's own modules and weights and follows gemma3/model.py line by line, handing each
 part to an operator of kernels.cpp where one applies (ops.py) and running the model's PyTorch code
-where none does. A decoded row (batch 1) takes two calls per block: its attention half and its
-feed-forward half. A prompt takes vectorized passes for the norms (with the residual add), q/k
-norm + RoPE and GeGLU, and one matrix product for q, k and v where they are packed (packing.py).
+where none does. A decoded row (batch 1) is one call: every block, the final norm and the head, on
+one team of threads (kernels.cpp says why). A prompt takes vectorized passes for the norms (with the
+residual add), q/k norm + RoPE and GeGLU, and one matrix product for q, k and v where they are
+packed (packing.py).
 """
 
 from __future__ import annotations
@@ -81,15 +82,7 @@ def feed_forward(ffn, x):
 
 
 def block_forward(block, x, cos, sin, start: int, cache):
-    """Block.forward: one call per half for a decoded row, the steps above otherwise."""
-    if x.shape[0] == 1 and x.shape[1] == 1 and hasattr(block.post_attn_norm, "weight"):
-        slot, n = (start % cache.slots if cache.ring else start), min(start + 1, cache.slots)
-        y = ops.attention_row(x, block, cos, sin, slot, n, cache)
-        if y is not None:
-            z = ops.feed_forward_row(y, block)
-            if z is not None:
-                return z
-            return norm(feed_forward(block.ffn, norm(y, block.ffn_norm)), block.post_ffn_norm, y)
+    """Block.forward with the engine's steps."""
     x = norm(attention(block.attn, norm(x, block.attn_norm), cos, sin, start, cache), block.post_attn_norm, x)
     return norm(feed_forward(block.ffn, norm(x, block.ffn_norm)), block.post_ffn_norm, x)
 
@@ -106,8 +99,13 @@ def forward(model, input_ids: torch.Tensor, cache, last_only: bool = False) -> t
     x = F.embedding(input_ids, w) * torch.tensor(math.sqrt(cfg.hidden)).to(w.dtype)
     positions = torch.arange(start, start + T, device=input_ids.device)
     local, glob = model.rope_local(positions, x.dtype), model.rope_global(positions, x.dtype)
-    for block, layer_cache in zip(model.blocks, cache.layers):
-        cos, sin = local if block.sliding else glob
+    rope = [local if block.sliding else glob for block in model.blocks]
+    if B == 1 and T == 1:
+        logits = ops.decode_row(model, x, cache, rope)
+        if logits is not None:
+            cache.pos += 1
+            return logits.view(1, 1, -1)
+    for block, layer_cache, (cos, sin) in zip(model.blocks, cache.layers, rope):
         x = block_forward(block, x, cos, sin, start, layer_cache)
     cache.pos += T
     if last_only:

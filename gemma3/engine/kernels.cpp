@@ -7,6 +7,12 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <omp.h>
+#include <sched.h>
+
+#include <algorithm>
+#include <atomic>
+#include <vector>
 
 #include "simd.h"
 
@@ -162,34 +168,70 @@ static void matvec_##T(const T *W, const T *x, T *y, int64_t rows, int64_t cols)
 MATVEC(f32, to_f32)
 MATVEC(bf16, to_bf16)
 
-/* The two halves of a block for one decoded row (batch 1), each step rounded to the storage type
-   where the PyTorch code rounds it.
+/* A decoded token (batch 1) runs in one parallel region: its steps are too small for a region each.
+   Every region start wakes the team's other threads, and libgomp lets them spin for the next one only
+   while it manages no more threads than there are CPUs: from the main thread alone, not from the
+   worker threads of a server, where each wake-up is a sleep and a futex call (about 50 us here; a
+   demo-model token has 41 steps). Inside the region the threads split each step's rows and meet at
+   a barrier that spins (they are all running short steps), then yields the CPU (one was not
+   scheduled). */
+struct Barrier {
+    alignas(64) std::atomic<int> arrived{0};
+    alignas(64) std::atomic<int> phase{0};
+};
+
+struct Team {
+    int t, n;    /* this thread's number, the team's size */
+    Barrier *b;
+    void sync() const {
+        if (n == 1) return;
+        int phase = b->phase.load(std::memory_order_acquire);
+        if (b->arrived.fetch_add(1, std::memory_order_acq_rel) == n - 1) {
+            b->arrived.store(0, std::memory_order_relaxed);
+            b->phase.store(phase + 1, std::memory_order_release);
+            return;
+        }
+        for (int spins = 0; b->phase.load(std::memory_order_acquire) == phase; spins++) {
+            if (spins < (1 << 14)) _mm_pause();
+            else sched_yield();
+        }
+    }
+    /* this thread's share [lo, hi) of `total` rows */
+    int64_t lo(int64_t total) const { return total * t / n; }
+    int64_t hi(int64_t total) const { return total * (t + 1) / n; }
+};
+
+/* The two halves of a block for one decoded row, run by every thread of a team, each step rounded to
+   the storage type where the PyTorch code rounds it. x is the residual stream, updated in place.
    attention: h = norm(x); q, k, v = Wq h, Wk h, Wv h; q, k = rope(q_norm(q)), rope(k_norm(k)); k, v
    go to cache slot `slot` (cache k, v: [kv_heads, slots, hd]); a = softmax(q K^T * scale) V over the
-   first n slots, per head, in fp32; out = x + post_norm(Wo a).
+   first n slots, per head, in fp32; x += post_norm(Wo a).
    Scratch: T [d + 3 * nh * hd + 2 * nkv * hd], fp32 [nh * slots].
-   feed-forward: h = norm(x); p = gelu_tanh(Wg h) * (Wu h); out = x + post_norm(Wd p).
+   feed-forward: h = norm(x); p = gelu_tanh(Wg h) * (Wu h); x += post_norm(Wd p).
    Scratch: T [2 * (d + f)]. */
 #define HALVES(T, LOAD, STORE)                                                                        \
-static void attn_##T(const T *x, const T *nw, const T *Wq, const T *Wk, const T *Wv, const T *qnw, const T *knw,    \
-              const T *cs, const T *sn, T *K, T *V, const T *Wo, const T *pw, T *out, T *scratch,     \
-              float *scores, int64_t d, int64_t nh, int64_t nkv, int64_t hd, int64_t slots,           \
+static void attn_##T(const Team &tm, T *x, const T *nw, const T *Wq, const T *Wk, const T *Wv,               \
+              const T *qnw, const T *knw, const T *cs, const T *sn, T *K, T *V, const T *Wo, const T *pw,     \
+              T *scratch, float *scores, int64_t d, int64_t nh, int64_t nkv, int64_t hd, int64_t slots,      \
               int64_t slot, int64_t n, float scale, float eps) {                                      \
     int64_t nq = nh * hd, nk = nkv * hd;                                                              \
     T *h = scratch, *raw = h + d, *q = raw + nq + 2 * nk, *a = q + nq;                                \
-    norm_row_##T(x, nw, h, d, eps);                                                                   \
-    _Pragma("omp parallel for schedule(static)")                                                      \
-    for (int64_t r = 0; r < nq + 2 * nk; r++) {                                                       \
+    if (tm.t == 0) norm_row_##T(x, nw, h, d, eps);                                                    \
+    tm.sync();                                                                                        \
+    for (int64_t r = tm.lo(nq + 2 * nk); r < tm.hi(nq + 2 * nk); r++) {                               \
         const T *w = r < nq ? Wq + r * d : r < nq + nk ? Wk + (r - nq) * d : Wv + (r - nq - nk) * d;  \
         raw[r] = STORE(dot_##T(w, h, d));                                                             \
     }                                                                                                 \
-    norm_rope_##T(raw, qnw, cs, sn, q, nh, nh, 1, hd, nq, eps);                                       \
-    for (int64_t g = 0; g < nkv; g++) {                                                               \
-        norm_rope_##T(raw + nq + g * hd, knw, cs, sn, K + (g * slots + slot) * hd, 1, 1, 1, hd, hd, eps); \
-        for (int64_t i = 0; i < hd; i++) V[(g * slots + slot) * hd + i] = raw[nq + nk + g * hd + i];  \
+    tm.sync();                                                                                        \
+    if (tm.t == 0) {                                                                                  \
+        norm_rope_##T(raw, qnw, cs, sn, q, nh, nh, 1, hd, nq, eps);                                   \
+        for (int64_t g = 0; g < nkv; g++) {                                                           \
+            norm_rope_##T(raw + nq + g * hd, knw, cs, sn, K + (g * slots + slot) * hd, 1, 1, 1, hd, hd, eps); \
+            for (int64_t i = 0; i < hd; i++) V[(g * slots + slot) * hd + i] = raw[nq + nk + g * hd + i]; \
+        }                                                                                             \
     }                                                                                                 \
-    _Pragma("omp parallel for schedule(static)")                                                      \
-    for (int64_t head = 0; head < nh; head++) {                                                       \
+    tm.sync();                                                                                        \
+    for (int64_t head = tm.lo(nh); head < tm.hi(nh); head++) {                                        \
         int64_t g = head / (nh / nkv);                                                                \
         const T *qh = q + head * hd, *Kg = K + g * slots * hd, *Vg = V + g * slots * hd;              \
         float *s = scores + head * slots, m = -INFINITY, sum = 0.0f, acc[1024];                       \
@@ -205,36 +247,70 @@ static void attn_##T(const T *x, const T *nw, const T *Wq, const T *Wk, const T 
         }                                                                                             \
         for (int64_t i = 0; i < hd; i++) a[head * hd + i] = STORE(acc[i]);                            \
     }                                                                                                 \
+    tm.sync();                                                                                        \
     T *o = h; /* h is spent: reuse its room */                                                        \
-    _Pragma("omp parallel for schedule(static)")                                                      \
-    for (int64_t r = 0; r < d; r++) o[r] = STORE(dot_##T(Wo + r * nq, a, nq));                        \
-    norm_row_##T(o, pw, o, d, eps);                                                                   \
-    for (int64_t i = 0; i < d; i++) out[i] = STORE(LOAD(x[i]) + LOAD(o[i]));                          \
+    for (int64_t r = tm.lo(d); r < tm.hi(d); r++) o[r] = STORE(dot_##T(Wo + r * nq, a, nq));          \
+    tm.sync();                                                                                        \
+    if (tm.t == 0) {                                                                                  \
+        norm_row_##T(o, pw, o, d, eps);                                                               \
+        for (int64_t i = 0; i < d; i++) x[i] = STORE(LOAD(x[i]) + LOAD(o[i]));                        \
+    }                                                                                                 \
+    tm.sync();                                                                                        \
 }                                                                                                     \
                                                                                                       \
-static void ffn_##T(const T *x, const T *nw, const T *Wg, const T *Wu, const T *Wd, const T *pw,             \
-             T *out, T *scratch, int64_t d, int64_t f, float eps) {                                   \
+static void ffn_##T(const Team &tm, T *x, const T *nw, const T *Wg, const T *Wu, const T *Wd, const T *pw,   \
+             T *scratch, int64_t d, int64_t f, float eps) {                                           \
     T *h = scratch, *p = scratch + d, *dn = scratch + d + f;                                          \
-    norm_row_##T(x, nw, h, d, eps);                                                                   \
-    _Pragma("omp parallel for schedule(static)")                                                      \
-    for (int64_t r = 0; r < f; r++) {                                                                 \
+    if (tm.t == 0) norm_row_##T(x, nw, h, d, eps);                                                    \
+    tm.sync();                                                                                        \
+    for (int64_t r = tm.lo(f); r < tm.hi(f); r++) {                                                   \
         float g = LOAD(STORE(dot_##T(Wg + r * d, h, d)));                                             \
         float u = LOAD(STORE(dot_##T(Wu + r * d, h, d)));                                             \
         p[r] = STORE(LOAD(STORE(gelu_tanh(g))) * u);                                                  \
     }                                                                                                 \
-    _Pragma("omp parallel for schedule(static)")                                                      \
-    for (int64_t r = 0; r < d; r++) dn[r] = STORE(dot_##T(Wd + r * f, p, f));                         \
-    norm_row_##T(dn, pw, dn, d, eps);                                                                 \
-    for (int64_t i = 0; i < d; i++) out[i] = STORE(LOAD(x[i]) + LOAD(dn[i]));                         \
+    tm.sync();                                                                                        \
+    for (int64_t r = tm.lo(d); r < tm.hi(d); r++) dn[r] = STORE(dot_##T(Wd + r * f, p, f));           \
+    tm.sync();                                                                                        \
+    if (tm.t == 0) {                                                                                  \
+        norm_row_##T(dn, pw, dn, d, eps);                                                             \
+        for (int64_t i = 0; i < d; i++) x[i] = STORE(LOAD(x[i]) + LOAD(dn[i]));                       \
+    }                                                                                                 \
+    tm.sync();                                                                                        \
+}                                                                                                     \
+                                                                                                      \
+/* Every block, the final norm and the head for one decoded row: logits = head(final_norm(x)).        \
+   w holds 13 weights a layer (see decode_row below), kv 2 caches a layer, rope cos and sin a layer. */ \
+static void decode_##T(T *x, const at::Tensor *w, const at::Tensor *kv, const at::Tensor *rope,      \
+                       const int64_t *slot, const int64_t *len, const double *scale, int64_t layers,  \
+                       const T *fnw, const T *head, T *logits, int64_t vocab, T *scratch, float *scores, \
+                       int64_t d, int64_t nh, int64_t nkv, int64_t hd, int64_t f, float eps) {       \
+    Barrier b;                                                                                        \
+    _Pragma("omp parallel")                                                                           \
+    {                                                                                                 \
+        Team tm{omp_get_thread_num(), omp_get_num_threads(), &b};                                     \
+        for (int64_t l = 0; l < layers; l++) {                                                        \
+            const at::Tensor *lw = w + 13 * l;                                                        \
+            attn_##T(tm, x, CPTR(lw[0], T), CPTR(lw[1], T), CPTR(lw[2], T), CPTR(lw[3], T), CPTR(lw[4], T), \
+                     CPTR(lw[5], T), CPTR(rope[2 * l], T), CPTR(rope[2 * l + 1], T), PTR(kv[2 * l], T), \
+                     PTR(kv[2 * l + 1], T), CPTR(lw[6], T), CPTR(lw[7], T), scratch, scores, d, nh, nkv, hd, \
+                     kv[2 * l].size(2), slot[l], len[l], (float)scale[l], eps);                       \
+            ffn_##T(tm, x, CPTR(lw[8], T), CPTR(lw[9], T), CPTR(lw[10], T), CPTR(lw[11], T), CPTR(lw[12], T), \
+                    scratch, d, f, eps);                                                              \
+        }                                                                                             \
+        T *h = scratch;                                                                               \
+        if (tm.t == 0) norm_row_##T(x, fnw, h, d, eps);                                               \
+        tm.sync();                                                                                    \
+        for (int64_t r = tm.lo(vocab); r < tm.hi(vocab); r++) logits[r] = STORE(dot_##T(head + r * d, h, d)); \
+    }                                                                                                 \
 }
 
+#define PTR(t, T) reinterpret_cast<T *>((t).data_ptr())
+#define CPTR(t, T) reinterpret_cast<const T *>((t).data_ptr())
 HALVES(f32, from_f32, to_f32)
 HALVES(bf16, from_bf16, to_bf16)
 
 /* ---- PyTorch operators: shape checks, then the kernel of the tensors' dtype (fp32 or bf16) ---- */
 
-#define PTR(t, T) reinterpret_cast<T *>((t).data_ptr())
-#define CPTR(t, T) reinterpret_cast<const T *>((t).data_ptr())
 #define BY_DTYPE(t, CALL)                                                                    \
     do {                                                                                     \
         if ((t).scalar_type() == at::kFloat) { typedef f32 T; CALL(f32); }                   \
@@ -298,43 +374,48 @@ static at::Tensor geglu(const at::Tensor &g, const at::Tensor &u) {
     return p;
 }
 
-/* x + post_norm(Wo attention(...)) of one decoded row (batch 1) at cache slot `slot`, attending to
-   the first n slots of the cache k, v [1, kv_heads, slots, head_dim], which receive this row's key
-   and value */
-static at::Tensor attention_row(const at::Tensor &x, const at::Tensor &norm, const at::Tensor &wq, const at::Tensor &wk,
-                                const at::Tensor &wv, const at::Tensor &q_norm, const at::Tensor &k_norm,
-                                const at::Tensor &cos, const at::Tensor &sin, at::Tensor k, at::Tensor v,
-                                const at::Tensor &wo, const at::Tensor &post, int64_t slot, int64_t n, double scale, double eps) {
-    int64_t d = x.size(-1), hd = q_norm.numel(), nh = wq.size(0) / hd, nkv = wk.size(0) / hd, slots = k.size(2);
-    TORCH_CHECK(x.numel() == d && k.dim() == 4 && k.size(0) == 1 && k.size(1) == nkv && k.size(3) == hd && v.sizes() == k.sizes()
-                && hd <= 1024 && nh % nkv == 0 && cos.numel() == hd && sin.numel() == hd && 0 <= slot && slot < slots && 0 < n && n <= slots,
-                "attention_row: one row, a cache [1, kv_heads, slots, head_dim], head_dim at most 1024");
-    for (const at::Tensor *t : std::initializer_list<const at::Tensor *>{&x, &norm, &wq, &wk, &wv, &q_norm, &k_norm, &cos, &sin, &k, &v, &wo, &post}) check(*t, x, "attention_row");
-    at::Tensor out = at::empty_like(x);
-    at::Tensor scratch = at::empty({d + (3 * nh + 2 * nkv) * hd}, x.options());
-    at::Tensor scores = at::empty({nh * slots}, x.options().dtype(at::kFloat));
-#define CALL(S) attn_##S(CPTR(x, T), CPTR(norm, T), CPTR(wq, T), CPTR(wk, T), CPTR(wv, T), CPTR(q_norm, T), CPTR(k_norm, T), \
-                         CPTR(cos, T), CPTR(sin, T), PTR(k, T), PTR(v, T), CPTR(wo, T), CPTR(post, T), PTR(out, T),         \
-                         PTR(scratch, T), scores.data_ptr<float>(), d, nh, nkv, hd, slots, slot, n, (float)scale, (float)eps)
+/* The logits of one decoded row (batch 1): every block, each writing its key and value at its cache
+   slot and attending to the first `lengths` slots, then the final norm and the head. Per layer:
+   weights, 13: attn_norm, wq, wk, wv, q_norm, k_norm, wo, post_attn_norm, ffn_norm, gate, up, down,
+   post_ffn_norm; caches, 2: k, v [1, kv_heads, slots, head_dim]; rope, 2: cos, sin [head_dim]. */
+static at::Tensor decode_row(const at::Tensor &x, at::TensorList weights, at::TensorList caches, at::TensorList rope,
+                             at::IntArrayRef slots, at::IntArrayRef lengths, at::ArrayRef<double> scales,
+                             const at::Tensor &final_norm, const at::Tensor &head, double eps) {
+    int64_t layers = slots.size(), d = x.numel();
+    TORCH_CHECK(layers > 0 && (int64_t)weights.size() == 13 * layers && (int64_t)caches.size() == 2 * layers
+                && (int64_t)rope.size() == 2 * layers && (int64_t)lengths.size() == layers && (int64_t)scales.size() == layers,
+                "decode_row: 13 weights, 2 caches, 2 rope tables, a slot, a length and a scale per layer");
+    int64_t hd = weights[4].numel(), nh = weights[1].size(0) / hd, nkv = weights[2].size(0) / hd, f = weights[9].size(0);
+    int64_t nq = nh * hd, most = 0;
+    TORCH_CHECK(hd <= 1024 && hd % 2 == 0 && nkv > 0 && nh % nkv == 0, "decode_row: head_dim even, at most 1024");
+    for (int64_t l = 0; l < layers; l++) {
+        const at::Tensor *w = weights.data() + 13 * l, &k = caches[2 * l], &v = caches[2 * l + 1];
+        const std::initializer_list<std::pair<const at::Tensor *, std::vector<int64_t>>> shapes = {
+            {&w[0], {d}}, {&w[1], {nq, d}}, {&w[2], {nkv * hd, d}}, {&w[3], {nkv * hd, d}}, {&w[4], {hd}}, {&w[5], {hd}},
+            {&w[6], {d, nq}}, {&w[7], {d}}, {&w[8], {d}}, {&w[9], {f, d}}, {&w[10], {f, d}}, {&w[11], {d, f}}, {&w[12], {d}}};
+        for (const auto &[t, shape] : shapes) {
+            check(*t, x, "decode_row weight");
+            TORCH_CHECK(t->sizes() == at::IntArrayRef(shape), "decode_row: every layer's weights of one model's shapes");
+        }
+        check(k, x, "decode_row cache"); check(v, x, "decode_row cache");
+        check(rope[2 * l], x, "decode_row cos"); check(rope[2 * l + 1], x, "decode_row sin");
+        TORCH_CHECK(k.dim() == 4 && k.size(0) == 1 && k.size(1) == nkv && k.size(3) == hd && v.sizes() == k.sizes()
+                    && rope[2 * l].numel() == hd && rope[2 * l + 1].numel() == hd
+                    && 0 <= slots[l] && slots[l] < k.size(2) && 0 < lengths[l] && lengths[l] <= k.size(2),
+                    "decode_row: caches [1, kv_heads, slots, head_dim], a slot and a length within them");
+        most = std::max(most, k.size(2));
+    }
+    check(x, x, "x"); check(final_norm, x, "final_norm"); check(head, x, "head");
+    TORCH_CHECK(final_norm.numel() == d && head.dim() == 2 && head.size(1) == d, "decode_row: final_norm [d], head [vocab, d]");
+    at::Tensor stream = x.clone().view({d}), logits = at::empty({head.size(0)}, x.options());
+    at::Tensor scratch = at::empty({std::max(d + 3 * nq + 2 * nkv * hd, 2 * (d + f))}, x.options());
+    at::Tensor scores = at::empty({nh * most}, x.options().dtype(at::kFloat));
+#define CALL(S) decode_##S(PTR(stream, T), weights.data(), caches.data(), rope.data(), slots.data(), lengths.data(),    \
+                           scales.data(), layers, CPTR(final_norm, T), CPTR(head, T), PTR(logits, T), head.size(0),   \
+                           PTR(scratch, T), scores.data_ptr<float>(), d, nh, nkv, hd, f, (float)eps)
     BY_DTYPE(x, CALL);
 #undef CALL
-    return out;
-}
-
-/* x + post_norm(down(gelu_tanh(gate h) * up h)), h = norm(x), of one decoded row */
-static at::Tensor feed_forward_row(const at::Tensor &x, const at::Tensor &norm, const at::Tensor &gate, const at::Tensor &up,
-                                   const at::Tensor &down, const at::Tensor &post, double eps) {
-    int64_t d = x.size(-1), f = gate.size(0);
-    TORCH_CHECK(x.numel() == d && gate.size(1) == d && up.sizes() == gate.sizes() && down.size(0) == d && down.size(1) == f,
-                "feed_forward_row: one row and matching weights");
-    for (const at::Tensor *t : std::initializer_list<const at::Tensor *>{&x, &norm, &gate, &up, &down, &post}) check(*t, x, "feed_forward_row");
-    at::Tensor out = at::empty_like(x);
-    at::Tensor scratch = at::empty({2 * (d + f)}, x.options());
-#define CALL(S) ffn_##S(CPTR(x, T), CPTR(norm, T), CPTR(gate, T), CPTR(up, T), CPTR(down, T), CPTR(post, T), PTR(out, T), \
-                        PTR(scratch, T), d, f, (float)eps)
-    BY_DTYPE(x, CALL);
-#undef CALL
-    return out;
+    return logits;
 }
 
 TORCH_LIBRARY(gemma3_engine, m) {
@@ -342,9 +423,8 @@ TORCH_LIBRARY(gemma3_engine, m) {
     m.def("rms_norm(Tensor x, Tensor weight, Tensor? residual, float eps) -> Tensor");
     m.def("norm_rope(Tensor x, Tensor weight, Tensor cos, Tensor sin, float eps) -> Tensor");
     m.def("geglu(Tensor gate, Tensor up) -> Tensor");
-    m.def("attention_row(Tensor x, Tensor norm, Tensor wq, Tensor wk, Tensor wv, Tensor q_norm, Tensor k_norm, Tensor cos, "
-          "Tensor sin, Tensor(a!) k, Tensor(b!) v, Tensor wo, Tensor post, int slot, int n, float scale, float eps) -> Tensor");
-    m.def("feed_forward_row(Tensor x, Tensor norm, Tensor gate, Tensor up, Tensor down, Tensor post, float eps) -> Tensor");
+    m.def("decode_row(Tensor x, Tensor[] weights, Tensor(a!)[] caches, Tensor[] rope, int[] slots, int[] lengths, "
+          "float[] scales, Tensor final_norm, Tensor head, float eps) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(gemma3_engine, CPU, m) {
@@ -352,6 +432,5 @@ TORCH_LIBRARY_IMPL(gemma3_engine, CPU, m) {
     m.impl("rms_norm", &rms_norm);
     m.impl("norm_rope", &norm_rope);
     m.impl("geglu", &geglu);
-    m.impl("attention_row", &attention_row);
-    m.impl("feed_forward_row", &feed_forward_row);
+    m.impl("decode_row", &decode_row);
 }

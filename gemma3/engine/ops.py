@@ -43,8 +43,8 @@ def _register_fakes():
     torch.library.register_fake(lib + "rms_norm")(lambda x, weight, residual, eps: torch.empty_like(x))
     torch.library.register_fake(lib + "norm_rope")(lambda x, weight, cos, sin, eps: x.new_empty(x.shape))
     torch.library.register_fake(lib + "geglu")(lambda gate, up: torch.empty_like(gate))
-    torch.library.register_fake(lib + "attention_row")(lambda x, *rest: torch.empty_like(x))
-    torch.library.register_fake(lib + "feed_forward_row")(lambda x, *rest: torch.empty_like(x))
+    torch.library.register_fake(lib + "decode_row")(
+        lambda x, weights, caches, rope, slots, lengths, scales, final_norm, head, eps: head.new_empty(head.shape[0]))
 
 
 def matvec(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
@@ -78,22 +78,27 @@ def geglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor | None:
     return torch.ops.gemma3_engine.geglu(gate, up)
 
 
-def attention_row(x, block, cos, sin, slot: int, n: int, cache) -> torch.Tensor | None:
-    """x + post_attn_norm(attn(attn_norm(x))) of a Block for one row (batch 1), writing its key and
-    value at `slot` of the LayerCache `cache` and attending to its first `n` slots; or None."""
-    a, norm, post = block.attn, block.attn_norm, block.post_attn_norm
-    ws = (norm.weight, a.wq.weight, a.wk.weight, a.wv.weight, a.q_norm.weight, a.k_norm.weight, cos, sin,
-          cache.k, cache.v, a.wo.weight, post.weight)
-    if x.numel() != x.shape[-1] or a.head_dim > 1024 or cache.k.shape[0] != 1 or not usable(x, *ws) or not all(
-            w.is_contiguous() for w in ws):
+def decode_row(model, x: torch.Tensor, cache, cos_sin) -> torch.Tensor | None:
+    """The logits [vocab] of one decoded row x [1, 1, hidden] (the scaled embedding) at position
+    cache.pos: every block, each writing its key and value to its LayerCache, then the final norm and
+    the head, in one call; or None. cos_sin: the (cos, sin) of the row's position for each layer."""
+    weights, caches, rope, slots, lengths, scales = [], [], [], [], [], []
+    pos = cache.pos
+    for block, lc, (cos, sin) in zip(model.blocks, cache.layers, cos_sin):
+        a, f = block.attn, block.ffn
+        if not hasattr(block.post_attn_norm, "weight") or lc.k.shape[0] != 1:
+            return None
+        weights += [block.attn_norm.weight, a.wq.weight, a.wk.weight, a.wv.weight, a.q_norm.weight, a.k_norm.weight,
+                    a.wo.weight, block.post_attn_norm.weight, block.ffn_norm.weight, f.gate.weight, f.up.weight,
+                    f.down.weight, block.post_ffn_norm.weight]
+        caches += [lc.k, lc.v]
+        rope += [cos, sin]
+        slots.append(pos % lc.slots if lc.ring else pos)
+        lengths.append(min(pos + 1, lc.slots))
+        scales.append(a.scale)
+    head = model.embed.weight if model.head is None else model.head.weight
+    tensors = [x, *weights, *caches, *rope, model.final_norm.weight, head]
+    if x.numel() != x.shape[-1] or not usable(*tensors) or not all(t.is_contiguous() for t in tensors):
         return None
-    return torch.ops.gemma3_engine.attention_row(x, *ws, slot, n, a.scale, norm.eps)
-
-
-def feed_forward_row(x, block) -> torch.Tensor | None:
-    """x + post_ffn_norm(ffn(ffn_norm(x))) of a Block for one row, or None."""
-    f, norm, post = block.ffn, block.ffn_norm, block.post_ffn_norm
-    ws = (norm.weight, f.gate.weight, f.up.weight, f.down.weight, post.weight)
-    if x.numel() != x.shape[-1] or not usable(x, *ws) or not all(w.is_contiguous() for w in ws):
-        return None
-    return torch.ops.gemma3_engine.feed_forward_row(x, *ws, norm.eps)
+    return torch.ops.gemma3_engine.decode_row(x, weights, caches, rope, slots, lengths, scales,
+                                              model.final_norm.weight, head, model.config.norm_eps)
