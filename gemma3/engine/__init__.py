@@ -3,8 +3,8 @@
 gemma3/model.py is the plain PyTorch reference that learners read and the explainer records. For
 generation, `forward(model, ids, cache)` computes the same logits from the same modules and weights
 with C++ operators (kernels.cpp, built once per machine by gemma3/native.py) where the CPU has
-AVX512-BF16: a decoded token's block is two calls instead of about a hundred small PyTorch
-operations, a prompt's element-wise work is one vectorized pass each, and load_model packs q/k/v for
+AVX512-BF16: a decoded token is one call (every block, the final norm, the head) instead of
+hundreds of small PyTorch operations, a prompt's element-wise work is one vectorized pass each, and load_model packs q/k/v for
 bf16 (packing.py). `decoder(model)` says which forward generation should use. Training and the
 explainer never use the engine; a model with forward hooks (someone is watching it) runs the
 reference. bench/generate.py measures what the engine earns against the reference, against the
