@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..model import Gemma3
+from . import ops
 from .forward import forward
 from .ops import available
 from .packing import pack_qkv, stacked
@@ -38,7 +39,8 @@ def decoder(model, use_engine: bool = True):
     """The forward generation should call, as f(ids, cache, last_only): the engine's where it
     applies, else the model's own."""
     if use_engine and applies(model):
-        return lambda ids, cache, last_only=False: forward(model, ids, cache, last_only)
+        prepared = ops.row_weights(model)  # once per generation: the model does not change during one
+        return lambda ids, cache, last_only=False: forward(model, ids, cache, last_only, prepared)
     return lambda ids, cache, last_only=False: model(ids, cache=cache, last_only=last_only)
 
 

@@ -88,8 +88,9 @@ def block_forward(block, x, cos, sin, start: int, cache):
 
 
 @torch.no_grad()
-def forward(model, input_ids: torch.Tensor, cache, last_only: bool = False) -> torch.Tensor:
-    """model(input_ids, cache=cache, last_only=last_only), the same logits (to the last bit or two)."""
+def forward(model, input_ids: torch.Tensor, cache, last_only: bool = False, prepared=None) -> torch.Tensor:
+    """model(input_ids, cache=cache, last_only=last_only), the same logits (to the last bit or two).
+    prepared: ops.row_weights(model), when the caller decodes many tokens with one model."""
     cfg = model.config
     B, T = input_ids.shape
     start = cache.pos
@@ -101,7 +102,7 @@ def forward(model, input_ids: torch.Tensor, cache, last_only: bool = False) -> t
     local, glob = model.rope_local(positions, x.dtype), model.rope_global(positions, x.dtype)
     rope = [local if block.sliding else glob for block in model.blocks]
     if B == 1 and T == 1:
-        logits = ops.decode_row(model, x, cache, rope)
+        logits = ops.decode_row(model, x, cache, rope, prepared)
         if logits is not None:
             cache.pos += 1
             return logits.view(1, 1, -1)

@@ -78,27 +78,43 @@ def geglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor | None:
     return torch.ops.gemma3_engine.geglu(gate, up)
 
 
-def decode_row(model, x: torch.Tensor, cache, cos_sin) -> torch.Tensor | None:
-    """The logits [vocab] of one decoded row x [1, 1, hidden] (the scaled embedding) at position
-    cache.pos: every block, each writing its key and value to its LayerCache, then the final norm and
-    the head, in one call; or None. cos_sin: the (cos, sin) of the row's position for each layer."""
-    weights, caches, rope, slots, lengths, scales = [], [], [], [], [], []
-    pos = cache.pos
-    for block, lc, (cos, sin) in zip(model.blocks, cache.layers, cos_sin):
+def row_weights(model) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor] | None:
+    """What decode_row reads of a model, checked once: (13 weights a layer, final norm, head), or None
+    where the operator does not apply. Building and checking it takes about as long as a demo-model
+    token, so generation does it once (engine.decoder), not per token."""
+    weights = []
+    for block in model.blocks:
         a, f = block.attn, block.ffn
-        if not hasattr(block.post_attn_norm, "weight") or lc.k.shape[0] != 1:
+        if not hasattr(block.post_attn_norm, "weight"):
             return None
         weights += [block.attn_norm.weight, a.wq.weight, a.wk.weight, a.wv.weight, a.q_norm.weight, a.k_norm.weight,
                     a.wo.weight, block.post_attn_norm.weight, block.ffn_norm.weight, f.gate.weight, f.up.weight,
                     f.down.weight, block.post_ffn_norm.weight]
+    head = model.embed.weight if model.head is None else model.head.weight
+    tensors = [*weights, model.final_norm.weight, head]
+    if not usable(*tensors) or not all(t.is_contiguous() for t in tensors):
+        return None
+    return weights, model.final_norm.weight, head
+
+
+def decode_row(model, x: torch.Tensor, cache, cos_sin, prepared=None) -> torch.Tensor | None:
+    """The logits [vocab] of one decoded row x [1, 1, hidden] (the scaled embedding) at position
+    cache.pos: every block, each writing its key and value to its LayerCache, then the final norm and
+    the head, in one call; or None. cos_sin: the (cos, sin) of the row's position for each layer;
+    prepared: row_weights(model), when the caller has it."""
+    prepared = prepared or row_weights(model)
+    if prepared is None or x.numel() != x.shape[-1] or not usable(x, prepared[2]) or not x.is_contiguous():
+        return None
+    weights, final_norm, head = prepared
+    caches, rope, slots, lengths, scales = [], [], [], [], []
+    pos = cache.pos
+    for block, lc, (cos, sin) in zip(model.blocks, cache.layers, cos_sin):
+        if lc.k.shape[0] != 1 or lc.k.dtype != x.dtype:
+            return None
         caches += [lc.k, lc.v]
         rope += [cos, sin]
         slots.append(pos % lc.slots if lc.ring else pos)
         lengths.append(min(pos + 1, lc.slots))
-        scales.append(a.scale)
-    head = model.embed.weight if model.head is None else model.head.weight
-    tensors = [x, *weights, *caches, *rope, model.final_norm.weight, head]
-    if x.numel() != x.shape[-1] or not usable(*tensors) or not all(t.is_contiguous() for t in tensors):
-        return None
-    return torch.ops.gemma3_engine.decode_row(x, weights, caches, rope, slots, lengths, scales,
-                                              model.final_norm.weight, head, model.config.norm_eps)
+        scales.append(block.attn.scale)
+    return torch.ops.gemma3_engine.decode_row(x, weights, caches, rope, slots, lengths, scales, final_norm, head,
+                                              model.config.norm_eps)
