@@ -9,11 +9,12 @@ batch 1, greedy, the decode rate (tokens per second from the first decoded token
 - engine: gemma3/engine (the C++ operators), the same loop;
 - CLI: gemma3.generate_tokens from the main thread, as `python -m gemma3 generate` runs;
 - app: the same from a worker thread, as the app's generation runs.
-The reference and engine columns run one bench loop (forward, argmax, stamp) with the thread policy
-of generate_tokens (gemma3.cpu.DecodeThreads: one thread or all, by measurement); the compiled one
-runs that loop on all threads (a compiled graph guards on the thread count: switching recompiles);
-"engine, 1 thread" and "engine, all threads" pin the engine's thread count instead, to show what the
-policy chooses between. Transformers runs with PyTorch's default threads, as its users run it.
+The reference and engine columns run one bench loop (forward, argmax, stamp) with the threads of
+generate_tokens (engine.decoder's step: the reference on one thread or all, by measurement; the
+engine's one call per token on every core); the compiled one runs that loop on all threads (a
+compiled graph guards on the thread count: switching recompiles); "engine, 1 thread" runs the
+engine's call on one thread, to show what the other threads add. Transformers runs with PyTorch's
+default threads, as its users run it.
 Everything is measured three times: on a quiet machine, with a "spin" hog (one process per core
 spinning a bounded Python busy loop) and with a "torch" hog (another PyTorch program running matrix
 products on every core, as a training run or another Space visitor's prompt would); both stop by
@@ -33,10 +34,11 @@ import torch
 
 import gemma3
 from gemma3 import engine
-from gemma3.cpu import DecodeThreads, threads
+from gemma3.cpu import threads
+from gemma3.generate import next_token
 
 CONDITIONS = [None, "spin", "torch"]  # quiet, a Python busy loop per core, another PyTorch program
-SIDES = ["transformers", "reference", "compiled", "engine", "engine, 1 thread", "engine, all threads", "CLI", "app"]
+SIDES = ["transformers", "reference", "compiled", "engine", "engine, 1 thread", "CLI", "app"]
 
 
 def spin(seconds: float, parent: int, started):
@@ -101,19 +103,20 @@ class Pinned:
 
 
 def loop(model, forward, ids, tokens, seconds, pinned: int | None = None) -> float:
-    """Greedy decoding with `forward(ids, cache, last_only)`: the rate of the decoded tokens."""
+    """Greedy decoding with `forward(ids, cache, last_only)` (an engine.decoder, or pinned to `pinned`
+    threads): the rate of the decoded tokens."""
     cache = model.new_cache(1, len(ids) + tokens + 1)
-    policy = Pinned(pinned) if pinned else DecodeThreads()
+    policy = Pinned(pinned) if pinned else forward
     times = []
     with torch.inference_mode():
-        tok = forward(torch.tensor([ids]), cache, True)[:, -1].argmax(-1)
+        tok = next_token(forward(torch.tensor([ids]), cache, True)[:, -1], 0)
         end = time.perf_counter() + seconds
         for _ in range(tokens):
             times.append(time.perf_counter())
             if times[-1] > end:
                 break
-            with policy.step():  # forward and argmax, as generate_tokens times a token
-                tok = forward(tok.view(1, 1), cache)[:, -1].argmax(-1)
+            with policy.step():  # forward and greedy choice, as generate_tokens runs a token
+                tok = next_token(forward(tok.view(1, 1), cache)[:, -1], 0)
     return rate(times)
 
 
@@ -155,17 +158,16 @@ def transformers_rate(hf, ids, tokens, seconds) -> float:
 
 def runners(model, hf):
     """name -> f(ids, tokens, seconds) for every side; the compiled one is compiled on first call."""
-    reference = lambda ids, cache, last_only=False: model(ids, cache=cache, last_only=last_only)  # noqa: E731
+    reference = engine.decoder(model, use_engine=False)
     compiled = torch.compile(reference, dynamic=True)
-    fast = engine.decoder(model)
+    fast, one = engine.decoder(model), engine.decoder(model, threads=1)
     return {
         "transformers": lambda ids, n, s: transformers_rate(hf, ids, n, s),
         "reference": lambda ids, n, s: loop(model, reference, ids, n, s),
         # pinned: a compiled graph guards on the thread count, so the policy's switches would recompile it
         "compiled": lambda ids, n, s: loop(model, compiled, ids, n, s, pinned=len(os.sched_getaffinity(0))),
         "engine": lambda ids, n, s: loop(model, fast, ids, n, s),
-        "engine, 1 thread": lambda ids, n, s: loop(model, fast, ids, n, s, pinned=1),
-        "engine, all threads": lambda ids, n, s: loop(model, fast, ids, n, s, pinned=len(os.sched_getaffinity(0))),
+        "engine, 1 thread": lambda ids, n, s: loop(model, one, ids, n, s),
         "CLI": lambda ids, n, s: cli(model, ids, n, s),
         "app": lambda ids, n, s: app(model, ids, n, s),
     }
@@ -209,19 +211,15 @@ class _Quiet:
 def table(results: dict, models, dtypes, sides=SIDES) -> str:
     """The README's decode table: tokens/s per side (quiet / spin hog / torch hog) and the ratios that matter."""
     compare = "compiled" in sides
-    pinned = ["engine, 1 thread", "engine, all threads"]
-    ceiling = all(p in sides for p in pinned)
     lines = ["| model, dtype | " + " | ".join(sides) + (" | engine / compiled" if compare else "")
-             + " | CLI busy / quiet | app busy / quiet |" + (" pinned busy / quiet |" if ceiling else ""),
-             "|---" * (len(sides) + 3 + compare + ceiling) + "|"]
+             + " | CLI busy / quiet | app busy / quiet |",
+             "|---" * (len(sides) + 3 + compare) + "|"]
     for m in models:
         for d in dtypes:
             q = lambda side, busy=None: results[(m, d, busy, side)]  # noqa: E731
             cell = lambda side: " / ".join(f"{q(side, c):.0f}" for c in CONDITIONS)  # noqa: E731
             worst = lambda side: min(q(side, c) for c in CONDITIONS[1:]) / q(side)  # noqa: E731
-            # the ceiling a thread policy can reach: the better pinned count under the worse hog
-            best = min(max(q(p, c) for p in pinned) for c in CONDITIONS[1:]) / q("CLI") if ceiling else 0
             lines.append(f"| {m} {d} | " + " | ".join(cell(s) for s in sides)
                          + (f" | {q('engine') / q('compiled'):.2f}x" if compare else "")
-                         + f" | {worst('CLI'):.2f} | {worst('app'):.2f} |" + (f" {best:.2f} |" if ceiling else ""))
+                         + f" | {worst('CLI'):.2f} | {worst('app'):.2f} |")
     return "\n".join(lines)

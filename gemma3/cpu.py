@@ -123,8 +123,3 @@ class DecodeThreads:
         else:
             self.wait = min(2 * self.wait, 512)
         self.trial, self.next_try = None, self.tokens + self.wait
-
-
-def decode_threads(model) -> DecodeThreads | None:
-    """The thread policy for decoding with `model`: None off the CPU."""
-    return DecodeThreads() if model.embed.weight.device.type == "cpu" else None

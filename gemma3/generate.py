@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import time
 import warnings
-from contextlib import nullcontext
 from typing import Iterator
 
 import torch
 
 from . import engine
-from .cpu import decode_threads
 
 
 def check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty):
@@ -87,7 +85,6 @@ def generate_tokens(model, ids: list[int], max_new_tokens: int = 200, temperatur
     seen[0, ids] = True
     stats.update(prompt_tokens=len(ids), new_tokens=0, stop_reason="length")
     forward = engine.decoder(model, use_engine)
-    policy = decode_threads(model)
     t0 = time.perf_counter()
     logits = forward(torch.tensor([ids], device=device), cache, last_only=True)[:, -1]
     token = next_token(logits, temperature, top_k, top_p, repetition_penalty, seen, generator)
@@ -107,8 +104,7 @@ def generate_tokens(model, ids: list[int], max_new_tokens: int = 200, temperatur
             stats["stop_reason"] = "length" if cache.max_len < context else "context"
             break
         seen[0, tok] = True
-        # the whole token, forward and sampling, on one thread or all, by measurement (cpu.py)
-        with policy.step() if policy else nullcontext():
+        with forward.step():  # the token's threads (engine.decoder)
             logits = forward(token.view(1, 1), cache)[:, -1]
             token = next_token(logits, temperature, top_k, top_p, repetition_penalty, seen, generator)
     stats["decode_s"] = time.perf_counter() - t0

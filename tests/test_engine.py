@@ -174,6 +174,29 @@ def test_a_decoded_row_is_one_call_that_gives_the_reference_logits_and_cache(dty
         assert torch.equal(k[:, :, others], k0[:, :, others]) and torch.equal(v[:, :, others], v0[:, :, others])
 
 
+@needs_kernels
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_threads_the_os_stops_mid_token_change_no_bit(dtype):
+    """Three times as many threads as cores: the OS stops threads in the middle of a chunk of a step
+    and the others compute it for them (which happened, the counter says); over 196 decoded tokens
+    every logit is still, to the bit, the one a single thread computes."""
+    torch.manual_seed(0)
+    cfg = gemma3.Gemma3Config.from_preset("270m", layers=2, layer_types=["sliding", "full"], window=8,
+                                          vocab_size=1000)
+    model = gemma3.Gemma3(cfg).eval().to(dtype)
+    ids = torch.randint(0, 1000, (1, 200), generator=torch.Generator().manual_seed(1))
+    runs, covered = [], []
+    for n in (1, 3 * len(os.sched_getaffinity(0))):
+        before = ops.covered_chunks()
+        forward, cache = engine.decoder(model, threads=n), model.new_cache(1, 200)
+        with torch.inference_mode(), gemma3.cpu.threads(1):  # a prompt's sums depend on PyTorch's threads
+            forward(ids[:, :4], cache, True)
+            runs.append(torch.cat([forward(ids[:, t:t + 1], cache) for t in range(4, 200)], 1))
+        covered.append(ops.covered_chunks() - before)
+    assert covered[0] == 0 and covered[1] > 0, covered
+    assert torch.equal(runs[0], runs[1]), "a wrong key or value would also change the later tokens' logits"
+
+
 # ---- the engine's forward against the reference model ----
 
 def decode(forward, model, ids, prompt=12):

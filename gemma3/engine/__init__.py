@@ -13,8 +13,11 @@ reference under torch.compile, and against transformers.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 
+from .. import cpu
 from ..model import Gemma3
 from . import ops
 from .forward import forward
@@ -35,13 +38,30 @@ def applies(model) -> bool:
     return available()
 
 
-def decoder(model, use_engine: bool = True):
+def decoder(model, use_engine: bool = True, threads: int | None = None):
     """The forward generation should call, as f(ids, cache, last_only): the engine's where it
-    applies, else the model's own."""
+    applies, else the model's own. `with f.step():` wraps each decoded token, forward and sampling,
+    and sets its threads: where one engine call decodes the token, PyTorch's small operations around
+    it (embedding, sampling) run on one thread and the call itself on `threads` (default: PyTorch's
+    count), threads that never wait for each other to be scheduled (kernels.cpp); elsewhere the
+    token runs on one thread or all, by measurement (cpu.DecodeThreads)."""
     if use_engine and applies(model):
         prepared = ops.row_weights(model)  # once per generation: the model does not change during one
-        return lambda ids, cache, last_only=False: forward(model, ids, cache, last_only, prepared)
-    return lambda ids, cache, last_only=False: model(ids, cache=cache, last_only=last_only)
+        threads = threads or torch.get_num_threads()
+
+        def f(ids, cache, last_only=False):
+            return forward(model, ids, cache, last_only, prepared, threads)
+
+        if prepared is not None:
+            f.step = lambda: cpu.threads(1)
+            return f
+    else:
+        def f(ids, cache, last_only=False):
+            return model(ids, cache=cache, last_only=last_only)
+
+    policy = cpu.DecodeThreads(threads) if model.embed.weight.device.type == "cpu" else None
+    f.step = policy.step if policy else nullcontext
+    return f
 
 
 def describe(model) -> str:

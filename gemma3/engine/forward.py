@@ -88,9 +88,11 @@ def block_forward(block, x, cos, sin, start: int, cache):
 
 
 @torch.no_grad()
-def forward(model, input_ids: torch.Tensor, cache, last_only: bool = False, prepared=None) -> torch.Tensor:
+def forward(model, input_ids: torch.Tensor, cache, last_only: bool = False, prepared=None,
+            threads: int | None = None) -> torch.Tensor:
     """model(input_ids, cache=cache, last_only=last_only), the same logits (to the last bit or two).
-    prepared: ops.row_weights(model), when the caller decodes many tokens with one model."""
+    prepared: ops.row_weights(model), when the caller decodes many tokens with one model; threads:
+    the threads of a decoded token's one call (default: PyTorch's count)."""
     cfg = model.config
     B, T = input_ids.shape
     start = cache.pos
@@ -102,7 +104,7 @@ def forward(model, input_ids: torch.Tensor, cache, last_only: bool = False, prep
     local, glob = model.rope_local(positions, x.dtype), model.rope_global(positions, x.dtype)
     rope = [local if block.sliding else glob for block in model.blocks]
     if B == 1 and T == 1:
-        logits = ops.decode_row(model, x, cache, rope, prepared)
+        logits = ops.decode_row(model, x, cache, rope, prepared, threads)
         if logits is not None:
             cache.pos += 1
             return logits.view(1, 1, -1)

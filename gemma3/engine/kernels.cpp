@@ -10,8 +10,18 @@
 #include <omp.h>
 #include <sched.h>
 
+#include <linux/futex.h>
+#include <pthread.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <climits>
+#include <memory>
+#include <mutex>
+#include <thread>
 #include <vector>
 
 #include "simd.h"
@@ -168,146 +178,326 @@ static void matvec_##T(const T *W, const T *x, T *y, int64_t rows, int64_t cols)
 MATVEC(f32, to_f32)
 MATVEC(bf16, to_bf16)
 
-/* A decoded token (batch 1) runs in one parallel region: its steps are too small for a region each.
-   Every region start wakes the team's other threads, and libgomp lets them spin for the next one only
-   while it manages no more threads than there are CPUs: from the main thread alone, not from the
-   worker threads of a server, where each wake-up is a sleep and a futex call (about 50 us here; a
-   demo-model token has 41 steps). Inside the region the threads split each step's rows and meet at
-   a barrier that spins (they are all running short steps), then yields the CPU (one was not
-   scheduled). */
-struct Barrier {
-    alignas(64) std::atomic<int> arrived{0};
-    alignas(64) std::atomic<int> phase{0};
+/* ---- One decoded token (batch 1), on threads the OS may stop at any moment ----
+
+   A decoded token is a chain of small steps: a norm, a matrix-vector product, attention per head, ...
+   Splitting each step between threads that then meet at a barrier makes every step wait for the
+   slowest thread, and on a busy machine (a Space's shared 2 vCPUs, a laptop compiling) a thread that
+   is not scheduled stops the others for the rest of its time slice: two threads decoded up to 30x
+   slower than one. Here no thread waits for another to be scheduled. Each step is cut into chunks; a
+   thread takes a free chunk, computes it into its own memory, then publishes it: the first to publish
+   a chunk writes it out, a later copy is dropped. A thread that finds no free chunk while another has
+   held one for longer than a chunk takes (that one is probably not running) computes it too. So the
+   token advances whenever any of its threads runs, and every value is the one a single thread would
+   compute. The threads besides the caller are this file's own (a pool that sleeps when idle), not
+   OpenMP's: an OpenMP region ends by waiting for all its threads, the very wait this avoids. A job
+   keeps alive all the memory it reads (its buffers, and the weights' and caches' storage) until its
+   last thread leaves it, so a thread that wakes up late on a finished token reads valid memory and
+   publishes nothing. */
+enum : uint8_t { FREE, TAKEN, WRITING, DONE };   /* a chunk's life */
+enum Kind { NORM, MATVEC, ROPE, ATTN, RESNORM, GATEUP };
+constexpr int64_t CHUNK_BYTES = 64 << 10;          /* the weights a matrix-vector chunk reads */
+static std::atomic<int64_t> covered{0};            /* chunks a thread computed for another that held it */
+
+template <typename T> struct Num;                  /* the arithmetic of each storage type */
+template <> struct Num<f32> {
+    static float load(f32 v) { return v; }
+    static f32 store(float v) { return v; }
+    static float dot(const f32 *w, const f32 *x, int64_t n) { return dot_f32(w, x, n); }
+    static void norm(const f32 *x, const f32 *w, f32 *y, int64_t d, float eps) { norm_row_f32(x, w, y, d, eps); }
+    static void norm_rope(const f32 *x, const f32 *w, const f32 *c, const f32 *s, f32 *y, int64_t heads, int64_t d, float eps) {
+        norm_rope_f32(x, w, c, s, y, heads, heads, 1, d, heads * d, eps);
+    }
+};
+template <> struct Num<bf16> {
+    static float load(bf16 v) { return from_bf16(v); }
+    static bf16 store(float v) { return to_bf16(v); }
+    static float dot(const bf16 *w, const bf16 *x, int64_t n) { return dot_bf16(w, x, n); }
+    static void norm(const bf16 *x, const bf16 *w, bf16 *y, int64_t d, float eps) { norm_row_bf16(x, w, y, d, eps); }
+    static void norm_rope(const bf16 *x, const bf16 *w, const bf16 *c, const bf16 *s, bf16 *y, int64_t heads, int64_t d, float eps) {
+        norm_rope_bf16(x, w, c, s, y, heads, heads, 1, d, heads * d, eps);
+    }
 };
 
-struct Team {
-    int t, n;    /* this thread's number, the team's size */
-    Barrier *b;
-    void sync() const {
-        if (n == 1) return;
-        int phase = b->phase.load(std::memory_order_acquire);
-        if (b->arrived.fetch_add(1, std::memory_order_acq_rel) == n - 1) {
-            b->arrived.store(0, std::memory_order_relaxed);
-            b->phase.store(phase + 1, std::memory_order_release);
-            return;
+template <typename T> struct Step {
+    Kind kind;
+    int64_t chunks = 1, per = 1, rows = 0, cols = 0; /* per: rows (or heads) a chunk */
+    const T *W[3] = {}; int64_t end[3] = {};       /* MATVEC: stacked matrices, W[i] up to row end[i] */
+    const T *src = nullptr, *w1 = nullptr, *w2 = nullptr;
+    T *dst = nullptr;
+    int64_t layer = 0, first = 0;                  /* first: its first chunk's index in Job::state */
+};
+
+struct Layer { void *K, *V; const void *cos, *sin, *qn, *kn; int64_t slots, slot, len; float scale; };
+
+struct JobBase {
+    int threads = 1;
+    virtual ~JobBase() = default;
+    virtual void work(int me) = 0;
+};
+
+using Clock = std::chrono::steady_clock;
+static inline double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+template <typename T> struct Job : JobBase {
+    using N = Num<T>;
+    std::vector<c10::Storage> keep;                /* the weights, caches and rope tables read */
+    std::vector<Step<T>> steps;
+    std::vector<Layer> layers;
+    std::unique_ptr<std::atomic<uint8_t>[]> state; /* every step's chunks */
+    std::unique_ptr<std::atomic<int64_t>[]> done;  /* chunks published, per step */
+    std::atomic<int64_t> cur{0};                   /* the step running */
+    std::vector<T> buf;                            /* the token's vectors (x, h, q, ...) */
+    int64_t d = 0, nh = 0, nkv = 0, hd = 0, most_out = 0, most_slots = 0;
+    float eps = 0;
+
+    void add(Step<T> s) {
+        s.first = steps.empty() ? 0 : steps.back().first + steps.back().chunks;
+        if (s.kind == MATVEC || s.kind == GATEUP) {
+            s.per = std::max<int64_t>(1, CHUNK_BYTES / (s.cols * (int64_t)sizeof(T) * (s.kind == GATEUP ? 2 : 1)));
+            s.chunks = (s.rows + s.per - 1) / s.per;
+            most_out = std::max(most_out, s.per);
+        } else if (s.kind == ATTN) {
+            s.chunks = nh;
         }
-        for (int spins = 0; b->phase.load(std::memory_order_acquire) == phase; spins++) {
-            if (spins < (1 << 14)) _mm_pause();
-            else sched_yield();
+        steps.push_back(s);
+    }
+    void ready() {                                 /* after the last add */
+        int64_t total = steps.back().first + steps.back().chunks;
+        state.reset(new std::atomic<uint8_t>[total]());
+        done.reset(new std::atomic<int64_t>[steps.size()]());
+        most_out = std::max({most_out, 2 * d, (nh + 2 * nkv) * hd});
+    }
+
+    /* chunk c of step st, into out (and scores for attention): the values only, written nowhere shared */
+    void compute(const Step<T> &st, int64_t c, T *out, float *scores) const {
+        int64_t lo = c * st.per, hi = std::min(st.rows, lo + st.per);
+        switch (st.kind) {
+        case NORM: N::norm(st.src, st.w1, out, d, eps); break;
+        case RESNORM: {                            /* x + post_norm(src), then its next norm */
+            const T *x = st.dst;
+            T *sum = out, *h = out + d;
+            N::norm(st.src, st.w1, h, d, eps);
+            for (int64_t i = 0; i < d; i++) sum[i] = N::store(N::load(x[i]) + N::load(h[i]));
+            N::norm(sum, st.w2, h, d, eps);
+            break;
+        }
+        case MATVEC:
+            for (int64_t r = lo; r < hi; r++) {
+                int i = r < st.end[0] ? 0 : r < st.end[1] ? 1 : 2;
+                out[r - lo] = N::store(N::dot(st.W[i] + (r - (i ? st.end[i - 1] : 0)) * st.cols, st.src, st.cols));
+            }
+            break;
+        case GATEUP:
+            for (int64_t r = lo; r < hi; r++) {
+                float g = N::load(N::store(N::dot(st.W[0] + r * st.cols, st.src, st.cols)));
+                float u = N::load(N::store(N::dot(st.W[1] + r * st.cols, st.src, st.cols)));
+                out[r - lo] = N::store(N::load(N::store(gelu_tanh(g))) * u);
+            }
+            break;
+        case ROPE: {                               /* q and k normed and rotated, v as it is */
+            const Layer &L = layers[st.layer];
+            int64_t nq = nh * hd, nk = nkv * hd;
+            auto cs = (const T *)L.cos, sn = (const T *)L.sin;
+            N::norm_rope(st.src, (const T *)L.qn, cs, sn, out, nh, hd, eps);
+            N::norm_rope(st.src + nq, (const T *)L.kn, cs, sn, out + nq, nkv, hd, eps);
+            for (int64_t i = 0; i < nk; i++) out[nq + nk + i] = st.src[nq + nk + i];
+            break;
+        }
+        case ATTN: {                               /* softmax(q K^T * scale) V over the first len slots, fp32 */
+            const Layer &L = layers[st.layer];
+            int64_t head = c, g = head / (nh / nkv);
+            const T *q = st.src + head * hd, *K = (const T *)L.K + g * L.slots * hd, *V = (const T *)L.V + g * L.slots * hd;
+            float m = -INFINITY, sum = 0.0f, acc[1024];
+            for (int64_t j = 0; j < L.len; j++) {
+                scores[j] = N::dot(K + j * hd, q, hd) * L.scale;
+                if (scores[j] > m) m = scores[j];
+            }
+            for (int64_t j = 0; j < L.len; j++) { scores[j] = expf(scores[j] - m); sum += scores[j]; }
+            for (int64_t i = 0; i < hd; i++) acc[i] = 0.0f;
+            for (int64_t j = 0; j < L.len; j++) {
+                float pj = scores[j] / sum;
+                for (int64_t i = 0; i < hd; i++) acc[i] += pj * N::load(V[j * hd + i]);
+            }
+            for (int64_t i = 0; i < hd; i++) out[i] = N::store(acc[i]);
+            break;
+        }
         }
     }
-    /* this thread's share [lo, hi) of `total` rows */
-    int64_t lo(int64_t total) const { return total * t / n; }
-    int64_t hi(int64_t total) const { return total * (t + 1) / n; }
+
+    /* write computed chunk c out, unless another copy of it was */
+    void publish(int64_t s, const Step<T> &st, int64_t c, const T *out) {
+        uint8_t held = TAKEN;
+        if (!state[st.first + c].compare_exchange_strong(held, WRITING, std::memory_order_acq_rel)) return;
+        int64_t lo = c * st.per, hi = std::min(st.rows, lo + st.per);
+        switch (st.kind) {
+        case NORM: std::copy(out, out + d, st.dst); break;
+        case RESNORM: std::copy(out, out + d, st.dst); std::copy(out + d, out + 2 * d, buf.data() + d); break;
+        case MATVEC: case GATEUP: std::copy(out, out + (hi - lo), st.dst + lo); break;
+        case ATTN: std::copy(out, out + hd, st.dst + c * hd); break;
+        case ROPE: {
+            const Layer &L = layers[st.layer];
+            int64_t nq = nh * hd, nk = nkv * hd;
+            std::copy(out, out + nq, st.dst);
+            for (int64_t g = 0; g < nkv; g++) {
+                std::copy(out + nq + g * hd, out + nq + (g + 1) * hd, (T *)L.K + (g * L.slots + L.slot) * hd);
+                std::copy(out + nq + nk + g * hd, out + nq + nk + (g + 1) * hd, (T *)L.V + (g * L.slots + L.slot) * hd);
+            }
+            break;
+        }
+        }
+        state[st.first + c].store(DONE, std::memory_order_release);
+        if (done[s].fetch_add(1, std::memory_order_acq_rel) + 1 == st.chunks) cur.store(s + 1, std::memory_order_release);
+    }
+
+    void work(int me) override {
+        thread_local std::vector<T> out;
+        thread_local std::vector<float> scores;
+        if ((int64_t)out.size() < most_out) out.resize(most_out);
+        if ((int64_t)scores.size() < most_slots) scores.resize(most_slots);
+        const int64_t n = steps.size();
+        for (int64_t s; (s = cur.load(std::memory_order_acquire)) < n;) {
+            const Step<T> &st = steps[s];
+            double longest = 0;                    /* this thread's longest chunk of the step */
+            for (int64_t i = 0, start = st.chunks * me / threads; i < st.chunks; i++) {
+                int64_t c = (start + i) % st.chunks;
+                uint8_t expect = FREE;
+                if (state[st.first + c].load(std::memory_order_relaxed) != FREE
+                    || !state[st.first + c].compare_exchange_strong(expect, TAKEN, std::memory_order_acq_rel))
+                    continue;
+                auto t0 = Clock::now();
+                compute(st, c, out.data(), scores.data());
+                publish(s, st, c, out.data());
+                longest = std::max(longest, since(t0));
+            }
+            /* no chunk left to take: wait for the others to publish theirs, and after a while (the
+               holder is probably not running) compute the held ones too */
+            auto t0 = Clock::now();
+            double grace = 20e-6 + 4 * longest;
+            for (int spins = 0; cur.load(std::memory_order_acquire) == s; spins++) {
+                if ((spins & 63) != 63 || since(t0) < grace) { _mm_pause(); continue; }
+                for (int64_t c = 0; c < st.chunks && cur.load(std::memory_order_acquire) == s; c++)
+                    if (state[st.first + c].load(std::memory_order_acquire) == TAKEN) {
+                        covered.fetch_add(1, std::memory_order_relaxed);
+                        compute(st, c, out.data(), scores.data());
+                        publish(s, st, c, out.data());
+                    }
+                t0 = Clock::now();                 /* what is left is being written out: a moment */
+                grace = 50e-6;
+                sched_yield();
+            }
+        }
+    }
 };
 
-/* The two halves of a block for one decoded row, run by every thread of a team, each step rounded to
-   the storage type where the PyTorch code rounds it. x is the residual stream, updated in place.
-   attention: h = norm(x); q, k, v = Wq h, Wk h, Wv h; q, k = rope(q_norm(q)), rope(k_norm(k)); k, v
-   go to cache slot `slot` (cache k, v: [kv_heads, slots, hd]); a = softmax(q K^T * scale) V over the
-   first n slots, per head, in fp32; x += post_norm(Wo a).
-   Scratch: T [d + 3 * nh * hd + 2 * nkv * hd], fp32 [nh * slots].
-   feed-forward: h = norm(x); p = gelu_tanh(Wg h) * (Wu h); x += post_norm(Wd p).
-   Scratch: T [2 * (d + f)]. */
-#define HALVES(T, LOAD, STORE)                                                                        \
-static void attn_##T(const Team &tm, T *x, const T *nw, const T *Wq, const T *Wk, const T *Wv,               \
-              const T *qnw, const T *knw, const T *cs, const T *sn, T *K, T *V, const T *Wo, const T *pw,     \
-              T *scratch, float *scores, int64_t d, int64_t nh, int64_t nkv, int64_t hd, int64_t slots,      \
-              int64_t slot, int64_t n, float scale, float eps) {                                      \
-    int64_t nq = nh * hd, nk = nkv * hd;                                                              \
-    T *h = scratch, *raw = h + d, *q = raw + nq + 2 * nk, *a = q + nq;                                \
-    if (tm.t == 0) norm_row_##T(x, nw, h, d, eps);                                                    \
-    tm.sync();                                                                                        \
-    for (int64_t r = tm.lo(nq + 2 * nk); r < tm.hi(nq + 2 * nk); r++) {                               \
-        const T *w = r < nq ? Wq + r * d : r < nq + nk ? Wk + (r - nq) * d : Wv + (r - nq - nk) * d;  \
-        raw[r] = STORE(dot_##T(w, h, d));                                                             \
-    }                                                                                                 \
-    tm.sync();                                                                                        \
-    if (tm.t == 0) {                                                                                  \
-        norm_rope_##T(raw, qnw, cs, sn, q, nh, nh, 1, hd, nq, eps);                                   \
-        for (int64_t g = 0; g < nkv; g++) {                                                           \
-            norm_rope_##T(raw + nq + g * hd, knw, cs, sn, K + (g * slots + slot) * hd, 1, 1, 1, hd, hd, eps); \
-            for (int64_t i = 0; i < hd; i++) V[(g * slots + slot) * hd + i] = raw[nq + nk + g * hd + i]; \
-        }                                                                                             \
-    }                                                                                                 \
-    tm.sync();                                                                                        \
-    for (int64_t head = tm.lo(nh); head < tm.hi(nh); head++) {                                        \
-        int64_t g = head / (nh / nkv);                                                                \
-        const T *qh = q + head * hd, *Kg = K + g * slots * hd, *Vg = V + g * slots * hd;              \
-        float *s = scores + head * slots, m = -INFINITY, sum = 0.0f, acc[1024];                       \
-        for (int64_t j = 0; j < n; j++) {                                                             \
-            s[j] = dot_##T(Kg + j * hd, qh, hd) * scale;                                              \
-            if (s[j] > m) m = s[j];                                                                   \
-        }                                                                                             \
-        for (int64_t j = 0; j < n; j++) { s[j] = expf(s[j] - m); sum += s[j]; }                       \
-        for (int64_t i = 0; i < hd; i++) acc[i] = 0.0f;                                               \
-        for (int64_t j = 0; j < n; j++) {                                                             \
-            float pj = s[j] / sum;                                                                    \
-            for (int64_t i = 0; i < hd; i++) acc[i] += pj * LOAD(Vg[j * hd + i]);                     \
-        }                                                                                             \
-        for (int64_t i = 0; i < hd; i++) a[head * hd + i] = STORE(acc[i]);                            \
-    }                                                                                                 \
-    tm.sync();                                                                                        \
-    T *o = h; /* h is spent: reuse its room */                                                        \
-    for (int64_t r = tm.lo(d); r < tm.hi(d); r++) o[r] = STORE(dot_##T(Wo + r * nq, a, nq));          \
-    tm.sync();                                                                                        \
-    if (tm.t == 0) {                                                                                  \
-        norm_row_##T(o, pw, o, d, eps);                                                               \
-        for (int64_t i = 0; i < d; i++) x[i] = STORE(LOAD(x[i]) + LOAD(o[i]));                        \
-    }                                                                                                 \
-    tm.sync();                                                                                        \
-}                                                                                                     \
-                                                                                                      \
-static void ffn_##T(const Team &tm, T *x, const T *nw, const T *Wg, const T *Wu, const T *Wd, const T *pw,   \
-             T *scratch, int64_t d, int64_t f, float eps) {                                           \
-    T *h = scratch, *p = scratch + d, *dn = scratch + d + f;                                          \
-    if (tm.t == 0) norm_row_##T(x, nw, h, d, eps);                                                    \
-    tm.sync();                                                                                        \
-    for (int64_t r = tm.lo(f); r < tm.hi(f); r++) {                                                   \
-        float g = LOAD(STORE(dot_##T(Wg + r * d, h, d)));                                             \
-        float u = LOAD(STORE(dot_##T(Wu + r * d, h, d)));                                             \
-        p[r] = STORE(LOAD(STORE(gelu_tanh(g))) * u);                                                  \
-    }                                                                                                 \
-    tm.sync();                                                                                        \
-    for (int64_t r = tm.lo(d); r < tm.hi(d); r++) dn[r] = STORE(dot_##T(Wd + r * f, p, f));           \
-    tm.sync();                                                                                        \
-    if (tm.t == 0) {                                                                                  \
-        norm_row_##T(dn, pw, dn, d, eps);                                                             \
-        for (int64_t i = 0; i < d; i++) x[i] = STORE(LOAD(x[i]) + LOAD(dn[i]));                       \
-    }                                                                                                 \
-    tm.sync();                                                                                        \
-}                                                                                                     \
-                                                                                                      \
-/* Every block, the final norm and the head for one decoded row: logits = head(final_norm(x)).        \
-   w holds 13 weights a layer (see decode_row below), kv 2 caches a layer, rope cos and sin a layer. */ \
-static void decode_##T(T *x, const at::Tensor *w, const at::Tensor *kv, const at::Tensor *rope,      \
-                       const int64_t *slot, const int64_t *len, const double *scale, int64_t layers,  \
-                       const T *fnw, const T *head, T *logits, int64_t vocab, T *scratch, float *scores, \
-                       int64_t d, int64_t nh, int64_t nkv, int64_t hd, int64_t f, float eps) {       \
-    Barrier b;                                                                                        \
-    _Pragma("omp parallel")                                                                           \
-    {                                                                                                 \
-        Team tm{omp_get_thread_num(), omp_get_num_threads(), &b};                                     \
-        for (int64_t l = 0; l < layers; l++) {                                                        \
-            const at::Tensor *lw = w + 13 * l;                                                        \
-            attn_##T(tm, x, CPTR(lw[0], T), CPTR(lw[1], T), CPTR(lw[2], T), CPTR(lw[3], T), CPTR(lw[4], T), \
-                     CPTR(lw[5], T), CPTR(rope[2 * l], T), CPTR(rope[2 * l + 1], T), PTR(kv[2 * l], T), \
-                     PTR(kv[2 * l + 1], T), CPTR(lw[6], T), CPTR(lw[7], T), scratch, scores, d, nh, nkv, hd, \
-                     kv[2 * l].size(2), slot[l], len[l], (float)scale[l], eps);                       \
-            ffn_##T(tm, x, CPTR(lw[8], T), CPTR(lw[9], T), CPTR(lw[10], T), CPTR(lw[11], T), CPTR(lw[12], T), \
-                    scratch, d, f, eps);                                                              \
-        }                                                                                             \
-        T *h = scratch;                                                                               \
-        if (tm.t == 0) norm_row_##T(x, fnw, h, d, eps);                                               \
-        tm.sync();                                                                                    \
-        for (int64_t r = tm.lo(vocab); r < tm.hi(vocab); r++) logits[r] = STORE(dot_##T(head + r * d, h, d)); \
-    }                                                                                                 \
+/* The pool: helper threads 1, 2, ... (the caller is 0), started on demand, spinning briefly for the
+   next token, then sleeping on a futex. A fork's child starts a pool of its own. */
+struct Pool {
+    std::mutex m;                                  /* guards job and started */
+    std::shared_ptr<JobBase> job;
+    int started = 0;
+    alignas(64) std::atomic<uint32_t> seq{0};      /* bumped for every job */
+    alignas(64) std::atomic<int> sleeping{0};
+};
+static Pool *pool = new Pool;                      /* never destroyed: its threads outlive exit's destructors */
+[[maybe_unused]] static const int forks = pthread_atfork(nullptr, nullptr, [] { pool = new Pool; });
+
+static void futex(std::atomic<uint32_t> *word, int op, uint32_t value) {
+    syscall(SYS_futex, reinterpret_cast<uint32_t *>(word), op, value, nullptr, nullptr, 0);
+}
+
+static void helper(Pool *p, int me, uint32_t seen) {
+    for (;;) {
+        auto t0 = Clock::now();
+        uint32_t now;
+        for (int spins = 0; (now = p->seq.load()) == seen; spins++) {
+            if ((spins & 255) != 255 || since(t0) < 100e-6) { _mm_pause(); continue; }
+            p->sleeping.fetch_add(1);
+            if (p->seq.load() == seen) futex(&p->seq, FUTEX_WAIT_PRIVATE, seen);
+            p->sleeping.fetch_sub(1);
+            t0 = Clock::now();
+        }
+        seen = now;
+        std::shared_ptr<JobBase> job;
+        {
+            std::lock_guard<std::mutex> g(p->m);
+            job = p->job;
+        }
+        if (job && me < job->threads) job->work(me);
+    }
+}
+
+/* Run a job on the calling thread and, while they help, on threads - 1 of the pool's */
+static void run(const std::shared_ptr<JobBase> &job) {
+    Pool *p = pool;
+    if (job->threads > 1) {
+        {
+            std::lock_guard<std::mutex> g(p->m);
+            for (; p->started < job->threads - 1; p->started++)
+                std::thread(helper, p, p->started + 1, p->seq.load()).detach();
+            p->job = job;
+        }
+        p->seq.fetch_add(1);
+        if (p->sleeping.load() > 0) futex(&p->seq, FUTEX_WAKE_PRIVATE, INT32_MAX);
+    }
+    job->work(0);
+    if (job->threads > 1) {
+        std::lock_guard<std::mutex> g(p->m);
+        if (p->job == job) p->job.reset();
+    }
 }
 
 #define PTR(t, T) reinterpret_cast<T *>((t).data_ptr())
 #define CPTR(t, T) reinterpret_cast<const T *>((t).data_ptr())
-HALVES(f32, from_f32, to_f32)
-HALVES(bf16, from_bf16, to_bf16)
+
+/* The token's steps, per layer (w: 13 weights a layer, see decode_row below):
+   h = attn_norm(x); raw = [Wq; Wk; Wv] h; q, k, v = rope(q_norm(.)), rope(k_norm(.)), v -> cache;
+   a = attention per head; o = Wo a; x += post_attn_norm(o), h = ffn_norm(x);
+   p = gelu_tanh(Wg h) * (Wu h); dn = Wd p; x += post_ffn_norm(dn), h = the next layer's attn_norm(x)
+   (after the last layer: final_norm(x)); then logits = head h. */
+template <typename T>
+static std::shared_ptr<Job<T>> plan(const at::Tensor &x, const at::Tensor *w, const at::Tensor *kv, const at::Tensor *rope,
+                                    const int64_t *slot, const int64_t *len, const double *scale, int64_t layers,
+                                    const at::Tensor &fnw, const at::Tensor &head, at::Tensor &logits,
+                                    int64_t nh, int64_t nkv, int64_t hd, int64_t f, float eps) {
+    auto job = std::make_shared<Job<T>>();
+    int64_t d = x.numel(), nq = nh * hd, nk = nkv * hd;
+    job->d = d; job->nh = nh; job->nkv = nkv; job->hd = hd; job->eps = eps;
+    job->buf.resize(2 * d + (nq + 2 * nk) + 2 * nq + 2 * d + f);
+    T *X = job->buf.data(), *h = X + d, *raw = h + d, *q = raw + nq + 2 * nk, *a = q + nq, *o = a + nq, *dn = o + d, *p = dn + d;
+    std::copy(CPTR(x, T), CPTR(x, T) + d, X);
+    for (int64_t i = 0; i < 13 * layers; i++) job->keep.push_back(w[i].storage());
+    for (int64_t i = 0; i < 2 * layers; i++) { job->keep.push_back(kv[i].storage()); job->keep.push_back(rope[i].storage()); }
+    job->keep.push_back(fnw.storage());
+    job->keep.push_back(head.storage());
+    auto add = [&](Kind kind, auto... fields) { Step<T> s; s.kind = kind; (fields(s), ...); job->add(s); };
+    add(NORM, [&](Step<T> &s) { s.src = X; s.w1 = CPTR(w[0], T); s.dst = h; });
+    for (int64_t l = 0; l < layers; l++) {
+        const at::Tensor *lw = w + 13 * l;
+        job->layers.push_back({kv[2 * l].data_ptr(), kv[2 * l + 1].data_ptr(), rope[2 * l].data_ptr(), rope[2 * l + 1].data_ptr(),
+                               lw[4].data_ptr(), lw[5].data_ptr(), kv[2 * l].size(2), slot[l], len[l], (float)scale[l]});
+        job->most_slots = std::max(job->most_slots, len[l]);
+        add(MATVEC, [&](Step<T> &s) {
+            s.rows = nq + 2 * nk; s.cols = d; s.src = h; s.dst = raw;
+            s.W[0] = CPTR(lw[1], T); s.W[1] = CPTR(lw[2], T); s.W[2] = CPTR(lw[3], T);
+            s.end[0] = nq; s.end[1] = nq + nk; s.end[2] = nq + 2 * nk;
+        });
+        add(ROPE, [&](Step<T> &s) { s.src = raw; s.dst = q; s.layer = l; });
+        add(ATTN, [&](Step<T> &s) { s.src = q; s.dst = a; s.layer = l; });
+        add(MATVEC, [&](Step<T> &s) { s.rows = d; s.cols = nq; s.src = a; s.dst = o; s.W[0] = CPTR(lw[6], T); s.end[0] = d; });
+        add(RESNORM, [&](Step<T> &s) { s.src = o; s.w1 = CPTR(lw[7], T); s.w2 = CPTR(lw[8], T); s.dst = X; });
+        add(GATEUP, [&](Step<T> &s) { s.rows = f; s.cols = d; s.src = h; s.dst = p; s.W[0] = CPTR(lw[9], T); s.W[1] = CPTR(lw[10], T); });
+        add(MATVEC, [&](Step<T> &s) { s.rows = d; s.cols = f; s.src = p; s.dst = dn; s.W[0] = CPTR(lw[11], T); s.end[0] = d; });
+        const T *next = l + 1 < layers ? CPTR(w[13 * (l + 1)], T) : CPTR(fnw, T);
+        add(RESNORM, [&](Step<T> &s) { s.src = dn; s.w1 = CPTR(lw[12], T); s.w2 = next; s.dst = X; });
+    }
+    add(MATVEC, [&](Step<T> &s) {
+        s.rows = head.size(0); s.cols = d; s.src = h; s.dst = PTR(logits, T); s.W[0] = CPTR(head, T); s.end[0] = s.rows;
+    });
+    job->ready();
+    return job;
+}
+
 
 /* ---- PyTorch operators: shape checks, then the kernel of the tensors' dtype (fp32 or bf16) ---- */
 
@@ -380,13 +570,13 @@ static at::Tensor geglu(const at::Tensor &g, const at::Tensor &u) {
    post_ffn_norm; caches, 2: k, v [1, kv_heads, slots, head_dim]; rope, 2: cos, sin [head_dim]. */
 static at::Tensor decode_row(const at::Tensor &x, at::TensorList weights, at::TensorList caches, at::TensorList rope,
                              at::IntArrayRef slots, at::IntArrayRef lengths, at::ArrayRef<double> scales,
-                             const at::Tensor &final_norm, const at::Tensor &head, double eps) {
+                             const at::Tensor &final_norm, const at::Tensor &head, double eps, int64_t threads) {
     int64_t layers = slots.size(), d = x.numel();
     TORCH_CHECK(layers > 0 && (int64_t)weights.size() == 13 * layers && (int64_t)caches.size() == 2 * layers
                 && (int64_t)rope.size() == 2 * layers && (int64_t)lengths.size() == layers && (int64_t)scales.size() == layers,
                 "decode_row: 13 weights, 2 caches, 2 rope tables, a slot, a length and a scale per layer");
     int64_t hd = weights[4].numel(), nh = weights[1].size(0) / hd, nkv = weights[2].size(0) / hd, f = weights[9].size(0);
-    int64_t nq = nh * hd, most = 0;
+    int64_t nq = nh * hd;
     TORCH_CHECK(hd <= 1024 && hd % 2 == 0 && nkv > 0 && nh % nkv == 0, "decode_row: head_dim even, at most 1024");
     for (int64_t l = 0; l < layers; l++) {
         const at::Tensor *w = weights.data() + 13 * l, &k = caches[2 * l], &v = caches[2 * l + 1];
@@ -403,20 +593,22 @@ static at::Tensor decode_row(const at::Tensor &x, at::TensorList weights, at::Te
                     && rope[2 * l].numel() == hd && rope[2 * l + 1].numel() == hd
                     && 0 <= slots[l] && slots[l] < k.size(2) && 0 < lengths[l] && lengths[l] <= k.size(2),
                     "decode_row: caches [1, kv_heads, slots, head_dim], a slot and a length within them");
-        most = std::max(most, k.size(2));
     }
     check(x, x, "x"); check(final_norm, x, "final_norm"); check(head, x, "head");
     TORCH_CHECK(final_norm.numel() == d && head.dim() == 2 && head.size(1) == d, "decode_row: final_norm [d], head [vocab, d]");
-    at::Tensor stream = x.clone().view({d}), logits = at::empty({head.size(0)}, x.options());
-    at::Tensor scratch = at::empty({std::max(d + 3 * nq + 2 * nkv * hd, 2 * (d + f))}, x.options());
-    at::Tensor scores = at::empty({nh * most}, x.options().dtype(at::kFloat));
-#define CALL(S) decode_##S(PTR(stream, T), weights.data(), caches.data(), rope.data(), slots.data(), lengths.data(),    \
-                           scales.data(), layers, CPTR(final_norm, T), CPTR(head, T), PTR(logits, T), head.size(0),   \
-                           PTR(scratch, T), scores.data_ptr<float>(), d, nh, nkv, hd, f, (float)eps)
+    at::Tensor logits = at::empty({head.size(0)}, x.options());
+    std::shared_ptr<JobBase> job;
+#define CALL(S) job = plan<S>(x, weights.data(), caches.data(), rope.data(), slots.data(), lengths.data(), scales.data(), \
+                              layers, final_norm, head, logits, nh, nkv, hd, f, (float)eps)
     BY_DTYPE(x, CALL);
 #undef CALL
+    job->threads = (int)std::max<int64_t>(1, threads);
+    run(job);
     return logits;
 }
+
+/* how many chunks, since the library loaded, a thread computed for another that held it too long */
+static int64_t covered_chunks() { return covered.load(); }
 
 TORCH_LIBRARY(gemma3_engine, m) {
     m.def("matvec(Tensor W, Tensor x) -> Tensor");
@@ -424,7 +616,8 @@ TORCH_LIBRARY(gemma3_engine, m) {
     m.def("norm_rope(Tensor x, Tensor weight, Tensor cos, Tensor sin, float eps) -> Tensor");
     m.def("geglu(Tensor gate, Tensor up) -> Tensor");
     m.def("decode_row(Tensor x, Tensor[] weights, Tensor(a!)[] caches, Tensor[] rope, int[] slots, int[] lengths, "
-          "float[] scales, Tensor final_norm, Tensor head, float eps) -> Tensor");
+          "float[] scales, Tensor final_norm, Tensor head, float eps, int threads) -> Tensor");
+    m.def("covered_chunks() -> int");
 }
 
 TORCH_LIBRARY_IMPL(gemma3_engine, CPU, m) {
@@ -433,4 +626,8 @@ TORCH_LIBRARY_IMPL(gemma3_engine, CPU, m) {
     m.impl("norm_rope", &norm_rope);
     m.impl("geglu", &geglu);
     m.impl("decode_row", &decode_row);
+}
+
+TORCH_LIBRARY_IMPL(gemma3_engine, CompositeExplicitAutograd, m) {
+    m.impl("covered_chunks", &covered_chunks);
 }

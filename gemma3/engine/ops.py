@@ -44,7 +44,7 @@ def _register_fakes():
     torch.library.register_fake(lib + "norm_rope")(lambda x, weight, cos, sin, eps: x.new_empty(x.shape))
     torch.library.register_fake(lib + "geglu")(lambda gate, up: torch.empty_like(gate))
     torch.library.register_fake(lib + "decode_row")(
-        lambda x, weights, caches, rope, slots, lengths, scales, final_norm, head, eps: head.new_empty(head.shape[0]))
+        lambda x, weights, caches, rope, slots, lengths, scales, final_norm, head, eps, threads: head.new_empty(head.shape[0]))
 
 
 def matvec(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
@@ -92,16 +92,18 @@ def row_weights(model) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor] 
                     f.down.weight, block.post_ffn_norm.weight]
     head = model.embed.weight if model.head is None else model.head.weight
     tensors = [*weights, model.final_norm.weight, head]
-    if not usable(*tensors) or not all(t.is_contiguous() for t in tensors):
-        return None
+    with torch.no_grad():  # whether gradients are wanted is asked of each call, not here
+        if not usable(*tensors) or not all(t.is_contiguous() for t in tensors):
+            return None
     return weights, model.final_norm.weight, head
 
 
-def decode_row(model, x: torch.Tensor, cache, cos_sin, prepared=None) -> torch.Tensor | None:
+def decode_row(model, x: torch.Tensor, cache, cos_sin, prepared=None, threads: int | None = None) -> torch.Tensor | None:
     """The logits [vocab] of one decoded row x [1, 1, hidden] (the scaled embedding) at position
     cache.pos: every block, each writing its key and value to its LayerCache, then the final norm and
     the head, in one call; or None. cos_sin: the (cos, sin) of the row's position for each layer;
-    prepared: row_weights(model), when the caller has it."""
+    prepared: row_weights(model), when the caller has it; threads: how many threads compute it
+    (default: PyTorch's intra-op count)."""
     prepared = prepared or row_weights(model)
     if prepared is None or x.numel() != x.shape[-1] or not usable(x, prepared[2]) or not x.is_contiguous():
         return None
@@ -117,4 +119,10 @@ def decode_row(model, x: torch.Tensor, cache, cos_sin, prepared=None) -> torch.T
         lengths.append(min(pos + 1, lc.slots))
         scales.append(block.attn.scale)
     return torch.ops.gemma3_engine.decode_row(x, weights, caches, rope, slots, lengths, scales, final_norm, head,
-                                              model.config.norm_eps)
+                                              model.config.norm_eps, threads or torch.get_num_threads())
+
+
+def covered_chunks() -> int:
+    """How many chunks of decode_row's steps, since the kernels loaded, a thread computed for another
+    that held one too long (most likely because the OS had stopped it): 0 without the kernels."""
+    return torch.ops.gemma3_engine.covered_chunks() if available() else 0
