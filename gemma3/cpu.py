@@ -57,7 +57,9 @@ def threads(n: int | None):
 
 
 class DecodeThreads:
-    """Chooses, by measuring, how many threads each decoded token runs on: one, or all.
+    """Chooses, by measuring, how many threads each decoded token runs on: one, or all. For decoding
+    with PyTorch's own operations (the reference model); the engine's one call per token has threads
+    that do not wait for each other and needs no choice (engine.decoder).
 
     A decoded token is a chain of small memory-bound steps, and each parallel step waits for its
     slowest thread. On an idle machine every core's share of the memory reads helps (two threads read

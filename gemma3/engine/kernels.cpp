@@ -197,6 +197,8 @@ MATVEC(bf16, to_bf16)
 enum : uint8_t { FREE, TAKEN, WRITING, DONE };   /* a chunk's life */
 enum Kind { NORM, MATVEC, ROPE, ATTN, RESNORM, GATEUP };
 constexpr int64_t CHUNK_BYTES = 64 << 10;          /* the weights a matrix-vector chunk reads */
+constexpr double GRACE = 20e-6;                    /* how long past its own longest chunk a thread waits for another's */
+constexpr double IDLE = 20e-6;                     /* how long a helper spins for the next token before it sleeps */
 static std::atomic<int64_t> covered{0};            /* chunks a thread computed for another that held it */
 
 template <typename T> struct Num;                  /* the arithmetic of each storage type */
@@ -246,6 +248,7 @@ template <typename T> struct Job : JobBase {
     std::vector<Layer> layers;
     std::unique_ptr<std::atomic<uint8_t>[]> state; /* every step's chunks */
     std::unique_ptr<std::atomic<int64_t>[]> done;  /* chunks published, per step */
+    std::unique_ptr<std::atomic<int64_t>[]> took;  /* the longest a published chunk took, ns, per step */
     std::atomic<int64_t> cur{0};                   /* the step running */
     std::vector<T> buf;                            /* the token's vectors (x, h, q, ...) */
     int64_t d = 0, nh = 0, nkv = 0, hd = 0, most_out = 0, most_slots = 0;
@@ -266,6 +269,7 @@ template <typename T> struct Job : JobBase {
         int64_t total = steps.back().first + steps.back().chunks;
         state.reset(new std::atomic<uint8_t>[total]());
         done.reset(new std::atomic<int64_t>[steps.size()]());
+        took.reset(new std::atomic<int64_t>[steps.size()]());
         most_out = std::max({most_out, 2 * d, (nh + 2 * nkv) * hd});
     }
 
@@ -325,10 +329,11 @@ template <typename T> struct Job : JobBase {
         }
     }
 
-    /* write computed chunk c out, unless another copy of it was */
-    void publish(int64_t s, const Step<T> &st, int64_t c, const T *out) {
+    /* write chunk c, computed in `secs`, out, unless another copy of it was */
+    void publish(int64_t s, const Step<T> &st, int64_t c, const T *out, double secs) {
         uint8_t held = TAKEN;
         if (!state[st.first + c].compare_exchange_strong(held, WRITING, std::memory_order_acq_rel)) return;
+        for (int64_t ns = (int64_t)(secs * 1e9), was = took[s].load(); ns > was && !took[s].compare_exchange_weak(was, ns);) {}
         int64_t lo = c * st.per, hi = std::min(st.rows, lo + st.per);
         switch (st.kind) {
         case NORM: std::copy(out, out + d, st.dst); break;
@@ -367,24 +372,29 @@ template <typename T> struct Job : JobBase {
                     continue;
                 auto t0 = Clock::now();
                 compute(st, c, out.data(), scores.data());
-                publish(s, st, c, out.data());
-                longest = std::max(longest, since(t0));
+                double secs = since(t0);
+                longest = std::max(longest, secs);
+                publish(s, st, c, out.data(), secs);
             }
-            /* no chunk left to take: wait for the others to publish theirs, and after a while (the
-               holder is probably not running) compute the held ones too */
+            /* No chunk left to take: wait for the others to publish theirs. A chunk held four times
+               longer than chunks of this step take (this one's, or the previous layer's) most likely
+               belongs to a thread the OS stopped: compute it too. After that, what is left is being
+               written out by a stopped thread: give it the CPU. */
+            int64_t prev = s >= 8 && steps[s - 8].kind == st.kind ? s - 8 : s;
+            double grace = GRACE + 4 * std::max({longest, took[s].load() * 1e-9, took[prev].load() * 1e-9});
             auto t0 = Clock::now();
-            double grace = 20e-6 + 4 * longest;
+            bool swept = false;
             for (int spins = 0; cur.load(std::memory_order_acquire) == s; spins++) {
                 if ((spins & 63) != 63 || since(t0) < grace) { _mm_pause(); continue; }
+                if (swept) { sched_yield(); continue; }
                 for (int64_t c = 0; c < st.chunks && cur.load(std::memory_order_acquire) == s; c++)
                     if (state[st.first + c].load(std::memory_order_acquire) == TAKEN) {
                         covered.fetch_add(1, std::memory_order_relaxed);
+                        auto t1 = Clock::now();
                         compute(st, c, out.data(), scores.data());
-                        publish(s, st, c, out.data());
+                        publish(s, st, c, out.data(), since(t1));
                     }
-                t0 = Clock::now();                 /* what is left is being written out: a moment */
-                grace = 50e-6;
-                sched_yield();
+                swept = true;
             }
         }
     }
@@ -411,7 +421,7 @@ static void helper(Pool *p, int me, uint32_t seen) {
         auto t0 = Clock::now();
         uint32_t now;
         for (int spins = 0; (now = p->seq.load()) == seen; spins++) {
-            if ((spins & 255) != 255 || since(t0) < 100e-6) { _mm_pause(); continue; }
+            if ((spins & 255) != 255 || since(t0) < IDLE) { _mm_pause(); continue; }
             p->sleeping.fetch_add(1);
             if (p->seq.load() == seen) futex(&p->seq, FUTEX_WAIT_PRIVATE, seen);
             p->sleeping.fetch_sub(1);
@@ -433,8 +443,12 @@ static void run(const std::shared_ptr<JobBase> &job) {
     if (job->threads > 1) {
         {
             std::lock_guard<std::mutex> g(p->m);
-            for (; p->started < job->threads - 1; p->started++)
-                std::thread(helper, p, p->started + 1, p->seq.load()).detach();
+            try {
+                for (; p->started < job->threads - 1; p->started++)
+                    std::thread(helper, p, p->started + 1, p->seq.load()).detach();
+            } catch (const std::system_error &) {
+                /* no more threads to be had: the job needs none (the caller can do all of it) */
+            }
             p->job = job;
         }
         p->seq.fetch_add(1);
