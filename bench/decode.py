@@ -9,9 +9,9 @@ batch 1, greedy, the decode rate (tokens per second from the first decoded token
 - engine: gemma3/engine (the C++ operators), the same loop;
 - CLI: gemma3.generate_tokens from the main thread, as `python -m gemma3 generate` runs;
 - app: the same from a worker thread, as the app's generation runs.
-The reference and engine columns run one bench loop (forward, argmax, stamp) with the threads of
-generate_tokens (engine.decoder's step: the reference on one thread or all, by measurement; the
-engine's one call per token on every core); the compiled one runs that loop on all threads (a
+The reference and engine columns run one bench loop (forward, greedy choice, stamp) with the threads
+of generate_tokens (engine.decoder's step: the reference on one thread or all, by measurement; the
+engine's one call per token on PyTorch's thread count, the operations around it on one); the compiled one runs that loop on all threads (a
 compiled graph guards on the thread count: switching recompiles); "engine, 1 thread" runs the
 engine's call on one thread, to show what the other threads add. Transformers runs with PyTorch's
 default threads, as its users run it.

@@ -227,6 +227,21 @@ def test_the_engine_gives_the_reference_logits_and_tokens(dtype):
 
 
 @needs_kernels
+def test_a_decoder_made_with_gradients_on_decodes_each_token_in_one_call(monkeypatch):
+    """engine.decoder checks the weights once, and whether gradients are wanted is asked of each call:
+    a decoder made outside inference mode (as a script makes it) still decodes a token in one engine
+    call, with PyTorch's operations around it on one thread."""
+    model, real, results = tiny(), ops.decode_row, []
+    monkeypatch.setattr(ops, "decode_row", lambda *a, **k: results.append(real(*a, **k)) or results[-1])
+    assert torch.is_grad_enabled()
+    f = engine.decoder(model)
+    decode(f, model, torch.randint(0, 50000, (1, 16), generator=torch.Generator().manual_seed(0)))
+    assert len(results) == 4 and all(r is not None for r in results)
+    with gemma3.cpu.threads(2), f.step():
+        assert torch.get_num_threads() == 1
+
+
+@needs_kernels
 def test_greedy_generation_on_the_engine_equals_the_reference():
     model, tok = tiny(), gemma3.gpt2_tokenizer()
     args = dict(max_new_tokens=30, temperature=0)

@@ -2,7 +2,8 @@
    operator gemma3_engine::NAME (registered at the end of this file, with its shapes for torch.compile
    in ops.py), built by gemma3/native.py with AVX512F/BW/BF16, OpenMP and -ffp-contract=off: no fused
    multiply-adds, so every product and sum rounds where the PyTorch code of gemma3/model.py rounds it.
-   The loops run on PyTorch's OpenMP threads, so torch.set_num_threads governs them too. */
+   The prompt's loops run on PyTorch's OpenMP threads, so torch.set_num_threads governs them too; a
+   decoded token (decode_row) runs on threads of this file's own, as many as its caller asks for. */
 #include <torch/library.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
