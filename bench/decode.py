@@ -11,10 +11,10 @@ batch 1, greedy, the decode rate (tokens per second from the first decoded token
 - app: the same from a worker thread, as the app's generation runs.
 The reference and engine columns run one bench loop (forward, greedy choice, stamp) with the threads
 of generate_tokens (engine.decoder's step: the reference on one thread or all, by measurement; the
-engine's one call per token on PyTorch's thread count, the operations around it on one); the compiled one runs that loop on all threads (a
-compiled graph guards on the thread count: switching recompiles); "engine, 1 thread" runs the
-engine's call on one thread, to show what the other threads add. Transformers runs with PyTorch's
-default threads, as its users run it.
+engine's one call per token on PyTorch's thread count, the operations around it on one); the
+compiled one runs that loop on all threads (a compiled graph guards on the thread count: switching
+recompiles); "engine, 1 thread" runs the engine's call on one thread, to show what the other
+threads add. Transformers runs with PyTorch's default threads, as its users run it.
 Everything is measured three times: on a quiet machine, with a "spin" hog (one process per core
 spinning a bounded Python busy loop) and with a "torch" hog (another PyTorch program running matrix
 products on every core, as a training run or another Space visitor's prompt would); both stop by

@@ -5,6 +5,9 @@ import ast
 import logging
 import os
 import re
+import select
+import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -174,6 +177,14 @@ def test_a_decoded_row_is_one_call_that_gives_the_reference_logits_and_cache(dty
         assert torch.equal(k[:, :, others], k0[:, :, others]) and torch.equal(v[:, :, others], v0[:, :, others])
 
 
+def _decoded(model, ids, threads):
+    """The logits of ids[4:] decoded one at a time after the prompt ids[:4] (on one PyTorch thread)."""
+    forward, cache = engine.decoder(model, threads=threads), model.new_cache(1, ids.shape[1])
+    with torch.inference_mode(), gemma3.cpu.threads(1):
+        forward(ids[:, :4], cache, True)
+        return torch.cat([forward(ids[:, t:t + 1], cache) for t in range(4, ids.shape[1])], 1)
+
+
 @needs_kernels
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_threads_the_os_stops_mid_token_change_no_bit(dtype):
@@ -188,13 +199,47 @@ def test_threads_the_os_stops_mid_token_change_no_bit(dtype):
     runs, covered = [], []
     for n in (1, 3 * len(os.sched_getaffinity(0))):
         before = ops.covered_chunks()
-        forward, cache = engine.decoder(model, threads=n), model.new_cache(1, 200)
-        with torch.inference_mode(), gemma3.cpu.threads(1):  # a prompt's sums depend on PyTorch's threads
-            forward(ids[:, :4], cache, True)
-            runs.append(torch.cat([forward(ids[:, t:t + 1], cache) for t in range(4, 200)], 1))
+        runs.append(_decoded(model, ids, n))
         covered.append(ops.covered_chunks() - before)
     assert covered[0] == 0 and covered[1] > 0, covered
     assert torch.equal(runs[0], runs[1]), "a wrong key or value would also change the later tokens' logits"
+
+
+@needs_kernels
+def test_two_generations_at_once_and_a_forked_child_decode_correctly():
+    """Two visitors decoding at the same moment share the engine's helper threads, and a child forked
+    after they ran starts helpers of its own: each gets, to the bit, the logits it gets alone."""
+    torch.manual_seed(0)
+    cfg = gemma3.Gemma3Config.from_preset("270m", layers=2, layer_types=["sliding", "full"], window=8,
+                                          vocab_size=1000)
+    model = gemma3.Gemma3(cfg).eval()
+    gen = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(0, 1000, (1, 60), generator=gen) for _ in range(2)]
+    alone = [_decoded(model, ids, 1) for ids in prompts]
+    together = [None, None]
+
+    def visitor(i):
+        together[i] = _decoded(model, prompts[i], 2)
+
+    workers = [threading.Thread(target=visitor, args=(i,)) for i in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert all(torch.equal(a, b) for a, b in zip(alone, together))
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: report whether its decoding matched, then leave at once
+        ok = torch.equal(_decoded(model, prompts[0], 2), alone[0])
+        os.write(write, b"1" if ok else b"0")
+        os._exit(0)
+    os.close(write)
+    ready = select.select([read], [], [], 120)[0]  # a hung child fails the test instead of the suite
+    answer = os.read(read, 1) if ready else b""
+    if not ready:
+        os.kill(child, signal.SIGKILL)
+    os.waitpid(child, 0)
+    assert answer == b"1", "the forked child decoded different logits, hung or died"
 
 
 # ---- the engine's forward against the reference model ----

@@ -45,22 +45,23 @@ def decoder(model, use_engine: bool = True, threads: int | None = None):
     it (embedding, sampling) run on one thread and the call itself on `threads` (default: PyTorch's
     count), threads that never wait for each other to be scheduled (kernels.cpp); elsewhere the
     token runs on one thread or all, by measurement (cpu.DecodeThreads)."""
+    prepared = None
     if use_engine and applies(model):
         prepared = ops.row_weights(model)  # once per generation: the model does not change during one
         threads = threads or torch.get_num_threads()
 
         def f(ids, cache, last_only=False):
             return forward(model, ids, cache, last_only, prepared, threads)
-
-        if prepared is not None:
-            f.step = lambda: cpu.threads(1)
-            return f
     else:
         def f(ids, cache, last_only=False):
             return model(ids, cache=cache, last_only=last_only)
 
-    policy = cpu.DecodeThreads(threads) if model.embed.weight.device.type == "cpu" else None
-    f.step = policy.step if policy else nullcontext
+    if prepared is not None:  # a decoded token is one engine call
+        f.step = lambda: cpu.threads(1)
+    elif model.embed.weight.device.type == "cpu":
+        f.step = cpu.DecodeThreads(threads).step
+    else:
+        f.step = nullcontext
     return f
 
 
