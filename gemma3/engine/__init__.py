@@ -47,7 +47,7 @@ def decoder(model, use_engine: bool = True, threads: int | None = None):
     token runs on one thread or all, by measurement (cpu.DecodeThreads)."""
     prepared = None
     if use_engine and applies(model):
-        prepared = ops.row_weights(model)  # once per generation: the model does not change during one
+        prepared = ops.row_weights(model) or False  # once per generation (False: no one-call path)
         threads = threads or torch.get_num_threads()
 
         def f(ids, cache, last_only=False):
@@ -56,7 +56,7 @@ def decoder(model, use_engine: bool = True, threads: int | None = None):
         def f(ids, cache, last_only=False):
             return model(ids, cache=cache, last_only=last_only)
 
-    if prepared is not None:  # a decoded token is one engine call
+    if prepared:  # a decoded token is one engine call
         f.step = lambda: cpu.threads(1)
     elif model.embed.weight.device.type == "cpu":
         f.step = cpu.DecodeThreads(threads).step

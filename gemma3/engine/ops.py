@@ -102,10 +102,10 @@ def decode_row(model, x: torch.Tensor, cache, cos_sin, prepared=None, threads: i
     """The logits [vocab] of one decoded row x [1, 1, hidden] (the scaled embedding) at position
     cache.pos: every block, each writing its key and value to its LayerCache, then the final norm and
     the head, in one call; or None. cos_sin: the (cos, sin) of the row's position for each layer;
-    prepared: row_weights(model), when the caller has it; threads: how many threads compute it
-    (default: PyTorch's intra-op count)."""
-    prepared = prepared or row_weights(model)
-    if prepared is None or x.numel() != x.shape[-1] or not usable(x, prepared[2]) or not x.is_contiguous():
+    prepared: row_weights(model), when the caller has it (False: it found the operator does not
+    apply); threads: how many threads compute it (default: PyTorch's intra-op count)."""
+    prepared = row_weights(model) if prepared is None else prepared
+    if not prepared or x.numel() != x.shape[-1] or not usable(x, prepared[2]) or not x.is_contiguous():
         return None
     weights, final_norm, head = prepared
     caches, rope, slots, lengths, scales = [], [], [], [], []
