@@ -10,7 +10,7 @@
    softmax(x) - one_hot(t), and loss[r] = logsumexp(x_r) - x_r[t_r]. Three passes over a row, which
    stays in L2 after the first: its max, the sum of exp(x - max) (lanes summed in double), the
    gradient. A row with a NaN or an infinity gets a NaN loss and gradient (the trainer then skips the
-   step, as it does for the NaN or infinite loss of the PyTorch code). Targets must be in [0, V). */
+   step, as it does for the NaN or infinite loss of the PyTorch code). Targets must be in [0, V) (softmax_xent_ checks). */
 static void softmax_xent_f32(float *x, const int64_t *t, float *loss, int64_t rows, int64_t V) {
     int64_t full = V / 16 * 16;
     _Pragma("omp parallel for schedule(static)")
@@ -52,15 +52,18 @@ static void softmax_xent_f32(float *x, const int64_t *t, float *loss, int64_t ro
     }
 }
 
-/* Per-row loss of fp32 logits [rows, V] against targets [rows] in [0, V) (the caller checks), turning
-   the logits in place into softmax - one_hot(target). */
+/* Per-row loss of fp32 logits [rows, V] against targets [rows], turning the logits in place into
+   softmax - one_hot(target). A target outside [0, V) is an IndexError, raised before anything is written. */
 static at::Tensor softmax_xent_(at::Tensor logits, const at::Tensor &targets) {
     TORCH_CHECK(logits.dim() == 2 && logits.scalar_type() == at::kFloat && logits.is_contiguous(), "logits: contiguous fp32 [rows, V]");
     TORCH_CHECK(targets.dim() == 1 && targets.scalar_type() == at::kLong && targets.is_contiguous()
                 && targets.size(0) == logits.size(0), "targets: contiguous int64 [rows]");
+    const int64_t *t = targets.data_ptr<int64_t>();
+    const int64_t V = logits.size(1);
+    for (int64_t r = 0; r < targets.size(0); r++)
+        TORCH_CHECK_INDEX(0 <= t[r] && t[r] < V, "target ", t[r], " (row ", r, ") is outside the vocabulary [0, ", V, ")");
     at::Tensor loss = at::empty({logits.size(0)}, logits.options());
-    softmax_xent_f32(logits.data_ptr<float>(), targets.data_ptr<int64_t>(), loss.data_ptr<float>(),
-                     logits.size(0), logits.size(1));
+    softmax_xent_f32(logits.data_ptr<float>(), t, loss.data_ptr<float>(), logits.size(0), V);
     return loss;
 }
 

@@ -22,12 +22,20 @@ CHUNK_ELEMENTS = 1 << 26  # fp32 logits per chunk: 256 MB
 
 @torch.compiler.disable  # eager inside a compiled model: a loop of large matrix products and a C call
 def cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean over rows of CE(h W^T, targets): h [N, d], weight [V, d], targets [N] token ids."""
+    """Mean over rows of CE(h W^T, targets): h [N, d], weight [V, d], targets [N] token ids in [0, V)
+    (there is no ignore index; an id outside is an IndexError, as F.cross_entropy's)."""
+    check_targets(targets, weight.shape[0])
     if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
         return HeadCrossEntropy.apply(h, weight, targets)
     total = sum(rows_loss_(F.linear(hc, weight).float(), tc)
                 for hc, tc in zip(*chunks(h, weight, targets)))
     return total / h.shape[0]
+
+
+def check_targets(targets: torch.Tensor, vocab_size: int):
+    if len(targets) and not (0 <= targets.min() and targets.max() < vocab_size):  # one sync per call
+        bad = targets[(targets < 0) | (targets >= vocab_size)][0].item()
+        raise IndexError(f"target token id {bad} is outside the vocabulary [0, {vocab_size})")
 
 
 def chunks(h, weight, targets):
@@ -48,11 +56,9 @@ def rows_loss_(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def _fast(logits: torch.Tensor, targets: torch.Tensor) -> bool:
-    """Whether loss.cpp takes these rows: CPU fp32 logits, int64 targets all in range (a target out
-    of range goes to the PyTorch code, which says so), the operator built."""
+    """Whether loss.cpp takes these rows: CPU fp32 logits, int64 targets, the operator built."""
     return (logits.device.type == "cpu" and logits.dtype == torch.float32 and logits.dim() == 2
             and logits.is_contiguous() and targets.dtype == torch.int64 and targets.is_contiguous()
-            and (not len(targets) or 0 <= targets.min() <= targets.max() < logits.shape[1])
             and native.load("loss.cpp"))
 
 

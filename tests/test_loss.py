@@ -107,7 +107,23 @@ def test_the_kernel_rows_are_softmax_minus_one_hot():
 
 
 def test_a_target_outside_the_vocabulary_is_an_error_not_a_stray_write(path):
+    """Issue 21 item 10: an id past either end of the vocabulary (there is no ignore index, so -100 too)
+    is one IndexError naming it, with or without a gradient, on either path."""
     h, w = torch.randn(3, 8, requires_grad=True), torch.randn(100, 8)
-    for bad in (100, -1):
-        with pytest.raises((IndexError, RuntimeError)):
+    for bad in (100, -1, -5, -100):
+        with pytest.raises(IndexError, match=rf"target token id {bad} is outside the vocabulary \[0, 100\)"):
             loss.cross_entropy(h, w, torch.tensor([1, bad, 2]))
+        with torch.no_grad(), pytest.raises(IndexError, match=f"target token id {bad} "):
+            loss.cross_entropy(h, w, torch.tensor([bad, 1, 2]))
+
+
+@pytest.mark.skipif(not native.load("loss.cpp"), reason="the C++ kernels do not build here")
+def test_the_kernel_refuses_a_target_outside_the_vocabulary_before_writing():
+    """Issue 21 item 10: the operator called directly checks its targets itself: a target of V or -5 is an
+    IndexError and the logits are left as they were (these targets would land in a neighbouring row)."""
+    x = torch.randn(3, 1000)
+    for bad, targets in ((1000, [1000, 1, 2]), (-5, [0, 1, -5])):
+        out = x.clone()
+        with pytest.raises(IndexError, match=rf"target {bad} \(row .\) is outside the vocabulary"):
+            torch.ops.gemma3_loss.softmax_xent_(out, torch.tensor(targets))
+        assert torch.equal(out, x)
