@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from plotly.subplots import make_subplots
 
-from gemma3.generate import check_settings
+from gemma3.generate import GREEDY_BELOW, check_settings
 from gemma3.model import RoPE, sliding_mask
 
 from .hooks import Record
@@ -304,9 +304,9 @@ def activation_figure(record: Record) -> go.Figure:
 def sampling_probs(logits: torch.Tensor, temperature: float, top_k: int | None = None) -> torch.Tensor:
     """The distribution gemma3.generate.next_token samples from (no repetition penalty, no top-p)."""
     logits = logits.float()
-    if temperature == 0:
+    if temperature < GREEDY_BELOW:
         return torch.zeros_like(logits).scatter(-1, logits.argmax(-1, keepdim=True), 1.0)
-    logits = logits / temperature
+    logits = (logits - logits.amax(-1, keepdim=True)) / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -330,7 +330,7 @@ def next_token_figure(record: Record, temperature: float = 1.0, top_k: int | Non
     ids = record.next_ids[:n]
     x = [f"{r + 1}. {_html(record.token_text[i])}" for r, i in enumerate(ids)]
     shown = _f32(p[ids])
-    setting = f"temperature {temperature:g}" + (" (greedy)" if temperature == 0 else "") \
+    setting = f"temperature {temperature:g}" + (" (greedy)" if temperature < GREEDY_BELOW else "") \
         + f", top-k {top_k if top_k is not None else 'off'}"
     fig = go.Figure()
     fig.add_trace(go.Bar(x=x, y=shown, name=setting, marker_color=SLIDING,

@@ -200,8 +200,8 @@ SOURCES: dict[str, tuple] = {
     "final_norm": ((gm.Gemma3.forward, ("x = self.final_norm(x)",)),),
     "logits": ((gm.Gemma3.forward, ("head = w if self.head is None", "return F.linear(x, head)")),),
     "probs": ((gen.next_token, ("logits = logits / temperature", "probs = logits.softmax(dim=-1)")),),
-    "next": ((gen.next_token, ("if temperature == 0", "return logits.argmax(dim=-1)", "logits = logits / temperature",
-                                "probs = logits.softmax", "torch.multinomial")),),
+    "next": ((gen.next_token, ("if temperature < GREEDY_BELOW", "return logits.argmax(dim=-1)",
+                                "logits = logits / temperature", "probs = logits.softmax", "torch.multinomial")),),
 }
 
 # The diagram: sections of rows, each row one box or side-by-side boxes (None: an empty cell, v passing by).

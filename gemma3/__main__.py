@@ -12,7 +12,7 @@ from . import engine
 from .checkpoints import export_hf, load_model, save_model
 from .cpu import keep_freed_memory
 from .defaults import default_model
-from .generate import stream
+from .generate import check_settings, stream
 from .gguf import export_gguf
 
 DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16}
@@ -25,6 +25,7 @@ def _load(args):
 
 
 def cmd_generate(args):
+    check_settings(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.repetition_penalty)
     model, tok = _load(args)
     stats: dict = {}
     print(args.prompt, end="", flush=True)

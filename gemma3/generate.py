@@ -6,6 +6,8 @@ UTF-8 characters and never show a stop string; `generate` joins the pieces.
 
 from __future__ import annotations
 
+import math
+import numbers
 import time
 import warnings
 from typing import Iterator
@@ -14,30 +16,40 @@ import torch
 
 from . import engine
 
+GREEDY_BELOW = 1e-5  # a temperature below this (0 included) picks the most likely token: dividing by it could overflow
+
+
+def _finite(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+
 
 def check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty):
     """Raise ValueError with one clear sentence for settings that cannot be sampled with."""
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a whole number of at least 1, not {max_new_tokens!r}.")
-    if temperature is None or not temperature >= 0:
-        raise ValueError(f"temperature must be 0 (greedy) or positive, not {temperature!r}.")
+    if not _finite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be 0 or a positive number (below {GREEDY_BELOW:g} it is greedy), "
+                         f"not {temperature!r}.")
     if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k must be a whole number of at least 1 (or None for no limit), not {top_k!r}.")
-    if top_p is not None and not 0 < top_p <= 1:
+    if top_p is not None and not (_finite(top_p) and 0 < top_p <= 1):
         raise ValueError(f"top_p must be in (0, 1] (or None for no limit), not {top_p!r}.")
-    if repetition_penalty is None or not repetition_penalty > 0:
-        raise ValueError(f"repetition_penalty must be positive (1.0 = off), not {repetition_penalty!r}.")
+    if not _finite(repetition_penalty) or repetition_penalty <= 0:
+        raise ValueError(f"repetition_penalty must be a positive number (1.0 = off), not {repetition_penalty!r}.")
 
 
 def next_token(logits: torch.Tensor, temperature: float, top_k=None, top_p=None, repetition_penalty=1.0,
                seen: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Pick the next token for each row of logits [B, V] (the usual Hugging Face semantics)."""
+    """Pick the next token for each row of logits [B, V] (the usual Hugging Face semantics); any temperature
+    below GREEDY_BELOW is greedy, and no setting that check_settings passes makes a probability NaN."""
     logits = logits.float()
     if repetition_penalty != 1.0 and seen is not None:
         penalised = torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
-        logits = torch.where(seen, penalised, logits)
-    if temperature == 0:
+        big = torch.finfo(logits.dtype).max  # an extreme penalty saturates there instead of reaching infinity
+        logits = torch.where(seen, penalised.clamp(-big, big), logits)
+    if temperature < GREEDY_BELOW:
         return logits.argmax(dim=-1)
+    logits = logits - logits.amax(dim=-1, keepdim=True)  # the largest logit is 0, so no quotient overflows
     logits = logits / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
