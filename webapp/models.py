@@ -10,7 +10,9 @@ Each visitor (a browser page, or one gradio_client Client) keeps the source it c
 state (webapp.ui.model_bar), so one visitor's choice never changes another's page. Sessions that chose
 the same source share one LoadedModel. The cache holds models up to a memory budget (parameter and
 buffer bytes; $GEMMA3_MODEL_MEMORY_MB, default 2048) and drops the least recently used beyond it,
-never the default model. Loading takes no lock any model's users hold, so it never pauses or changes a
+never the default model. Loads of different sources run side by side (at most ModelCache.MAX_LOADING new
+ones at once; one more is refused at once, never queued), so one visitor's slow load never holds up
+another's. Loading takes no lock any model's users hold, so it never pauses or changes a
 generation on another model; a generation keeps its own reference, so a model dropped from the cache
 mid-story finishes that story, and the session that chose it reloads it on its next request.
 """
@@ -42,6 +44,7 @@ RANDOM_PRESETS = ("tiny", "demo")
 ALLOW_ENV = "GEMMA3_ALLOWED_DIRS"  # extra folders (os.pathsep-separated) a user may load models from
 MEMORY_ENV = "GEMMA3_MODEL_MEMORY_MB"  # how much model memory the cache keeps (MiB)
 DEFAULT_MEMORY_MB = 2048   # the demo model, random weights and three 270m models in bf16 (or one in fp32 and more)
+DEFAULT_NAME = "default"   # the picker's name for the default model when it lies outside the named folders
 HUB_ID = re.compile(r"hf:[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
 MAX_SOURCE_CHARS = 1000
 
@@ -183,7 +186,8 @@ def check_source(value, roots: list[Path], runs_dir=None) -> str:
     path = Path(text).expanduser()
     if not path.is_absolute():
         parts = path.parts
-        path = Path(runs_dir, *parts[1:]) if runs_dir is not None and parts and parts[0] == "runs" else ROOT / path
+        named = {"runs": runs_dir, "assets": ASSETS}.get(parts[0] if parts else None)   # public_name's folders
+        path = Path(named, *parts[1:]) if named is not None else ROOT / path
     try:
         resolved = path.resolve()
     except (OSError, RuntimeError):
@@ -197,6 +201,50 @@ def check_source(value, roots: list[Path], runs_dir=None) -> str:
     return str(resolved)
 
 
+def public_name(source: str, runs_dir) -> str | None:
+    """The name a visitor sees a checked source by, which check_source maps back: an hf: or random: id as it is,
+    runs/… inside the runs folder, assets/… inside the bundled assets; None for a path elsewhere (see
+    PublicNames). Never a server path."""
+    if source.startswith(("hf:", "random:")):
+        return source
+    for name, root in (("runs", runs_dir), ("assets", ASSETS)):
+        try:
+            rel = Path(source).resolve().relative_to(Path(root).resolve())
+        except (ValueError, OSError, RuntimeError):
+            continue
+        return "/".join((name, *rel.parts))
+    return None
+
+
+class PublicNames:
+    """public_name, and for a path elsewhere a made-up name (DEFAULT_NAME for the default model, e.g. given by
+    --model; "loaded: NAME" for a path the owner typed), remembered so that the name maps back to it."""
+
+    def __init__(self, runs_dir, default: str):
+        self.runs_dir = runs_dir
+        self._sources = {DEFAULT_NAME: default}   # made-up name -> source
+        self._lock = threading.Lock()
+
+    def name(self, source: str) -> str:
+        found = public_name(source, self.runs_dir)
+        if found is not None:
+            return found
+        with self._lock:
+            for name, known in self._sources.items():
+                if known == source:
+                    return name
+            base = name = f"loaded: {display_name(source, self.runs_dir)}"
+            while name in self._sources:
+                name = f"{base} ({len(self._sources)})"
+            self._sources[name] = source
+            return name
+
+    def source(self, name) -> str | None:
+        """The source a made-up name stands for; None for any other value."""
+        with self._lock:
+            return self._sources.get(name) if isinstance(name, str) else None
+
+
 def _short(path: Path) -> str:
     try:
         return str(path.relative_to(ROOT)) + "/"
@@ -207,12 +255,14 @@ def _short(path: Path) -> str:
 # ---- what the picker lists -------------------------------------------------------------------------
 
 def picker_choices(runs_dir) -> list[tuple[str, str]]:
-    """(label, value) pairs: the bundled model, random weights, local runs' checkpoints, known Hub models."""
+    """(label, value) pairs: the bundled model, random weights, local runs' checkpoints, known Hub models. The
+    values are names (public_name), never server paths."""
     from training import runs
 
     choices = []
     if DEMO_MODEL.is_dir():
-        choices.append(("Bundled demo model (assets/demo-model)", str(DEMO_MODEL.resolve())))
+        demo = public_name(str(DEMO_MODEL), runs_dir)
+        choices.append((f"Bundled demo model ({demo})", demo))
     try:
         infos = runs.list_runs(runs_dir)
     except OSError:
@@ -220,27 +270,32 @@ def picker_choices(runs_dir) -> list[tuple[str, str]]:
     for info in infos:
         if info.has_best:
             loss = f", val loss {info.best_val_loss:.3f}" if info.best_val_loss is not None else ""
-            choices.append((f"Run {info.name}: best{loss}", str(info.path / "best")))
+            choices.append((f"Run {info.name}: best{loss}", f"runs/{info.name}/best"))
         if info.latest_checkpoint is not None:
-            choices.append((f"Run {info.name}: latest ({info.latest_checkpoint.name})", str(info.latest_checkpoint)))
+            choices.append((f"Run {info.name}: latest ({info.latest_checkpoint.name})",
+                            f"runs/{info.name}/checkpoints/{info.latest_checkpoint.name}"))
     choices.append(("Random weights (tiny preset, untrained)", RANDOM))
     for m in KNOWN_HUB:
         choices.append((f"Hub: {m.repo} ({m.note})", f"hf:{m.repo}"))
     return choices
 
 
-def check_visitor_choice(source: str, runs_dir, anything: bool, default: str | None = None) -> str:
-    """`source` (checked by check_source) if this visitor may load it: anyone may load what the picker
-    lists, the default model and any checkpoint inside the runs folder; other paths and Hub ids need
-    `anything` (everyone locally, the owner and allowed users on a Space: webapp.guard.may_load_anything)."""
-    if anything or source == default or source in {v for _, v in picker_choices(runs_dir)}:
-        return source
-    if not source.startswith(("hf:", "random:")):
-        try:
-            if Path(source).resolve().is_relative_to(Path(runs_dir).resolve()):
-                return source
-        except (OSError, RuntimeError):
-            pass
+def check_visitor_choice(value, runs_dir, anything: bool, default: str | None = None):
+    """`value` (a picker name, typed text or a path, before check_source) if this visitor may load it: anyone
+    may load what the picker lists, the default model and any checkpoint inside the runs folder; other paths
+    and Hub ids need `anything` (everyone locally, the owner and allowed users on a Space:
+    webapp.guard.may_load_anything). Decided from the value alone, before anything on disk is looked at: a
+    refusal reads the same whether a path exists or not."""
+    if anything or not isinstance(value, str):   # not text: check_source says so
+        return value
+    if value in (default, DEFAULT_NAME) or value in {v for _, v in picker_choices(runs_dir)}:
+        return value
+    text = value.strip()
+    parts = Path(text).parts
+    path = Path(runs_dir, *parts[1:]) if parts[:1] == ("runs",) else Path(text)
+    runs_root = os.path.normpath(Path(runs_dir).absolute())
+    if path.is_absolute() and "\x00" not in text and os.path.normpath(path).startswith(runs_root + os.sep):
+        return value
     raise UserError("On this Space, visitors load the models in the list and the checkpoints of its training runs; "
                     "other paths and Hub models are for its owner. Duplicate the Space to load your own.")
 
@@ -363,13 +418,16 @@ class ModelCache:
     """The models the sessions chose, by source: shared, least recently used dropped beyond the budget,
     the default always kept."""
 
-    LOAD_WAIT_S = 600   # how long a load waits for another to finish before saying so
+    LOAD_WAIT_S = 600   # how long a load waits for another session's load of the same source
+    MAX_LOADING = 2     # new models loading at once (two 270m loads in fp32 take about 2 GB); more are refused
 
     def __init__(self, model, tokenizer, info: ModelInfo, *, budget: int | None = None, loader=None):
         self.budget = memory_budget() if budget is None else int(budget)
         self._loader = loader or load_source
-        self._lock = threading.Lock()       # guards _entries (held only for dict operations)
-        self._loading = threading.Lock()    # one load at a time: two 270m loads at once could exhaust memory
+        self._lock = threading.Lock()       # guards _entries and _loading (held only for dict operations)
+        self._loading: dict[str, threading.Event] = {}   # sources being loaded, set when done: no load waits on
+                                                         # another source's
+        self._slots = threading.BoundedSemaphore(self.MAX_LOADING)
         self._versions = itertools.count()
         self._streams = Counter()
         self._entries: OrderedDict[str, LoadedModel] = OrderedDict()
@@ -413,22 +471,32 @@ class ModelCache:
         UserError sentence; nothing another session uses changes."""
         if source in (None, ""):
             source = self.default.source
-        hit = self._hit(source)
-        if hit is not None:
-            return hit
-        if not self._loading.acquire(timeout=self.LOAD_WAIT_S):
-            raise UserError("Another model is still being loaded; try again in a minute.")
-        try:
-            hit = self._hit(source)   # another session may have loaded it while this one waited
+        while True:
+            hit = self._hit(source)
             if hit is not None:
                 return hit
-            loaded = self._wrap(*self._load(source))
+            with self._lock:
+                pending = self._loading.get(source)
+                if pending is None:   # this session loads it
+                    pending = self._loading[source] = threading.Event()
+                    break
+            if not pending.wait(self.LOAD_WAIT_S):   # another session is loading this very source: its result
+                raise UserError("This model is still being loaded for another visitor; try again in a minute.")
+        try:
+            if not self._slots.acquire(blocking=False):
+                raise UserError(f"{self.MAX_LOADING} other models are being loaded right now; try again in a minute.")
+            try:
+                loaded = self._wrap(*self._load(source))
+            finally:
+                self._slots.release()
             with self._lock:
                 self._entries[source] = loaded
                 self.loads += 1
                 self._evict(keep=source)
         finally:
-            self._loading.release()
+            with self._lock:
+                del self._loading[source]
+            pending.set()
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -11,8 +11,12 @@ import dataclasses
 import hashlib
 import os
 import re
+import shutil
+import tempfile
 import threading
 import time
+import weakref
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -30,6 +34,7 @@ PRESETS = tuple(TRAIN_PRESETS)          # the form's choices; TrainConfig checks
 DEVICES = ("auto", "cuda", "cpu")
 BUILTIN_STORIES = (100, 2_000_000, 50_000)
 MAX_FILES = 64
+MAX_UPLOAD_MB = 1024     # uploaded story files: each at most this (app.py's launch) and all of them together
 MAX_PLOT_POINTS = 1000   # the live plot is thinned to about this many training points
 VOCAB = 50257            # the GPT-2 tokenizer's: what a random guess is spread over
 HUB_DATASET = re.compile(r"[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?")
@@ -78,6 +83,8 @@ class Trainer:
     def __init__(self, runs_dir, data_dir):
         self.runs_dir = Path(runs_dir).resolve()
         self.data_dir = Path(data_dir).resolve()
+        self.exports = Path(tempfile.mkdtemp(prefix="gemma3-gguf-"))   # the latest GGUF export, nothing else
+        weakref.finalize(self, shutil.rmtree, self.exports, ignore_errors=True)   # gone when the app ends
         show_paths_as(self.runs_dir, self.runs_dir.name)  # what visitors see of paths in messages (errors.public)
         show_paths_as(self.data_dir, self.data_dir.name)
 
@@ -116,6 +123,10 @@ class Trainer:
                 raise UserError(f"{p.name} is not a .txt, .jsonl or .parquet file.")
             if not p.is_file():
                 raise UserError(f"The upload {p.name} is gone from the server; upload it again.")
+        total = sum(p.stat().st_size for p in paths)
+        if total > MAX_UPLOAD_MB * 2**20:   # before anything reads them
+            raise UserError(f"The uploaded files hold {total / 2**20:,.0f} MiB; the limit is {MAX_UPLOAD_MB:,} MiB "
+                            "in all. Upload fewer stories, or prepare them with `python -m training prepare`.")
         return [str(p) for p in paths], self.data_dir / f"upload-{_digest(paths)}", {}
 
     def ensure_idle(self):
@@ -257,10 +268,13 @@ class Trainer:
                                                              grad_accum=grad_accum, seq_len=seq_len, lr=lr))
 
 
-def export_gguf(trainer: "Trainer", name, dtype) -> Path:
-    """The run's checkpoint ("Use this checkpoint"'s) as a GGUF file in a fresh temporary folder, to download."""
-    import tempfile
+GGUF_BYTES = {"f32": 4, "f16": 2, "bf16": 2, "q8_0": 34 / 32}   # bytes a weight takes in each GGUF type
 
+
+def export_gguf(trainer: "Trainer", name, dtype) -> Path:
+    """The run's checkpoint ("Use this checkpoint"'s) as a GGUF file to download, in the trainer's exports folder,
+    which keeps only the latest export (Gradio serves its own copy) and is removed when the app ends; a failed
+    export leaves nothing behind."""
     import gemma3
     from gemma3.gguf import EXPORT_TYPES
 
@@ -268,8 +282,18 @@ def export_gguf(trainer: "Trainer", name, dtype) -> Path:
     source = trainer.checkpoint(name)
     model, tok = gemma3.load_model(source, device="cpu", dtype=torch.float32)
     run = trainer.pick(name)
-    out = Path(tempfile.mkdtemp(prefix="gemma3-gguf-")) / f"{run.name}-{dtype}.gguf"
-    return gemma3.export_gguf(model, tok, out, dtype)
+    for old in trainer.exports.iterdir():
+        old.unlink()
+    need = 2 * model.num_params() * GGUF_BYTES.get(dtype, 4)   # the file and Gradio's copy of it
+    if shutil.disk_usage(trainer.exports).free < need:
+        raise UserError(f"The server has too little free disk for a {need / 2**30:.1f} GiB GGUF export right now; "
+                        "try a smaller type (q8_0) or later.")
+    out = trainer.exports / f"{run.name}-{dtype}.gguf"
+    try:
+        return gemma3.export_gguf(model, tok, out, dtype)
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
 
 
 def push_to_hub(trainer: "Trainer", name, repo, private: bool, token=None) -> str:
@@ -286,13 +310,19 @@ def push_to_hub(trainer: "Trainer", name, repo, private: bool, token=None) -> st
         raise UserError(str(e)) from None
 
 
-def estimate_words(cfg: TrainConfig) -> str:
-    """How long the run `cfg` would take here, from a probe of a few of its steps (training/probe.py)."""
-    from training.probe import estimate
+def estimate_words(trainer: "Trainer", cfg: TrainConfig) -> Iterator[str]:
+    """What the Train tab shows while a few steps of the run `cfg` are timed here, then how long the run would
+    take (training/probe.py: in a child process, bounded in size and time, killed when the request is
+    cancelled). A run that could not start (one is training, or it cannot fit in memory) says so instead."""
+    from training.probe import Estimate, estimate_apart
 
-    if cfg.compile:
-        return estimate(cfg).words(cfg.max_steps) + " With torch.compile, steps get faster after it compiles."
-    return estimate(cfg).words(cfg.max_steps)
+    trainer.ensure_idle()
+    for got in estimate_apart(cfg):
+        if isinstance(got, Estimate):
+            compiled = " With torch.compile, steps get faster after it compiles." if cfg.compile else ""
+            yield got.words(cfg.max_steps) + compiled
+        else:
+            yield f"Timing a few training steps of this model here … ({got.done} of {got.total} done)"
 
 
 STOPPED_BY_USER = ("stopped by signal SIGTERM", "stopped by signal SIGINT", "stop requested (STOP file)")

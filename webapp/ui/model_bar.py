@@ -18,7 +18,8 @@ from webapp import guard, models
 from webapp.errors import friendly
 from webapp.inputs import UserError
 
-LOAD_EVENT = dict(concurrency_id="load", concurrency_limit=1, preprocess=False)
+# Loads of models in memory answer at once; new ones load side by side, bounded by ModelCache.MAX_LOADING
+LOAD_EVENT = dict(concurrency_id="load", concurrency_limit=8, preprocess=False)
 
 
 def details_text(info) -> str:
@@ -29,16 +30,17 @@ def username(profile) -> str | None:
     return getattr(profile, "username", None) if profile is not None else None
 
 
-def picker_state(cache: models.ModelCache, runs_dir: Path, current: str | None = None):
+def picker_state(cache: models.ModelCache, names: models.PublicNames, current: str | None = None):
     """(choices, value): the known models, plus the default and this session's model (`current`, a checked
-    source) where they are outside the listed places (e.g. --model, or a typed path)."""
-    choices = models.picker_choices(runs_dir)
+    source) where they are outside the listed places (e.g. --model, or a typed path). Values are names
+    (models.PublicNames), never server paths."""
+    choices = models.picker_choices(names.runs_dir)
     values = {v for _, v in choices}
     for source in (cache.default.source, current):
-        if source and source not in values:
-            choices.insert(0, (f"Loaded: {models.display_name(source)}", source))
-            values.add(source)
-    return choices, current or cache.default.source
+        if source and names.name(source) not in values:
+            choices.insert(0, (f"Loaded: {models.display_name(source)}", names.name(source)))
+            values.add(names.name(source))
+    return choices, names.name(current or cache.default.source)
 
 
 @dataclass(eq=False)
@@ -46,6 +48,7 @@ class ModelBar:
     cache: models.ModelCache
     runs_dir: Path
     roots: list[Path]                     # the folders a visitor may load from
+    names: models.PublicNames             # the picker's values <-> sources
     info_md: gr.Markdown
     details_md: gr.Markdown
     picker: gr.Dropdown
@@ -56,7 +59,7 @@ class ModelBar:
     follow: Callable = lambda info: ()                    # info -> their updates, in that order
 
     def picker_update(self, current: str | None = None):
-        choices, value = picker_state(self.cache, self.runs_dir, current)
+        choices, value = picker_state(self.cache, self.names, current)
         return gr.update(choices=choices, value=value)
 
     @property
@@ -70,11 +73,12 @@ class ModelBar:
                 info.source)
 
     def load(self, value, progress, user: str | None = None):
-        """The ModelInfo of `value`, checked against the allowed places and this visitor's rights, loaded into
-        the shared cache (or found there). The caller stores its source in this session's `choice`."""
-        source = models.check_source(value, self.roots, self.runs_dir)
-        source = models.check_visitor_choice(source, self.runs_dir, guard.may_load_anything(user),
-                                             self.cache.default.source)
+        """The ModelInfo of `value` (a picker name, typed text, or a path the app found), checked against this
+        visitor's rights (before anything on disk is looked at) and the allowed places, loaded into the shared
+        cache (or found there). The caller stores its source in this session's `choice`."""
+        value = models.check_visitor_choice(value, self.runs_dir, guard.may_load_anything(user),
+                                            self.cache.default.source)
+        source = self.names.source(value) or models.check_source(value, self.roots, self.runs_dir)
         progress(0, desc=f"Loading {models.display_name(source)} …")
         try:
             return self.cache.get(source).info
@@ -109,7 +113,8 @@ def build(cache: models.ModelCache, runs_dir: Path) -> ModelBar:
     with gr.Group(elem_id="model-bar"):
         info_md = gr.Markdown(info.markdown(), elem_id="model-info")
         with gr.Row(equal_height=True):
-            choices, value = picker_state(cache, runs_dir)
+            names = models.PublicNames(runs_dir, cache.default.source)
+            choices, value = picker_state(cache, names)
             picker = gr.Dropdown(choices, value=value, label="Available models", scale=4, elem_id="model-picker")
             custom = gr.Textbox(label="…or a path / hf:owner/name", scale=3, max_lines=1, elem_id="model-path",
                                 placeholder="runs/NAME/best · assets/demo-model · hf:owner/name",
@@ -120,8 +125,8 @@ def build(cache: models.ModelCache, runs_dir: Path) -> ModelBar:
         with gr.Accordion("Model details", open=False):
             details_md = gr.Markdown(details_text(info))
     choice = gr.State(None)
-    bar = ModelBar(cache, runs_dir, models.allowed_roots(runs_dir), info_md, details_md, picker, custom, load_btn,
-                   choice)
+    bar = ModelBar(cache, runs_dir, models.allowed_roots(runs_dir), names, info_md, details_md, picker, custom,
+                   load_btn, choice)
     refresh_btn.click(lambda source: bar.picker_update(source), choice, picker, api_visibility="private",
                       queue=False)
     return bar

@@ -12,9 +12,13 @@ from webapp import guard
 from webapp import train as tr
 from webapp.errors import friendly
 
-RUN_EVENT = dict(concurrency_id="train", concurrency_limit=1, preprocess=False)
+RUN_EVENT = dict(concurrency_id="train", concurrency_limit=1, preprocess=False)   # Start, Stop, Resume
+# The estimate and the shares (GGUF, Hub) have slots of their own: Stop never waits behind them.
+ESTIMATE_EVENT = dict(concurrency_id="estimate", concurrency_limit=1, preprocess=False)
+SHARE_EVENT = dict(concurrency_id="share", concurrency_limit=1, preprocess=False)
 SETTINGS = ("source_kind", "stories", "hub_id", "files", "preset", "max_steps", "batch_size", "grad_accum",
             "seq_len", "lr", "device", "gpus", "compile")   # the inputs of Start, in train_start's order
+GUARDED = ("start_btn", "stop_btn", "resume_btn", "estimate_btn", "gguf_btn", "push_btn")   # guard.check_training's
 
 
 def username(profile) -> str | None:
@@ -43,15 +47,15 @@ class Train:
     def page_outputs(self) -> list:
         """What `page_state` fills on every page load."""
         c = self.c
-        return ([self.permission, c["start_btn"], c["stop_btn"], c["resume_btn"], c["run_dd"], c["runs_df"]]
+        return ([self.permission, *(c[k] for k in GUARDED), c["run_dd"], c["runs_df"]]
                 + ([self.duplicate] if self.duplicate is not None else []))
 
     def page_state(self, profile) -> list:
         """This visitor's permission to train, and the live run (or the latest) in the run list."""
         allowed, why = guard.training_permission(username(profile))
         live = self.trainer.pick(None) if self.trainer.runs_dir.is_dir() else None
-        out = [why, gr.update(interactive=allowed), gr.update(interactive=allowed), gr.update(interactive=allowed),
-               self.runs_choices(live.name if live else None), self.trainer.table()]
+        out = [why, *(gr.update(interactive=allowed) for _ in GUARDED), self.runs_choices(live.name if live else None),
+               self.trainer.table()]
         if self.duplicate is not None:
             out.append(gr.update(visible=not allowed))
         return out
@@ -121,7 +125,7 @@ def _run_settings() -> dict:
 
 def _buttons(allowed: bool) -> dict:
     with gr.Row():
-        estimate_btn = gr.Button("Estimate time", elem_id="train-estimate-btn")
+        estimate_btn = gr.Button("Estimate time", interactive=allowed, elem_id="train-estimate-btn")
         start_btn = gr.Button("Start", variant="primary", interactive=allowed, elem_id="train-start")
         stop_btn = gr.Button("Stop", variant="stop", interactive=allowed, elem_id="train-stop")
         resume_btn = gr.Button("Resume", interactive=allowed, elem_id="train-resume")
@@ -132,7 +136,7 @@ def _buttons(allowed: bool) -> dict:
     with gr.Accordion("Share this run: GGUF, the Hugging Face Hub", open=False):
         with gr.Row(equal_height=True):
             gguf_type = gr.Radio(["f16", "bf16", "q8_0", "f32"], value="q8_0", label="GGUF type", scale=2)
-            gguf_btn = gr.Button("Download GGUF", elem_id="train-gguf", scale=1)
+            gguf_btn = gr.Button("Download GGUF", interactive=allowed, elem_id="train-gguf", scale=1)
         gguf_file = gr.File(label="GGUF for llama.cpp / LM Studio", elem_id="train-gguf-file")
         with gr.Row(equal_height=True):
             repo = gr.Textbox(label="Hub repository (user/name; empty: yours, named after the run)", scale=3,
@@ -222,16 +226,18 @@ def _wire_runs(t: Train):
 
     @friendly
     def train_estimate(preset_name, max_steps_, batch_size_, grad_accum_, seq_len_, lr_, device_, gpus_, compile_on,
-                       progress=gr.Progress()):
+                       profile: gr.OAuthProfile | None = None):
+        guard.check_training(username(profile))   # it trains for real, if briefly
         config, _ = trainer.config(preset_name, max_steps_, batch_size_, grad_accum_, seq_len_, lr_, device_, gpus_,
                                    compile_on)
-        progress(0, desc="Timing a few training steps of this model here …")
-        return tr.estimate_words(config)
+        yield from tr.estimate_words(trainer, config)
 
     c["estimate_btn"].click(train_estimate, [c[k] for k in SETTINGS[4:]], c["estimate_md"], api_name="train_estimate",
-                            **RUN_EVENT)
+                            **ESTIMATE_EVENT)
+
     @friendly
-    def train_gguf(run, dtype, progress=gr.Progress()):
+    def train_gguf(run, dtype, profile: gr.OAuthProfile | None = None, progress=gr.Progress()):
+        guard.check_training(username(profile))
         progress(0, desc="Writing the GGUF file …")
         return str(tr.export_gguf(trainer, run, dtype))
 
@@ -244,9 +250,9 @@ def _wire_runs(t: Train):
         return f"Pushed: [{url}]({url})"
 
     c["gguf_btn"].click(train_gguf, [c["run_dd"], c["gguf_type"]], c["gguf_file"], api_name="train_gguf",
-                        **RUN_EVENT)
+                        **SHARE_EVENT)
     c["push_btn"].click(train_push, [c["run_dd"], c["repo"], c["private"]], c["push_md"], api_name="train_push",
-                        **RUN_EVENT)
+                        **SHARE_EVENT)
     run_dd, status_md, runs_df = c["run_dd"], c["status_md"], c["runs_df"]
     c["start_btn"].click(train_start, [c[k] for k in SETTINGS], [run_dd, status_md, runs_df], api_name="train_start",
                          **RUN_EVENT)
