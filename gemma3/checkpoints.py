@@ -12,6 +12,8 @@ import os
 import re
 import shutil
 import socket
+import stat
+import struct
 import tempfile
 import threading
 from pathlib import Path
@@ -20,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import engine, native
-from .config import Gemma3Config
+from .config import LIMITS, Gemma3Config
 from .model import Gemma3
 from .tokenizer import _is_gguf, load_tokenizer
 
@@ -149,9 +151,14 @@ def from_native(sd: dict) -> dict:
 
 def config_from_shapes(sd: dict, **overrides) -> Gemma3Config:
     """Infer a Gemma3Config from a native-named state dict (seed checkpoints carry no config)."""
+    for key in ("embed.weight", "blocks.0.attn.q_norm.weight", "blocks.0.attn.wq.weight",
+                "blocks.0.attn.wk.weight", "blocks.0.ffn.gate.weight"):
+        if key not in sd or sd[key].dim() != (1 if "norm" in key else 2):
+            raise ValueError(f"The checkpoint has no {'matrix' if 'norm' not in key else 'vector'} {key}; "
+                             "it is not a complete Gemma 3 model.")
     layers = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k)))
     vocab, hidden = sd["embed.weight"].shape
-    head_dim = sd["blocks.0.attn.q_norm.weight"].shape[0]
+    head_dim = max(sd["blocks.0.attn.q_norm.weight"].shape[0], 1)  # an empty one is refused by the shape check
     fields = dict(
         vocab_size=vocab, hidden=hidden, layers=layers, head_dim=head_dim,
         heads=sd["blocks.0.attn.wq.weight"].shape[0] // head_dim,
@@ -162,6 +169,36 @@ def config_from_shapes(sd: dict, **overrides) -> Gemma3Config:
     )
     fields.update(overrides)
     return Gemma3Config(**fields)
+
+
+def expected_shapes(cfg: Gemma3Config) -> dict[str, tuple[int, ...]]:
+    """The name and shape of every weight a model of `cfg` has (what Gemma3(cfg) would hold), without building it."""
+    H, q, kv = cfg.hidden, cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
+    block = {"attn.wq": (q, H), "attn.wk": (kv, H), "attn.wv": (kv, H), "attn.wo": (H, q),
+             "attn.q_norm": (cfg.head_dim,), "attn.k_norm": (cfg.head_dim,), "ffn.gate": (cfg.ffn, H),
+             "ffn.up": (cfg.ffn, H), "ffn.down": (H, cfg.ffn), "attn_norm": (H,), "ffn_norm": (H,)}
+    if cfg.post_norms:
+        block |= {"post_attn_norm": (H,), "post_ffn_norm": (H,)}
+    shapes = {"embed.weight": (cfg.vocab_size, H), "final_norm.weight": (H,)}
+    if not cfg.tied_head:
+        shapes["head.weight"] = (cfg.vocab_size, H)
+    for i in range(cfg.layers):
+        shapes |= {f"blocks.{i}.{name}.weight": shape for name, shape in block.items()}
+    return shapes
+
+
+def check_shapes(cfg: Gemma3Config, shapes: dict) -> None:
+    """Refuse, in one sentence, weights (name -> shape) that are not exactly those of a model of `cfg`:
+    every size a config claims is checked against the tensors present before anything is built."""
+    want = expected_shapes(cfg)
+    missing, extra = sorted(set(want) - set(shapes)), sorted(set(shapes) - set(want))
+    if missing or extra:
+        raise ValueError(f"Checkpoint does not match its config ({cfg.layers} layers, vocabulary {cfg.vocab_size:,}): "
+                         f"missing {', '.join(missing[:3]) or 'nothing'}, unexpected {', '.join(extra[:3]) or 'nothing'}.")
+    for name, shape in want.items():
+        if tuple(shapes[name]) != shape:
+            raise ValueError(f"Checkpoint does not match its config: {name} has shape {tuple(shapes[name])}, "
+                             f"the config asks for {shape}.")
 
 
 # Config files the seed projects publish beside their weights (rasbt-style names) -> our fields.
@@ -175,11 +212,11 @@ def seed_overrides(folder: Path, layout: str, root: Path | None = None) -> dict:
     root = model_root(folder) if root is None else root
     for name in ("model_config.json", "config.json"):
         f = inside(root, folder, name)  # before any look at the target: a link outside is refused, found or not
-        if not f.is_file():
+        if not regular_file(f, name):
             continue
         try:
-            raw = json.loads(f.read_text())
-        except (OSError, ValueError):
+            raw = _read_json(f, name)
+        except ValueError:
             continue
         if not isinstance(raw, dict):
             continue
@@ -252,17 +289,56 @@ def inside(root: Path, folder, name: str, what: str | None = None) -> Path:
     return real
 
 
+def regular_file(path, name: str, limit: int | None = None) -> bool:
+    """Whether `path` (links followed) is a regular file; False when nothing is there. Anything else in its
+    place (a FIFO, a device, a socket, a folder) is refused with one sentence before it is opened: opening a
+    FIFO blocks forever. With `limit`, a file of more bytes is refused too."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):  # missing, a broken link, a NUL byte in the name
+        return False
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{name} is not a regular file; a model folder must hold plain files only.")
+    if limit is not None and st.st_size > limit:
+        raise ValueError(f"{name} holds {st.st_size:,} bytes, more than the {limit:,} such a file may have.")
+    return True
+
+
 def _read_json(path: Path, name: str):
+    regular_file(path, name, LIMITS["json_bytes"])
     try:
         return json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         raise ValueError(f"{name} in the model folder is not readable JSON; re-save or re-download the model.") from None
+
+
+def _check_safetensors_header(path: Path, name: str):
+    """Refuse a safetensors file whose header claims more bytes or tensors than the limits, before the
+    safetensors library reads it (it checks the rest: every tensor's offsets against the file)."""
+    size = os.stat(path).st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+        if not 2 <= n <= min(size - 8, LIMITS["safetensors_header_bytes"]):
+            raise ValueError(f"{name} does not start with a safetensors header of at most "
+                             f"{LIMITS['safetensors_header_bytes']:,} bytes; re-save or re-download the model.")
+        header = f.read(n)
+    try:
+        tensors = json.loads(header)
+    except (ValueError, RecursionError):
+        tensors = None  # not JSON: the library's own refusal names it
+    count = len(tensors) if isinstance(tensors, dict) else 0
+    if count > LIMITS["tensors"] + 1:  # + the __metadata__ entry
+        raise ValueError(f"{name} lists {count:,} tensors, more than the {LIMITS['tensors']:,} a model file may hold.")
 
 
 def _read_weights(path: Path, name: str | None = None) -> dict:
     """A state dict from one file; `name` is the file's name in its folder (a cached Hub file's real name is a hash)."""
     name = name or path.name
+    if not regular_file(path, name):
+        raise FileNotFoundError(f"{name} is missing from the model folder; re-save or re-download the model.")
     if name.endswith(".safetensors"):
+        _check_safetensors_header(path, name)
         try:
             return load_file(str(path))
         except Exception as e:
@@ -286,7 +362,7 @@ def _weight_files(folder: Path, root: Path | None = None) -> list[tuple[Path, st
     before any is looked at."""
     root = model_root(folder) if root is None else root
     index = inside(root, folder, INDEX)
-    if index.is_file():
+    if regular_file(index, INDEX):
         raw = _read_json(index, INDEX)
         weight_map = raw.get("weight_map") if isinstance(raw, dict) else None
         if not isinstance(weight_map, dict) or not weight_map or not all(
@@ -295,14 +371,14 @@ def _weight_files(folder: Path, root: Path | None = None) -> list[tuple[Path, st
                              "re-save or re-download the model.")
         shards = sorted(set(weight_map.values()))
         files = [(inside(root, folder, s, f"A shard listed in {INDEX}"), Path(s).name) for s in shards]
-        missing = [name for real, name in files if not real.is_file()]
+        missing = [name for real, name in files if not regular_file(real, name)]
         if missing:
             raise FileNotFoundError(f"{INDEX} lists shards the folder does not hold ({', '.join(missing[:3])}); "
                                     "re-save or re-download the model.")
         return files
     for name in ("model.safetensors", "pytorch_model.bin"):
         real = inside(root, folder, name)
-        if real.is_file():
+        if regular_file(real, name):
             return [(real, name)]
     names = sorted(p.name for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES and not p.name.startswith("optim"))
     if len(names) > 1:
@@ -460,31 +536,29 @@ def load_state(source) -> tuple[Gemma3Config, dict, Path]:
     # read from the folder it was named in (a Hub cache snapshot's file is a link into blobs/)
     folder = path if path.is_dir() else Path(os.path.realpath(given.parent))
     root = model_root(folder)
-    hf_config = None
-    if path.is_dir():
-        config_file = inside(root, folder, "config.json")
-        if config_file.is_file():
-            raw = _read_json(config_file, "config.json")
-            if not isinstance(raw, dict):
-                raise ValueError("config.json in the model folder is not a JSON object; "
-                                 "re-save or re-download the model.")
-            if raw.get("format") == FORMAT:
-                raw.pop("format")
-                sd = _read_weights(inside(root, folder, "model.safetensors"), "model.safetensors")
-                return Gemma3Config.from_dict(raw), sd, folder
-            hf_config = raw
+    # the config.json beside the weights describes them, whether the folder or one of its files is named
+    config_file = inside(root, folder, "config.json")
+    hf_config = _read_json(config_file, "config.json") if regular_file(config_file, "config.json") else None
+    if hf_config is not None and not isinstance(hf_config, dict):
+        raise ValueError("config.json in the model folder is not a JSON object; re-save or re-download the model.")
+    ours = hf_config is not None and hf_config.get("format") == FORMAT
+    if ours:  # checked before any weights are read
+        cfg = Gemma3Config.from_dict({k: v for k, v in hf_config.items() if k != "format"})
+    if not path.is_dir():
+        files = [(path, Path(given).name)]
+    elif ours:
+        files = [(inside(root, folder, "model.safetensors"), "model.safetensors")]
+    else:
         files = _weight_files(folder, root)
         if not files:
             raise FileNotFoundError(f"{path} holds no weights file ({', '.join(WEIGHT_SUFFIXES)}).")
-    else:
-        files = [(path, Path(given).name)]
     sd = {}
     for f, name in files:
         sd.update(_read_weights(f, name))
     sd = _strip_prefixes(sd)
     layout = detect_layout(sd)
     sd = to_native(sd, layout)
-    if layout == "hf":
+    if not ours and layout == "hf":
         if hf_config is None:
             raise ValueError(f"{folder} has Hugging Face weights but no config.json beside them.")
         cfg = Gemma3Config.from_hf(hf_config)
@@ -492,10 +566,11 @@ def load_state(source) -> tuple[Gemma3Config, dict, Path]:
             raise ValueError("config.json says the head is untied but the weights have no lm_head.")
         if cfg.tied_head:
             sd.pop("head.weight", None)
-    else:
+    elif not ours:
         cfg = config_from_shapes(sd, **seed_overrides(folder, layout, root))
-        if layout == "g3nadh":
-            sd = interleaved_to_half_split(sd, cfg)
+    check_shapes(cfg, {k: v.shape for k, v in sd.items()})
+    if layout == "g3nadh":
+        sd = interleaved_to_half_split(sd, cfg)
     return cfg, sd, folder
 
 
@@ -531,13 +606,8 @@ def load_model(source, device=None, dtype=None):
         dtype = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
                  "bf16": torch.bfloat16}[dtype]
     dtype = dtype or default_dtype(device, stored_dtype(sd))
-    with torch.device("meta"):
+    with torch.device("meta"):  # load_state checked every weight's name and shape against the config
         model = Gemma3(cfg)
-    missing = set(model.state_dict()) - set(sd)
-    extra = set(sd) - set(model.state_dict())
-    if missing or extra:
-        raise ValueError(f"Checkpoint does not match its config: missing {sorted(missing)[:4]}, "
-                         f"unexpected {sorted(extra)[:4]}.")
     if dtype == torch.bfloat16 and device.type == "cpu":
         sd = engine.pack_qkv(sd, cfg.layers, dtype)
     model.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, assign=True)

@@ -8,7 +8,32 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
+
+# The largest sizes a model file may claim; every loader checks a file's claims against these before it
+# builds or allocates anything (SECURITY.md cites them). Gemma 3 27B, the largest Gemma 3, has 62 layers,
+# hidden 5376, 32 heads, head_dim 128, ffn 21504, a vocabulary of 262144 and a context of 131072.
+LIMITS = {
+    "layers": 256,
+    "hidden": 65_536,
+    "heads": 1_024,
+    "head_dim": 1_024,
+    "ffn": 262_144,
+    "vocab_size": 2_097_152,
+    "context": 1_048_576,
+    "window": 1_048_576,
+    "tensors": 10_000,                    # tensors in one weights file (Gemma 3 27B: 808)
+    "json_bytes": 16 * 2**20,             # config.json, model.safetensors.index.json, a seed's config
+    "tokenizer_bytes": 64 * 2**20,        # tokenizer.json (Gemma 3's: 33 MB)
+    "safetensors_header_bytes": 16 * 2**20,
+    "gguf_metadata_values": 4_194_304,    # values in all of a GGUF's metadata (Gemma 3: about 790,000)
+    "gguf_string_bytes": 1_048_576,       # one GGUF metadata string or tensor name
+    "token_chars": 1_024,                 # one tokenizer entry (Gemma 3's longest: 31)
+    "vocab_chars": 16_777_216,            # all tokenizer entries together (Gemma 3's: about 1.9 million)
+}
+_SIZES = ("vocab_size", "hidden", "layers", "heads", "kv_heads", "head_dim", "ffn", "window", "context")
+_NUMBERS = ("rope_local_base", "rope_global_base", "rope_global_scale", "query_pre_attn_scalar")
 
 
 @dataclass
@@ -32,12 +57,33 @@ class Gemma3Config:
     layer_types: list[str] = field(default_factory=list)  # "sliding" / "full"; empty = Gemma pattern
 
     def __post_init__(self):
+        self._check()
         if not self.layer_types:
             self.layer_types = ["full" if (i + 1) % 6 == 0 else "sliding" for i in range(self.layers)]
         if len(self.layer_types) != self.layers or set(self.layer_types) - {"sliding", "full"}:
             raise ValueError(f"layer_types must list 'sliding' or 'full' for each of the {self.layers} layers.")
         if self.heads % self.kv_heads:
             raise ValueError(f"heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads}).")
+
+    def _check(self):
+        """Refuse, in one sentence, a config no model can be built from: sizes that are not whole numbers from
+        1 to their limit, bases and scales that are not finite positive numbers, an odd head_dim (RoPE turns
+        pairs), a norm epsilon that is not a finite number >= 0."""
+        for name in _SIZES:
+            _check_size(name, getattr(self, name))
+        if self.head_dim % 2:
+            raise ValueError(f"The model config's head_dim must be even (RoPE rotates pairs), not {self.head_dim}.")
+        for name in _NUMBERS:
+            value = getattr(self, name)
+            if not _real(value) or not value > 0 or not math.isfinite(value):
+                raise ValueError(f"The model config's {name} must be a finite positive number, not {_show(value)}.")
+        if not _real(self.norm_eps) or not 0 <= self.norm_eps < 1:
+            raise ValueError(f"The model config's norm_eps must be a number from 0 to below 1, not {_show(self.norm_eps)}.")
+        for name in ("tied_head", "post_norms"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"The model config's {name} must be true or false, not {_show(getattr(self, name))}.")
+        if not isinstance(self.layer_types, list):
+            raise ValueError(f"The model config's layer_types must be a list, not {_show(self.layer_types)}.")
 
     # ---- presets -------------------------------------------------------------------------------
     @classmethod
@@ -63,14 +109,30 @@ class Gemma3Config:
 
     @classmethod
     def from_hf(cls, hf: dict) -> "Gemma3Config":
-        """From a transformers Gemma3TextConfig dict (or a Gemma3Config with a text_config)."""
+        """From a transformers Gemma3TextConfig dict (or a Gemma3Config with a text_config); a key missing or
+        a value of the wrong type is one ValueError sentence."""
+        try:
+            return cls._from_hf(hf)
+        except KeyError as e:
+            raise ValueError(f"config.json has no {_show(e.args[0])} entry; it is not a complete Gemma 3 "
+                             "config.") from None
+        except (TypeError, AttributeError):
+            raise ValueError("config.json holds a value of the wrong type for a Gemma 3 config; re-save or "
+                             "re-download the model.") from None
+
+    @classmethod
+    def _from_hf(cls, hf: dict) -> "Gemma3Config":
         hf = hf.get("text_config", hf)
         n = hf["num_hidden_layers"]
+        _check_size("layers", n)  # before a list of n layer types is made
         types = hf.get("layer_types")
         if types:
             layer_types = ["full" if t == "full_attention" else "sliding" for t in types]
         else:
             pattern = hf.get("sliding_window_pattern", 6)
+            if type(pattern) is not int or pattern < 1:
+                raise ValueError(f"config.json's sliding_window_pattern must be a whole number of at least 1, "
+                                 f"not {_show(pattern)}.")
             layer_types = ["full" if (i + 1) % pattern == 0 else "sliding" for i in range(n)]
         rope = hf.get("rope_parameters") or {}
         full = rope.get("full_attention") or {}
@@ -79,7 +141,7 @@ class Gemma3Config:
         kind = scaling.get("rope_type", scaling.get("type", "default"))
         scale = 1.0
         if kind == "linear":
-            scale = float(scaling["factor"])
+            scale = _float(scaling["factor"])
         elif kind != "default":
             raise ValueError(f"RoPE type {scaling.get('rope_type')!r} is not supported (only default and linear).")
         if hf.get("final_logit_softcapping") or hf.get("attn_logit_softcapping"):
@@ -93,10 +155,10 @@ class Gemma3Config:
             head_dim=hf.get("head_dim", 256),
             ffn=hf["intermediate_size"],
             window=hf.get("sliding_window", 4096),
-            rope_local_base=float(local.get("rope_theta", hf.get("rope_local_base_freq", 10_000.0))),
-            rope_global_base=float(full.get("rope_theta", hf.get("rope_theta", 1_000_000.0))),
+            rope_local_base=_float(local.get("rope_theta", hf.get("rope_local_base_freq", 10_000.0))),
+            rope_global_base=_float(full.get("rope_theta", hf.get("rope_theta", 1_000_000.0))),
             rope_global_scale=scale,
-            query_pre_attn_scalar=float(hf.get("query_pre_attn_scalar", 256)),
+            query_pre_attn_scalar=_float(hf.get("query_pre_attn_scalar", 256)),
             context=hf.get("max_position_embeddings", 32768),
             norm_eps=hf.get("rms_norm_eps", 1e-6),
             tied_head=hf.get("tie_word_embeddings", True),
@@ -140,6 +202,27 @@ class Gemma3Config:
             "eos_token_id": None,
             "torch_dtype": "float32",
         }
+
+
+def _check_size(name: str, value):
+    top = LIMITS.get(name, LIMITS["heads"])  # kv_heads: as heads
+    if type(value) is not int or not 1 <= value <= top:
+        raise ValueError(f"The model config's {name} must be a whole number from 1 to {top:,}, not {_show(value)}.")
+
+
+def _real(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _float(x):
+    """A number as a float; anything else as it is, for the check to name."""
+    return float(x) if _real(x) else x
+
+
+def _show(value) -> str:
+    """A value for an error sentence: short, on one line."""
+    text = repr(value)
+    return text if len(text) <= 40 and "\n" not in text else f"a {type(value).__name__}"
 
 
 def _int_if_whole(x: float):

@@ -17,6 +17,7 @@ keys, itself included (llama.cpp masks p1 - p0 >= n_swa). An export that llama.c
 
 from __future__ import annotations
 
+import numbers
 import os
 import tempfile
 from functools import lru_cache
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import Gemma3Config
+from .config import LIMITS, Gemma3Config
 
 ARCH = "gemma3"
 _TOP = {"embed.weight": "token_embd.weight", "final_norm.weight": "output_norm.weight",
@@ -37,6 +38,11 @@ _BLOCK = {"attn.wq": "attn_q", "attn.wk": "attn_k", "attn.wv": "attn_v", "attn.w
 _LOCAL_BASE = 10_000.0  # llama.cpp's rope_freq_base_train_swa for gemma3
 _PATTERN = 6            # llama.cpp's set_swa_pattern(6) for gemma3
 EXPORT_TYPES = ("f32", "f16", "bf16", "q8_0")
+# The types a model file's weights may be stored in: floating point, and llama.cpp's quantised types (Q8_1 and
+# Q8_K are for intermediate values only; integer and F64 tensors hold no model weights).
+TENSOR_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
+                "Q6_K", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M", "IQ4_NL", "IQ4_XS",
+                "TQ1_0", "TQ2_0", "MXFP4")
 
 
 def gguf_name(ours: str) -> str:
@@ -63,18 +69,27 @@ def _our_name(name: str) -> str | None:
 
 class _File:
     """A GGUF file's metadata and tensor table, parsed straight from the bytes (the gguf package's GGUFReader
-    takes seconds per 100k-token vocabulary); tensor data stays in the memory-mapped file until read."""
+    takes seconds per 100k-token vocabulary); tensor data stays in the memory-mapped file until read.
+
+    Every count, length and extent the file claims is checked against the bytes left in it and against
+    LIMITS before anything of that size is made: a header cannot make the reader allocate more than a
+    small multiple of the file's own size."""
 
     _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q",
                 12: "<d"}
     _ARRAYS = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "?", 10: "<u8",
                11: "<i8", 12: "<f8"}
+    _MAX_DIMS = 4  # GGML_MAX_DIMS
 
     def __init__(self, path: Path):
         import mmap
         import struct
 
+        from .checkpoints import regular_file
+
         self.struct = struct
+        if not regular_file(path, path.name):
+            raise FileNotFoundError(f"{path.name} is missing.")
         with open(path, "rb") as f:
             if f.read(4) != b"GGUF":
                 raise ValueError(f"{path.name} is not a GGUF file.")
@@ -84,6 +99,12 @@ class _File:
         if version not in (2, 3):
             raise ValueError(f"{path.name} is GGUF version {version}; versions 2 and 3 are supported.")
         n_tensors, n_kv = self._take("<Q"), self._take("<Q")
+        if n_tensors > LIMITS["tensors"]:
+            raise ValueError(f"{path.name} lists {n_tensors:,} tensors, more than the {LIMITS['tensors']:,} "
+                             "a model file may hold.")
+        self._room(n_kv, 13, "metadata entries")  # each: a key (8 + its bytes), a type (4), a value (1 or more)
+        self._room(n_tensors, 24, "tensors")  # each: a name (8 + its bytes), dims count, type, offset
+        self.values = 0
         self.meta = {}
         for _ in range(n_kv):
             key = self._str()
@@ -91,50 +112,95 @@ class _File:
         infos = []
         for _ in range(n_tensors):
             name = self._str()
-            dims = [self._take("<Q") for _ in range(self._take("<I"))]
+            n_dims = self._take("<I")
+            if not 1 <= n_dims <= self._MAX_DIMS:
+                raise ValueError(f"tensor {name} has {n_dims} dimensions")
+            dims = [self._take("<Q") for _ in range(n_dims)]
             infos.append((name, dims, self._take("<I"), self._take("<Q")))
-        align = int(self.meta.get("general.alignment", 32))
+        align = self.meta.get("general.alignment", 32)
+        if type(align) is not int or not 1 <= align <= 65_536 or align & (align - 1):
+            raise ValueError("its general.alignment is not a power of two up to 65536")
         start = -(-self.pos // align) * align
         self.tensors = [(name, dims, kind, start + offset) for name, dims, kind, offset in infos]
+        for name, dims, kind, offset in self.tensors:
+            self._extent(name, dims, kind, offset)
 
     def _take(self, fmt):
         value = self.struct.unpack_from(fmt, self.buf, self.pos)[0]
         self.pos += self.struct.calcsize(fmt)
         return value
 
+    def _room(self, n: int, size: int, what: str):
+        """Refuse a claim of n items of at least `size` bytes each that the rest of the file cannot hold."""
+        if n * size > len(self.buf) - self.pos:
+            raise ValueError(f"it claims {n:,} {what}, more than the file holds")
+
+    def _count(self, n: int):
+        """Count n metadata values against the limit for the whole file."""
+        self.values += n
+        if self.values > LIMITS["gguf_metadata_values"]:
+            raise ValueError(f"its metadata holds more than {LIMITS['gguf_metadata_values']:,} values")
+
     def _str(self) -> str:
         n = self._take("<Q")
-        if self.pos + n > len(self.buf):
-            raise ValueError("a string runs past the end of the file")
+        if n > LIMITS["gguf_string_bytes"]:
+            raise ValueError(f"it holds a string of {n:,} bytes, more than {LIMITS['gguf_string_bytes']:,}")
+        self._room(n, 1, "bytes of a string")
         text = self.buf[self.pos:self.pos + n].decode("utf-8", errors="replace")
         self.pos += n
         return text
 
     def _value(self, kind):
+        self._count(1)
         if kind in self._SCALARS:
             return self._take(self._SCALARS[kind])
         if kind == 8:
             return self._str()
         if kind != 9:
-            raise ValueError(f"unknown metadata type {kind}")
+            raise ValueError(f"it holds a metadata value of the unknown type {kind}")
         item, n = self._take("<I"), self._take("<Q")
+        self._count(n)
         if item in self._ARRAYS:
             dt = np.dtype(self._ARRAYS[item])
+            self._room(n, dt.itemsize, "array values")
             values = np.frombuffer(self.buf, dt, n, self.pos)
             self.pos += n * dt.itemsize
             return values.tolist()
-        return [self._value(item) for _ in range(n)]
+        if item != 8:  # arrays of arrays: llama.cpp writes none
+            raise ValueError(f"it holds an array of the unsupported type {item}")
+        self._room(n, 8, "strings")  # each: 8 bytes of length at least
+        return [self._str() for _ in range(n)]
+
+    def _extent(self, name, dims, kind, offset):
+        """Refuse a tensor of a type that is not a floating-point or quantised number, or whose data runs
+        past the end of the file."""
+        from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+        try:
+            qtype = GGMLQuantizationType(kind)
+        except ValueError:
+            raise ValueError(f"tensor {name} has the unknown type {kind}") from None
+        if qtype.name not in TENSOR_TYPES:
+            raise ValueError(f"tensor {name} is stored as {qtype.name}, not as one of the floating-point or "
+                             "quantised types of a model file")
+        block, size = GGML_QUANT_SIZES[qtype]
+        if min(dims) < 1 or dims[0] % block:
+            raise ValueError(f"tensor {name} has the impossible shape {list(reversed(dims))}")
+        n = dims[0] // block * size
+        for d in dims[1:]:
+            n *= d
+        if offset + n > len(self.buf):
+            raise ValueError(f"tensor {name} runs past the end of the file")
 
     def data(self, dims, kind, offset) -> np.ndarray:
-        """The raw bytes of one tensor as gguf's dequantize takes them: rows of bytes, in numpy's order."""
+        """The raw bytes of one tensor as gguf's dequantize takes them: rows of bytes, in numpy's order
+        (its type and extent were checked when the table was read)."""
         from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
         block, size = GGML_QUANT_SIZES[GGMLQuantizationType(kind)]
         shape = list(reversed(dims))
         row = shape[-1] // block * size
         n = int(np.prod(shape[:-1], dtype=np.int64)) * row
-        if n < 0 or offset + n > len(self.buf) or shape[-1] % block:
-            raise ValueError("a tensor runs past the end of the file")
         return np.frombuffer(self.buf, np.uint8, n, offset).reshape(*shape[:-1], row)
 
 
@@ -167,43 +233,49 @@ def _f32(x) -> float:
 
 
 def config_from_meta(meta: dict, vocab_size: int, tied: bool) -> Gemma3Config:
-    """A Gemma3Config from a gemma3 GGUF's metadata, read the way llama.cpp reads it."""
+    """A Gemma3Config from a gemma3 GGUF's metadata, read the way llama.cpp reads it; a key missing or of
+    the wrong type, or a value no model can have, is one ValueError sentence."""
     p = ARCH + "."
 
-    def get(key, default=None):
+    def get(key, default=None, whole=True):
         value = meta.get(p + key, default)
         if value is None:
             raise ValueError(f"The GGUF file has no {p + key} key; it is not a complete Gemma 3 GGUF.")
-        return value
+        if isinstance(value, list):
+            raise ValueError(f"The GGUF gives {p + key} per layer, which Gemma 3 does not have.")
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral if whole else numbers.Real):
+            raise ValueError(f"The GGUF file's {p + key} is not a {'whole number' if whole else 'number'}.")
+        return int(value) if whole else value
 
     if meta.get(p + "final_logit_softcapping") or meta.get(p + "attn_logit_softcapping"):
         raise ValueError("This GGUF asks for logit soft-capping, which Gemma 3 does not have; it is not "
                          "a Gemma 3 model this package can run.")
-    layers, hidden, heads = int(get("block_count")), int(get("embedding_length")), int(get("attention.head_count"))
-    head_dim = int(get("attention.key_length", hidden // heads))
-    window = int(meta.get(p + "attention.sliding_window") or 0)
+    layers, hidden, heads = get("block_count"), get("embedding_length"), get("attention.head_count")
+    per_head = hidden // max(heads, 1)  # heads < 1 is refused by the config's own check
+    head_dim = get("attention.key_length", per_head)
+    window = get("attention.sliding_window", 0)
     pattern = meta.get(p + "attention.sliding_window_pattern", _PATTERN)
     if not window:
-        types = ["full"] * layers
+        types = ["full"] * min(layers, LIMITS["layers"] + 1)  # more layers than the limit: refused below
     elif isinstance(pattern, list):  # llama.cpp's per-layer form: True = sliding
         types = ["sliding" if s else "full" for s in pattern]
+    elif type(pattern) is int and pattern >= 1:
+        types = ["full" if (i + 1) % pattern == 0 else "sliding" for i in range(min(layers, LIMITS["layers"] + 1))]
     else:
-        types = ["full" if (i + 1) % int(pattern) == 0 else "sliding" for i in range(layers)]
+        raise ValueError(f"The GGUF file's {p}attention.sliding_window_pattern is not a whole number of at least 1.")
     kind = meta.get(p + "rope.scaling.type", "none")
     if kind not in ("none", "linear"):
         raise ValueError(f"RoPE scaling {kind!r} in the GGUF file is not supported (only none and linear).")
-    ffn, kv = get("feed_forward_length"), get("attention.head_count_kv")
-    if isinstance(ffn, list) or isinstance(kv, list):
-        raise ValueError("The GGUF gives per-layer sizes, which Gemma 3 does not have.")
+    context = get("context_length")
     return Gemma3Config(
-        vocab_size=vocab_size, hidden=hidden, layers=layers, heads=heads, kv_heads=int(kv),
-        head_dim=head_dim, ffn=int(ffn), window=window or int(get("context_length")),
-        rope_local_base=_f32(meta.get(p + "rope.freq_base_swa", _LOCAL_BASE)),
-        rope_global_base=_f32(meta.get(p + "rope.freq_base", 10_000.0)),
-        rope_global_scale=_f32(meta.get(p + "rope.scaling.factor", 1.0)) if kind == "linear" else 1.0,
-        query_pre_attn_scalar=float(hidden // heads if layers == 62 else head_dim),
-        context=int(get("context_length")),
-        norm_eps=_f32(meta.get(p + "attention.layer_norm_rms_epsilon", 1e-6)),
+        vocab_size=vocab_size, hidden=hidden, layers=layers, heads=heads, kv_heads=get("attention.head_count_kv"),
+        head_dim=head_dim, ffn=get("feed_forward_length"), window=window or context,
+        rope_local_base=_f32(get("rope.freq_base_swa", _LOCAL_BASE, whole=False)),
+        rope_global_base=_f32(get("rope.freq_base", 10_000.0, whole=False)),
+        rope_global_scale=_f32(get("rope.scaling.factor", 1.0, whole=False)) if kind == "linear" else 1.0,
+        query_pre_attn_scalar=float(per_head if layers == 62 else head_dim),
+        context=context,
+        norm_eps=_f32(get("attention.layer_norm_rms_epsilon", 1e-6, whole=False)),
         tied_head=tied, layer_types=types)
 
 
@@ -224,30 +296,34 @@ def _to_torch(name: str, data: np.ndarray, kind: int) -> torch.Tensor:
 
 
 def read_gguf(path) -> tuple[Gemma3Config, dict, dict]:
-    """(config, our state dict, metadata) from a Gemma 3 GGUF file."""
+    """(config, our state dict, metadata) from a Gemma 3 GGUF file; the config and every tensor's name, type
+    and shape are checked against each other before any tensor is read."""
+    from .checkpoints import check_shapes
+
     path = Path(path)
     f = _open(path)
     _check_arch(f.meta, path.name)
-    sd, unknown = {}, []
+    table, unknown = {}, []
     for name, dims, kind, offset in f.tensors:
         ours = _our_name(name)
         if ours is None:
             unknown.append(name)
-            continue
-        try:
-            w = _to_torch(name, f.data(dims, kind, offset), kind)
-        except (ValueError, KeyError) as e:
-            if isinstance(e, ValueError) and str(e).startswith("Tensor"):
-                raise
-            raise ValueError(f"{path.name} has a damaged tensor {name}; re-download or re-export it.") from None
+        elif ours in table:
+            raise ValueError(f"The GGUF file lists the tensor {name} twice; re-download or re-export it.")
+        else:
+            table[ours] = (name, dims, kind, offset)
+    if unknown:
+        raise ValueError(f"The GGUF file has tensors a Gemma 3 text model does not have: {', '.join(unknown[:5])}.")
+    if "embed.weight" not in table:
+        raise ValueError("The GGUF file has no token_embd.weight tensor.")
+    cfg = config_from_meta(f.meta, table["embed.weight"][1][-1], tied="head.weight" not in table)
+    check_shapes(cfg, {ours: tuple(reversed(dims)) for ours, (_, dims, _, _) in table.items()})
+    sd = {}
+    for ours, (name, dims, kind, offset) in table.items():
+        w = _to_torch(name, f.data(dims, kind, offset), kind)
         if ours.endswith("norm.weight"):
             w = w.float() - 1.0  # llama.cpp stores 1 + w
         sd[ours] = w
-    if unknown:
-        raise ValueError(f"The GGUF file has tensors a Gemma 3 text model does not have: {', '.join(unknown[:5])}.")
-    if "embed.weight" not in sd:
-        raise ValueError("The GGUF file has no token_embd.weight tensor.")
-    cfg = config_from_meta(f.meta, sd["embed.weight"].shape[0], tied="head.weight" not in sd)
     return cfg, sd, f.meta
 
 
