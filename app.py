@@ -9,7 +9,9 @@ state); loaded models are shared through one cache (webapp.models.ModelCache).
 """
 
 import argparse
+import errno
 import os
+import socket
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -29,6 +31,7 @@ from webapp import generation as gen  # noqa: E402
 from webapp import models  # noqa: E402
 from webapp import train as tr  # noqa: E402
 from webapp.errors import friendly, guard_inputs  # noqa: E402
+from webapp.guard import UploadGuard  # noqa: E402
 from webapp.inputs import UserError  # noqa: E402
 from webapp.learning import Learning  # noqa: E402
 from webapp.ui import about, explore, generate, model_bar, page, train  # noqa: E402
@@ -40,6 +43,8 @@ DATA_DIR = os.environ.get("GEMMA3_DATA_DIR", str(ROOT / "data"))
 TITLE = "Gemma 3 TinyStories"
 HEADER = "# Gemma 3 TinyStories\nA from-scratch Gemma 3: write stories, look inside the model, train your own."
 LAUNCH = dict(theme=page.THEME, css=page.CSS, js=page.JS)  # Gradio 6: theme, css and js are arguments of launch()
+MAX_FILE_SIZE = f"{tr.MAX_UPLOAD_MB}mb"   # an upload, refused while it streams in beyond this (and by train.py after)
+DELETE_CACHE = (1800, 3600)   # every half hour, Gradio deletes uploads and downloads (GGUF) older than an hour
 
 
 def load(source: str | None = None):
@@ -63,7 +68,7 @@ def build(model=None, tokenizer=None, description: str | None = None, *, cache: 
     trainer = tr.Trainer(runs_dir or RUNS_DIR, data_dir or DATA_DIR)
     explorer = ex.Explorer(cache)
     learning = Learning(trainer.runs_dir)
-    with gr.Blocks(title=TITLE) as demo:
+    with gr.Blocks(title=TITLE, delete_cache=DELETE_CACHE) as demo:
         gr.Markdown(HEADER)
         bar = model_bar.build(cache, trainer.runs_dir)   # above every tab; its choice is per session
         with gr.Tabs() as tabs:
@@ -173,6 +178,9 @@ def main(argv=None):
                         help="where prepared training data is written (default: $GEMMA3_DATA_DIR, else data/ in the "
                              "persistent folder or the repository)")
     args = parser.parse_args(argv)
+    busy = port_problem(args.host, args.port)   # before a minute of loading, not after
+    if busy:
+        parser.exit(2, f"error: {busy}\n")
     keep_freed_memory()  # faster long prompts and explain passes on a CPU (gemma3/cpu.py)
     engine.available()  # build the CPU kernels now (about 15 s, once per machine), not mid-story
     try:
@@ -180,8 +188,29 @@ def main(argv=None):
     except (ValueError, FileNotFoundError, ConnectionError) as e:
         parser.exit(2, f"error: could not load the model: {e}\n")
     demo = build(cache=cache, runs_dir=args.runs_dir, data_dir=args.data_dir)
-    demo.queue(max_size=64, default_concurrency_limit=1).launch(
-        server_name=args.host, server_port=args.port, share=args.share, **LAUNCH)
+    from starlette.middleware import Middleware
+
+    try:
+        demo.queue(max_size=64, default_concurrency_limit=1).launch(
+            server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_FILE_SIZE,
+            app_kwargs={"middleware": [Middleware(UploadGuard)]}, **LAUNCH)
+    except OSError as e:   # the port was taken while the model loaded
+        parser.exit(2, f"error: {port_problem(args.host, args.port) or e}\n")
+
+
+def port_problem(host: str, port: int) -> str | None:
+    """Why the app cannot listen on host:port, in one sentence (the port is taken, or the address is not this
+    machine's); None when it can."""
+    if not 0 < port < 65536:
+        return f"--port must be between 1 and 65535, not {port}."
+    try:
+        socket.create_server((host, port)).close()
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            return (f"port {port} on {host} is already in use (is the app running already?); stop that program or "
+                    f"choose another port with --port.")
+        return f"cannot listen on {host}:{port} ({os.strerror(e.errno) if e.errno else e}); check --host and --port."
+    return None
 
 
 if __name__ == "__main__":

@@ -85,6 +85,40 @@ def check_training(username: str | None, env=None):
         raise UserError(why)
 
 
+UPLOAD_REFUSED = ("On this Space only its owner or allowed users may upload files (they are training data); sign "
+                  "in with Hugging Face, or duplicate the Space.")
+
+
+class UploadGuard:
+    """ASGI middleware: on a Space, Gradio's upload route (whose only user here is the Train tab's story files)
+    answers only visitors who may train; everyone else gets 403 and one sentence before a byte is stored.
+    Their sign-in is read from Gradio's session cookie (the OAuth SessionMiddleware runs outside this one).
+    app.py passes it to launch(app_kwargs=...)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].rstrip("/").endswith("/upload") and on_space():
+            if not training_permission(session_user(scope))[0]:
+                from starlette.responses import PlainTextResponse
+
+                await PlainTextResponse(UPLOAD_REFUSED, status_code=403)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def session_user(scope) -> str | None:
+    """The Hugging Face username signed in on this request (Gradio's OAuth session), if any and not expired."""
+    import time
+
+    info = (scope.get("session") or {}).get("oauth_info") if "session" in scope else None
+    if not isinstance(info, dict) or (info.get("expires_at") or float("inf")) < time.time():
+        return None
+    name = (info.get("userinfo") or {}).get("preferred_username")
+    return name if isinstance(name, str) else None
+
+
 def gpu(fn, duration: int = 120):
     """fn wrapped in spaces.GPU on a ZeroGPU Space (when the `spaces` package is there), else fn itself."""
     if not zero_gpu():
