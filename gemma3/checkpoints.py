@@ -679,7 +679,8 @@ def save_model(model, tokenizer, path):
 
 
 def export_hf(model, tokenizer, out_dir):
-    """A folder that transformers' AutoModelForCausalLM.from_pretrained loads with the same logits."""
+    """A folder that transformers' AutoModelForCausalLM.from_pretrained loads with the same logits, and
+    AutoTokenizer.from_pretrained with the same tokens."""
     cfg = model.config
     hf_cfg = cfg.to_hf()
     hf_cfg["torch_dtype"] = str(model.embed.weight.dtype).replace("torch.", "")
@@ -692,5 +693,5 @@ def export_hf(model, tokenizer, out_dir):
         (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2))
         (tmp / "generation_config.json").write_text(json.dumps(
             {"eos_token_id": hf_cfg["eos_token_id"], "bos_token_id": hf_cfg["bos_token_id"]}, indent=2))
-        tokenizer.save(tmp)
+        tokenizer.save_for_transformers(tmp, cfg.context)
     return atomic_dir_write(Path(out_dir), write)

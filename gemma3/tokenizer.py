@@ -9,6 +9,7 @@ Both expose the same small interface:
 
 import base64
 import hashlib
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -76,6 +77,20 @@ class GPT2Tokenizer:
     def save(self, folder):
         """Nothing to write: a folder without tokenizer.json loads as GPT-2."""
 
+    def save_for_transformers(self, folder, model_max_length: int):
+        """vocab.json, merges.txt and tokenizer_config.json, as openai-community/gpt2 has them: transformers'
+        GPT2Tokenizer with <|endoftext|> as BOS, EOS and UNK. No tokenizer.json, so the folder still loads here
+        with this exact tokenizer."""
+        from .gguf import gpt2_vocab
+
+        tokens, merges = gpt2_vocab()
+        folder = Path(folder)
+        (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}, ensure_ascii=False),
+                                           encoding="utf-8")
+        (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+        _write_tokenizer_config(folder, "GPT2Tokenizer", model_max_length, add_prefix_space=False,
+                                bos_token=ENDOFTEXT, eos_token=ENDOFTEXT, unk_token=ENDOFTEXT)
+
 
 @lru_cache(maxsize=None)
 def gpt2_tokenizer(ranks_path=GPT2_RANKS) -> GPT2Tokenizer:
@@ -127,6 +142,21 @@ class HFTokenizer:
         """Write tokenizer.json into folder."""
         Path(folder).mkdir(parents=True, exist_ok=True)
         self.tok.save(str(Path(folder) / "tokenizer.json"))
+
+    def save_for_transformers(self, folder, model_max_length: int):
+        """tokenizer.json and a tokenizer_config.json naming its special tokens, which transformers'
+        AutoTokenizer loads as this very tokenizer (BOS added the way tokenizer.json's post-processor adds it)."""
+        self.save(folder)
+        name = self.tok.id_to_token
+        tokens = dict(bos_token=self.bos_id, eos_token=self.eot_id, pad_token=self.tok.token_to_id("<pad>"),
+                      unk_token=self.tok.token_to_id(getattr(self.tok.model, "unk_token", None) or "<unk>"))
+        _write_tokenizer_config(Path(folder), "PreTrainedTokenizerFast", model_max_length,
+                                **{k: name(i) for k, i in tokens.items() if i is not None})
+
+
+def _write_tokenizer_config(folder: Path, tokenizer_class: str, model_max_length: int, **settings):
+    config = dict(tokenizer_class=tokenizer_class, model_max_length=model_max_length, **settings)
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
 
 
 def _is_gguf(path) -> bool:

@@ -24,7 +24,6 @@ import gemma3
 from gemma3.checkpoints import hub_reachable, write_model_files
 
 from .card import _records, checkpoint_of, model_and_card
-from .gpt2_vocab import write_gpt2_files
 
 LICENSE = "mit"  # the project's licence (README.md's header); the weights are the run's own
 TAGS = ["gemma3", "tinystories", "text-generation"]
@@ -130,7 +129,6 @@ def stage(run, folder, repo_id: str, *, which: str = "last", dtype: str = "bf16"
     for f in (folder / ".hf").iterdir():
         f.rename(folder / f.name)
     (folder / ".hf").rmdir()
-    write_gpt2_files(folder)
     (folder / "gemma3").mkdir()
     write_model_files(model, tok, folder / "gemma3")
     (folder / "run").mkdir()
