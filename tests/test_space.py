@@ -292,6 +292,19 @@ def test_an_anonymous_visitor_cannot_start_stop_or_resume_training(space):
     assert runs.list_runs(space.persistent / "runs") == [], "nothing was started"
 
 
+def test_only_those_who_may_train_upload_files(space):
+    """Issue 21 item 3: Gradio's upload route (the Train tab's story files) refuses an anonymous visitor in one
+    sentence and stores nothing; the owner's upload is taken."""
+    import httpx
+
+    files = {"files": ("stories.txt", b"Tom had a red ball.\n\nLily had a cat.\n", "text/plain")}
+    refused = httpx.post(space.url + "gradio_api/upload", files=files, timeout=30)
+    assert refused.status_code == 403 and refused.text == guard.UPLOAD_REFUSED
+    owner = httpx.post(space.url + "gradio_api/upload", files=files, timeout=30,
+                       headers={"Cookie": f"session={session_cookie(OWNER)}"})
+    assert owner.status_code == 200 and owner.json()[0].endswith("stories.txt")
+
+
 def test_visitors_pick_from_the_list_and_the_owner_loads_anything(space):
     anon, owner = space.client(), space.client(OWNER)
     for refused in ("assets/gpt2.tiktoken", "hf:someone/some-model"):
