@@ -3,25 +3,41 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
 import torch
 
 from . import engine
-from .checkpoints import export_hf, load_model, save_model
+from .checkpoints import check_no_file_above, check_out_dir, export_hf, load_model, save_model
 from .cpu import keep_freed_memory
 from .defaults import default_model
 from .generate import check_settings, stream
 from .gguf import export_gguf
+from .tokenizer import _is_gguf
 
 DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16}
 GGUF_TYPES = {"auto": "f16", "fp32": "f32", "f32": "f32", "f16": "f16", "bf16": "bf16", "q8_0": "q8_0"}
 
 
+def _device(text: str | None) -> torch.device | None:
+    """--device as a torch.device, or a ValueError sentence when it names none, or a GPU that is not there."""
+    if text is None:
+        return None
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise ValueError(f"--device {text} is not a device; use cpu, cuda or cuda:N.") from None
+    if device.type == "cuda" and (device.index or 0) >= (torch.cuda.device_count() if torch.cuda.is_available() else 0):
+        raise ValueError(f"--device {text}: no such CUDA GPU is visible here; use --device cpu.")
+    return device
+
+
 def _load(args):
+    device = _device(args.device)
     print(f"Loading {args.model} ...", file=sys.stderr, flush=True)
-    return load_model(args.model, device=args.device, dtype=DTYPES[args.dtype])
+    return load_model(args.model, device=device, dtype=DTYPES[args.dtype])
 
 
 def cmd_generate(args):
@@ -67,14 +83,29 @@ def cmd_info(args):
     print(describe(model, tok))
 
 
+def check_gguf_out(path, force: bool):
+    """Refuse, before any work, a GGUF file to write whose writing would lose something: a folder or a
+    file other than a GGUF at it, a file above it, or (unless force) any GGUF file."""
+    if not os.path.lexists(check_no_file_above(path)):
+        return
+    if os.path.islink(path) or not os.path.isfile(path) or not _is_gguf(path):
+        raise FileExistsError(f"{path} already exists and is not a GGUF file; choose another --out "
+                              "(nothing was changed).")
+    if not force:
+        raise FileExistsError(f"{path} already holds a GGUF model; pass --force to replace it, or choose another --out.")
+
+
 def cmd_convert(args):
     """--dtype is the dtype the model loads in for native/hf, and the GGUF's tensor type for gguf."""
     if args.format == "gguf":
         kind = GGUF_TYPES[args.dtype]
         args.dtype = "fp32"  # load exactly, then write each tensor in the chosen type
+        check_gguf_out(args.out, args.force)
     elif args.dtype not in DTYPES:
         raise ValueError(f"--dtype {args.dtype} is a GGUF type; for --format {args.format} choose "
                          f"{', '.join(DTYPES)}.")
+    else:
+        check_out_dir(args.out, args.force)
     model, tok = _load(args)
     t0 = time.perf_counter()
     if args.format == "gguf":
@@ -118,16 +149,28 @@ def main(argv=None):
                        "(f32, f16, bf16, q8_0; auto = f16)")
     c.add_argument("--out", required=True, help="a folder (native, hf) or a .gguf file (gguf)")
     c.add_argument("--format", choices=["native", "hf", "gguf"], default="native")
+    c.add_argument("--force", action="store_true",
+                   help="replace a model already at --out (anything else there is never replaced)")
     c.set_defaults(func=cmd_convert)
 
     args = parser.parse_args(argv)
     keep_freed_memory()
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, ConnectionError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ValueError, OSError) as e:  # what a user can cause (ConnectionError is an OSError): one sentence
+        print(f"error: {sentence(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
     return 0
+
+
+def sentence(e: Exception) -> str:
+    """An error as one sentence: ours say what to do; the system's (an OSError) name the path and the reason."""
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        return f"Cannot use {e.filename}: {e.strerror[0].lower()}{e.strerror[1:]}."
+    return str(e)
 
 
 if __name__ == "__main__":

@@ -393,7 +393,7 @@ def resolve_source(source: str | os.PathLike) -> Path:
         return _download(text[3:])
     path = Path(text).expanduser()
     interrupted = path.with_name(f".{path.name}.old")
-    if not path.exists() and interrupted.is_dir():
+    if not path.exists() and is_model_folder(interrupted):
         os.rename(interrupted, path)  # a save stopped between its two renames: restore the previous one
     if not path.exists():
         raise FileNotFoundError(f"No checkpoint at {path}: give a folder, a weights file, or hf:owner/name.")
@@ -616,13 +616,70 @@ def load_model(source, device=None, dtype=None):
     model = model.to(device).eval()
     tokenizer = load_tokenizer(folder)
     if tokenizer.vocab_size > cfg.vocab_size:
-        raise ValueError(f"The tokenizer has {tokenizer.vocab_size} tokens but the model only {cfg.vocab_size}.")
+        if not hasattr(tokenizer, "limit"):  # the bundled GPT-2, for a folder without a tokenizer of its own
+            raise ValueError(f"The tokenizer has {tokenizer.vocab_size} tokens but the model only {cfg.vocab_size}.")
+        tokenizer.limit(cfg.vocab_size)  # Gemma lists more tokens than embedding rows: only ids with a row
     return model, tokenizer
 
 
+# Every file our writers put in a model folder: save_model, export_hf, and training's step checkpoints,
+# best/, snapshots and export. A folder holding config.json, model.safetensors and none but these is
+# one of ours, which a writer may replace; a writer that adds a file must name it here.
+MODEL_FILES = frozenset({
+    "config.json", "model.safetensors", "generation_config.json", "README.md", "tokenizer.json",
+    "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt", "tokenizer.model",
+    "added_tokens.json", "chat_template.jinja", "trainer.pt", "complete.json", "snapshot.json"})
+
+
+def is_model_folder(path, partial: bool = False) -> bool:
+    """Is `path` a model folder one of our writers wrote: a real folder (not a link) of regular files, all
+    named in MODEL_FILES, config.json and model.safetensors among them (partial: or a half-deleted one)?"""
+    try:
+        if os.path.islink(path) or not os.path.isdir(path):
+            return False
+        entries = list(os.scandir(path))
+    except OSError:
+        return False
+    names = {e.name for e in entries}
+    return names <= MODEL_FILES and (partial or {"config.json", "model.safetensors"} <= names) \
+        and all(e.is_file(follow_symlinks=False) for e in entries)
+
+
+def check_no_file_above(path) -> Path:
+    """`path` as a Path, or a NotADirectoryError sentence when a file stands where one of its folders would."""
+    path = Path(path)
+    above = next((p for p in path.parents if os.path.lexists(p)), None)
+    if above is not None and not above.is_dir():
+        raise NotADirectoryError(f"{above} is a file, so nothing can be made at {path}; choose another path.")
+    return path
+
+
+def check_out_dir(out_dir, force: bool = True) -> Path:
+    """Refuse, in one sentence and before any work, a folder to write a model into whose writing would
+    lose something: a file at it or above it, a folder holding anything but a model of ours, or (unless
+    force) any model at all. Nothing or an empty folder is fine. Returns out_dir as a Path."""
+    out_dir = check_no_file_above(out_dir)
+    if not os.path.lexists(out_dir) or (out_dir.is_dir() and not out_dir.is_symlink() and not any(out_dir.iterdir())):
+        return out_dir
+    if not is_model_folder(out_dir):
+        what = "is a link" if out_dir.is_symlink() else "is a file" if not out_dir.is_dir() else \
+            "already holds files that are not a model written here"
+        raise FileExistsError(f"{out_dir} {what}; choose a new or empty folder (nothing was changed).")
+    if not force:
+        raise FileExistsError(f"{out_dir} already holds a model; pass --force to replace it, or choose another folder.")
+    return out_dir
+
+
 def atomic_dir_write(out_dir: Path, write):
-    """Write into a temporary sibling folder, then swap it in, so a crash never leaves half a checkpoint."""
-    out_dir = Path(out_dir)
+    """Write into a temporary sibling folder, then swap it in, so a crash never leaves half a checkpoint.
+
+    Only a model folder of ours (is_model_folder) or an empty one is replaced: anything else at out_dir
+    is refused before `write` runs (check_out_dir), and so is a `.NAME.old` beside it that is not ours."""
+    out_dir = check_out_dir(out_dir)
+    old = out_dir.with_name(f".{out_dir.name}.old")  # the previous copy while the new one moves in
+    if os.path.lexists(out_dir) and os.path.lexists(old) and not is_model_folder(old, partial=True):
+        raise FileExistsError(f"{old} is in the way of replacing {out_dir.name} and is not a model written here; "
+                              "move it away.")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
@@ -630,18 +687,17 @@ def atomic_dir_write(out_dir: Path, write):
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-        old = None
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
+        replaced = out_dir.exists()
+        if replaced:
+            shutil.rmtree(old, ignore_errors=True)  # a leftover of an interrupted swap
             os.rename(out_dir, old)
         try:
             os.rename(tmp, out_dir)
         except BaseException:
-            if old is not None:
+            if replaced:
                 os.rename(old, out_dir)  # put the previous checkpoint back
             raise
-        if old is not None:
+        if replaced:
             shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
