@@ -73,6 +73,7 @@ def test_explore_over_training_lists_runs_steps_and_draws_the_table(run):
     steps = lrn.steps(run.name)
     assert [label.split(" ·")[0] for label, _ in steps] == [f"step {s}" for s in (0, 1, 2, 5, 10, 20, 25, 50)]
     folder = steps[-1][1]
+    assert folder == f"runs/{run.name}/snapshots/step_0000050", "a name, never a server path (issue 21 item 9)"
     assert lrn.run_of(folder) == run.name and lrn.run_of(str(run / "best")) == run.name
     assert lrn.run_of("random:tiny") is None and lrn.snapshot(run.name, folder) == folder
     with pytest.raises(UserError, match="Pick a step"):
@@ -85,7 +86,7 @@ def test_explore_over_training_lists_runs_steps_and_draws_the_table(run):
     assert lrn.table(prompt, run.name)[0] is heat  # cached
     tok = gemma3.gpt2_tokenizer()
     ids = tok.encode(prompt)
-    want = torch.stack([token_losses(gemma3.load_model(p, device="cpu", dtype=torch.float32)[0], ids)
+    want = torch.stack([token_losses(gemma3.load_model(lrn.path(p), device="cpu", dtype=torch.float32)[0], ids)
                         for _, p in steps])
     torch.testing.assert_close(torch.tensor(heat.data[0].z), want)
     cfg = gemma3.Gemma3Config.from_preset("tiny")
@@ -115,6 +116,6 @@ def test_two_steps_side_by_side(run):
     tok = gemma3.gpt2_tokenizer()
     ids = tok.encode(prompt)
     for trace, (_, folder) in zip(fig.data[:2], (steps[0], steps[-1])):
-        model = gemma3.load_model(folder, device="cpu", dtype=torch.float32)[0]
+        model = gemma3.load_model(lrn.path(folder), device="cpu", dtype=torch.float32)[0]
         torch.testing.assert_close(torch.tensor(trace.y), token_losses(model, ids))
     assert [t.name for t in fig.data[:2]] == ["step 0", "step 50"] and len(fig.data) == 4

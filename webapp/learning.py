@@ -47,7 +47,7 @@ class Learning:
         if not source or source.startswith(("hf:", "random:")):
             return None
         try:
-            rel = Path(source).resolve().relative_to(self.runs_dir.resolve())
+            rel = self.path(source).resolve().relative_to(self.runs_dir.resolve())
         except (ValueError, OSError, RuntimeError):
             return None
         name = rel.parts[0] if rel.parts else None
@@ -63,13 +63,20 @@ class Learning:
         return self.runs_dir / name
 
     def steps(self, name) -> list[tuple[str, str]]:
-        """(label, folder) of the run's snapshots, oldest first."""
+        """(label, name) of the run's snapshots, oldest first: runs/RUN/snapshots/step_N, never a server path
+        (the model bar loads it by that name; `path` maps it back)."""
         out = []
         for p in snapshots.snapshots(self._run(name)):
             info = snapshots.read(p)
             loss = info.get("val_loss") if info.get("val_loss") is not None else info.get("batch_loss")
-            out.append((f"step {info['step']:,} · {info['tokens']:,} tokens · loss {loss:.2f}", str(p.resolve())))
+            out.append((f"step {info['step']:,} · {info['tokens']:,} tokens · loss {loss:.2f}",
+                        f"runs/{name}/snapshots/{p.name}"))
         return out
+
+    def path(self, value: str) -> Path:
+        """The folder a runs/… name stands for (any other value as it is)."""
+        parts = Path(value).parts
+        return Path(self.runs_dir, *parts[1:]) if parts[:1] == ("runs",) else Path(value)
 
     def snapshot(self, name, folder) -> str:
         """`folder` if it is one of the run's snapshots (a value the step picker offers), else UserError."""
@@ -114,7 +121,7 @@ class Learning:
     def compare(self, prompt, name, a, b):
         """Two of the run's snapshots side by side on the prompt (explain.learning.compare_figure)."""
         prompt = text(prompt, "The Explore prompt", hint="type a story for the model to read")
-        folders = [self.snapshot(name, f) for f in (a, b)]
+        folders = [self.path(self.snapshot(name, f)) for f in (a, b)]
         models = [gemma3.load_model(f, device="cpu", dtype=torch.float32) for f in folders]
         tok = models[0][1]
         ids = tok.encode(prompt)[-MAX_TOKENS:]
