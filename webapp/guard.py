@@ -3,8 +3,9 @@
 Locally (no SPACE_ID) anyone at the keyboard may train and load any allowed path. On a Hugging Face
 Space, only the Space's owner signed in with Hugging Face (OAuth; the README front matter has
 `hf_oauth: true`, and requirements.txt installs `gradio[oauth]`) or a user named in the
-TRAIN_ALLOWED_USERS secret (comma-separated) may start, resume or stop a run, or load a model from an
-arbitrary path or Hub id; everyone else watches the runs and picks from the listed models. The checks
+TRAIN_ALLOWED_USERS secret (comma-separated) may start, resume or stop a run, time one (the estimate), export
+or push it, upload files (UploadGuard), or load a model from an arbitrary path or Hub id; everyone else
+watches the runs and picks from the listed models. The checks
 run inside the handlers, so a hidden button is not the only protection.
 On a ZeroGPU Space a GPU is lent for the length of one call: generation runs inside `spaces.GPU`,
 and training, which needs a GPU for hours, is refused with an explanation.
