@@ -9,9 +9,7 @@ state); loaded models are shared through one cache (webapp.models.ModelCache).
 """
 
 import argparse
-import errno
 import os
-import socket
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -23,6 +21,7 @@ from webapp.guard import use_persistent_storage  # noqa: E402
 PERSISTENT = use_persistent_storage()
 
 import gradio as gr  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
 
 from gemma3 import engine  # noqa: E402
 from gemma3.cpu import keep_freed_memory  # noqa: E402
@@ -30,7 +29,7 @@ from webapp import explore as ex  # noqa: E402
 from webapp import generation as gen  # noqa: E402
 from webapp import models  # noqa: E402
 from webapp import train as tr  # noqa: E402
-from webapp.errors import friendly, guard_inputs  # noqa: E402
+from webapp.errors import friendly, guard_inputs, port_problem  # noqa: E402
 from webapp.guard import UploadGuard  # noqa: E402
 from webapp.inputs import UserError  # noqa: E402
 from webapp.learning import Learning  # noqa: E402
@@ -188,29 +187,12 @@ def main(argv=None):
     except (ValueError, FileNotFoundError, ConnectionError) as e:
         parser.exit(2, f"error: could not load the model: {e}\n")
     demo = build(cache=cache, runs_dir=args.runs_dir, data_dir=args.data_dir)
-    from starlette.middleware import Middleware
-
     try:
         demo.queue(max_size=64, default_concurrency_limit=1).launch(
             server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_FILE_SIZE,
             app_kwargs={"middleware": [Middleware(UploadGuard)]}, **LAUNCH)
     except OSError as e:   # the port was taken while the model loaded
         parser.exit(2, f"error: {port_problem(args.host, args.port) or e}\n")
-
-
-def port_problem(host: str, port: int) -> str | None:
-    """Why the app cannot listen on host:port, in one sentence (the port is taken, or the address is not this
-    machine's); None when it can."""
-    if not 0 < port < 65536:
-        return f"--port must be between 1 and 65535, not {port}."
-    try:
-        socket.create_server((host, port)).close()
-    except OSError as e:
-        if e.errno == errno.EADDRINUSE:
-            return (f"port {port} on {host} is already in use (is the app running already?); stop that program or "
-                    f"choose another port with --port.")
-        return f"cannot listen on {host}:{port} ({os.strerror(e.errno) if e.errno else e}); check --host and --port."
-    return None
 
 
 if __name__ == "__main__":

@@ -106,7 +106,8 @@ def estimate(cfg: TrainConfig, steps: int = 2, on_step: Callable[[int, int], Non
         micro.append(timed(micro_batch))
         done(i + 2)
     per_step = statistics.median(micro) * cfg.batch_size / probed * cfg.grad_accum + timed(update)
-    return Estimate(per_step, per_step * cfg.max_steps, device_name(device), probed if probed < cfg.batch_size else None)
+    scaled_from = probed if probed < cfg.batch_size else None
+    return Estimate(per_step, per_step * cfg.max_steps, device_name(device), scaled_from)
 
 
 # ---- the app's way: refused when it cannot fit, in a child process, bounded in time ------------------

@@ -6,13 +6,17 @@ missing file, a second training run) shows its own message; anything else is log
 server and shown as one sentence that says the app is still running. Either way the text goes through
 `public`: the app's folders are shown by their names (runs/…, data/…), any other absolute path by its
 last part, and a character that cannot be sent (a lone surrogate) escaped. `guard_inputs` gives a call
-that sends too few inputs a sentence too (Gradio answers it with a bare error otherwise).
+that sends too few inputs a sentence too (Gradio answers it with a bare error otherwise). `port_problem` is the
+sentence `python app.py` exits with when it cannot listen.
 """
 
+import errno
 import functools
 import inspect
 import logging
+import os
 import re
+import socket
 from pathlib import Path
 
 import gradio as gr
@@ -133,3 +137,18 @@ def guard_inputs(blocks: gr.Blocks) -> gr.Blocks:
     blocks.validate_inputs = validate_inputs
     blocks.preprocess_data = preprocess_data
     return blocks
+
+
+def port_problem(host: str, port: int) -> str | None:
+    """Why the app cannot listen on host:port, in one sentence (the port is taken, or the address is not this
+    machine's); None when it can."""
+    if not 0 < port < 65536:
+        return f"--port must be between 1 and 65535, not {port}."
+    try:
+        socket.create_server((host, port)).close()
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            return (f"port {port} on {host} is already in use (is the app running already?); stop that program or "
+                    f"choose another port with --port.")
+        return f"cannot listen on {host}:{port} ({os.strerror(e.errno) if e.errno else e}); check --host and --port."
+    return None
