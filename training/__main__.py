@@ -6,7 +6,7 @@ Without --preset, train picks the one that fits the device (270m on a GPU, tiny 
     python -m training train --data data/builtin --preset tiny --out runs/tiny
     python -m training train --help                              # every setting, with each preset's default
     python -m training train --out runs/tiny --resume            # continue exactly where it stopped
-    python -m training export --run runs/tiny --out my-model      # the model + a model card
+    python -m training export --run runs/tiny --out my-model      # the model + a model card (--force: replace one)
     python -m training push --run runs/tiny --repo me/tiny-stories # the same, as a Hub repository
     python -m training train --data data/builtin --out runs/tiny --tracker trackio --tracker tensorboard
     torchrun --nproc_per_node=4 -m training train --data data/tinystories --preset 270m --out runs/270m
@@ -97,9 +97,16 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     given = {k: v for k, v in vars(args).items() if k not in ("command", "resume", "func")}
     if "model" in given:
         given["model"] = _parse_model_overrides(given["model"])
-    saved = Path(given.get("out", TrainConfig.out)) / "config.json"
-    if args.resume and saved.exists():
-        return TrainConfig.from_dict({**json.loads(saved.read_text()), **given})
+    out = Path(given.get("out", TrainConfig.out))
+    if args.resume:
+        try:
+            saved = json.loads((out / "config.json").read_text())
+        except FileNotFoundError:
+            raise ValueError(f"{out} holds no run to resume (no config.json); start a new run without --resume.") from None
+        except (OSError, ValueError):
+            raise ValueError(f"{out / 'config.json'} is not readable JSON, so the run cannot be resumed; "
+                             "start a new run instead.") from None
+        return TrainConfig.from_dict({**saved, **given})
     if "preset" not in given:
         preset, why = default_preset(given.get("device", "auto"))
         if int(os.environ.get("RANK", "0")) == 0:
@@ -123,6 +130,8 @@ def main(argv=None) -> int:
     e.add_argument("--out", required=True, help="folder to write (our checkpoint format + README.md)")
     e.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
     e.add_argument("--checkpoint", choices=["last", "best"], default="last")
+    e.add_argument("--force", action="store_true",
+                   help="replace a model already at --out (anything else there is never replaced)")
     u = sub.add_parser("push", help="upload a run's model to the Hugging Face Hub (transformers layout + ours + card)",
                        description="Upload a run's model to the Hugging Face Hub as a repository transformers loads, "
                                    "with our format in gemma3/, the run's metrics, the loss curve and a model card. "
@@ -134,45 +143,58 @@ def main(argv=None) -> int:
     u.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
     u.add_argument("--gguf", choices=["f16", "bf16", "q8_0"], help="also upload a GGUF file of this type (llama.cpp)")
     args = parser.parse_args(argv)
-    if args.command == "push":
-        from .push import PushError, push
-        try:
-            url = push(args.run, args.repo, private=args.private, which=args.checkpoint, dtype=args.dtype,
-                       gguf=args.gguf)
-        except PushError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        print(f"Pushed {args.run} to {url}")
-        return 0
-    if args.command == "export":
-        from .card import export
-        try:
-            print(f"Wrote {export(args.run, args.out, args.dtype, args.checkpoint)}")
-        except (ValueError, FileNotFoundError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        return 0
-    if args.command == "prepare":
-        try:
-            run_prepare(args)
-        except (ValueError, FileNotFoundError, ConnectionError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        return 0
     try:
-        cfg = config_from_args(args)
+        return COMMANDS[args.command](args)
     except ConfigError as e:  # one sentence, led by the flag to change
         flag = {"model": "--set", "trackers": "--tracker", None: ""}.get(e.field, f"--{str(e.field).replace('_', '-')}")
         print(f"error: {flag + ': ' if flag else ''}{e}", file=sys.stderr)
         return 2
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ValueError, OSError) as e:  # what a user can cause (DataError, PushError, RunRefused): one sentence
+        print(f"error: {sentence(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+
+
+def sentence(e: Exception) -> str:
+    """An error as one sentence: ours say what to do; the system's (an OSError) name the path and the reason."""
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        return f"Cannot use {e.filename}: {e.strerror[0].lower()}{e.strerror[1:]}."
+    return str(e)
+
+
+def cmd_prepare(args) -> int:
+    run_prepare(args)
+    return 0
+
+
+def cmd_train(args) -> int:
+    cfg = config_from_args(args)
     from gemma3.cpu import keep_freed_memory
 
     from .trainer import train
     keep_freed_memory()  # about 10% faster CPU steps (gemma3/cpu.py)
     return train(cfg, resume=args.resume)
+
+
+def cmd_export(args) -> int:
+    from gemma3.checkpoints import check_out_dir
+
+    from .card import export
+    check_out_dir(args.out, args.force)  # before the model is loaded and its samples written
+    print(f"Wrote {export(args.run, args.out, args.dtype, args.checkpoint)}")
+    return 0
+
+
+def cmd_push(args) -> int:
+    from .push import push
+    url = push(args.run, args.repo, private=args.private, which=args.checkpoint, dtype=args.dtype, gguf=args.gguf)
+    print(f"Pushed {args.run} to {url}")
+    return 0
+
+
+COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "export": cmd_export, "push": cmd_push}
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gemma3.checkpoints import atomic_write_text, hub_reachable
+from gemma3.checkpoints import atomic_write_text, check_no_file_above, hub_reachable
 from gemma3.tokenizer import ENDOFTEXT, gpt2_tokenizer
 
 from .stories import iter_stories
@@ -277,7 +277,9 @@ def prepare(source="builtin", out_dir="data/builtin", *, val_fraction=0.01, num_
     else:
         params = dict(source=source, val_fraction=val_fraction, seed=seed)
 
-    out_dir = Path(out_dir)
+    out_dir = check_no_file_above(out_dir)
+    if os.path.lexists(out_dir) and not out_dir.is_dir():
+        raise DataError(f"{out_dir} is a file; choose a folder for --out.")
     if meta := _is_done(out_dir, params):
         print(f"{out_dir} is already prepared with these parameters ({meta['train_tokens']:,} train tokens); "
               "nothing to do.")

@@ -10,7 +10,8 @@ A run folder holds everything about a run:
     snapshots/step_NNNNNNN/   light bf16 model-only snapshots for watching the run learn (snapshots.py)
     STOP               created by anyone who wants the run to save and stop
     trackers.json, tensorboard/, wandb/   with --tracker: the experiment trackers' ids and files (trackers.py)
-    .lock              held by every process of the run while it lives (status.py)
+    .lock              held by every process of the run while it lives (status.py); says which trainer holds
+                       the run folder itself: one trainer at a time (claim)
 Only rank 0 writes. A run resumed from its last checkpoint logs exactly the losses it would
 have logged without the interruption (the data is a pure function of the step).
 
@@ -30,6 +31,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -38,12 +40,12 @@ import torch
 import torch.distributed as dist
 
 import gemma3
-from gemma3.checkpoints import atomic_dir_write, atomic_write_text, write_model_files
+from gemma3.checkpoints import atomic_dir_write, atomic_write_text, check_no_file_above, write_model_files
 
 from . import snapshots, trackers
 from .config import TrainConfig
 from .data import Batches, eval_windows, load_split, read_meta
-from .status import hold, read_status, write_status
+from .status import LOCK, fcntl, hold, read_status, write_status
 
 # Dense bf16 tensor-core peaks (TFLOP/s) for MFU; other devices are measured at start.
 GPU_PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "A100": 312.0,
@@ -254,6 +256,87 @@ def _drop_partial_line(path: Path) -> bool:
             return end > 0
     except FileNotFoundError:
         return False
+
+
+# ---- one trainer per run folder ------------------------------------------------------------------
+
+LAUNCH_FILES = {"config.json", "status.json", "launch.json", "train.log"}  # what runs.start writes before the trainer
+RUN_FILES = {"config.json", "status.json", "metrics.jsonl", "checkpoints", "best", "snapshots"}
+
+
+class RunRefused(ValueError):
+    """This trainer may not train into the run folder now; nothing in it was touched."""
+
+
+def claim(run: Path, resume: bool, max_steps: int):
+    """Take the run folder for this trainer (rank 0) for as long as it lives, or refuse in one sentence
+    (RunRefused, nothing touched): a file at or above it, a folder another trainer holds, one that holds
+    a run (unless resume, or it is a run the run manager prepared and launched) or other files, a
+    finished run resumed without more steps.
+
+    Returns (the lock's descriptor, `undo`): undo removes what a start made in a folder that held nothing
+    (None for one that held a run), so that a failed start leaves no half-made run folder. The lock is an
+    exclusive flock on the folder itself, dropped by the OS when the process dies however it dies; RUN/.lock
+    names its holder (pid, start) for the next trainer's refusal."""
+    check_no_file_above(run)
+    if os.path.lexists(run) and not run.is_dir():
+        raise RunRefused(f"{run} is a file; choose a folder for --out.")
+    existed = run.exists()
+    run.mkdir(parents=True, exist_ok=True)
+    fd = _lock(run)
+    try:
+        before = {p.name for p in run.iterdir()}
+        held, state = before - {LOCK}, read_status(run).get("state")
+        launched = held <= LAUNCH_FILES and "launch.json" in held and state == "starting"
+        if held and not resume and not launched:
+            if held & RUN_FILES:
+                raise RunRefused(f"{run} already holds a training run; continue it with --resume, or choose a new --out.")
+            raise RunRefused(f"{run} already holds other files; choose a new or empty folder for --out.")
+        found = checkpoints(run)
+        done = int(found[-1].name.split("_")[1]) if found else 0
+        if resume and state == "finished" and max_steps <= done:
+            raise RunRefused(f"Run {run.name} already finished at step {done}; resume it with a larger --max-steps "
+                             "to train it further.")
+        with open(run / LOCK, "a") as f:  # the lock file itself stays: other processes hold flocks on it
+            f.truncate(0)
+            f.write(json.dumps({"pid": os.getpid(), "started": time.time()}))
+    except BaseException:
+        if fd is not None:
+            os.close(fd)
+        raise
+
+    def undo():
+        if not existed:
+            shutil.rmtree(run, ignore_errors=True)
+            return
+        for p in run.iterdir():
+            if p.name in before:
+                continue
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+    return fd, None if held else undo
+
+
+def _lock(run: Path) -> int | None:
+    """An exclusive flock on the run folder, or RunRefused naming the trainer that holds it."""
+    if fcntl is None:
+        return None
+    fd = os.open(run, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        try:
+            info = json.loads((run / LOCK).read_text())
+            started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["started"]))
+            who = f"process {int(info['pid'])} (started {started})"
+        except (OSError, ValueError, KeyError, TypeError, OverflowError):
+            who = "another process"
+        raise RunRefused(f"{run} is being trained by {who}; wait for it to end, or stop it first "
+                         f"(create {run / 'STOP'}).") from None
+    return fd
 
 
 # ---- the trainer ---------------------------------------------------------------------------------
@@ -557,7 +640,12 @@ class Trainer:
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> int:
-    """Run training to the end (or a stop); returns a process exit code and leaves status.json."""
+    """Run training to the end (or a stop); returns a process exit code and leaves status.json.
+
+    A run folder this trainer may not use now is refused before anything is touched (claim raises
+    RunRefused); a run that fails as it starts in a folder that held nothing leaves nothing behind."""
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    exclusive, undo = claim(Path(cfg.out), resume, cfg.max_steps) if rank0 else (None, None)
     trainer = None
     ended = "failed"  # how the run ended, for the trackers
     previous = {}
@@ -572,14 +660,17 @@ def train(cfg: TrainConfig, resume: bool = False) -> int:
     def finish(state: str, reason: str):  # status.json's last word on this run
         if trainer is not None:
             trainer.status(state, reason)
+        elif undo is not None:
+            undo()  # a start that failed in a folder that held nothing: no half-made run folder
         else:
             _write_failure(cfg, state, reason)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         previous[sig] = signal.signal(sig, request_stop)
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    lock = hold(cfg.out)  # the run is alive while any of its processes holds this (status.py)
+    lock = None
     try:
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)  # by rank 0's claim already
+        lock = hold(cfg.out)  # the run is alive while any of its processes holds this (status.py)
         trainer = Trainer(cfg, resume)
         trainer.stop_requested = early_stop  # a signal during start-up still counts
         trainer.fit()
@@ -588,18 +679,18 @@ def train(cfg: TrainConfig, resume: bool = False) -> int:
     except StopRun as e:
         ended = e.state
         finish(e.state, e.reason)
-        if int(os.environ.get("RANK", "0")) == 0:
-            print(f"{e.state}: {e.reason}", flush=True)
+        if rank0:
+            print(f"{e.state}: {e.reason}", file=sys.stdout if e.state == "stopped" else sys.stderr, flush=True)
         return 0 if e.state == "stopped" else 1
     except torch.cuda.OutOfMemoryError:
         reason = (f"Out of GPU memory with micro-batch {cfg.batch_size} x {cfg.seq_len}: use a smaller --batch-size "
                   f"with a larger --grad-accum (same tokens per step), or a shorter --seq-len.")
         finish("failed", reason)
-        print(f"failed: {reason}", flush=True)
+        print(f"failed: {reason}", file=sys.stderr, flush=True)
         return 1
     except (ValueError, OSError) as e:  # bad data or settings, a full disk, ...
         finish("failed", str(e))
-        print(f"failed: {e}", flush=True)
+        print(f"failed: {e}", file=sys.stderr, flush=True)
         return 1
     except BaseException as e:
         finish("failed", f"{e.__class__.__name__}: {e}")
@@ -607,7 +698,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> int:
     finally:
         if trainer is not None and trainer.trackers is not None:
             trainer.trackers.close(ok=ended != "failed")
-        if int(os.environ.get("RANK", "0")) == 0:
+        if rank0:
             try:
                 clean(Path(cfg.out))  # temporary folders of writes this process (or a killed one) began
             except OSError:
@@ -616,8 +707,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> int:
             signal.signal(sig, handler)
         if dist.is_initialized():
             dist.destroy_process_group()
-        if lock is not None:
-            os.close(lock)
+        for fd in (lock, exclusive):
+            if fd is not None:
+                os.close(fd)
 
 
 def _write_failure(cfg: TrainConfig, state: str, reason: str):
