@@ -327,8 +327,8 @@ def _check_safetensors_header(path: Path, name: str):
         tensors = json.loads(header)
     except (ValueError, RecursionError):
         tensors = None  # not JSON: the library's own refusal names it
-    count = len(tensors) if isinstance(tensors, dict) else 0
-    if count > LIMITS["tensors"] + 1:  # + the __metadata__ entry
+    count = len(set(tensors) - {"__metadata__"}) if isinstance(tensors, dict) else 0
+    if count > LIMITS["tensors"]:
         raise ValueError(f"{name} lists {count:,} tensors, more than the {LIMITS['tensors']:,} a model file may hold.")
 
 

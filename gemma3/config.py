@@ -29,8 +29,9 @@ LIMITS = {
     "safetensors_header_bytes": 16 * 2**20,
     "gguf_metadata_values": 4_194_304,    # values in all of a GGUF's metadata (Gemma 3: about 790,000)
     "gguf_string_bytes": 1_048_576,       # one GGUF metadata string or tensor name
-    "token_chars": 1_024,                 # one tokenizer entry (Gemma 3's longest: 31)
-    "vocab_chars": 16_777_216,            # all tokenizer entries together (Gemma 3's: about 1.9 million)
+    "token_chars": 1_024,                 # one tokenizer entry
+    "vocab_chars": 8_388_608,             # all tokenizer entries together
+    "vocab_merges": 2_097_152,            # merges rebuilt from a SentencePiece vocabulary in a GGUF
 }
 _SIZES = ("vocab_size", "hidden", "layers", "heads", "kv_heads", "head_dim", "ffn", "window", "context")
 _NUMBERS = ("rope_local_base", "rope_global_base", "rope_global_scale", "query_pre_attn_scalar")

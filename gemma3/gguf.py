@@ -328,13 +328,15 @@ def read_gguf(path) -> tuple[Gemma3Config, dict, dict]:
 
 
 def gguf_tokenizer(path):
-    """The tokenizer a GGUF file's metadata describes, behind our tokenizer interface."""
+    """The tokenizer a GGUF file's metadata describes, behind our tokenizer interface, holding only the
+    tokens that have a row in the file's embedding (token_embd)."""
     path = Path(path)
-    meta = _open(path).meta
-    _check_arch(meta, path.name)
+    f = _open(path)
+    _check_arch(f.meta, path.name)
     from .tokenizer import tokenizer_from_gguf_meta
 
-    return tokenizer_from_gguf_meta(meta, name=path.stem)
+    rows = next((dims[-1] for name, dims, _, _ in f.tensors if name == "token_embd.weight"), None)
+    return tokenizer_from_gguf_meta(f.meta, name=path.stem, rows=rows)
 
 
 # ---- writing ----------------------------------------------------------------------------------------

@@ -11,11 +11,13 @@ import base64
 import hashlib
 import json
 import os
+import stat
 from functools import lru_cache
 from pathlib import Path
 
 import tiktoken
 
+from .config import LIMITS
 from .defaults import ASSETS
 
 GPT2_RANKS = ASSETS / "gpt2.tiktoken"  # assets/ of the checkout, or the installed copy (gemma3/defaults.py)
@@ -127,13 +129,34 @@ class HFTokenizer:
         full = self.tok.encode("a", add_special_tokens=True).ids
         self.bos_id = full[0] if full[1 : len(plain) + 1] == plain and len(full) > len(plain) else None
 
+    rows = None  # set by limit(): the model's embedding rows
+
     def encode(self, text: str) -> list[int]:
         """Ids without BOS/EOS added; prepend bos_id yourself when it is not None.
 
         Unlike GPT-2 here, special tokens typed in the text ("<eos>", "<start_of_turn>") become
-        their ids, as transformers does for the same tokenizer.json.
+        their ids, as transformers does for the same tokenizer.json. After limit(rows), text holding a
+        token without an embedding row is refused with one sentence.
         """
-        return self.tok.encode(text, add_special_tokens=False).ids
+        ids = self.tok.encode(text, add_special_tokens=False).ids
+        if self.rows is not None and ids and max(ids) >= self.rows:
+            token = self.tok.id_to_token(next(i for i in ids if i >= self.rows))
+            raise ValueError(f"The text holds the token {token!r}, which this model has no embedding for; "
+                             "leave it out.")
+        return ids
+
+    def limit(self, rows: int):
+        """Use only the ids a model with `rows` embedding rows has: Gemma's tokenizers list more entries than
+        its embedding rows (unused and multimodal tokens, after the last row). encode refuses text holding
+        one of them (the model cannot read it), and the model, whose logits cover its rows only, never
+        samples one; a BOS without a row is refused at once."""
+        if self.bos_id is not None and self.bos_id >= rows:
+            raise ValueError(f"The tokenizer's BOS token has id {self.bos_id}, beyond the model's {rows:,} "
+                             "embedding rows; the tokenizer does not belong to this model.")
+        self.rows = self.vocab_size = rows
+        self.stop_ids = {i for i in self.stop_ids if i < rows}
+        if self.eot_id is not None and self.eot_id >= rows:
+            self.eot_id = min(self.stop_ids, default=None)
 
     def decode(self, ids) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=False)
@@ -162,9 +185,11 @@ def _write_tokenizer_config(folder: Path, tokenizer_class: str, model_max_length
 def _is_gguf(path) -> bool:
     """Whether `path` is a file that starts with GGUF's magic (a Hub cache file's real name has no suffix)."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a folder, or a FIFO that would block the open
+            return False
         with open(path, "rb") as f:
             return f.read(4) == b"GGUF"
-    except OSError:  # a folder, or nothing there
+    except (OSError, ValueError):  # nothing there
         return False
 
 
@@ -176,7 +201,7 @@ def load_tokenizer(folder=None):
     """
     if folder is None:
         return gpt2_tokenizer()
-    from .checkpoints import inside, model_root  # checkpoints imports this module
+    from .checkpoints import inside, model_root, regular_file  # checkpoints imports this module
 
     if _is_gguf(folder):  # a GGUF file carries its tokenizer in its metadata
         from .gguf import gguf_tokenizer
@@ -184,7 +209,7 @@ def load_tokenizer(folder=None):
         return gguf_tokenizer(folder)
     folder = Path(os.path.realpath(folder))
     path = inside(model_root(folder), folder, "tokenizer.json")
-    if path.is_file():
+    if regular_file(path, "tokenizer.json", LIMITS["tokenizer_bytes"]):
         tok = HFTokenizer(path)
         tok.name = folder.name or tok.name  # the folder's name, not that of the file a link leads to
         return tok
@@ -196,7 +221,7 @@ def load_tokenizer(folder=None):
 _CONTROL, _USER_DEFINED = 3, 4
 
 
-def tokenizer_from_gguf_meta(meta: dict, name: str = "gguf"):
+def tokenizer_from_gguf_meta(meta: dict, name: str = "gguf", rows: int | None = None):
     """Our tokenizer interface over the vocabulary of a GGUF file (`tokenizer.ggml.*` keys).
 
     "gpt2": byte-level BPE from tokens + merges; GPT-2's own vocabulary (as our exports write it) gives the
@@ -207,6 +232,8 @@ def tokenizer_from_gguf_meta(meta: dict, name: str = "gguf"):
     tokens = meta.get("tokenizer.ggml.tokens")
     if not tokens:
         raise ValueError("The GGUF file holds no tokenizer (no tokenizer.ggml.tokens); it cannot be used for text.")
+    _check_vocabulary(meta, tokens)
+    tokens = tokens[:rows]  # Gemma's list more entries than embedding rows: the model can read none beyond
     if kind == "gpt2":
         tok = _byte_level(meta, tokens)
         if tok is None:
@@ -216,9 +243,13 @@ def tokenizer_from_gguf_meta(meta: dict, name: str = "gguf"):
     else:
         raise ValueError(f"The GGUF file's tokenizer is of type {kind!r}; only 'llama' (SentencePiece, as "
                          "Gemma's) and 'gpt2' (byte-level BPE) are supported.")
-    types = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
+    types = (meta.get("tokenizer.ggml.token_type") or [1] * len(tokens))[:len(tokens)]
     _add_special(tok, tokens, types)
     bos, eos = meta.get("tokenizer.ggml.bos_token_id"), meta.get("tokenizer.ggml.eos_token_id")
+    for key, value in (("bos", bos), ("eos", eos)):
+        if value is not None and (type(value) is not int or not 0 <= value < len(tokens)):
+            raise ValueError(f"The GGUF file's tokenizer.ggml.{key}_token_id is not the id of one of its "
+                             f"{len(tokens):,} tokens.")
     add_bos = meta.get("tokenizer.ggml.add_bos_token", kind == "llama")
     if add_bos and bos is not None:
         from tokenizers import processors
@@ -230,6 +261,22 @@ def tokenizer_from_gguf_meta(meta: dict, name: str = "gguf"):
         out.eot_id = int(eos)
         out.stop_ids = out.stop_ids | {int(eos)}
     return out
+
+
+def _check_vocabulary(meta: dict, tokens):
+    """Refuse, in one sentence, a vocabulary that is not lists of strings, or whose entries are longer than
+    LIMITS allow: rebuilding the tokenizer costs time in proportion to each entry's length times its own."""
+    merges, types = meta.get("tokenizer.ggml.merges", []), meta.get("tokenizer.ggml.token_type", [])
+    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens) \
+            or not isinstance(merges, list) or not all(isinstance(m, str) and " " in m for m in merges) \
+            or not isinstance(types, list):
+        raise ValueError("The GGUF file's tokenizer.ggml.tokens, merges or token_type are not lists of the "
+                         "right kind; re-download or re-export it.")
+    longest, total = max(map(len, tokens)), sum(map(len, tokens))
+    if longest > LIMITS["token_chars"] or total > LIMITS["vocab_chars"]:
+        raise ValueError(f"The GGUF file's vocabulary has an entry of {longest:,} characters and "
+                         f"{total:,} in all; at most {LIMITS['token_chars']:,} and {LIMITS['vocab_chars']:,} "
+                         "are read.")
 
 
 def _byte_level(meta, tokens):
@@ -244,7 +291,8 @@ def _byte_level(meta, tokens):
             and all(t.startswith("[PAD") for t in tokens[len(gpt2_tokens):]):
         return None
     vocab = {t: i for i, t in enumerate(tokens)}
-    tok = Tokenizer(models.BPE(vocab, [tuple(m.split(" ", 1)) for m in merges]))
+    pairs = [tuple(m.split(" ", 1)) for m in merges]  # those of tokens beyond the embedding rows dropped
+    tok = Tokenizer(models.BPE(vocab, [p for p in pairs if p[0] in vocab and p[1] in vocab and p[0] + p[1] in vocab]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     return tok
@@ -257,13 +305,20 @@ def _sentencepiece(tokens):
 
     tokens = ["\u2581" * len(t) if " " in t and not t.strip() else t for t in tokens]
     vocab = {t: i for i, t in enumerate(tokens)}
+    # Each entry's splits cost time in proportion to its length (at most LIMITS["token_chars"]), so the
+    # whole rebuild is linear in the vocabulary's characters; every merge names the vocabulary's own strings.
+    pieces = {t: t for t in vocab}
     merges = []
-    for i, token in enumerate(tokens):
-        pairs = [(token[:k], token[k:]) for k in range(1, len(token)) if token[:k] in vocab and token[k:] in vocab]
+    for token in tokens:
+        pairs = [(left, right) for k in range(1, len(token))
+                 if (left := pieces.get(token[:k])) and (right := pieces.get(token[k:]))]
         pairs.sort(key=lambda p: (-len(p[0]), vocab[p[0]], vocab[p[1]]))
-        merges += [(i, p) for p in pairs]
+        merges += pairs
+        if len(merges) > LIMITS["vocab_merges"]:
+            raise ValueError(f"The GGUF file's vocabulary makes more than {LIMITS['vocab_merges']:,} merges; "
+                             "it is not a SentencePiece vocabulary this package reads.")
     unk = next((t for t in ("<unk>",) if t in vocab), None)
-    tok = Tokenizer(models.BPE(vocab, [p for _, p in merges], unk_token=unk, fuse_unk=True, byte_fallback=True))
+    tok = Tokenizer(models.BPE(vocab, merges, unk_token=unk, fuse_unk=True, byte_fallback=True))
     tok.normalizer = normalizers.Replace(" ", "\u2581")
     tok.pre_tokenizer = pre_tokenizers.Split(" ", behavior="merged_with_previous")
     tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
