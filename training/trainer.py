@@ -261,7 +261,7 @@ def _drop_partial_line(path: Path) -> bool:
 # ---- one trainer per run folder ------------------------------------------------------------------
 
 LAUNCH_FILES = {"config.json", "status.json", "launch.json", "train.log"}  # what runs.start writes before the trainer
-RUN_FILES = {"config.json", "status.json", "metrics.jsonl", "checkpoints", "best", "snapshots"}
+RUN_FILES = {"status.json", "metrics.jsonl", "checkpoints", "best", "snapshots"}  # a run has begun here
 
 
 class RunRefused(ValueError):
@@ -420,6 +420,10 @@ class Trainer:
                 raise StopRun("failed", "CUDA was asked for but no GPU is visible; use --device cpu.")
             if want == "cuda":
                 want = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+            visible = torch.cuda.device_count()
+            if torch.device(want).index >= visible:
+                raise StopRun("failed", f"{want} was asked for but {visible} GPU{'s are' if visible > 1 else ' is'} "
+                                        f"visible (cuda:0 to cuda:{visible - 1}).")
             torch.cuda.set_device(torch.device(want))
         return torch.device(want)
 
