@@ -538,8 +538,9 @@ def load_state(source) -> tuple[Gemma3Config, dict, Path]:
     root = model_root(folder)
     # the config.json beside the weights describes them, whether the folder or one of its files is named
     config_file = inside(root, folder, "config.json")
-    hf_config = _read_json(config_file, "config.json") if regular_file(config_file, "config.json") else None
-    if hf_config is not None and not isinstance(hf_config, dict):
+    present = regular_file(config_file, "config.json")
+    hf_config = _read_json(config_file, "config.json") if present else None
+    if present and not isinstance(hf_config, dict):
         raise ValueError("config.json in the model folder is not a JSON object; re-save or re-download the model.")
     ours = hf_config is not None and hf_config.get("format") == FORMAT
     if ours:  # checked before any weights are read
