@@ -101,11 +101,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.resume:
         try:
             saved = json.loads((out / "config.json").read_text())
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             raise ValueError(f"{out} holds no run to resume (no config.json); start a new run without --resume.") from None
         except (OSError, ValueError):
-            raise ValueError(f"{out / 'config.json'} is not readable JSON, so the run cannot be resumed; "
-                             "start a new run instead.") from None
+            saved = None
+        if not isinstance(saved, dict):
+            raise ValueError(f"{out / 'config.json'} is not a readable settings file, so the run cannot be resumed; "
+                             "start a new run instead.")
         return TrainConfig.from_dict({**saved, **given})
     if "preset" not in given:
         preset, why = default_preset(given.get("device", "auto"))
