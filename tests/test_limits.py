@@ -256,24 +256,18 @@ def test_a_gguf_value_or_tensor_of_an_unexpected_type_is_refused_in_one_sentence
 # ---- item 11: more tokenizer entries than embedding rows --------------------------------------------
 
 EXTRA = ["<image_soft_token>", "<unused_a>", "\u2581once\u2581upon"]  # after the last row, as in Gemma's GGUF files
+ROWS = 7 + 256 + 35  # sentencepiece_vocab's size
 
 
-def test_a_gguf_listing_more_tokens_than_embedding_rows_loads_and_never_uses_an_id_without_a_row(tmp_path):
-    """Issue 21 item 11: a real Gemma GGUF lists more tokenizer entries than embedding rows (unused and
-    multimodal tokens) and failed to load; it loads, with a tokenizer of the tokens that have a row, so no id
-    without one is ever read or sampled: those tokens typed in the text are read as plain text."""
-    rows = 7 + 256 + 35  # sentencepiece_vocab's size
-
+def gemma_like_gguf(tmp_path):
+    """A tiny model of ROWS embedding rows in a GGUF whose SentencePiece vocabulary lists EXTRA after them."""
     def vocab(w):
-        tokens = []
-
         class Extra:
             def __getattr__(self, name):
                 return getattr(w, name)
 
             def add_token_list(self, t):
-                tokens.extend(t + EXTRA)
-                w.add_token_list(tokens)
+                w.add_token_list(t + EXTRA)
 
             def add_token_scores(self, s):
                 w.add_token_scores(s + [0.0] * len(EXTRA))
@@ -281,17 +275,40 @@ def test_a_gguf_listing_more_tokens_than_embedding_rows_loads_and_never_uses_an_
             def add_token_types(self, t):
                 w.add_token_types(t + [3, 3, 1])
         sentencepiece_vocab(Extra())
-    model = tiny_model(vocab_size=rows)
-    f = write_like_llama_cpp(tmp_path / "g.gguf", model, tokenizer=vocab)
+    model = tiny_model(vocab_size=ROWS)
+    return model, write_like_llama_cpp(tmp_path / "g.gguf", model, tokenizer=vocab)
+
+
+def test_a_gguf_listing_more_tokens_than_embedding_rows_loads_and_never_uses_an_id_without_a_row(tmp_path):
+    """Issue 21 item 11: a real Gemma GGUF lists more tokenizer entries than embedding rows (unused and
+    multimodal tokens) and failed to load; it loads, with a tokenizer of the tokens that have a row, so no id
+    without one is ever read or sampled: those tokens typed in the text are read as plain text."""
+    model, f = gemma_like_gguf(tmp_path)
     loaded, tok = gemma3.load_model(f, device="cpu", dtype=torch.float32)
-    assert loaded.config.vocab_size == tok.vocab_size == rows
+    assert loaded.config.vocab_size == tok.vocab_size == ROWS
     ids = tok.encode(" ".join(TEXTS) + " once upon a time")
-    assert ids and max(ids) < rows
+    assert ids and max(ids) < ROWS
     with torch.no_grad():  # the same weights as written (F32): the logits of the model it was made from
         torch.testing.assert_close(loaded(torch.tensor([ids])), model(torch.tensor([ids])), atol=1e-5, rtol=0)
     for token in ["<image_soft_token>", "<unused_a>", " once upon"]:  # each of EXTRA, typed
         typed = tok.encode(f"a story{token} of")
-        assert max(typed) < rows and tok.decode(typed) == f"a story{token} of"
-    got = list(generate_tokens(loaded, [tok.bos_id] + ids, max_new_tokens=200, temperature=3.0,
-                                               seed=0))
-    assert len(got) > 20 and max(got) < rows
+        assert max(typed) < ROWS and tok.decode(typed) == f"a story{token} of"
+    got = list(generate_tokens(loaded, [tok.bos_id] + ids, max_new_tokens=200, temperature=3.0, seed=0))
+    assert len(got) > 20 and max(got) < ROWS
+
+
+def test_a_tokenizer_json_listing_more_tokens_than_embedding_rows_refuses_text_needing_them(tmp_path):
+    """Issue 21 item 11: the same vocabulary as a tokenizer.json beside the weights (in full: with EXTRA) loads;
+    text that would become an id without an embedding row is refused in one sentence, other text is read."""
+    from gemma3.gguf import _open
+    from gemma3.tokenizer import tokenizer_from_gguf_meta
+    model, f = gemma_like_gguf(tmp_path)
+    full = tokenizer_from_gguf_meta(_open(f).meta)
+    assert full.vocab_size == ROWS + len(EXTRA)
+    gemma3.save_model(model, full, tmp_path / "ours")
+    loaded, tok = gemma3.load_model(tmp_path / "ours", device="cpu", dtype=torch.float32)
+    assert tok.vocab_size == ROWS and max(tok.encode(TEXTS[0])) < ROWS
+    for text in ["a story<image_soft_token>", " once upon a time"]:
+        refused(lambda: tok.encode(text), "which this model has no embedding for")
+    got = list(generate_tokens(loaded, tok.encode(TEXTS[0]), max_new_tokens=100, temperature=3.0, seed=0))
+    assert max(got) < ROWS
