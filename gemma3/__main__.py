@@ -92,7 +92,8 @@ def check_gguf_out(path, force: bool):
         raise FileExistsError(f"{path} already exists and is not a GGUF file; choose another --out "
                               "(nothing was changed).")
     if not force:
-        raise FileExistsError(f"{path} already holds a GGUF model; pass --force to replace it, or choose another --out.")
+        raise FileExistsError(f"{path} already holds a GGUF model; pass --force to replace it, "
+                              "or choose another --out.")
 
 
 def cmd_convert(args):

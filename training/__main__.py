@@ -102,7 +102,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         try:
             saved = json.loads((out / "config.json").read_text())
         except (FileNotFoundError, NotADirectoryError):
-            raise ValueError(f"{out} holds no run to resume (no config.json); start a new run without --resume.") from None
+            raise ValueError(f"{out} holds no run to resume (no config.json); "
+                             "start a new run without --resume.") from None
         except (OSError, ValueError):
             saved = None
         if not isinstance(saved, dict):

@@ -290,7 +290,8 @@ def claim(run: Path, resume: bool, max_steps: int):
         launched = held <= LAUNCH_FILES and "launch.json" in held and state == "starting"
         if held and not resume and not launched:
             if held & RUN_FILES:
-                raise RunRefused(f"{run} already holds a training run; continue it with --resume, or choose a new --out.")
+                raise RunRefused(f"{run} already holds a training run; continue it with --resume, "
+                                 "or choose a new --out.")
             raise RunRefused(f"{run} already holds other files; choose a new or empty folder for --out.")
         found = checkpoints(run)
         done = int(found[-1].name.split("_")[1]) if found else 0
