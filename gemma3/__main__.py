@@ -13,6 +13,7 @@ from . import engine
 from .checkpoints import check_no_file_above, check_out_dir, export_hf, load_model, save_model
 from .cpu import keep_freed_memory
 from .defaults import default_model
+from .errors import sentence
 from .generate import check_settings, stream
 from .gguf import export_gguf
 from .tokenizer import _is_gguf
@@ -165,13 +166,6 @@ def main(argv=None):
         print(file=sys.stderr)
         return 130
     return 0
-
-
-def sentence(e: Exception) -> str:
-    """An error as one sentence: ours say what to do; the system's (an OSError) name the path and the reason."""
-    if isinstance(e, OSError) and e.filename is not None and e.strerror:
-        return f"Cannot use {e.filename}: {e.strerror[0].lower()}{e.strerror[1:]}."
-    return str(e)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ import sys
 import typing
 from pathlib import Path
 
+from gemma3.errors import sentence
+
 from .config import SETTINGS, TRACKERS, TRAIN_PRESETS, ConfigError, TrainConfig, default_preset
 from .data import add_prepare_args, run_prepare
 
@@ -158,13 +160,6 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
-
-
-def sentence(e: Exception) -> str:
-    """An error as one sentence: ours say what to do; the system's (an OSError) name the path and the reason."""
-    if isinstance(e, OSError) and e.filename is not None and e.strerror:
-        return f"Cannot use {e.filename}: {e.strerror[0].lower()}{e.strerror[1:]}."
-    return str(e)
 
 
 def cmd_prepare(args) -> int:
