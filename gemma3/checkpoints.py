@@ -386,11 +386,14 @@ def _weight_files(folder: Path, root: Path | None = None) -> list[tuple[Path, st
     return [(inside(root, folder, n), n) for n in names]
 
 
-def resolve_source(source: str | os.PathLike) -> Path:
-    """A local path, or `hf:owner/name` downloaded (or found in the cache) with huggingface_hub."""
+def resolve_source(source: str | os.PathLike, token: str | bool | None = None) -> Path:
+    """A local path, or `hf:owner/name` downloaded (or found in the cache) with huggingface_hub.
+
+    token: what the Hub requests carry: None, the environment's (HF_TOKEN or the cached login); a token; or
+    False, none at all (an app's visitor: a copy already in the cache, else a public repository)."""
     text = str(source)
     if text.startswith("hf:"):
-        return _download(text[3:])
+        return _download(text[3:], token)
     path = Path(text).expanduser()
     interrupted = path.with_name(f".{path.name}.old")
     if not path.exists() and is_model_folder(interrupted):
@@ -450,7 +453,7 @@ def _hub_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE) or env
 
 
-def _download(repo_id: str) -> Path:
+def _download(repo_id: str, token: str | bool | None = None) -> Path:
     """A Hub repository's snapshot folder, or one GGUF file of it: `owner/name/file.gguf` names the file;
     a repository of GGUF files only (no transformers weights) gives its one file, or a sentence listing them."""
     from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download
@@ -470,6 +473,11 @@ def _download(repo_id: str) -> Path:
         return Path(snapshot_download(repo_id, local_files_only=True))
 
     what = f"{repo_id}/{filename}" if filename else repo_id
+    if token is False:  # nobody's credentials: the copy in the cache first, else what anyone may download
+        try:
+            return cached()
+        except Exception:
+            pass
     if not offline and not hub_reachable(endpoint):
         try:  # no network: a copy already in the cache still loads, at once
             return cached()
@@ -480,18 +488,19 @@ def _download(repo_id: str) -> Path:
         if offline:
             return cached()
         if filename:
-            return Path(hf_hub_download(repo_id, filename, etag_timeout=10, endpoint=endpoint))
-        files = HfApi(endpoint=endpoint).list_repo_files(repo_id)
+            return Path(hf_hub_download(repo_id, filename, etag_timeout=10, endpoint=endpoint, token=token))
+        files = HfApi(endpoint=endpoint).list_repo_files(repo_id, token=token)
         weights = [f for f in files if f.endswith(WEIGHT_SUFFIXES)]
         ggufs = [f for f in files if f.endswith(".gguf")]
         if ggufs and not weights:
             if len(ggufs) > 1:
                 raise _Choose(f"{repo_id} holds several GGUF files ({', '.join(ggufs)}); pick one as "
                               f"hf:{repo_id}/<file>, e.g. hf:{repo_id}/{ggufs[0]}.")
-            return Path(hf_hub_download(repo_id, ggufs[0], etag_timeout=10, endpoint=endpoint))
+            return Path(hf_hub_download(repo_id, ggufs[0], etag_timeout=10, endpoint=endpoint, token=token))
         if not any(f.endswith(".safetensors") for f in weights):
             patterns += weights[:1] if len(weights) == 1 else [f for f in weights if "pytorch_model" in f]
-        return Path(snapshot_download(repo_id, allow_patterns=patterns, etag_timeout=10, endpoint=endpoint))
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, etag_timeout=10, endpoint=endpoint,
+                                      token=token))
     except _Choose as e:
         raise ValueError(str(e)) from None
     except Exception as e:

@@ -202,11 +202,11 @@ def test_a_slow_load_never_holds_up_another_visitors_load(server):
 
     cache, release, real = server.cache, threading.Event(), server.cache._loader
 
-    def loader(source):
+    def loader(source, token=None):
         if source == "hf:slow/model":
             release.wait(60)
             raise ValueError("hf:slow/model is not a model.")
-        return real(source)
+        return real(source, token)
     cache._loader = loader
     try:
         slow = Client(server.local_url, verbose=False).submit("", "hf:slow/model", api_name="/load_model")

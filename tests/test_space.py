@@ -81,7 +81,7 @@ def test_the_app_applies_them_before_the_hub_library_reads_them(tmp_path):
 
 def fake_loader(sizes: dict):
     """A loader of models with `sizes[source]` bytes of parameters (fp32), counting its calls."""
-    def load(source):
+    def load(source, token=None):
         if source not in sizes:
             raise FileNotFoundError(f"No checkpoint at {source}.")
         load.calls.append(source)

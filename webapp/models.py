@@ -34,6 +34,7 @@ import torch
 import gemma3
 import gemma3.defaults
 from gemma3.__main__ import describe
+from gemma3.checkpoints import resolve_source
 
 from .inputs import UserError
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,12 +129,15 @@ def random_model(preset: str = "tiny", seed: int = 0):
     return gemma3.Gemma3(gemma3.Gemma3Config.from_preset(preset)).eval(), gemma3.gpt2_tokenizer()
 
 
-def load_source(source: str):
-    """(model, tokenizer, ModelInfo) for a checked source; errors propagate as gemma3 raises them."""
+def load_source(source: str, token: bool | None = None):
+    """(model, tokenizer, ModelInfo) for a checked source; errors propagate as gemma3 raises them.
+
+    token: what a Hub download carries (gemma3.checkpoints.resolve_source): None, the app's own token
+    (HF_TOKEN: the owner's choices); False, none (a visitor's: what the cache holds, or a public repository)."""
     if source.startswith("random:"):
         model, tok = random_model(source[7:])
     else:
-        model, tok = gemma3.load_model(source)
+        model, tok = gemma3.load_model(resolve_source(source, token))
     return model, tok, model_info(model, tok, source)
 
 
@@ -423,7 +427,7 @@ class ModelCache:
 
     def __init__(self, model, tokenizer, info: ModelInfo, *, budget: int | None = None, loader=None):
         self.budget = memory_budget() if budget is None else int(budget)
-        self._loader = loader or load_source
+        self._loader = loader or load_source   # (source, token) -> (model, tokenizer, ModelInfo)
         self._lock = threading.Lock()       # guards _entries and _loading (held only for dict operations)
         self._loading: dict[str, threading.Event] = {}   # sources being loaded, set when done: no load waits on
                                                          # another source's
@@ -466,9 +470,13 @@ class ModelCache:
                 self._entries.move_to_end(source)
             return hit
 
-    def get(self, source: str | None = None) -> LoadedModel:
+    def get(self, source: str | None = None, hub_token: bool = False) -> LoadedModel:
         """The model for a checked source (None: the default), loaded if it is not in memory. Failures are one
-        UserError sentence; nothing another session uses changes."""
+        UserError sentence; nothing another session uses changes.
+
+        hub_token: whether a Hub download may carry the app's token (HF_TOKEN): only for its owner's loads
+        (webapp.guard.may_load_anything). A visitor's load carries none: it finds what the owner fetched in
+        the Hugging Face cache, or downloads a public repository."""
         if source in (None, ""):
             source = self.default.source
         while True:
@@ -486,7 +494,7 @@ class ModelCache:
             if not self._slots.acquire(blocking=False):
                 raise UserError(f"{self.MAX_LOADING} other models are being loaded right now; try again in a minute.")
             try:
-                loaded = self._wrap(*self._load(source))
+                loaded = self._wrap(*self._load(source, hub_token))
             finally:
                 self._slots.release()
             with self._lock:
@@ -502,9 +510,9 @@ class ModelCache:
             torch.cuda.empty_cache()
         return loaded
 
-    def _load(self, source: str):
+    def _load(self, source: str, hub_token: bool):
         try:
-            return self._loader(source)
+            return self._loader(source, None if hub_token else False)
         except UserError:
             raise
         except (FileNotFoundError, ConnectionError, ValueError) as e:
@@ -529,7 +537,7 @@ class ModelCache:
 def _hint(source: str, error: Exception) -> str:
     message = str(error).strip() or error.__class__.__name__
     gated = next((m for m in KNOWN_HUB if m.gated and source == f"hf:{m.repo}"), None)
-    if gated and isinstance(error, ConnectionError) and not os.environ.get("HF_TOKEN"):
-        message += (f" {gated.repo} is gated: accept its licence on huggingface.co, then start the app with a "
-                    "token in HF_TOKEN.")
+    if gated and isinstance(error, ConnectionError):
+        message += (f" {gated.repo} is gated: visitors load it once the app's owner has downloaded it (accept its "
+                    "licence on huggingface.co, set HF_TOKEN, then load it signed in or start the app with it).")
     return message

@@ -76,12 +76,12 @@ class ModelBar:
         """The ModelInfo of `value` (a picker name, typed text, or a path the app found), checked against this
         visitor's rights (before anything on disk is looked at) and the allowed places, loaded into the shared
         cache (or found there). The caller stores its source in this session's `choice`."""
-        value = models.check_visitor_choice(value, self.runs_dir, guard.may_load_anything(user),
-                                            self.cache.default.source)
+        owner = guard.may_load_anything(user)   # the owner's loads alone may fetch with the app's Hub token
+        value = models.check_visitor_choice(value, self.runs_dir, owner, self.cache.default.source)
         source = self.names.source(value) or models.check_source(value, self.roots, self.runs_dir)
         progress(0, desc=f"Loading {models.display_name(source)} …")
         try:
-            return self.cache.get(source).info
+            return self.cache.get(source, hub_token=owner).info
         except UserError as e:
             raise UserError(f"{e} Your current model stays loaded.") from None
 

@@ -1,0 +1,155 @@
+"""The owner's Hub token and the server stay the owner's (issue 22 items 3, 7 and 8).
+
+A fake Hub, a local HTTP server the downloads are pointed at (huggingface_hub's endpoint, as HF_ENDPOINT
+would), serves a public repository and a gated one and records every request's path and Authorization
+header, with the owner's token in HF_TOKEN. Pushes go to stand-ins of HfApi.create_repo / upload_folder
+that keep what they were given, as in tests/test_push.py."""
+
+import hashlib
+import json
+import re
+import shutil
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import huggingface_hub
+import pytest
+import torch
+from huggingface_hub import HfApi, constants
+
+import gemma3
+from webapp import models
+from webapp.inputs import UserError
+from webapp.ui.model_bar import ModelBar
+
+OWNER_TOKEN = "hf_owner_secret_token"
+PUBLIC, GATED = "G3nadh/gemma3-270m-tinystories", "google/gemma-3-270m"   # both in the visitors' model list
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+class FakeHub(ThreadingHTTPServer):
+    """Serves `files` as PUBLIC and as GATED (the gated one only to the owner's token); keeps every request
+    as (method, path, Authorization header)."""
+
+    def __init__(self, files: dict[str, bytes]):
+        self.files, self.requests = files, []
+        super().__init__(("127.0.0.1", 0), _Handler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_HEAD(self):
+        self.answer(body=False)
+
+    def do_GET(self):
+        self.answer(body=True)
+
+    def send(self, status: int, data: bytes, body: bool, **headers):
+        self.send_response(status)
+        for k, v in {"Content-Length": str(len(data)), **headers}.items():
+            self.send_header(k, v)
+        self.end_headers()
+        if body:
+            self.wfile.write(data)
+
+    def answer(self, body: bool):
+        hub, auth = self.server, self.headers.get("Authorization")
+        hub.requests.append((self.command, self.path, auth))
+        path = urlsplit(self.path).path
+        api = re.fullmatch(r"/api/models/([^/]+/[^/]+)/(tree|revision)/(main|" + COMMIT + ")", path)
+        file = re.fullmatch(r"/([^/]+/[^/]+)/resolve/[^/]+/(.+)", path)
+        repo = (api or file).group(1) if api or file else None
+        if repo not in (PUBLIC, GATED):
+            return self.send(404, b'{"error": "Repository not found"}', body, **{"X-Error-Code": "RepoNotFound"})
+        if repo == GATED and auth != f"Bearer {OWNER_TOKEN}":
+            return self.send(401, b'{"error": "Access to this model is restricted."}', body,
+                             **{"X-Error-Code": "GatedRepo"})
+        if api and api.group(2) == "tree":
+            listing = [{"type": "file", "path": n, "size": len(d), "oid": hashlib.sha1(d).hexdigest()}
+                       for n, d in hub.files.items()]
+            return self.send(200, json.dumps(listing).encode(), body, **{"Content-Type": "application/json"})
+        if api:
+            info = {"id": repo, "sha": COMMIT, "siblings": [{"rfilename": n} for n in hub.files]}
+            return self.send(200, json.dumps(info).encode(), body, **{"Content-Type": "application/json"})
+        data = hub.files.get(file.group(2))
+        if data is None:
+            return self.send(404, b'{"error": "Entry not found"}', body, **{"X-Error-Code": "EntryNotFound"})
+        self.send(200, data, body, **{"X-Repo-Commit": COMMIT, "ETag": f'"{hashlib.sha1(data).hexdigest()}"'})
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory) -> dict[str, bytes]:
+    """config.json and model.safetensors of a very small model (GPT-2's vocabulary, hidden size 16)."""
+    cfg = gemma3.Gemma3Config(vocab_size=50257, hidden=16, layers=1, heads=1, kv_heads=1, head_dim=16, ffn=32,
+                              window=8, context=64, query_pre_attn_scalar=16)
+    folder = tmp_path_factory.mktemp("served") / "model"
+    gemma3.save_model(gemma3.Gemma3(cfg).to(torch.bfloat16), gemma3.gpt2_tokenizer(), folder)
+    return {f.name: f.read_bytes() for f in folder.iterdir()}
+
+
+@pytest.fixture
+def hub(model_files, monkeypatch, tmp_path):
+    """The fake Hub, online, with the owner's token in HF_TOKEN and an empty Hugging Face cache."""
+    server = FakeHub(model_files)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    monkeypatch.setattr(constants, "ENDPOINT", server.url)   # as HF_ENDPOINT sets both when huggingface_hub loads
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", OWNER_TOKEN)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def space(monkeypatch):
+    """A Space of `owner`, as Hugging Face runs it."""
+    for key, value in {"SPACE_ID": "owner/app", "SYSTEM": "spaces", "SPACE_AUTHOR_NAME": "owner"}.items():
+        monkeypatch.setenv(key, value)
+
+
+def model_bar(tmp_path) -> ModelBar:
+    """The model bar's logic (what /load_model runs), without its components."""
+    runs = tmp_path / "runs"
+    runs.mkdir(parents=True)
+    cache = models.ModelCache(*models.load_source("random:tiny"))
+    return ModelBar(cache, runs, models.allowed_roots(runs), models.PublicNames(runs, cache.default.source),
+                    *[None] * 6)
+
+
+def no_progress(*args, **kwargs):
+    pass
+
+
+def test_an_anonymous_visitor_never_sends_the_owners_token(hub, space, tmp_path):
+    """Issue 22 item 3: an anonymous visitor who picks the listed Hub models loads the public one without any
+    token, and is told the gated one is not here yet; no request made for them carries the owner's token."""
+    bar = model_bar(tmp_path)
+    info = bar.load(f"hf:{PUBLIC}", no_progress, user=None)
+    assert info.source == f"hf:{PUBLIC}" and info.params > 0
+    with pytest.raises(UserError, match=f"{GATED} is gated: visitors load it once the app's owner has downloaded it"):
+        bar.load(f"hf:{GATED}", no_progress, user=None)
+    assert hub.requests and {auth for *_, auth in hub.requests} == {None}, hub.requests
+
+
+def test_the_owner_fetches_a_gated_model_and_visitors_then_load_it_from_the_cache(hub, space, tmp_path):
+    """Issue 22 item 3: the owner's own load downloads the gated model with the owner's token; a visitor's
+    later load (a fresh cache of models in memory) takes that copy without any request to the Hub."""
+    owner = model_bar(tmp_path)
+    assert owner.load(f"hf:{GATED}", no_progress, user="owner").source == f"hf:{GATED}"
+    assert hub.requests and {auth for *_, auth in hub.requests} == {f"Bearer {OWNER_TOKEN}"}
+    hub.requests.clear()
+    visitor = model_bar(tmp_path / "later")
+    assert visitor.load(f"hf:{GATED}", no_progress, user=None).source == f"hf:{GATED}"
+    assert hub.requests == []
