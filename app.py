@@ -30,7 +30,7 @@ from webapp import generation as gen  # noqa: E402
 from webapp import models  # noqa: E402
 from webapp import train as tr  # noqa: E402
 from webapp.errors import friendly, guard_inputs, port_problem  # noqa: E402
-from webapp.guard import UploadGuard  # noqa: E402
+from webapp import guard  # noqa: E402
 from webapp.inputs import UserError  # noqa: E402
 from webapp.learning import Learning  # noqa: E402
 from webapp.ui import about, explore, generate, model_bar, page, train  # noqa: E402
@@ -91,8 +91,9 @@ def connect(demo: gr.Blocks, bar: model_bar.ModelBar, explore_tab: explore.Explo
     trainer = train_tab.trainer
 
     @friendly
-    def use_checkpoint(run, profile: gr.OAuthProfile | None = None, progress=gr.Progress()):
-        info = bar.load(str(trainer.checkpoint(run)), progress, model_bar.username(profile))
+    def use_checkpoint(run, profile: gr.OAuthProfile | None = None, request: gr.Request = None,
+                       progress=gr.Progress()):
+        info = bar.load(str(trainer.checkpoint(run)), progress, model_bar.username(profile, request))
         gr.Info(f"Loaded {info.name} into the model bar.", duration=4)
         return bar.shown(info)
 
@@ -107,8 +108,9 @@ def connect(demo: gr.Blocks, bar: model_bar.ModelBar, explore_tab: explore.Explo
                               show_progress="hidden", concurrency_id="monitor")
 
     @friendly
-    def on_load(profile: gr.OAuthProfile | None = None):
-        return [*bar.page_state(profile), *train_tab.page_state(profile)]
+    def on_load(profile: gr.OAuthProfile | None = None, request: gr.Request = None):
+        user = model_bar.username(profile, request)
+        return [*bar.page_state(user), *train_tab.page_state(user)]
 
     demo.load(on_load, None, [*bar.outputs, bar.custom, *train_tab.page_outputs], api_visibility="private")
 
@@ -135,8 +137,9 @@ def link_training(bar: model_bar.ModelBar, explore_tab: explore.Explore, train_t
     sub_tabs = over.tab.parent
 
     @friendly
-    def look_at_step(run, step, profile: gr.OAuthProfile | None = None, progress=gr.Progress()):
-        info = bar.load(over.learning.snapshot(run, step), progress, model_bar.username(profile))
+    def look_at_step(run, step, profile: gr.OAuthProfile | None = None, request: gr.Request = None,
+                     progress=gr.Progress()):
+        info = bar.load(over.learning.snapshot(run, step), progress, model_bar.username(profile, request))
         gr.Info(f"Loaded {info.name}: every Explore view now shows the model at that step.", duration=4)
         return bar.shown(info)
 
@@ -144,11 +147,12 @@ def link_training(bar: model_bar.ModelBar, explore_tab: explore.Explore, train_t
                     **model_bar.LOAD_EVENT)
 
     @friendly
-    def explore_run(name, profile: gr.OAuthProfile | None = None, progress=gr.Progress()):
+    def explore_run(name, profile: gr.OAuthProfile | None = None, request: gr.Request = None,
+                    progress=gr.Progress()):
         run_update, step_update = over.choose(name)
         if step_update.get("value") is None:
             raise UserError(f"Run {name} has no snapshots yet: they appear from its first step on.")
-        info = bar.load(step_update["value"], progress, model_bar.username(profile))
+        info = bar.load(step_update["value"], progress, model_bar.username(profile, request))
         return (*bar.shown(info), run_update, step_update, gr.Tabs(selected="explore"), gr.Tabs(selected="training"))
 
     opened = train_tab.explore_btn.click(explore_run, [train_tab.run_dd],
@@ -180,6 +184,8 @@ def main(argv=None):
     busy = port_problem(args.host, args.port)   # before a minute of loading, not after
     if busy:
         parser.exit(2, f"error: {busy}\n")
+    guard.set_exposure(args.host, args.share)   # before build(): who may do the owner's actions depends on it
+    print(guard.mode(), flush=True)
     keep_freed_memory()  # faster long prompts and explain passes on a CPU (gemma3/cpu.py)
     engine.available()  # build the CPU kernels now (about 15 s, once per machine), not mid-story
     try:
@@ -190,7 +196,7 @@ def main(argv=None):
     try:
         demo.queue(max_size=64, default_concurrency_limit=1).launch(
             server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_FILE_SIZE,
-            app_kwargs={"middleware": [Middleware(UploadGuard)]}, **LAUNCH)
+            auth=guard.password_login(), app_kwargs={"middleware": [Middleware(guard.UploadGuard)]}, **LAUNCH)
     except OSError as e:   # the port was taken while the model loaded
         parser.exit(2, f"error: {port_problem(args.host, args.port) or e}\n")
 

@@ -375,6 +375,7 @@ def test_uploaded_files_reach_data_preparation(client, tmp_path):
 
 
 def test_training_on_a_space_needs_the_owner(client, server, monkeypatch):
+    monkeypatch.setenv("SYSTEM", "spaces")   # a Space as Gradio decides it (issue 22 item 2)
     monkeypatch.setenv("SPACE_ID", "someone/gemma3-tinystories")
     monkeypatch.setenv("SPACE_AUTHOR_NAME", "someone")
     with pytest.raises(Exception, match="only its owner \\(someone\\) or allowed users may train: sign in"):
@@ -387,13 +388,16 @@ def test_training_on_a_space_needs_the_owner(client, server, monkeypatch):
     assert not runs.list_runs(server.trainer.runs_dir) or runs.active(server.trainer.runs_dir) is None
 
 
+SPACE = {"SYSTEM": "spaces", "SPACE_ID": "ann/app"}   # a Space as Gradio decides it (issue 22 item 2)
+
+
 @pytest.mark.parametrize("env, user, allowed", [
     ({}, None, True),                                                         # locally: anyone at the keyboard
-    ({"SPACE_ID": "ann/app", "SPACE_AUTHOR_NAME": "ann"}, None, False),       # a Space: signed-out visitors watch
-    ({"SPACE_ID": "ann/app", "SPACE_AUTHOR_NAME": "ann"}, "Ann", True),       # the owner
-    ({"SPACE_ID": "ann/app", "SPACE_AUTHOR_NAME": "ann"}, "bob", False),
-    ({"SPACE_ID": "ann/app", "TRAIN_ALLOWED_USERS": "carl, bob"}, "bob", True),  # the allow-list secret
-    ({"SPACE_ID": "ann/app", "SPACES_ZERO_GPU": "1"}, "ann", False),         # ZeroGPU: never
+    ({**SPACE, "SPACE_AUTHOR_NAME": "ann"}, None, False),       # a Space: signed-out visitors watch
+    ({**SPACE, "SPACE_AUTHOR_NAME": "ann"}, "Ann", True),       # the owner
+    ({**SPACE, "SPACE_AUTHOR_NAME": "ann"}, "bob", False),
+    ({**SPACE, "TRAIN_ALLOWED_USERS": "carl, bob"}, "bob", True),  # the allow-list secret
+    ({**SPACE, "SPACES_ZERO_GPU": "1"}, "ann", False),         # ZeroGPU: never
 ])
 def test_who_may_train(env, user, allowed):
     from webapp import guard

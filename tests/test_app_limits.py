@@ -24,7 +24,7 @@ from webapp.inputs import UserError
 from webapp.ui import model_bar
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-SPACE = {"SPACE_ID": "ann/app", "SPACE_AUTHOR_NAME": "ann"}
+SPACE = {"SYSTEM": "spaces", "SPACE_ID": "ann/app", "SPACE_AUTHOR_NAME": "ann"}
 NOT_THE_OWNER = "only its owner \\(ann\\) or allowed users may train"
 ESTIMATE = ("tiny", 10, 4, 1, 32, 2e-3, "cpu", 1, False)   # preset, steps, batch, accum, seq, lr, device, gpus, compile
 

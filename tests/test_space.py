@@ -59,11 +59,12 @@ def test_persistent_folder_holds_runs_data_and_the_hub_cache(tmp_path):
 
 def test_a_space_uses_its_volume_only_when_mounted(tmp_path, monkeypatch):
     monkeypatch.setattr(guard, "SPACE_VOLUME", str(tmp_path))
-    assert guard.persistent_root({"SPACE_ID": "ann/app"}) == tmp_path
-    assert guard.storage_defaults({"SPACE_ID": "ann/app"})["HF_HOME"] == str(tmp_path / "huggingface")
+    space = {"SYSTEM": "spaces", "SPACE_ID": "ann/app"}
+    assert guard.persistent_root(space) == tmp_path
+    assert guard.storage_defaults(space)["HF_HOME"] == str(tmp_path / "huggingface")
     assert guard.persistent_root({}) is None, "off a Space, only $GEMMA3_PERSISTENT names a persistent folder"
     monkeypatch.setattr(guard, "SPACE_VOLUME", str(tmp_path / "no-volume"))
-    assert guard.persistent_root({"SPACE_ID": "ann/app"}) is None, "no storage attached: the Space's own disk"
+    assert guard.persistent_root(space) is None, "no storage attached: the Space's own disk"
 
 
 def test_the_app_applies_them_before_the_hub_library_reads_them(tmp_path):
@@ -162,7 +163,7 @@ def test_visitors_on_a_space_pick_listed_models_and_runs(tmp_path):
         with pytest.raises(UserError, match="other paths and Hub models are for its owner"):
             models.check_visitor_choice(other, runs_dir, anything=False)
         assert models.check_visitor_choice(other, runs_dir, anything=True) == other
-    space = {"SPACE_ID": "ann/app", "SPACE_AUTHOR_NAME": "ann", "TRAIN_ALLOWED_USERS": "bob"}
+    space = {"SYSTEM": "spaces", "SPACE_ID": "ann/app", "SPACE_AUTHOR_NAME": "ann", "TRAIN_ALLOWED_USERS": "bob"}
     assert guard.may_load_anything(None, {}) and guard.may_load_anything("Ann", space)
     assert guard.may_load_anything("bob", space) and not guard.may_load_anything(None, space)
     assert not guard.may_load_anything("eve", space)

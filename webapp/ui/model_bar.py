@@ -26,8 +26,9 @@ def details_text(info) -> str:
     return f"```\n{info.details}\n```"
 
 
-def username(profile) -> str | None:
-    return getattr(profile, "username", None) if profile is not None else None
+def username(profile, request=None) -> str | None:
+    """Who this request is signed in as (webapp.guard.login): handlers take both of Gradio's injected arguments."""
+    return guard.login(request, profile)
 
 
 def picker_state(cache: models.ModelCache, names: models.PublicNames, current: str | None = None):
@@ -77,7 +78,12 @@ class ModelBar:
         visitor's rights (before anything on disk is looked at) and the allowed places, loaded into the shared
         cache (or found there). The caller stores its source in this session's `choice`."""
         owner = guard.may_load_anything(user)   # the owner's loads alone may fetch with the app's Hub token
-        value = models.check_visitor_choice(value, self.runs_dir, owner, self.cache.default.source)
+        try:
+            value = models.check_visitor_choice(value, self.runs_dir, owner, self.cache.default.source)
+        except UserError:
+            if guard.on_space():
+                raise
+            raise UserError(guard.owner_only()) from None   # off a Space: the setting that lets the owner in
         source = self.names.source(value) or models.check_source(value, self.roots, self.runs_dir)
         progress(0, desc=f"Loading {models.display_name(source)} …")
         try:
@@ -90,10 +96,10 @@ class ModelBar:
         self.followers, self.follow = list(followers), follow
 
         @friendly
-        def load_model(choice, path, profile: gr.OAuthProfile | None = None,
+        def load_model(choice, path, profile: gr.OAuthProfile | None = None, request: gr.Request = None,
                        progress=gr.Progress(track_tqdm=True)):
             typed = path.strip() if isinstance(path, str) else path
-            info = self.load(typed or choice, progress, username(profile))
+            info = self.load(typed or choice, progress, username(profile, request))
             gr.Info(f"Loaded {info.name}: {info.params / 1e6:.1f}M parameters.", duration=4)
             return self.shown(info)
 
@@ -101,10 +107,10 @@ class ModelBar:
         self.load_btn.click(load_model, inputs, self.outputs, api_name="load_model", **LOAD_EVENT)
         self.custom.submit(load_model, inputs, self.outputs, api_visibility="private", **LOAD_EVENT)
 
-    def page_state(self, profile) -> list:
-        """On every page load: the default model (a new session starts on it) and, on a Space, the path box
-        only for the owner. Fills `outputs` + [custom]."""
-        return [*self.shown(self.cache.default.info), gr.update(visible=guard.may_load_anything(username(profile)))]
+    def page_state(self, user: str | None) -> list:
+        """On every page load: the default model (a new session starts on it) and the path box only for those who
+        may load anything (`user`: username()). Fills `outputs` + [custom]."""
+        return [*self.shown(self.cache.default.info), gr.update(visible=guard.may_load_anything(user))]
 
 
 def build(cache: models.ModelCache, runs_dir: Path) -> ModelBar:
@@ -118,7 +124,7 @@ def build(cache: models.ModelCache, runs_dir: Path) -> ModelBar:
             picker = gr.Dropdown(choices, value=value, label="Available models", scale=4, elem_id="model-picker")
             custom = gr.Textbox(label="…or a path / hf:owner/name", scale=3, max_lines=1, elem_id="model-path",
                                 placeholder="runs/NAME/best · assets/demo-model · hf:owner/name",
-                                visible=not guard.on_space())
+                                visible=guard.may_load_anything(None))
             with gr.Column(scale=1, min_width=120):
                 load_btn = gr.Button("Load model", variant="primary", elem_id="load-model")
                 refresh_btn = gr.Button("↻ Refresh list", size="sm")

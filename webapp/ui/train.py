@@ -21,8 +21,9 @@ SETTINGS = ("source_kind", "stories", "hub_id", "files", "preset", "max_steps", 
 GUARDED = ("start_btn", "stop_btn", "resume_btn", "estimate_btn", "gguf_btn", "push_btn")   # guard.check_training's
 
 
-def username(profile) -> str | None:
-    return getattr(profile, "username", None) if profile is not None else None
+def username(profile, request=None) -> str | None:
+    """Who this request is signed in as (guard.login): handlers take both of Gradio's injected arguments."""
+    return guard.login(request, profile)
 
 
 @dataclass(eq=False)
@@ -50,9 +51,10 @@ class Train:
         return ([self.permission, *(c[k] for k in GUARDED), c["run_dd"], c["runs_df"]]
                 + ([self.duplicate] if self.duplicate is not None else []))
 
-    def page_state(self, profile) -> list:
-        """This visitor's permission to train, and the live run (or the latest) in the run list."""
-        allowed, why = guard.training_permission(username(profile))
+    def page_state(self, user: str | None) -> list:
+        """This visitor's permission to train (`user`: username()), and the live run (or the latest) in the run
+        list."""
+        allowed, why = guard.training_permission(user)
         live = self.trainer.pick(None) if self.trainer.runs_dir.is_dir() else None
         out = [why, *(gr.update(interactive=allowed) for _ in GUARDED), self.runs_choices(live.name if live else None),
                self.trainer.table()]
@@ -197,8 +199,9 @@ def _wire_runs(t: Train):
     @friendly
     def train_start(data_source, builtin_stories, hub_dataset, uploaded_files, preset_name, max_steps_,
                     batch_size_, grad_accum_, seq_len_, lr_, device_, gpus_, compile_on,
-                    profile: gr.OAuthProfile | None = None, progress=gr.Progress(track_tqdm=True)):
-        guard.check_training(username(profile))
+                    profile: gr.OAuthProfile | None = None, request: gr.Request = None,
+                    progress=gr.Progress(track_tqdm=True)):
+        guard.check_training(username(profile, request))
         config = trainer.config(preset_name, max_steps_, batch_size_, grad_accum_, seq_len_, lr_, device_, gpus_,
                                 compile_on)
         trainer.ensure_idle()
@@ -210,24 +213,24 @@ def _wire_runs(t: Train):
         return t.runs_choices(run.name), f"**{run.name}**: starting …", trainer.table()
 
     @friendly
-    def train_stop(run, profile: gr.OAuthProfile | None = None):
-        guard.check_training(username(profile))
+    def train_stop(run, profile: gr.OAuthProfile | None = None, request: gr.Request = None):
+        guard.check_training(username(profile, request))
         st = trainer.stop(run)
         words = tr.state_words(st)
         gr.Info(f"Run {words}.", duration=4)
         return words, trainer.table()
 
     @friendly
-    def train_resume(run, max_steps_, profile: gr.OAuthProfile | None = None):
-        guard.check_training(username(profile))
+    def train_resume(run, max_steps_, profile: gr.OAuthProfile | None = None, request: gr.Request = None):
+        guard.check_training(username(profile, request))
         run = trainer.resume(run, max_steps_)
         gr.Info(f"Resuming run {run.name}.", duration=4)
         return t.runs_choices(run.name), f"**{run.name}**: resuming …", trainer.table()
 
     @friendly
     def train_estimate(preset_name, max_steps_, batch_size_, grad_accum_, seq_len_, lr_, device_, gpus_, compile_on,
-                       profile: gr.OAuthProfile | None = None):
-        guard.check_training(username(profile))   # it trains for real, if briefly
+                       profile: gr.OAuthProfile | None = None, request: gr.Request = None):
+        guard.check_training(username(profile, request))   # it trains for real, if briefly
         config, _ = trainer.config(preset_name, max_steps_, batch_size_, grad_accum_, seq_len_, lr_, device_, gpus_,
                                    compile_on)
         yield from tr.estimate_words(trainer, config)
@@ -236,15 +239,16 @@ def _wire_runs(t: Train):
                             **ESTIMATE_EVENT)
 
     @friendly
-    def train_gguf(run, dtype, profile: gr.OAuthProfile | None = None, progress=gr.Progress()):
-        guard.check_training(username(profile))
+    def train_gguf(run, dtype, profile: gr.OAuthProfile | None = None, request: gr.Request = None,
+                   progress=gr.Progress()):
+        guard.check_training(username(profile, request))
         progress(0, desc="Writing the GGUF file …")
         return str(tr.export_gguf(trainer, run, dtype))
 
     @friendly
     def train_push(run, repo, private, profile: gr.OAuthProfile | None = None, token: gr.OAuthToken | None = None,
-                   progress=gr.Progress()):
-        guard.check_training(username(profile))
+                   request: gr.Request = None, progress=gr.Progress()):
+        guard.check_training(username(profile, request))
         progress(0, desc="Pushing to the Hugging Face Hub …")
         url = tr.push_to_hub(trainer, run, repo, private, token)
         return f"Pushed: [{url}]({url})"
