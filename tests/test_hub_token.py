@@ -20,7 +20,10 @@ import torch
 from huggingface_hub import HfApi, constants
 
 import gemma3
+from training import TrainConfig, push as push_module, train
+from training.stories import iter_stories
 from webapp import models
+from webapp.train import Trainer
 from webapp.inputs import UserError
 from webapp.ui.model_bar import ModelBar
 
@@ -153,3 +156,75 @@ def test_the_owner_fetches_a_gated_model_and_visitors_then_load_it_from_the_cach
     visitor = model_bar(tmp_path / "later")
     assert visitor.load(f"hf:{GATED}", no_progress, user=None).source == f"hf:{GATED}"
     assert hub.requests == []
+
+
+# ---- item 7: a pushed repository names nothing of the server --------------------------------------------
+
+UPLOADED = "alice-private-diary.txt"
+
+
+@pytest.fixture(scope="module")
+def uploaded_run(tmp_path_factory):
+    """A run trained, as the Train tab does, on a story file uploaded as alice-private-diary.txt (Gradio keeps an
+    upload at /tmp/gradio/<hash>/<its name>)."""
+    base = tmp_path_factory.mktemp("server")
+    upload = base / "gradio" / "3f2a9c" / UPLOADED
+    upload.parent.mkdir(parents=True)
+    upload.write_text("\n\n".join(s for s, _ in zip(iter_stories(seed=0), range(60))))
+    trainer = Trainer(base / "runs", base / "data")
+    data, _ = trainer.prepare("files", files=[str(upload)])
+    out = base / "runs" / "diary"
+    cfg = TrainConfig.for_preset("tiny", data=str(data), out=str(out), batch_size=2, seq_len=16, max_steps=2,
+                                 eval_every=2, eval_windows=2, ckpt_every=2, log_every=1, sample_tokens=2,
+                                 snapshot_mb=0, model=dict(hidden=16, layers=1, heads=1, head_dim=16, ffn=32))
+    assert train(cfg) == 0
+    return out
+
+
+@pytest.fixture
+def recording_hub(monkeypatch, tmp_path):
+    """An online-looking environment with a token, and a Hub that keeps what it is given instead of uploading."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", OWNER_TOKEN)
+    monkeypatch.setattr(push_module, "hub_reachable", lambda endpoint=None: True)
+    calls = {"uploaded": tmp_path / "uploaded"}
+
+    def create_repo(self, repo_id, **kw):
+        calls["create"] = dict(repo_id=repo_id, **kw)
+        return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def upload_folder(self, *, repo_id, folder_path, **kw):
+        shutil.copytree(folder_path, calls["uploaded"])
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    return calls
+
+
+def test_a_pushed_repository_names_no_server_path_and_no_uploaded_file(uploaded_run, recording_hub, monkeypatch):
+    """Issue 22 item 7: every file pushed (the model card, run/config.json, run/status.json, ...) names no
+    absolute path of the server and not the uploaded file's name; the card says what the data was, and the
+    repository is created private unless the push asks for public."""
+    failed, cfg_file = uploaded_run / "status.json", uploaded_run / "config.json"   # a reason naming a server path
+    failed.write_text(json.dumps({**json.loads(failed.read_text()),
+                                  "reason": f"cannot read {json.loads(cfg_file.read_text())['data']}/train.bin"}))
+    push_module.push(uploaded_run, "someone/diary")
+    assert recording_hub["create"]["private"] is True
+    folder = recording_hub["uploaded"]
+    server = str(uploaded_run.parents[2])   # the folder every server path of this test lies in
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    assert {p.relative_to(folder).as_posix() for p in files} >= {"README.md", "run/config.json", "run/status.json"}
+    for f in files:
+        data = f.read_bytes()
+        for secret in (server, str(Path.cwd()), "alice-private-diary"):
+            assert secret.encode() not in data, f"{f.name} names {secret}"
+    cfg = json.loads((folder / "run" / "config.json").read_text())
+    assert cfg["out"] == "runs/diary" and re.fullmatch(r"data/upload-[0-9a-f]+", cfg["data"])
+    card = (folder / "README.md").read_text()
+    assert "- Data: 1 story file of the trainer's own (not published)," in card
+    assert f"python -m training prepare --source YOUR_STORY_FILES --out {cfg['data']}" in card
+
+    shutil.rmtree(folder)
+    push_module.push(uploaded_run, "someone/diary-public", private=False)
+    assert recording_hub["create"]["private"] is False

@@ -86,7 +86,9 @@ def test_the_pushed_repository_loads_in_transformers_with_our_logits(run, hub):
     text = "Once upon a time, Lily's dog   ran to the park!\n\n\"Wow,\" said Tom. 42 naïve cafés 🙂"
     assert tok.encode(text, add_special_tokens=False) == gemma3.gpt2_tokenizer().encode(text)
     assert tok.eos_token_id == 50256 == hf.config.eos_token_id
-    assert json.loads((folder / "run" / "config.json").read_text()) == json.loads((run / "config.json").read_text())
+    cfg = json.loads((run / "config.json").read_text())
+    assert json.loads((folder / "run" / "config.json").read_text()) == {**cfg, "data": "data/builtin",
+                                                                          "out": "runs/tiny-stories"}
     assert (folder / "run" / "metrics.jsonl").read_text() == (run / "metrics.jsonl").read_text()
 
 

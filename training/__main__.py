@@ -143,7 +143,7 @@ def main(argv=None) -> int:
                                    "The token: HF_TOKEN, else the cached `hf auth login`.")
     u.add_argument("--run", required=True, help="run folder")
     u.add_argument("--repo", help="user/name (default: your user name and the run's name)")
-    u.add_argument("--private", action="store_true", help="create the repository private")
+    u.add_argument("--public", action="store_true", help="create the repository public (default: private)")
     u.add_argument("--checkpoint", choices=["last", "best"], default="last")
     u.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
     u.add_argument("--gguf", choices=["f16", "bf16", "q8_0"], help="also upload a GGUF file of this type (llama.cpp)")
@@ -187,7 +187,7 @@ def cmd_export(args) -> int:
 
 def cmd_push(args) -> int:
     from .push import push
-    url = push(args.run, args.repo, private=args.private, which=args.checkpoint, dtype=args.dtype, gguf=args.gguf)
+    url = push(args.run, args.repo, private=not args.public, which=args.checkpoint, dtype=args.dtype, gguf=args.gguf)
     print(f"Pushed {args.run} to {url}")
     return 0
 

@@ -7,6 +7,7 @@ steps, tokens, wall time, the final train and validation loss, and samples for f
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from pathlib import Path
 
@@ -20,6 +21,42 @@ from .trainer import checkpoints
 
 PROMPTS = ["Once upon a time", "Lily found a little red ball", "The dog was sad because",
            "One day, Tom and his mom", "Ben wanted to fly a kite"]
+ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/\\-])(?:/[^\s/'\"`,;:()\[\]{}<>|]+){2,}/?")
+
+
+def no_paths(text: str) -> str:
+    """`text` with every absolute path shown by its last part (a reason a run stopped may name a file)."""
+    return ABSOLUTE_PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1], text)
+
+
+def hub_dataset(meta: dict) -> str | None:
+    """The Hub dataset the data was prepared from (meta.json); None for the built-in corpus and local files."""
+    source = meta.get("source")
+    kind = (meta.get("params") or {}).get("source")
+    return source if isinstance(source, str) and source == kind and kind not in ("builtin", "files") else None
+
+
+def data_source(meta: dict) -> tuple[str, str]:
+    """(what the card calls the data, the prepare command's --source), naming no server path and no file: the
+    built-in corpus, a Hub dataset's id, or the trainer's own story files (their names are theirs)."""
+    params = meta.get("params") or {}
+    if params.get("source") == "builtin":
+        return "`builtin`", f"builtin --stories {params.get('stories')}"
+    if hub := hub_dataset(meta):
+        return f"`{hub}`", hub
+    if params.get("source") == "files":
+        n = len(params.get("files") or [])
+        return f"{n} story file{'' if n == 1 else 's'} of the trainer's own (not published)", "YOUR_STORY_FILES"
+    return "`?`", "?"
+
+
+def public_config(run, cfg: dict) -> dict:
+    """The run's settings (config.json) as published: its folders by the names the commands use (data/NAME,
+    runs/NAME), never where they are on the machine that trained it."""
+    public = {**cfg, "data": f"data/{Path(cfg['data']).name}", "out": f"runs/{Path(run).name}"}
+    if cfg.get("init_from") and not str(cfg["init_from"]).startswith(("hf:", "random:")):
+        public["init_from"] = Path(cfg["init_from"]).name
+    return public
 
 
 def _records(run: Path) -> tuple[list[dict], list[dict]]:
@@ -80,15 +117,15 @@ def _card(name, run, source, cfg, status, train, evals, meta, model, samples, dt
     else:
         step = status.get("step")
     size_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e6
-    stories = f" --stories {meta['params']['stories']}" if meta.get("source") == "builtin" else ""
-    data = f"data/{Path(cfg['data']).name}"  # where the files were is the trainer's business, not the reader's
-    prepare_cmd = f"python -m training prepare --source {meta.get('source', '?')}{stories} --out {data}"
+    data = public_config(run, cfg)["data"]  # where the files were is the trainer's business, not the reader's
+    described, source_flag = data_source(meta)
+    prepare_cmd = f"python -m training prepare --source {source_flag} --out {data}"
     train_cmd = (f"python -m training train --data {data} --preset {cfg['preset']} --out runs/{run.name}"
                  + _flags(cfg))
     tokens = next((e["tokens"] for e in evals if e["step"] == step), last_train.get("tokens", 0))
     device = status.get("device") or "a machine it did not record"
     ended = (f"- The run {status['state']} at step {status.get('step')} of {status.get('max_steps')}"
-             + (f" ({status['reason']})" if status.get("reason") else "") + "; "
+             + (f" ({no_paths(status['reason'])})" if status.get("reason") else "") + "; "
              + (f"these are the weights of step {step}, its lowest validation loss." if source.name == "best"
                 else f"these are the weights of step {step}.")) if status.get("state") else None
     lines = [
@@ -102,7 +139,7 @@ def _card(name, run, source, cfg, status, train, evals, meta, model, samples, dt
         "",
         "## How it was made",
         "",
-        f"- Data: `{meta.get('source', '?')}`, {meta.get('train_tokens', 0):,} training tokens in "
+        f"- Data: {described}, {meta.get('train_tokens', 0):,} training tokens in "
         f"{meta.get('train_stories', 0):,} stories, {meta.get('val_tokens', 0):,} validation tokens.",
         "- Commands (reproduce from the repository root; the data step needs no network):",
         "",

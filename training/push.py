@@ -7,6 +7,10 @@ in run/, the loss curve as loss_curve.png, and a model card (README.md) whose YA
 time, losses and samples. A GGUF file (llama.cpp, LM Studio, Ollama) joins them when asked for
 (`gemma3.export_gguf`).
 
+A new repository is private unless the push asks for public. What is pushed names no path of the machine that
+trained it and no uploaded file's name: run/config.json names its folders data/NAME and runs/NAME, and the card
+calls local story files what they are, not by their names (training/card.py: public_config, data_source).
+
 Nothing is done before the two things a push cannot go without are known to be there: the network
 (HF_HUB_OFFLINE unset, the Hub reachable) and a token (the signed-in visitor's OAuth token the app
 passes, else HF_TOKEN or the cached `hf auth login`). Each missing one is one sentence, at once.
@@ -23,7 +27,7 @@ from pathlib import Path
 import gemma3
 from gemma3.checkpoints import hub_reachable, write_model_files
 
-from .card import _records, checkpoint_of, model_and_card
+from .card import _records, checkpoint_of, hub_dataset, model_and_card, no_paths, public_config
 
 LICENSE = "mit"  # the project's licence (README.md's header); the weights are the run's own
 TAGS = ["gemma3", "tinystories", "text-generation"]
@@ -91,13 +95,11 @@ def _front_matter(run: Path) -> str:
     cfg = json.loads((run / "config.json").read_text())
     meta_file = Path(cfg["data"]) / "meta.json"
     meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
-    source = meta.get("source")
-    hub_data = isinstance(source, str) and meta.get("params", {}).get("source") == source and "/" in source \
-        and not Path(source).exists()  # a Hub dataset id, not the built-in corpus or local files
+    hub_data = hub_dataset(meta)  # a Hub dataset id, not the built-in corpus or local files
     lines = ["---", f"license: {LICENSE}", "library_name: transformers", "pipeline_tag: text-generation",
              "language:", "- en", "tags:", *[f"- {t}" for t in TAGS]]
     if hub_data:
-        lines += ["datasets:", f"- {source}"]
+        lines += ["datasets:", f"- {hub_data}"]
     return "\n".join(lines + ["---", ""])
 
 
@@ -131,10 +133,16 @@ def stage(run, folder, repo_id: str, *, which: str = "last", dtype: str = "bf16"
     (folder / ".hf").rmdir()
     (folder / "gemma3").mkdir()
     write_model_files(model, tok, folder / "gemma3")
-    (folder / "run").mkdir()
-    for f in ("config.json", "metrics.jsonl", "status.json"):
-        if (run / f).exists():
-            shutil.copyfile(run / f, folder / "run" / f)
+    (folder / "run").mkdir()  # the run's files, naming no path of this machine (nor an uploaded file's name)
+    (folder / "run" / "config.json").write_text(
+        json.dumps(public_config(run, json.loads((run / "config.json").read_text())), indent=2))
+    if (run / "metrics.jsonl").exists():
+        shutil.copyfile(run / "metrics.jsonl", folder / "run" / "metrics.jsonl")
+    if (run / "status.json").exists():
+        status = json.loads((run / "status.json").read_text())
+        reason = status.get("reason")
+        status = {**status, "reason": no_paths(reason) if isinstance(reason, str) else reason}
+        (folder / "run" / "status.json").write_text(json.dumps(status, indent=2))
     loss_curve(run, folder / "loss_curve.png")
     gguf_file = None
     if gguf:
@@ -147,11 +155,12 @@ def stage(run, folder, repo_id: str, *, which: str = "last", dtype: str = "bf16"
     return folder
 
 
-def push(run, repo_id: str | None = None, *, private: bool = False, which: str = "last", dtype: str = "bf16",
+def push(run, repo_id: str | None = None, *, private: bool = True, which: str = "last", dtype: str = "bf16",
          gguf: str | None = None, token=None, seed: int = 0) -> str:
     """Upload the run's chosen checkpoint as a Hub model repository; returns its URL.
 
     repo_id: "user/name" (default: the token's user and the run's name; a bare name gets the user);
+    private: a new repository is private unless this is False (an existing one keeps its visibility);
     token: the signed-in visitor's OAuth token (a string or gr.OAuthToken), else HF_TOKEN or the cached login."""
     from huggingface_hub import HfApi, constants
 
