@@ -23,10 +23,12 @@ import gemma3
 from training import TrainConfig, push as push_module, train
 from training.stories import iter_stories
 from webapp import models
-from webapp.train import Trainer
+from webapp import train as tr
 from webapp.inputs import UserError
+from webapp.train import Trainer
 from webapp.ui.model_bar import ModelBar
 
+ROOT = Path(__file__).resolve().parent.parent
 OWNER_TOKEN = "hf_owner_secret_token"
 PUBLIC, GATED = "G3nadh/gemma3-270m-tinystories", "google/gemma-3-270m"   # both in the visitors' model list
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -104,7 +106,8 @@ def hub(model_files, monkeypatch, tmp_path):
     server = FakeHub(model_files)
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     monkeypatch.setattr(constants, "ENDPOINT", server.url)   # as HF_ENDPOINT sets both when huggingface_hub loads
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                        server.url + "/{repo_id}/resolve/{revision}/{filename}")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
@@ -115,11 +118,15 @@ def hub(model_files, monkeypatch, tmp_path):
     server.server_close()
 
 
-@pytest.fixture
-def space(monkeypatch):
-    """A Space of `owner`, as Hugging Face runs it."""
+def as_space(monkeypatch):
+    """Make this a Space of `owner`, as Hugging Face runs it."""
     for key, value in {"SPACE_ID": "owner/app", "SYSTEM": "spaces", "SPACE_AUTHOR_NAME": "owner"}.items():
         monkeypatch.setenv(key, value)
+
+
+@pytest.fixture
+def space(monkeypatch):
+    as_space(monkeypatch)
 
 
 def model_bar(tmp_path) -> ModelBar:
@@ -210,7 +217,6 @@ def test_a_pushed_repository_names_no_server_path_and_no_uploaded_file(uploaded_
     failed.write_text(json.dumps({**json.loads(failed.read_text()),
                                   "reason": f"cannot read {json.loads(cfg_file.read_text())['data']}/train.bin"}))
     push_module.push(uploaded_run, "someone/diary")
-    assert recording_hub["create"]["private"] is True
     folder = recording_hub["uploaded"]
     server = str(uploaded_run.parents[2])   # the folder every server path of this test lies in
     files = sorted(p for p in folder.rglob("*") if p.is_file())
@@ -224,7 +230,44 @@ def test_a_pushed_repository_names_no_server_path_and_no_uploaded_file(uploaded_
     card = (folder / "README.md").read_text()
     assert "- Data: 1 story file of the trainer's own (not published)," in card
     assert f"python -m training prepare --source YOUR_STORY_FILES --out {cfg['data']}" in card
+    assert recording_hub["create"]["private"] is True
 
     shutil.rmtree(folder)
+    monkeypatch.setattr(push_module, "stage", lambda run, folder, *args, **kwargs: folder)   # only the flag counts
     push_module.push(uploaded_run, "someone/diary-public", private=False)
     assert recording_hub["create"]["private"] is False
+
+
+# ---- item 8: a push from a Space can work, and says before the click where it writes ----------------------
+
+def test_the_space_sign_in_asks_for_the_scope_a_push_needs():
+    """Issue 22 item 8: the Space's sign-in asks for manage-repos (write the user's repositories and create new
+    ones: https://huggingface.co/docs/hub/spaces-oauth#scopes); without it the token is read-only and every push
+    from the Space is refused."""
+    meta = huggingface_hub.metadata_load(ROOT / "README.md")
+    assert meta["hf_oauth"] is True and "manage-repos" in meta["hf_oauth_scopes"]
+
+
+def test_the_train_tab_says_before_the_click_which_account_and_repository_a_push_writes(uploaded_run, monkeypatch):
+    """Issue 22 item 8: under Push to Hub the owner reads which repository the push writes, with whose token, and
+    that a new one is private (the box starts ticked); an anonymous visitor, who may not push, reads nothing."""
+    import gradio as gr
+
+    from webapp.ui import train as ui_train
+
+    trainer = Trainer(uploaded_run.parent, uploaded_run.parents[1] / "data")
+    with gr.Blocks() as demo:
+        tab = ui_train.build(trainer)
+    assert tab.c["private"].value is True
+    plan = next(f.fn for f in demo.fns.values() if f.name == "push_plan")
+    as_space(monkeypatch)   # after building: a Space's sign-in button wants its OAuth app
+
+    class Profile:   # what Gradio hands a handler for a visitor signed in with Hugging Face
+        username = "owner"
+    assert plan("diary", "", True, Profile()) == ("Push to Hub writes run **diary** to `owner/diary` as **owner** "
+                                                  "(your Hugging Face sign-in); a new repository is private.")
+    assert "to `team/stories` as **owner**" in plan("diary", "team/stories", True, Profile())
+    assert plan("diary", "", True, None) == ""
+    local = tr.push_plan(trainer, "diary", "stories", False, None)   # off a Space: this machine's token
+    assert "to `<the token’s user>/stories` with this machine's Hugging Face token (HF_TOKEN" in local
+    assert local.endswith("a new repository is **public**: anyone may download it.")

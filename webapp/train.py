@@ -310,6 +310,22 @@ def push_to_hub(trainer: "Trainer", name, repo, private: bool, token=None) -> st
         raise UserError(str(e)) from None
 
 
+def push_plan(trainer: "Trainer", name, repo, private, account: str | None = None) -> str:
+    """What Push to Hub will write, said before the click: which run, to which repository, with whose token
+    (`account`: the Hugging Face user signed in, whose own token the push uses; None: this machine's token), and
+    whether a new repository is private. Empty when there is no run to push."""
+    run = trainer.pick(name)
+    if run is None:
+        return ""
+    repo = (repo.strip() if isinstance(repo, str) else "").replace("`", "") or run.name
+    if "/" not in repo:
+        repo = f"{account or '<the token’s user>'}/{repo}"
+    who = (f"as **{account}** (your Hugging Face sign-in)" if account
+           else "with this machine's Hugging Face token (HF_TOKEN, else `hf auth login`)")
+    new = "private" if private else "**public**: anyone may download it"
+    return f"Push to Hub writes run **{run.name}** to `{repo}` {who}; a new repository is {new}."
+
+
 def estimate_words(trainer: "Trainer", cfg: TrainConfig) -> Iterator[str]:
     """What the Train tab shows while a few steps of the run `cfg` are timed here, then how long the run would
     take (training/probe.py: in a child process, bounded in size and time, killed when the request is

@@ -143,12 +143,14 @@ def _buttons(allowed: bool) -> dict:
         with gr.Row(equal_height=True):
             repo = gr.Textbox(label="Hub repository (user/name; empty: yours, named after the run)", scale=3,
                               max_lines=1, elem_id="train-repo")
-            private = gr.Checkbox(False, label="private", scale=0, min_width=90)
+            private = gr.Checkbox(True, label="private", scale=0, min_width=90)
             push_btn = gr.Button("Push to Hub", interactive=allowed, elem_id="train-push", scale=1)
+        push_plan = gr.Markdown(elem_id="train-push-plan")   # which repository, whose token: before the click
         push_md = gr.Markdown(elem_id="train-push-result")
     return dict(start_btn=start_btn, stop_btn=stop_btn, resume_btn=resume_btn, use_btn=use_btn,
                 explore_btn=explore_btn, estimate_btn=estimate_btn, estimate_md=estimate_md, gguf_type=gguf_type,
-                gguf_btn=gguf_btn, gguf_file=gguf_file, repo=repo, private=private, push_btn=push_btn, push_md=push_md)
+                gguf_btn=gguf_btn, gguf_file=gguf_file, repo=repo, private=private, push_btn=push_btn,
+                push_plan=push_plan, push_md=push_md)
 
 
 def _monitor() -> dict:
@@ -257,6 +259,18 @@ def _wire_runs(t: Train):
                         **SHARE_EVENT)
     c["push_btn"].click(train_push, [c["run_dd"], c["repo"], c["private"]], c["push_md"], api_name="train_push",
                         **SHARE_EVENT)
+
+    @friendly
+    def push_plan(run, repo, private, profile: gr.OAuthProfile | None = None, request: gr.Request = None):
+        if not guard.training_permission(username(profile, request))[0]:
+            return ""
+        # on a Space the push writes with the signed-in user's own token; elsewhere with this machine's
+        account = getattr(profile, "username", None) if guard.on_space() else None
+        return tr.push_plan(trainer, run, repo, private, account)
+
+    gr.on([c["run_dd"].change, c["repo"].change, c["private"].change], push_plan,
+          [c["run_dd"], c["repo"], c["private"]], c["push_plan"], api_visibility="private", queue=False,
+          preprocess=False)
     run_dd, status_md, runs_df = c["run_dd"], c["status_md"], c["runs_df"]
     c["start_btn"].click(train_start, [c[k] for k in SETTINGS], [run_dd, status_md, runs_df], api_name="train_start",
                          **RUN_EVENT)
