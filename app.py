@@ -44,6 +44,10 @@ HEADER = "# Gemma 3 TinyStories\nA from-scratch Gemma 3: write stories, look ins
 LAUNCH = dict(theme=page.THEME, css=page.CSS, js=page.JS)  # Gradio 6: theme, css and js are arguments of launch()
 MAX_FILE_SIZE = f"{tr.MAX_UPLOAD_MB}mb"   # an upload, refused while it streams in beyond this (and by train.py after)
 DELETE_CACHE = (1800, 3600)   # every half hour, Gradio deletes uploads and downloads (GGUF) older than an hour
+# At most 64 requests wait; an event without a slot of its own runs one at a time. api_open=False: a queued event
+# is reached only through the queue (off a Space Gradio would also answer it directly, past every concurrency
+# limit); the events that skip the queue (Stop, the status polls: webapp.ui.train.STOP_EVENT) stay direct.
+QUEUE = dict(max_size=64, default_concurrency_limit=1, api_open=False)
 
 
 def load(source: str | None = None):
@@ -105,7 +109,7 @@ def connect(demo: gr.Blocks, bar: model_bar.ModelBar, explore_tab: explore.Explo
         return trainer.table()
 
     train_tab.slow_timer.tick(slow_refresh, None, [train_tab.runs_df], api_visibility="private",
-                              show_progress="hidden", concurrency_id="monitor")
+                              show_progress="hidden", **train.MONITOR_EVENT)
 
     @friendly
     def on_load(profile: gr.OAuthProfile | None = None, request: gr.Request = None):
@@ -194,7 +198,7 @@ def main(argv=None):
         parser.exit(2, f"error: could not load the model: {e}\n")
     demo = build(cache=cache, runs_dir=args.runs_dir, data_dir=args.data_dir)
     try:
-        demo.queue(max_size=64, default_concurrency_limit=1).launch(
+        demo.queue(**QUEUE).launch(
             server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_FILE_SIZE,
             auth=guard.password_login(), app_kwargs={"middleware": [Middleware(guard.UploadGuard)]}, **LAUNCH)
     except OSError as e:   # the port was taken while the model loaded

@@ -12,8 +12,12 @@ from webapp import guard
 from webapp import train as tr
 from webapp.errors import friendly
 
-RUN_EVENT = dict(concurrency_id="train", concurrency_limit=1, preprocess=False)   # Start, Stop, Resume
-# The estimate and the shares (GGUF, Hub) have slots of their own: Stop never waits behind them.
+RUN_EVENT = dict(concurrency_id="train", concurrency_limit=1, preprocess=False)   # Start, Resume
+# Stop and the status polls never wait behind work: the page calls them outside the queue (queue=False: a plain
+# request that no queued job delays and a full queue cannot refuse), and a script (gradio_client, which always
+# queues) gets slots of their own with no limit. The estimate and the shares (GGUF, Hub) have slots of their own.
+STOP_EVENT = dict(concurrency_id="stop", concurrency_limit=None, queue=False, preprocess=False)
+MONITOR_EVENT = dict(concurrency_id="monitor", concurrency_limit=None, queue=False, preprocess=False)
 ESTIMATE_EVENT = dict(concurrency_id="estimate", concurrency_limit=1, preprocess=False)
 SHARE_EVENT = dict(concurrency_id="share", concurrency_limit=1, preprocess=False)
 SETTINGS = ("source_kind", "stories", "hub_id", "files", "preset", "max_steps", "batch_size", "grad_accum",
@@ -274,7 +278,7 @@ def _wire_runs(t: Train):
     run_dd, status_md, runs_df = c["run_dd"], c["status_md"], c["runs_df"]
     c["start_btn"].click(train_start, [c[k] for k in SETTINGS], [run_dd, status_md, runs_df], api_name="train_start",
                          **RUN_EVENT)
-    c["stop_btn"].click(train_stop, [run_dd], [status_md, runs_df], api_name="train_stop", **RUN_EVENT)
+    c["stop_btn"].click(train_stop, [run_dd], [status_md, runs_df], api_name="train_stop", **STOP_EVENT)
     c["resume_btn"].click(train_resume, [run_dd, c["max_steps"]], [run_dd, status_md, runs_df],
                           api_name="train_resume", **RUN_EVENT)
 
@@ -294,6 +298,6 @@ def _wire_monitor(t: Train):
 
     gr.on([c["timer"].tick, c["run_dd"].change, c["log_x"].change], train_metrics, [c["run_dd"], c["log_x"]],
           [c["loss_plot"], c["status_md"], c["stats_md"], c["sample_tb"]], api_name="train_metrics",
-          show_progress="hidden", concurrency_id="monitor", concurrency_limit=8, preprocess=False)
+          show_progress="hidden", **MONITOR_EVENT)
     gr.on([c["runs_refresh"].click], refresh_runs, [c["run_dd"]], [c["run_dd"], c["runs_df"]],
           api_visibility="private", preprocess=False)

@@ -1,0 +1,117 @@
+"""The owner's Stop and the status polls never wait behind work: the app served with its own queue settings
+(app.QUEUE), ten slow jobs of visitors in flight or waiting (Start, Resume, estimates, GGUF exports, stories),
+each held by a patched slow function until the test lets it go."""
+
+import threading
+import time
+
+import httpx
+import pytest
+
+import app
+from conftest import kill_runs, poll, wait_ready
+from webapp import generation as gen
+from webapp import train as tr
+from webapp.inputs import UserError
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+SETTINGS = ("tiny", 10, 4, 1, 32, 2e-3, "cpu", 1, False)   # Start's and the estimate's form, from the preset on
+JOBS = ([("/train_start", ("builtin", 300, "", None, *SETTINGS))] * 3 + [("/train_resume", ("", None))] * 3
+        + [("/train_estimate", SETTINGS)] * 2 + [("/train_gguf", ("", "q8_0"))] + [("/generate", ("Once", 5, 0, 0, 1, 1, 0))])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("slots")
+    demo = app.build(runs_dir=tmp / "runs", data_dir=tmp / "data")
+    demo.queue(**app.QUEUE).launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True)
+    try:
+        wait_ready(demo.local_url)
+        yield demo
+    finally:
+        demo.close()
+        kill_runs(tmp / "runs")
+
+
+def client(server):
+    from gradio_client import Client
+
+    return Client(server.local_url, verbose=False)
+
+
+def in_server(server) -> int:
+    """Jobs the server holds: running, or waiting in the queue."""
+    return server._queue.get_active_worker_count() + len(server._queue)
+
+
+@pytest.fixture
+def busy(server, monkeypatch):
+    """Ten slow jobs of visitors (JOBS), each held until the test ends."""
+    release = threading.Event()
+
+    def slow(*args, **kwargs):
+        release.wait(60)
+        raise UserError("Let go.")
+
+    def slow_stream(*args, **kwargs):
+        release.wait(60)
+        yield "Let go."
+
+    for owner, name in ((server.trainer, "prepare"), (server.trainer, "resume"), (tr, "export_gguf")):
+        monkeypatch.setattr(owner, name, slow)
+    monkeypatch.setattr(tr, "estimate_words", slow_stream)
+    monkeypatch.setattr(gen, "stream", slow_stream)
+    visitor = client(server)
+    jobs = [visitor.submit(*args, api_name=name) for name, args in JOBS]
+    poll(lambda: in_server(server) == len(JOBS), timeout=20, what="the ten jobs to reach the server")
+    yield server
+    release.set()
+    poll(lambda: in_server(server) == 0, timeout=30, what="the queue to drain")
+    for job in jobs:
+        job.cancel()
+
+
+def timed(fn):
+    t0 = time.monotonic()
+    try:
+        return fn(), time.monotonic() - t0
+    except Exception as e:   # the answer is a sentence, e.g. "No run is training right now."
+        return e, time.monotonic() - t0
+
+
+def test_stop_and_status_answer_at_once_behind_ten_slow_jobs(busy):
+    """Issue 22 item 5: with ten slow jobs in flight or waiting (three Starts and three Resumes in Start's own slot,
+    estimates, a GGUF export, a story), the owner's Stop and the status poll answer within a second, through
+    the queue as a script (gradio_client) calls them."""
+    owner = client(busy)
+    answer, took = timed(lambda: owner.submit("", api_name="/train_stop").result(timeout=5))
+    assert "No run is training right now" in str(answer) and took < 1, (answer, took)
+    answer, took = timed(lambda: owner.submit("", False, api_name="/train_metrics").result(timeout=5))
+    assert isinstance(answer, tuple) and took < 1, (answer, took)
+    assert in_server(busy) == len(JOBS), "the slow jobs are still there"
+
+
+def test_the_page_stops_a_run_even_when_visitors_fill_the_queue(busy):
+    """Issue 22 item 5: the page calls Stop and the status polls outside the queue, so a visitor who fills the
+    queue (64 waiting jobs) cannot refuse them; the queued events cannot be called past the queue."""
+    deps = {d.get("api_name"): d for d in busy.config["dependencies"]}
+    assert not deps["train_stop"]["queue"] and not deps["train_metrics"]["queue"], "the page calls them directly"
+    assert deps["train_start"]["queue"] and deps["generate"]["queue"]
+    url = busy.local_url + "gradio_api/"
+    fn = deps["generate"]["id"]
+    with httpx.Client(timeout=10) as http:
+        for i in range(app.QUEUE["max_size"] + 1):   # more stories, until the queue is full
+            joined = http.post(url + "queue/join", json={"data": ["Once", 5, 0, 0, 1, 1, 0, None], "fn_index": fn,
+                                                         "session_hash": f"flood{i}"})
+            if joined.status_code != 200:
+                break
+        assert joined.status_code == 503 and len(busy._queue) == app.QUEUE["max_size"], "the queue is full"
+        answer, took = timed(lambda: http.post(url + "run/train_stop", json={"data": [""], "session_hash": "owner"},
+                                               timeout=5))
+        assert "No run is training right now" in answer.text and took < 1, (answer.text, took)
+        answer, took = timed(lambda: http.post(url + "run/train_metrics",
+                                               json={"data": ["", False], "session_hash": "owner"}))
+        assert answer.status_code == 200 and took < 1, (answer.text, took)
+        refused = http.post(url + "run/generate", json={"data": ["Once", 5, 0, 0, 1, 1, 0, None],
+                                                         "session_hash": "x"})
+        assert refused.status_code == 404, "a story goes through the queue and its limit of two at once"
