@@ -26,6 +26,13 @@ def run(tmp_path_factory):
     return run
 
 
+def snapshot_cache(budget=None):
+    """The app's model cache (webapp.models.ModelCache), on random tiny weights: snapshots load through it."""
+    from webapp import models
+
+    return models.ModelCache(*models.load_source(models.RANDOM), budget=budget)
+
+
 def test_the_loss_table_equals_each_snapshots_own_loss(run):
     found = snapshots.snapshots(run)
     models = [(snapshots.read(p)["step"], gemma3.load_model(p, device="cpu", dtype=torch.float32)[0]) for p in found]
@@ -68,7 +75,7 @@ def test_explore_over_training_lists_runs_steps_and_draws_the_table(run):
     from webapp.inputs import UserError
     from webapp.learning import Learning
 
-    lrn = Learning(run.parent)
+    lrn = Learning(run.parent, snapshot_cache())
     assert [name for _, name in lrn.runs()] == [run.name]
     steps = lrn.steps(run.name)
     assert [label.split(" ·")[0] for label, _ in steps] == [f"step {s}" for s in (0, 1, 2, 5, 10, 20, 25, 50)]
@@ -86,9 +93,12 @@ def test_explore_over_training_lists_runs_steps_and_draws_the_table(run):
     assert lrn.table(prompt, run.name)[0] is heat  # cached
     tok = gemma3.gpt2_tokenizer()
     ids = tok.encode(prompt)
-    want = torch.stack([token_losses(gemma3.load_model(lrn.path(p), device="cpu", dtype=torch.float32)[0], ids)
-                        for _, p in steps])
+    # each snapshot as the model bar loads it (in bf16 where the CPU computes it natively), and that is exact
+    # enough: within 0.05 nats of fp32 for every token
+    want = torch.stack([token_losses(gemma3.load_model(lrn.path(p))[0], ids) for _, p in steps])
     torch.testing.assert_close(torch.tensor(heat.data[0].z), want)
+    fp32 = torch.stack([token_losses(gemma3.load_model(lrn.path(p), dtype=torch.float32)[0], ids) for _, p in steps])
+    torch.testing.assert_close(torch.tensor(heat.data[0].z), fp32, atol=0.05, rtol=0)
     cfg = gemma3.Gemma3Config.from_preset("tiny")
     assert "steps 0 to 50" in words and torch.tensor(scores.data[0].z).shape == (cfg.layers, cfg.heads)
 
@@ -109,13 +119,61 @@ def test_a_head_is_named_only_when_it_copies_more_than_even_attention_would():
 def test_two_steps_side_by_side(run):
     from webapp.learning import Learning
 
-    lrn = Learning(run.parent)
+    lrn = Learning(run.parent, snapshot_cache())
     steps = lrn.steps(run.name)
     prompt = "Once upon a time, there was a girl named Lily."
     fig = lrn.compare(prompt, run.name, steps[0][1], steps[-1][1])
     tok = gemma3.gpt2_tokenizer()
     ids = tok.encode(prompt)
     for trace, (_, folder) in zip(fig.data[:2], (steps[0], steps[-1])):
-        model = gemma3.load_model(lrn.path(folder), device="cpu", dtype=torch.float32)[0]
+        model = gemma3.load_model(lrn.path(folder))[0]   # as the model bar loads it
         torch.testing.assert_close(torch.tensor(trace.y), token_losses(model, ids))
     assert [t.name for t in fig.data[:2]] == ["step 0", "step 50"] and len(fig.data) == 4
+
+
+def test_a_new_prompt_loads_no_snapshot_again(run):
+    """Issue 22 item 6: the run's snapshots load once, into the app's model cache (counted in its memory budget,
+    shared with the model bar): a new prompt, a comparison and "Look inside at this step" load none again."""
+    from webapp import models
+    from webapp.learning import Learning
+
+    cache = snapshot_cache()
+    lrn = Learning(run.parent, cache)
+    steps = lrn.steps(run.name)
+    lrn.table("Once upon a time, there was a girl named Lily. Lily liked to play.", run.name)
+    assert cache.loads == len(steps) == 8
+    assert cache.bytes == sum(models.model_bytes(e.model) for e in map(cache.get, cache.sources()))
+    lrn.table("One day, a boy named Tom found a ball. Tom", run.name)
+    lrn.compare("Tom and Lily", run.name, steps[0][1], steps[-1][1])
+    bar = cache.get(models.check_source(steps[3][1], models.allowed_roots(run.parent), run.parent))
+    assert cache.loads == 8, "no snapshot loaded twice"
+    assert bar.info.name == f"run {run.name} at step 5", "the model bar's load is the table's"
+
+
+def test_a_run_larger_than_the_memory_budget_stays_inside_it(run):
+    """Issue 22 item 6: with room for three snapshots, the table still covers the run, the cache never holds
+    more than its budget, and a new prompt reloads only the snapshots that did not fit."""
+    from webapp import models
+    from webapp.learning import Learning
+
+    cache = snapshot_cache()
+    snap = models.model_bytes(gemma3.load_model(run / "snapshots" / "step_0000000")[0])
+    cache.budget = cache.default.bytes + 3 * snap
+    lrn = Learning(run.parent, cache)
+    heat = lrn.table("Once upon a time, there was a girl named Lily. Lily liked to play.", run.name)[0]
+    assert len(heat.data[0].y) == 8 and cache.loads == 8 and cache.bytes <= cache.budget
+    lrn.table("One day, a boy named Tom found a ball. Tom", run.name)
+    assert cache.loads == 8 + 5 and cache.bytes <= cache.budget, "the three in memory were not loaded again"
+
+
+def test_one_table_runs_at_most_max_snapshots_and_max_tokens(run, monkeypatch):
+    """Issue 22 item 6: the work one request asks for is bounded: at most MAX_SNAPSHOTS snapshots (spread over
+    the run, its first and last in, said in words) on the prompt's last MAX_TOKENS tokens."""
+    from webapp import learning as wl
+
+    monkeypatch.setattr(wl, "MAX_SNAPSHOTS", 3)
+    cache = snapshot_cache()
+    heat, _, words = wl.Learning(run.parent, cache).table("Once upon a time, Lily played. " * 40, run.name)
+    assert list(heat.data[0].y) == ["step 0", "step 10", "step 50"] and cache.loads == 3
+    assert len(heat.data[0].x) == wl.MAX_TOKENS - 1
+    assert "The run has 8 snapshots; the table shows 3 of them" in words

@@ -16,8 +16,9 @@ from webapp.inputs import UserError
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 SETTINGS = ("tiny", 10, 4, 1, 32, 2e-3, "cpu", 1, False)   # Start's and the estimate's form, from the preset on
+STORY = ("Once", 5, 0, 0, 1, 1, 0)   # /generate's inputs
 JOBS = ([("/train_start", ("builtin", 300, "", None, *SETTINGS))] * 3 + [("/train_resume", ("", None))] * 3
-        + [("/train_estimate", SETTINGS)] * 2 + [("/train_gguf", ("", "q8_0"))] + [("/generate", ("Once", 5, 0, 0, 1, 1, 0))])
+        + [("/train_estimate", SETTINGS)] * 2 + [("/train_gguf", ("", "q8_0")), ("/generate", STORY)])
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +102,7 @@ def test_the_page_stops_a_run_even_when_visitors_fill_the_queue(busy):
     fn = deps["generate"]["id"]
     with httpx.Client(timeout=10) as http:
         for i in range(app.QUEUE["max_size"] + 1):   # more stories, until the queue is full
-            joined = http.post(url + "queue/join", json={"data": ["Once", 5, 0, 0, 1, 1, 0, None], "fn_index": fn,
+            joined = http.post(url + "queue/join", json={"data": [*STORY, None], "fn_index": fn,
                                                          "session_hash": f"flood{i}"})
             if joined.status_code != 200:
                 break
@@ -112,6 +113,5 @@ def test_the_page_stops_a_run_even_when_visitors_fill_the_queue(busy):
         answer, took = timed(lambda: http.post(url + "run/train_metrics",
                                                json={"data": ["", False], "session_hash": "owner"}))
         assert answer.status_code == 200 and took < 1, (answer.text, took)
-        refused = http.post(url + "run/generate", json={"data": ["Once", 5, 0, 0, 1, 1, 0, None],
-                                                         "session_hash": "x"})
+        refused = http.post(url + "run/generate", json={"data": [*STORY, None], "session_hash": "x"})
         assert refused.status_code == 404, "a story goes through the queue and its limit of two at once"

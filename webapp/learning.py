@@ -3,8 +3,11 @@ predictions of one prompt formed across them (explain.learning).
 
 A snapshot is a checkpoint folder inside the runs folder, so looking inside one is loading it in the
 model bar like any checkpoint: every Explore view then shows the model at that step. The table of
-per-token losses loads the run's snapshots one at a time (never all at once) and is cached per run,
-snapshot set and prompt.
+per-token losses runs at most MAX_SNAPSHOTS of them (spread over the run) on the prompt's last MAX_TOKENS
+tokens. Snapshots load through the app's model cache (webapp.models.ModelCache), as the model bar's loads do:
+once per run, in the dtype the model bar would use (load_model's default: bf16 where the device computes it
+natively, else fp32), counted in its memory budget and dropped least recently used beyond it. The tables
+are cached per run, snapshot set and prompt.
 """
 
 from __future__ import annotations
@@ -16,19 +19,20 @@ from pathlib import Path
 import torch
 
 import explain
-import gemma3
 from explain import learning
 from training import runs, snapshots
 
 from .inputs import UserError, text
 
 MAX_TOKENS = 128   # the prompt's last tokens in the loss table (one forward per snapshot each)
+MAX_SNAPSHOTS = 24   # snapshots in one loss table: spread over the run, its first and last always in
 CACHE_SIZE = 8
 
 
 class Learning:
-    def __init__(self, runs_dir):
+    def __init__(self, runs_dir, cache):
         self.runs_dir = Path(runs_dir)
+        self.cache = cache   # webapp.models.ModelCache: the snapshots in memory, shared with the model bar
         self._tables: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
 
@@ -85,32 +89,53 @@ class Learning:
             raise UserError(f"Pick a step from the list of run {name}'s snapshots.")
         return folder
 
+    def _get(self, folder):
+        """The snapshot in `folder` from the model cache, by the source the model bar loads it as (check_source)."""
+        return self.cache.get(str(Path(folder).resolve()))
+
+    def _in_memory_first(self, folders):
+        """(folder, LoadedModel) of each snapshot, those the cache holds first: a run larger than its budget then
+        reloads only the snapshots that did not fit."""
+        held = set(self.cache.sources())
+        for folder in sorted(folders, key=lambda f: str(Path(f).resolve()) not in held):
+            yield folder, self._get(folder)
+
     # ---- how the prompt's predictions formed ----
     def table(self, prompt, name):
         """(loss heatmap, induction-score figure, two or three sentences) for the prompt over the run's snapshots."""
         prompt = text(prompt, "The Explore prompt", hint="type a story for the model to read")
-        found = snapshots.snapshots(self._run(name))
+        every = snapshots.snapshots(self._run(name))
+        found = spread(every, MAX_SNAPSHOTS)
         key = (name, tuple(p.name for p in found), prompt)
         with self._lock:
             hit = self._tables.get(key)
             if hit is not None:
                 self._tables.move_to_end(key)
                 return hit
-        tok = gemma3.load_model(found[0], device="cpu", dtype=torch.float32)[1]
-        ids = tok.encode(prompt)[-MAX_TOKENS:]
-        if len(ids) < 2:
-            raise UserError("The prompt needs at least two tokens: the table shows how well each token after the "
-                            "first is predicted.")
-        models = ((_step(p), gemma3.load_model(p, device="cpu", dtype=torch.float32)[0]) for p in found)
-        steps, losses = learning.losses_over_training(models, ids)
-        last, _ = gemma3.load_model(found[-1], device="cpu", dtype=torch.float32)
-        rec = explain.record(last, tok, tok.decode(ids), max_tokens=MAX_TOKENS)
+        rows, ids = [], None
+        for folder, loaded in self._in_memory_first(found):
+            if ids is None:   # a run's snapshots share its tokenizer
+                ids = loaded.tokenizer.encode(prompt)[-MAX_TOKENS:]
+                if len(ids) < 2:
+                    raise UserError("The prompt needs at least two tokens: the table shows how well each token "
+                                    "after the first is predicted.")
+            with loaded.reading():
+                rows.append((_step(folder), learning.token_losses(loaded.model, ids)))
+            if folder == found[-1]:
+                latest = loaded   # recorded below, whether or not the cache still holds it then
+        rows.sort(key=lambda row: row[0])
+        steps, losses = [step for step, _ in rows], torch.stack([row for _, row in rows])
+        tok = latest.tokenizer
+        with latest.exclusive():   # recording switches the model's attention into a probability-keeping mode
+            rec = explain.record(latest.model, tok, tok.decode(ids), max_tokens=MAX_TOKENS)
         scores = learning.induction_scores(rec)
         labels = [f"{i}: {explain.hooks.show_token(tok.decode([t]))}" for i, t in enumerate(ids)]
-        result = (learning.learning_figure(steps, losses, labels),
-                  learning.induction_figure(scores, list(last.config.layer_types)),
-                  learning.learning_text(steps, losses, scores, list(last.config.layer_types),
-                                         learning.even_share(rec)))
+        layer_types = list(latest.model.config.layer_types)
+        words = learning.learning_text(steps, losses, scores, layer_types, learning.even_share(rec))
+        if len(found) < len(every):
+            words += f" The run has {len(every):,} snapshots; the table shows {len(found)} of them, spread over it."
+        result = (learning.learning_figure(steps, losses, labels), learning.induction_figure(scores, layer_types),
+                  words)
         with self._lock:
             self._tables[key] = result
             while len(self._tables) > CACHE_SIZE:
@@ -122,21 +147,29 @@ class Learning:
         """Two of the run's snapshots side by side on the prompt (explain.learning.compare_figure)."""
         prompt = text(prompt, "The Explore prompt", hint="type a story for the model to read")
         folders = [self.path(self.snapshot(name, f)) for f in (a, b)]
-        models = [gemma3.load_model(f, device="cpu", dtype=torch.float32) for f in folders]
-        tok = models[0][1]
+        models = [self._get(f) for f in folders]
+        tok = models[0].tokenizer
         ids = tok.encode(prompt)[-MAX_TOKENS:]
         if len(ids) < 2:
             raise UserError("The prompt needs at least two tokens to compare how well each is predicted.")
         losses, probs = [], []
-        with torch.no_grad():
-            for model, _ in models:
-                logits = model(torch.tensor([ids]))[0].float()
-                losses.append(torch.nn.functional.cross_entropy(logits[:-1], torch.tensor(ids[1:]), reduction="none"))
-                probs.append(logits[-1].softmax(-1))
+        for loaded in models:
+            with loaded.reading(), torch.no_grad():
+                x = torch.tensor([ids], device=loaded.model.embed.weight.device)
+                logits = loaded.model(x)[0].float()
+                losses.append(torch.nn.functional.cross_entropy(logits[:-1], x[0, 1:], reduction="none").cpu())
+                probs.append(logits[-1].softmax(-1).cpu())
         show = lambda i: explain.hooks.show_token(tok.decode([i]))  # noqa: E731
         labels = [f"{i}: {show(t)}" for i, t in enumerate(ids)]
         names = tuple(f"step {_step(Path(f)):,}" for f in folders)
         return learning.compare_figure(names, tuple(losses), labels, tuple(probs), show)
+
+
+def spread(items: list, n: int) -> list:
+    """At most `n` (>= 2) of `items`, evenly spread over them, the first and the last always kept."""
+    if len(items) <= n:
+        return items
+    return [items[round(i * (len(items) - 1) / (n - 1))] for i in range(n)]
 
 
 def _step(folder: Path) -> int:
