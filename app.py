@@ -46,7 +46,7 @@ MAX_FILE_SIZE = f"{tr.MAX_UPLOAD_MB}mb"   # an upload, refused while it streams 
 DELETE_CACHE = (1800, 3600)   # every half hour, Gradio deletes uploads and downloads (GGUF) older than an hour
 # At most 64 requests wait; an event without a slot of its own runs one at a time. api_open=False: a queued event
 # is reached only through the queue (off a Space Gradio would also answer it directly, past every concurrency
-# limit); the events that skip the queue (Stop, the status polls: webapp.ui.train.STOP_EVENT) stay direct.
+# limit); the events that skip the queue (the status polls: webapp.ui.train.MONITOR_EVENT) stay direct.
 QUEUE = dict(max_size=64, default_concurrency_limit=1, api_open=False)
 
 

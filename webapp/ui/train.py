@@ -13,10 +13,12 @@ from webapp import train as tr
 from webapp.errors import friendly
 
 RUN_EVENT = dict(concurrency_id="train", concurrency_limit=1, preprocess=False)   # Start, Resume
-# Stop and the status polls never wait behind work: the page calls them outside the queue (queue=False: a plain
-# request that no queued job delays and a full queue cannot refuse), and a script (gradio_client, which always
-# queues) gets slots of their own with no limit. The estimate and the shares (GGUF, Hub) have slots of their own.
-STOP_EVENT = dict(concurrency_id="stop", concurrency_limit=None, queue=False, preprocess=False)
+# Stop and the status polls never wait behind work. Stop has a slot of its own with no limit (queued: Gradio 6's
+# page shows no error of an event outside the queue, and Stop's refusals are sentences to read); the polls run
+# outside the queue in the page (queue=False: a plain request that no queued job delays and a full queue cannot
+# refuse) and in a slot of their own for a script (gradio_client always queues). The estimate and the shares
+# (GGUF, Hub) have slots of their own too.
+STOP_EVENT = dict(concurrency_id="stop", concurrency_limit=None, preprocess=False)
 MONITOR_EVENT = dict(concurrency_id="monitor", concurrency_limit=None, queue=False, preprocess=False)
 ESTIMATE_EVENT = dict(concurrency_id="estimate", concurrency_limit=1, preprocess=False)
 SHARE_EVENT = dict(concurrency_id="share", concurrency_limit=1, preprocess=False)
