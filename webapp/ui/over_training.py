@@ -2,7 +2,8 @@
 
 Pick a run (the one the loaded model comes from is chosen for you) and a step: "Look inside at this step"
 loads that snapshot in the model bar, so every Explore view (the walk-through, attention, the logit lens,
-the next token) shows the model as it was then. The table below runs every snapshot on the Explore prompt:
+the next token) shows the model as it was then. The table below runs the run's snapshots (at most
+webapp.learning.MAX_SNAPSHOTS, spread over it, loaded once through the model cache) on the Explore prompt:
 the loss of each of its tokens, step by step, and the head that learned to copy names. The Train tab's
 "Explore this run" opens here on the run's latest snapshot. app.py connects the step to the model bar.
 """
