@@ -21,22 +21,15 @@ from webapp.guard import use_persistent_storage  # noqa: E402
 PERSISTENT = use_persistent_storage()
 
 import gradio as gr  # noqa: E402
-from starlette.middleware import Middleware  # noqa: E402
 
-from gemma3 import engine  # noqa: E402
-from gemma3.cpu import keep_freed_memory  # noqa: E402
-from webapp import explore as ex  # noqa: E402
-from webapp import generation as gen  # noqa: E402
-from webapp import models  # noqa: E402
-from webapp import train as tr  # noqa: E402
+from gemma3 import cpu, engine  # noqa: E402
+from webapp import explore as ex, generation as gen, guard, models, train as tr  # noqa: E402
 from webapp.errors import friendly, guard_inputs, port_problem  # noqa: E402
-from webapp import guard  # noqa: E402
 from webapp.inputs import UserError  # noqa: E402
 from webapp.learning import Learning  # noqa: E402
 from webapp.ui import about, explore, generate, model_bar, page, train  # noqa: E402
 
 ROOT = models.ROOT
-DEMO_MODEL = str(models.DEMO_MODEL)
 RUNS_DIR = os.environ.get("GEMMA3_RUNS_DIR", str(ROOT / "runs"))
 DATA_DIR = os.environ.get("GEMMA3_DATA_DIR", str(ROOT / "data"))
 TITLE = "Gemma 3 TinyStories"
@@ -44,9 +37,8 @@ HEADER = "# Gemma 3 TinyStories\nA from-scratch Gemma 3: write stories, look ins
 LAUNCH = dict(theme=page.THEME, css=page.CSS, js=page.JS)  # Gradio 6: theme, css and js are arguments of launch()
 MAX_FILE_SIZE = f"{tr.MAX_UPLOAD_MB}mb"   # an upload, refused while it streams in beyond this (and by train.py after)
 DELETE_CACHE = (1800, 3600)   # every half hour, Gradio deletes uploads and downloads (GGUF) older than an hour
-# At most 64 requests wait; an event without a slot of its own runs one at a time. api_open=False: a queued event
-# is reached only through the queue (off a Space Gradio would also answer it directly, past every concurrency
-# limit); the events that skip the queue (the status polls: webapp.ui.train.MONITOR_EVENT) stay direct.
+# At most 64 requests wait; an event without a slot of its own runs one at a time. api_open=False: a queued event is
+# reached only through the queue, never directly past its limit (the status polls skip the queue: train.MONITOR_EVENT)
 QUEUE = dict(max_size=64, default_concurrency_limit=1, api_open=False)
 
 
@@ -185,12 +177,11 @@ def main(argv=None):
                         help="where prepared training data is written (default: $GEMMA3_DATA_DIR, else data/ in the "
                              "persistent folder or the repository)")
     args = parser.parse_args(argv)
-    busy = port_problem(args.host, args.port)   # before a minute of loading, not after
-    if busy:
+    if busy := port_problem(args.host, args.port):   # before a minute of loading, not after
         parser.exit(2, f"error: {busy}\n")
     guard.set_exposure(args.host, args.share)   # before build(): who may do the owner's actions depends on it
     print(guard.mode(), flush=True)
-    keep_freed_memory()  # faster long prompts and explain passes on a CPU (gemma3/cpu.py)
+    cpu.keep_freed_memory()  # faster long prompts and explain passes on a CPU (gemma3/cpu.py)
     engine.available()  # build the CPU kernels now (about 15 s, once per machine), not mid-story
     try:
         cache = models.ModelCache.from_default(args.model)
@@ -200,7 +191,7 @@ def main(argv=None):
     try:
         demo.queue(**QUEUE).launch(
             server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_FILE_SIZE,
-            auth=guard.password_login(), app_kwargs={"middleware": [Middleware(guard.UploadGuard)]}, **LAUNCH)
+            auth=guard.password_login(), app_kwargs={"middleware": guard.middleware()}, **LAUNCH)
     except OSError as e:   # the port was taken while the model loaded
         parser.exit(2, f"error: {port_problem(args.host, args.port) or e}\n")
 

@@ -15,7 +15,6 @@ from types import SimpleNamespace
 import gradio as gr
 import httpx
 import pytest
-from starlette.middleware import Middleware
 
 import app
 from conftest import poll, serve
@@ -141,7 +140,7 @@ def launched_as(host: str, **env):
 def started(folders, host: str, **env):
     """The app started with those settings, served until the module ends."""
     with launched_as(host, **env):
-        yield from serve(build(folders), folders / "runs", app_kwargs={"middleware": [Middleware(guard.UploadGuard)]})
+        yield from serve(build(folders), folders / "runs", app_kwargs={"middleware": guard.middleware()})
 
 
 @pytest.fixture(scope="module")

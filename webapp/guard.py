@@ -213,6 +213,13 @@ class UploadGuard:
         await self.app(scope, receive, send)
 
 
+def middleware() -> list:
+    """UploadGuard as launch(app_kwargs={"middleware": ...}) takes it."""
+    from starlette.middleware import Middleware
+
+    return [Middleware(UploadGuard)]
+
+
 def session_user(scope) -> str | None:
     """The Hugging Face username signed in on this request (Gradio's OAuth session), if any and not expired."""
     import time

@@ -89,6 +89,7 @@ def build(trainer: tr.Trainer) -> Train:
     train = Train(trainer, c, permission, duplicate)
     _wire_settings(c)
     _wire_runs(train)
+    _wire_share(train)
     _wire_monitor(train)
     return train
 
@@ -201,7 +202,7 @@ def _wire_settings(c: dict):
 
 
 def _wire_runs(t: Train):
-    """Start, Stop and Resume: the owner's alone on a Space (guard.check_training)."""
+    """Start, Stop, Resume and the estimate: the owner's alone (guard.check_training)."""
     trainer, c = t.trainer, t.c
 
     @friendly
@@ -245,6 +246,17 @@ def _wire_runs(t: Train):
 
     c["estimate_btn"].click(train_estimate, [c[k] for k in SETTINGS[4:]], c["estimate_md"], api_name="train_estimate",
                             **ESTIMATE_EVENT)
+    run_dd, status_md, runs_df = c["run_dd"], c["status_md"], c["runs_df"]
+    c["start_btn"].click(train_start, [c[k] for k in SETTINGS], [run_dd, status_md, runs_df], api_name="train_start",
+                         **RUN_EVENT)
+    c["stop_btn"].click(train_stop, [run_dd], [status_md, runs_df], api_name="train_stop", **STOP_EVENT)
+    c["resume_btn"].click(train_resume, [run_dd, c["max_steps"]], [run_dd, status_md, runs_df],
+                          api_name="train_resume", **RUN_EVENT)
+
+
+def _wire_share(t: Train):
+    """Download a run as GGUF, push it to the Hub, and say before the click what a push writes: the owner's."""
+    trainer, c = t.trainer, t.c
 
     @friendly
     def train_gguf(run, dtype, profile: gr.OAuthProfile | None = None, request: gr.Request = None,
@@ -277,12 +289,6 @@ def _wire_runs(t: Train):
     gr.on([c["run_dd"].change, c["repo"].change, c["private"].change], push_plan,
           [c["run_dd"], c["repo"], c["private"]], c["push_plan"], api_visibility="private", queue=False,
           preprocess=False)
-    run_dd, status_md, runs_df = c["run_dd"], c["status_md"], c["runs_df"]
-    c["start_btn"].click(train_start, [c[k] for k in SETTINGS], [run_dd, status_md, runs_df], api_name="train_start",
-                         **RUN_EVENT)
-    c["stop_btn"].click(train_stop, [run_dd], [status_md, runs_df], api_name="train_stop", **STOP_EVENT)
-    c["resume_btn"].click(train_resume, [run_dd, c["max_steps"]], [run_dd, status_md, runs_df],
-                          api_name="train_resume", **RUN_EVENT)
 
 
 def _wire_monitor(t: Train):
