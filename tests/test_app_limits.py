@@ -162,6 +162,26 @@ def test_uploads_over_the_cap_are_refused_before_they_are_read(demo, tmp_path):
     assert time.monotonic() - t0 < 1
 
 
+def test_an_upload_over_the_cap_is_refused_as_it_streams_and_uploads_are_cleaned(tmp, monkeypatch):
+    """Issue 22 item 4: Gradio's upload route, set up as app.main sets it up (max_file_size, the Blocks'
+    delete_cache), refuses a file over the cap with 413 and deletes the files it stored once they are older
+    than the cache's age (here shortened from DELETE_CACHE's hour to a second)."""
+    import httpx
+
+    assert app.MAX_FILE_SIZE == f"{tr.MAX_UPLOAD_MB}mb" and app.DELETE_CACHE == (1800, 3600)
+    monkeypatch.setattr(app, "DELETE_CACHE", (1, 1))
+    demo = app.build(runs_dir=tmp / "runs", data_dir=tmp / "data-uploads")
+    for served in serve(demo, tmp / "runs", max_file_size="1kb"):
+        url = served.local_url + "gradio_api/upload"
+        big = httpx.post(url, files={"files": ("big.txt", b"x" * 2048, "text/plain")}, timeout=30)
+        assert big.status_code == 413
+        small = httpx.post(url, files={"files": ("stories.txt", b"Tom had a ball.\n", "text/plain")}, timeout=30)
+        assert small.status_code == 200
+        stored = Path(small.json()[0])
+        assert stored.is_file()
+        poll(lambda: not stored.exists(), 15, what="Gradio's cache to delete the uploaded file")
+
+
 # ---- item 9: names, never server paths ------------------------------------------------------------------
 
 def test_the_page_and_the_picker_show_no_server_path(demo, tmp):
