@@ -112,18 +112,18 @@ def connect(demo: gr.Blocks, bar: model_bar.ModelBar, explore_tab: explore.Explo
 
 
 def link_story(generate_tab: generate.Generate, explore_tab: explore.Explore, tabs: gr.Tabs):
-    """A click on a token of a finished story opens Explore on the text before it, on its Next token view (where
-    the token the model chose stands among the ones it could have), and looks inside."""
-    sub_tabs = explore_tab.views["next"].parent
+    """A click on a token of a finished story opens Explore on the text before it, on its Next token view at the
+    story's sampling settings, with the token the story drew there marked, and looks inside."""
+    sub_tabs, c = explore_tab.views["next"].parent, explore_tab.controls
 
     @friendly
     def open_in_explore(story: dict, evt: gr.SelectData):
-        return gr.Tabs(selected="explore"), gen.text_before(story, evt.index), gr.Tabs(selected="next")
+        before, token, sampling = gen.clicked_token(story, evt.index)
+        return gr.Tabs(selected="explore"), before, gr.Tabs(selected="next"), token, *sampling
 
-    fn, inputs, outputs = explore_tab.look_all
-    generate_tab.story.select(open_in_explore, [generate_tab.pieces], [tabs, explore_tab.prompt, sub_tabs],
-                              api_visibility="private").success(fn, inputs, outputs, api_visibility="private",
-                                                                **explore.EVENT)
+    targets = [tabs, explore_tab.prompt, sub_tabs, c["story"], c["temperature"], c["top_k"], c["top_p"], c["penalty"]]
+    generate_tab.story.select(open_in_explore, [generate_tab.pieces], targets, api_visibility="private").success(
+        *explore_tab.look_all, api_visibility="private", **explore.EVENT)
 
 
 def link_training(bar: model_bar.ModelBar, explore_tab: explore.Explore, train_tab: train.Train, tabs: gr.Tabs):

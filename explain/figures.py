@@ -301,39 +301,65 @@ def activation_figure(record: Record) -> go.Figure:
 
 
 # ---- next token ----------------------------------------------------------------------------------
-def sampling_probs(logits: torch.Tensor, temperature: float, top_k: int | None = None) -> torch.Tensor:
-    """The distribution gemma3.generate.next_token samples from (no repetition penalty, no top-p)."""
+def sampling_probs(logits: torch.Tensor, temperature: float, top_k: int | None = None, top_p: float | None = None,
+                   repetition_penalty: float = 1.0, seen=None) -> torch.Tensor:
+    """The distribution gemma3.generate.next_token samples from; the repetition penalty applies to the token ids
+    `seen` (the text so far)."""
     logits = logits.float()
+    if repetition_penalty != 1.0 and seen is not None and len(seen):
+        seen = torch.as_tensor(sorted(set(seen)), device=logits.device)
+        picked = logits[..., seen]
+        big = torch.finfo(logits.dtype).max
+        logits = logits.index_put((seen,), torch.where(picked > 0, picked / repetition_penalty,
+                                                       picked * repetition_penalty).clamp(-big, big))
     if temperature < GREEDY_BELOW:
         return torch.zeros_like(logits).scatter(-1, logits.argmax(-1, keepdim=True), 1.0)
     logits = (logits - logits.amax(-1, keepdim=True)) / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        p = sorted_logits.softmax(dim=-1)
+        drop = torch.zeros_like(p, dtype=torch.bool).scatter(-1, order, (p.cumsum(-1) - p) >= top_p)
+        logits = logits.masked_fill(drop, float("-inf"))
     return logits.softmax(dim=-1)
 
 
+SAMPLED = "#059669"   # emerald-600: the token a story drew
+
+
 def next_token_figure(record: Record, temperature: float = 1.0, top_k: int | None = None,
-                      n: int = NEXT_TOKENS) -> go.Figure:
+                      n: int = NEXT_TOKENS, *, top_p: float | None = None, repetition_penalty: float = 1.0,
+                      sampled: tuple[int, str] | None = None) -> go.Figure:
     """The most likely next tokens after the prompt, with the probabilities sampling would use.
 
     The probability axis is logarithmic: temperature divides the log-probabilities, so on this scale it visibly
     tilts the bars (flatter when hot, steeper when cold) even where one token dominates; each bar is labelled with
-    its probability in percent. Tokens that top-k or greedy sampling rule out have probability 0 and no bar.
+    its probability in percent. Tokens that top-k, top-p or greedy sampling rule out have probability 0 and no bar.
+    The repetition penalty applies to the prompt's tokens. `sampled`: the token id a story actually drew here, drawn
+    in its own colour (added after the others when it is not among them): (token id, its text).
     """
-    check_settings(1, temperature, top_k, None, 1.0)
+    check_settings(1, temperature, top_k, top_p, repetition_penalty)
     if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= len(record.next_ids):
         raise ValueError(f"n must be a whole number from 1 to {len(record.next_ids)}, not {n!r}.")
     logits = record.logits[-1]
-    p = sampling_probs(logits, temperature, top_k)
+    p = sampling_probs(logits, temperature, top_k, top_p, repetition_penalty, record.tokens)
     base = logits.float().softmax(-1)
-    ids = record.next_ids[:n]
-    x = [f"{r + 1}. {_html(record.token_text[i])}" for r, i in enumerate(ids)]
+    ids, names = record.next_ids[:n], dict(record.token_text)
+    if sampled is not None:
+        names[sampled[0]] = sampled[1]
+        sampled = sampled[0]
+        ids = ids if sampled in ids else [*ids, sampled]
+        rank = int((base > base[sampled]).sum())
+    x = [f"{(rank if i == sampled else r) + 1}. {_html(names[i])}" for r, i in enumerate(ids)]
     shown = _f32(p[ids])
     setting = f"temperature {temperature:g}" + (" (greedy)" if temperature < GREEDY_BELOW else "") \
-        + f", top-k {top_k if top_k is not None else 'off'}"
+        + f", top-k {top_k if top_k is not None else 'off'}" \
+        + (f", top-p {top_p:g}" if top_p is not None else "") \
+        + (f", repetition penalty {repetition_penalty:g}" if repetition_penalty != 1.0 else "")
     fig = go.Figure()
-    fig.add_trace(go.Bar(x=x, y=shown, name=setting, marker_color=SLIDING,
+    fig.add_trace(go.Bar(x=x, y=shown, name=setting, marker_color=[SAMPLED if i == sampled else SLIDING for i in ids],
                          text=[_percent(v) if v > 0 else "ruled out" for v in shown], textposition="outside",
                          cliponaxis=False, textfont=dict(size=10),
                          customdata=ids, hovertemplate="%{x} (id %{customdata}): p = %{y:.4g}<extra></extra>"))
@@ -343,9 +369,15 @@ def next_token_figure(record: Record, temperature: float = 1.0, top_k: int | Non
     after = _html(record.token_text[record.tokens[-1]])
     floor = max(float(min(v for v in np.concatenate([shown, _f32(base[ids])]) if v > 0)), 1e-12)
     low = math.floor(math.log10(floor)) - 0.3
+    detail = f"{setting}: the {n} shown hold {float(p[ids[:n]].sum()):.1%} of the probability"
+    if sampled is not None:
+        s = ids.index(sampled)
+        detail = (f"the story drew {x[s].split('. ', 1)[1]} (rank {rank + 1}, "
+                  f"p = {_percent(float(p[sampled]))} at {setting})")
+        fig.add_annotation(x=x[s], y=math.log10(max(float(shown[s]), 10.0 ** low)), text="sampled",
+                           showarrow=True, arrowhead=2, ay=-40, font=dict(color=SAMPLED), yref="y")
     fig.update_layout(
-        title=_title(f"Next token after “…{after}”",
-                     f"{setting}: the {n} shown hold {float(p[ids].sum()):.1%} of the probability"),
+        title=_title(f"Next token after “…{after}”", detail),
         xaxis=dict(title="candidate next token (most likely first)", type="category", tickangle=-45),
         yaxis=dict(title="probability (log scale)", type="log", range=[low, 0.25],
                    tickvals=[10.0 ** e for e in range(math.floor(low), 1)],

@@ -23,7 +23,9 @@ CACHE_BYTES = 800_000_000  # and at most this much of them (the newest always st
                            # stage of the pass, explain.record_bytes (270m, 256 tokens: 374 MB in fp32, 196 in bf16)
 MAX_MASK_LEN = 8192
 NEXT_TEMPERATURE = (0.0, 2.0, 1.0)
-NEXT_TOP_K = (0, 200, 0)
+NEXT_TOP_K = (0, 500, 0)          # the ranges of Generate's settings (webapp.generation), so a story's fit
+NEXT_TOP_P = (0.05, 1.0, 1.0)     # 1 = off
+NEXT_REPETITION_PENALTY = (0.5, 2.0, 1.0)
 # The default prompt: 67 tokens, past the bundled demo model's 64-token window (so a sliding layer's attention
 # visibly stops at it), ending where the next token is open: measured on assets/demo-model, the top 5 after it are
 # " toy" 23%, " t" 18%, " k" 14%, " hat" 9%, " doll" 9% (not one token at 100%).
@@ -77,7 +79,7 @@ class Explorer:
 
     # ---- recording ----
     def record(self, prompt, source=None):
-        prompt = text(prompt, "The Explore prompt", hint="type a sentence for the model to read")
+        prompt = checked_prompt(prompt)
         loaded = self.cache.get(source)
         key = (loaded.version, prompt)   # a version per load: a reloaded source is recorded again
         hit = self._get(key)
@@ -138,11 +140,20 @@ class Explorer:
         rec = self.record(prompt, source)
         return explain.activation_figure(rec), rec.notice
 
-    def next_token(self, prompt, temperature, top_k, source=None):
+    def next_token(self, prompt, temperature, top_k, top_p=1.0, repetition_penalty=1.0, story=None, source=None):
+        """The next-token view; `story` ({"prompt", "id"}, from a click on a story's token): when it is this prompt,
+        the token the story drew there is marked."""
         rec = self.record(prompt, source)
         t = number(temperature, "Temperature", *NEXT_TEMPERATURE[:2])
         k = number(top_k if top_k is not None else 0, "Top-k", *NEXT_TOP_K[:2], integer=True)
-        return explain.next_token_figure(rec, t, k or None), rec.notice
+        p = number(top_p if top_p is not None else 1.0, "Top-p", *NEXT_TOP_P[:2])
+        r = number(repetition_penalty if repetition_penalty is not None else 1.0, "Repetition penalty",
+                   *NEXT_REPETITION_PENALTY[:2])
+        sampled = None
+        if isinstance(story, dict) and story.get("prompt") == prompt:
+            sampled = (story["id"], explain.hooks.show_token(self.cache.get(source).tokenizer.decode([story["id"]])))
+        return explain.next_token_figure(rec, t, k or None, top_p=p if p < 1 else None, repetition_penalty=r,
+                                         sampled=sampled), rec.notice
 
     def logit_lens(self, prompt, source=None):
         rec = self.record(prompt, source)
@@ -192,6 +203,20 @@ class Explorer:
         with loaded.reading():   # the views read the model's weights, RoPE and final norm
             fig, words = gv.gemma3_view(topic, rec, loaded.model, layer, head)
         return fig, words, rec.notice, layer, rec.layers, heads
+
+
+def checked_prompt(prompt) -> str:
+    return text(prompt, "The Explore prompt", hint="type a sentence for the model to read")
+
+
+def prompt_ok(prompt) -> bool:
+    """Whether Explore takes `prompt`. "Look inside" says what is wrong with one it refuses, once: the other views
+    it redraws check this and keep what they show, silently."""
+    try:
+        checked_prompt(prompt)
+    except UserError:
+        return False
+    return True
 
 
 def default_mask_len(info) -> int:

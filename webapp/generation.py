@@ -97,11 +97,12 @@ EMPTY_STORY = '<div class="story-view story-empty">Your story appears here: the 
 
 
 @torch.inference_mode()
-def token_pieces(loaded, stats: dict) -> list[tuple[str, float]]:
+def token_pieces(loaded, stats: dict, ids: bool = False) -> list[tuple]:
     """(text, probability) of every new token of the generation `stats` describes (gemma3.stream's ids), from
     one forward pass over prompt + story on the model itself: the probability the model gave that token at
     temperature 1, before any sampling setting. Tokens that only together make whole characters are one piece
-    (their probabilities multiplied); the pieces join to the continuation exactly."""
+    (their probabilities multiplied); the pieces join to the continuation exactly. With `ids`, each piece is
+    (text, probability, the id of its first token)."""
     ids, new = list(stats.get("ids") or []), list(stats.get("new_ids") or [])
     if not new:
         return []
@@ -117,7 +118,8 @@ def token_pieces(loaded, stats: dict) -> list[tuple[str, float]]:
         if text.endswith("\ufffd") and i + 1 < len(new):
             continue   # an incomplete character: its bytes continue in the next token
         text = text.rstrip("\ufffd")
-        pieces.append((text[len(before):], math.prod(probs[start: i + 1])))
+        piece = (text[len(before):], math.prod(probs[start: i + 1]))
+        pieces.append((*piece, new[start]) if ids else piece)
         before, start = text, i + 1
     return pieces
 
@@ -136,7 +138,7 @@ def story_html(prompt: str, continuation: str, pieces: list[tuple[str, float]] |
     else:
         body = "".join(f'<span class="tok" data-i="{i}" style="background:{probability_color(p)}" '
                        f'title="p = {p:.1%}: click to look inside at this point">{html.escape(t)}</span>'
-                       for i, (t, p) in enumerate(pieces))
+                       for i, (t, p, *_) in enumerate(pieces))
     legend = ('<div class="story-legend">Each new token is coloured by the probability the model gave it '
               '(temperature 1): <span style="background:hsl(0,85%,82%)">unlikely</span> '
               '<span style="background:hsl(60,85%,82%)">so-so</span> '
@@ -164,3 +166,17 @@ def text_before(story: dict, index) -> str:
     if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(pieces):
         raise ValueError("That token is not part of the last story; generate one and click one of its tokens.")
     return story["prompt"] + "".join(pieces[:index])
+
+
+def story_state(s: Settings, pieces: list[tuple]) -> dict:
+    """What a click on a finished story's token needs (token_pieces(..., ids=True)'s `pieces`): the text, the pieces,
+    the id each piece starts with, and the sampling settings it was drawn with."""
+    return {"prompt": s.prompt, "pieces": [t for t, *_ in pieces], "ids": [i for *_, i in pieces],
+            "sampling": [s.temperature, s.top_k or 0, s.top_p or 1.0, s.repetition_penalty]}
+
+
+def clicked_token(story: dict, index) -> tuple[str, dict, list]:
+    """(text before it, {"prompt", "id"} of the token drawn there, the story's [temperature, top-k, top-p,
+    repetition penalty]) for a click on piece `index` of a story_state."""
+    before = text_before(story, index)
+    return before, {"prompt": before, "id": story["ids"][index]}, story["sampling"]

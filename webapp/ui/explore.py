@@ -40,7 +40,7 @@ class Explore:
     look: gr.Button
     views: dict          # tab id -> its gr.Tab
     plots: dict          # tab id -> its gr.Plot
-    controls: dict       # seq, layer, head, temperature, top_k
+    controls: dict       # seq, layer, head, temperature, top_k, top_p, penalty, story (the clicked story token)
     look_all: tuple = ()  # (function, inputs, outputs) of "Look inside": other tabs chain it (Generate's tokens)
     over: object = None   # the "Over training" sub-tab (webapp/ui/over_training.py), when built
 
@@ -75,7 +75,13 @@ def _next_token_controls(info) -> dict:
         temperature = gr.Slider(lo, hi, value=d, step=0.05, label="Temperature (0 = greedy)")
         lo, hi, d = ex.NEXT_TOP_K
         top_k = gr.Slider(lo, hi, value=d, step=1, label="Top-k (0 = off)")
-    return {"temperature": temperature, "top_k": top_k}
+        lo, hi, d = ex.NEXT_TOP_P
+        top_p = gr.Slider(lo, hi, value=d, step=0.05, label="Top-p (1 = off)")
+        lo, hi, d = ex.NEXT_REPETITION_PENALTY
+        penalty = gr.Slider(lo, hi, value=d, step=0.05, label="Repetition penalty (1 = off)")
+    # {"prompt", "id"}: the text before a clicked story token and the token the story drew there (app.link_story)
+    story = gr.State(None)
+    return {"temperature": temperature, "top_k": top_k, "top_p": top_p, "penalty": penalty, "story": story}
 
 
 CONTROLS = {"mask": _mask_controls, "attention": _attention_controls, "next": _next_token_controls}
@@ -131,6 +137,7 @@ def handler(name: str, method):
 
 def _wire(e: Explore, choice: gr.State):
     x, c, v, prompt = e.explorer, e.controls, e.views, e.prompt
+    sampling = [c["temperature"], c["top_k"], c["top_p"], c["penalty"]]
     figures = (  # API name, Explorer method, its inputs, its plot, what redraws it
         ("explore_mask", x.mask, [c["seq"]], "mask", [e.tab.select, v["mask"].select, c["seq"].release]),
         ("explore_rope", x.rope, None, "rope", [v["rope"].select]),
@@ -138,26 +145,27 @@ def _wire(e: Explore, choice: gr.State):
         ("explore_attention", x.attention, [prompt, c["layer"], c["head"]], "attention",
          [v["attention"].select, c["layer"].release, c["head"].input]),
         ("explore_activations", x.activations, [prompt], "activations", [v["activations"].select]),
-        ("explore_next_token", x.next_token, [prompt, c["temperature"], c["top_k"]], "next",
-         [v["next"].select, c["temperature"].release, c["top_k"].release]),
+        ("explore_next_token", x.next_token, [prompt, *sampling, c["story"]], "next",
+         [v["next"].select, *(s.release for s in sampling)]),
         ("explore_logit_lens", x.logit_lens, [prompt], "lens", [v["lens"].select]),
     )
     for name, method, inputs, plot, triggers in figures:
         gr.on(triggers, handler(name, method), [*(inputs or []), choice], e.plots[plot], api_name=name, **EVENT)
 
     @friendly
-    def explore_all(prompt, layer, head, temperature, top_k, source=None):
+    def explore_all(prompt, layer, head, temperature, top_k, top_p, penalty, story, source=None):
         """The four prompt figures; a prompt the visitor can fix (e.g. empty) keeps the figures shown and says
         why in a warning, rather than turning every plot into an error box."""
         try:
             figs = (x.attention(prompt, layer, head, source), x.activations(prompt, source),
-                    x.next_token(prompt, temperature, top_k, source), x.logit_lens(prompt, source))
+                    x.next_token(prompt, temperature, top_k, top_p, penalty, story, source),
+                    x.logit_lens(prompt, source))
         except USER_ERRORS as err:
             gr.Warning(public(str(err)))
             return (gr.skip(),) * 4
         return tuple(shown(f) if i == 0 else f[0] for i, f in enumerate(figs))
 
-    inputs = [prompt, c["layer"], c["head"], c["temperature"], c["top_k"], choice]
+    inputs = [prompt, c["layer"], c["head"], *sampling, c["story"], choice]
     outputs = [e.plots[k] for k in ("attention", "activations", "next", "lens")]
     gr.on([e.look.click, prompt.submit], explore_all, inputs, outputs, api_visibility="private", **EVENT)
     e.look_all = (explore_all, inputs, outputs)

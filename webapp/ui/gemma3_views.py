@@ -59,6 +59,12 @@ def _wire(v: Gemma3Views, explorer: ex.Explorer, prompt: gr.Textbox, look: gr.Bu
                 gr.update(choices=heads_shown, value=str(head) if str(head) in heads_shown else "0",
                           visible="head" in uses))
 
-    triggers = [v.tab.select, v.topic.change, v.layer.release, v.head.input, look.click, prompt.submit]
-    gr.on(triggers, explore_gemma3, [prompt, v.topic, v.layer, v.head, choice], [v.text, v.plot, v.layer, v.head],
+    def new_prompt(prompt, *args):
+        if not ex.prompt_ok(prompt):   # "Look inside" says why, once
+            return (gr.skip(),) * 4
+        return explore_gemma3(prompt, *args)
+
+    inputs, outputs = [prompt, v.topic, v.layer, v.head, choice], [v.text, v.plot, v.layer, v.head]
+    gr.on([v.tab.select, v.topic.change, v.layer.release, v.head.input], explore_gemma3, inputs, outputs,
           api_name="explore_gemma3", **EVENT)
+    gr.on([look.click, prompt.submit], new_prompt, inputs, outputs, api_visibility="private", **EVENT)

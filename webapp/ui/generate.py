@@ -37,7 +37,7 @@ class Generate:
     stop: gr.Button
     story: gr.HTML        # the prompt and the story (webapp.generation.story_html)
     info: gr.Markdown
-    pieces: gr.State      # {"prompt", "pieces"}: the last finished story's tokens, for a click on one
+    pieces: gr.State      # the last finished story's tokens and settings (generation.story_state), for a click
 
 
 def build(cache: models.ModelCache, choice: gr.State) -> Generate:
@@ -74,9 +74,8 @@ def _wire(tab: Generate, cache: models.ModelCache, choice: gr.State):
         for i, text in enumerate(gen.stream(loaded, s, stats)):
             # the notice only once: a piece still in flight when Stop is pressed must not overwrite "Stopped"
             yield gen.story_html(s.prompt, text), "*generating…*" if i == 0 else gr.skip(), gr.skip()
-        pieces = gen.token_pieces(loaded, stats)
-        yield (gen.story_html(s.prompt, text, pieces), gen.summary(stats),
-               {"prompt": s.prompt, "pieces": [t for t, _ in pieces]})
+        pieces = gen.token_pieces(loaded, stats, ids=True)
+        yield gen.story_html(s.prompt, text, pieces), gen.summary(stats), gen.story_state(s, pieces)
 
     def stopped(shown):
         n = len(gen.continuation_text(shown)) if isinstance(shown, str) else 0

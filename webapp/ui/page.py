@@ -21,8 +21,9 @@ CSS = """
 .tab-container.visually-hidden button { padding: 0 !important; font-size: 1px !important; min-width: 0 !important; }
 .tab-wrapper { height: auto !important; }
 .tab-container[role=tablist] { flex-wrap: wrap !important; height: auto !important; row-gap: 2px; }
-/* a figure whose redraw failed stays as it was (the toast says why) instead of an "Error" box over it */
-.block:has(.js-plotly-plot) [data-testid=status-tracker]:has(> .error) { display: none !important; }
+/* an error is said once, in its toast: no "Error" box over the event's outputs (it would hide them, the model
+   picker included, until their next update); a figure whose redraw failed stays as it was */
+[data-testid=status-tracker]:has(> .error) { display: none !important; }
 /* at phone width a figure keeps a readable width and scrolls sideways instead of shrinking to slivers */
 @media (max-width: 760px) {
   .explore-plot { overflow-x: auto !important; }
@@ -45,5 +46,10 @@ JS = """
   });
   new MutationObserver(watch).observe(document.body, {childList: true, subtree: true});
   watch();
+  // the toasts speak of the last action: the next one (a button, a tab, a story token) clears them
+  document.addEventListener('click', (ev) => {
+    if (!ev.target.closest('button, [data-i]') || ev.target.closest('.toast-wrap')) return;
+    document.querySelectorAll('.toast-wrap [data-testid=toast-close]').forEach((b) => b.click());
+  }, true);
 }
 """

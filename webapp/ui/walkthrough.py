@@ -84,6 +84,8 @@ def _wire(w: Walkthrough, explorer: ex.Explorer, prompt, choice, redraw_on: list
 
     @friendly
     def walk_new_prompt(prompt, stage, layer, source=None):
+        if not ex.prompt_ok(prompt):   # "Look inside" says why, once
+            return (gr.skip(),) * len(w.outputs)
         return shown(explorer.walk(prompt, stage, layer, -1, source, clamp=True))
 
     @friendly
