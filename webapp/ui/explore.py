@@ -72,7 +72,8 @@ def _attention_controls(info) -> dict:
 def _next_token_controls(info) -> dict:
     with gr.Row():
         lo, hi, d = ex.NEXT_TEMPERATURE
-        temperature = gr.Slider(lo, hi, value=d, step=0.05, label="Temperature (0 = greedy)")
+        temperature = gr.Slider(lo, hi, value=d, step=0.05, label="Temperature (0 = greedy)",
+                                elem_id="next-temperature")
         lo, hi, d = ex.NEXT_TOP_K
         top_k = gr.Slider(lo, hi, value=d, step=1, label="Top-k (0 = off)")
         lo, hi, d = ex.NEXT_TOP_P

@@ -23,7 +23,7 @@ ON_CLICK = ("element.addEventListener('click', (ev) => { const t = ev.target.clo
 SLIDERS = (  # (low, high, default) from webapp.generation, step, label, elem_id
     (gen.MAX_NEW_TOKENS, 1, "Max new tokens", "max-new"),
     (gen.TEMPERATURE, 0.05, "Temperature (0 = greedy)", None),
-    (gen.TOP_K, 1, "Top-k (0 = off)", None),
+    (gen.TOP_K, 1, "Top-k (0 = off)", "gen-top-k"),
     (gen.TOP_P, 0.05, "Top-p (1 = off)", None),
     (gen.REPETITION_PENALTY, 0.05, "Repetition penalty (1 = off)", None),
 )
