@@ -97,11 +97,11 @@ EMPTY_STORY = '<div class="story-view story-empty">Your story appears here: the 
 
 
 @torch.inference_mode()
-def token_pieces(loaded, stats: dict, ids: bool = False) -> list[tuple]:
+def token_pieces(loaded, stats: dict, with_ids: bool = False) -> list[tuple]:
     """(text, probability) of every new token of the generation `stats` describes (gemma3.stream's ids), from
     one forward pass over prompt + story on the model itself: the probability the model gave that token at
     temperature 1, before any sampling setting. Tokens that only together make whole characters are one piece
-    (their probabilities multiplied); the pieces join to the continuation exactly. With `ids`, each piece is
+    (their probabilities multiplied); the pieces join to the continuation exactly. With `with_ids`, each piece is
     (text, probability, the id of its first token)."""
     ids, new = list(stats.get("ids") or []), list(stats.get("new_ids") or [])
     if not new:
@@ -119,7 +119,7 @@ def token_pieces(loaded, stats: dict, ids: bool = False) -> list[tuple]:
             continue   # an incomplete character: its bytes continue in the next token
         text = text.rstrip("\ufffd")
         piece = (text[len(before):], math.prod(probs[start: i + 1]))
-        pieces.append((*piece, new[start]) if ids else piece)
+        pieces.append((*piece, new[start]) if with_ids else piece)
         before, start = text, i + 1
     return pieces
 
@@ -169,8 +169,8 @@ def text_before(story: dict, index) -> str:
 
 
 def story_state(s: Settings, pieces: list[tuple]) -> dict:
-    """What a click on a finished story's token needs (token_pieces(..., ids=True)'s `pieces`): the text, the pieces,
-    the id each piece starts with, and the sampling settings it was drawn with."""
+    """What a click on a finished story's token needs (`pieces`: token_pieces(..., with_ids=True)): the text, the
+    pieces, the id each piece starts with, and the sampling settings it was drawn with."""
     return {"prompt": s.prompt, "pieces": [t for t, *_ in pieces], "ids": [i for *_, i in pieces],
             "sampling": [s.temperature, s.top_k or 0, s.top_p or 1.0, s.repetition_penalty]}
 

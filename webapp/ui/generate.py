@@ -74,7 +74,7 @@ def _wire(tab: Generate, cache: models.ModelCache, choice: gr.State):
         for i, text in enumerate(gen.stream(loaded, s, stats)):
             # the notice only once: a piece still in flight when Stop is pressed must not overwrite "Stopped"
             yield gen.story_html(s.prompt, text), "*generating…*" if i == 0 else gr.skip(), gr.skip()
-        pieces = gen.token_pieces(loaded, stats, ids=True)
+        pieces = gen.token_pieces(loaded, stats, with_ids=True)
         yield gen.story_html(s.prompt, text, pieces), gen.summary(stats), gen.story_state(s, pieces)
 
     def stopped(shown):
