@@ -53,7 +53,9 @@ GUIDE = {
                   "temperature and top-k you choose (bars) and at temperature 1 (pink ticks). The scale is "
                   "logarithmic, because temperature divides the *log*-probabilities: below 1 the bars grow steeper "
                   "(the top token takes over; 0 always picks it), above 1 they level out and rarer words get a "
-                  "chance. Top-k keeps only the k best (the rest get no bar).",
+                  "chance. Top-k keeps only the k best, top-p the best that together reach p (the rest get no bar); the "
+                  "repetition penalty lowers the tokens already in the prompt. Opened from a story's token, the view "
+                  "uses the story's settings and marks in green the token the story drew.",
     "logit_lens": "Each cell runs the residual stream after a layer through the final norm and the unembedding, as if "
                   "the model stopped there: the text is the token it would predict, the colour how much probability it "
                   "already gives the model's final prediction (hover for its rank, and the true next token's). "
