@@ -11,6 +11,7 @@ import gradio as gr
 from webapp import guard
 from webapp import train as tr
 from webapp.errors import friendly
+from webapp.ui.model_bar import username
 
 RUN_EVENT = dict(concurrency_id="train", concurrency_limit=1, preprocess=False)   # Start, Resume
 # Stop and the status polls never wait behind work. Stop has a slot of its own with no limit (queued: Gradio 6's
@@ -25,11 +26,6 @@ SHARE_EVENT = dict(concurrency_id="share", concurrency_limit=1, preprocess=False
 SETTINGS = ("source_kind", "stories", "hub_id", "files", "preset", "max_steps", "batch_size", "grad_accum",
             "seq_len", "lr", "device", "gpus", "compile")   # the inputs of Start, in train_start's order
 GUARDED = ("start_btn", "stop_btn", "resume_btn", "estimate_btn", "gguf_btn", "push_btn")   # guard.check_training's
-
-
-def username(profile, request=None) -> str | None:
-    """Who this request is signed in as (guard.login): handlers take both of Gradio's injected arguments."""
-    return guard.login(request, profile)
 
 
 @dataclass(eq=False)
