@@ -1,4 +1,14 @@
-"""How the command lines show an error a user caused: one sentence on stderr, never a traceback."""
+"""How an error a user caused is shown: one sentence, never a traceback, never a server path."""
+
+import re
+
+# an absolute path of two parts or more, not inside a URL or a relative path
+ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/\\-])(?:/[^\s/'\"`,;:()\[\]{}<>|]+){2,}/?")
+
+
+def no_paths(text: str) -> str:
+    """`text` with every absolute path shown by its last part."""
+    return ABSOLUTE_PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1], text)
 
 
 def sentence(e: Exception) -> str:

@@ -7,7 +7,6 @@ steps, tokens, wall time, the final train and validation loss, and samples for f
 from __future__ import annotations
 
 import json
-import re
 import shlex
 from pathlib import Path
 
@@ -15,18 +14,13 @@ import torch
 
 import gemma3
 from gemma3.checkpoints import atomic_dir_write, write_model_files
+from gemma3.errors import no_paths
 
 from .config import TrainConfig
 from .trainer import checkpoints
 
 PROMPTS = ["Once upon a time", "Lily found a little red ball", "The dog was sad because",
            "One day, Tom and his mom", "Ben wanted to fly a kite"]
-ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/\\-])(?:/[^\s/'\"`,;:()\[\]{}<>|]+){2,}/?")
-
-
-def no_paths(text: str) -> str:
-    """`text` with every absolute path shown by its last part (a reason a run stopped may name a file)."""
-    return ABSOLUTE_PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1], text)
 
 
 def hub_dataset(meta: dict) -> str | None:

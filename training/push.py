@@ -26,8 +26,9 @@ from pathlib import Path
 
 import gemma3
 from gemma3.checkpoints import hub_reachable, write_model_files
+from gemma3.errors import no_paths
 
-from .card import _records, checkpoint_of, hub_dataset, model_and_card, no_paths, public_config
+from .card import _records, checkpoint_of, hub_dataset, model_and_card, public_config
 
 LICENSE = "mit"  # the project's licence (README.md's header); the weights are the run's own
 TAGS = ["gemma3", "tinystories", "text-generation"]

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from gemma3.errors import no_paths
 from training.data import DataError
 from training.runs import RunError
 
@@ -35,8 +36,6 @@ NOT_UTF8 = "A file given is not UTF-8 text; save it as UTF-8 (or plain text) and
 
 REPO = Path(__file__).resolve().parent.parent
 _shown: dict[str, str] = {str(REPO): ""}  # server folder -> the name a visitor sees it by ("": relative)
-# an absolute path of two parts or more, not inside a URL or a relative path
-ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/\\-])(?:/[^\s/'\"`,;:()\[\]{}<>|]+){2,}/?")
 _WHOLE = r"(?![^/\s'\"`,;:()\[\]{}<>|])"  # the whole name, not the start of a longer one
 
 
@@ -55,7 +54,7 @@ def public(text) -> str:
         else:  # the app's own folder: paths in it read relative to it
             text = re.sub(re.escape(folder) + "/", "", text)
             text = re.sub(re.escape(folder) + _WHOLE, ".", text)
-    text = ABSOLUTE_PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1], text)
+    text = no_paths(text)
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 

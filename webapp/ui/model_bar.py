@@ -38,9 +38,10 @@ def picker_state(cache: models.ModelCache, names: models.PublicNames, current: s
     choices = models.picker_choices(names.runs_dir)
     values = {v for _, v in choices}
     for source in (cache.default.source, current):
-        if source and names.name(source) not in values:
-            choices.insert(0, (f"Loaded: {models.display_name(source)}", names.name(source)))
-            values.add(names.name(source))
+        name = names.name(source) if source else None
+        if name and name not in values:
+            choices.insert(0, (f"Loaded: {models.display_name(source)}", name))
+            values.add(name)
     return choices, names.name(current or cache.default.source)
 
 
