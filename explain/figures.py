@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from plotly.subplots import make_subplots
 
 from gemma3.generate import GREEDY_BELOW, check_settings
+from gemma3.generate import sampling_probs as drawn_from
 from gemma3.model import RoPE, sliding_mask
 
 from .hooks import Record
@@ -305,25 +306,11 @@ def sampling_probs(logits: torch.Tensor, temperature: float, top_k: int | None =
                    repetition_penalty: float = 1.0, seen=None) -> torch.Tensor:
     """The distribution gemma3.generate.next_token samples from; the repetition penalty applies to the token ids
     `seen` (the text so far)."""
-    logits = logits.float()
-    if repetition_penalty != 1.0 and seen is not None and len(seen):
-        seen = torch.as_tensor(sorted(set(seen)), device=logits.device)
-        picked = logits[..., seen]
-        big = torch.finfo(logits.dtype).max
-        logits = logits.index_put((seen,), torch.where(picked > 0, picked / repetition_penalty,
-                                                       picked * repetition_penalty).clamp(-big, big))
-    if temperature < GREEDY_BELOW:
-        return torch.zeros_like(logits).scatter(-1, logits.argmax(-1, keepdim=True), 1.0)
-    logits = (logits - logits.amax(-1, keepdim=True)) / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        p = sorted_logits.softmax(dim=-1)
-        drop = torch.zeros_like(p, dtype=torch.bool).scatter(-1, order, (p.cumsum(-1) - p) >= top_p)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits.softmax(dim=-1)
+    mask = None
+    if seen is not None and len(seen):
+        mask = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+        mask[torch.as_tensor(list(seen), device=logits.device)] = True
+    return drawn_from(logits, temperature, top_k, top_p, repetition_penalty, mask)
 
 
 SAMPLED = "#059669"   # emerald-600: the token a story drew

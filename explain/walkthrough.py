@@ -199,9 +199,9 @@ SOURCES: dict[str, tuple] = {
     "output": ((gm.Block.forward, ("return x + self.post_ffn_norm(",)),),
     "final_norm": ((gm.Gemma3.forward, ("x = self.final_norm(x)",)),),
     "logits": ((gm.Gemma3.forward, ("head = w if self.head is None", "return F.linear(x, head)")),),
-    "probs": ((gen.next_token, ("logits = logits / temperature", "probs = logits.softmax(dim=-1)")),),
-    "next": ((gen.next_token, ("if temperature < GREEDY_BELOW", "return logits.argmax(dim=-1)",
-                                "logits = logits / temperature", "probs = logits.softmax", "torch.multinomial")),),
+    "probs": ((gen.sampling_probs, ("logits = logits / temperature", "return logits.softmax(dim=-1)")),),
+    "next": ((gen.next_token, ("if temperature < GREEDY_BELOW", ".argmax(dim=-1)", "probs = sampling_probs(",
+                                "torch.multinomial")),),
 }
 
 # The diagram: sections of rows, each row one box or side-by-side boxes (None: an empty cell, v passing by).

@@ -38,21 +38,27 @@ def check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty
         raise ValueError(f"repetition_penalty must be a positive number (1.0 = off), not {repetition_penalty!r}.")
 
 
-def next_token(logits: torch.Tensor, temperature: float, top_k=None, top_p=None, repetition_penalty=1.0,
-               seen: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Pick the next token for each row of logits [B, V] (the usual Hugging Face semantics); any temperature
-    below GREEDY_BELOW is greedy, and no setting that check_settings passes makes a probability NaN."""
+def penalise(logits: torch.Tensor, repetition_penalty: float, seen: torch.Tensor | None) -> torch.Tensor:
+    """fp32 logits with the repetition penalty applied where `seen` (a bool mask like logits) is true."""
     logits = logits.float()
     if repetition_penalty != 1.0 and seen is not None:
         penalised = torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
         big = torch.finfo(logits.dtype).max  # an extreme penalty saturates there instead of reaching infinity
         logits = torch.where(seen, penalised.clamp(-big, big), logits)
+    return logits
+
+
+def sampling_probs(logits: torch.Tensor, temperature: float, top_k=None, top_p=None, repetition_penalty=1.0,
+                   seen: torch.Tensor | None = None) -> torch.Tensor:
+    """The distribution next_token draws from, for logits [..., V] (the usual Hugging Face semantics): below
+    GREEDY_BELOW all of it on the most likely token; no setting that check_settings passes makes it NaN."""
+    logits = penalise(logits, repetition_penalty, seen)
     if temperature < GREEDY_BELOW:
-        return logits.argmax(dim=-1)
+        return torch.zeros_like(logits).scatter(-1, logits.argmax(-1, keepdim=True), 1.0)
     logits = logits - logits.amax(dim=-1, keepdim=True)  # the largest logit is 0, so no quotient overflows
     logits = logits / temperature
     if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and top_p < 1.0:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
@@ -61,7 +67,15 @@ def next_token(logits: torch.Tensor, temperature: float, top_k=None, top_p=None,
         drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= top_p
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
-    probs = logits.softmax(dim=-1)
+    return logits.softmax(dim=-1)
+
+
+def next_token(logits: torch.Tensor, temperature: float, top_k=None, top_p=None, repetition_penalty=1.0,
+               seen: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pick the next token for each row of logits [B, V] from sampling_probs (greedy: the argmax itself)."""
+    if temperature < GREEDY_BELOW:
+        return penalise(logits, repetition_penalty, seen).argmax(dim=-1)
+    probs = sampling_probs(logits, temperature, top_k, top_p, repetition_penalty, seen)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
