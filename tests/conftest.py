@@ -139,3 +139,48 @@ def serve(demo, runs_dir, **launch):
     finally:
         demo.close()
         kill_runs(runs_dir)
+
+
+# ---- one app and one browser for every browser test module ----------------------------------------
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="session")
+def app_server(tmp_path_factory):
+    """The app on random weights of the demo preset, launched once for every browser test module (each opens
+    its own pages); training writes into a temporary folder."""
+    import app
+    from webapp import models
+
+    tmp = tmp_path_factory.mktemp("browser")
+    cache = models.ModelCache(*models.load_source("random:demo"))
+    demo = app.build(cache=cache, runs_dir=tmp / "runs", data_dir=tmp / "data")
+    try:
+        yield from serve(demo, tmp / "runs", **app.LAUNCH)
+    finally:
+        kill_runs(tmp / "runs")
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Debian's Chromium driven by Playwright (apt-get install chromium; never `playwright install`)."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def open_page(browser, url: str, width: int = 1400, height: int = 1000):
+    """A new page of the app at this viewport, once the model bar is on it."""
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.set_default_timeout(30_000)
+    page.goto(url)
+    page.wait_for_selector("#model-info")
+    return page

@@ -12,47 +12,34 @@ from pathlib import Path
 
 import pytest
 
-CHROMIUM = "/usr/bin/chromium"
+from conftest import CHROMIUM, open_page, poll
+
 if not os.path.exists(CHROMIUM):
     pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
 
-import app  # noqa: E402
 import explain  # noqa: E402
-from conftest import poll, serve  # noqa: E402
 from training import runs  # noqa: E402
-from webapp import models  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "artifacts" / "screenshots"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 EXPLORE_VIEWS = [("Masks", "mask"), ("RoPE", "rope"), ("Attention", "attention"), ("Activations", "activations"),
                  ("Next token", "next"), ("Logit lens", "lens"), ("Parameters", "params")]
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-
-    tmp = tmp_path_factory.mktemp("browser")
-    cache = models.ModelCache(*models.load_source("random:demo"))
-    demo = app.build(cache=cache, runs_dir=tmp / "runs", data_dir=tmp / "data")
-    yield from serve(demo, tmp / "runs", **app.LAUNCH)
+def server(app_server):
+    return app_server
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def page(chromium, server):
     SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(30_000)
-            page.goto(server.local_url)
-            page.wait_for_selector("#model-info")
-            yield page
-        finally:
-            browser.close()
+    page = open_page(chromium, server.local_url)
+    try:
+        yield page
+    finally:
+        page.close()
 
 
 def shot(page, name):
