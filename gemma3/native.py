@@ -12,7 +12,6 @@ there. Builds are named by the hash of source and flags: an edit builds anew.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
 import os
@@ -84,6 +83,8 @@ def _build(source: Path, name: str, folder: Path):
     behind when a build is killed and makes every later build wait forever, so one found while we
     hold ours is stale and removed. A library that exists is loaded directly, without the build
     tool; one that does not load (a build killed while linking) is built again."""
+    import fcntl  # imported here: Linux only (supported() checked it), and gemma3 imports on every OS
+
     lib = folder / f"{name}.so"
     with open(folder / ".build.flock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
@@ -97,6 +98,8 @@ def _build(source: Path, name: str, folder: Path):
         from torch.utils import cpp_extension  # imported here: it pulls in setuptools
 
         (folder / "lock").unlink(missing_ok=True)
+        print(f"gemma3: building the CPU kernels ({source.name}), about 30 s, once per machine", file=sys.stderr,
+              flush=True)
         cpp_extension.load(name=name, sources=[str(source)], build_directory=str(folder), extra_cflags=FLAGS,
                            extra_ldflags=["-fopenmp"], extra_include_paths=[str(HERE)], is_python_module=False,
                            verbose=False)

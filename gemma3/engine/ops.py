@@ -17,10 +17,12 @@ DTYPES = (torch.float32, torch.bfloat16)
 _ready: bool | None = None
 
 
-@torch.compiler.assume_constant_result  # torch.compile: a constant, not a file read to trace
 def available() -> bool:
-    """Whether the kernels run here (built once per machine and user, about 15 s; see gemma3/native.py)."""
+    """Whether the kernels run here (built once per machine and user, about 15 s; see gemma3/native.py). Under
+    torch.compile a constant: whether they were loaded before compiling (no file read to trace)."""
     global _ready
+    if torch.compiler.is_compiling():
+        return bool(_ready)
     if _ready is None:
         _ready = native.load(SOURCE)
         if _ready:
