@@ -27,7 +27,7 @@ from webapp import explore as ex, generation as gen, guard, models, train as tr 
 from webapp.errors import friendly, guard_inputs, port_problem  # noqa: E402
 from webapp.inputs import UserError  # noqa: E402
 from webapp.learning import Learning  # noqa: E402
-from webapp.ui import about, explore, generate, model_bar, page, train  # noqa: E402
+from webapp.ui import about, explore, generate, model_bar, page, tour, train  # noqa: E402
 
 ROOT = models.ROOT
 RUNS_DIR = os.environ.get("GEMMA3_RUNS_DIR", str(ROOT / "runs"))
@@ -64,7 +64,7 @@ def build(model=None, tokenizer=None, description: str | None = None, *, cache: 
     explorer = ex.Explorer(cache)
     learning = Learning(trainer.runs_dir, cache)   # snapshots load through the model cache
     with gr.Blocks(title=TITLE, delete_cache=DELETE_CACHE) as demo:
-        gr.Markdown(HEADER)
+        tour.header(HEADER, cache.default)   # the title and "Show me how it works"
         bar = model_bar.build(cache, trainer.runs_dir)   # above every tab; its choice is per session
         with gr.Tabs() as tabs:
             generate_tab = generate.build(cache, bar.choice)

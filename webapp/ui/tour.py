@@ -1,0 +1,371 @@
+"""The guided first visit: "Show me how it works" takes a first-time visitor through one prompt, tab by tab.
+
+Seven steps follow the Explore prompt from its tokens to the next token, then to a story and to training: each
+switches the tab (and sub-tab) itself, outlines the figure it talks about and scrolls it into view, and explains it
+in a short card (step k of n, Back, Next, Leave tour; Escape leaves at any step, the arrow keys step). The tour runs
+in the page alone and costs the server nothing beyond the figures the tabs draw when they are shown.
+
+The steps are data (STEPS, checked by tests/test_tour.py): their words, the tabs to open, the elements to outline
+(by elem_id) and, on the walk-through, the stage box to click. The numbers in the words ({hidden}, {layers}, ...)
+come from the default model (facts()), and the page replaces them with the model this visitor has loaded, read
+from the walk-through's diagram and the model bar as they are shown.
+"""
+
+import json
+import math
+from dataclasses import asdict, dataclass
+
+import gradio as gr
+
+import explain
+from webapp.explore import PROMPT
+
+
+@dataclass(frozen=True)
+class Step:
+    title: str
+    text: str                     # two or three plain sentences; {fact} names from facts(), *words* in italics
+    tabs: tuple[str, ...]         # the ids of the tabs to select, outer first
+    targets: tuple[str, ...]      # CSS selectors by elem_id: the first is the figure the step is about
+    stage: str | None = None      # a walk-through stage to show (its box in the diagram is clicked)
+    copy_prompt: bool = False     # put the Explore prompt into Generate's prompt box
+
+
+STEPS = (
+    Step("Your prompt becomes tokens",
+         "We follow one prompt, “{prompt}”, through the model. The tokenizer cuts it into {tokens} pieces (words, "
+         "parts of words, spaces) and swaps each for its number in a vocabulary of {vocab} entries. These numbers, "
+         "shown here, are all the model ever sees.",
+         ("explore", "walk"), ("#walk-plot", "#wt-box-ids"), stage="ids"),
+    Step("Each token becomes a vector",
+         "Each number picks its row of a {vocab} × {hidden} table: {hidden} numbers the model learned for that "
+         "token. The row is multiplied by √{hidden} ≈ {sqrt_hidden}, so it starts on the scale of what the "
+         "{layers} layers will add to it. Each row of this heatmap is one token of the prompt.",
+         ("explore", "walk"), ("#walk-plot", "#wt-box-embed"), stage="embed"),
+    Step("Attention: each token looks back",
+         "In every layer, each token looks back at the tokens before it and takes in what it needs: each row here "
+         "is one token, and its bright cells are the earlier tokens it attends to. Layer 0 is *sliding*: a token "
+         "sees only the last {window} tokens, while the *full* layers ({full} of {layers}) see the whole prompt. "
+         "Move the Layer slider to compare them.",
+         ("explore", "attention"), ("#plot-attention",)),
+    Step("The feed-forward network (GeGLU)",
+         "After attention, each token goes alone through a small network: its {hidden} numbers are widened to "
+         "{ffn} twice, one copy bent by GELU (the *gate*) and multiplied by the other (*up*), as this heatmap "
+         "shows. The result is brought back down to {hidden} numbers and added to the token's vector; then the "
+         "next layer starts.",
+         ("explore", "walk"), ("#walk-plot", "#wt-box-act"), stage="act"),
+    Step("Scoring the next token",
+         "After the last layer, the model gives each of the {vocab} tokens a score for coming next, and softmax "
+         "turns the scores into probabilities: these bars. Writing means drawing one token from them; Temperature, "
+         "Top-k and Top-p (the sliders above) reshape the bars before the draw.",
+         ("explore", "next"), ("#plot-next", "#next-temperature")),
+    Step("A story, token by token",
+         "A story repeats that step: draw a token, append it, run the model again on the longer text. The same "
+         "prompt is now in the box: press Generate to watch the story grow, then click any word of it to see the "
+         "choice the model had there.",
+         ("generate",), ("#generate-btn", "#story"), copy_prompt=True),
+    Step("Training lowers the loss",
+         "The model learned all this by training: each step reads a batch of stories and nudges its {params} "
+         "parameters so that the token that really came next gets a higher probability. The loss is how surprised "
+         "the model was: guessing at random scores ln {vocab} ≈ {ln_vocab} (the dashed line), and a run's curve, "
+         "drawn here, falls below it step by step. Start begins a run with this tab's settings.",
+         ("train",), ("#train-loss", "#train-start")),
+)
+
+
+def facts(loaded) -> dict:
+    """The numbers the steps name, for `loaded` (a webapp.models.LoadedModel) and the default Explore prompt."""
+    c, tok = loaded.model.config, loaded.tokenizer
+    bos = 1 if getattr(tok, "bos_id", None) is not None else 0
+    full = sum(t == "full" for t in c.layer_types)
+    return {"prompt": short(PROMPT), "tokens": min(len(tok.encode(PROMPT)) + bos, explain.MAX_TOKENS, c.context),
+            "vocab": f"{c.vocab_size:,}", "hidden": c.hidden, "sqrt_hidden": f"{math.sqrt(c.hidden):.1f}",
+            "ln_vocab": f"{math.log(c.vocab_size):.1f}",
+            "layers": c.layers, "heads": c.heads, "ffn": c.ffn, "window": c.window, "full": full,
+            "params": f"{loaded.info.params / 1e6:.1f}M"}
+
+
+def short(prompt: str, limit: int = 42) -> str:
+    """The prompt's first words, cut at a word and marked with … when there is more."""
+    text = " ".join(prompt.split())
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0].rstrip(",.;:") + "…"
+
+
+BUTTON = ('<div class="tour-wrap"><button type="button" id="tour-start" class="tour-start" aria-haspopup="dialog">'
+          '<span aria-hidden="true">▶</span> Show me how it works</button></div>')
+BUTTON_CSS = """
+.tour-wrap { display: flex; justify-content: flex-end; }
+.tour-start { display: inline-flex; align-items: center; gap: 0.5em; padding: 0.55em 1.1em; border-radius: 999px;
+  border: 1px solid var(--color-accent); background: var(--color-accent-soft); color: var(--body-text-color);
+  font: inherit; font-weight: 600; cursor: pointer; white-space: nowrap; }
+.tour-start:hover { background: var(--color-accent); color: #fff; }
+.tour-start span { font-size: 0.8em; }
+"""
+# global: the card lives on document.body and the outline goes on other components (the script adds this once)
+CSS = """
+#tour-start.tour-new { animation: tour-pulse 1.8s ease-in-out 4; }
+@keyframes tour-pulse { 50% { box-shadow: 0 0 0 7px color-mix(in srgb, var(--color-accent) 30%, transparent); } }
+#page-header { align-items: center; }
+.tour-spot { outline: 3px solid var(--color-accent) !important; outline-offset: 3px; border-radius: 8px;
+  box-shadow: 0 0 0 7px color-mix(in srgb, var(--color-accent) 22%, transparent) !important;
+  scroll-margin: 16px; transition: box-shadow 0.3s; }
+#tour-card { position: fixed; z-index: 1000; width: 380px; max-width: calc(100vw - 16px); box-sizing: border-box;
+  padding: 14px 16px 12px; border-radius: 12px; border: 1px solid var(--border-color-primary);
+  background: var(--background-fill-primary); color: var(--body-text-color);
+  box-shadow: 0 12px 36px rgba(15, 23, 42, 0.28); font-size: 15px; line-height: 1.5; }
+#tour-card .tour-top { display: flex; align-items: center; justify-content: space-between; gap: 8px; }
+#tour-step { font-size: 12px; font-weight: 600; letter-spacing: 0.04em; text-transform: uppercase;
+  color: var(--color-accent); }
+#tour-card .tour-x { border: none; background: none; color: var(--body-text-color-subdued); font-size: 22px;
+  line-height: 1; cursor: pointer; padding: 0 4px; }
+#tour-card h3 { margin: 4px 0 6px; font-size: 17px; line-height: 1.3; }
+#tour-card p { margin: 0 0 10px; }
+#tour-card .tour-dots { display: flex; gap: 5px; margin-bottom: 10px; }
+#tour-card .tour-dots i { width: 7px; height: 7px; border-radius: 50%; background: var(--border-color-primary); }
+#tour-card .tour-dots i.on { background: var(--color-accent); }
+#tour-card .tour-nav { display: flex; gap: 8px; align-items: center; }
+#tour-card .tour-nav button { font: inherit; font-size: 14px; padding: 6px 14px; border-radius: 8px; cursor: pointer;
+  border: 1px solid var(--border-color-primary); background: var(--button-secondary-background-fill);
+  color: var(--body-text-color); }
+#tour-card .tour-nav #tour-leave { margin-right: auto; border: none; background: none; padding-left: 0;
+  color: var(--body-text-color-subdued); text-decoration: underline; }
+#tour-card .tour-nav #tour-next { background: var(--color-accent); border-color: var(--color-accent); color: #fff; }
+#tour-card .tour-nav button:disabled { opacity: 0.45; cursor: default; }
+@media (max-width: 640px) {
+  #tour .tour-wrap { justify-content: flex-start; }
+  #tour-card { width: auto; font-size: 14px; max-height: 46vh; overflow-y: auto; padding: 12px 14px 10px; }
+  #tour-card h3 { font-size: 16px; }
+}
+"""
+
+# The tour in the page: `element` is the button's gr.HTML; props: steps, facts, prompt (for an empty Explore
+# prompt), css (CSS, added to the page once).
+SCRIPT = r"""
+const steps = props.steps, base = props.facts;
+if (!document.getElementById('tour-style')) {
+  const st = document.createElement('style'); st.id = 'tour-style'; st.textContent = props.css;
+  document.head.appendChild(st);
+}
+const state = {k: null, run: 0, timer: null, ready: false, clicks: 0, last: 0, spot: 0};
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const q = (sel) => { try { return document.querySelector(sel); } catch (e) { return null; } };
+const shown = (el) => !!el && el.isConnected && el.getClientRects().length > 0 && !el.closest('.visually-hidden');
+const esc = (s) => String(s).replace(/[&<>"]/g, (c) => ({'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;'}[c]));
+const calm = window.matchMedia('(prefers-reduced-motion: reduce)').matches;
+const start_btn = element.querySelector('#tour-start');
+if (start_btn && !localStorage.getItem('gemma3-tour-seen')) start_btn.classList.add('tour-new');
+
+function short(text, limit = 42) {
+  const t = text.split(/\s+/).filter(Boolean).join(' ');
+  if (t.length <= limit) return t;
+  const cut = t.slice(0, limit), sp = cut.lastIndexOf(' ');
+  return (sp > 0 ? cut.slice(0, sp) : cut).replace(/[,.;:]+$/, '') + '…';
+}
+
+// the numbers of the model this visitor has loaded, where the page shows them; else the default model's
+function facts() {
+  const f = {...base};
+  const head = q('#walk-diagram .wt-head'), t = head ? head.textContent : '';
+  const grab = (name, re) => { const m = t.match(re); if (m) f[name] = m[1]; };
+  grab('hidden', /hidden (\d+)/); grab('heads', /(\d+) query head/); grab('ffn', /feed-forward (\d+)/);
+  grab('vocab', /vocabulary ([\d,]+)/); grab('layers', /(\d+) layers/); grab('tokens', /T = (\d+)/);
+  if (q('#walk-diagram .wt-chip')) f.full = document.querySelectorAll('#walk-diagram .wt-chip.wt-full').length;
+  const sliding = q('#walk-diagram .wt-chip.wt-sliding');
+  const w = sliding && (sliding.getAttribute('title') || '').match(/window (\d+)/);
+  if (w) f.window = w[1];
+  const info = q('#model-info'), p = info && info.textContent.match(/([\d.]+[kMB]) parameters/);
+  if (p) f.params = p[1];
+  const ta = q('#explore-prompt textarea');
+  if (ta && ta.value.trim()) f.prompt = short(ta.value);
+  f.sqrt_hidden = Math.sqrt(Number(f.hidden)).toFixed(1);
+  f.ln_vocab = Math.log(Number(String(f.vocab).replace(/,/g, ''))).toFixed(1);
+  return f;
+}
+
+function words(text) {
+  const f = facts();
+  return esc(text).replace(/\*([^*]+)\*/g, '<em>$1</em>').replace(/\{(\w+)\}/g, (m, k) => (k in f ? esc(f[k]) : m));
+}
+
+function setValue(ta, value) {
+  Object.getOwnPropertyDescriptor(HTMLTextAreaElement.prototype, 'value').set.call(ta, value);
+  ta.dispatchEvent(new Event('input', {bubbles: true}));
+}
+
+function tabButton(id) {
+  const all = [...document.querySelectorAll(`button[role="tab"][data-tab-id="${id}"]`)];
+  return all.find(shown) || null;
+}
+
+async function waitFor(fn, ms, run) {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = fn();
+    if (v || run !== state.run || Date.now() > end) return v;
+    await sleep(60);
+  }
+}
+
+function card() {
+  let c = q('#tour-card');
+  if (c) return c;
+  c = document.createElement('div');
+  c.id = 'tour-card';
+  c.setAttribute('role', 'dialog'); c.setAttribute('aria-modal', 'false');
+  c.setAttribute('aria-labelledby', 'tour-title'); c.setAttribute('aria-describedby', 'tour-text');
+  c.innerHTML = '<div class="tour-top"><span id="tour-step"></span><button type="button" class="tour-x" ' +
+    'aria-label="Leave the tour" title="Leave the tour (Esc)">×</button></div><h3 id="tour-title"></h3>' +
+    '<p id="tour-text"></p><div class="tour-dots" aria-hidden="true"></div><div class="tour-nav">' +
+    '<button type="button" id="tour-leave">Leave tour</button><button type="button" id="tour-back">← Back</button>' +
+    '<button type="button" id="tour-next">Next →</button></div>';
+  c.querySelector('.tour-x').addEventListener('click', leave);
+  c.querySelector('#tour-leave').addEventListener('click', leave);
+  c.querySelector('#tour-back').addEventListener('click', () => { if (state.k > 0) go(state.k - 1); });
+  c.querySelector('#tour-next').addEventListener('click', () => (state.k < steps.length - 1 ? go(state.k + 1) : leave()));
+  document.body.appendChild(c);
+  return c;
+}
+
+function render() {
+  const c = q('#tour-card'), s = steps[state.k];
+  if (!c || !s) return;
+  const put = (sel, html) => { const e = c.querySelector(sel); if (e.innerHTML !== html) e.innerHTML = html; };
+  put('#tour-step', `Step ${state.k + 1} of ${steps.length}`);
+  put('#tour-title', esc(s.title));
+  put('#tour-text', words(s.text));
+  put('.tour-dots', steps.map((_, i) => `<i${i === state.k ? ' class="on"' : ''}></i>`).join(''));
+  c.querySelector('#tour-back').disabled = state.k === 0;
+  put('#tour-next', state.k === steps.length - 1 ? 'Finish ✓' : 'Next →');
+}
+
+// the card goes to the corner (the bottom or the top on a phone) where it hides least of the step's figure
+function place() {
+  const c = q('#tour-card');
+  if (!c || state.k == null) return;
+  const W = document.documentElement.clientWidth, H = window.innerHeight, phone = W <= 640, m = phone ? 8 : 16;
+  const w = c.offsetWidth, h = c.offsetHeight, t = q(steps[state.k].targets[0]);
+  const r = shown(t) ? t.getBoundingClientRect() : null;
+  const spots = phone ? [[m, H - h - m], [m, m]] : [[W - w - m, H - h - m], [m, H - h - m], [W - w - m, m], [m, m]];
+  const hidden = ([x, y]) => {
+    if (!r) return 0;
+    const dx = Math.min(x + w, r.right, W) - Math.max(x, r.left, 0), dy = Math.min(y + h, r.bottom, H) - Math.max(y, r.top, 0);
+    return dx > 0 && dy > 0 ? dx * dy : 0;
+  };
+  let best = state.spot < spots.length ? state.spot : 0;
+  spots.forEach((s, i) => { if (hidden(s) < hidden(spots[best]) - 1) best = i; });
+  state.spot = best;
+  c.style.left = spots[best][0] + 'px'; c.style.top = Math.max(m, spots[best][1]) + 'px';
+  c.style.right = phone ? m + 'px' : 'auto';
+}
+
+function tick() {
+  if (state.k == null) return;
+  const s = steps[state.k];
+  if (state.ready) {
+    const want = s.targets.map(q).filter(shown);
+    document.querySelectorAll('.tour-spot').forEach((e) => { if (!want.includes(e)) e.classList.remove('tour-spot'); });
+    want.forEach((e) => e.classList.add('tour-spot'));
+    // the walk-through shows the step's stage: its box is clicked (again if a redraw of the tab lands after it)
+    if (s.stage && state.clicks < 4 && Date.now() - state.last > 1500 &&
+        !q(`#walk-diagram .wt-sel[data-stage="${s.stage}"]`)) {
+      const box = q('#wt-box-' + s.stage);
+      if (shown(box)) { box.click(); state.clicks++; state.last = Date.now(); }
+    }
+  }
+  render();
+  place();
+}
+
+async function go(k) {
+  const run = ++state.run, s = steps[k];
+  state.k = k; state.ready = false; state.clicks = 0; state.last = 0;
+  document.querySelectorAll('.tour-spot').forEach((e) => e.classList.remove('tour-spot'));
+  render(); place();
+  for (const id of s.tabs) {
+    const b = await waitFor(() => tabButton(id), 3000, run);
+    if (run !== state.run) return;
+    if (b && b.getAttribute('aria-selected') !== 'true') { b.click(); await sleep(120); }
+  }
+  if (s.copy_prompt) {
+    const from = q('#explore-prompt textarea'), to = q('#prompt textarea');
+    if (from && to && from.value.trim() && to.value !== from.value) setValue(to, from.value);
+  }
+  const t = await waitFor(() => { const e = q(s.targets[0]); return shown(e) && e; }, 6000, run);
+  if (run !== state.run) return;
+  state.ready = true;
+  tick();
+  if (!t) return;
+  bring(t, calm ? 'auto' : 'smooth');
+  // a figure drawn or a tab laid out meanwhile may move it (and stop a smooth scroll): look again, twice
+  for (const ms of [700, 900]) {
+    await sleep(ms);
+    if (run !== state.run) return;
+    const e = q(s.targets[0]);
+    if (shown(e) && !inView(e)) bring(e, 'auto');
+    place();
+  }
+}
+
+// a tall figure's top near the top of the window, a small one in the middle; on a phone, above the card
+function bring(t, behavior) {
+  const phone = document.documentElement.clientWidth <= 640;
+  t.scrollIntoView({block: phone || t.offsetHeight > 0.6 * window.innerHeight ? 'start' : 'center', behavior});
+}
+
+function inView(t) {
+  const r = t.getBoundingClientRect(), H = window.innerHeight;
+  return r.top >= -1 && (r.bottom <= H + 1 || r.top <= 0.35 * H);
+}
+
+function onKey(e) {
+  if (state.k == null) return;
+  if (e.key === 'Escape') { e.preventDefault(); leave(); return; }
+  if (!e.target.closest || !e.target.closest('#tour-card')) return;
+  if (e.key === 'ArrowRight' && state.k < steps.length - 1) go(state.k + 1);
+  if (e.key === 'ArrowLeft' && state.k > 0) go(state.k - 1);
+}
+
+function leave() {
+  state.run++; state.k = null; state.ready = false;
+  clearInterval(state.timer); state.timer = null;
+  document.removeEventListener('keydown', onKey, true);
+  window.removeEventListener('resize', place);
+  document.querySelectorAll('.tour-spot').forEach((e) => e.classList.remove('tour-spot'));
+  const c = q('#tour-card');
+  if (c) c.remove();
+  if (shown(start_btn)) start_btn.focus({preventScroll: true});
+}
+
+function start() {
+  leave();
+  localStorage.setItem('gemma3-tour-seen', '1');
+  if (start_btn) start_btn.classList.remove('tour-new');
+  const ta = q('#explore-prompt textarea');   // one prompt for the whole tour: the Explore prompt, or ours
+  if (ta && !ta.value.trim()) { setValue(ta, props.prompt); setTimeout(() => { const b = q('#look-inside'); if (b) b.click(); }, 100); }
+  card();
+  state.timer = setInterval(tick, 400);
+  document.addEventListener('keydown', onKey, true);
+  window.addEventListener('resize', place);
+  go(0);
+  q('#tour-next').focus({preventScroll: true});
+}
+
+element.addEventListener('click', (e) => { if (e.target.closest('#tour-start')) start(); });
+"""
+
+
+def build(loaded) -> gr.HTML:
+    """The "Show me how it works" button and its tour, in the current Blocks; the numbers are `loaded`'s (the
+    default model's) until the page shows the visitor's own."""
+    steps = [asdict(s) for s in STEPS]
+    return gr.HTML(BUTTON, css_template=BUTTON_CSS, js_on_load=SCRIPT, elem_id="tour", scale=0, min_width=250,
+                   steps=steps, facts=facts(loaded), prompt=PROMPT, css=CSS)
+
+
+def header(text: str, loaded) -> gr.HTML:
+    """The page's title (Markdown `text`) with the tour's button beside it (below it on a phone)."""
+    with gr.Row(equal_height=True, elem_id="page-header"):
+        gr.Markdown(text, elem_id="page-title", scale=1, min_width=320)
+        return build(loaded)
