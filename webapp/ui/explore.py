@@ -14,7 +14,7 @@ import gradio as gr
 from webapp import explore as ex
 from webapp.errors import USER_ERRORS, friendly, public
 from webapp.inputs import MAX_PROMPT_CHARS
-from webapp.ui import gemma3_views, over_training, walkthrough
+from webapp.ui import attention_lines, gemma3_views, over_training, walkthrough
 
 PROMPT = ex.PROMPT   # long enough to pass the demo model's window, open at its end (see webapp.explore)
 INTRO = ("Pictures of what the model in the bar computes, drawn from its own code and weights. Masks, RoPE and "
@@ -40,7 +40,7 @@ class Explore:
     look: gr.Button
     views: dict          # tab id -> its gr.Tab
     plots: dict          # tab id -> its gr.Plot
-    controls: dict       # seq, layer, head, temperature, top_k, top_p, penalty, story (the clicked story token)
+    controls: dict       # seq, layer, head, words (attention_lines), temperature, top_k, top_p, penalty, story
     look_all: tuple = ()  # (function, inputs, outputs) of "Look inside": other tabs chain it (Generate's tokens)
     over: object = None   # the "Over training" sub-tab (webapp/ui/over_training.py), when built
 
@@ -66,7 +66,8 @@ def _attention_controls(info) -> dict:
     with gr.Row():
         layer = gr.Slider(0, max(1, info.layers - 1), value=0, step=1, label="Layer")
         head = gr.Dropdown(ex.head_choices(info), value="all", label="Head")
-    return {"layer": layer, "head": head}
+    # word to word (BertViz): the layer's heads as small maps, and lines from each token to the tokens it attends to
+    return {"layer": layer, "head": head, "words": attention_lines.build()}
 
 
 def _next_token_controls(info) -> dict:
@@ -152,6 +153,9 @@ def _wire(e: Explore, choice: gr.State):
     )
     for name, method, inputs, plot, triggers in figures:
         gr.on(triggers, handler(name, method), [*(inputs or []), choice], e.plots[plot], api_name=name, **EVENT)
+    attention_lines.wire(c["words"], x, prompt, c["layer"], c["head"], e.plots["attention"], choice,
+                         [v["attention"].select, c["layer"].release, c["head"].input, e.look.click, prompt.submit],
+                         lambda *args: shown(x.attention(*args)))
 
     @friendly
     def explore_all(prompt, layer, head, temperature, top_k, top_p, penalty, story, source=None):
