@@ -30,8 +30,8 @@ from .hooks import Record
 MAX_TOKENS = 128   # tokens the lines view shows, at most (the last ones)
 MAX_LINES = 2000   # lines it draws, at most: each query keeps its strongest keys
 DECIMALS = 3       # weights are sent rounded to this; a weight that rounds to 0 gets no line
-MIN_MAP_PX = 160   # a small map is drawn at least this many pixels a side (whole pixels per token)
-# the small maps' colours: a weight w is drawn at sqrt(w) along the colorbrewer Blues, so that weak attention still
+MIN_MAP_PX = 160   # a small map is drawn at least this many pixels a side (whole pixels per token) when it can
+# the small maps' colours: a weight w is drawn at sqrt(w) along the colorbrewer Blues (LEVELS shades), so that weak attention still
 # shows in a thumbnail; hidden keys stay white, keys outside a sliding window are hatched grey
 BLUES = ((247, 251, 255), (222, 235, 247), (198, 219, 239), (158, 202, 225), (107, 174, 214), (66, 146, 198),
          (33, 113, 181), (8, 81, 156), (8, 48, 107))
@@ -78,7 +78,7 @@ class LayerAttention:
     def note(self) -> str | None:
         if not self.first:
             return None
-        return (f"Showing the last {self.n} of the prompt's {self.total} tokens; their attention to the "
+        return (f"Showing the last {self.n} of the {self.total} tokens recorded; their attention to the "
                 f"{self.first} earlier tokens is not drawn (the small maps show every token).")
 
 
@@ -140,7 +140,8 @@ def lines(att: LayerAttention, head: int | None = None, max_lines: int = MAX_LIN
     if head is not None and (not isinstance(head, int) or isinstance(head, bool) or not 0 <= head < att.heads):
         raise ValueError(f"head must be a whole number from 0 to {att.heads - 1} (or None), not {head!r}.")
     heads = [head] if head is not None else list(range(att.heads))
-    per_query = max(3, max_lines // (len(heads) * att.n))
+    nonzero = int((att.weights[heads] > 0).sum())
+    per_query = att.n if nonzero <= max_lines else max(3, max_lines // (len(heads) * att.n))
     rows, left_out = [], 0
     for h in heads:
         for q in range(att.n):
@@ -153,14 +154,32 @@ def lines(att: LayerAttention, head: int | None = None, max_lines: int = MAX_LIN
 
 # ---- the small maps of the heads grid --------------------------------------------------------------
 def map_pixels(tokens: int) -> int:
-    """Pixels per token a side of a small map: whole pixels, at least MIN_MAP_PX in all (at least 2 a token)."""
-    return max(2, -(-MIN_MAP_PX // tokens))
+    """Pixels per token a side of a small map: whole pixels, at least MIN_MAP_PX in all when there are fewer
+    tokens."""
+    return max(1, -(-MIN_MAP_PX // tokens))
 
 
-def head_map_rgb(record: Record, layer: int, head: int) -> np.ndarray:
-    """[T s, T s, 3] uint8: the small map of `head` in `layer`, s = map_pixels(T) pixels a token; row i is query i,
-    column j key j. Keys the model saw: Blues at sqrt(weight); later keys: white; keys a sliding window hides
-    (earlier than the window): hatched grey."""
+LEVELS = 64   # shades of Blues in a small map's palette
+
+
+def _blues(x: np.ndarray) -> np.ndarray:
+    """Colours along BLUES for x in [0, 1]: [..., 3] float."""
+    stops = np.array(BLUES, dtype=np.float64)
+    x = np.clip(x, 0, 1) * (len(stops) - 1)
+    lo = np.clip(np.floor(x).astype(int), 0, len(stops) - 2)
+    return stops[lo] + (stops[lo + 1] - stops[lo]) * (x - lo)[..., None]
+
+
+def palette() -> np.ndarray:
+    """[3 + LEVELS, 3] uint8: white (a later key), the two hatch colours, then the Blues for sqrt(weight) 0..1."""
+    shades = _blues(np.linspace(0, 1, LEVELS))
+    return np.vstack([np.array([HIDDEN, *HATCH], dtype=np.float64), shades]).round().astype(np.uint8)
+
+
+def head_map_indices(record: Record, layer: int, head: int) -> np.ndarray:
+    """[T s, T s] uint8 indices into palette(): the small map of `head` in `layer`, s = map_pixels(T) pixels a
+    token; row i is query i, column j key j. Keys the model saw: Blues at sqrt(weight) (LEVELS shades); later keys:
+    white; keys a sliding window hides (earlier than the window): hatched grey."""
     layer, head = check_layer(record, layer), check_head(record, head)
     probs = record.attn_probs[layer][head].double().numpy()
     T = probs.shape[0]
@@ -168,35 +187,38 @@ def head_map_rgb(record: Record, layer: int, head: int) -> np.ndarray:
     sliding = record.layer_types[layer] == "sliding"
     seen = sliding_mask(pos, pos, record.config.window if sliding else None).numpy()
     causal = sliding_mask(pos, pos, None).numpy()
-    stops = np.array(BLUES, dtype=np.float64)
-    x = np.sqrt(np.clip(probs, 0, 1)) * (len(stops) - 1)
-    lo = np.clip(np.floor(x).astype(int), 0, len(stops) - 2)
-    rgb = stops[lo] + (stops[lo + 1] - stops[lo]) * (x - lo)[..., None]
-    rgb[~causal] = HIDDEN
+    idx = 3 + np.round(np.sqrt(np.clip(probs, 0, 1)) * (LEVELS - 1)).astype(np.uint8)
+    idx[~causal] = 0
     s = map_pixels(T)
-    big = np.repeat(np.repeat(rgb, s, axis=0), s, axis=1)
+    big = np.repeat(np.repeat(idx, s, axis=0), s, axis=1)
     outside = np.repeat(np.repeat(causal & ~seen, s, axis=0), s, axis=1)
     yy, xx = np.indices(outside.shape)
     stripe = (xx + yy) % 6 < 2
-    big[outside & ~stripe] = HATCH[0]
-    big[outside & stripe] = HATCH[1]
-    return big.round().astype(np.uint8)
+    big[outside & ~stripe] = 1
+    big[outside & stripe] = 2
+    return big
 
 
-def png(rgb: np.ndarray) -> bytes:
-    """An [h, w, 3] uint8 image as PNG bytes (8-bit RGB, no filter)."""
-    h, w, _ = rgb.shape
-    raw = b"".join(b"\x00" + rgb[y].tobytes() for y in range(h))
+def head_map_rgb(record: Record, layer: int, head: int) -> np.ndarray:
+    """[T s, T s, 3] uint8: the small map's pixels (see head_map_indices)."""
+    return palette()[head_map_indices(record, layer, head)]
+
+
+def png(indices: np.ndarray, colours: np.ndarray) -> bytes:
+    """An [h, w] uint8 image of indices into `colours` ([n <= 256, 3] uint8) as PNG bytes (8-bit palette)."""
+    h, w = indices.shape
+    raw = b"".join(b"\x00" + indices[y].tobytes() for y in range(h))
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
+    header = struct.pack(">IIBBBBB", w, h, 8, 3, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"PLTE", colours.astype(np.uint8).tobytes())
+            + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
 
 
 def head_map_png(record: Record, layer: int, head: int) -> bytes:
-    return png(head_map_rgb(record, layer, head))
+    return png(head_map_indices(record, layer, head), palette())
 
 
 def window_edge(tokens: int, window: int) -> str:
