@@ -4,7 +4,13 @@ Every number drawn comes from the model's own code and weights: the masks from
 `gemma3.model.sliding_mask`, the RoPE tables from `gemma3.model.RoPE`, attention, activations and the
 logit lens from a recorded forward pass (explain.hooks.record), the parameter counts from
 `model.param_groups()`. Figures stay light for the browser: big arrays are float32/uint8 numpy arrays
-(plotly sends them base64-encoded), and per-cell text is written only into small grids.
+(plotly sends them base64-encoded).
+
+Token labels read at any prompt length: heatmaps over tokens use category axes, on which Plotly labels every k-th
+token with k chosen from the drawn size (every token when they fit; zooming in shows the others), and every hover
+names its token and position; the logit lens writes a token into every cell and shows LENS_TOKENS tokens at a time,
+with a slider to move along a longer prompt. No figure is taller than MAX_HEIGHT; log axes tick once per decade
+or less (log_ticks). SLIDING and FULL colour sliding and full layers, and nothing else.
 """
 
 from __future__ import annotations
@@ -25,23 +31,29 @@ from .hooks import Record
 
 MASK_CELLS = 256    # mask panels show at most this many positions a side (evenly sampled, each exact)
 ROPE_POSITIONS = 128  # positions in the RoPE angle heatmaps
-TEXT_CELLS = 600    # the logit lens writes tokens into the cells only up to this many cells (hover always)
+LENS_TOKENS = 20    # the logit lens shows this many tokens at a time, text in every cell; a slider moves the window
+LENS_CHARS = 8      # a lens cell writes at most this many characters of its token (the hover has all of it)
 NEXT_TOKENS = 20    # bars in next_token_figure by default
+MAX_HEIGHT = 700    # no figure is taller (a 1440 x 1000 screen shows it whole, with the page around it)
 
-# One look for every figure, matching the app's theme (gr.themes.Soft, indigo and pink, Montserrat).
-FONT = "Montserrat, ui-sans-serif, system-ui, -apple-system, 'Segoe UI', sans-serif"
+# One look for every figure, matching the app's theme (gr.themes.Soft, indigo and pink). The font: one in which W, w
+# and ω, l, I and 1 never look alike (Verdana and Tahoma give I serifs; DejaVu Sans is Verdana's kin on Linux),
+# unlike the theme's Montserrat, whose "Wq" reads "ωq".
+FONT = "Verdana, Tahoma, 'DejaVu Sans', 'Segoe UI', system-ui, sans-serif"
 INK, MUTED, GRID = "#1f2937", "#6b7280", "#e5e7eb"
-SLIDING, FULL = "#4f46e5", "#db2777"   # indigo-600 / pink-600: sliding (local) and full (global) layers
+SLIDING, FULL = "#4f46e5", "#db2777"   # indigo-600 / pink-600: sliding (local) and full (global) layers, only them
 TEAL, GREY = "#0d9488", "#9ca3af"
+ATTN, FFN = "#0284c7", "#d97706"       # sky-600 / amber-600: a layer's attention part and its feed-forward part
+HIT = "#ea580c"                        # orange-600: the prompt's true next token (logit lens)
 _AXIS = dict(gridcolor=GRID, linecolor="#d1d5db", zerolinecolor="#d1d5db", automargin=True,
              title=dict(font=dict(size=12, color=MUTED)), tickfont=dict(size=11))
 TEMPLATE = go.layout.Template(layout=dict(
-    font=dict(family=FONT, size=13, color=INK), paper_bgcolor="white", plot_bgcolor="white",
-    colorway=[SLIDING, FULL, TEAL, "#d97706", "#7c3aed", GREY],
+    font=dict(family=FONT, size=12, color=INK), paper_bgcolor="white", plot_bgcolor="white",
+    colorway=[ATTN, FFN, TEAL, "#7c3aed", GREY],
     title=dict(x=0.01, xanchor="left", font=dict(size=15, color=INK)),
     xaxis=_AXIS, yaxis=_AXIS, hoverlabel=dict(font=dict(family=FONT, size=12)),
     legend=dict(bgcolor="rgba(255,255,255,0.85)", font=dict(size=11)),
-    margin=dict(l=60, r=30, t=110, b=60)))
+    margin=dict(l=60, r=30, t=100, b=60)))
 
 
 # ---- helpers -------------------------------------------------------------------------------------
@@ -81,6 +93,22 @@ def _f32(x) -> np.ndarray:
 
 def _layer_names(layer_types: list[str]) -> list[str]:
     return [f"{i} {'local' if t == 'sliding' else 'global'}" for i, t in enumerate(layer_types)]
+
+
+def _layer_axis(names: list[str], kinds: list[str | None]) -> dict:
+    """A category axis of layer rows whose tick labels wear their layer's colour: SLIDING or FULL (None: INK)."""
+    colour = {"sliding": SLIDING, "full": FULL, None: INK}
+    return dict(type="category", categoryorder="array", categoryarray=names, tickmode="array", tickvals=names,
+                ticktext=[f"<span style='color:{colour[k]}'>{n}</span>" for n, k in zip(names, kinds)])
+
+
+def log_ticks(low: int, high: int = 0, most: int = 8) -> tuple[list[float], list[str]]:
+    """Ticks of a logarithmic probability axis from 10**low to 10**high: one per decade, or one every k decades so
+    that at most `most` show (never crowded), always including 10**high; labelled in percent (100%, 10%, 1%, 0.1%,
+    ..., then 10⁻⁴% and smaller as powers)."""
+    step = max(1, math.ceil((high - low + 1) / most))
+    exps = list(range(high, low - 1, -step))[::-1]
+    return [10.0 ** e for e in exps], [_percent(10.0 ** e) if e >= -5 else f"10<sup>{e + 2}</sup>%" for e in exps]
 
 
 def _colorbar(fig: go.Figure, row: int, col: int, title: str, **extra) -> dict:
@@ -144,9 +172,12 @@ def mask_figure(config, seq_len: int) -> go.Figure:
     fig.update_yaxes(title_text="attention", showticklabels=False, row=2, col=2)
     n_full = sum(full)
     fig.update_layout(
-        title=_title(f"Attention masks for {seq_len} tokens",
-                     f"built by the model's sliding_mask: {config.layers - n_full} sliding and {n_full} full layers"),
-        height=720)
+        title=_title(f"Attention masks for {seq_len} tokens: which keys each query may see",
+                     f"built by the model's sliding_mask: {config.layers - n_full} "
+                     f"<span style='color:{SLIDING}'>sliding</span> and {n_full} "
+                     f"<span style='color:{FULL}'>full</span> layers"
+                     + ("" if seq_len > W else f" · the window shows past {W} tokens: raise the length")),
+        height=MAX_HEIGHT)
     sp = fig.get_subplot(2, 1)  # legend inside the keys-per-query panel, top left (above both lines: always empty)
     fig.update_layout(legend=dict(x=sp.xaxis.domain[0] + 0.01, xanchor="left", y=sp.yaxis.domain[1] - 0.01,
                                   yanchor="top"))
@@ -195,17 +226,21 @@ def rope_figure(config, positions: int = ROPE_POSITIONS) -> go.Figure:
                                  hovertemplate="position %{y}, pair %{x}: %{z:.2f} rad<extra></extra>"),
                       row=2, col=1 if kind == "local" else 2)
     fig.update_xaxes(title_text="dimension pair (i, i + head_dim/2)", row=1, col=1)
-    fig.update_yaxes(title_text="radians per position (log)", type="log", row=1, col=1)
-    fig.update_xaxes(title_text="distance d in positions (log)", type="log", row=1, col=2)
+    # one tick per power of ten on the log axes (Plotly's default adds 2 and 5 between them, which collide)
+    fig.update_yaxes(title_text="radians per position (log)", type="log", dtick=1, exponentformat="power",
+                     row=1, col=1)
+    fig.update_xaxes(title_text="distance d in positions (log)", type="log", dtick=1, row=1, col=2)
     fig.update_yaxes(title_text="q·k / |q|²", row=1, col=2)
     for col in (1, 2):
         fig.update_xaxes(title_text="dimension pair", row=2, col=col)
         fig.update_yaxes(title_text="position", autorange="reversed", row=2, col=col)
     sp = fig.get_subplot(1, 1)  # legend inside the frequency panel, bottom left (the lines fall from the top left)
     fig.update_layout(
-        title=_title("RoPE as the model builds it", f"head_dim {D}, bases {config.rope_local_base:g} (local) and "
-                                                    f"{config.rope_global_base:g} (global)"),
-        height=760, legend=dict(x=sp.xaxis.domain[0] + 0.01, y=sp.yaxis.domain[0] + 0.01, yanchor="bottom"),
+        title=_title("RoPE: how fast each dimension pair turns, for the two bases",
+                     f"head_dim {D}; <span style='color:{SLIDING}'>sliding layers base {config.rope_local_base:g}"
+                     f"</span>, <span style='color:{FULL}'>full layers base {config.rope_global_base:g}</span> · "
+                     "look where the self-similarity falls: nearby for sliding, far away for full"),
+        height=MAX_HEIGHT, legend=dict(x=sp.xaxis.domain[0] + 0.01, y=sp.yaxis.domain[0] + 0.01, yanchor="bottom"),
         coloraxis=dict(colorscale="Twilight", cmin=0, cmax=2 * math.pi,
                        colorbar=dict(_colorbar(fig, 2, 2, "angle mod 2π"), tickvals=[0, math.pi, 2 * math.pi],
                                      ticktext=["0", "π", "2π"])))
@@ -237,23 +272,29 @@ def attention_figure(record: Record, layer: int, head: int | None = None) -> go.
     cols = math.ceil(math.sqrt(len(heads)))
     rows = math.ceil(len(heads) / cols)
     fig = make_subplots(rows=rows, cols=cols, shared_xaxes=True, shared_yaxes=True,
-                        horizontal_spacing=0.03, vertical_spacing=0.06 if rows > 1 else 0.1,
+                        horizontal_spacing=0.03, vertical_spacing=0.07 if rows > 1 else 0.1,
                         subplot_titles=[f"head {h}" for h in heads] if head is None else None)
     for n, h in enumerate(heads):
         r, c = divmod(n, cols)
         fig.add_trace(go.Heatmap(z=z[h], x=labels, y=labels, coloraxis="coloraxis", name=f"head {h}",
                                  hovertemplate=hover), row=r + 1, col=c + 1)
-    fig.update_xaxes(type="category", tickangle=-60)
-    fig.update_yaxes(type="category", autorange="reversed")
+    # token axes: Plotly shows every k-th token, k chosen from the drawn size (all of them when they fit, at any
+    # screen width); zooming in shows the others; the hover always names the query and the key with their positions
+    fig.update_xaxes(type="category", tickangle=-60, tickfont=dict(size=10))
+    fig.update_yaxes(type="category", autorange="reversed", tickfont=dict(size=10))
     for c in range(cols):
         fig.update_xaxes(title_text="key (attended to)", row=rows, col=c + 1)
     for r in range(rows):
         fig.update_yaxes(title_text="query (attending)", row=r + 1, col=1)
     who = f"head {head}" if head is not None else f"all {H} heads"
+    look = ("look for the previous-token line left of the diagonal and a bright first column (an attention sink)"
+            + (f"; keys more than {cfg.window} back stay empty" if sliding else ""))
     fig.update_layout(
-        title=_title(f"Layer {layer}, {who}", kind),
+        title=_title(f"Who attends to whom: layer {layer} ({'sliding' if sliding else 'full'}), {who}",
+                     f"{kind} · {look}"),
+        title_font_color=SLIDING if sliding else FULL,
         coloraxis=dict(colorscale="Blues", cmin=0, colorbar=dict(title=dict(text="attention", side="right"))),
-        height=max(480, 340 * rows + 160), plot_bgcolor="#f9fafb")
+        height=MAX_HEIGHT if rows > 1 else 620, plot_bgcolor="#f9fafb")
     return _style(fig)
 
 
@@ -268,20 +309,22 @@ def activation_figure(record: Record) -> go.Figure:
     names = _layer_names(record.layer_types)
     labels = [_html(s) for s in record.labels]
     fig = make_subplots(
-        rows=2, cols=2, specs=[[{"colspan": 2}, None], [{}, {}]], row_heights=[0.55, 0.45],
-        vertical_spacing=0.2, horizontal_spacing=0.14,
-        subplot_titles=("residual stream norm |x| after each layer", "mean size of what each layer adds",
-                        "attention entropy (nats, mean over queries)"))
+        rows=2, cols=2, specs=[[{"colspan": 2}, None], [{}, {}]], row_heights=[0.52, 0.48],
+        vertical_spacing=0.22, horizontal_spacing=0.14,
+        subplot_titles=("residual stream norm |x| after each layer: it grows layer by layer",
+                        "mean size of what each layer adds", "attention entropy: low = focused, high = spread"))
     rows = ["embedding"] + [f"after {n}" for n in names]
+    kinds = [None, *record.layer_types]
     fig.add_trace(go.Heatmap(z=_f32(record.residual.norm(dim=-1)), x=labels, y=rows, colorscale="Viridis",
                              name="residual norm", colorbar=_colorbar(fig, 1, 1, "|x|"),
                              hovertemplate="%{y}, token %{x}: |x| = %{z:.4g}<extra></extra>"), row=1, col=1)
-    fig.update_xaxes(title_text="token", type="category", tickangle=-60, row=1, col=1)
-    fig.update_yaxes(title_text="layer", type="category", row=1, col=1)
-    for part, t, color in (("attention", record.attn_added, "#2a78b5"), ("feed-forward", record.ffn_added, "#d9622b")):
+    # every k-th token label, k from the drawn width (Plotly's category ticks); the hover names each token
+    fig.update_xaxes(title_text="token (position: text)", type="category", tickangle=-60, row=1, col=1)
+    fig.update_yaxes(title_text="layer", **_layer_axis(rows, kinds), row=1, col=1)
+    for part, t, color in (("attention", record.attn_added, ATTN), ("feed-forward", record.ffn_added, FFN)):
         fig.add_trace(go.Bar(x=names, y=_f32(t.norm(dim=-1).mean(-1)), name=part, marker_color=color,
                              hovertemplate="layer %{x}: %{y:.4g}<extra>" + part + "</extra>"), row=2, col=1)
-    fig.update_xaxes(title_text="layer", type="category", row=2, col=1)
+    fig.update_xaxes(title_text="layer", **_layer_axis(names, record.layer_types), row=2, col=1)
     top = max(float(record.attn_added.norm(dim=-1).mean(-1).max()), float(record.ffn_added.norm(dim=-1).mean(-1).max()))
     fig.update_yaxes(title_text="mean |added vector|", range=[0, 1.35 * top], row=2, col=1)  # room for the legend
     ent = attention_entropy(record)
@@ -289,14 +332,14 @@ def activation_figure(record: Record) -> go.Figure:
                              colorscale="Magma", name="attention entropy", colorbar=_colorbar(fig, 2, 2, "nats"),
                              hovertemplate="layer %{y}, %{x}: %{z:.3f} nats<extra></extra>"), row=2, col=2)
     fig.update_xaxes(title_text="head", type="category", row=2, col=2)
-    fig.update_yaxes(title_text="layer", type="category", row=2, col=2)
+    fig.update_yaxes(title_text="layer", **_layer_axis(names, record.layer_types), row=2, col=2)
     sp = fig.get_subplot(2, 1)
-    fig.update_traces(marker_color=SLIDING, selector=dict(type="bar", name="attention"))
-    fig.update_traces(marker_color=FULL, selector=dict(type="bar", name="feed-forward"))
     fig.update_layout(
         title=_title(f"Activations over {record.seq_len} tokens and {record.layers} layers",
-                     "residual size, what each layer adds, attention entropy"),
-        barmode="group", height=840,
+                     "how big the residual stream grows, what each layer adds to it, how focused each head is · "
+                     f"layer names in <span style='color:{SLIDING}'>indigo: sliding</span>, "
+                     f"<span style='color:{FULL}'>pink: full</span>"),
+        barmode="group", height=MAX_HEIGHT,
         legend=dict(x=sp.xaxis.domain[0] + 0.01, y=sp.yaxis.domain[1] - 0.01, yanchor="top"))
     return _style(fig)
 
@@ -314,6 +357,7 @@ def sampling_probs(logits: torch.Tensor, temperature: float, top_k: int | None =
 
 
 SAMPLED = "#059669"   # emerald-600: the token a story drew
+NEXT = ATTN           # the bars of next_token_figure (not SLIDING: that colour means sliding layers only)
 
 
 def next_token_figure(record: Record, temperature: float = 1.0, top_k: int | None = None,
@@ -346,12 +390,12 @@ def next_token_figure(record: Record, temperature: float = 1.0, top_k: int | Non
         + (f", top-p {top_p:g}" if top_p is not None else "") \
         + (f", repetition penalty {repetition_penalty:g}" if repetition_penalty != 1.0 else "")
     fig = go.Figure()
-    fig.add_trace(go.Bar(x=x, y=shown, name=setting, marker_color=[SAMPLED if i == sampled else SLIDING for i in ids],
+    fig.add_trace(go.Bar(x=x, y=shown, name=setting, marker_color=[SAMPLED if i == sampled else NEXT for i in ids],
                          text=[_percent(v) if v > 0 else "ruled out" for v in shown], textposition="outside",
                          cliponaxis=False, textfont=dict(size=10),
                          customdata=ids, hovertemplate="%{x} (id %{customdata}): p = %{y:.4g}<extra></extra>"))
     fig.add_trace(go.Scatter(x=x, y=_f32(base[ids]), mode="markers", name="temperature 1, no top-k",
-                             marker=dict(color=FULL, size=10, symbol="line-ew-open", line=dict(width=3)),
+                             marker=dict(color=INK, size=12, symbol="line-ew-open", line=dict(width=2)),
                              hovertemplate="%{x}: p = %{y:.4g} at temperature 1<extra></extra>"))
     after = _html(record.token_text[record.tokens[-1]])
     floor = max(float(min(v for v in np.concatenate([shown, _f32(base[ids])]) if v > 0)), 1e-12)
@@ -363,13 +407,13 @@ def next_token_figure(record: Record, temperature: float = 1.0, top_k: int | Non
                   f"p = {_percent(float(p[sampled]))} at {setting})")
         fig.add_annotation(x=x[s], y=math.log10(max(float(shown[s]), 10.0 ** low)), text="sampled",
                            showarrow=True, arrowhead=2, ay=-40, font=dict(color=SAMPLED), yref="y")
+    tickvals, ticktext = log_ticks(math.ceil(low), 0)
     fig.update_layout(
         title=_title(f"Next token after “…{after}”", detail),
         xaxis=dict(title="candidate next token (most likely first)", type="category", tickangle=-45),
-        yaxis=dict(title="probability (log scale)", type="log", range=[low, 0.25],
-                   tickvals=[10.0 ** e for e in range(math.floor(low), 1)],
-                   ticktext=[_percent(10.0 ** e) for e in range(math.floor(low), 1)]),
-        legend=dict(orientation="h", x=1, xanchor="right", y=1.02, yanchor="bottom"), height=500)
+        yaxis=dict(title="probability (log scale)", type="log", range=[low, 0.25], tickvals=tickvals,
+                   ticktext=ticktext),
+        legend=dict(orientation="h", x=1, xanchor="right", y=1.02, yanchor="bottom"), height=520)
     return _style(fig)
 
 
@@ -409,21 +453,33 @@ def lens_ranks(model, record: Record) -> dict:
     return out
 
 
+def _cell(text: str) -> str:
+    """A token as a lens cell writes it: at most LENS_CHARS characters (the hover shows it whole)."""
+    return _html(text if len(text) <= LENS_CHARS else text[: LENS_CHARS - 1] + "…")
+
+
+def lens_windows(T: int, n: int = LENS_TOKENS) -> list[int]:
+    """The first positions of the lens's token windows: every n tokens, the last window ending at the last token."""
+    return [0] if T <= n else sorted({min(k * n, T - n) for k in range(math.ceil(T / n))})
+
+
 def logit_lens_figure(record: Record, ranks: dict | None = None) -> go.Figure:
     """For each layer and position, the top-1 token of final_norm + unembedding of the residual.
 
     With `ranks` (lens_ranks(model, record)) the colour is the probability each layer already gives the model's
     final prediction, the hover adds its rank and the true next token's, and cells whose top-1 is the true next
-    token are outlined. Without it the colour is the top-1 token's own probability.
+    token are outlined. Without it the colour is the top-1 token's own probability. Every cell writes its token and
+    the top row the prompt's true next token; a prompt of more than LENS_TOKENS tokens shows its last LENS_TOKENS
+    and a slider above the grid moves this window along the prompt (lens_windows).
     """
     names = ["embedding"] + [f"after {n}" for n in _layer_names(record.layer_types)]
     tt = record.token_text
-    text = [[_html(tt[i]) for i in row] for row in record.lens_ids.tolist()]
-    small = record.lens_ids.numel() <= TEXT_CELLS
     T = record.seq_len
     nexts = record.tokens[1:] + [None]
     x = [_html(s) for s in record.labels]
     top_p = _f32(record.lens_probs)
+    text = [[_html(tt[i]) for i in row] for row in record.lens_ids.tolist()]
+    cells = [[_cell(tt[i]) for i in row] for row in record.lens_ids.tolist()]
     if ranks is not None:
         z, what = ranks["final_p"], "probability of the final prediction"
         final = [_html(tt[i]) for i in record.lens_ids[-1].tolist()]
@@ -433,50 +489,66 @@ def logit_lens_figure(record: Record, ranks: dict | None = None) -> go.Figure:
             for c in range(T):
                 custom[r, c] = (final[c], f"{ranks['final_rank'][r, c]:.0f}", true[c],
                                 "–" if c == T - 1 else f"{ranks['true_p'][r, c]:.3g}",
-                                "–" if c == T - 1 else f"{ranks['true_rank'][r, c]:.0f}", f"{top_p[r, c]:.3f}", "")
-        hover = ("%{y}, at %{x}<br>top-1 here: %{text} (p = %{customdata[5]})<br>final prediction %{customdata[0]}: "
-                 "p = %{z:.3g}, rank %{customdata[1]}<br>true next token %{customdata[2]}: p = %{customdata[3]}, "
-                 "rank %{customdata[4]}<extra></extra>")
+                                "–" if c == T - 1 else f"{ranks['true_rank'][r, c]:.0f}", f"{top_p[r, c]:.3f}",
+                                text[r][c])
+        hover = ("%{y}, at %{x}<br>top-1 here: %{customdata[6]} (p = %{customdata[5]})<br>final prediction "
+                 "%{customdata[0]}: p = %{z:.3g}, rank %{customdata[1]}<br>true next token %{customdata[2]}: "
+                 "p = %{customdata[3]}, rank %{customdata[4]}<extra></extra>")
     else:
-        z, what, custom = top_p, "probability of the top-1 token", None
-        hover = "%{y}, at %{x}<br>predicts %{text} with p = %{z:.3f}<extra></extra>"
+        z, what = top_p, "probability of the top-1 token"
+        custom = np.array(text, dtype=object)[..., None]
+        hover = "%{y}, at %{x}<br>predicts %{customdata[0]} with p = %{z:.3f}<extra></extra>"
     fig = go.Figure(go.Heatmap(
-        z=z, x=x, y=names, text=text, customdata=custom,
-        texttemplate="%{text}" if small else None, textfont=dict(size=10), colorscale="YlGnBu",
-        zmin=0, zmax=1, name="logit lens", colorbar=dict(title=dict(text="probability", side="right")),
-        hovertemplate=hover, xgap=1, ygap=1))
+        z=z, x=x, y=names, text=cells, customdata=custom, texttemplate="%{text}", textfont=dict(size=10),
+        colorscale="YlGnBu", zmin=0, zmax=1, name="logit lens", xgap=1, ygap=1, hovertemplate=hover,
+        colorbar=dict(title=dict(text="probability", side="right"), thickness=12)))
     hits = [(c, r) for r, row in enumerate(record.lens_ids.tolist()) for c, i in enumerate(row)
             if c < T - 1 and i == record.tokens[c + 1]]
     fig.add_trace(go.Scatter(
         x=[x[c] for c, _ in hits], y=[names[r] for _, r in hits], mode="markers", name="top-1 = the true next token",
-        marker=dict(symbol="square-open", size=14 if small else 8, color=FULL, line=dict(width=2)),
-        hoverinfo="skip"))
-    if small:  # the true next token written above the grid, in the top row
-        fig.add_trace(go.Scatter(
-            x=x[:-1], y=["true next token"] * (T - 1), mode="text", text=[_html(tt[n]) for n in nexts[:-1]],
-            textfont=dict(size=10, color=FULL), name="true next token", showlegend=False,
-            hovertemplate="after %{x} the prompt continues with %{text}<extra></extra>"))
+        marker=dict(symbol="square-open", size=16, color=HIT, line=dict(width=2)), hoverinfo="skip",
+        showlegend=False))
+    fig.add_trace(go.Scatter(   # the true next token written above the grid, in the top row
+        x=x[:-1], y=["true next token"] * (T - 1), mode="text", text=[_cell(tt[n]) for n in nexts[:-1]],
+        customdata=[_html(tt[n]) for n in nexts[:-1]], textfont=dict(size=10, color=HIT), name="true next token",
+        showlegend=False, hovertemplate="after %{x} the prompt continues with %{customdata}<extra></extra>"))
+    starts = lens_windows(T)
+    n = min(T, LENS_TOKENS)
+    rows = names + ["true next token"]
+
+    def title(first: int) -> dict:
+        shown = f"tokens {first}–{first + n - 1} of {T} (slider above the grid) · " if len(starts) > 1 else ""
+        return _title("Logit lens: what each layer would predict next",
+                      f"{shown}cell: the layer's top-1 token · colour: {what} · "
+                      f"<span style='color:{HIT}'>outlined: it is the true next token (top row)</span>")
+
     fig.update_layout(
-        title=_title("Logit lens: what each layer would predict next",
-                     f"text: its top-1 token · colour: {what}" + ("" if small else " · hover for the tokens")),
-        xaxis=dict(title="position: input token", type="category", tickangle=-60),
-        yaxis=dict(title="residual stream after layer", type="category",
-                   categoryorder="array", categoryarray=names + (["true next token"] if small else [])),
-        legend=dict(orientation="h", x=1, xanchor="right", y=1.0, yanchor="bottom"),
-        height=max(440, 28 * len(names) + 240))
+        title=dict(title(starts[-1]), y=1, yref="container", yanchor="top", pad=dict(t=14)),
+        xaxis=dict(title="position: input token", type="category", tickangle=-45, showgrid=False,
+                   range=[starts[-1] - 0.5, starts[-1] + n - 0.5], fixedrange=len(starts) > 1),
+        yaxis=dict(title="residual stream after layer", **_layer_axis(rows, [None, *record.layer_types, None]),
+                   showgrid=False),
+        height=max(420, min(MAX_HEIGHT, 24 * len(rows) + 250 + (60 if len(starts) > 1 else 0))))
+    if len(starts) > 1:   # the window: a slider above the grid, its steps labelled by their first position
+        fig.update_layout(margin=dict(t=150), sliders=[dict(
+            active=len(starts) - 1, x=0, y=1.0, xanchor="left", yanchor="bottom", len=1.0, pad=dict(t=0, b=12),
+            currentvalue=dict(visible=False), font=dict(size=10), ticklen=4,
+            steps=[dict(method="relayout", label=str(s),
+                        args=[{"xaxis.range": [s - 0.5, s + n - 0.5], "title.text": title(s)["text"]}])
+                   for s in starts])])
     return _style(fig)
 
 
 # ---- parameters ----------------------------------------------------------------------------------
 MATRICES = (  # (bar label, part of model.param_groups(), colour, parameter name ends with / starts with)
     ("embedding", "embedding", TEAL, "embed."),
-    ("Wq (query)", "attention", SLIDING, ".attn.wq.weight"),
-    ("Wk (key)", "attention", SLIDING, ".attn.wk.weight"),
-    ("Wv (value)", "attention", SLIDING, ".attn.wv.weight"),
-    ("Wo (output)", "attention", SLIDING, ".attn.wo.weight"),
-    ("gate", "feed-forward", FULL, ".gate.weight"),
-    ("up", "feed-forward", FULL, ".up.weight"),
-    ("down", "feed-forward", FULL, ".down.weight"),
+    ("Wq (query)", "attention", ATTN, ".attn.wq.weight"),
+    ("Wk (key)", "attention", ATTN, ".attn.wk.weight"),
+    ("Wv (value)", "attention", ATTN, ".attn.wv.weight"),
+    ("Wo (output)", "attention", ATTN, ".attn.wo.weight"),
+    ("gate", "feed-forward", FFN, ".gate.weight"),
+    ("up", "feed-forward", FFN, ".up.weight"),
+    ("down", "feed-forward", FFN, ".down.weight"),
     ("norms", "norms", GREY, "norm"),
     ("head", "head", TEAL, "head."),
 )
@@ -517,7 +589,9 @@ def parameter_figure(model) -> go.Figure:
         hovertemplate="%{y} (%{customdata}): %{x:,} parameters<extra></extra>"))
     fig.update_layout(
         title=_title(f"Where the {total:,} parameters live ({total / 1e6:.1f}M)",
-                     "every layer's matrices summed; indigo: attention, pink: feed-forward, teal: embedding and head"),
+                     f"every layer's matrices summed · <span style='color:{ATTN}'>attention</span>, "
+                     f"<span style='color:{FFN}'>feed-forward</span>, "
+                     f"<span style='color:{TEAL}'>embedding and head</span>, norms in grey"),
         xaxis=dict(title="parameters", range=[0, max(counts.values()) * 1.35]),
         yaxis=dict(title="matrix", autorange="reversed", type="category"), height=460, margin=dict(r=40))
     return _style(fig)

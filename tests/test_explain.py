@@ -1,5 +1,6 @@
 """explain: a recorded forward pass and the figures drawn from it agree with what the model computes."""
 
+import math
 import re
 
 import numpy as np
@@ -258,13 +259,15 @@ def test_logit_lens_last_layer_is_the_model_prediction(tiny, tok, tiny_rec):
     hm = fig.data[0]
     assert len(hm.y) == tiny.config.layers + 1
     assert rec.lens_ids[-1].tolist() == top.tolist()
-    assert list(hm.text[-1]) == [_html(explain.hooks.show_token(tok.decode([i]))) for i in top.tolist()]
+    tokens = [explain.hooks.show_token(tok.decode([i])) for i in top.tolist()]
+    assert [c[0] for c in hm.customdata[-1]] == [_html(t) for t in tokens]   # the hover: the whole token
+    assert list(hm.text[-1]) == [explain.figures._cell(t) for t in tokens]   # the cell: its first LENS_CHARS
     np.testing.assert_allclose(np.asarray(hm.z[-1]), logits.softmax(-1).max(-1).values.numpy(), rtol=1e-4)
     with torch.no_grad():  # every row: that residual through the model's final norm and unembedding
         for layer in range(tiny.config.layers + 1):
             row = F.linear(tiny.final_norm(rec.residual[layer]), tiny.embed.weight).argmax(-1)
             assert rec.lens_ids[layer].tolist() == row.tolist()
-    assert hm.texttemplate  # a small grid writes the tokens into the cells
+    assert hm.texttemplate  # every cell writes its token
     ranks = explain.figures.lens_ranks(tiny, rec)
     with torch.no_grad():  # the final prediction's and the true next token's probability and rank, every layer
         for layer in range(tiny.config.layers + 1):
@@ -363,7 +366,8 @@ def test_figures_of_a_256_token_prompt_stay_light(big, big_rec):
     sizes = {name: len(fig.to_json()) for name, fig in all_figures(big, big_rec)}
     print({k: f"{v / 1e6:.2f} MB" for k, v in sizes.items()})
     assert max(sizes.values()) < JSON_LIMIT, sizes
-    assert not explain.logit_lens_figure(big_rec).data[0].texttemplate  # 19 x 256 cells: tokens on hover only
+    lens = explain.logit_lens_figure(big_rec)   # 19 x 256 cells: still a token in every cell, 20 tokens at a time
+    assert lens.data[0].texttemplate and list(lens.layout.xaxis.range) == [235.5, 255.5]
     assert re.search(r"256 tokens", explain.activation_figure(big_rec).layout.title.text)
 
 
@@ -376,17 +380,81 @@ def test_every_figure_wears_the_apps_template(tiny, tiny_rec):
         assert layout.plot_bgcolor in (None, "white", "#f9fafb"), f"{name}: no grey default background"
 
 
-def test_the_default_explore_prompt_passes_the_window_and_leaves_the_next_token_open():
-    """On the bundled demo model: more tokens than its sliding window, and no single next token near 100%."""
+def test_the_default_explore_prompt_is_short_and_leaves_the_next_token_open():
+    """15 to 20 tokens (GPT-2), so every view writes every token; on the bundled demo model no single next token
+    near 100%."""
     import gemma3
     from gemma3 import defaults
     from webapp.explore import PROMPT as EXPLORE_PROMPT
+    assert 15 <= len(gemma3.gpt2_tokenizer().encode(EXPLORE_PROMPT)) <= 20
     if not defaults.DEMO_MODEL.is_dir():
         pytest.skip("the bundled demo model is missing")
     model, tok = gemma3.load_model(defaults.DEMO_MODEL, device="cpu")
     rec = explain.record(model, tok, EXPLORE_PROMPT)
-    assert rec.seq_len > model.config.window
-    sliding = rec.layer_types.index("sliding")
-    assert (rec.attn_probs[sliding][:, -1, : rec.seq_len - model.config.window] == 0).all(), "the window bites"
     p = rec.logits[-1].float().softmax(-1)
     assert float(p.max()) < 0.5 and float(p.topk(5).values.sum()) > 0.5, "an open choice among a few words"
+    lens = explain.logit_lens_figure(rec)
+    assert not lens.layout.sliders and list(lens.layout.xaxis.range) == [-0.5, rec.seq_len - 0.5], "all, no window"
+
+
+# ---- token labels at any length, ticks, heights, colours ------------------------------------------
+def shown_positions(axis_range) -> range:
+    lo, hi = axis_range
+    return range(math.ceil(lo), math.floor(hi) + 1)
+
+
+@pytest.mark.parametrize("length", [100, 256])
+def test_long_prompts_keep_their_token_labels(big, tok, big_rec, length):
+    """Attention and activations label their token axes with the tokens (Plotly shows every k-th, as many as the
+    drawn size fits) and hover names each; the logit lens writes every cell and the true-next-token row, LENS_TOKENS
+    tokens at a time, and its slider moves that window over the whole prompt."""
+    rec = big_rec if length == 256 else explain.record(big, tok, LONG_PROMPT, max_tokens=100)
+    assert rec.seq_len == length
+    labels = [_html(s) for s in rec.labels]
+    att = explain.attention_figure(rec, 0)
+    assert all(list(t.x) == labels and list(t.y) == labels for t in att.data)
+    assert att.layout.xaxis.type == "category" and att.layout.xaxis.tickmode in (None, "auto")
+    assert "query %{y}" in att.data[0].hovertemplate and "key %{x}" in att.data[0].hovertemplate
+    act = explain.activation_figure(rec)
+    assert list(act.data[0].x) == labels and "token %{x}" in act.data[0].hovertemplate
+    lens = explain.logit_lens_figure(rec)
+    n = explain.figures.LENS_TOKENS
+    hm, hits, nxt = lens.data
+    assert hm.texttemplate == "%{text}" and list(hm.x) == labels
+    assert list(nxt.x) == labels[:-1] and list(nxt.y) == ["true next token"] * (length - 1)
+    assert list(nxt.customdata) == [_html(rec.token_text[i]) for i in rec.tokens[1:]]
+    assert list(lens.layout.yaxis.categoryarray)[-1] == "true next token"
+    shown = shown_positions(lens.layout.xaxis.range)
+    assert list(shown) == list(range(length - n, length)), "the last LENS_TOKENS tokens first"
+    steps = lens.layout.sliders[0].steps
+    windows = [shown_positions(s.args[0]["xaxis.range"]) for s in steps]
+    assert all(len(w) == n for w in windows) and windows[-1] == shown
+    assert sorted({p for w in windows for p in w}) == list(range(length)), "the slider reaches every token"
+    assert all(f"tokens {w[0]}–{w[-1]} of {length}" in s.args[0]["title.text"] for w, s in zip(windows, steps))
+    for fig in (att, act, lens):
+        assert fig.layout.height <= explain.figures.MAX_HEIGHT
+
+
+def test_log_ticks_never_crowd():
+    for low in range(-40, 0):
+        vals, text = explain.figures.log_ticks(low)
+        assert 2 <= len(vals) <= 8 and len(set(text)) == len(text) and vals[-1] == 1.0
+        assert vals == sorted(vals) and vals[0] >= 10.0 ** low
+    assert explain.figures.log_ticks(-4)[1] == ["0.01%", "0.1%", "1%", "10%", "100%"]
+
+
+def test_figures_fit_the_screen_and_keep_their_colours(tiny, tiny_rec):
+    """No figure taller than MAX_HEIGHT; layer names wear SLIDING / FULL; those two colours mean nothing else."""
+    from explain.figures import FONT, FULL, MAX_HEIGHT, SLIDING
+    assert not FONT.startswith("Montserrat") and "Verdana" in FONT
+    for name, fig in all_figures(tiny, tiny_rec):
+        assert fig.layout.height <= MAX_HEIGHT, name
+        for t in fig.data:
+            if t.type == "bar":
+                colours = t.marker.color if isinstance(t.marker.color, tuple) else [t.marker.color]
+                assert not {SLIDING, FULL} & set(colours), f"{name}: {t.name} is not a sliding/full layer"
+    act = explain.activation_figure(tiny_rec)
+    text = dict(zip(act.layout.yaxis.tickvals, act.layout.yaxis.ticktext))
+    for i, kind in enumerate(tiny_rec.layer_types):
+        name = f"after {i} {'local' if kind == 'sliding' else 'global'}"
+        assert (SLIDING if kind == "sliding" else FULL) in text[name]

@@ -14,7 +14,7 @@ from collections import OrderedDict
 import explain
 from explain import gemma3_views as gv
 from explain import walkthrough
-from explain.figures import lens_ranks
+from explain.figures import LENS_TOKENS, lens_ranks
 
 from .inputs import UserError, choice, number, text
 
@@ -26,18 +26,20 @@ NEXT_TEMPERATURE = (0.0, 2.0, 1.0)
 NEXT_TOP_K = (0, 500, 0)          # the ranges of Generate's settings (webapp.generation), so a story's fit
 NEXT_TOP_P = (0.05, 1.0, 1.0)     # 1 = off
 NEXT_REPETITION_PENALTY = (0.5, 2.0, 1.0)
-# The default prompt: 67 tokens, past the bundled demo model's 64-token window (so a sliding layer's attention
-# visibly stops at it), ending where the next token is open: measured on assets/demo-model, the top 5 after it are
-# " toy" 23%, " t" 18%, " k" 14%, " hat" 9%, " doll" 9% (not one token at 100%).
-PROMPT = ("Once upon a time, in a small house near the woods, there lived a little girl named Lily. Every morning she "
-          "went outside to look at the flowers, the trees and the birds. One sunny day, her mom gave her a big hug. "
-          "Lily smiled and ran to the garden with her dog. She wanted to play with her")
+# The default prompt: 19 tokens (GPT-2), short enough that every view writes every token, ending where the next token
+# is open: measured on assets/demo-model, the top 5 after it are " park" 25%, " garden" 21%, " forest" 19%,
+# " beach" 18%, " farm" 17% (not one token near 100%). It is shorter than the demo model's 64-token window, so on it
+# sliding and full layers attend alike: the Masks view (its own length slider, twice the window by default) and the
+# guides show the window, and a prompt longer than the window shows it in Attention.
+PROMPT = "Once upon a time, there was a girl named Lily. One day, she went to the"
 
 # Two or three sentences per view: what the picture is and what to look for.
 GUIDE = {
-    "mask": "Which keys each query may attend to. Sliding layers see only the last *window* tokens (a band "
-            "along the diagonal); full layers see everything before them (a triangle). Gemma 3 puts one full layer "
-            "after every five sliding ones, shown in the strip at the bottom right.",
+    "mask": "Which keys each query may attend to. Sliding layers (indigo) see only the last *window* tokens (a "
+            "band along the diagonal); full layers (pink) see everything before them (a triangle). The two differ "
+            "only past the window: the length starts at twice the window, so the band shows; below the window both "
+            "are the same triangle. Gemma 3 puts one full layer after every five sliding ones, shown in the strip at "
+            "the bottom right.",
     "rope": "RoPE turns each pair of query/key dimensions by an angle that grows with the position. Sliding "
             "layers use base 10,000 (fast-turning pairs, good for nearby tokens), full layers base 1,000,000 (slow "
             "pairs that still tell positions apart far away). Top right: how similar a vector stays to itself as the "
@@ -45,12 +47,17 @@ GUIDE = {
     "attention": "Each row is a token of your prompt (the query) and shows how much it attends to each earlier "
                  "token (the keys). Look for heads that attend to the previous token (a line just left of the "
                  "diagonal) or to the first token (a bright first column, an 'attention sink'). On sliding layers "
-                 "cells outside the window stay empty.",
+                 "(title in indigo) a query sees only the last *window* keys, so on a prompt longer than the window "
+                 "the cells further back stay empty: a band along the diagonal instead of a triangle; full layers "
+                 "(pink) see every earlier token. The default prompt is shorter than the demo model's 64-token window: "
+                 "paste a longer story to see the band. Long prompts label every few tokens (zoom in for the others); "
+                 "hovering a cell names both tokens.",
     "activations": "Top: how large the residual stream grows, layer by layer and token by token. Bottom left: how "
-                   "much the attention and the feed-forward part of each layer add. Bottom right: attention entropy: "
-                   "low = a head looks at few tokens, high = it spreads its attention.",
+                   "much the attention (blue) and the feed-forward (amber) part of each layer add. Bottom right: "
+                   "attention entropy: low = a head looks at few tokens, high = it spreads its attention. Layer names "
+                   "are indigo for sliding layers and pink for full ones, in every view.",
     "next_token": "The most likely next tokens after your prompt, with the probabilities sampling would use at the "
-                  "temperature and top-k you choose (bars) and at temperature 1 (pink ticks). The scale is "
+                  "temperature and top-k you choose (blue bars) and at temperature 1 (dark ticks). The scale is "
                   "logarithmic, because temperature divides the *log*-probabilities: below 1 the bars grow steeper "
                   "(the top token takes over; 0 always picks it), above 1 they level out and rarer words get a "
                   "chance. Top-k keeps only the k best, top-p the best that together reach p (the rest get no bar); the "
@@ -59,11 +66,14 @@ GUIDE = {
     "logit_lens": "Each cell runs the residual stream after a layer through the final norm and the unembedding, as if "
                   "the model stopped there: the text is the token it would predict, the colour how much probability it "
                   "already gives the model's final prediction (hover for its rank, and the true next token's). "
-                  "Outlined cells already predict the true next token (the top row shows it). With a tied head the "
+                  "Outlined cells already predict the true next token (the top row shows it). A prompt longer than "
+                  f"{LENS_TOKENS} tokens shows its last {LENS_TOKENS}: the slider above the grid moves to the others. "
+                  "With a tied head the "
                   "unembedding is the embedding itself, so the *embedding* row mostly predicts the input token again: "
                   "a token's vector is most similar to itself. In a trained model the guesses settle into the final "
                   "prediction layer by layer; in random weights they stay noise.",
-    "parameters": "Where the parameters live, matrix by matrix (every layer's summed). With the GPT-2 vocabulary the "
+    "parameters": "Where the parameters live, matrix by matrix (every layer's summed): attention in blue, feed-forward "
+                  "in amber, embedding and head in teal. With the GPT-2 vocabulary the "
                   "embedding is a large share of a small model; with a tied head the output layer reuses it for free. "
                   "Wk and Wv are a quarter of Wq: four query heads share one key/value head.",
 }
