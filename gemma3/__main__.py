@@ -13,12 +13,14 @@ from . import engine
 from .checkpoints import check_no_file_above, check_out_dir, export_hf, load_model, save_model
 from .cpu import keep_freed_memory
 from .defaults import default_model
-from .errors import sentence
+from .errors import prog, sentence
 from .generate import check_settings, stream
 from .gguf import export_gguf
 from .tokenizer import _is_gguf
 
 DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16}
+AUTO_DTYPE = ("auto (the default): bf16 on CUDA; on a CPU, bf16 for a checkpoint stored in bf16 where the CPU computes in "
+              "bf16 natively (AVX512-BF16 or AMX), else fp32")
 GGUF_TYPES = {"auto": "f16", "fp32": "f32", "f32": "f32", "f16": "f16", "bf16": "bf16", "q8_0": "q8_0"}
 
 
@@ -119,11 +121,11 @@ def cmd_convert(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m gemma3", description=__doc__)
+    parser = argparse.ArgumentParser(prog=prog("gemma3", "gemma3"), description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     model = default_model()
 
-    def add(name, help_, dtypes=tuple(DTYPES), dtype_help="default: bf16 on CUDA, fp32 on CPU"):
+    def add(name, help_, dtypes=tuple(DTYPES), dtype_help=AUTO_DTYPE):
         p = sub.add_parser(name, help=help_)
         p.add_argument("--model", default=model, required=model is None,
                        help="a checkpoint folder, a .pt/.bin/.safetensors/.gguf file, hf:owner/name, or "

@@ -1,6 +1,8 @@
 """How an error a user caused is shown: one sentence, never a traceback, never a server path."""
 
+import os
 import re
+import sys
 
 # an absolute path of two parts or more, not inside a URL or a relative path
 ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/\\-])(?:/[^\s/'\"`,;:()\[\]{}<>|]+){2,}/?")
@@ -16,3 +18,9 @@ def sentence(e: Exception) -> str:
     if isinstance(e, OSError) and e.filename is not None and e.strerror:
         return f"Cannot use {e.filename}: {e.strerror[0].lower()}{e.strerror[1:]}."
     return str(e)
+
+
+def prog(module: str, script: str) -> str:
+    """The command as it was typed, for usage lines: the installed console `script`, else `python -m <module>`."""
+    typed = os.path.basename(sys.argv[0] if sys.argv else "")
+    return script if typed in (script, f"{script}.exe") else f"python -m {module}"

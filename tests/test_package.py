@@ -12,7 +12,9 @@ import json
 import os
 import re
 import shutil
+import site
 import subprocess
+import sysconfig
 import venv
 from importlib import metadata
 from pathlib import Path
@@ -74,12 +76,20 @@ def _run(args, cwd, env=None, timeout=300, check=True):
 
 
 def _venv_with(tmp: Path, *pip_args) -> tuple[Path, Path]:
-    """A fresh venv (seeing this interpreter's packages) with the checkout's copy installed; (bin, copy)."""
+    """A fresh venv with the checkout's copy installed; (bin, copy). It sees the packages of the interpreter running
+    the tests (torch, gradio, setuptools, pip ...) through a .pth file after its own: inside a venv or a conda env
+    those are not the base interpreter's, which is all a venv's `system_site_packages` would show."""
     copy = _copy_checkout(tmp / "src")
     env_dir = tmp / "venv"
-    # No pip of its own: the system pip (visible through system site packages) installs into the venv.
-    venv.EnvBuilder(system_site_packages=True, with_pip=False, symlinks=os.name != "nt").create(env_dir)
+    venv.EnvBuilder(with_pip=False, symlinks=os.name != "nt").create(env_dir)
     bin_dir = env_dir / ("Scripts" if os.name == "nt" else "bin")
+    ours = _run([bin_dir / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=tmp)
+    ours = Path(ours.stdout.strip())
+    paths = dict.fromkeys(p for p in (*site.getsitepackages(), site.getusersitepackages(),
+                                      sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"])
+                          if Path(p).is_dir() and Path(p).resolve() != ours.resolve())
+    (ours / "_tests_see_the_running_interpreter.pth").write_text("".join(f"{p}\n" for p in paths))
+    # No pip of its own: the running interpreter's pip (seen through the .pth file) installs into the venv.
     _run([bin_dir / "python", "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-q",
           *pip_args, copy], cwd=tmp)
     return bin_dir, copy
@@ -153,9 +163,10 @@ def test_console_scripts_run_from_another_folder(installed):
     assert f"Gemma 3: {demo['layers']} layers" in info.stdout, info.stdout
     assert f"hidden {demo['hidden']}," in info.stdout and "vocabulary 50257 (gpt2)" in info.stdout, info.stdout
 
-    for name, words in (("gemma3-train", "prepare"), ("gemma3-app", "--runs-dir")):
+    for name, words in (("gemma3", "convert"), ("gemma3-train", "prepare"), ("gemma3-app", "--runs-dir")):
         helped = _run([bin_dir / name, "--help"], cwd=elsewhere)
         assert words in helped.stdout, helped.stdout
+        assert helped.stdout.startswith(f"usage: {name} "), "the usage line names the command as it was typed"
 
 
 def _readme_snippet() -> str:

@@ -22,7 +22,7 @@ import sys
 import typing
 from pathlib import Path
 
-from gemma3.errors import sentence
+from gemma3.errors import prog, sentence
 
 from .config import SETTINGS, TRACKERS, TRAIN_PRESETS, ConfigError, TrainConfig, default_preset
 from .data import add_prepare_args, run_prepare
@@ -123,7 +123,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__,
+    parser = argparse.ArgumentParser(prog=prog("training", "gemma3-train"), description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     add_prepare_args(sub.add_parser("prepare", help="tokenise a story corpus into train.bin / val.bin"))
