@@ -24,10 +24,16 @@ from plotly.subplots import make_subplots
 
 from gemma3.model import RoPE, sliding_mask
 
-from .figures import FULL, INK, SLIDING, _f32, _html, _title
+from . import figures
+from .figures import FULL, INK, SLIDING, TEAL, _f32, _html, _title
 from .figures import _style as _app_style
 from .hooks import Record
 
+# The colours: SLIDING / FULL only ever mean a sliding or a full layer (explain.figures); a layer's attention part
+# and its feed-forward part have their own (figures.ATTN / FFN where that version of figures has them).
+ATTN = getattr(figures, "ATTN", "#0284c7")
+FFN = getattr(figures, "FFN", "#d97706")
+HEIGHT = getattr(figures, "MAX_HEIGHT", 700)   # no panel taller: a 1440 x 1000 screen shows it whole
 GREY = "#6b7280"      # a grey that stays visible on the template's white (figures.GREY is lighter)
 ZERO = "#f4b183"      # cells whose recorded attention probability is exactly 0
 FFN_UNITS = 48        # feed-forward units shown in the GeGLU heatmaps (evenly spaced)
@@ -38,14 +44,14 @@ TOP_LOGITS = 10       # bars in the tied-head panel
 TOPICS = {  # key -> the label a reader picks it by
     "mqa": "Multi-query attention",
     "qk_norm": "q/k norm",
-    "rope": "RoPE by distance",
+    "rope": "RoPE's two bases",
     "sliding": "Sliding vs full",
     "geglu": "GeGLU",
     "norms": "Pre- and post-norms",
     "embedding": "Embedding scale, tied head",
 }
 USES = {  # which of layer / head each topic reads (the page shows only those controls)
-    "mqa": ("layer",), "qk_norm": ("layer", "head"), "rope": ("layer", "head"), "sliding": ("layer", "head"),
+    "mqa": ("layer",), "qk_norm": ("layer", "head"), "rope": (), "sliding": ("layer", "head"),
     "geglu": ("layer",), "norms": (), "embedding": (),
 }
 
@@ -108,11 +114,34 @@ def _token(record: Record, pos: int) -> str:
     return record.token_text[record.tokens[pos]]
 
 
-def _style(fig: go.Figure, title: str, detail: str, height: int) -> go.Figure:
-    """A short title with its detail on a second, smaller line (both stay within a narrow plot), the height, and
-    the app's Plotly template (explain.figures._style)."""
-    fig.update_layout(title=_title(title, detail), height=height)
+def _style(fig: go.Figure, title: str, detail: str, height: int = 680) -> go.Figure:
+    """A short title that says what to look for, with its detail on a second, smaller line (both stay within a
+    narrow plot), the height (at most HEIGHT), and the app's Plotly template (explain.figures._style)."""
+    fig.update_layout(title=_title(title, detail), height=min(height, HEIGHT))
     return _app_style(fig)
+
+
+def log_ticks(values) -> dict:
+    """Axis settings for a log axis over `values`: ticks only at 1, 2 and 5 x 10^k (1 x 10^k alone over more than
+    four decades), written plainly. Plotly's own log ticks label every digit of a decade, and they overlap."""
+    v = np.asarray([float(x) for x in np.ravel(values) if np.isfinite(x) and x > 0])
+    if not len(v):
+        return dict(type="log")
+    lo, hi = math.floor(math.log10(v.min())), math.ceil(math.log10(v.max()))
+    steps = (1,) if hi - lo > 4 else (1, 2, 5)
+    ticks = [m * 10.0 ** e for e in range(lo, hi + 1) for m in steps]
+    inside = [t for t in ticks if v.min() / 1.5 <= t <= v.max() * 1.5]
+    if len(inside) < 2:   # a narrow range: its ends, to two figures
+        inside = sorted({float(f"{v.min():.2g}"), float(f"{v.max():.2g}")})
+    return dict(type="log", tickmode="array", tickvals=inside, ticktext=[_plain(t) for t in inside])
+
+
+def _plain(x: float) -> str:
+    """0.05, 2, 500, 10k, 1M: a tick label."""
+    for unit, size in (("M", 1e6), ("k", 1e3)):
+        if x >= size:
+            return f"{x / size:g}{unit}"
+    return f"{x:g}"
 
 
 # ---- multi-query attention -----------------------------------------------------------------------
@@ -143,7 +172,7 @@ def mqa_view(record: Record, layer: int, dtype_bytes: int | None = None) -> tupl
     pos = torch.arange(T)
     visible = sliding_mask(pos, pos, cfg.window if record.layer_types[layer] == "sliding" else None)
     z = _f32(probs.masked_fill(~visible, float("nan")))
-    fig = make_subplots(rows=2, cols=H, row_heights=[0.5, 0.5], vertical_spacing=0.2, horizontal_spacing=0.02,
+    fig = make_subplots(rows=2, cols=H, row_heights=[0.55, 0.45], vertical_spacing=0.17, horizontal_spacing=0.02,
                         specs=[[{}] * H, [{"colspan": H}] + [None] * (H - 1)],
                         subplot_titles=[f"head {h} → K/V {_kv_head(cfg, h)}" for h in range(H)]
                         + ["KV cache size by tokens held"])
@@ -155,9 +184,9 @@ def mqa_view(record: Record, layer: int, dtype_bytes: int | None = None) -> tupl
         fig.update_xaxes(title_text="key", row=1, col=h + 1)
     fig.update_yaxes(title_text="query", row=1, col=1)
     n = np.unique(np.linspace(1, cfg.context, 200).round().astype(int))
-    lines = ((f"this model: {KV} K/V head{'s' if KV > 1 else ''}, sliding rings", KV, True, SLIDING, "solid"),
-             (f"one K/V per query head ({H}), sliding rings", H, True, FULL, "solid"),
-             (f"{KV} K/V head{'s' if KV > 1 else ''}, no rings (every layer keeps all)", KV, False, SLIDING, "dot"))
+    lines = ((f"this model: {KV} K/V head{'s' if KV > 1 else ''}, sliding rings", KV, True, TEAL, "solid"),
+             (f"one K/V per query head ({H}), sliding rings", H, True, GREY, "solid"),
+             (f"{KV} K/V head{'s' if KV > 1 else ''}, no rings (every layer keeps all)", KV, False, TEAL, "dot"))
     for name, kv, ring, color, dash in lines:
         mb = [kv_cache_bytes(cfg, int(t), kv, size, ring) / 1e6 for t in n]
         fig.add_trace(go.Scatter(x=n, y=mb, mode="lines", name=name, line=dict(color=color, dash=dash),
@@ -166,12 +195,12 @@ def mqa_view(record: Record, layer: int, dtype_bytes: int | None = None) -> tupl
     fig.update_yaxes(title_text="MB", rangemode="tozero", row=2, col=1)
     sp = fig.get_subplot(2, 1)
     fig.update_layout(coloraxis=dict(colorscale="Blues", cmin=0, colorbar=dict(
-        title=dict(text="attention", side="right"), len=0.4, y=0.8, thickness=12)),
+        title=dict(text="attention", side="right"), len=0.45, y=0.78, thickness=12)),
         plot_bgcolor="#f3f4f6",
         legend=dict(x=sp.xaxis.domain[0] + 0.01, y=sp.yaxis.domain[1] - 0.01, yanchor="top",
                     bgcolor="rgba(255,255,255,0.8)"))
-    _style(fig, f"{H} query heads sharing {KV} key/value head{'s' if KV > 1 else ''}",
-           f"layer {layer} ({_kind(record, layer)}): each head's attention; below, the KV cache it needs", 840)
+    _style(fig, f"{H} query heads sharing {KV} key/value head{'s' if KV > 1 else ''}: different patterns, one cache",
+           f"layer {layer} ({_kind(record, layer)}): each head's attention; below, the KV cache it needs")
     mine, per_head = kv_bytes_per_token(cfg, KV, size), kv_bytes_per_token(cfg, H, size)
     full_ctx = kv_cache_bytes(cfg, cfg.context, KV, size)
     text = (f"This model has **{H} query heads sharing {KV} key/value head{'s' if KV > 1 else ''}**: each head "
@@ -224,7 +253,7 @@ def qk_norm_view(record: Record, model, layer: int, head: int) -> tuple[go.Figur
     bound = qk_bound(model, layer)
     T = record.seq_len
     pos = np.arange(T)
-    fig = make_subplots(rows=2, cols=2, row_heights=[0.55, 0.45], vertical_spacing=0.2, horizontal_spacing=0.16,
+    fig = make_subplots(rows=2, cols=2, row_heights=[0.55, 0.45], vertical_spacing=0.17, horizontal_spacing=0.16,
                         specs=[[{}, {}], [{"colspan": 2}, None]],
                         subplot_titles=("without q/k norm", "with q/k norm (the model)",
                                         "largest |logit| of each query"))
@@ -237,17 +266,19 @@ def qk_norm_view(record: Record, model, layer: int, head: int) -> tuple[go.Figur
             hovertemplate="query %{y}, key %{x}: %{z:.3g}<extra>" + name + " norm</extra>"), row=1, col=col)
         fig.update_yaxes(autorange="reversed", title_text="query" if col == 1 else None, row=1, col=col)
         fig.update_xaxes(title_text="key", row=1, col=col)
-    for name, z, color in (("without q/k norm", raw, GREY), ("with q/k norm", normed, SLIDING)):
-        fig.add_trace(go.Scatter(x=pos, y=_f32(torch.nan_to_num(z.abs(), nan=0.0).amax(-1)), mode="lines+markers",
+    tops = []
+    for name, z, color in (("without q/k norm", raw, GREY), ("with q/k norm", normed, TEAL)):
+        tops.append(_f32(torch.nan_to_num(z.abs(), nan=0.0).amax(-1)))
+        fig.add_trace(go.Scatter(x=pos, y=tops[-1], mode="lines+markers",
                                  marker=dict(size=4), name=name, line=dict(color=color),
                                  hovertemplate="query %{x}: %{y:.3g}<extra>" + name + "</extra>"), row=2, col=1)
     fig.add_trace(go.Scatter(x=[0, T - 1], y=[bound, bound], mode="lines", name="bound set by the norm weights",
-                             line=dict(color=FULL, dash="dash"), hoverinfo="skip"), row=2, col=1)
+                             line=dict(color=INK, dash="dash"), hoverinfo="skip"), row=2, col=1)
     fig.update_xaxes(title_text="query position", row=2, col=1)
-    fig.update_yaxes(title_text="max |logit| (log)", type="log", row=2, col=1)
+    fig.update_yaxes(title_text="max |logit| (log)", **log_ticks(np.concatenate(tops + [[bound]])), row=2, col=1)
     fig.update_layout(plot_bgcolor="#f3f4f6", legend=dict(orientation="h", x=0, y=-0.12, yanchor="top"))
-    _style(fig, "Attention logits without and with the q/k norm",
-           f"layer {layer}, head {head}: q·k × scale, RoPE applied to both by the model's RoPE", 820)
+    _style(fig, "The q/k norm keeps every attention logit under its bound",
+           f"layer {layer}, head {head}: q·k × scale without and with the norm, RoPE applied to both by the model's RoPE")
     cfg = record.config
     q_len = float(record.stage("q_norm", layer)[:, head].float().norm(dim=-1).mean())
     q_raw = float(record.stage("q", layer)[:, head].float().norm(dim=-1).mean())
@@ -263,71 +294,91 @@ def qk_norm_view(record: Record, model, layer: int, head: int) -> tuple[go.Figur
     return fig, text
 
 
-# ---- RoPE by distance ----------------------------------------------------------------------------
-def rope_scores(record: Record, model, layer: int, head: int) -> dict:
-    """The last token's query (after the q norm) against the key it attends to most, placed d positions apart,
-    rotated by the model's local and global RoPE: {"distances", "local", "global", "query", "key",
-    "distance" (their real distance), "max_distance"}."""
-    layer, head = _layer(record, layer), _head(record, head)
-    cfg = record.config
-    T = record.seq_len
-    query = T - 1
-    key = int(record.stage("attn_probs", layer)[head, query].argmax())
-    q = record.stage("q_norm", layer)[query, head].float()
-    k = record.stage("k_norm", layer)[key, _kv_head(cfg, head)].float()
-    far = min(cfg.context - 1, max(4 * cfg.window, 1024))
-    d = torch.arange(far + 1)
-    scale = model.blocks[layer].attn.scale
-    out = {"distances": d, "query": query, "key": key, "distance": query - key, "max_distance": far}
+# ---- RoPE's two bases ----------------------------------------------------------------------------
+def rope_pairs(model) -> dict:
+    """The model's two RoPEs, pair by pair, read from its own RoPE modules (`inv_freq`, the angle per position,
+    base^(-2i/head_dim), divided by the RoPE's scale): {"local", "global": [head_dim / 2] angles per position in
+    radians, "local_wavelength", "global_wavelength": 2 pi / angle, the tokens one full turn takes}."""
+    out = {}
     for name, rope in (("local", model.rope_local), ("global", model.rope_global)):
-        k_rot = _rotate(rope, k[None], torch.tensor([key]))[0]
-        q_rot = _rotate(rope, q.expand(len(d), -1), key + d)
-        out[name] = q_rot @ k_rot * scale
+        theta = rope.inv_freq.detach().double().cpu()
+        out[name], out[f"{name}_wavelength"] = theta, 2 * math.pi / theta
     return out
 
 
-def rope_view(record: Record, model, layer: int, head: int) -> tuple[go.Figure, str]:
-    s = rope_scores(record, model, layer, head)
+def window_pair(r: dict, window: int) -> int:
+    """The pair whose turn under the local base is nearest the window in length: the one drawn turning."""
+    return int(np.abs(np.log(r["local_wavelength"].numpy() / window)).argmin())
+
+
+def rope_view(record: Record, model) -> tuple[go.Figure, str]:
+    """Each dimension pair's wavelength under the local and the global base, with the window and the context
+    marked; below, how three pairs turn as the position grows."""
     cfg = record.config
-    W = cfg.window
-    d = s["distances"].numpy()
-    fig = go.Figure()
-    inside = d < W
-    fig.add_trace(go.Scatter(x=d[inside], y=_f32(s["local"][inside]), mode="lines", line=dict(color=SLIDING),
-                             name=f"local base {cfg.rope_local_base:g} (sliding layers)",
-                             hovertemplate="d = %{x}: %{y:.3g}<extra>local</extra>"))
-    fig.add_trace(go.Scatter(x=d[~inside], y=_f32(s["local"][~inside]), mode="lines",
-                             line=dict(color=SLIDING, width=1, dash="dot"), opacity=0.5,
-                             name="local beyond the window (never used)",
-                             hovertemplate="d = %{x}: %{y:.3g}<extra>local, unused</extra>"))
-    fig.add_trace(go.Scatter(x=d, y=_f32(s["global"]), mode="lines", line=dict(color=FULL),
-                             name=f"global base {cfg.rope_global_base:g} (full layers)",
-                             hovertemplate="d = %{x}: %{y:.3g}<extra>global</extra>"))
-    kind = _kind(record, layer)
-    real = s["distance"]
-    mine = s["local" if kind == "sliding" else "global"][real]
-    fig.add_trace(go.Scatter(x=[real], y=[float(mine)], mode="markers", name=f"in your prompt (layer {layer})",
-                             marker=dict(size=12, color="black", symbol="x"),
-                             hovertemplate="real distance %{x}: %{y:.3g}<extra></extra>"))
-    fig.add_vline(x=W, line=dict(color=GREY, dash="dash"), annotation_text=f"window {W}",
-                  annotation_position="top right", annotation_font=dict(size=11, color=GREY))
-    fig.update_layout(xaxis=dict(title="distance d between query and key (positions)"),
-                      yaxis=dict(title="score q·k × scale"),
-                      legend=dict(orientation="h", x=0, y=-0.25, yanchor="top"))
-    q_tok, k_tok = _html(_token(record, s["query"])), _html(_token(record, s["key"]))
-    _style(fig, "One query and one key, d positions apart",
-           f"layer {layer}, head {head}: their score under the local and the global RoPE base", 580)
-    near = slice(0, min(W, len(d)))
-    lo_l, hi_l = float(s["local"][near].min()), float(s["local"][near].max())
-    lo_g, hi_g = float(s["global"][near].min()), float(s["global"][near].max())
-    text = (f"The query of the last token “{q_tok}” and the key of “{k_tok}”, the token it attends to most in layer "
-            f"{layer} (head {head}), really {real} positions apart (x). RoPE turns both by their positions, so their "
-            f"score depends only on the distance d. Within the window of {W}, the local base "
-            f"{cfg.rope_local_base:g} moves the score between {lo_l:.3g} and {hi_l:.3g}, the global base "
-            f"{cfg.rope_global_base:g} only between {lo_g:.3g} and {hi_g:.3g}: the sliding layers' fast-turning "
-            f"RoPE tells near positions apart, the full layers' slow one keeps far tokens recognisable up to "
-            f"their context of {cfg.context:,}.")
-    return fig, text
+    r = rope_pairs(model)
+    half, W, C, T = cfg.head_dim // 2, cfg.window, cfg.context, record.seq_len
+    i, p = np.arange(half), window_pair(r, W)
+    fig = make_subplots(rows=2, cols=1, row_heights=[0.56, 0.44], vertical_spacing=0.2,
+                        subplot_titles=(f"one full turn of each of the {half} pairs, in tokens (log)",
+                                        f"pair {p}, cos(position × angle): a turn every "
+                                        f"{_tokens(r['local_wavelength'][p])} tokens (sliding), "
+                                        f"{_tokens(r['global_wavelength'][p])} (full)"))
+    for name, base, color, layers in (("local", cfg.rope_local_base, SLIDING, "sliding"),
+                                      ("global", cfg.rope_global_base, FULL, "full")):
+        fig.add_trace(go.Scatter(x=i, y=_f32(r[f"{name}_wavelength"]), mode="lines+markers", meta=name,
+                                 name=f"base {base:,.0f} ({layers} layers)", line=dict(color=color),
+                                 marker=dict(size=5), customdata=_f32(r[name]),
+                                 hovertemplate="pair %{x}: %{customdata:.4g} rad per token, a turn every %{y:,.4g} "
+                                               "tokens<extra>" + layers + "</extra>"), row=1, col=1)
+    for y, label, color in ((W, f"window {W}", SLIDING), (C, f"context {C:,}", FULL)):
+        fig.add_trace(go.Scatter(x=[0, half - 1], y=[y, y], mode="lines", line=dict(color=color, dash="dash", width=1),
+                                 showlegend=False, hoverinfo="skip"), row=1, col=1)
+        fig.add_annotation(x=half - 1, y=math.log10(y), text=label, showarrow=False, xanchor="right",
+                           yanchor="bottom", font=dict(size=11, color=color), row=1, col=1)
+    waves = np.concatenate([_f32(r["local_wavelength"]), _f32(r["global_wavelength"]), [W, C]])
+    fig.update_yaxes(title_text="tokens per turn", **log_ticks(waves), row=1, col=1)
+    fig.update_xaxes(title_text=f"pair i (dimensions i and i + {half})", row=1, col=1)
+    pos = np.unique(np.linspace(0, C, 800).round())
+    for name, color, layers in (("local", SLIDING, "sliding"), ("global", FULL, "full")):
+        fig.add_trace(go.Scatter(x=pos, y=np.cos(pos * float(r[name][p])).astype(np.float32), mode="lines",
+                                 line=dict(color=color, width=1.5), showlegend=False, meta=f"turn_{name}",
+                                 hovertemplate="position %{x}: cos %{y:.2f}<extra>pair " + str(p) + ", " + layers
+                                               + " layers</extra>"), row=2, col=1)
+    fig.add_vline(x=W, line=dict(color=SLIDING, dash="dash", width=1), row=2, col=1)
+    fig.add_vline(x=T - 1, line=dict(color=GREY, dash="dot", width=1), annotation_text=f"your {T} tokens",
+                  annotation_position="bottom right", annotation_font=dict(size=11, color=GREY), row=2, col=1)
+    fig.update_xaxes(title_text="position (dashed: the window)", range=[0, C], row=2, col=1)
+    fig.update_yaxes(title_text="cos", range=[-1.1, 1.1], row=2, col=1)
+    fig.update_layout(legend=dict(orientation="h", x=0, y=-0.14, yanchor="top"))
+    _style(fig, "Two RoPE bases: fast turns inside the window, slow ones across the context",
+           f"head_dim {cfg.head_dim}: pair i turns base^(−2i/{cfg.head_dim}) radians a token")
+    return fig, _rope_text(cfg, r, T)
+
+
+def _tokens(x) -> str:
+    """A number of tokens: 6.28, 35,330."""
+    x = float(x)
+    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
+
+
+def _rope_text(cfg, r: dict, T: int) -> str:
+    half, W, C = cfg.head_dim // 2, cfg.window, cfg.context
+    lw, gw = r["local_wavelength"], r["global_wavelength"]
+    p = window_pair(r, W)
+    in_window = int((lw <= W).sum())
+    beyond = int((gw > C).sum())
+    scale = "" if getattr(cfg, "rope_global_scale", 1.0) == 1 else (
+        f" (the global angles are also divided by the RoPE scale {cfg.rope_global_scale:g})")
+    return (f"RoPE turns each of the {half} pairs of a {cfg.head_dim}-number query or key head by its own angle per "
+            f"position, base^(−2i/{cfg.head_dim}) radians, so a query·key score depends on how far apart the two tokens "
+            f"are. Gemma 3 uses two bases{scale}. **Sliding layers, base {cfg.rope_local_base:,.0f}:** a full turn "
+            f"takes from {_tokens(lw[0])} to {_tokens(lw[-1])} tokens; **{in_window} of {half}** pairs turn at least "
+            f"once inside the window of {W}, so nearby positions are told apart finely, and a key past the window is "
+            f"never seen anyway. **Full layers, base {cfg.rope_global_base:,.0f}:** from {_tokens(gw[0])} to "
+            f"{_tokens(gw[-1])} tokens; **{beyond} of {half}** pairs turn less than once across the whole context of "
+            f"{C:,}, so two far-apart positions never look alike. Bottom: pair {p}, whose sliding turn is nearest the "
+            f"window, turns **{float(r['local'][p] / r['global'][p]):.3g}× slower** under the full layers' base (your "
+            f"prompt ends at position {T - 1}).")
 
 
 # ---- sliding vs full -----------------------------------------------------------------------------
@@ -356,7 +407,7 @@ def sliding_view(record: Record, layer: int, head: int | None = None) -> tuple[g
     who = "mean of all heads" if head is None else f"head {head}"
     pos = torch.arange(T)
     causal = sliding_mask(pos, pos, None)
-    fig = make_subplots(rows=2, cols=2, row_heights=[0.58, 0.42], vertical_spacing=0.2, horizontal_spacing=0.05,
+    fig = make_subplots(rows=2, cols=2, row_heights=[0.58, 0.42], vertical_spacing=0.17, horizontal_spacing=0.05,
                         specs=[[{}, {}], [{"colspan": 2}, None]],
                         subplot_titles=(f"layer {s}: sliding, window {W}", f"layer {f}: full",
                                         f"attention of the last query ({T - 1}) by distance back"))
@@ -382,7 +433,7 @@ def sliding_view(record: Record, layer: int, head: int | None = None) -> tuple[g
                       row=2, col=1)
     if T > W:  # the window's edge on the sliding map: key = query - W + 1
         fig.add_trace(go.Scatter(x=[0, T - W], y=[W - 1, T - 1], mode="lines", showlegend=False, hoverinfo="skip",
-                                 line=dict(color=FULL, dash="dash", width=1.5)), row=1, col=1)
+                                 line=dict(color=INK, dash="dash", width=1.5)), row=1, col=1)
     fig.add_vline(x=W - 0.5, line=dict(color=GREY, dash="dash"), annotation_text=f"window {W}",
                   annotation_position="top left", annotation_font=dict(size=11, color=GREY), row=2, col=1)
     fig.update_xaxes(title_text="distance back from the last token", row=2, col=1)
@@ -392,8 +443,8 @@ def sliding_view(record: Record, layer: int, head: int | None = None) -> tuple[g
         title=dict(text="attention", side="right"), len=0.5, y=0.78, thickness=12)), plot_bgcolor="#f3f4f6",
         legend=dict(x=sp.xaxis.domain[1] - 0.01, xanchor="right", y=sp.yaxis.domain[1] - 0.01, yanchor="top",
                     bgcolor="rgba(255,255,255,0.8)"))
-    _style(fig, f"Sliding layer {s} against full layer {f}",
-           f"{who}, {T} tokens; grey: future keys, orange: probability exactly 0", 840)
+    _style(fig, f"Sliding layer {s} stops at its window of {W}; full layer {f} reads everything",
+           f"{who}, {T} tokens; grey: future keys, orange: probability exactly 0")
     far = pos[None, :] <= pos[:, None] - W   # keys older than the window
     beyond_s = float(probs[s][far].max()) if T > W else 0.0
     share_f = float(probs[f][T - 1, : max(0, T - W)].sum())
@@ -430,7 +481,7 @@ def geglu_view(record: Record, layer: int) -> tuple[go.Figure, str]:
     cfg = record.config
     T = record.seq_len
     units = np.unique(np.linspace(0, cfg.ffn - 1, min(FFN_UNITS, cfg.ffn)).round().astype(int))
-    fig = make_subplots(rows=2, cols=3, row_heights=[0.4, 0.6], vertical_spacing=0.2, horizontal_spacing=0.04,
+    fig = make_subplots(rows=2, cols=3, row_heights=[0.42, 0.58], vertical_spacing=0.17, horizontal_spacing=0.04,
                         specs=[[{"colspan": 3, "secondary_y": True}, None, None], [{}, {}, {}]],
                         subplot_titles=("gate values and GELU (tanh approximation)", "GELU(gate)", "up",
                                         "GELU(gate) × up"))
@@ -443,7 +494,7 @@ def geglu_view(record: Record, layer: int) -> tuple[go.Figure, str]:
                   row=1, col=1)
     xs = torch.linspace(float(gate.min()), float(gate.max()), 200)
     fig.add_trace(go.Scatter(x=_f32(xs), y=_f32(F.gelu(xs, approximate="tanh")), mode="lines", name="GELU(x)",
-                             line=dict(color=FULL, width=2.5),
+                             line=dict(color=INK, width=2.5),
                              hovertemplate="GELU(%{x:.3g}) = %{y:.3g}<extra></extra>"),
                   row=1, col=1, secondary_y=True)   # the curve over the bars
     fig.update_yaxes(title_text="count", row=1, col=1, secondary_y=False)
@@ -462,7 +513,8 @@ def geglu_view(record: Record, layer: int) -> tuple[go.Figure, str]:
     sp = fig.get_subplot(1, 1)
     fig.update_layout(bargap=0.05, legend=dict(x=sp.xaxis.domain[0] + 0.01, y=sp.yaxis.domain[1] - 0.01,
                                                yanchor="top", bgcolor="rgba(255,255,255,0.8)"))
-    _style(fig, "GeGLU: down(GELU(gate) × up)", f"layer {layer}, {T} tokens; red < 0 < blue, white: near 0", 820)
+    _style(fig, "GeGLU: the gate switches units off, up only passes where it is open",
+           f"layer {layer}, {T} tokens: down(GELU(gate) × up); red < 0 < blue, white: near 0")
     text = (f"Gemma 3's feed-forward widens each token to {cfg.ffn} units twice: a **gate** and an **up** "
             f"projection, multiplied after GELU(gate) (red/blue: sign and size; white: near zero). In layer "
             f"{layer}, **{g['negative']:.0%}** of the gate values are negative, where GELU lets through at most "
@@ -485,44 +537,94 @@ def norm_sizes(record: Record) -> dict:
     return out
 
 
-def norms_view(record: Record) -> tuple[go.Figure, str]:
-    n = norm_sizes(record)
-    cfg = record.config
+NORMS = (("attn_norm", "pre-attention"), ("post_attn_norm", "post-attention"), ("ffn_norm", "pre-feed-forward"),
+         ("post_ffn_norm", "post-feed-forward"))
+
+
+def norm_weights(model) -> dict:
+    """RMS of each norm's learned scale (1 + w) per layer, {name in NORMS: [L]}: a normalised vector (RMS 1)
+    comes out of the norm about this size. Post-norms a model lacks (nn.Identity) are left out."""
+    out = {}
+    for name, _ in NORMS:
+        norms = [getattr(b, name) for b in model.blocks]
+        if all(hasattr(n, "weight") for n in norms):
+            out[name] = [float((1 + n.weight.detach().float()).pow(2).mean().sqrt()) for n in norms]
+    return out
+
+
+def norms_view(record: Record, model) -> tuple[go.Figure, str]:
+    """Per layer: the residual stream, what each half reads after its pre-norm, and what it adds before and
+    after its post-norm (a dumbbell per layer); below, the learned scales that set those sizes."""
+    n, w = norm_sizes(record), norm_weights(model)
     L = record.layers
-    x = list(range(L))
-    fig = go.Figure()
-    series = (("residual stream entering the layer", "residual", INK, "solid", L),
-              ("attention output before its post-norm (o)", "o", SLIDING, "dot", L),
-              ("attention added, after the post-norm", "post_attn_norm", SLIDING, "solid", L),
-              ("feed-forward output before its post-norm (down)", "down", FULL, "dot", L),
-              ("feed-forward added, after the post-norm", "post_ffn_norm", FULL, "solid", L),
-              ("what attention reads, after its pre-norm", "attn_norm", GREY, "dashdot", L))
-    for name, key, color, dash, m in series:
-        fig.add_trace(go.Scatter(x=x[:m], y=n[key][:m], mode="lines+markers", name=name,
-                                 line=dict(color=color, dash=dash), marker=dict(size=6),
-                                 hovertemplate="layer %{x}: RMS %{y:.3g}<extra>" + key + "</extra>"))
-    fig.update_layout(xaxis=dict(title="layer", dtick=1 if L <= 32 else None),
-                      yaxis=dict(title="RMS (mean over tokens, log)", type="log"),
-                      legend=dict(orientation="h", x=0, y=-0.2, yanchor="top"))
-    _style(fig, "Sizes before and after each post-norm", f"RMS through {L} layers, mean over {record.seq_len} tokens",
-           620)
-    before = n["o"] + n["down"]
-    after = n["post_attn_norm"] + n["post_ffn_norm"]
+    fig = make_subplots(rows=2, cols=1, row_heights=[0.64, 0.36], vertical_spacing=0.14, shared_xaxes=True,
+                        subplot_titles=(f"RMS on your {record.seq_len} tokens (mean over tokens, log)",
+                                        "the norms' learned scales: RMS of (1 + w)"))
+    x = np.arange(L)
+    fig.add_trace(go.Scatter(x=np.arange(L + 1) - 0.5, y=n["residual"], mode="lines+markers", meta="residual",
+                             name="residual stream (entering each layer, then leaving the last)",
+                             line=dict(color=INK, width=2.5), marker=dict(size=6),
+                             hovertemplate="RMS %{y:.3g}<extra>residual stream</extra>"), row=1, col=1)
+    fig.add_trace(go.Scatter(x=x, y=n["attn_norm"], mode="lines", meta="attn_norm", line=dict(color=GREY, dash="dot"),
+                             name="what attention reads (after its pre-norm)",
+                             hovertemplate="layer %{x}: RMS %{y:.3g}<extra>after the pre-norm</extra>"), row=1, col=1)
+    for key_raw, key, color, dx, what in (("o", "post_attn_norm", ATTN, -0.15, "attention"),
+                                          ("down", "post_ffn_norm", FFN, 0.15, "feed-forward")):
+        xs = x + dx
+        fig.add_trace(go.Scatter(x=np.repeat(xs, 3), y=np.ravel([[a, b, np.nan] for a, b in zip(n[key_raw], n[key])]),
+                                 mode="lines", line=dict(color=color, width=2), hoverinfo="skip", showlegend=False),
+                      row=1, col=1)
+        fig.add_trace(go.Scatter(x=xs, y=n[key_raw], mode="markers", meta=key_raw, name=f"{what}: computed (open)",
+                                 marker=dict(size=9, color="white", line=dict(color=color, width=2)),
+                                 hovertemplate="layer %{x:.0f}: RMS %{y:.3g}<extra>" + what + " before its post-norm"
+                                               "</extra>"), row=1, col=1)
+        fig.add_trace(go.Scatter(x=xs, y=n[key], mode="markers", meta=key, name=f"{what}: added, after its post-norm",
+                                 marker=dict(size=9, color=color),
+                                 hovertemplate="layer %{x:.0f}: RMS %{y:.3g}<extra>" + what + " added</extra>"),
+                      row=1, col=1)
+    sizes = [v for k in ("residual", "attn_norm", "o", "post_attn_norm", "down", "post_ffn_norm") for v in n[k]]
+    fig.update_yaxes(title_text="RMS", **log_ticks(sizes), row=1, col=1)
+    for key, label in NORMS:
+        if key in w:
+            color = ATTN if "attn" in key else FFN
+            fig.add_trace(go.Scatter(x=x, y=w[key], mode="lines+markers", meta=f"w_{key}", name=f"{label} norm scale",
+                                     line=dict(color=color, dash="solid" if key.startswith("post") else "dot"),
+                                     marker=dict(size=5), showlegend=False,
+                                     hovertemplate="layer %{x}: %{y:.3g}<extra>" + label + " norm</extra>"),
+                          row=2, col=1)
+    fig.update_yaxes(title_text="RMS(1 + w)", rangemode="tozero", row=2, col=1)
+    for i, t in enumerate(record.layer_types):   # a full layer's column in the full layers' colour
+        if t == "full":
+            for row in (1, 2):
+                fig.add_vrect(x0=i - 0.5, x1=i + 0.5, fillcolor=FULL, opacity=0.08, line_width=0, row=row, col=1)
+    fig.update_xaxes(tickmode="array", tickvals=x, ticktext=[f"{i}" for i in x], range=[-0.7, L - 0.3])
+    fig.update_xaxes(title_text="layer (pink band: a full layer)", row=2, col=1)
+    fig.update_layout(legend=dict(orientation="h", x=0, y=-0.16, yanchor="top"))
+    _style(fig, "Pre-norms steady what each half reads; post-norms set what it adds",
+           f"{L} layers: the residual grows, every layer still adds about the same amount")
+    return fig, _norms_text(record, n, w)
+
+
+def _norms_text(record: Record, n: dict, w: dict) -> str:
+    cfg, L = record.config, record.layers
     r = n["residual"]
+    before, after = n["o"] + n["down"], n["post_attn_norm"] + n["post_ffn_norm"]
+    read = n["attn_norm"] + n["ffn_norm"]
+    pre = (f"The residual stream (black) grows from {r[0]:.3g} (the scaled embedding) to {r[-1]:.3g} after layer "
+           f"{L - 1}. **Pre-norms**: each half reads it through an RMSNorm, so what attention and the feed-forward "
+           f"read stays between {min(read):.3g} and {max(read):.3g} in every layer (grey dots), however large the "
+           f"stream has grown. ")
     if cfg.post_norms:
-        what = (f"Each sub-layer's raw output varies from {min(before):.3g} to {max(before):.3g} in RMS across "
-                f"layers (dotted, a factor {max(before) / min(before):.3g}); its **post-norm** rescales it to "
-                f"{min(after):.3g}–{max(after):.3g} (solid, a factor {max(after) / min(after):.3g}), set by the norm's "
-                f"weights alone. That is why in the Activations view every layer adds about the same amount.")
+        post = (f"**Post-norms**: what each half computes (open circles) ranges from {min(before):.3g} to "
+                f"{max(before):.3g}, a factor {max(before) / min(before):.3g}; after its post-norm (filled) what it "
+                f"adds is {min(after):.3g}–{max(after):.3g}, a factor {max(after) / min(after):.3g}, about the RMS of "
+                f"the norm's learned scale (1 + w) (bottom: {min(w['post_attn_norm'] + w['post_ffn_norm']):.3g}–"
+                f"{max(w['post_attn_norm'] + w['post_ffn_norm']):.3g}). So the size of each addition is learned, "
+                f"not an accident of the layer's arithmetic: no layer can drown the stream or vanish in it.")
     else:
-        what = ("This model has no post-norms (before and after are the same lines): each layer adds its raw "
+        post = ("This model has no post-norms (each dumbbell's two ends are the same point): each layer adds its raw "
                 "output, whatever its size.")
-    text = (f"Gemma 3 normalises twice around every sub-layer: a **pre-norm** on what it reads (dash-dot: RMS "
-            f"about {float(np.mean(n['attn_norm'])):.3g} in every layer, however large the residual) and a "
-            f"**post-norm** on what it adds. {what} The residual stream (black) goes from {r[0]:.3g} (the scaled "
-            f"embedding) to {r[-1]:.3g} after layer {L - 1}; the final norm rescales it once more before the "
-            f"unembedding.")
-    return fig, text
+    return pre + post + " The final norm rescales the stream once more before the unembedding."
 
 
 # ---- embedding scale and tied head ---------------------------------------------------------------
@@ -552,39 +654,41 @@ def embedding_parts(record: Record, model) -> dict:
 
 def embedding_view(record: Record, model) -> tuple[go.Figure, str]:
     e = embedding_parts(record, model)
-    cfg = record.config
-    T = record.seq_len
+    cfg, T = record.config, record.seq_len
     labels = [_html(s) for s in record.labels]
     top = e["similarity"].topk(min(TOP_LOGITS, cfg.vocab_size))
     tied = e["tied"]
     head = "embedding" if tied else "output head"
-    fig = make_subplots(rows=3, cols=1, vertical_spacing=0.13, row_heights=[0.32, 0.3, 0.38],
+    fig = make_subplots(rows=3, cols=1, vertical_spacing=0.09, row_heights=[0.3, 0.36, 0.34],
                         subplot_titles=(f"RMS of each token's embedding row: raw (light), × √{cfg.hidden} (dark)",
-                                        f"next-token logits = final state · {head} row (top {len(top.indices)})",
-                                        "lens' first row: with its own row (blue), the best other (grey)"))
-    fig.add_trace(go.Bar(x=labels, y=_f32(e["raw_rms"]), name="raw row", marker_color="#9bb8d3",
+                                        "lens' first row: with its own row (teal), the best other (grey)",
+                                        f"next-token logits = final state · {head} row (top {len(top.indices)})"))
+    fig.add_trace(go.Bar(x=labels, y=_f32(e["raw_rms"]), name="raw row", marker_color="#99d5cf",
                          hovertemplate="%{x}: %{y:.3g}<extra>raw</extra>"), row=1, col=1)
     fig.add_trace(go.Bar(x=labels, y=_f32(e["scaled_rms"]), name=f"× √{cfg.hidden} = {e['scale']:.3g}",
-                         marker_color=SLIDING, hovertemplate="%{x}: %{y:.3g}<extra>scaled</extra>"), row=1, col=1)
-    fig.update_yaxes(title_text="RMS (log)", type="log", row=1, col=1)
-    cand = [f"{r + 1}. {_html(record.token_text.get(i) or str(i))}" for r, i in enumerate(top.indices.tolist())]
-    fig.add_trace(go.Bar(x=cand, y=_f32(top.values), name="dot product = logit", marker_color=FULL,
-                         hovertemplate="%{x}: %{y:.4g}<extra></extra>"), row=2, col=1)
-    fig.update_yaxes(title_text="dot product", row=2, col=1)
-    fig.add_trace(go.Bar(x=labels, y=_f32(e["own"]), name="with its own row", marker_color=SLIDING,
-                         hovertemplate="%{x}: %{y:.4g}<extra>own row</extra>"), row=3, col=1)
+                         marker_color=TEAL, hovertemplate="%{x}: %{y:.3g}<extra>scaled</extra>"), row=1, col=1)
+    fig.update_yaxes(title_text="RMS (log)", **log_ticks(np.concatenate([_f32(e["raw_rms"]), _f32(e["scaled_rms"])])),
+                     row=1, col=1)
+    fig.add_trace(go.Bar(x=labels, y=_f32(e["own"]), name="with its own row", marker_color=TEAL,
+                         hovertemplate="%{x}: %{y:.4g}<extra>own row</extra>"), row=2, col=1)
     fig.add_trace(go.Bar(x=labels, y=_f32(e["best_other"]), name="with the best other row", marker_color=GREY,
-                         hovertemplate="%{x}: %{y:.4g}<extra>best other row</extra>"), row=3, col=1)
-    fig.update_yaxes(title_text="dot product", row=3, col=1)
-    for row in (1, 2, 3):
-        fig.update_xaxes(type="category", tickangle=-60, row=row, col=1)
+                         hovertemplate="%{x}: %{y:.4g}<extra>best other row</extra>"), row=2, col=1)
+    fig.update_yaxes(title_text="dot product", row=2, col=1)
+    cand = [f"{r + 1}. {_html(record.token_text.get(i) or str(i))}" for r, i in enumerate(top.indices.tolist())]
+    fig.add_trace(go.Bar(y=cand, x=_f32(top.values), orientation="h", name="dot product = logit", marker_color=FFN,
+                         hovertemplate="%{y}: %{x:.4g}<extra></extra>"), row=3, col=1)
+    fig.update_xaxes(title_text="dot product", row=3, col=1)
+    fig.update_yaxes(autorange="reversed", type="category", row=3, col=1)
+    # the two per-token rows share one axis of token labels, written once under the second
+    fig.update_xaxes(type="category", matches="x2", showticklabels=False, row=1, col=1)
+    fig.update_xaxes(type="category", tickangle=-60, row=2, col=1)
     fig.update_layout(barmode="group", showlegend=False)
-    _style(fig, "The embedding, scaled in and reused out",
-           f"√{cfg.hidden} scale on the way in; {'tied' if tied else 'untied'} head on the way out", 1040)
+    _style(fig, "The embedding, scaled in and reused out: each token's own row fits it best",
+           f"√{cfg.hidden} scale on the way in; {'tied' if tied else 'untied'} head on the way out")
     repeat = int((e["lens_top"] == torch.tensor(record.tokens)).sum())
     raw, scaled = float(e["raw_rms"].mean()), float(e["scaled_rms"].mean())
     first = (f"The logit lens' first row repeats the input for **{repeat} of {T}** tokens: a token's own "
-             f"embedding row is the one most similar to itself (bottom, blue above grey), because a vector's dot "
+             f"embedding row is the one most similar to itself (middle, teal above grey), because a vector's dot "
              f"product with itself is its squared length while other rows point elsewhere.")
     if not tied:
         first = (f"This model has its own output head (not tied), so the lens' first row need not repeat the input: "
@@ -592,7 +696,7 @@ def embedding_view(record: Record, model) -> tuple[go.Figure, str]:
     text = (f"The embedding rows are small (RMS {raw:.3g} for your tokens); Gemma 3 multiplies them by "
             f"√{cfg.hidden} = {e['scale']:.3g} (RMS {scaled:.3g}) so the tokens start at the size of what the layers "
             f"add. The head is {'**tied**: the same matrix turns' if tied else 'separate: its own matrix turns'} the "
-            f"final state into logits, each logit the dot product of the final state with one row (middle: the "
+            f"final state into logits, each logit the dot product of the final state with one row (bottom: the "
             f"top {len(top.indices)} for the next token). {first}")
     return fig, text
 
@@ -607,11 +711,11 @@ def gemma3_view(topic: str, record: Record, model, layer: int = 0, head: int | N
     if topic == "qk_norm":
         return qk_norm_view(record, model, layer, 0 if head is None else head)
     if topic == "rope":
-        return rope_view(record, model, layer, 0 if head is None else head)
+        return rope_view(record, model)
     if topic == "sliding":
         return sliding_view(record, layer, head)
     if topic == "geglu":
         return geglu_view(record, layer)
     if topic == "norms":
-        return norms_view(record)
+        return norms_view(record, model)
     return embedding_view(record, model)

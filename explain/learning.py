@@ -20,6 +20,8 @@ import plotly.graph_objects as go
 import torch
 import torch.nn.functional as F
 
+from .figures import FULL, GREY, SLIDING, TEAL, _html, _title
+from .figures import _style as _app_style
 from .hooks import Record
 
 __all__ = ["token_losses", "losses_over_training", "induction_scores", "learning_figure", "induction_figure",
@@ -109,11 +111,12 @@ def learning_figure(steps: list[int], losses: torch.Tensor, labels: list[str],
     fig = go.Figure(go.Heatmap(z=z, x=cols, y=rows, colorscale="Viridis_r", zmin=0,
                                colorbar=dict(title="loss (nats)"),
                                hovertemplate="%{y}<br>predicting %{x}<br>loss %{z:.2f}<extra></extra>"))
-    fig.update_layout(title="How surprised each snapshot is by each token of your prompt",
+    fig.update_layout(title=_title("Which tokens each snapshot already expects",
+                                   "loss of each token of your prompt, one row per snapshot: bright = expected"),
                       xaxis=dict(title="the token predicted", tickangle=-60, automargin=True),
                       yaxis=dict(title="snapshot", autorange="reversed", type="category"),
-                      height=max(320, 28 * len(rows) + 200), margin=dict(l=90, r=20, t=60, b=120))
-    return fig
+                      height=min(680, max(320, 28 * len(rows) + 220)), margin=dict(l=90, r=20, t=80, b=120))
+    return _app_style(fig)
 
 
 def induction_figure(scores: torch.Tensor, layer_types) -> go.Figure:
@@ -123,9 +126,13 @@ def induction_figure(scores: torch.Tensor, layer_types) -> go.Figure:
                                y=[f"{i} {t}" for i, t in enumerate(layer_types)], zmin=0, zmax=1,
                                colorscale="Blues", colorbar=dict(title="score"),
                                hovertemplate="layer %{y}, %{x}<br>induction score %{z:.2f}<extra></extra>"))
-    fig.update_layout(title="Induction score: attention on the earlier occurrence of the next token",
-                      yaxis=dict(autorange="reversed"), height=max(260, 30 * L + 120))
-    return fig
+    fig.update_layout(title=_title("Which head copies: a dark cell is an induction head",
+                                   "share of attention on the earlier occurrence of the next token"),
+                      yaxis=dict(autorange="reversed", tickmode="array", tickvals=list(range(L)),
+                                 ticktext=[f"<span style='color:{SLIDING if t == 'sliding' else FULL}'>{i} {t}</span>"
+                                           for i, t in enumerate(layer_types)]),
+                      height=min(680, max(280, 30 * L + 140)))
+    return _app_style(fig)
 
 
 def compare_figure(names: tuple[str, str], losses: tuple[torch.Tensor, torch.Tensor], labels: list[str],
@@ -138,19 +145,23 @@ def compare_figure(names: tuple[str, str], losses: tuple[torch.Tensor, torch.Ten
     fig = make_subplots(rows=2, cols=2, specs=[[{"colspan": 2}, None], [{}, {}]], vertical_spacing=0.22,
                         subplot_titles=("Loss of each token of your prompt", f"Next token at {names[0]}",
                                         f"Next token at {names[1]}"))
-    colors = ("#9ca3af", "#4f46e5")
+    colors = (GREY, TEAL)   # the earlier step, the later one
     for name, row, color in zip(names, losses, colors):
         fig.add_trace(go.Scatter(x=labels[1:], y=row.tolist(), name=name, mode="lines+markers",
                                  line=dict(color=color), hovertemplate="%{x}: loss %{y:.2f}<extra>" + name +
                                  "</extra>"), row=1, col=1)
     for col, (name, probs, color) in enumerate(zip(names, next_probs, colors), start=1):
         top = probs.float().topk(10)
-        fig.add_trace(go.Bar(x=top.values.tolist(), y=[token_text(i) for i in top.indices.tolist()],
+        fig.add_trace(go.Bar(x=top.values.tolist(), y=[_html(token_text(i)) for i in top.indices.tolist()],
                              orientation="h", marker_color=color, showlegend=False,
-                             hovertemplate="%{y}: %{x:.1%}<extra>" + name + "</extra>"), row=2, col=col)
+                             hovertemplate="%{y}: %{x:.3~p}<extra>" + name + "</extra>"), row=2, col=col)
         fig.update_yaxes(autorange="reversed", row=2, col=col)
-        fig.update_xaxes(tickformat=".0%", row=2, col=col)
+        # percentages to two significant figures: an untrained step's probabilities are all far below 1%
+        fig.update_xaxes(tickformat=".2~p", nticks=4, rangemode="tozero", row=2, col=col)
     fig.update_yaxes(title_text="loss (nats)", rangemode="tozero", row=1, col=1)
     fig.update_xaxes(tickangle=-60, row=1, col=1)
-    fig.update_layout(height=620, legend=dict(orientation="h", y=1.08, x=0), margin=dict(l=60, r=20, t=70, b=40))
-    return fig
+    fig.update_layout(title=_title(f"What changed from {names[0]} to {names[1]}",
+                                   "lower loss = the token is expected; right: the likeliest next tokens"),
+                      height=640, legend=dict(orientation="h", y=1.02, yanchor="bottom", x=1, xanchor="right"),
+                      margin=dict(l=60, r=20, t=110, b=40))
+    return _app_style(fig)

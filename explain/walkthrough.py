@@ -24,6 +24,8 @@ from plotly.subplots import make_subplots
 
 from gemma3 import model as gm
 
+from .figures import FONT, FULL, INK, SLIDING, TEAL, _title
+from .figures import _style as _app_style
 from .hooks import MODEL_STAGES, STAGES, Record
 
 gen = importlib.import_module("gemma3.generate")  # the module (the package exports a function of that name)
@@ -34,6 +36,7 @@ WALK_STAGES = BEFORE + STAGES + AFTER               # every box of the diagram, 
 PER_LAYER = frozenset(STAGES)
 MAX_COLUMNS = 128   # heatmap columns: wider tensors are sampled (evenly spaced dimensions, each value exact)
 TOP = 20            # tokens shown by the logits and softmax panels
+BAR = "#64748b"      # slate-500: the panels' plain bars (teal marks the token that really follows)
 # a legend under the plots, over none of them
 BELOW = dict(orientation="h", x=0, xanchor="left", yref="container", y=0.005, yanchor="bottom")
 
@@ -48,9 +51,9 @@ class Step:
 
 STEPS: dict[str, Step] = {
     "ids": Step("token ids", "Token ids",
-                "The tokenizer cuts your prompt into pieces and looks each up in a vocabulary of {vocab:,} entries "
-                "(a BOS token goes first, as in generation): the model only ever sees these {T} numbers. Pick a "
-                "token below to follow it through every stage.",
+                "The tokenizer cuts your prompt into pieces and looks each up in a vocabulary of {vocab:,} entries"
+                "{bos_note}: the model only ever sees these {T} numbers. Pick a token below to follow it through "
+                "every stage.",
                 "ids = tokenize(prompt), each in 0 … {vocab_1:,}"),
     "embed": Step("embedding × √{hidden}", "Embedding × √hidden",
                   "Each id picks its row of the {vocab:,} × {hidden} embedding table, and the row is multiplied by "
@@ -162,7 +165,7 @@ STEPS: dict[str, Step] = {
                   "p = exp(logits) / Σ exp(logits)"),
     "next": Step("next token", "The next token",
                  "At every position the model predicts the token after it; generation uses the last position's. Greedy "
-                 "decoding takes the most likely token, sampling draws one from p. Green bars: the prediction is the "
+                 "decoding takes the most likely token, sampling draws one from p. Teal bars: the prediction is the "
                  "token that follows in your prompt.",
                  "next = argmax p (greedy), or a draw from p"),
 }
@@ -251,13 +254,26 @@ def shape_text(shape_: tuple) -> str:
     return "[" + ", ".join(str(n) for n in shape_) + "]"
 
 
-def _facts(config, layer: int, T) -> dict:
+BOS_NOTE = {True: " (the tokenizer's BOS token goes first, as in generation)",
+            False: " (this model's tokenizer adds no BOS token: position 0 is your prompt's first piece)",
+            None: ""}
+
+
+def bos_first(rec: Record) -> bool | None:
+    """Whether the recording starts with a BOS token the tokenizer put before the prompt (explain.record prepends
+    one exactly when the tokenizer has one); None when the prompt was cut, where the record cannot tell."""
+    if rec.notice is not None:
+        return None
+    return rec.seq_len == rec.prompt_tokens + 1
+
+
+def _facts(config, layer: int, T, bos: bool | None = None) -> dict:
     c = config
     sliding = c.layer_types[layer] == "sliding"
     last = layer == c.layers - 1
     tied = c.tied_head
     return dict(
-        vocab=c.vocab_size, vocab_1=c.vocab_size - 1, hidden=c.hidden, sqrt_hidden=math.sqrt(c.hidden), T=T,
+        bos_note=BOS_NOTE[bos], vocab=c.vocab_size, vocab_1=c.vocab_size - 1, hidden=c.hidden, sqrt_hidden=math.sqrt(c.hidden), T=T,
         heads=c.heads, kv_heads=c.kv_heads, kv_s="" if c.kv_heads == 1 else "s", heads_per_kv=c.heads // c.kv_heads,
         head_dim=c.head_dim, half_dim=c.head_dim // 2, q_width=c.heads * c.head_dim, ffn=c.ffn,
         qpas=c.query_pre_attn_scalar,
@@ -285,9 +301,10 @@ def layer_label(config, layer: int) -> str:
     return f"Layer {layer} · full · RoPE base {config.rope_global_base:,.0f}"
 
 
-def guide(config, stage: str, layer: int, T) -> str:
-    """Markdown for the panel: the heading, the shape, the sentences and the equation of `stage`."""
-    s, f = STEPS[stage], _facts(config, layer, T)
+def guide(config, stage: str, layer: int, T, bos: bool | None = None) -> str:
+    """Markdown for the panel: the heading, the shape, the sentences and the equation of `stage` (`bos`: whether
+    the tokens start with a BOS token, bos_first; None: the text makes no claim)."""
+    s, f = STEPS[stage], _facts(config, layer, T, bos)
     where = f"{layer_label(config, layer)} · " if stage in PER_LAYER else ""
     about, equation = s.about.format(**f), s.equation.format(**f)
     if stage in NO_POST_NORM and not getattr(config, "post_norms", True):
@@ -353,10 +370,80 @@ def source(stage: str) -> str:
     return "\n\n".join(blocks)
 
 
+def source_html(stage: str) -> str:
+    """The lines that compute `stage` as HTML: one block per function, headed by its file and function, each line
+    beside its own line number in that file (a gap in the numbers is marked ⋯), indentation kept."""
+    blocks = []
+    for name, module, lines in source_lines(stage):
+        path = module.replace(".", "/") + ".py"
+        indent = min(len(t) - len(t.lstrip()) for _, t in lines if t.strip())
+        rows, prev = [], None
+        for n, t in lines:
+            if prev is not None and n != prev + 1:
+                rows.append('<div class="wt-src wt-gap"><span class="wt-ln">⋯</span><code></code></div>')
+            code = t[indent:]
+            cls = " wt-comment" if code.lstrip().startswith("#") else ""
+            rows.append(f'<div class="wt-src{cls}" data-line="{n}"><span class="wt-ln">{n}</span>'
+                        f'<code>{html.escape(code, quote=False) or " "}</code></div>')
+            prev = n
+        first, last = lines[0][0], lines[-1][0]
+        where = f"line {first}" if first == last else f"lines {first}–{last}"
+        blocks.append(f'<div class="wt-code-block"><p class="wt-code-head"><b>{html.escape(name)}</b> · '
+                      f'{path}, {where}</p><div class="wt-code-lines">{"".join(rows)}</div></div>')
+    return ('<div class="wt-code"><p class="wt-code-title">The lines of the model\'s code that compute it</p>'
+            + "".join(blocks) + "</div>")
+
+
+SOURCE_CSS = """
+.wt-code { font-size: 13px; }
+.wt-code-title { margin: 0 0 6px; font-weight: 600; }
+.wt-code-block { margin: 0 0 10px; border: 1px solid var(--border-color-primary); border-radius: 6px;
+  background: var(--background-fill-secondary); overflow: hidden; }
+.wt-code-head { margin: 0; padding: 4px 8px; color: var(--body-text-color-subdued); font-size: 12px;
+  border-bottom: 1px solid var(--border-color-primary); overflow-wrap: anywhere; }
+.wt-code-lines { overflow-x: auto; padding: 4px 0; }
+.wt-src { display: flex; min-width: max-content; line-height: 20px; }
+.wt-ln { flex: 0 0 4.5ch; padding: 0 8px 0 0; text-align: right; color: var(--body-text-color-subdued);
+  user-select: none; font-family: ui-monospace, 'DejaVu Sans Mono', Menlo, Consolas, monospace; }
+.wt-src code { flex: 1 0 auto; padding: 0 10px 0 8px; border-left: 1px solid var(--border-color-primary);
+  background: none; white-space: pre; font-family: ui-monospace, 'DejaVu Sans Mono', Menlo, Consolas, monospace;
+  font-size: 13px; line-height: 20px; }
+.wt-comment code { color: var(--body-text-color-subdued); }
+.wt-gap .wt-ln { text-align: center; }
+"""
+
+
 # ---- the diagram -----------------------------------------------------------------------------------
+# The residual stream runs down the left of each half of the layer, as in the well-known block pictures: it starts
+# at the layer's input, passes a normalised copy into the half ("branch"), runs past the half's boxes (the skip
+# path) and takes the half's output back in at a "+" ("add"). Each row of a half says which piece of it it draws.
+RAIL_TIPS = {
+    "start": "the residual stream enters the layer",
+    "branch": "the stream goes on unchanged (the skip path); a normalised copy goes into this half",
+    "line": "the residual stream, passing this half by (the skip path)",
+    "add": "+: this half's output is added to the residual stream",
+}
+
+
+def rail(section: str, row: tuple) -> str | None:
+    """What the residual stream does beside `row` of a layer `section`: "start", "branch", "add" or "line";
+    None outside the layer."""
+    if section not in ("attention", "ffn"):
+        return None
+    if row == ("input",):
+        return "start"
+    if row in (("attn_norm",), ("ffn_norm",)):
+        return "branch"
+    if row in (("mid",), ("output",)):
+        return "add"
+    return "line"
+
+
 def diagram_html(config, T=None, layer: int = 0, selected: str | None = None) -> str:
     """The diagram as HTML: a box per stage (data-stage="q_norm"), its shape for T tokens ("T" when None), the
-    chosen layer's kind, and a strip of every layer (data-layer="3") to pick another one."""
+    chosen layer's kind, the residual stream beside the layer's boxes (data-rail: its start, where each half
+    branches off it and where its "+" adds the half's output back), and a strip of every layer (data-layer="3")
+    to pick another one."""
     T = "T" if T is None else T
     c = config
     head = (f"hidden {c.hidden} · {c.heads} query head{'s' if c.heads > 1 else ''} and {c.kv_heads} key/value "
@@ -370,16 +457,17 @@ def diagram_html(config, T=None, layer: int = 0, selected: str | None = None) ->
     for key, title, rows in SECTIONS:
         if key in ("attention", "ffn"):
             title = f"{layer_label(c, layer)}: {title}"
-        body = "".join(_row(c, T, row, selected) for row in rows)
+        body = "".join(_row(c, T, row, selected, rail(key, row)) for row in rows)
         cls = f" wt-layer wt-{kind}" if key in ("attention", "ffn") else ""
         parts.append(f'<section class="wt-sec{cls}" data-section="{key}"><h4>{html.escape(title)}</h4>{body}</section>')
     return (f'<div class="wt-diagram"><p class="wt-head">{html.escape(head)}</p>'
             f'<div class="wt-layers"><span>layer</span>{chips}'
-            f'<span class="wt-key"><i class="wt-sliding"></i>sliding <i class="wt-full"></i>full</span></div>'
+            f'<span class="wt-key"><i class="wt-sliding"></i>sliding <i class="wt-full"></i>full '
+            f'<i class="wt-resid"></i>residual stream <b class="wt-plus-key">+</b> add</span></div>'
             f'<div class="wt-flow">{"".join(parts)}</div></div>')
 
 
-def _row(config, T, row: tuple, selected) -> str:
+def _row(config, T, row: tuple, selected, rail_kind: str | None = None) -> str:
     cells = []
     for stage in row:
         if stage is None:
@@ -390,35 +478,61 @@ def _row(config, T, row: tuple, selected) -> str:
         cells.append(f'<button type="button" class="wt-box{sel}" data-stage="{stage}" id="wt-box-{stage}">'
                      f'<span class="wt-name">{html.escape(box)}</span>'
                      f'<code class="wt-shape">{shape_text(shape(config, T, stage))}</code></button>')
-    return f'<div class="wt-row wt-n{len(row)}">{"".join(cells)}</div>'
+    grid = f'<div class="wt-cells wt-n{len(row)}">{"".join(cells)}</div>'
+    if rail_kind is None:
+        return f'<div class="wt-row">{grid}</div>'
+    node = '<span class="wt-node">+</span>' if rail_kind == "add" else '<span class="wt-node"></span>'
+    return (f'<div class="wt-row wt-railed"><div class="wt-rail wt-rail-{rail_kind}" data-rail="{rail_kind}" '
+            f'title="{RAIL_TIPS[rail_kind]}">{node}</div>{grid}</div>')
 
 
 DIAGRAM_CSS = """
-.wt-diagram { font-size: 14px; }
+.wt-diagram { font-size: 14px; font-family: FONT; }
 .wt-head { margin: 0 0 6px; color: var(--body-text-color-subdued); }
 .wt-layers { display: flex; flex-wrap: wrap; gap: 4px; align-items: center; margin-bottom: 10px; }
 .wt-chip { min-width: 28px; padding: 2px 4px; border-radius: 4px; border: 2px solid transparent; color: #fff;
   cursor: pointer; font: inherit; font-size: 12px; }
-.wt-chip.wt-sliding, .wt-key i.wt-sliding { background: #2a78b5; }
-.wt-chip.wt-full, .wt-key i.wt-full { background: #d9622b; }
+.wt-chip.wt-sliding, .wt-key i.wt-sliding { background: SLIDING; }
+.wt-chip.wt-full, .wt-key i.wt-full { background: FULL; }
 .wt-chip.wt-on { border-color: var(--body-text-color); box-shadow: 0 0 0 2px var(--background-fill-primary) inset; }
 .wt-key { margin-left: 8px; color: var(--body-text-color-subdued); font-size: 12px; }
 .wt-key i { display: inline-block; width: 10px; height: 10px; border-radius: 2px; margin: 0 3px 0 6px; }
+.wt-key i.wt-resid { width: 4px; height: 12px; background: RESID; vertical-align: -1px; }
+.wt-plus-key { display: inline-block; width: 14px; height: 14px; margin: 0 3px 0 8px; border: 2px solid RESID;
+  border-radius: 50%; font-size: 11px; line-height: 10px; text-align: center; color: RESID; }
 .wt-flow { display: flex; flex-wrap: wrap; gap: 12px; align-items: flex-start; }
 .wt-sec { flex: 1 1 230px; min-width: 0; border: 1px solid var(--border-color-primary); border-radius: 8px;
   padding: 8px; background: var(--background-fill-secondary); }
 .wt-sec.wt-layer { flex: 1.4 1 300px; }
-.wt-sec.wt-sliding { border-left: 4px solid #2a78b5; }
-.wt-sec.wt-full { border-left: 4px solid #d9622b; }
+.wt-sec.wt-sliding { border-left: 4px solid SLIDING; }
+.wt-sec.wt-full { border-left: 4px solid FULL; }
 .wt-sec h4 { margin: 0 0 6px; font-size: 13px; font-weight: 600; }
-.wt-row { display: grid; gap: 6px; position: relative; padding-top: 14px; }
+.wt-row { position: relative; padding-top: 14px; }
 .wt-row::before { content: "↓"; position: absolute; top: -2px; left: 50%; transform: translateX(-50%);
   font-size: 12px; line-height: 14px; color: var(--body-text-color-subdued); }
 .wt-sec .wt-row:first-of-type { padding-top: 0; }
 .wt-sec .wt-row:first-of-type::before { content: none; }
+.wt-cells { display: grid; gap: 6px; }
 .wt-n1 { grid-template-columns: 1fr; }
 .wt-n2 { grid-template-columns: 1fr 1fr; }
 .wt-n3 { grid-template-columns: 1fr 1fr 1fr; }
+.wt-railed { padding-left: 32px; }
+.wt-railed::before { left: calc(50% + 16px); }
+.wt-rail { position: absolute; left: 0; top: 0; bottom: 0; width: 26px; }
+.wt-rail::before { content: ""; position: absolute; left: 11px; width: 4px; top: 0; bottom: 0; background: RESID; }
+.wt-node { position: absolute; top: calc(50% + 7px); }
+.wt-row:first-of-type .wt-node { top: 50%; }
+.wt-rail-start::before { top: 50%; }
+.wt-rail-start .wt-node { left: 6px; width: 14px; height: 14px; margin-top: -7px; border-radius: 50%;
+  background: RESID; }
+.wt-rail-branch .wt-node { left: 13px; right: -6px; height: 2px; margin-top: -1px; background: RESID; }
+.wt-rail-branch .wt-node::after { content: ""; position: absolute; right: -1px; top: -4px; border: 5px solid transparent;
+  border-left: 6px solid RESID; border-right: 0; }
+.wt-rail-add .wt-node { left: 2px; width: 22px; height: 22px; margin-top: -11px; box-sizing: border-box;
+  border: 2px solid RESID; border-radius: 50%; background: var(--background-fill-primary); color: RESID;
+  font-weight: 700; font-size: 15px; line-height: 18px; text-align: center; }
+.wt-rail-add .wt-node::after { content: ""; position: absolute; left: 20px; width: 10px; top: 8px; height: 2px;
+  background: RESID; }
 .wt-box { display: flex; flex-direction: column; align-items: center; gap: 1px; min-width: 0; padding: 4px 3px;
   border: 1px solid var(--border-color-primary); border-radius: 6px; background: var(--background-fill-primary);
   color: var(--body-text-color); cursor: pointer; font: inherit; font-size: 13px; line-height: 1.25; }
@@ -428,7 +542,7 @@ DIAGRAM_CSS = """
 .wt-shape { font-size: 11.5px; color: var(--body-text-color-subdued); background: none; padding: 0;
   overflow-wrap: anywhere; }
 .wt-pass { border-left: 2px dashed var(--border-color-primary); margin-left: 50%; min-height: 20px; }
-"""
+""".replace("SLIDING", SLIDING).replace("FULL", FULL).replace("RESID", INK).replace("FONT", FONT)
 
 # Clicks on a box or a layer chip become the component's "click" event with {stage} or {layer}.
 DIAGRAM_JS = """
@@ -442,6 +556,40 @@ element.addEventListener('click', (e) => {
 
 
 # ---- the panel figure ------------------------------------------------------------------------------
+PANEL_HEIGHT = 660   # every panel at most this tall: a 1440 x 1000 screen shows it whole under its heading
+
+# What to look for in each panel: the second line of its title.
+LOOK = {
+    "ids": "each piece of your prompt is one number; the model sees nothing else",
+    "embed": "every token starts at about the same size (RMS)",
+    "input": "the RMS bars: the stream grows from layer to layer",
+    "attn_norm": "the RMS bars are level: every token now has about the same size",
+    "q": "each head's queries before their norm: sizes differ by head and token",
+    "k": "one key head serves every query head",
+    "v": "one value head, no norm, no rotation",
+    "q_norm": "every head's RMS is now set by its norm weight, not by the token",
+    "k_norm": "the key head's RMS is now set by its norm weight",
+    "q_rope": "the RMS is the q norm's: a rotation changes angles, not sizes",
+    "k_rope": "the RMS is the k norm's: a rotation changes angles, not sizes",
+    "attn_probs": "each row sums to 1; the outlined row is the selected token's",
+    "attn_out": "the heads' results side by side, one block per head",
+    "o": "back at the stream's width: what attention computed",
+    "post_attn_norm": "what attention adds: its size is set by the norm weight",
+    "mid": "the stream after attention added its part",
+    "ffn_norm": "the RMS bars are level again: the feed-forward reads a steady size",
+    "gate": "large negative gates will be switched off by GELU",
+    "up": "the values the gate lets through",
+    "act": "mostly near zero: GELU shuts many features for each token",
+    "down": "back at the stream's width: what the feed-forward computed",
+    "post_ffn_norm": "what the feed-forward adds: its size is set by the norm weight",
+    "output": "the layer's output: the stream with both halves added",
+    "final_norm": "the RMS bars are level: the head compares vectors of one size",
+    "logits": "the highest dot products with the unembedding; teal: the true next token",
+    "probs": "the same order as the logits, now probabilities summing to 1",
+    "next": "teal: the model's first choice is the token that really follows",
+}
+
+
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().float().cpu().numpy().astype(np.float32)
 
@@ -453,11 +601,6 @@ def _columns(D: int, n: int) -> np.ndarray:
 
 def _rms(x: np.ndarray) -> np.ndarray:
     return np.sqrt((x.astype(np.float64) ** 2).mean(-1)).astype(np.float32)
-
-
-def _rows_px(T: int) -> int:
-    """Height in pixels of a heatmap with T token rows: 14 px a row, from 260 to 900."""
-    return min(900, max(260, 14 * T))
 
 
 def _label(rec: Record, token: int) -> str:
@@ -480,10 +623,17 @@ def stage_figure(rec: Record, stage: str, layer: int, token: int) -> go.Figure:
         fig = _next_figure(rec, token)
     else:
         fig = _tensor_figure(rec, stage, layer, token)
-    fig.update_layout(margin=dict(l=60, r=20, t=125, b=90),
+    _app_style(fig)
+    legend = any(getattr(t, "showlegend", False) for t in fig.data)
+    fig.update_layout(margin=dict(l=60, r=20, t=110, b=70 if legend else 50),
                       title=dict(font=dict(size=14), x=0.01, xanchor="left", yref="container", y=1, yanchor="top",
-                                 pad=dict(t=18)))
+                                 pad=dict(t=14)))
     return fig
+
+
+def _heading(main: str, look: str, fact: str) -> dict:
+    """The panel's title: what it is, then (smaller) what to look for and the selected token's number."""
+    return _title(main, f"look: {look}<br>{fact}")
 
 
 def _tensor(rec: Record, stage: str, layer: int) -> torch.Tensor:
@@ -491,8 +641,8 @@ def _tensor(rec: Record, stage: str, layer: int) -> torch.Tensor:
 
 
 def _tensor_figure(rec: Record, stage: str, layer: int, token: int) -> go.Figure:
-    """Heatmap token x (sampled) dimension, the RMS of each token's vector (per head), the selected token's
-    whole vector."""
+    """Heatmap token x (sampled) dimension; below, side by side, the RMS of each token's vector (per head) and the
+    selected token's whole vector."""
     t = _tensor(rec, stage, layer)
     x = _np(t)
     T = x.shape[0]
@@ -505,11 +655,10 @@ def _tensor_figure(rec: Record, stage: str, layer: int, token: int) -> go.Figure
     names = [f"head {h}, dim {d}" if heads > 1 else f"dim {d}" for h in range(heads) for d in cols]
     where = f"layer {layer} · " if stage in PER_LAYER else ""
     sampled = f"<br>({len(cols)} of {D} dims{' per head' if heads > 1 else ''}, evenly spaced)" if len(cols) < D else ""
-    heat = _rows_px(T)  # the heatmap grows with the prompt (its rows stay readable; the page scrolls)
-    height = heat + 2 * 170 + 2 * 100 + 215
-    fig = make_subplots(rows=3, cols=1, row_heights=[heat, 170, 170], vertical_spacing=100 / height,
+    fig = make_subplots(rows=2, cols=2, row_heights=[0.6, 0.4], vertical_spacing=0.2, horizontal_spacing=0.1,
+                        specs=[[{"colspan": 2}, None], [{}, {}]],
                         subplot_titles=(f"value of each token × dimension{sampled}",
-                                        "RMS of each token's vector" + (" (per head)" if heads > 1 else ""),
+                                        "RMS of each token" + (" (per head)" if heads > 1 else ""),
                                         f"every dimension of {_label(rec, token)}"))
     ylabels = [html.escape(s) for s in rec.labels]
     y0, y1 = fig.layout.yaxis.domain  # the colorbar as tall as the heatmap
@@ -517,23 +666,25 @@ def _tensor_figure(rec: Record, stage: str, layer: int, token: int) -> go.Figure
                              zmin=-lim, zmax=lim, colorbar=dict(len=y1 - y0, y=y1, yanchor="top", thickness=12),
                              hovertemplate="%{y}, %{x}: %{z:.4g}<extra></extra>"), row=1, col=1)
     fig.add_shape(type="rect", x0=-0.5, x1=z.shape[1] - 0.5, y0=token - 0.5, y1=token + 0.5,
-                  line=dict(color="#111", width=2), row=1, col=1)
+                  line=dict(color=INK, width=2), row=1, col=1)
     for h in range(1, heads):
         fig.add_vline(x=h * len(cols) - 0.5, line=dict(color="#444", width=1), row=1, col=1)
-    fig.update_yaxes(autorange="reversed", showticklabels=T <= 40, row=1, col=1)
+    fig.update_yaxes(autorange="reversed", showticklabels=T <= 16, row=1, col=1)
     fig.update_xaxes(title_text="head · dimension" if heads > 1 else "dimension", showticklabels=False, row=1, col=1)
     rms = _rms(x3)  # [T, heads]
     for h in range(heads):
         fig.add_trace(go.Bar(x=list(range(T)), y=rms[:, h], name=f"head {h}" if heads > 1 else "RMS",
                              showlegend=heads > 1, customdata=ylabels,
+                             marker_color=None if heads > 1 else TEAL,
                              hovertemplate="%{customdata}: RMS %{y:.4g}<extra></extra>"), row=2, col=1)
     fig.update_xaxes(title_text="token position", row=2, col=1)
     full = x3[token].reshape(-1)
-    fig.add_trace(go.Scatter(y=full, mode="lines", line=dict(width=1, color="#4b4bc8"), showlegend=False,
-                             hovertemplate="dim %{x}: %{y:.4g}<extra></extra>"), row=3, col=1)
-    fig.update_xaxes(title_text="dimension" + (" (heads one after another)" if heads > 1 else ""), row=3, col=1)
-    fig.update_layout(title=f"{where}{stage} {shape_text(tuple(t.shape))}<br>{_fact(rec, stage, layer, token, x3)}",
-                      height=height, barmode="group", legend=BELOW)
+    fig.add_trace(go.Scatter(y=full, mode="lines", line=dict(width=1, color=INK), showlegend=False,
+                             hovertemplate="dim %{x}: %{y:.4g}<extra></extra>"), row=2, col=2)
+    fig.update_xaxes(title_text="dimension" + (" (heads in turn)" if heads > 1 else ""), row=2, col=2)
+    fig.update_layout(title=_heading(f"{where}{STEPS[stage].title.format(**_facts(rec.config, layer or 0, T))} "
+                                     f"{shape_text(tuple(t.shape))}", LOOK[stage], _fact(rec, stage, layer, token, x3)),
+                      height=PANEL_HEIGHT, barmode="group", legend=BELOW)
     return fig
 
 
@@ -551,26 +702,24 @@ def _fact(rec: Record, stage: str, layer: int, token: int, x3: np.ndarray) -> st
 def _attention_figure(rec: Record, layer: int, token: int) -> go.Figure:
     p = _np(rec.stage("attn_probs", layer))  # [H, T, T]
     H, T = p.shape[0], p.shape[1]
-    cols = min(H, 2)
+    cols = min(H, 4)
     rows = math.ceil(H / cols)
-    heat = min(560, _rows_px(T))  # maps about as tall as they are wide
-    height = rows * heat + 220 + rows * 60 + 215
-    fig = make_subplots(rows=rows + 1, cols=cols, vertical_spacing=60 / height, horizontal_spacing=0.08,
-                        row_heights=[heat] * rows + [220],
+    fig = make_subplots(rows=rows + 1, cols=cols, vertical_spacing=0.12 / rows + 0.04, horizontal_spacing=0.04,
+                        row_heights=[0.62 / rows] * rows + [0.38],
                         specs=[[{}] * cols for _ in range(rows)] + [[{"colspan": cols}] + [None] * (cols - 1)],
                         subplot_titles=[f"query head {h}" for h in range(H)] + [""] * (rows * cols - H)
                         + [f"what {_label(rec, token)} attends to, per head"])
     labels = [html.escape(s) for s in rec.labels]
+    y0, y1 = fig.get_subplot(rows, 1).yaxis.domain[0], fig.get_subplot(1, 1).yaxis.domain[1]
     for h in range(H):
         r, c = h // cols + 1, h % cols + 1
         fig.add_trace(go.Heatmap(z=p[h], x=labels, y=labels, zmin=0, zmax=1, colorscale="Blues", showscale=h == 0,
-                                 colorbar=dict(len=heat / (height - 215), y=1, yanchor="top", thickness=12,
-                                               title="p"),
+                                 colorbar=dict(len=y1 - y0, y=y1, yanchor="top", thickness=12, title="p"),
                                  hovertemplate="query %{y}, key %{x}: %{z:.3f}<extra>head " + str(h) + "</extra>"),
                       row=r, col=c)
         fig.add_shape(type="rect", x0=-0.5, x1=T - 0.5, y0=token - 0.5, y1=token + 0.5,
-                      line=dict(color="#d9622b", width=2), row=r, col=c)
-        fig.update_yaxes(autorange="reversed", showticklabels=T <= 24 and c == 1, row=r, col=c)
+                      line=dict(color=INK, width=2), row=r, col=c)
+        fig.update_yaxes(autorange="reversed", showticklabels=False, row=r, col=c)
         fig.update_xaxes(showticklabels=False, row=r, col=c)
     for h in range(H):
         fig.add_trace(go.Scatter(x=list(range(T)), y=p[h, token], mode="lines+markers", name=f"head {h}",
@@ -581,8 +730,9 @@ def _attention_figure(rec: Record, layer: int, token: int) -> go.Figure:
     kind = rec.layer_types[layer]
     window = rec.config.window
     seen = token + 1 if kind == "full" else min(token + 1, window)
-    fig.update_layout(title=f"layer {layer} ({kind}) attention [{H}, {T}, {T}]<br>{_label(rec, token)} sees {seen} "
-                            f"key{'s' if seen != 1 else ''}", height=height, legend=BELOW)
+    fig.update_layout(title=_heading(f"layer {layer} ({kind}) attention [{H}, {T}, {T}]", LOOK["attn_probs"],
+                                     f"{_label(rec, token)} sees {seen} key{'s' if seen != 1 else ''}"),
+                      height=PANEL_HEIGHT, legend=BELOW)
     return fig
 
 
@@ -593,15 +743,17 @@ def _top_figure(rec: Record, stage: str, token: int) -> go.Figure:
     ids = top.indices.tolist()
     follows = rec.tokens[token + 1] if token + 1 < rec.seq_len else None
     text = [html.escape(_token_text(rec, i)) for i in ids]
-    colors = ["#2e9e5b" if i == follows else "#4b4bc8" for i in ids]
+    colors = [TEAL if i == follows else BAR for i in ids]
     fig = go.Figure(go.Bar(x=_np(top.values), y=[f"{t} " for t in text], orientation="h", marker_color=colors,
                            hovertemplate="%{y}: %{x:.4g}<extra></extra>"))
     fig.update_yaxes(autorange="reversed")
     what = "logit" if stage == "logits" else "probability"
-    fig.update_xaxes(title_text=what, tickformat=None if stage == "logits" else ".2~%")
-    shown = "" if follows is None else f"green: {html.escape(_token_text(rec, follows))}, the token that follows"
-    fig.update_layout(title=f"the {len(ids)} highest {what.replace('y', 'ie')}s after {_label(rec, token)}<br>{shown}",
-                      height=max(360, 26 * len(ids) + 120))
+    fig.update_xaxes(title_text=what, tickformat=None if stage == "logits" else ".2~p")
+    shown = ("the token that follows is not among them" if follows is not None and follows not in ids else
+             "" if follows is None else f"teal: {html.escape(_token_text(rec, follows))}, the token that follows")
+    fig.update_layout(title=_heading(f"the {len(ids)} highest {what.replace('y', 'ie')}s after {_label(rec, token)}",
+                                     LOOK[stage], shown),
+                      height=min(PANEL_HEIGHT, max(360, 24 * len(ids) + 170)))
     return fig
 
 
@@ -617,17 +769,19 @@ def _next_figure(rec: Record, token: int) -> go.Figure:
     T = rec.seq_len
     hits = [i + 1 < T and int(top.indices[i]) == rec.tokens[i + 1] for i in range(T)]
     text = [html.escape(_token_text(rec, int(i))) for i in top.indices]
-    colors = ["#2e9e5b" if h else "#4b4bc8" for h in hits]
-    line = ["#d9622b" if i == token else "rgba(0,0,0,0)" for i in range(T)]
+    colors = [TEAL if h else BAR for h in hits]
+    line = [INK if i == token else "rgba(0,0,0,0)" for i in range(T)]
     fig = go.Figure(go.Bar(y=[html.escape(s) for s in rec.labels], x=_np(top.values), orientation="h",
-                           text=text, textposition="auto", marker=dict(color=colors, line=dict(color=line, width=2)),
+                           text=text, textposition="auto" if T <= 30 else "none",
+                           marker=dict(color=colors, line=dict(color=line, width=2)),
                            hovertemplate="after %{y}: %{text} with p = %{x:.3f}<extra></extra>"))
     fig.update_yaxes(autorange="reversed", title_text="after token")
     fig.update_xaxes(title_text="probability of the top prediction", range=[0, 1])
     n = sum(hits)
     last = html.escape(_token_text(rec, int(top.indices[-1])))
-    fig.update_layout(title=f"the most likely next token at every position<br>{n} of {T - 1} match the prompt<br>"
-                            f"after the last token: {last}", height=max(380, 22 * T + 170))
+    fig.update_layout(title=_heading("the most likely next token at every position", LOOK["next"],
+                                     f"{n} of {T - 1} match the prompt · after the last token: {last}"),
+                      height=min(PANEL_HEIGHT, max(380, 22 * T + 170)))
     return fig
 
 
@@ -638,8 +792,9 @@ def _ids_figure(rec: Record, token: int) -> go.Figure:
         header=dict(values=["position", "token", "id"], align="left", fill_color="#e8e8f4"),
         cells=dict(values=[list(range(T)), [html.escape(_token_text(rec, i)) for i in rec.tokens], rec.tokens],
                    align="left", fill_color=[fill] * 3, height=24)))
-    fig.update_layout(title=f"{T} token ids<br>the selected one: {_label(rec, token)}, id {rec.tokens[token]}",
-                      height=min(760, 30 * T + 200))
+    fig.update_layout(title=_heading(f"{T} token ids", LOOK["ids"],
+                                     f"the selected one: {_label(rec, token)}, id {rec.tokens[token]}"),
+                      height=min(PANEL_HEIGHT, 30 * T + 200))
     return fig
 
 
@@ -652,7 +807,7 @@ class View:
     diagram: str          # diagram_html for the record's T, the layer, the stage selected
     guide: str            # markdown
     figure: go.Figure
-    source: str           # Python lines from the model's code
+    source: str           # the model's lines that compute it, as HTML with their own line numbers (source_html)
     tokens: list[str]     # the record's token labels (for a token picker)
     config: object        # the model's Gemma3Config
 
@@ -660,5 +815,6 @@ class View:
 def view(rec: Record, stage: str, layer: int, token: int) -> View:
     """Everything the walk-through shows for `stage` of `layer` with token position `token` selected."""
     c = rec.config
-    return View(stage, layer, token, diagram_html(c, rec.seq_len, layer, stage), guide(c, stage, layer, rec.seq_len),
-                stage_figure(rec, stage, layer, token), source(stage), list(rec.labels), c)
+    return View(stage, layer, token, diagram_html(c, rec.seq_len, layer, stage),
+                guide(c, stage, layer, rec.seq_len, bos_first(rec)), stage_figure(rec, stage, layer, token),
+                source_html(stage), list(rec.labels), c)

@@ -16,6 +16,7 @@ from conftest import randomise_norms, serve
 import explain
 import gemma3
 from explain import gemma3_views as gv
+from explain.figures import FULL, SLIDING
 from gemma3.cache import KVCache
 from gemma3.defaults import DEMO_MODEL
 from webapp import explore as ex
@@ -139,29 +140,44 @@ def test_the_norm_bounds_the_logits_however_large_q_and_k_grow(tiny, tok):
     assert f"**{gv.qk_bound(big, 0):.3g}**" in text
 
 
-# ---- RoPE by distance ----------------------------------------------------------------------------
-@pytest.mark.parametrize("layer", [0, 5])
-def test_rope_scores_at_the_real_distance_are_the_models_logit(tiny, rec, layer):
-    head = 2
-    s = gv.rope_scores(rec, tiny, layer, head)
-    assert s["query"] == rec.seq_len - 1
-    assert s["key"] == int(rec.stage("attn_probs", layer)[head, -1].argmax())
-    q = rec.stage("q_rope", layer)[s["query"], head]
-    k = rec.stage("k_rope", layer)[s["key"], 0]
-    used = "local" if rec.layer_types[layer] == "sliding" else "global"
-    logit = float(q @ k) * tiny.blocks[layer].attn.scale
-    assert float(s[used][s["distance"]]) == pytest.approx(logit, abs=1e-4)
-    assert s["max_distance"] == len(s["distances"]) - 1 == min(tiny.config.context - 1, 1024)
-    assert not torch.allclose(s["local"][1:], s["global"][1:]), "the two bases give different curves"
-    torch.testing.assert_close(s["local"][0], s["global"][0])  # at distance 0 RoPE turns both alike
+# ---- RoPE's two bases ----------------------------------------------------------------------------
+@pytest.mark.parametrize("which", ["tiny", "demo"])
+def test_the_rope_picture_is_the_loaded_models_two_bases(which, request):
+    """Each pair's angle per position is 1 / base^(2i / head_dim) of the loaded config (the model's own RoPE
+    buffers), its turn 2 pi / angle tokens; the window and the context are marked with the model's numbers."""
+    model = request.getfixturevalue("tiny") if which == "tiny" else request.getfixturevalue("demo")[0]
+    record = request.getfixturevalue("rec") if which == "tiny" else request.getfixturevalue("demo_rec")
+    cfg = model.config
+    i = np.arange(cfg.head_dim // 2)
+    local = 1 / cfg.rope_local_base ** (2 * i / cfg.head_dim)
+    glob = 1 / cfg.rope_global_base ** (2 * i / cfg.head_dim) / cfg.rope_global_scale
+    r = gv.rope_pairs(model)
+    np.testing.assert_allclose(r["local"].numpy(), local, rtol=1e-6)
+    np.testing.assert_allclose(r["global"].numpy(), glob, rtol=1e-6)
+    fig, text = gv.rope_view(record, model)
+    by = {t.meta: t for t in fig.data if t.meta}
+    np.testing.assert_allclose(by["local"].y, 2 * np.pi / local, rtol=1e-5)
+    np.testing.assert_allclose(by["global"].y, 2 * np.pi / glob, rtol=1e-5)
+    assert by["local"].line.color == SLIDING and by["global"].line.color == FULL
+    marks = " ".join(a.text for a in fig.layout.annotations)
+    assert f"window {cfg.window}" in marks and f"context {cfg.context:,}" in marks
+    turns_in_window = int((2 * np.pi / local <= cfg.window).sum())
+    beyond_context = int((2 * np.pi / glob > cfg.context).sum())
+    assert f"**{turns_in_window} of {len(i)}** pairs turn at least once inside the window of {cfg.window}" in text
+    assert f"**{beyond_context} of {len(i)}** pairs turn less than once across the whole context of {cfg.context:,}" in text
+    p = gv.window_pair(r, cfg.window)   # the pair drawn turning: cos(position x its angle) under each base
+    x = np.asarray(by["turn_local"].x)
+    np.testing.assert_allclose(by["turn_local"].y, np.cos(x * local[p]), atol=1e-5)
+    np.testing.assert_allclose(by["turn_global"].y, np.cos(x * glob[p]), atol=1e-5)
+    assert gv.USES["rope"] == (), "the picture is the model's, whatever the layer or head"
 
 
-def test_rope_view_marks_the_real_distance_and_the_window(tiny, rec):
-    fig, text = gv.rope_view(rec, tiny, 0, 0)
-    marker = [t for t in fig.data if t.mode == "markers"][0]
-    s = gv.rope_scores(rec, tiny, 0, 0)
-    assert marker.x[0] == s["distance"]
-    assert f"really {s['distance']} positions apart" in text and "window of 8" in text
+def test_log_axes_tick_only_at_1_2_5():
+    ticks = gv.log_ticks([0.23, 0.9, 4.1])
+    assert ticks["tickvals"] == [0.2, 0.5, 1, 2, 5] and ticks["ticktext"] == ["0.2", "0.5", "1", "2", "5"]
+    wide = gv.log_ticks([6.28, 2.6e6])
+    assert wide["ticktext"] == ["10", "100", "1k", "10k", "100k", "1M", "10M"][: len(wide["ticktext"])]
+    assert len(gv.log_ticks([0.95, 1.1])["tickvals"]) == 2
 
 
 # ---- sliding vs full -----------------------------------------------------------------------------
@@ -227,7 +243,7 @@ def test_geglu_view_says_how_much_is_switched_off(demo_rec):
 
 
 # ---- pre- and post-norms -------------------------------------------------------------------------
-def test_post_norms_even_out_what_every_layer_adds(demo_rec):
+def test_post_norms_even_out_what_every_layer_adds(demo, demo_rec):
     n = gv.norm_sizes(demo_rec)
     before, after = n["o"] + n["down"], n["post_attn_norm"] + n["post_ffn_norm"]
     assert max(after) / min(after) < max(before) / min(before), "after the post-norms the layers add alike"
@@ -235,16 +251,24 @@ def test_post_norms_even_out_what_every_layer_adds(demo_rec):
     # the residual: the scaled embedding, then each layer's output
     r = [float(x.pow(2).mean(-1).sqrt().mean()) for x in demo_rec.residual]
     np.testing.assert_allclose(n["residual"], r, rtol=1e-5)
-    fig, text = gv.norms_view(demo_rec)
-    ys = {t.hovertemplate.split("<extra>")[1].split("<")[0]: list(t.y) for t in fig.data}
-    assert ys["post_ffn_norm"] == n["post_ffn_norm"] and ys["o"] == n["o"]
-    assert f"a factor {max(after) / min(after):.3g}" in text
+    fig, text = gv.norms_view(demo_rec, demo[0])
+    ys = {t.meta: list(t.y) for t in fig.data if t.meta}
+    for name in ("o", "post_attn_norm", "down", "post_ffn_norm", "attn_norm"):   # recomputed from the recording
+        rms = [float(demo_rec.stage(name, i).float().pow(2).mean(-1).sqrt().mean()) for i in range(demo_rec.layers)]
+        np.testing.assert_allclose(ys[name], rms, rtol=1e-5)
+    np.testing.assert_allclose(ys["residual"], r, rtol=1e-5)
+    for i, block in enumerate(demo[0].blocks):   # the learned scales: RMS of (1 + w), the model's own weights
+        w = block.post_attn_norm.weight.detach().float()
+        assert ys["w_post_attn_norm"][i] == pytest.approx(float((1 + w).pow(2).mean().sqrt()), rel=1e-5)
+    assert f"a factor {max(after) / min(after):.3g}" in text and f"to {r[-1]:.3g} after layer" in text
+    full = [s for s in fig.layout.shapes if s.fillcolor == FULL]
+    assert len(full) == 2 * demo_rec.layer_types.count("full"), "each full layer's column is marked in FULL"
 
 
 def test_a_model_without_post_norms_says_so(tok):
     torch.manual_seed(0)
     model = gemma3.Gemma3(gemma3.Gemma3Config.from_preset("tiny", post_norms=False)).eval()
-    _, text = gv.norms_view(explain.record(model, tok, SHORT))
+    _, text = gv.norms_view(explain.record(model, tok, SHORT), model)
     assert "no post-norms" in text
 
 
@@ -262,7 +286,8 @@ def test_embedding_scale_and_the_tied_head(which, request):
     fig, text = gv.embedding_view(record, model)
     assert f"**{repeats} of {record.seq_len}**" in text and "**tied**" in text
     assert repeats >= record.seq_len * 0.9, "a token's own embedding row is the most similar to itself"
-    own, other = traces(fig, "bar")[-2:]
+    bars = {t.name: t for t in traces(fig, "bar")}
+    own, other = bars["with its own row"], bars["with the best other row"]
     assert (np.asarray(own.y) > np.asarray(other.y)).sum() == repeats
 
 
@@ -308,8 +333,8 @@ CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "artifacts" / "screenshots"
 SIZES = {"1440": (1440, 1000), "390": (390, 844)}
-TITLES = {"mqa": "4 query heads sharing 1 key/value head", "qk_norm": "Attention logits",
-          "rope": "d positions apart", "sliding": "Sliding layer", "geglu": "GeGLU",
+TITLES = {"mqa": "4 query heads sharing 1 key/value head", "qk_norm": "The q/k norm keeps",
+          "rope": "Two RoPE bases", "sliding": "Sliding layer", "geglu": "GeGLU",
           "norms": "post-norm", "embedding": "The embedding"}
 
 

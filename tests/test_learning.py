@@ -129,6 +129,12 @@ def test_two_steps_side_by_side(run):
         model = gemma3.load_model(lrn.path(folder))[0]   # as the model bar loads it
         torch.testing.assert_close(torch.tensor(trace.y), token_losses(model, ids))
     assert [t.name for t in fig.data[:2]] == ["step 0", "step 50"] and len(fig.data) == 4
+    # the next-token axes read in significant figures: step 0's probabilities are all far below 1%, which a
+    # whole-percent format would label "0%" at every tick
+    assert max(fig.data[2].x) < 0.01
+    for axis in (fig.layout.xaxis2, fig.layout.xaxis3):
+        assert axis.tickformat == ".2~p"
+    assert "What changed from step 0 to step 50" in fig.layout.title.text
 
 
 def test_a_new_prompt_loads_no_snapshot_again(run):

@@ -73,6 +73,91 @@ def test_every_box_shows_the_shape_of_the_recorded_tensor(which, request):
     assert len(re.findall(r'class="wt-box wt-sel" data-stage="q_norm"', html)) == 1
 
 
+def test_the_diagram_draws_the_residual_stream_and_its_two_adds():
+    """Like the well-known block pictures: in each half of the layer the residual stream runs beside the boxes,
+    branches into the half at its pre-norm, passes the half by (the skip path) and takes its output back at a "+"."""
+    import html.parser
+
+    class Rows(html.parser.HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.rows, self.section = [], None
+
+        def handle_starttag(self, tag, attrs):
+            a = dict(attrs)
+            if tag == "section":
+                self.section = a["data-section"]
+            if "data-rail" in a:
+                self.rows.append([self.section, a["data-rail"], []])
+            if "data-stage" in a and self.rows and self.section in ("attention", "ffn"):
+                self.rows[-1][2].append(a["data-stage"])
+
+    cfg = gemma3.Gemma3Config.from_preset("tiny")
+    parser = Rows()
+    parser.feed(wt.diagram_html(cfg, 9, 0, "mid"))
+    rails = {(sec, tuple(stages)): kind for sec, kind, stages in parser.rows}
+    layer_rows = [(key, row) for key, _, rows in wt.SECTIONS if key in ("attention", "ffn") for row in rows]
+    assert set(rails) == {(key, tuple(s for s in row if s)) for key, row in layer_rows}, "a rail beside every row"
+    assert rails[("attention", ("input",))] == "start"
+    assert rails[("attention", ("attn_norm",))] == rails[("ffn", ("ffn_norm",))] == "branch"
+    assert rails[("attention", ("mid",))] == rails[("ffn", ("output",))] == "add", "the two + adds"
+    skipped = [k for k, kind in rails.items() if kind == "line"]
+    assert ("attention", ("attn_probs",)) in skipped and ("ffn", ("act",)) in skipped, "the skip paths"
+    assert "data-rail" not in wt.diagram_html(cfg, 9, 0).split('data-section="into"')[1].split("</section>")[0]
+    html_ = wt.diagram_html(cfg, 9, 0)
+    assert html_.count('class="wt-node">+</span>') == 2 and "residual stream" in html_
+
+
+def test_the_diagram_wears_the_sliding_and_full_colours_and_the_font_of_the_figures():
+    from explain.figures import FONT, FULL, SLIDING
+    assert f".wt-chip.wt-sliding, .wt-key i.wt-sliding {{ background: {SLIDING}; }}" in wt.DIAGRAM_CSS
+    assert f".wt-chip.wt-full, .wt-key i.wt-full {{ background: {FULL}; }}" in wt.DIAGRAM_CSS
+    assert f"font-family: {FONT};" in wt.DIAGRAM_CSS
+
+
+def test_the_code_lines_carry_their_own_line_numbers():
+    for stage in ("post_attn_norm", "attn_probs", "q_rope"):
+        page = wt.source_html(stage)
+        numbered = re.findall(r'data-line="(\d+)"><span class="wt-ln">(\d+)</span><code>(.*?)</code>', page)
+        assert numbered, stage
+        for _, lines in ((n, l) for n, _, l in wt.source_lines(stage)):
+            for n, line in lines:
+                assert (str(n), str(n), html_escape(line.strip())) in {(a, b, c.strip()) for a, b, c in numbered}
+        file_lines = (ROOT / "gemma3" / "model.py").read_text().splitlines()
+        for a, _, code in numbered:
+            if wt.source_lines(stage)[0][1] == "gemma3.model":
+                assert html_unescape(code).strip() in file_lines[int(a) - 1], "the number is the line's in the file"
+
+
+def html_escape(s):
+    import html
+    return html.escape(s, quote=False)
+
+
+def html_unescape(s):
+    import html
+    return html.unescape(s)
+
+
+def test_the_ids_text_says_bos_only_when_the_tokenizer_put_one(tiny_rec):
+    assert not wt.bos_first(tiny_rec), "GPT-2's tokenizer adds no BOS: position 0 is the prompt's own first piece"
+    text = wt.guide(tiny_rec.config, "ids", 0, tiny_rec.seq_len, wt.bos_first(tiny_rec))
+    assert "BOS token goes first" not in text and "adds no BOS token" in text
+    view = wt.view(tiny_rec, "ids", 0, 0)
+    assert "adds no BOS token" in view.guide
+    import dataclasses
+    with_bos = dataclasses.replace(tiny_rec, tokens=[50256] + tiny_rec.tokens, labels=["0: bos"] + tiny_rec.labels)
+    assert wt.bos_first(with_bos) and "BOS token goes first" in wt.guide(with_bos.config, "ids", 0, 3, True)
+    assert "BOS" not in wt.guide(tiny_rec.config, "ids", 0, 3), "unknown: no claim either way"
+
+
+def test_every_panel_fits_a_screen_and_says_what_to_look_for(demo_rec):
+    for stage in wt.WALK_STAGES:
+        fig = wt.stage_figure(demo_rec, stage, 0, demo_rec.seq_len - 1)
+        assert fig.layout.height <= 700, stage
+        assert "look: " + html_escape(wt.LOOK[stage]) in fig.layout.title.text, stage
+
+
 def test_the_layer_label_says_sliding_or_full_with_window_and_base(demo):
     cfg = demo[0].config
     assert cfg.layer_types[0] == "sliding" and cfg.layer_types[5] == "full"

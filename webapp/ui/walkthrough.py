@@ -1,6 +1,6 @@
 """Explore's first view: Gemma 3 as a diagram of its forward pass, a box per stage; a click on a box (or a
 layer chip, or Previous / Next) shows, below the diagram, that stage on the Explore prompt: its tensor, what it
-does, its equation and the model's own lines that compute it.
+does, its equation and the model's own lines that compute it, numbered as in gemma3/model.py.
 
 The diagram is a gr.HTML drawn by explain.walkthrough.diagram_html; its js_on_load turns a click on a box or
 chip into the component's "click" event carrying {stage} or {layer}. Every view is drawn by
@@ -33,7 +33,7 @@ class Walkthrough:
     next: gr.Button
     guide: gr.Markdown
     plot: gr.Plot
-    code: gr.Code
+    code: gr.HTML     # the model's lines, each beside its own line number in gemma3/model.py
 
     @property
     def outputs(self) -> list:
@@ -70,8 +70,7 @@ def build(explorer: ex.Explorer, prompt: gr.Textbox, choice: gr.State, redraw_on
         nxt = gr.Button("Next →", elem_id="walk-next", scale=1, min_width=110)
     guide = gr.Markdown(wt.guide(config, START, 0, "T"), elem_id="walk-guide")
     plot = gr.Plot(label="The tensor at this stage", show_label=False, elem_id="walk-plot")
-    code = gr.Code(wt.source(START), language="python", label="The lines of the model's code that compute it",
-                   elem_id="walk-source", interactive=False)
+    code = gr.HTML(wt.source_html(START), css_template=wt.SOURCE_CSS, elem_id="walk-source")
     w = Walkthrough(diagram, stage, layer, token, prev, nxt, guide, plot, code)
     _wire(w, explorer, prompt, choice, redraw_on, new_prompt)
     return w
