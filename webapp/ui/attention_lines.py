@@ -179,7 +179,7 @@ CSS = """
   background: var(--background-fill-primary); color: var(--body-text-color); font: inherit; font-size: 12px;
   cursor: pointer; }
 .al-all.al-sel { border-color: var(--color-accent); background: var(--color-accent-soft); }
-.al-maps { display: grid; grid-template-columns: repeat(auto-fill, minmax(118px, 1fr)); gap: 8px; }
+.al-maps { display: grid; grid-template-columns: repeat(auto-fill, minmax(96px, 1fr)); gap: 8px; }
 .al-map { display: flex; flex-direction: column; gap: 2px; padding: 4px; min-width: 0; cursor: pointer;
   border: 2px solid var(--border-color-primary); border-radius: 8px; background: var(--background-fill-primary); }
 .al-map:hover { border-color: var(--color-accent); }
@@ -268,9 +268,9 @@ def build() -> AttentionLines:
     """The two views, side by side (stacked on a phone), in the current block."""
     gr.Markdown(INTRO, elem_classes="guide")
     with gr.Row(equal_height=False, elem_id="attention-words"):
-        with gr.Column(scale=2, min_width=320):
+        with gr.Column(scale=1, min_width=320):
             grid = gr.HTML(WAITING, css_template=CSS, js_on_load=GRID_JS, elem_id="attention-grid")
-        with gr.Column(scale=3, min_width=320):
+        with gr.Column(scale=1, min_width=320):
             lines = gr.HTML(WAITING, css_template=CSS, js_on_load=JS, elem_id="attention-lines")
     return AttentionLines(grid, lines)
 
