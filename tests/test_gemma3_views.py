@@ -5,7 +5,6 @@ page draws every topic in a real browser at desktop and phone width.
 """
 
 import copy
-import os
 from pathlib import Path
 
 import numpy as np
@@ -349,20 +348,10 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def browser(server):
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
-    pytest.importorskip("playwright.sync_api")
-    from playwright.sync_api import sync_playwright
-
-    from test_browser import ARGS
+def browser(chromium, server):
+    """The session's Chromium (tests/conftest.py), on this module's app (the trained demo model)."""
     SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
+    return chromium
 
 
 @pytest.mark.parametrize("size", list(SIZES))
