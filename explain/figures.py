@@ -290,7 +290,7 @@ def attention_figure(record: Record, layer: int, head: int | None = None) -> go.
     look = ("look for the previous-token line left of the diagonal and a bright first column (an attention sink)"
             + (f"; keys more than {cfg.window} back stay empty" if sliding else ""))
     fig.update_layout(
-        title=_title(f"Who attends to whom: layer {layer} ({'sliding' if sliding else 'full'}), {who}",
+        title=_title(f"Layer {layer}, {who}: who attends to whom ({'sliding' if sliding else 'full'} attention)",
                      f"{kind} · {look}"),
         title_font_color=SLIDING if sliding else FULL,
         coloraxis=dict(colorscale="Blues", cmin=0, colorbar=dict(title=dict(text="attention", side="right"))),
