@@ -31,8 +31,8 @@ MAX_TOKENS = 128   # tokens the lines view shows, at most (the last ones)
 MAX_LINES = 2000   # lines it draws, at most: each query keeps its strongest keys
 DECIMALS = 3       # weights are sent rounded to this; a weight that rounds to 0 gets no line
 MIN_MAP_PX = 160   # a small map is drawn at least this many pixels a side (whole pixels per token) when it can
-# the small maps' colours: a weight w is drawn at sqrt(w) along the colorbrewer Blues (LEVELS shades), so that weak attention still
-# shows in a thumbnail; hidden keys stay white, keys outside a sliding window are hatched grey
+# the small maps' colours: a weight w is drawn at sqrt(w) along the colorbrewer Blues (LEVELS shades), so that weak
+# attention still shows in a thumbnail; hidden keys stay white, keys outside a sliding window are hatched grey
 BLUES = ((247, 251, 255), (222, 235, 247), (198, 219, 239), (158, 202, 225), (107, 174, 214), (66, 146, 198),
          (33, 113, 181), (8, 81, 156), (8, 48, 107))
 HIDDEN = (255, 255, 255)

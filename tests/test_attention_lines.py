@@ -98,7 +98,8 @@ def test_lines_view_draws_a_line_per_weight_with_its_number(rec):
     for q, k, w in paths:
         assert float(w) == att.weights[3, int(q), int(k)]
     assert 'data-head="3"' in html and "sliding, window 8" in html
-    assert len(re.findall(r'class="al-t" data-side="q"', html)) == att.n == len(re.findall(r'class="al-t" data-side="k"', html))
+    for side in "qk":
+        assert len(re.findall(f'class="al-t" data-side="{side}"', html)) == att.n, "a token per row on each side"
     every = ui.lines_html(rec, 5, None)
     heads = set(re.findall(r'class="al-h" data-h="(\d+)" stroke="(#[0-9a-f]{6})"', every))
     assert len(heads) == 4 and len({c for _, c in heads}) == 4, "all heads overlay, one colour each"
@@ -122,7 +123,7 @@ def test_small_map_pixels(rec):
     rgb = al.head_map_rgb(rec, 0, 1)
     assert rgb.shape == (T * s, T * s, 3) and T * s >= al.MIN_MAP_PX and s > 1
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(al.head_map_png(rec, 0, 1))).convert("RGB")), rgb)
-    cell = lambda i, j: rgb[i * s:(i + 1) * s, j * s:(j + 1) * s].reshape(-1, 3)   # noqa: E731
+    cell = lambda i, j: rgb[i * s:(i + 1) * s, j * s:(j + 1) * s].reshape(-1, 3)
     assert (cell(3, 10) == al.HIDDEN).all(), "a later key stays white"
     outside = {tuple(p) for p in cell(20, 2)}
     assert outside <= set(al.HATCH) and len(outside) == 2, "a key outside the window is hatched"

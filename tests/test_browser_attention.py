@@ -74,7 +74,8 @@ def test_a_small_map_shows_its_head_large_and_a_sliding_window_its_edge(page):
     assert "hatched cells are keys outside the window of 64" in grid.inner_text()
     page.locator('#attention-grid .al-map[data-head="2"]').click()
     poll(lambda: page.get_attribute("#attention-lines .al-lines", "data-head") == "2", what="the lines view on head 2")
-    poll(lambda: "head 2" in page.locator("#plot-attention .gtitle").first.text_content(), what="the large map on head 2")
+    poll(lambda: "head 2" in page.locator("#plot-attention .gtitle").first.text_content(),
+         what="the large map on head 2")
     assert page.locator("#attention-grid .al-map.al-sel").get_attribute("data-head") == "2"
     heads = page.locator("#attention-lines .al-links .al-h")
     assert heads.count() == 1 and heads.first.get_attribute("data-h") == "2", "only head 2's lines"

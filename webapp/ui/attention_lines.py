@@ -179,8 +179,9 @@ CSS = """
   background: var(--background-fill-primary); color: var(--body-text-color); font: inherit; font-size: 12px;
   cursor: pointer; }
 .al-all.al-sel { border-color: var(--color-accent); background: var(--color-accent-soft); }
-.al-maps { display: grid; grid-template-columns: repeat(auto-fill, minmax(96px, 1fr)); gap: 8px; }
-.al-map { display: flex; flex-direction: column; gap: 2px; padding: 4px; min-width: 0; cursor: pointer;
+.al-maps { display: grid; grid-template-columns: repeat(auto-fit, minmax(96px, 1fr)); gap: 8px; }
+.al-map { display: flex; flex-direction: column; gap: 2px; padding: 4px; min-width: 0; max-width: 240px;
+  cursor: pointer;
   border: 2px solid var(--border-color-primary); border-radius: 8px; background: var(--background-fill-primary); }
 .al-map:hover { border-color: var(--color-accent); }
 .al-map.al-sel { border-color: var(--color-accent); box-shadow: 0 0 0 2px var(--color-accent-soft); }
@@ -242,8 +243,14 @@ const show = (side, i) => {
   }
 };
 const token = (e) => e.target.closest && e.target.closest('.al-t');
-element.addEventListener('mouseover', (e) => { const t = token(e); if (t && pinned === null) show(t.dataset.side, t.dataset.i); });
-element.addEventListener('mouseout', (e) => { const t = token(e); if (t && pinned === null && !t.contains(e.relatedTarget)) clear(); });
+element.addEventListener('mouseover', (e) => {
+  const t = token(e);
+  if (t && pinned === null) show(t.dataset.side, t.dataset.i);
+});
+element.addEventListener('mouseout', (e) => {
+  const t = token(e);
+  if (t && pinned === null && !t.contains(e.relatedTarget)) clear();
+});
 element.addEventListener('click', (e) => {
   const t = token(e);
   if (!t) { if (pinned !== null) { pinned = null; clear(); } return; }
