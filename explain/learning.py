@@ -145,7 +145,7 @@ def compare_figure(names: tuple[str, str], losses: tuple[torch.Tensor, torch.Ten
     fig = make_subplots(rows=2, cols=2, specs=[[{"colspan": 2}, None], [{}, {}]], vertical_spacing=0.22,
                         subplot_titles=("Loss of each token of your prompt", f"Next token at {names[0]}",
                                         f"Next token at {names[1]}"))
-    colors = (GREY, TEAL)   # the earlier step, the later one
+    colors = (GREY, TEAL)   # the first step named, the second
     for name, row, color in zip(names, losses, colors):
         fig.add_trace(go.Scatter(x=labels[1:], y=row.tolist(), name=name, mode="lines+markers",
                                  line=dict(color=color), hovertemplate="%{x}: loss %{y:.2f}<extra>" + name +
