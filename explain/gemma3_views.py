@@ -24,16 +24,13 @@ from plotly.subplots import make_subplots
 
 from gemma3.model import RoPE, sliding_mask
 
-from . import figures
-from .figures import FULL, INK, SLIDING, TEAL, _f32, _html, _title
+# The colours: SLIDING / FULL only ever mean a sliding or a full layer; ATTN / FFN a layer's attention and its
+# feed-forward part (explain.figures). No panel is taller than MAX_HEIGHT: a 1440 x 1000 screen shows it whole.
+from .figures import ATTN, FFN, FULL, INK, SLIDING, TEAL, _f32, _html, _title
+from .figures import MAX_HEIGHT as HEIGHT
 from .figures import _style as _app_style
 from .hooks import Record
 
-# The colours: SLIDING / FULL only ever mean a sliding or a full layer (explain.figures); a layer's attention part
-# and its feed-forward part have their own (figures.ATTN / FFN where that version of figures has them).
-ATTN = getattr(figures, "ATTN", "#0284c7")
-FFN = getattr(figures, "FFN", "#d97706")
-HEIGHT = getattr(figures, "MAX_HEIGHT", 700)   # no panel taller: a 1440 x 1000 screen shows it whole
 GREY = "#6b7280"      # a grey that stays visible on the template's white (figures.GREY is lighter)
 ZERO = "#f4b183"      # cells whose recorded attention probability is exactly 0
 FFN_UNITS = 48        # feed-forward units shown in the GeGLU heatmaps (evenly spaced)
