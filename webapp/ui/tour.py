@@ -11,7 +11,6 @@ come from the default model (facts()), and the page replaces them with the model
 from the walk-through's diagram and the model bar as they are shown.
 """
 
-import json
 import math
 from dataclasses import asdict, dataclass
 
@@ -33,9 +32,9 @@ class Step:
 
 STEPS = (
     Step("Your prompt becomes tokens",
-         "We follow one prompt, “{prompt}”, through the model. The tokenizer cuts it into {tokens} pieces (words, "
-         "parts of words, spaces) and swaps each for its number in a vocabulary of {vocab} entries. These numbers, "
-         "shown here, are all the model ever sees.",
+         "We follow one prompt, “{prompt}”, through the model. The tokenizer cuts it into pieces (words, parts "
+         "of words, spaces) and swaps each for its number in a vocabulary of {vocab} entries: {tokens} numbers in "
+         "all, listed here, and all that the model ever sees.",
          ("explore", "walk"), ("#walk-plot", "#wt-box-ids"), stage="ids"),
     Step("Each token becomes a vector",
          "Each number picks its row of a {vocab} × {hidden} table: {hidden} numbers the model learned for that "
@@ -107,7 +106,9 @@ BUTTON_CSS = """
 CSS = """
 #tour-start.tour-new { animation: tour-pulse 1.8s ease-in-out 4; }
 @keyframes tour-pulse { 50% { box-shadow: 0 0 0 7px color-mix(in srgb, var(--color-accent) 30%, transparent); } }
-#page-header { align-items: center; }
+#page-header { align-items: center; flex-wrap: wrap; }
+#page-header > #page-title { flex: 1 1 320px !important; min-width: min(320px, 100%) !important; }
+#page-header > #tour { flex: 0 0 auto !important; width: auto !important; min-width: fit-content !important; }
 .tour-spot { outline: 3px solid var(--color-accent) !important; outline-offset: 3px; border-radius: 8px;
   box-shadow: 0 0 0 7px color-mix(in srgb, var(--color-accent) 22%, transparent) !important;
   scroll-margin: 16px; transition: box-shadow 0.3s; }
@@ -148,7 +149,7 @@ if (!document.getElementById('tour-style')) {
   const st = document.createElement('style'); st.id = 'tour-style'; st.textContent = props.css;
   document.head.appendChild(st);
 }
-const state = {k: null, run: 0, timer: null, ready: false, clicks: 0, last: 0, spot: 0};
+const state = {k: null, run: 0, timer: null, ready: false, clicks: 0, last: 0, sel: null, spot: 0};
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const q = (sel) => { try { return document.querySelector(sel); } catch (e) { return null; } };
 const shown = (el) => !!el && el.isConnected && el.getClientRects().length > 0 && !el.closest('.visually-hidden');
@@ -267,11 +268,13 @@ function tick() {
     const want = s.targets.map(q).filter(shown);
     document.querySelectorAll('.tour-spot').forEach((e) => { if (!want.includes(e)) e.classList.remove('tour-spot'); });
     want.forEach((e) => e.classList.add('tour-spot'));
-    // the walk-through shows the step's stage: its box is clicked (again if a redraw of the tab lands after it)
-    if (s.stage && state.clicks < 4 && Date.now() - state.last > 1500 &&
-        !q(`#walk-diagram .wt-sel[data-stage="${s.stage}"]`)) {
+    // the walk-through shows the step's stage: its box is clicked, and again if the redraw that selecting the tab
+    // started lands after the click (a new diagram, not showing the stage), or if nothing came back for a while
+    const sel = q('#walk-diagram .wt-sel');
+    if (s.stage && state.clicks < 3 && !(sel && sel.dataset.stage === s.stage) &&
+        (sel !== state.sel || Date.now() - state.last > 2500)) {
       const box = q('#wt-box-' + s.stage);
-      if (shown(box)) { box.click(); state.clicks++; state.last = Date.now(); }
+      if (shown(box)) { box.click(); state.clicks++; state.last = Date.now(); state.sel = sel; }
     }
   }
   render();
@@ -280,7 +283,7 @@ function tick() {
 
 async function go(k) {
   const run = ++state.run, s = steps[k];
-  state.k = k; state.ready = false; state.clicks = 0; state.last = 0;
+  state.k = k; state.ready = false; state.clicks = 0; state.last = 0; state.sel = null;
   document.querySelectorAll('.tour-spot').forEach((e) => e.classList.remove('tour-spot'));
   render(); place();
   for (const id of s.tabs) {
