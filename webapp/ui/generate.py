@@ -43,17 +43,20 @@ class Generate:
 def build(cache: models.ModelCache, choice: gr.State) -> Generate:
     """The tab, in the current Tabs, with its events wired; `choice`: the model bar's per-session source."""
     with gr.Tab("Generate", id="generate"):
-        with gr.Row():
+        # on a phone (webapp.ui.page.CSS) the columns dissolve into one: the prompt, the buttons, the folded
+        # settings, the story, then the example prompts
+        with gr.Row(elem_id="generate-row"):
             with gr.Column(scale=2):
                 prompt = gr.Textbox(label="Prompt", value=EXAMPLES[0], lines=3, elem_id="prompt",
                                     max_length=MAX_PROMPT_CHARS)
-                gr.Examples(EXAMPLES, inputs=prompt, label="Example prompts")
-                with gr.Row():
+                gr.Examples(EXAMPLES, inputs=prompt, label="Example prompts", elem_id="gen-examples")
+                with gr.Row(elem_id="gen-buttons"):
                     go = gr.Button("Generate", variant="primary", elem_id="generate-btn")
                     stop = gr.Button("Stop", variant="stop", elem_id="stop-btn")
-                settings = [gr.Slider(lo, hi, value=d, step=step, label=label, elem_id=elem_id)
-                            for (lo, hi, d), step, label, elem_id in SLIDERS]
-                settings.append(gr.Number(value=-1, precision=0, label="Seed (-1 = random)"))
+                with gr.Accordion("Settings", open=True, elem_id="gen-settings"):   # folded on a phone (page.JS)
+                    settings = [gr.Slider(lo, hi, value=d, step=step, label=label, elem_id=elem_id)
+                                for (lo, hi, d), step, label, elem_id in SLIDERS]
+                    settings.append(gr.Number(value=-1, precision=0, label="Seed (-1 = random)"))
             with gr.Column(scale=3):
                 story = gr.HTML(gen.EMPTY_STORY, label="Story", show_label=True, container=True, elem_id="story",
                                 js_on_load=ON_CLICK)

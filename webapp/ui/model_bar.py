@@ -119,7 +119,8 @@ def build(cache: models.ModelCache, runs_dir: Path) -> ModelBar:
     info = cache.default.info
     with gr.Group(elem_id="model-bar"):
         info_md = gr.Markdown(info.markdown(), elem_id="model-info")
-        with gr.Row(equal_height=True):
+        # open, with no heading of its own, on a wide screen; on a phone a folded "Change model" (webapp.ui.page)
+        with gr.Accordion("Change model", open=True, elem_id="model-choose"), gr.Row(equal_height=True):
             names = models.PublicNames(runs_dir, cache.default.source)
             choices, value = picker_state(cache, names)
             picker = gr.Dropdown(choices, value=value, label="Available models", scale=4, elem_id="model-picker")

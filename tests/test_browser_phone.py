@@ -1,0 +1,123 @@
+"""The app on a phone, 390 x 844 (issue 23 item 4): the prompt and the story come first with the settings folded;
+a story token opens Explore's Next token figure in view, not the top of the page; the figures fill the screen's
+width, their titles wrap within it, and Plotly's toolbar covers no title (at desktop width either).
+
+Screenshots go to artifacts/screenshots/phone-*.png for a person to look at.
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import CHROMIUM, open_page, poll
+
+if not os.path.exists(CHROMIUM):
+    pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
+pytest.importorskip("playwright.sync_api")
+
+SHOTS = Path(__file__).resolve().parent.parent / "artifacts" / "screenshots"
+W, H = 390, 844
+PAGE_PADDING = 8   # each side, at phone width (webapp.ui.page)
+
+
+@pytest.fixture(scope="module")
+def page(chromium, app_server):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page = open_page(chromium, app_server.local_url, W, H)
+    try:
+        yield page
+    finally:
+        page.close()
+
+
+def shot(page, name, full_page=False):
+    page.screenshot(path=str(SHOTS / f"phone-{name}.png"), full_page=full_page)
+
+
+def overlap(a, b) -> bool:
+    return bool(a and b) and a["x"] < b["x"] + b["width"] and b["x"] < a["x"] + a["width"] \
+        and a["y"] < b["y"] + b["height"] and b["y"] < a["y"] + a["height"]
+
+
+def test_the_prompt_and_the_story_come_first_with_the_settings_folded(page):
+    page.get_by_role("tab", name="Generate", exact=True).click()
+    settings = page.locator("#gen-settings")
+    poll(lambda: not page.locator("#max-new").is_visible(), timeout=5, what="the settings folded on a phone")
+    assert settings.get_by_text("Settings", exact=True).is_visible(), "their heading stays, to unfold them"
+    settings.get_by_text("Settings", exact=True).click()   # unfolded, they work as at any width: a short story
+    page.fill("#max-new input[type=number]", "16")
+    page.press("#max-new input[type=number]", "Enter")
+    settings.get_by_text("Settings", exact=True).click()
+    poll(lambda: not page.locator("#max-new").is_visible(), timeout=5, what="the settings folded again")
+    page.fill("#prompt textarea", "Once upon a time, a dog")
+    page.click("#generate-btn")
+    poll(lambda: "tokens/s" in page.inner_text("#gen-info"), what="the story to finish")
+    assert page.evaluate("window.scrollY") == 0, "nothing scrolled the page"
+    story = page.locator("#story").bounding_box()
+    first_line = page.locator("#story .story-prompt").bounding_box()
+    assert story["y"] < H and first_line["y"] + first_line["height"] < H, "the story starts on the first screen"
+    assert page.locator("#prompt textarea").bounding_box()["y"] < story["y"], "the prompt comes before the story"
+    assert settings.bounding_box()["y"] < story["y"] and settings.bounding_box()["height"] < 80, \
+        "the settings sit folded above the story"
+    assert page.evaluate("document.documentElement.scrollWidth") <= W, "nothing is wider than the screen"
+    shot(page, "generate")
+
+
+def test_a_story_token_opens_the_next_token_figure_in_view(page):
+    token = page.locator("#story .tok").nth(2)
+    token.scroll_into_view_if_needed()
+    token.click()
+    poll(lambda: page.get_by_role("tab", name="Next token", exact=True).get_attribute("aria-selected") == "true",
+         what="Explore's Next token view to open")
+    # the page shows the figure the click opened (not the top of the page), once it is drawn and after
+    in_view = lambda: 0 <= page.locator("#plot-next").bounding_box()["y"] < H / 2  # noqa: E731
+    poll(lambda: page.locator("#plot-next .gtitle").count() and "the story drew" in
+         page.locator("#plot-next .gtitle").first.text_content() and in_view(), what="the Next token figure in view")
+    page.wait_for_timeout(800)
+    assert page.evaluate("window.scrollY") > 0 and in_view(), "the view stays on the figure"
+    shot(page, "next-token-from-story")
+
+
+def figure_boxes(page, sel) -> dict:
+    """Boxes of a figure (gd), its title, its block's label and its toolbar (None where hidden), and its width."""
+    return page.eval_on_selector(f"{sel} .js-plotly-plot", """gd => {
+        const box = (el) => { if (!el || !el.checkVisibility()) return null;
+            const r = el.getBoundingClientRect(); return r.width && r.height ? {x: r.x, y: r.y, width: r.width,
+            height: r.height} : null; };
+        const label = gd.closest('.block').querySelector(':scope > label');
+        return {gd: box(gd), width: gd._fullLayout.width, title: box(gd.querySelector('.gtitle')),
+                label: label && getComputedStyle(label).display !== 'none' ? box(label) : null,
+                bar: gd.querySelector('.modebar-container') &&
+                     getComputedStyle(gd.querySelector('.modebar-container')).display !== 'none'
+                     ? box(gd.querySelector('.modebar')) : null};
+    }""")
+
+
+FIGURES = [("Next token", "#plot-next"), ("Attention", "#plot-attention"), ("Walk-through", "#walk-plot")]
+
+
+def test_figures_fill_the_width_and_no_toolbar_covers_a_title(page):
+    page.get_by_role("tab", name="Explore", exact=True).click()
+    for label, sel in FIGURES:
+        page.get_by_role("tab", name=label, exact=True).click()
+        page.locator(f"{sel} .js-plotly-plot .main-svg").first.wait_for(state="visible")
+        page.hover(f"{sel} .js-plotly-plot")   # where a mouse would show the toolbar
+        f = poll(lambda: (f := figure_boxes(page, sel))["title"] and f["width"] >= W - 2 * PAGE_PADDING - 2 and f,
+                 timeout=10, what=f"{label} as wide as the screen")
+        assert f["gd"]["x"] >= 0 and f["gd"]["x"] + f["gd"]["width"] <= W + 1, f"{label} stays within the screen"
+        title = f["title"]
+        assert title["x"] >= f["gd"]["x"] - 1 and title["x"] + title["width"] <= f["gd"]["x"] + f["width"] + 1, \
+            f"{label}'s title wraps within the figure"
+        assert not overlap(f["bar"], title), f"the toolbar covers {label}'s title"
+        assert not overlap(f["label"], title), f"{label}'s label covers its title"
+        shot(page, f"explore-{sel.rsplit('-', 1)[-1]}")
+    page.set_viewport_size({"width": 1440, "height": 1000})   # a desktop: the toolbar shows on hover, off the title
+    try:
+        page.get_by_role("tab", name="Next token", exact=True).click()
+        page.hover("#plot-next .js-plotly-plot")
+        f = poll(lambda: (f := figure_boxes(page, "#plot-next"))["bar"] and f["width"] > 1000 and f, timeout=10,
+                 what="the toolbar on hover at 1440 px")
+        assert not overlap(f["bar"], f["title"]), "the toolbar covers the title at 1440 px"
+    finally:
+        page.set_viewport_size({"width": W, "height": H})
