@@ -14,7 +14,7 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-from webapp.guard import use_persistent_storage  # noqa: E402
+from webapp.storage import use_persistent_storage  # noqa: E402
 
 # A Space's persistent storage (/data, or $GEMMA3_PERSISTENT): runs, data and the Hugging Face cache default
 # to it. Before gradio and huggingface_hub are imported: the Hub library reads HF_HOME once.
@@ -23,15 +23,13 @@ PERSISTENT = use_persistent_storage()
 import gradio as gr  # noqa: E402
 
 from gemma3 import cpu, engine  # noqa: E402
-from webapp import explore as ex, generation as gen, guard, models, train as tr  # noqa: E402
+from webapp import explore as ex, generation as gen, guard, models, storage, train as tr  # noqa: E402
 from webapp.errors import friendly, guard_inputs, port_problem  # noqa: E402
 from webapp.inputs import UserError  # noqa: E402
 from webapp.learning import Learning  # noqa: E402
 from webapp.ui import about, explore, generate, model_bar, page, tour, train  # noqa: E402
 
-ROOT = models.ROOT
-RUNS_DIR = os.environ.get("GEMMA3_RUNS_DIR", str(ROOT / "runs"))
-DATA_DIR = os.environ.get("GEMMA3_DATA_DIR", str(ROOT / "data"))
+RUNS_DIR, DATA_DIR = storage.folders()   # runs/ and data/ in the checkout, or the user's data folder once installed
 TITLE = "Gemma 3 TinyStories"
 HEADER = "# Gemma 3 TinyStories\nA from-scratch Gemma 3: write stories, look inside the model, train your own."
 LAUNCH = dict(theme=page.THEME, css=page.CSS, js=page.JS)  # Gradio 6: theme, css and js are arguments of launch()
@@ -170,13 +168,14 @@ def main(argv=None):
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
                         help="port to listen on (default: $GRADIO_SERVER_PORT, else 7860)")
     parser.add_argument("--share", action="store_true", help="also create a public gradio.live link")
-    parser.add_argument("--runs-dir", default=RUNS_DIR,
-                        help="where training runs are written (default: $GEMMA3_RUNS_DIR, else runs/ in the "
-                             "persistent folder or the repository)")
-    parser.add_argument("--data-dir", default=DATA_DIR,
-                        help="where prepared training data is written (default: $GEMMA3_DATA_DIR, else data/ in the "
-                             "persistent folder or the repository)")
+    parser.add_argument("--home", help=f"the folder of runs/ and data/ (default: ${storage.HOME_ENV}, else "
+                                       f"{storage.home()})")
+    parser.add_argument("--runs-dir", help="where training runs are written (default: $GEMMA3_RUNS_DIR, else runs/ "
+                                           "in the persistent folder or the home folder)")
+    parser.add_argument("--data-dir", help="where prepared training data is written (default: $GEMMA3_DATA_DIR, "
+                                           "else data/ in the persistent folder or the home folder)")
     args = parser.parse_args(argv)
+    runs_dir, data_dir = storage.folders(args.home)
     if busy := port_problem(args.host, args.port):   # before a minute of loading, not after
         parser.exit(2, f"error: {busy}\n")
     guard.set_exposure(args.host, args.share)   # before build(): who may do the owner's actions depends on it
@@ -187,7 +186,7 @@ def main(argv=None):
         cache = models.ModelCache.from_default(args.model)
     except (ValueError, FileNotFoundError, ConnectionError) as e:
         parser.exit(2, f"error: could not load the model: {e}\n")
-    demo = build(cache=cache, runs_dir=args.runs_dir, data_dir=args.data_dir)
+    demo = build(cache=cache, runs_dir=args.runs_dir or runs_dir, data_dir=args.data_dir or data_dir)
     try:
         demo.queue(**QUEUE).launch(
             server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_FILE_SIZE,

@@ -27,7 +27,7 @@ import gemma3
 from conftest import kill_run, kill_runs, poll
 from training import runs
 from webapp import generation as gen
-from webapp import guard, models
+from webapp import guard, models, storage
 from webapp.inputs import UserError
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -42,35 +42,54 @@ NOT_THE_OWNER = r"only its owner \(ann\) or allowed users may train: sign in"
 # ---- persistent storage ------------------------------------------------------------------------------
 
 def test_persistent_folder_holds_runs_data_and_the_hub_cache(tmp_path):
-    env = {guard.PERSISTENT_ENV: str(tmp_path)}
-    assert guard.storage_defaults(env) == {"GEMMA3_RUNS_DIR": str(tmp_path / "runs"),
+    env = {storage.PERSISTENT_ENV: str(tmp_path)}
+    assert storage.storage_defaults(env) == {"GEMMA3_RUNS_DIR": str(tmp_path / "runs"),
                                            "GEMMA3_DATA_DIR": str(tmp_path / "data"),
                                            "HF_HOME": str(tmp_path / "huggingface")}
     mine = {**env, "GEMMA3_RUNS_DIR": "/somewhere/runs"}
-    assert "GEMMA3_RUNS_DIR" not in guard.storage_defaults(mine), "a folder set explicitly wins"
-    assert guard.use_persistent_storage(mine) == tmp_path
+    assert "GEMMA3_RUNS_DIR" not in storage.storage_defaults(mine), "a folder set explicitly wins"
+    assert storage.use_persistent_storage(mine) == tmp_path
     assert mine["GEMMA3_RUNS_DIR"] == "/somewhere/runs" and mine["HF_HOME"] == str(tmp_path / "huggingface")
-    assert guard.storage_defaults({guard.PERSISTENT_ENV: "off"}) == {}
-    missing = {guard.PERSISTENT_ENV: str(tmp_path / "not-mounted")}
-    assert guard.storage_defaults(missing) == {}
+    assert storage.storage_defaults({storage.PERSISTENT_ENV: "off"}) == {}
+    missing = {storage.PERSISTENT_ENV: str(tmp_path / "not-mounted")}
+    assert storage.storage_defaults(missing) == {}
     with pytest.warns(UserWarning, match="not a writable folder"):
-        assert guard.use_persistent_storage(missing) is None
+        assert storage.use_persistent_storage(missing) is None
 
 
 def test_a_space_uses_its_volume_only_when_mounted(tmp_path, monkeypatch):
-    monkeypatch.setattr(guard, "SPACE_VOLUME", str(tmp_path))
+    monkeypatch.setattr(storage, "SPACE_VOLUME", str(tmp_path))
     space = {"SYSTEM": "spaces", "SPACE_ID": "ann/app"}
-    assert guard.persistent_root(space) == tmp_path
-    assert guard.storage_defaults(space)["HF_HOME"] == str(tmp_path / "huggingface")
-    assert guard.persistent_root({}) is None, "off a Space, only $GEMMA3_PERSISTENT names a persistent folder"
-    monkeypatch.setattr(guard, "SPACE_VOLUME", str(tmp_path / "no-volume"))
-    assert guard.persistent_root(space) is None, "no storage attached: the Space's own disk"
+    assert storage.persistent_root(space) == tmp_path
+    assert storage.storage_defaults(space)["HF_HOME"] == str(tmp_path / "huggingface")
+    assert storage.persistent_root({}) is None, "off a Space, only $GEMMA3_PERSISTENT names a persistent folder"
+    monkeypatch.setattr(storage, "SPACE_VOLUME", str(tmp_path / "no-volume"))
+    assert storage.persistent_root(space) is None, "no storage attached: the Space's own disk"
+
+
+def test_runs_and_data_go_to_the_checkout_or_the_users_data_folder_never_site_packages(tmp_path, monkeypatch):
+    checkout, installed = tmp_path / "checkout", tmp_path / "site-packages"
+    (checkout / "webapp").mkdir(parents=True)
+    (checkout / "pyproject.toml").write_text("[project]\n")
+    (installed / "webapp").mkdir(parents=True)
+    assert storage.home({}, root=checkout) == checkout, "a checkout keeps runs/ and data/ beside app.py"
+    monkeypatch.setattr(storage.sys, "platform", "linux")
+    user = {"XDG_DATA_HOME": str(tmp_path / "xdg")}
+    assert storage.home(user, root=installed) == tmp_path / "xdg" / "gemma3", "installed: the user's data folder"
+    monkeypatch.setattr(storage.Path, "home", lambda: tmp_path / "me")
+    assert storage.home({}, root=installed) == tmp_path / "me" / ".local" / "share" / "gemma3"
+    mine = {storage.HOME_ENV: str(tmp_path / "mine")}
+    assert storage.home(mine, root=installed) == tmp_path / "mine"
+    assert storage.folders(env=mine) == (str(tmp_path / "mine" / "runs"), str(tmp_path / "mine" / "data"))
+    assert storage.folders(tmp_path / "flag", env=mine)[0] == str(tmp_path / "flag" / "runs"), "--home wins over it"
+    named = {**mine, "GEMMA3_RUNS_DIR": "/r", "GEMMA3_DATA_DIR": "/d"}
+    assert storage.folders(tmp_path / "flag", env=named) == ("/r", "/d"), "named folders (or persistent ones) win"
 
 
 def test_the_app_applies_them_before_the_hub_library_reads_them(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("GEMMA3_RUNS_DIR", "GEMMA3_DATA_DIR", "HF_HOME",
                                                             "HF_HUB_CACHE")}
-    env[guard.PERSISTENT_ENV] = str(tmp_path)
+    env[storage.PERSISTENT_ENV] = str(tmp_path)
     code = "import app, huggingface_hub.constants as c; print(app.RUNS_DIR, app.DATA_DIR, c.HF_HOME, c.HF_HUB_CACHE)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -186,7 +205,7 @@ def space_env(persistent: Path, port: int) -> dict:
                OAUTH_CLIENT_ID="test-client", OAUTH_CLIENT_SECRET=SECRET, OAUTH_SCOPES="openid profile",
                OPENID_PROVIDER_URL="https://huggingface.co", HF_HUB_OFFLINE="1",
                GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port))
-    env[guard.PERSISTENT_ENV] = str(persistent)
+    env[storage.PERSISTENT_ENV] = str(persistent)
     return env
 
 

@@ -1,4 +1,4 @@
-"""Who may do the owner's actions, ZeroGPU, and where a Space keeps its files.
+"""Who may do the owner's actions, and ZeroGPU.
 
 The owner's actions: start, resume or stop a run, time one (the estimate), export a GGUF or push it, upload
 files (UploadGuard), and load a model from an arbitrary path or Hub id. Everyone else generates, explores,
@@ -16,27 +16,19 @@ watches the runs and picks from the listed models. Who is the owner depends on w
 The checks run inside the handlers (`login` -> `check_training`, `may_load_anything`), so a hidden button is not
 the only protection. On a ZeroGPU Space a GPU is lent for the length of one call: generation runs inside
 `spaces.GPU`, and training, which needs a GPU for hours, is refused with an explanation.
-
-A Space's own disk is wiped on every restart. When persistent storage is mounted ($GEMMA3_PERSISTENT,
-else /data on a Space), runs, prepared data and the Hugging Face cache default to folders inside it
-(`use_persistent_storage`, called by app.py before anything reads those settings).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
-import warnings
-from pathlib import Path
 
 from .inputs import UserError
 
 ZERO_GPU_TRAINING = ("Training needs a dedicated GPU: on this ZeroGPU Space a GPU is lent only for the length of "
                      "one request. Duplicate the Space onto GPU hardware (or run the app locally) to train.")
-PERSISTENT_ENV = "GEMMA3_PERSISTENT"   # a folder that survives restarts; "off" for none
-SPACE_VOLUME = "/data"                 # where Hugging Face mounts a Space's persistent storage
-OFF = ("", "0", "off", "false", "no", "none")
 PASSWORD_ENV, USER_ENV, DEFAULT_USER = "GEMMA3_PASSWORD", "GEMMA3_USER", "owner"   # the login off a Space
+OFF = ("", "0", "off", "false", "no", "none")
 EXPOSED_ENV = "GEMMA3_EXPOSED"         # "1": other machines reach the app (set_exposure, or by hand behind a proxy)
 EXPOSED_REFUSED = ("This app is reachable from other machines (--share, or a --host other than 127.0.0.1), so only "
                    "a signed-in owner may train, export, push, upload or load models outside the list: set "
@@ -240,52 +232,3 @@ def gpu(fn, duration: int = 120):
     except ImportError:
         return fn
     return spaces.GPU(duration=duration)(fn)
-
-
-# ---- persistent storage ------------------------------------------------------------------------------
-
-def _writable_dir(path: Path) -> bool:
-    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
-
-
-def persistent_root(env=None) -> Path | None:
-    """The folder that survives restarts: $GEMMA3_PERSISTENT if set (any machine; "off" for none), else /data on
-    a Space when it is mounted and writable; None when there is none."""
-    env = env if env is not None else os.environ
-    value = env.get(PERSISTENT_ENV)
-    if value is not None:
-        if value.strip().lower() in OFF:
-            return None
-        path = Path(value).expanduser()
-    elif on_space(env):
-        path = Path(SPACE_VOLUME)
-    else:
-        return None
-    return path.resolve() if _writable_dir(path) else None
-
-
-def storage_defaults(env=None) -> dict[str, str]:
-    """Where runs, prepared data and the Hugging Face cache go when persistent storage is there and they are
-    not set: {"GEMMA3_RUNS_DIR": ROOT/runs, "GEMMA3_DATA_DIR": ROOT/data, "HF_HOME": ROOT/huggingface}, minus
-    the ones `env` sets already; {} without persistent storage."""
-    env = env if env is not None else os.environ
-    root = persistent_root(env)
-    if root is None:
-        return {}
-    wanted = {"GEMMA3_RUNS_DIR": root / "runs", "GEMMA3_DATA_DIR": root / "data", "HF_HOME": root / "huggingface"}
-    return {k: str(v) for k, v in wanted.items() if not env.get(k)}
-
-
-def use_persistent_storage(env=None) -> Path | None:
-    """Apply storage_defaults to `env` (os.environ by default) and return the persistent folder, if any.
-
-    Call it before huggingface_hub is imported (it reads HF_HOME once, at import)."""
-    env = env if env is not None else os.environ
-    for key, value in storage_defaults(env).items():
-        env[key] = value
-    root = persistent_root(env)
-    wanted = env.get(PERSISTENT_ENV)
-    if root is None and wanted is not None and wanted.strip().lower() not in OFF:
-        warnings.warn(f"${PERSISTENT_ENV} is {wanted}, which is not a writable folder: runs, prepared data and the "
-                      "Hugging Face cache stay in their usual places.", stacklevel=2)
-    return root
