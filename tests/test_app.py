@@ -478,3 +478,16 @@ def test_story_tokens_carry_the_models_probabilities():
     assert gen.text_before({"prompt": "Once", "pieces": ["a", "b"]}, 1) == "Oncea"
     with pytest.raises(ValueError, match="not part of the last story"):
         gen.text_before({"prompt": "Once", "pieces": ["a"]}, 5)
+
+
+def test_the_readme_names_every_public_endpoint(server, client):
+    """The README's endpoint table lists every endpoint a client can call, and only those."""
+    import re
+
+    from conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = [line.split("|")[1] for line in readme.splitlines() if line.startswith("| `/")]
+    documented = {name for cell in table for name in re.findall(r"`/(\w+)`", cell)}
+    public = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    assert documented == {e.lstrip("/") for e in public}
