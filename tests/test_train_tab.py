@@ -93,3 +93,54 @@ def test_a_run_downloads_as_gguf_and_a_push_offline_says_so(tmp_path):
     torch.testing.assert_close(theirs(ids), ours(ids))
     with pytest.raises(UserError, match="HF_HUB_OFFLINE is set, and pushing to the Hugging Face Hub needs the network"):
         tr.push_to_hub(trainer, "r", "someone/r", False)  # the tests run with HF_HUB_OFFLINE=1
+
+
+def test_the_loss_axis_is_logarithmic_and_both_axes_follow_the_data():
+    """After two minutes a run's curve fills the plot: log loss over the data's range, steps up to those done,
+    the planned end in the axis title (a dashed line once in view); step 0's quick evaluation says so."""
+    import math
+
+    from training import TrainConfig
+    from webapp.curves import run_figure, sample_timeline
+
+    cfg = TrainConfig.for_preset("demo")  # 1,000 steps planned
+    train = [{"step": s, "loss": 10.8 - s / 10} for s in range(1, 41)]
+    evals = [{"step": 0, "val_loss": 10.86, "quick": True, "windows": 8, "sample": "Once"}]
+    fig = run_figure(train, evals, cfg, 50257)
+    y = fig.layout.yaxis
+    assert y.type == "log" and 10 ** y.range[0] > 5 and 10 ** y.range[0] < 6.8 and 10 ** y.range[1] < 13
+    assert all(10 ** y.range[0] <= t <= 10 ** y.range[1] for t in y.tickvals) and len(y.tickvals) >= 3
+    assert fig.layout.xaxis2.range[1] < 45, "x runs to the steps done, not to the 1,000 planned"
+    assert "40 of 1,000 planned" in fig.layout.xaxis2.title.text
+    assert not [t for t in fig.data if t.hovertemplate and "planned end" in t.hovertemplate]
+    val = next(t for t in fig.data if t.name == "validation")
+    assert val.marker.symbol[0] == "circle-open" and "quick: 8 of 64 windows" in val.customdata[0]
+    assert "(quick: 8 windows)" in sample_timeline(evals)
+    done = run_figure([{"step": s, "loss": 2.0 / s + 0.5} for s in range(1, 1001, 10)] + [{"step": 1000, "loss": .5}],
+                      [], cfg, 50257)
+    assert [t for t in done.data if t.hovertemplate and "planned end: step 1,000" in t.hovertemplate], \
+        "the dashed end line, once the end is in view"
+    assert 10 ** done.layout.yaxis.range[0] < 0.5 and math.isclose(
+        10 ** done.layout.yaxis.range[1], math.log(50257) * 1.12, rel_tol=1e-6), "down to the lowest loss"
+
+
+@pytest.mark.parametrize("record, words", [
+    (dict(eta_s=700, eta_low_s=400, eta_high_s=1300), "ETA 7–22 min"),   # few steps timed: a range
+    (dict(eta_s=700, eta_low_s=650, eta_high_s=760), "ETA about 12 min"),
+    (dict(eta_s=50, eta_low_s=45, eta_high_s=55), "ETA about 50 s"),
+    (dict(eta_s=7200), "ETA about 2 h"),                                   # a run logged before the range
+    (dict(loss=3.0), ""),
+])
+def test_the_eta_reads_as_a_range_then_as_about(record, words):
+    from webapp.train import eta_words
+
+    assert eta_words(record) == words
+
+
+def test_while_a_start_prepares_its_data_the_monitor_says_so(tmp_path):
+    from webapp.train import Trainer
+
+    trainer = Trainer(tmp_path / "runs", tmp_path / "data")
+    assert trainer.metrics()["status"].startswith("No training runs yet")
+    trainer.pending = "preparing the training data for a new run …"
+    assert trainer.metrics()["status"] == "Preparing the training data for a new run …"

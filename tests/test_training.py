@@ -44,11 +44,16 @@ def test_tiny_model_learns_and_its_checkpoint_generates(data, tmp_path):
     assert losses[0] > 10 and sum(losses[-3:]) / 3 < 0.6 * losses[0], losses
     evals = records(run, "eval")
     assert [e["step"] for e in evals] == [0, 75, 150]  # step 0: the curve starts at the initial loss
+    assert evals[0]["quick"] and evals[0]["windows"] == train_module.QUICK_WINDOWS, "step 0: quick, said so"
+    assert [e.get("quick", False) for e in evals[1:]] == [False, False] and evals[1]["windows"] == 16
+    assert evals[0]["sample"].startswith("Once upon a time"), "the first sample comes with step 0's loss"
     assert evals[-1]["val_loss"] < evals[0]["val_loss"] and evals[-1]["val_bpb"] > 0
     assert evals[-1]["sample"].startswith("Once upon a time")
     last = records(run, "train")[-1]
-    for key in ("tokens", "lr", "grad_norm", "tokens_per_s", "mfu", "elapsed_s", "eta_s"):
+    for key in ("tokens", "lr", "grad_norm", "tokens_per_s", "mfu", "elapsed_s", "eta_s", "step_s"):
         assert last[key] >= 0, key
+    middle = records(run, "train")[len(losses) // 2]
+    assert middle["eta_low_s"] <= middle["eta_s"] <= middle["eta_high_s"] and middle["eta_s"] > 0
     assert status(run)["state"] == "finished"
     model, tok = gemma3.load_model(run / "checkpoints" / "step_0000150")
     assert gemma3.generate(model, tok, "Once upon a time", max_new_tokens=10, temperature=0)
@@ -306,3 +311,28 @@ def test_status_has_one_writer_that_keeps_what_it_is_not_told(tmp_path):
     assert (after["state"], after["reason"], after["step"], after["best_val_loss"]) == ("stopped", "stopped by signal",
                                                                                        5, 2.5)
     assert after["updated"] >= before["updated"] and list(tmp_path.iterdir()) == [tmp_path / "status.json"]
+
+
+def test_the_eta_is_smoothed_counts_the_pauses_to_come_and_narrows_as_steps_are_timed():
+    from training.pace import Pace
+
+    cfg = TrainConfig.for_preset("tiny", max_steps=100, eval_every=50, ckpt_every=50, eval_windows=32, snapshot_mb=0)
+    pace = Pace()
+    assert pace.eta(cfg, 0) is None, "nothing to say before a step is timed"
+    for _ in range(3):
+        pace.step(1.0)
+    eta, low, high = pace.eta(cfg, 3)
+    assert eta == pytest.approx(97) and high / low > 2, "few steps timed: a wide range"
+    for _ in range(60):
+        pace.step(1.0)
+    before = pace.eta(cfg, 63)
+    pace.step(10.0)  # one step ten times as slow, as on a busy machine
+    after = pace.eta(cfg, 64)
+    assert after[0] < before[0] * 1.5, "one slow step moves the ETA a little, not tenfold"
+    assert before[2] / before[1] < high / low, "the range narrows as steps are timed"
+    assert after[2] / after[1] > before[2] / before[1], "and widens when the steps vary"
+    pace.evaluation(windows=8, loss_s=4.0, fixed_s=1.0)  # a quick evaluation: 0.5 s a window, 1 s of sample
+    pace.pause("save", 2.0)
+    steps_only = 36 * pace.step_s
+    assert pace.eta(cfg, 64)[0] == pytest.approx(steps_only + 1 * (0.5 * 32 + 1.0) + 1 * 2.0), \
+        "the evaluation at step 100 (scaled to its 32 windows) and the last checkpoint are counted"

@@ -45,6 +45,7 @@ from gemma3.checkpoints import atomic_dir_write, atomic_write_text, check_no_fil
 from . import snapshots, trackers
 from .config import TrainConfig
 from .data import Batches, eval_windows, load_split, read_meta
+from .pace import Pace
 from .status import LOCK, fcntl, hold, read_status, write_status
 
 # Dense bf16 tensor-core peaks (TFLOP/s) for MFU; other devices are measured at start.
@@ -53,6 +54,8 @@ GPU_PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100":
 
 
 DENSE_LOG_STEPS = 10  # every one of the first steps is logged, so a curve shows from the first seconds
+QUICK_WINDOWS = 8     # step 0's evaluation: this many validation windows, so its loss and sample show within
+                      # seconds of the start (the full evaluation, eval_windows, comes at the eval interval)
 
 
 class StopRun(Exception):
@@ -373,7 +376,7 @@ class Trainer:
         self.train_batches = Batches(load_split(cfg.data, "train", vocab), cfg.batch_size, cfg.seq_len, cfg.seed,
                                      self.rank, self.world)
         self.val_x, self.val_y = eval_windows(load_split(cfg.data, "val", vocab), cfg.eval_windows, cfg.seq_len)
-        self.val_bytes = sum(text_bytes(self.tokenizer, row.tolist()) for row in self.val_y)
+        self.val_bytes = [text_bytes(self.tokenizer, row.tolist()) for row in self.val_y]  # per window
         self.last_loss: float | None = None
 
         torch.manual_seed(cfg.seed)
@@ -386,13 +389,10 @@ class Trainer:
             raise StopRun("failed", f"The model's vocabulary ({self.model.config.vocab_size}) is smaller than "
                                     f"the data's tokenizer ({self.tokenizer.vocab_size}).")
         self.model.to(self.device)
-        decay = [p for p in self.model.parameters() if p.dim() >= 2]
-        no_decay = [p for p in self.model.parameters() if p.dim() < 2]
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=self.device.type in ("cuda", "cpu"))  # CPU: 4x faster step
+        self.optimizer = None  # made by fit after step 0's evaluation (make_optimizer), or now to resume into
 
         self.step, self.tokens, self.elapsed, self.skipped = 0, 0, 0.0, 0
+        self.pace = Pace()  # the ETA: smoothed step time and the pauses to come (pace.py)
         self.best_val = float("inf")
         if resume:
             self._load_latest()
@@ -406,7 +406,7 @@ class Trainer:
             self.fwd_model = torch.nn.parallel.DistributedDataParallel(self.fwd_model, device_ids=ids)
         self.tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * self.world
         self.flops_per_step = flops_per_token(self.model.config, cfg.seq_len) * self.tokens_per_step
-        self.peak = peak_flops(self.device, self.amp_dtype or torch.float32, cfg.peak_tflops) * self.world
+        self.peak = None  # measured by make_optimizer, after step 0's evaluation
         if self.main and cfg.trackers:  # last: nothing after it can fail and leave a tracker open
             self.trackers = trackers.Trackers(cfg.trackers, self.run, cfg.to_dict(), resume, self.step)
         self.status("starting")
@@ -434,6 +434,21 @@ class Trainer:
             dtype = "bf16" if self.device.type == "cuda" else "fp32"
         return torch.bfloat16 if dtype == "bf16" else None
 
+    def make_optimizer(self):
+        """AdamW over the model (weight decay on matrices only), and the device's peak for MFU.
+
+        Not in __init__ for a new run: torch.optim's first use imports torch._dynamo (seconds on a busy CPU),
+        which would hold back step 0's loss and sample; nothing it does touches the model or the RNG."""
+        if self.optimizer is not None:
+            return
+        cfg = self.cfg
+        decay = [p for p in self.model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in self.model.parameters() if p.dim() < 2]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=self.device.type in ("cuda", "cpu"))  # CPU: 4x faster step
+        self.peak = peak_flops(self.device, self._amp_dtype() or torch.float32, cfg.peak_tflops) * self.world
+
     def _load_latest(self):
         found = checkpoints(self.run)
         if not found:  # e.g. killed while writing its first checkpoint: nothing was lost but the steps
@@ -443,6 +458,7 @@ class Trainer:
         state = torch.load(latest / "trainer.pt", map_location="cpu", weights_only=True)
         model, _ = gemma3.load_model(latest, device=self.device, dtype=torch.float32)
         self.model.load_state_dict(model.state_dict())
+        self.make_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.tokens, self.elapsed = state["step"], state["tokens"], state["elapsed"]
         self.skipped, self.best_val = state["skipped"], state["best_val"]
@@ -472,6 +488,7 @@ class Trainer:
         """A step checkpoint (atomic), then prune to the last `keep_last`."""
         if not self.main:
             return
+        t0 = time.perf_counter()
         state = {"optimizer": self.optimizer.state_dict(), "step": self.step, "tokens": self.tokens,
                  "elapsed": self.elapsed, "skipped": self.skipped, "best_val": self.best_val, "rng": rng_state(),
                  "train_config": self.cfg.to_dict()}
@@ -485,6 +502,7 @@ class Trainer:
         path = atomic_dir_write(self.run / "checkpoints" / f"step_{self.step:07d}", write)
         for old in checkpoints(self.run)[:-self.cfg.keep_last]:
             discard(old)
+        self.pace.pause("save", time.perf_counter() - t0)
         self.log(f"saved {path}")
 
     # ---- the loop ----
@@ -526,31 +544,43 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     @torch.no_grad()
-    def evaluate(self) -> dict:
+    def evaluate(self, windows: int | None = None) -> dict:
+        """Validation loss over the first `windows` validation windows (default: all, eval_windows), then a sample."""
         self.model.eval()
-        total, n = 0.0, 0
+        t0 = time.perf_counter()
+        n = len(self.val_x) if windows is None else max(1, min(windows, len(self.val_x)))
+        total, count = 0.0, 0
         batch = self.cfg.batch_size
-        for i in range(0, len(self.val_x), batch):
-            x = self.val_x[i:i + batch].to(self.device)
-            y = self.val_y[i:i + batch].to(self.device)
+        for i in range(0, n, batch):
+            x = self.val_x[i:min(i + batch, n)].to(self.device)
+            y = self.val_y[i:min(i + batch, n)].to(self.device)
             with self._autocast():
                 total += self.model(x, targets=y).item() * y.numel()
-            n += y.numel()
-        loss = total / n
+            count += y.numel()
+        loss = total / count
+        loss_s = time.perf_counter() - t0
         sample = gemma3.generate(self.model, self.tokenizer, self.cfg.sample_prompt,
                                  max_new_tokens=self.cfg.sample_tokens, temperature=0.7, top_k=50, seed=0)
         self.model.train()
-        return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50)), "val_bpb": total / math.log(2) / self.val_bytes,
-                "sample": self.cfg.sample_prompt + sample}
+        self.pace.evaluation(n, loss_s, time.perf_counter() - t0 - loss_s)
+        return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50)),
+                "val_bpb": total / math.log(2) / sum(self.val_bytes[:n]), "windows": n,
+                **({"quick": True} if n < len(self.val_x) else {}), "sample": self.cfg.sample_prompt + sample}
 
-    def _eval_and_keep_best(self) -> dict | None:
+    def _eval_and_keep_best(self, quick: bool = False) -> dict | None:
+        """Evaluate (quick: on QUICK_WINDOWS windows, marked as such in its record) and keep the best model.
+
+        A quick evaluation is not compared with the full ones: it writes best/ only while there is none yet."""
         result = None
         if self.main:
-            result = self.evaluate()
+            result = self.evaluate(QUICK_WINDOWS if quick else None)
             self.metrics({"kind": "eval", "step": self.step, "tokens": self.tokens, **result, "time": time.time()})
-            self.log(f"eval step {self.step}: val loss {result['val_loss']:.4f}, ppl {result['val_ppl']:.2f}, "
+            self.log(f"eval step {self.step}{' (quick: ' + str(result['windows']) + ' windows)' if quick else ''}: "
+                     f"val loss {result['val_loss']:.4f}, ppl {result['val_ppl']:.2f}, "
                      f"bpb {result['val_bpb']:.3f} | {result['sample'][:200]!r}")
-            if result["val_loss"] < self.best_val:
+            if quick and not (self.run / "best").exists():
+                gemma3.save_model(self.model, self.tokenizer, self.run / "best")
+            elif not quick and result["val_loss"] < self.best_val:
                 self.best_val = result["val_loss"]
                 gemma3.save_model(self.model, self.tokenizer, self.run / "best")
         if self.world > 1:
@@ -562,6 +592,7 @@ class Trainer:
         """Snapshot the model at this step (training/snapshots.py), then prune to the budget."""
         if not self.main or not self.cfg.snapshot_mb:
             return
+        t0 = time.perf_counter()
         state = snapshots.stored_state(self.model)
         x, y = self.val_x[:self.cfg.batch_size].to(self.device), self.val_y[:self.cfg.batch_size].to(self.device)
         weights = {k: v.to(self.device, torch.float32) for k, v in state.items()}
@@ -572,6 +603,7 @@ class Trainer:
             "val_loss": evaluation["val_loss"] if evaluation else None, "batch_loss": batch_loss,
             "elapsed_s": self.elapsed, "time": time.time()})
         snapshots.prune(self.run, self.cfg.snapshot_mb * 2 ** 20, discard)
+        self.pace.pause("snapshot", time.perf_counter() - t0)
 
     def _stop_now(self) -> bool:
         flag = torch.tensor(float(self.stop_requested is not None or (self.run / "STOP").exists()))
@@ -586,9 +618,13 @@ class Trainer:
         self.status("running")
         self.log(f"training {self.model.num_params() / 1e6:.1f}M parameters on {self.device} x{self.world}, "
                  f"{self.tokens_per_step} tokens/step, steps {self.step}..{cfg.max_steps}")
-        if self.step == 0:  # the curve starts at the initial loss, and the snapshots at the initialisation
-            self.snapshot(self._eval_and_keep_best())
+        if self.step == 0:  # the curve starts at the initial loss (quick), and the snapshots at the initialisation
+            evaluation = self._eval_and_keep_best(quick=True)
+            self.make_optimizer()
+            self.snapshot(evaluation)
+        self.make_optimizer()
         window_start, window_tokens = time.perf_counter(), 0
+        first = True
         while self.step < cfg.max_steps:
             t0 = time.perf_counter()
             loss, grad_norm = self.train_step()
@@ -600,15 +636,19 @@ class Trainer:
             self.elapsed += dt
             self.last_loss = loss
             window_tokens += self.tokens_per_step
+            if not first:  # a process's first step pays for allocations and first kernels
+                self.pace.step(dt)
+            first = False
             if self.step <= DENSE_LOG_STEPS or self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                 span = time.perf_counter() - window_start
                 tps = window_tokens / span
+                eta = self.pace.eta(cfg, self.step)
                 self.metrics({"kind": "train", "step": self.step, "tokens": self.tokens, "loss": loss,
                               "lr": lr_at(self.step - 1, cfg), "grad_norm": grad_norm, "tokens_per_s": tps,
                               "mfu": self.flops_per_step / self.tokens_per_step * tps / self.peak,
-                              "elapsed_s": self.elapsed, "eta_s": (cfg.max_steps - self.step) * span
-                              / max(1, window_tokens // self.tokens_per_step), "skipped": self.skipped,
-                              "time": time.time()})
+                              "elapsed_s": self.elapsed, "step_s": self.pace.step_s,
+                              **({"eta_s": eta[0], "eta_low_s": eta[1], "eta_high_s": eta[2]} if eta else {}),
+                              "skipped": self.skipped, "time": time.time()})
                 self.log(f"step {self.step}/{cfg.max_steps} | loss {loss:.4f} | lr {lr_at(self.step - 1, cfg):.2e} "
                          f"| grad norm {grad_norm:.2f} | {tps:,.0f} tok/s")
                 self.status("running")

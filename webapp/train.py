@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from training import runs
-from training.config import TRAIN_PRESETS, TrainConfig
+from training.config import PRESET_TIMES, TRAIN_PRESETS, TrainConfig
 from training.data import SUFFIXES, prepare
 
 from . import curves
@@ -49,6 +49,12 @@ def preset_defaults(preset: str) -> dict:
                 lr=cfg.lr)
 
 
+def preset_times() -> str:
+    """The preset choice's note: what each preset's default run took, on the 2-core CPU and on a GPU."""
+    return " · ".join(f"{name}, {TrainConfig.for_preset(name).max_steps:,} steps: {cpu}; {gpu}"
+                      for name, (cpu, gpu) in PRESET_TIMES.items())
+
+
 def _file_path(item) -> Path:
     """A gr.File value (a path, or the {"path": ...} dict an unprocessed upload arrives as)."""
     if isinstance(item, dict):
@@ -66,6 +72,35 @@ def _digest(files: list[Path]) -> str:
             while block := fh.read(1 << 20):
                 h.update(block)
     return h.hexdigest()[:12]
+
+
+def eta_words(record: dict) -> str:
+    """A logged step's ETA as people say it: a range while few steps are timed or the steps vary widely
+    ("ETA 8–20 min"), then "ETA about 12 min"; evaluations, snapshots and checkpoints included (training/pace.py).
+    Empty when the record has no ETA (before the second step, or a run from an older version)."""
+    eta, low, high = (record.get(k) for k in ("eta_s", "eta_low_s", "eta_high_s"))
+    if not isinstance(eta, (int, float)):
+        return ""
+    if isinstance(low, (int, float)) and isinstance(high, (int, float)) and high > 1.3 * max(low, 1):
+        unit = _unit(high)
+        a, b = _in_unit(low, unit), _in_unit(high, unit)
+        if a != b:
+            return f"ETA {a}–{b} {unit}"
+    unit = _unit(eta)
+    return f"ETA about {_in_unit(eta, unit)} {unit}"
+
+
+def _unit(seconds: float) -> str:
+    return "s" if seconds < 90 else "min" if seconds < 90 * 60 else "h"
+
+
+def _in_unit(seconds: float, unit: str) -> str:
+    """seconds in `unit`, rounded to what an estimate can promise: 10 s, 1 min, half an hour."""
+    if unit == "s":
+        return f"{max(10, round(seconds / 10) * 10):.0f}"
+    if unit == "min":
+        return f"{max(1, round(seconds / 60)):.0f}"
+    return f"{round(seconds / 1800) / 2:g}"
 
 
 def _elapsed(seconds) -> str:
@@ -87,6 +122,7 @@ class Trainer:
         weakref.finalize(self, shutil.rmtree, self.exports, ignore_errors=True)   # gone when the app ends
         show_paths_as(self.runs_dir, self.runs_dir.name)  # what visitors see of paths in messages (errors.public)
         show_paths_as(self.data_dir, self.data_dir.name)
+        self.pending: str | None = None   # what a Start does before its run exists (preparing the data), in words
 
     # ---- data ----
     def data_source(self, kind, stories=None, hub_id=None, files=None) -> tuple[object, Path, dict]:
@@ -162,6 +198,19 @@ class Trainer:
         cfg, gpus = config
         return runs.start(dataclasses.replace(cfg, data=str(data)), self.runs_dir, gpus=gpus)
 
+    def launch(self, config: tuple[TrainConfig, int], kind, stories=None, hub_id=None, files=None
+               ) -> tuple[runs.Run, Path, dict]:
+        """Prepare the data (a no-op when prepared already) and start the run: (run, data folder, its meta).
+        Meanwhile the monitor says what is happening (`pending`), not "no runs yet"."""
+        self.ensure_idle()
+        self.pending = "preparing the training data for a new run …"
+        try:
+            data, meta = self.prepare(kind, stories, hub_id, files)
+            self.pending = "starting the trainer …"
+            return self.start(config, data), data, meta
+        finally:
+            self.pending = None
+
     def pick(self, name=None) -> runs.Run | None:
         """The run called `name`; without a name the live run, else the newest; None when there is none."""
         if name not in (None, ""):
@@ -216,10 +265,12 @@ class Trainer:
     def metrics(self, name=None, log_x: bool = False) -> dict:
         """Everything the monitor shows for a run: the figure (loss curves over the lr schedule), status,
         stats (lr, tokens/s, MFU, ETA), the samples of its evaluations, and the run's name."""
+        pending = self.pending
         run = self.pick(name)
-        if run is None:
+        if run is None or (pending and not run.is_alive()):
             return dict(name=None, figure=curves.run_figure([], [], None, VOCAB, log_x),
-                        status="No training runs yet: start one on the left.", stats="",
+                        status=pending[0].upper() + pending[1:] if pending else
+                        "No training runs yet: start one on the left.", stats="",
                         sample=curves.sample_timeline([]), points=0)
         records, _ = run.read_metrics(0)
         train, val = {}, {}
@@ -251,11 +302,14 @@ class Trainer:
         if train:
             last = train[max(train)]
             mfu = last.get("mfu")
+            step_s = last.get("step_s")
+            eta = eta_words(last) if st.get("alive") else ""
             stats = (f"train loss {last['loss']:.4f} · lr {last.get('lr', 0):.2e} · "
-                     f"{last.get('tokens_per_s', 0):,.0f} tokens/s · MFU "
+                     f"{last.get('tokens_per_s', 0):,.0f} tokens/s"
+                     + (f" · {step_s:.2f} s a step" if isinstance(step_s, (int, float)) else "") + " · MFU "
                      f"{'–' if not isinstance(mfu, (int, float)) else f'{mfu:.1%}'} · "
                      f"elapsed {_elapsed(last.get('elapsed_s'))}"
-                     + (f" · ETA {_elapsed(last.get('eta_s'))}" if st.get("alive") else ""))
+                     + (f" · {eta}, evaluations included" if eta else ""))
             if val:
                 stats += f" · val loss {val[max(val)]['val_loss']:.4f}"
         return dict(name=run.name, figure=figure, status=status, stats=stats, sample=curves.sample_timeline(evals),
@@ -329,10 +383,15 @@ def push_plan(trainer: "Trainer", name, repo, private, account: str | None = Non
 def estimate_words(trainer: "Trainer", cfg: TrainConfig) -> Iterator[str]:
     """What the Train tab shows while a few steps of the run `cfg` are timed here, then how long the run would
     take (training/probe.py: in a child process, bounded in size and time, killed when the request is
-    cancelled). A run that could not start (one is training, or it cannot fit in memory) says so instead."""
+    cancelled, as Start cancels it). While a run trains, its own step times answer instead (the probe would
+    only slow it down); a run that cannot fit in memory says so."""
     from training.probe import Estimate, estimate_apart
 
-    trainer.ensure_idle()
+    live = runs.active(trainer.runs_dir)
+    if live is not None:
+        yield (f"Run {live.name} is training: its own step times give its ETA under the curve, so nothing is "
+               "timed apart now.")
+        return
     for got in estimate_apart(cfg):
         if isinstance(got, Estimate):
             compiled = " With torch.compile, steps get faster after it compiles." if cfg.compile else ""

@@ -100,9 +100,8 @@ def _data_settings() -> dict:
     files = gr.File(label="Story files: .txt (blank line between stories), "
                     ".jsonl ({\"text\": …}), .parquet (a text column)", file_count="multiple",
                     file_types=[".txt", ".jsonl", ".parquet"], visible=False)
-    preset = gr.Radio(list(tr.PRESETS), value="tiny", label="Model preset",
-                      info="tiny: minutes on a CPU · demo: the bundled model's size · "
-                           "270m: the full design (GPU)")
+    preset = gr.Radio(list(tr.PRESETS), value="tiny", label="Model preset", info=tr.preset_times(),
+                      elem_id="train-preset")
     return dict(source_kind=source_kind, stories=stories, hub_id=hub_id, files=files, preset=preset)
 
 
@@ -130,10 +129,10 @@ def _run_settings() -> dict:
 
 def _buttons(allowed: bool) -> dict:
     with gr.Row():
-        estimate_btn = gr.Button("Estimate time", interactive=allowed, elem_id="train-estimate-btn")
         start_btn = gr.Button("Start", variant="primary", interactive=allowed, elem_id="train-start")
         stop_btn = gr.Button("Stop", variant="stop", interactive=allowed, elem_id="train-stop")
         resume_btn = gr.Button("Resume", interactive=allowed, elem_id="train-resume")
+        estimate_btn = gr.Button("Estimate time", interactive=allowed, elem_id="train-estimate-btn")
     estimate_md = gr.Markdown(elem_id="train-estimate")
     with gr.Row():
         use_btn = gr.Button("Use this checkpoint in the model bar", elem_id="train-use")
@@ -206,16 +205,16 @@ def _wire_runs(t: Train):
                     batch_size_, grad_accum_, seq_len_, lr_, device_, gpus_, compile_on,
                     profile: gr.OAuthProfile | None = None, request: gr.Request = None,
                     progress=gr.Progress(track_tqdm=True)):
+        """Start at once: no estimate first (Start cancels one under way; the run's own steps give its ETA)."""
         guard.check_training(username(profile, request))
         config = trainer.config(preset_name, max_steps_, batch_size_, grad_accum_, seq_len_, lr_, device_, gpus_,
                                 compile_on)
         trainer.ensure_idle()
+        yield gr.skip(), "Preparing the training data for a new run …", gr.skip()
         progress(0, desc="Preparing the training data …")
-        data, meta = trainer.prepare(data_source, builtin_stories, hub_dataset, uploaded_files)
-        progress(0.95, desc="Starting the trainer …")
-        run = trainer.start(config, data)
+        run, data, meta = trainer.launch(config, data_source, builtin_stories, hub_dataset, uploaded_files)
         gr.Info(f"Started run {run.name}: {meta['train_tokens']:,} training tokens in {data.name}.", duration=4)
-        return t.runs_choices(run.name), f"**{run.name}**: starting …", trainer.table()
+        yield t.runs_choices(run.name), f"**{run.name}**: starting …", trainer.table()
 
     @friendly
     def train_stop(run, profile: gr.OAuthProfile | None = None, request: gr.Request = None):
@@ -240,11 +239,12 @@ def _wire_runs(t: Train):
                                    compile_on)
         yield from tr.estimate_words(trainer, config)
 
-    c["estimate_btn"].click(train_estimate, [c[k] for k in SETTINGS[4:]], c["estimate_md"], api_name="train_estimate",
-                            **ESTIMATE_EVENT)
+    estimating = c["estimate_btn"].click(train_estimate, [c[k] for k in SETTINGS[4:]], c["estimate_md"],
+                                         api_name="train_estimate", **ESTIMATE_EVENT)
     run_dd, status_md, runs_df = c["run_dd"], c["status_md"], c["runs_df"]
-    c["start_btn"].click(train_start, [c[k] for k in SETTINGS], [run_dd, status_md, runs_df], api_name="train_start",
-                         **RUN_EVENT)
+    c["start_btn"].click(train_start, [c[k] for k in SETTINGS], [run_dd, status_md, runs_df],
+                         api_name="train_start", cancels=[estimating], **RUN_EVENT)
+    c["start_btn"].click(lambda: "", None, c["estimate_md"], queue=False, api_visibility="private")  # cancelled
     c["stop_btn"].click(train_stop, [run_dd], [status_md, runs_df], api_name="train_stop", **STOP_EVENT)
     c["resume_btn"].click(train_resume, [run_dd, c["max_steps"]], [run_dd, status_md, runs_df],
                           api_name="train_resume", **RUN_EVENT)
