@@ -27,12 +27,15 @@ from gemma3.generate import GREEDY_BELOW, check_settings
 from gemma3.generate import sampling_probs as drawn_from
 from gemma3.model import RoPE, sliding_mask
 
+from . import phone
 from .hooks import Record
 
 MASK_CELLS = 256    # mask panels show at most this many positions a side (evenly sampled, each exact)
 ROPE_POSITIONS = 128  # positions in the RoPE angle heatmaps
 LENS_TOKENS = 20    # the logit lens shows this many tokens at a time, text in every cell; a slider moves the window
-LENS_CHARS = 8      # a lens cell writes at most this many characters of its token (the hover has all of it)
+LENS_PHONE = 6      # ... and this many on a phone (explain.phone), where 20 columns would write over each other
+LENS_CHARS = 8      # a lens cell writes at most this many characters of its token (the hover has all of it) ...
+LENS_PHONE_CHARS = 5  # ... and this many on a phone
 NEXT_TOKENS = 20    # bars in next_token_figure by default
 MAX_HEIGHT = 700    # no figure is taller (a 1440 x 1000 screen shows it whole, with the page around it)
 
@@ -181,7 +184,7 @@ def mask_figure(config, seq_len: int) -> go.Figure:
     sp = fig.get_subplot(2, 1)  # legend inside the keys-per-query panel, top left (above both lines: always empty)
     fig.update_layout(legend=dict(x=sp.xaxis.domain[0] + 0.01, xanchor="left", y=sp.yaxis.domain[1] - 0.01,
                                   yanchor="top"))
-    return _style(fig)
+    return phone.stack(_style(fig))
 
 
 # ---- RoPE ----------------------------------------------------------------------------------------
@@ -244,7 +247,7 @@ def rope_figure(config, positions: int = ROPE_POSITIONS) -> go.Figure:
         coloraxis=dict(colorscale="Twilight", cmin=0, cmax=2 * math.pi,
                        colorbar=dict(_colorbar(fig, 2, 2, "angle mod 2π"), tickvals=[0, math.pi, 2 * math.pi],
                                      ticktext=["0", "π", "2π"])))
-    return _style(fig)
+    return phone.stack(_style(fig))
 
 
 # ---- attention -----------------------------------------------------------------------------------
@@ -295,7 +298,7 @@ def attention_figure(record: Record, layer: int, head: int | None = None) -> go.
         title_font_color=SLIDING if sliding else FULL,
         coloraxis=dict(colorscale="Blues", cmin=0, colorbar=dict(title=dict(text="attention", side="right"))),
         height=MAX_HEIGHT if rows > 1 else 620, plot_bgcolor="#f9fafb")
-    return _style(fig)
+    return phone.stack(_style(fig), min_px=300, max_px=340)   # on a phone the heads stand one above another
 
 
 # ---- activations ---------------------------------------------------------------------------------
@@ -341,7 +344,7 @@ def activation_figure(record: Record) -> go.Figure:
                      f"<span style='color:{FULL}'>pink: full</span>"),
         barmode="group", height=MAX_HEIGHT,
         legend=dict(x=sp.xaxis.domain[0] + 0.01, y=sp.yaxis.domain[1] - 0.01, yanchor="top"))
-    return _style(fig)
+    return phone.stack(_style(fig))
 
 
 # ---- next token ----------------------------------------------------------------------------------
@@ -414,7 +417,10 @@ def next_token_figure(record: Record, temperature: float = 1.0, top_k: int | Non
         yaxis=dict(title="probability (log scale)", type="log", range=[low, 0.25], tickvals=tickvals,
                    ticktext=ticktext),
         legend=dict(orientation="h", x=1, xanchor="right", y=1.02, yanchor="bottom"), height=520)
-    return _style(fig)
+    # on a phone a bar is ~15 px wide: its label and its token stand upright
+    return phone.merge(_style(fig), {"xaxis.tickangle": (-90, -45), "xaxis.tickfont.size": (10, None)},
+                       traces=[[0, {"textangle": -90, "constraintext": "none", "textfont.size": 9}]],
+                       wide=[[0, {"textangle": "auto", "constraintext": "both", "textfont.size": 10}]])
 
 
 def _percent(p: float) -> str:
@@ -453,9 +459,9 @@ def lens_ranks(model, record: Record) -> dict:
     return out
 
 
-def _cell(text: str) -> str:
-    """A token as a lens cell writes it: at most LENS_CHARS characters (the hover shows it whole)."""
-    return _html(text if len(text) <= LENS_CHARS else text[: LENS_CHARS - 1] + "…")
+def _cell(text: str, most: int = LENS_CHARS) -> str:
+    """A token as a lens cell writes it: at most `most` characters (the hover shows it whole)."""
+    return _html(text if len(text) <= most else text[: most - 1] + "…")
 
 
 def lens_windows(T: int, n: int = LENS_TOKENS) -> list[int]:
@@ -536,7 +542,45 @@ def logit_lens_figure(record: Record, ranks: dict | None = None) -> go.Figure:
             steps=[dict(method="relayout", label=str(s),
                         args=[{"xaxis.range": [s - 0.5, s + n - 0.5], "title.text": title(s)["text"]}])
                    for s in starts])])
-    return _style(fig)
+    return _lens_on_phone(_style(fig), record, what, starts[-1], n)
+
+
+def _lens_on_phone(fig: go.Figure, record: Record, what: str, first: int, n: int) -> go.Figure:
+    """On a phone the lens shows LENS_PHONE tokens at a time (20 columns of text in ~230 px would overlap), its
+    slider moving that window along the prompt."""
+    T, tt = record.seq_len, record.token_text
+    if T <= LENS_PHONE:
+        return fig
+    k = LENS_PHONE
+    short = [[_cell(tt[i], LENS_PHONE_CHARS) for i in row] for row in record.lens_ids.tolist()]
+    nexts = [_cell(tt[i], LENS_PHONE_CHARS) for i in record.tokens[1:]]
+    starts = lens_windows(T, k)
+    slider = dict(active=len(starts) - 1, x=0, y=1.0, xanchor="left", yanchor="bottom", len=1.0,
+                  pad=dict(t=0, b=12), currentvalue=dict(visible=False), font=dict(size=10), ticklen=4,
+                  steps=[dict(method="relayout", label=str(s), args=[{"xaxis.range": [s - 0.5, s + k - 0.5]}])
+                         for s in starts])
+    title = _title("Logit lens: what each layer would predict next",
+                   f"{k} of the {T} tokens at a time: the slider above the grid moves along the prompt · cell: the "
+                   f"layer's top-1 token · colour: {what} · <span style='color:{HIT}'>outlined: it is the true next "
+                   "token (top row)</span>")["text"]
+    ya = fig.layout.yaxis
+    cb = fig.data[0].colorbar
+    # a thin colorbar (the title names it), rows without "after " and no axis title: the cells get the width; a
+    # cell writes LENS_PHONE_CHARS characters
+    return phone.merge(fig, {
+        "yaxis.ticktext": ([t.replace(">after ", ">") for t in ya.ticktext], list(ya.ticktext)),
+        "yaxis.title.text": ("", ya.title.text),
+        "sliders": ([slider], [s.to_plotly_json() for s in fig.layout.sliders]),
+        "xaxis.range": ([starts[-1] - 0.5, starts[-1] + k - 0.5], [first - 0.5, first + n - 0.5]),
+        "xaxis.fixedrange": (True, fig.layout.xaxis.fixedrange),
+        "title.text": (title, fig.layout.title.text),
+        "margin.t": (150, fig.layout.margin.t),
+        "height": (fig.layout.height + (0 if len(lens_windows(T)) > 1 else 60), fig.layout.height)},
+        traces=[[0, {"colorbar.thickness": 8, "colorbar.title.text": "", "colorbar.tickfont.size": 9,
+                     "textfont.size": 9, "text": [short]}], [2, {"textfont.size": 9, "text": [nexts]}]],
+        wide=[[0, {"colorbar.thickness": cb.thickness, "colorbar.title.text": cb.title.text,
+                   "colorbar.tickfont.size": None, "textfont.size": 10, "text": [list(map(list, fig.data[0].text))]}],
+              [2, {"textfont.size": 10, "text": [list(fig.data[2].text)]}]])
 
 
 # ---- parameters ----------------------------------------------------------------------------------

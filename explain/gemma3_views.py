@@ -26,6 +26,7 @@ from gemma3.model import RoPE, sliding_mask
 
 # The colours: SLIDING / FULL only ever mean a sliding or a full layer; ATTN / FFN a layer's attention and its
 # feed-forward part (explain.figures). No panel is taller than MAX_HEIGHT: a 1440 x 1000 screen shows it whole.
+from . import phone
 from .figures import ATTN, FFN, FULL, INK, SLIDING, TEAL, _f32, _html, _title
 from .figures import MAX_HEIGHT as HEIGHT
 from .figures import _style as _app_style
@@ -111,11 +112,12 @@ def _token(record: Record, pos: int) -> str:
     return record.token_text[record.tokens[pos]]
 
 
-def _style(fig: go.Figure, title: str, detail: str, height: int = 680) -> go.Figure:
+def _style(fig: go.Figure, title: str, detail: str, height: int = 680, phone_cols: int = 1) -> go.Figure:
     """A short title that says what to look for, with its detail on a second, smaller line (both stay within a
-    narrow plot), the height (at most HEIGHT), and the app's Plotly template (explain.figures._style)."""
+    narrow plot), the height (at most HEIGHT), and the app's Plotly template (explain.figures._style); on a phone
+    side-by-side panels stand in `phone_cols` columns (explain.phone.stack)."""
     fig.update_layout(title=_title(title, detail), height=min(height, HEIGHT))
-    return _app_style(fig)
+    return phone.stack(_app_style(fig), cols=phone_cols)
 
 
 def log_ticks(values) -> dict:
@@ -197,7 +199,7 @@ def mqa_view(record: Record, layer: int, dtype_bytes: int | None = None) -> tupl
         legend=dict(x=sp.xaxis.domain[0] + 0.01, y=sp.yaxis.domain[1] - 0.01, yanchor="top",
                     bgcolor="rgba(255,255,255,0.8)"))
     _style(fig, f"{H} query heads sharing {KV} key/value head{'s' if KV > 1 else ''}: different patterns, one cache",
-           f"layer {layer} ({_kind(record, layer)}): each head's attention; below, the KV cache it needs")
+           f"layer {layer} ({_kind(record, layer)}): each head's attention; below, the KV cache it needs", phone_cols=2)
     mine, per_head = kv_bytes_per_token(cfg, KV, size), kv_bytes_per_token(cfg, H, size)
     full_ctx = kv_cache_bytes(cfg, cfg.context, KV, size)
     text = (f"This model has **{H} query heads sharing {KV} key/value head{'s' if KV > 1 else ''}**: each head "

@@ -24,6 +24,7 @@ from plotly.subplots import make_subplots
 
 from gemma3 import model as gm
 
+from . import phone
 from .figures import FONT, FULL, INK, SLIDING, TEAL, _title
 from .figures import _style as _app_style
 from .hooks import MODEL_STAGES, STAGES, Record
@@ -628,7 +629,7 @@ def stage_figure(rec: Record, stage: str, layer: int, token: int) -> go.Figure:
     fig.update_layout(margin=dict(l=60, r=20, t=110, b=70 if legend else 50),
                       title=dict(font=dict(size=14), x=0.01, xanchor="left", yref="container", y=1, yanchor="top",
                                  pad=dict(t=14)))
-    return fig
+    return phone.stack(fig, cols=2 if stage == "attn_probs" else 1)   # on a phone, panels one above another
 
 
 def _heading(main: str, look: str, fact: str) -> dict:

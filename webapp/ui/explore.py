@@ -16,7 +16,7 @@ from webapp.errors import USER_ERRORS, friendly, public
 from webapp.inputs import MAX_PROMPT_CHARS
 from webapp.ui import attention_lines, gemma3_views, over_training, walkthrough
 
-PROMPT = ex.PROMPT   # long enough to pass the demo model's window, open at its end (see webapp.explore)
+PROMPT = ex.PROMPT   # 19 tokens, shorter than the demo model's 64-token window, open at its end (webapp.explore)
 INTRO = ("Pictures of what the model in the bar computes, drawn from its own code and weights. Masks, RoPE and "
          "Parameters describe the architecture and need no prompt; the other views run the model once on your "
          "prompt (switching layer or head reuses that run).")
@@ -71,7 +71,7 @@ def _attention_controls(info) -> dict:
 
 
 def _next_token_controls(info) -> dict:
-    with gr.Row():
+    with gr.Row(elem_id="next-sampling"):   # on a phone, one slider a line (webapp.ui.page)
         lo, hi, d = ex.NEXT_TEMPERATURE
         temperature = gr.Slider(lo, hi, value=d, step=0.05, label="Temperature (0 = greedy)",
                                 elem_id="next-temperature")

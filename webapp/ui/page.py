@@ -53,6 +53,7 @@ CSS = """
   #generate-row #gen-info { order: 5; }
   #generate-row #gen-examples { order: 6; }
   #story .story-view { min-height: 12rem; max-height: 70vh; }
+  #next-sampling > * { min-width: 100% !important; }
 }
 """
 # Gradio scopes launch(css=...) to the app's content: the page's own margins are set by the script, with this
@@ -60,7 +61,8 @@ PAGE_CSS = "@media (max-width: 760px) { .main.app { padding-left: 8px !important
 # The page script:
 # - Plotly draws a figure in a hidden tab 700 px wide (it cannot measure a hidden panel): whenever a figure's width
 #   changes (its tab is shown, the window resized) it is redrawn at the width it now has.
-# - After every drawing, a figure's text is laid out for its width (fitText): narrower than NARROW px, its title
+# - After every drawing, a figure's text is laid out for its width (fitText): narrower than NARROW px, it takes
+#   the phone layout it carries in layout.meta (explain.phone: side-by-side panels stacked, ...), its title
 #   wraps onto lines that fit and sits below the plot's label, fonts and side margins shrink, and the top margin
 #   makes room for the title and whatever stands above the plot (legend, subplot titles); at any width a title
 #   that the toolbar would cover moves below it. A new figure from the server starts from its own layout again.
@@ -107,8 +109,21 @@ JS = r"""
   const fitText = (gd) => {
     const full = gd._fullLayout;
     if (!full || !window.Plotly || gd._fitting || gd.offsetParent === null || !full.width) return;
-    if (gd.layout !== gd._seen) { gd._seen = gd.layout; gd._orig = snapshot(gd.layout); gd._placed = gd._keep = false; }
+    if (gd.layout !== gd._seen) {
+      gd._seen = gd.layout; gd._orig = snapshot(gd.layout); gd._placed = gd._keep = gd._phone = false;
+    }
     const o = gd._orig, w = full.width, narrow = w < NARROW, box = gd.getBoundingClientRect();
+    const meta = get(gd.layout, 'meta.phone') && gd.layout.meta;
+    if (meta && narrow !== gd._phone) {   // the figure's own phone layout (explain.phone), or its wide one again
+      const side = narrow ? meta.phone : meta.wide;
+      gd._phone = narrow;
+      if ('title.text' in side.layout) o.title = side.layout['title.text'];
+      gd._fitting = true;
+      let done = window.Plotly.relayout(gd, side.layout);
+      for (const [i, upd] of side.traces) done = done.then(() => window.Plotly.restyle(gd, upd, [i]));
+      done.finally(() => { gd._fitting = false; fitText(gd); });
+      return;
+    }
     const bar = gd.querySelector('.modebar-container');
     const barBox = bar && getComputedStyle(bar).display !== 'none' && gd.querySelector('.modebar')
       ? gd.querySelector('.modebar').getBoundingClientRect() : null;
@@ -139,7 +154,7 @@ JS = r"""
       if (!Object.keys(upd).length) {   // laid out: the top margin holds the title and what is above the plot
         const plotTop = box.top + full._size.t;
         let need = title ? title.getBoundingClientRect().bottom - box.top + 6 : 0, over = 0;
-        gd.querySelectorAll('.legend, .annotation').forEach((el) => {
+        gd.querySelectorAll('.legend, .annotation, .slider-container').forEach((el) => {
           const r = el.getBoundingClientRect();
           if (r.height && r.top < plotTop && r.bottom > box.top) over = Math.max(over, plotTop - r.top);
         });
