@@ -33,7 +33,7 @@ from .hooks import Record
 MASK_CELLS = 256    # mask panels show at most this many positions a side (evenly sampled, each exact)
 ROPE_POSITIONS = 128  # positions in the RoPE angle heatmaps
 LENS_TOKENS = 20    # the logit lens shows this many tokens at a time, text in every cell; a slider moves the window
-LENS_PHONE = 6      # ... and this many on a phone (explain.phone), where 20 columns would write over each other
+LENS_PHONE = 5      # ... and this many on a phone (explain.phone), where 20 columns would write over each other
 LENS_CHARS = 8      # a lens cell writes at most this many characters of its token (the hover has all of it) ...
 LENS_PHONE_CHARS = 5  # ... and this many on a phone
 NEXT_TOKENS = 20    # bars in next_token_figure by default
@@ -577,7 +577,7 @@ def _lens_on_phone(fig: go.Figure, record: Record, what: str, first: int, n: int
         "margin.t": (150, fig.layout.margin.t),
         "height": (fig.layout.height + (0 if len(lens_windows(T)) > 1 else 60), fig.layout.height)},
         traces=[[0, {"colorbar.thickness": 8, "colorbar.title.text": "", "colorbar.tickfont.size": 9,
-                     "textfont.size": 9, "text": [short]}], [2, {"textfont.size": 9, "text": [nexts]}]],
+                     "textfont.size": 8, "text": [short]}], [2, {"textfont.size": 8, "text": [nexts]}]],
         wide=[[0, {"colorbar.thickness": cb.thickness, "colorbar.title.text": cb.title.text,
                    "colorbar.tickfont.size": None, "textfont.size": 10, "text": [list(map(list, fig.data[0].text))]}],
               [2, {"textfont.size": 10, "text": [list(fig.data[2].text)]}]])

@@ -121,3 +121,43 @@ def test_figures_fill_the_width_and_no_toolbar_covers_a_title(page):
         assert not overlap(f["bar"], f["title"]), "the toolbar covers the title at 1440 px"
     finally:
         page.set_viewport_size({"width": W, "height": H})
+
+
+def text_boxes(page, sel, what) -> list:
+    """Boxes of a figure's texts of one kind (`what`: a CSS selector inside the figure), visible ones only."""
+    return page.eval_on_selector(f"{sel} .js-plotly-plot", """(gd, what) => [...gd.querySelectorAll(what)]
+        .filter((el) => el.checkVisibility() && el.textContent.trim())
+        .map((el) => { const r = el.getBoundingClientRect(); return {x: r.x, y: r.y, width: r.width, height: r.height,
+                                                                    text: el.textContent}; })
+        .filter((r) => r.width && r.height)""", what)
+
+
+PANELS = [("Walk-through", "#walk-plot"), ("RoPE", "#plot-rope"), ("Activations", "#plot-activations"),
+          ("Logit lens", "#plot-lens")]
+
+
+def test_panel_titles_and_lens_cells_do_not_overlap(page):
+    """Side-by-side panels stand one above another on a phone: no two titles (the figure's, its panels') overlap
+    or leave the figure; the logit lens shows few enough tokens that no two cells' texts overlap."""
+    page.get_by_role("tab", name="Explore", exact=True).click()
+    for label, sel in PANELS:
+        page.get_by_role("tab", name=label, exact=True).click()
+        page.locator(f"{sel} .js-plotly-plot .main-svg").first.wait_for(state="visible")
+        fig = lambda: page.eval_on_selector(f"{sel} .js-plotly-plot", "gd => gd._phone === true")  # noqa: E731
+        if label != "Walk-through":
+            poll(fig, timeout=10, what=f"{label} in its phone layout")
+        page.wait_for_timeout(300)
+        f = figure_boxes(page, sel)
+        titles = text_boxes(page, sel, ".gtitle, .annotation-text-g")
+        for i, a in enumerate(titles):
+            assert a["x"] >= f["gd"]["x"] - 1 and a["x"] + a["width"] <= f["gd"]["x"] + f["gd"]["width"] + 1, \
+                f"{label}: {a['text']!r} leaves the figure"
+            for b in titles[i + 1:]:
+                assert not overlap(a, b), f"{label}: {a['text']!r} overlaps {b['text']!r}"
+        if label == "Logit lens":
+            cells = text_boxes(page, sel, ".heatmaplayer text")
+            assert len(cells) > 20, "the lens writes its cells"
+            for i, a in enumerate(cells):
+                for b in cells[i + 1:]:
+                    assert not overlap(a, b), f"lens cells {a['text']!r} and {b['text']!r} overlap"
+        shot(page, f"explore-{sel.rsplit('-', 1)[-1]}-panels")

@@ -129,6 +129,9 @@ JS = r"""
       ? gd.querySelector('.modebar').getBoundingClientRect() : null;
     const title = gd.querySelector('.gtitle');
     if (barBox && title && overlap(barBox, title.getBoundingClientRect())) gd._keep = true;
+    const lab = gd.closest('.block') && gd.closest('.block').querySelector(':scope > label');   // nor the label
+    if (lab && title && lab.offsetParent !== null && overlap(lab.getBoundingClientRect(), title.getBoundingClientRect()))
+      gd._keep = true;
     const upd = {};
     const set = (k, v) => { if (get(gd.layout, k) !== v) upd[k] = v; };
     if (narrow || gd._keep) {
