@@ -413,7 +413,8 @@ def test_the_api_endpoint_answers_and_refuses_in_one_sentence(server):
     client = Client(server.local_url, verbose=False)
     words, plot, layer, head = client.predict(PROMPT, "sliding", 9, "all", api_name="/explore_gemma3")
     assert "Your prompt has 75 tokens, more than the sliding window of 64" in words
-    assert "Sliding layer 7 against full layer 5" in plot["plot"], "layer 9 of an 8-layer model reads as its last"
+    assert "Sliding layer 7 stops at its window of 64; full layer 5 reads everything" in plot["plot"], \
+        "layer 9 of an 8-layer model reads as its last"
     assert layer["value"] == 7 and layer["maximum"] == 7 and head["value"] == "all"
     for args, message in (((PROMPT, "nope", 0, "0"), "The topic must be one of mqa, qk_norm"),
                           ((PROMPT, "rope", 0, "first"), "Head must be 'all' or a number from 0 to 3"),
