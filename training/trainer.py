@@ -390,6 +390,7 @@ class Trainer:
                                     f"the data's tokenizer ({self.tokenizer.vocab_size}).")
         self.model.to(self.device)
         self.optimizer = None  # made by fit after step 0's evaluation (make_optimizer), or now to resume into
+        self.peak = None       # the device's peak FLOP/s for MFU, measured by make_optimizer
 
         self.step, self.tokens, self.elapsed, self.skipped = 0, 0, 0.0, 0
         self.pace = Pace()  # the ETA: smoothed step time and the pauses to come (pace.py)
@@ -406,7 +407,6 @@ class Trainer:
             self.fwd_model = torch.nn.parallel.DistributedDataParallel(self.fwd_model, device_ids=ids)
         self.tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * self.world
         self.flops_per_step = flops_per_token(self.model.config, cfg.seq_len) * self.tokens_per_step
-        self.peak = None  # measured by make_optimizer, after step 0's evaluation
         if self.main and cfg.trackers:  # last: nothing after it can fail and leave a tracker open
             self.trackers = trackers.Trackers(cfg.trackers, self.run, cfg.to_dict(), resume, self.step)
         self.status("starting")
