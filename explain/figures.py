@@ -510,10 +510,9 @@ def logit_lens_figure(record: Record, ranks: dict | None = None) -> go.Figure:
         colorbar=dict(title=dict(text="probability", side="right"), thickness=12)))
     hits = [(c, r) for r, row in enumerate(record.lens_ids.tolist()) for c, i in enumerate(row)
             if c < T - 1 and i == record.tokens[c + 1]]
-    fig.add_trace(go.Scatter(
-        x=[x[c] for c, _ in hits], y=[names[r] for _, r in hits], mode="markers", name="top-1 = the true next token",
-        marker=dict(symbol="square-open", size=16, color=HIT, line=dict(width=2)), hoverinfo="skip",
-        showlegend=False))
+    for c, r in hits:   # the whole cell outlined (on the category axes cell c spans c - 0.5 to c + 0.5), its text free
+        fig.add_shape(type="rect", x0=c - 0.45, x1=c + 0.45, y0=r - 0.42, y1=r + 0.42, line=dict(color=HIT, width=2),
+                      name="top-1 = the true next token", layer="above")
     fig.add_trace(go.Scatter(   # the true next token written above the grid, in the top row
         x=x[:-1], y=["true next token"] * (T - 1), mode="text", text=[_cell(tt[n]) for n in nexts[:-1]],
         customdata=[_html(tt[n]) for n in nexts[:-1]], textfont=dict(size=10, color=HIT), name="true next token",
@@ -577,10 +576,10 @@ def _lens_on_phone(fig: go.Figure, record: Record, what: str, first: int, n: int
         "margin.t": (150, fig.layout.margin.t),
         "height": (fig.layout.height + (0 if len(lens_windows(T)) > 1 else 60), fig.layout.height)},
         traces=[[0, {"colorbar.thickness": 8, "colorbar.title.text": "", "colorbar.tickfont.size": 9,
-                     "textfont.size": 8, "text": [short]}], [2, {"textfont.size": 8, "text": [nexts]}]],
+                     "textfont.size": 8, "text": [short]}], [1, {"textfont.size": 8, "text": [nexts]}]],
         wide=[[0, {"colorbar.thickness": cb.thickness, "colorbar.title.text": cb.title.text,
                    "colorbar.tickfont.size": None, "textfont.size": 10, "text": [list(map(list, fig.data[0].text))]}],
-              [2, {"textfont.size": 10, "text": [list(fig.data[2].text)]}]])
+              [1, {"textfont.size": 10, "text": [list(fig.data[1].text)]}]])
 
 
 # ---- parameters ----------------------------------------------------------------------------------

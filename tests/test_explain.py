@@ -280,14 +280,11 @@ def test_logit_lens_last_layer_is_the_model_prediction(tiny, tok, tiny_rec):
     assert (ranks["final_rank"][-1] == 1).all() and np.isnan(ranks["true_p"][:, -1]).all()
     lens = explain.logit_lens_figure(rec, ranks)
     np.testing.assert_allclose(np.asarray(lens.data[0].z, dtype=np.float64), ranks["final_p"], rtol=1e-6)
-    hits = lens.data[1]   # outlined cells: the layer's top-1 is the prompt's next token
-    expected = [(rec.labels[c], r) for r, row in enumerate(rec.lens_ids.tolist()) for c, i in enumerate(row)
+    # outlined cells (each a rectangle around its whole cell): the layer's top-1 is the prompt's next token
+    hits = [((s.x0 + s.x1) / 2, (s.y0 + s.y1) / 2) for s in lens.layout.shapes if s.name == "top-1 = the true next token"]
+    expected = [(c, r) for r, row in enumerate(rec.lens_ids.tolist()) for c, i in enumerate(row)
                 if c < rec.seq_len - 1 and i == rec.tokens[c + 1]]
-    assert [(_html_inv(x), y) for x, y in zip(hits.x, hits.y)] == [(lab, lens.data[0].y[r]) for lab, r in expected]
-
-
-def _html_inv(s: str) -> str:
-    return s.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    assert hits == [(float(c), float(r)) for c, r in expected]
 
 
 def test_next_token_is_what_sampling_draws_from(tiny_rec, monkeypatch):
@@ -419,7 +416,7 @@ def test_long_prompts_keep_their_token_labels(big, tok, big_rec, length):
     assert list(act.data[0].x) == labels and "token %{x}" in act.data[0].hovertemplate
     lens = explain.logit_lens_figure(rec)
     n = explain.figures.LENS_TOKENS
-    hm, hits, nxt = lens.data
+    hm, nxt = lens.data
     assert hm.texttemplate == "%{text}" and list(hm.x) == labels
     assert list(nxt.x) == labels[:-1] and list(nxt.y) == ["true next token"] * (length - 1)
     assert list(nxt.customdata) == [_html(rec.token_text[i]) for i in rec.tokens[1:]]
