@@ -77,6 +77,8 @@ def test_a_story_token_opens_the_next_token_figure_in_view(page):
     page.wait_for_timeout(800)
     assert page.evaluate("window.scrollY") > 0 and in_view(), "the view stays on the figure"
     shot(page, "next-token-from-story")
+    widths = page.eval_on_selector_all("#next-sampling .block", "bs => bs.map((b) => b.getBoundingClientRect().width)")
+    assert len(widths) == 4 and min(widths) > 0.8 * 390, "the four sampling sliders one a line, labels unsqueezed"
 
 
 def figure_boxes(page, sel) -> dict:

@@ -53,7 +53,7 @@ CSS = """
   #generate-row #gen-info { order: 5; }
   #generate-row #gen-examples { order: 6; }
   #story .story-view { min-height: 12rem; max-height: 70vh; }
-  #next-sampling > * { min-width: 100% !important; }
+  #next-sampling > *, #next-sampling > .form > .block { min-width: 100% !important; }
 }
 """
 # Gradio scopes launch(css=...) to the app's content: the page's own margins are set by the script, with this
