@@ -570,17 +570,15 @@ class Trainer:
     def _eval_and_keep_best(self, quick: bool = False) -> dict | None:
         """Evaluate (quick: on QUICK_WINDOWS windows, marked as such in its record) and keep the best model.
 
-        A quick evaluation is not compared with the full ones: it writes best/ only while there is none yet."""
+        Step 0's quick loss counts for best/ like any other: the untrained model's, which every later one beats."""
         result = None
         if self.main:
             result = self.evaluate(QUICK_WINDOWS if quick else None)
             self.metrics({"kind": "eval", "step": self.step, "tokens": self.tokens, **result, "time": time.time()})
-            self.log(f"eval step {self.step}{' (quick: ' + str(result['windows']) + ' windows)' if quick else ''}: "
-                     f"val loss {result['val_loss']:.4f}, ppl {result['val_ppl']:.2f}, "
+            note = f" (quick: {result['windows']} windows)" if result.get("quick") else ""
+            self.log(f"eval step {self.step}{note}: val loss {result['val_loss']:.4f}, ppl {result['val_ppl']:.2f}, "
                      f"bpb {result['val_bpb']:.3f} | {result['sample'][:200]!r}")
-            if quick and not (self.run / "best").exists():
-                gemma3.save_model(self.model, self.tokenizer, self.run / "best")
-            elif not quick and result["val_loss"] < self.best_val:
+            if result["val_loss"] < self.best_val:
                 self.best_val = result["val_loss"]
                 gemma3.save_model(self.model, self.tokenizer, self.run / "best")
         if self.world > 1:
