@@ -1,5 +1,6 @@
 """The Train tab's words and pictures for a run, from its folder (no app needed)."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,14 @@ def test_while_a_start_prepares_its_data_the_monitor_says_so(tmp_path):
     assert trainer.metrics()["status"].startswith("No training runs yet")
     trainer.pending = "preparing the training data for a new run …"
     assert trainer.metrics()["status"] == "Preparing the training data for a new run …"
+
+
+def test_every_preset_says_its_measured_time_on_the_cpu_and_on_a_gpu():
+    from training.config import TRAIN_PRESETS
+    from webapp.train import preset_times
+
+    lines = preset_times().splitlines()[2:]
+    assert [line.split("**")[1] for line in lines] == list(TRAIN_PRESETS)
+    for line in lines:
+        assert "2-core CPU: " in line and re.search(r"\d+(\.\d+)? (s|min|h|days)", line), line
+        assert "not measured on a GPU" in line or re.search(r"H200: .*\d+(\.\d+)? (s|min|h)", line), line

@@ -109,14 +109,14 @@ TRAIN_PRESETS: dict[str, dict] = {
 }
 
 
-# What each preset's default run took, measured (README, "Training", gives the commands): on this project's
-# 2-core CPU, and on a GPU only where one was measured. (preset: (CPU, GPU)).
+# What each preset's default run took on this project's 2-core CPU (measured with the trainer; "shared": while
+# other work ran on it), and on a GPU where a rate was measured (derived: the run's tokens / measured tokens/s).
+# README, "Training", gives the figures' sources and the commands that reproduce them.
 PRESET_TIMES: dict[str, tuple[str, str]] = {
-    "tiny": ("2-core CPU 1.5 min when quiet, 30 min shared with other work", "not measured on a GPU"),
-    "demo": ("2-core CPU 41 min", "H200 about 5 s of steps (derived: 2.0M tokens at the 430,000 tokens/s "
-                                  "measured at batch 128 x 256)"),
-    "270m": ("2-core CPU about 120 days (extrapolated from a probe of 3 micro-batches)",
-             "H200 2.3 h (derived: 852M tokens at the trainer's 103,400 tokens/s; 1.2 h with --compile)"),
+    "tiny": ("2-core CPU: 1.5 min quiet, 10–30 min shared", "not measured on a GPU"),
+    "demo": ("2-core CPU: about 29 min shared (500 steps timed, extrapolated)", "H200: about 5 s of steps (derived)"),
+    "270m": ("2-core CPU: about 40 days (a probe of its steps, extrapolated)",
+             "H200: 2.3 h, 1.2 h compiled (derived)"),
 }
 
 

@@ -55,7 +55,7 @@ def _axes(fig: go.Figure, log_x: bool, rows: int, right: float, done: int, plann
         span = [0, math.log10(max(2.0, right))]
     else:
         title = "step"
-        span = [0, right]
+        span = [-right / 60, right]   # room for step 0's marker
     if planned:
         title += f" · {done:,} of {planned:,} planned" + (" (the dashed line: the end)" if right >= planned else "")
     for row in range(1, rows + 1):

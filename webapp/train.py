@@ -50,9 +50,10 @@ def preset_defaults(preset: str) -> dict:
 
 
 def preset_times() -> str:
-    """The preset choice's note: what each preset's default run took, on the 2-core CPU and on a GPU."""
-    return " · ".join(f"{name}, {TrainConfig.for_preset(name).max_steps:,} steps: {cpu}; {gpu}"
-                      for name, (cpu, gpu) in PRESET_TIMES.items())
+    """Markdown under the preset choice: what each preset's default run took, on the 2-core CPU and on a GPU."""
+    return "How long each preset's default run takes (README, *Training*):\n\n" + "\n".join(
+        f"- **{name}**, {TrainConfig.for_preset(name).max_steps:,} steps · {cpu} · {gpu}"
+        for name, (cpu, gpu) in PRESET_TIMES.items())
 
 
 def _file_path(item) -> Path:

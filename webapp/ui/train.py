@@ -100,8 +100,8 @@ def _data_settings() -> dict:
     files = gr.File(label="Story files: .txt (blank line between stories), "
                     ".jsonl ({\"text\": …}), .parquet (a text column)", file_count="multiple",
                     file_types=[".txt", ".jsonl", ".parquet"], visible=False)
-    preset = gr.Radio(list(tr.PRESETS), value="tiny", label="Model preset", info=tr.preset_times(),
-                      elem_id="train-preset")
+    preset = gr.Radio(list(tr.PRESETS), value="tiny", label="Model preset", elem_id="train-preset")
+    gr.Markdown(tr.preset_times(), elem_id="train-preset-times")
     return dict(source_kind=source_kind, stories=stories, hub_id=hub_id, files=files, preset=preset)
 
 
