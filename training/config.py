@@ -99,7 +99,7 @@ class TrainConfig:
 
 
 # Smallest first. The 270m defaults are the reference TinyStories run (TrainConfig's own defaults);
-# the small presets train in minutes (tiny) or about an hour (demo) on a CPU.
+# the small presets train in minutes on a 2-core CPU (PRESET_TIMES: what each took).
 TRAIN_PRESETS: dict[str, dict] = {
     "tiny": dict(batch_size=16, grad_accum=1, seq_len=64, max_steps=300, lr=2e-3, min_lr=2e-4, warmup_steps=20,
                  grad_clip=1.0, eval_every=50, eval_windows=32, ckpt_every=100, sample_tokens=40, log_every=10),
