@@ -4,7 +4,6 @@ driving Debian's Chromium, as tests/test_browser.py): every box clicked, Previou
 screenshots at 1440 and 390 px in artifacts/screenshots/walkthrough-*.png."""
 
 import inspect
-import os
 import re
 from pathlib import Path
 
@@ -314,41 +313,18 @@ def test_the_explorer_checks_the_walks_inputs():
 
 
 # ---- the page in a real browser ---------------------------------------------------------------------------
-CHROMIUM = "/usr/bin/chromium"
 SHOTS = ROOT / "artifacts" / "screenshots"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
-
-
-def _browser_ready():
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
-    return pytest.importorskip("playwright.sync_api")
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    _browser_ready()
-    import app
-    from conftest import serve
-    from webapp import models
-
-    tmp = tmp_path_factory.mktemp("walk")
-    cache = models.ModelCache(*models.load_source("random:demo"))
-    demo = app.build(cache=cache, runs_dir=tmp / "runs", data_dir=tmp / "data")
-    yield from serve(demo, tmp / "runs", **app.LAUNCH)
+def server(app_server):
+    return app_server
 
 
 @pytest.fixture(scope="module")
-def browser(server):
-    sync_api = _browser_ready()
+def browser(chromium):
     SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
+    return chromium
 
 
 def open_walk(browser, server, width, height):
