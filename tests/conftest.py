@@ -150,7 +150,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 @pytest.fixture(scope="session")
 def app_server(tmp_path_factory):
     """The app on random weights of the demo preset, launched once for every browser test module (each opens
-    its own pages); training writes into a temporary folder."""
+    its own browser and pages); training writes into a temporary folder."""
     import app
     from webapp import models
 
@@ -163,9 +163,11 @@ def app_server(tmp_path_factory):
         kill_runs(tmp / "runs")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium():
-    """Debian's Chromium driven by Playwright (apt-get install chromium; never `playwright install`)."""
+    """Debian's Chromium driven by Playwright (apt-get install chromium; never `playwright install`). One per module:
+    Playwright's sync API keeps an event loop running in this thread until it stops, which would break a later
+    module's asyncio.run()."""
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api")
