@@ -22,7 +22,7 @@ PERSISTENT = use_persistent_storage()
 
 import gradio as gr  # noqa: E402
 
-from gemma3 import cpu, engine  # noqa: E402
+from gemma3.runtime import cpu, engine  # noqa: E402
 from webapp import explore as ex, generation as gen, guard, models, storage, train as tr  # noqa: E402
 from webapp.errors import friendly, guard_inputs, port_problem  # noqa: E402
 from webapp.inputs import UserError  # noqa: E402

@@ -33,9 +33,9 @@ import time
 import torch
 
 import gemma3
-from gemma3 import engine
-from gemma3.cpu import threads
-from gemma3.generate import next_token
+from gemma3.runtime import engine
+from gemma3.runtime.cpu import threads
+from gemma3.generation import next_token
 
 CONDITIONS = [None, "spin", "torch"]  # quiet, a Python busy loop per core, another PyTorch program
 SIDES = ["transformers", "reference", "compiled", "engine", "engine, 1 thread", "CLI", "app"]

@@ -60,10 +60,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import gemma3  # noqa: E402
-from gemma3 import engine  # noqa: E402
-from gemma3.engine import ops  # noqa: E402
+from gemma3.runtime import engine  # noqa: E402
+from gemma3.runtime.engine import ops  # noqa: E402
 
-from gemma3.cpu import keep_freed_memory  # noqa: E402
+from gemma3.runtime.cpu import keep_freed_memory  # noqa: E402
 
 from common import matmul_peak, read_time  # noqa: E402  (bench/common.py)
 

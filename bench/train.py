@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import gemma3  # noqa: E402
-from gemma3.cpu import keep_freed_memory  # noqa: E402
+from gemma3.runtime.cpu import keep_freed_memory  # noqa: E402
 from training.trainer import flops_per_token, peak_flops  # noqa: E402
 
 from common import matmul_peak  # noqa: E402  (bench/common.py)

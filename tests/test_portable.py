@@ -20,7 +20,7 @@ sys.modules["fcntl"] = None
 sys.modules["torch.utils.cpp_extension"] = None
 import torch
 import gemma3
-from gemma3 import native
+from gemma3.runtime import native
 model, tok = gemma3.load_model({str(DEMO)!r}, device="cpu", dtype=torch.float32)
 text = gemma3.generate(model, tok, {PROMPT!r}, max_new_tokens={TOKENS}, temperature=0.0)
 print(repr(text))

@@ -33,8 +33,8 @@ import torch
 
 import gemma3
 import gemma3.defaults
-from gemma3.__main__ import describe
-from gemma3.checkpoints import resolve_source
+from gemma3 import describe
+from gemma3.io.hub import resolve_source
 
 from .inputs import UserError
 ROOT = Path(__file__).resolve().parent.parent
