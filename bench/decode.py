@@ -6,7 +6,7 @@ batch 1, greedy, the decode rate (tokens per second from the first decoded token
 - reference: gemma3/model.py, eager, one cached forward per token;
 - compiled: the same forward under torch.compile (dynamic shapes, inductor's default CPU mode), the
   answer gpt-fast gives to per-operation overhead: it fuses the many small operations of a step;
-- engine: gemma3/engine (the C++ operators), the same loop;
+- engine: gemma3/runtime/engine (the C++ operators), the same loop;
 - CLI: gemma3.generate_tokens from the main thread, as `python -m gemma3 generate` runs;
 - app: the same from a worker thread, as the app's generation runs.
 The reference and engine columns run one bench loop (forward, greedy choice, stamp) with the threads
