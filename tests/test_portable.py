@@ -44,7 +44,7 @@ def test_gemma3_generates_without_fcntl_or_a_kernel_build(tmp_path):
 
 def test_importing_gemma3_loads_neither_the_compiler_nor_a_kernel():
     code = ("import sys, gemma3; print([m for m in ('torch._dynamo', 'torch.utils.cpp_extension') if m in sys.modules],"
-            " hasattr(gemma3.native, 'fcntl'))")
+            " hasattr(gemma3.runtime.native, 'fcntl'))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr
