@@ -22,7 +22,7 @@ PERSISTENT = use_persistent_storage()
 
 import gradio as gr  # noqa: E402
 
-from gemma3 import cpu, engine  # noqa: E402
+from gemma3.runtime import cpu, engine  # noqa: E402
 from webapp import explore as ex, generation as gen, guard, models, storage, train as tr  # noqa: E402
 from webapp.errors import friendly, guard_inputs, port_problem  # noqa: E402
 from webapp.inputs import UserError  # noqa: E402
@@ -180,7 +180,7 @@ def main(argv=None):
         parser.exit(2, f"error: {busy}\n")
     guard.set_exposure(args.host, args.share)   # before build(): who may do the owner's actions depends on it
     print(guard.mode(), flush=True)
-    cpu.keep_freed_memory()  # faster long prompts and explain passes on a CPU (gemma3/cpu.py)
+    cpu.keep_freed_memory()  # faster long prompts and explain passes on a CPU (gemma3/runtime/cpu.py)
     engine.available()  # build the CPU kernels now (about 15 s, once per machine), not mid-story
     try:
         cache = models.ModelCache.from_default(args.model)

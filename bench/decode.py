@@ -6,7 +6,7 @@ batch 1, greedy, the decode rate (tokens per second from the first decoded token
 - reference: gemma3/model.py, eager, one cached forward per token;
 - compiled: the same forward under torch.compile (dynamic shapes, inductor's default CPU mode), the
   answer gpt-fast gives to per-operation overhead: it fuses the many small operations of a step;
-- engine: gemma3/engine (the C++ operators), the same loop;
+- engine: gemma3/runtime/engine (the C++ operators), the same loop;
 - CLI: gemma3.generate_tokens from the main thread, as `python -m gemma3 generate` runs;
 - app: the same from a worker thread, as the app's generation runs.
 The reference and engine columns run one bench loop (forward, greedy choice, stamp) with the threads
@@ -33,9 +33,9 @@ import time
 import torch
 
 import gemma3
-from gemma3 import engine
-from gemma3.cpu import threads
-from gemma3.generate import next_token
+from gemma3.runtime import engine
+from gemma3.runtime.cpu import threads
+from gemma3.generation import next_token
 
 CONDITIONS = [None, "spin", "torch"]  # quiet, a Python busy loop per core, another PyTorch program
 SIDES = ["transformers", "reference", "compiled", "engine", "engine, 1 thread", "CLI", "app"]

@@ -35,7 +35,7 @@ What is measured, and how it is made fair:
   it cannot beat the time this machine takes to read that many bytes (`common.read_time`). Prefill:
   its matmul FLOPs at the matmul peak measured for the dtype. Each is printed as the largest ratio
   over transformers it would allow.
-- The process runs as our programs run (`gemma3.cpu.keep_freed_memory`), for both sides alike.
+- The process runs as our programs run (`gemma3.runtime.cpu.keep_freed_memory`), for both sides alike.
   `GEMMA3_NO_KERNEL=1 python bench/generate.py` measures the reference model instead of the engine.
 - Memory: each side runs alone in a subprocess (same imports in both); we print the resident set
   after loading the model and a 2-token warm-up (which pages in every weight), and the peak added
@@ -60,10 +60,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import gemma3  # noqa: E402
-from gemma3 import engine  # noqa: E402
-from gemma3.engine import ops  # noqa: E402
+from gemma3.runtime import engine  # noqa: E402
+from gemma3.runtime.engine import ops  # noqa: E402
 
-from gemma3.cpu import keep_freed_memory  # noqa: E402
+from gemma3.runtime.cpu import keep_freed_memory  # noqa: E402
 
 from common import matmul_peak, read_time  # noqa: E402  (bench/common.py)
 

@@ -7,7 +7,7 @@
 
 Every side runs the same step on the same batch: forward, cross-entropy over the vocabulary,
 backward, gradient clipping and an AdamW update. The process runs as our trainer runs on a CPU
-(gemma3.cpu.keep_freed_memory, fused AdamW), and so does transformers' side: both get the same
+(gemma3.runtime.cpu.keep_freed_memory, fused AdamW), and so does transformers' side: both get the same
 allocator and optimizer, so the ratio is the model code's alone. Each side computes its loss as its
 library trains: ours `model(x, targets=y)` (gemma3/loss.py, as the trainer does), transformers' the
 cross-entropy of its logits in fp32 (what Gemma3ForCausalLM(labels=...) computes). Sides:
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import gemma3  # noqa: E402
-from gemma3.cpu import keep_freed_memory  # noqa: E402
+from gemma3.runtime.cpu import keep_freed_memory  # noqa: E402
 from training.trainer import flops_per_token, peak_flops  # noqa: E402
 
 from common import matmul_peak  # noqa: E402  (bench/common.py)

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from plotly.subplots import make_subplots
 
-from gemma3.generate import GREEDY_BELOW, check_settings
-from gemma3.generate import sampling_probs as drawn_from
+from gemma3.generation import GREEDY_BELOW, check_settings
+from gemma3.generation import sampling_probs as drawn_from
 from gemma3.model import RoPE, sliding_mask
 
 from . import phone

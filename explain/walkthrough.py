@@ -11,7 +11,6 @@ then the final norm, the logits, the softmax and the next token.
 from __future__ import annotations
 
 import html
-import importlib
 import inspect
 import math
 from dataclasses import dataclass
@@ -22,14 +21,13 @@ import torch
 import torch.nn.functional as F
 from plotly.subplots import make_subplots
 
+from gemma3 import generation as gen
 from gemma3 import model as gm
 
 from . import phone
 from .figures import FONT, FULL, INK, SLIDING, TEAL, _title
 from .figures import _style as _app_style
 from .hooks import MODEL_STAGES, STAGES, Record
-
-gen = importlib.import_module("gemma3.generate")  # the module (the package exports a function of that name)
 
 BEFORE = ("ids", "embed")                           # model stages before the layers
 AFTER = ("final_norm", "logits", "probs", "next")   # and after them

@@ -1,13 +1,48 @@
-"""Gemma 3 from scratch: the model, its KV cache, sampling, the GPT-2 tokenizer and checkpoints."""
+"""Gemma 3 from scratch: the model, its KV cache, sampling, the GPT-2 tokenizer and checkpoints.
 
-from .checkpoints import export_hf, load_model, save_model
+Three layers (ARCHITECTURE.md): the core (config, model, cache, tokenizer, generation, loss) in plain PyTorch;
+gemma3/io (checkpoints, GGUF, the Hub); gemma3/runtime (the C++ engine and fused loss). This file is the
+public API, and where the runtime's fast paths are applied to the core, from outside it.
+"""
+
+from . import generation, loss
 from .config import PRESETS, Gemma3Config
-from .generate import generate, generate_tokens, stream
-from .gguf import export_gguf
+from .generation import generate, generate_tokens, stream
+from .io.checkpoints import export_hf, load_model, load_tokenizer, save_model
+from .io.gguf import export_gguf
+from .io.tokenizer_files import HFTokenizer
 from .model import Gemma3
-from .tokenizer import GPT2Tokenizer, HFTokenizer, gpt2_tokenizer, load_tokenizer
+from .runtime import engine, fused_loss
+from .tokenizer import GPT2Tokenizer, gpt2_tokenizer
+
+generation.use_decoder(engine.decoder)  # generation runs on the CPU engine where it applies (same logits)
+loss.use_rows_kernel(fused_loss.rows_loss_)  # the training loss's rows in C++ where it builds (same numbers)
+
+
+def describe(model, tokenizer) -> str:
+    """The config and a parameter breakdown, as `python -m gemma3 info` prints them."""
+    cfg = model.config
+    w = model.embed.weight
+    kinds = "".join("F" if t == "full" else "s" for t in cfg.layer_types)
+    lines = [
+        f"Gemma 3: {cfg.layers} layers ({kinds}: s = sliding window {cfg.window}, F = full), hidden {cfg.hidden}, "
+        f"{cfg.heads} query heads / {cfg.kv_heads} key-value head(s) of {cfg.head_dim}, feed-forward {cfg.ffn}",
+        f"vocabulary {cfg.vocab_size} ({tokenizer.name}), context {cfg.context}, RoPE bases "
+        f"{cfg.rope_local_base:g} local / {cfg.rope_global_base:g} global, head "
+        f"{'tied' if cfg.tied_head else 'untied'}, {'four' if cfg.post_norms else 'two'} norms per block",
+        f"device {w.device}, dtype {str(w.dtype).replace('torch.', '')}, inference runs " + engine.describe(model),
+        "",
+        f"{'part':<14}{'parameters':>14}{'share':>8}",
+    ]
+    total = model.num_params()
+    for part, n in model.param_groups().items():
+        lines.append(f"{part:<14}{n:>14,}{n / total:>8.1%}")
+    lines.append(f"{'total':<14}{total:>14,}")
+    return "\n".join(lines)
+
 
 __all__ = [
     "Gemma3", "Gemma3Config", "PRESETS", "load_model", "save_model", "export_hf", "export_gguf",
     "generate", "stream", "generate_tokens", "GPT2Tokenizer", "HFTokenizer", "gpt2_tokenizer", "load_tokenizer",
+    "describe",
 ]

@@ -9,14 +9,14 @@ import time
 
 import torch
 
-from . import engine
-from .checkpoints import check_no_file_above, check_out_dir, export_hf, load_model, save_model
-from .cpu import keep_freed_memory
+from . import describe
 from .defaults import default_model
 from .errors import prog, sentence
-from .generate import check_settings, stream
-from .gguf import export_gguf
-from .tokenizer import _is_gguf
+from .generation import check_settings, stream
+from .io.checkpoints import export_hf, load_model, save_model
+from .io.files import check_no_file_above, check_out_dir, is_gguf
+from .io.gguf import export_gguf
+from .runtime.cpu import keep_freed_memory
 
 DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16}
 AUTO_DTYPE = ("auto (the default): bf16 on CUDA; on a CPU, bf16 for a checkpoint stored in bf16 where the CPU computes in "
@@ -58,29 +58,6 @@ def cmd_generate(args):
           f"prefill {stats.get('prefill_s', 0) * 1000:.0f} ms, stopped on {stats['stop_reason']}]", file=sys.stderr)
 
 
-def describe(model, tok) -> str:
-    """The config and a parameter breakdown, as `python -m gemma3 info` prints them."""
-    cfg = model.config
-    w = model.embed.weight
-    kinds = "".join("F" if t == "full" else "s" for t in cfg.layer_types)
-    lines = [
-        f"Gemma 3: {cfg.layers} layers ({kinds}: s = sliding window {cfg.window}, F = full), hidden {cfg.hidden}, "
-        f"{cfg.heads} query heads / {cfg.kv_heads} key-value head(s) of {cfg.head_dim}, feed-forward {cfg.ffn}",
-        f"vocabulary {cfg.vocab_size} ({tok.name}), context {cfg.context}, RoPE bases {cfg.rope_local_base:g} local / "
-        f"{cfg.rope_global_base:g} global, head {'tied' if cfg.tied_head else 'untied'}, "
-        f"{'four' if cfg.post_norms else 'two'} norms per block",
-        f"device {w.device}, dtype {str(w.dtype).replace('torch.', '')}, inference runs "
-        + engine.describe(model),
-        "",
-        f"{'part':<14}{'parameters':>14}{'share':>8}",
-    ]
-    total = model.num_params()
-    for part, n in model.param_groups().items():
-        lines.append(f"{part:<14}{n:>14,}{n / total:>8.1%}")
-    lines.append(f"{'total':<14}{total:>14,}")
-    return "\n".join(lines)
-
-
 def cmd_info(args):
     model, tok = _load(args)
     print(describe(model, tok))
@@ -91,7 +68,7 @@ def check_gguf_out(path, force: bool):
     file other than a GGUF at it, a file above it, or (unless force) any GGUF file."""
     if not os.path.lexists(check_no_file_above(path)):
         return
-    if os.path.islink(path) or not os.path.isfile(path) or not _is_gguf(path):
+    if os.path.islink(path) or not os.path.isfile(path) or not is_gguf(path):
         raise FileExistsError(f"{path} already exists and is not a GGUF file; choose another --out "
                               "(nothing was changed).")
     if not force:

@@ -8,6 +8,10 @@ while its logits are at hand, in the forward pass. That saves the memory of the 
 gradient (a batch of 32 x 512 with the GPT-2 vocabulary: 3.3 GB each in fp32) and, on a CPU, most of
 the time PyTorch spends in log-softmax and its backward. Use it when a gradient is wanted; with none
 it only computes the loss.
+
+The row pass (`rows_loss_`) is plain PyTorch here. A faster one is applied from outside: `use_rows_kernel`
+installs it (gemma3/__init__.py installs gemma3/runtime/fused_loss.py's C++ pass, which gives the same
+numbers where it builds and declines where it does not).
 """
 
 from __future__ import annotations
@@ -17,9 +21,14 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from . import native
-
 CHUNK_ELEMENTS = 1 << 26  # fp32 logits per chunk: 256 MB
+_rows_kernel = None  # f(logits, targets) -> the rows' loss sum (logits turned into their gradient), or None
+
+
+def use_rows_kernel(kernel):
+    """Run `kernel(logits, targets)` in place of rows_loss_'s PyTorch code wherever it returns a loss (not None)."""
+    global _rows_kernel
+    _rows_kernel = kernel
 
 
 def cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -57,21 +66,14 @@ def chunks(h, weight, targets):
 
 def rows_loss_(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Sum over rows of logsumexp(row) - row[target], fp32 logits [n, V]; turns `logits` into the
-    gradient of that sum: softmax(row) - one_hot(target). One C++ pass per row where it builds (loss.cpp)."""
-    if _fast(logits, targets):
-        return torch.ops.gemma3_loss.softmax_xent_(logits, targets).sum()
+    gradient of that sum: softmax(row) - one_hot(target). The installed kernel where it takes these rows."""
+    if _rows_kernel is not None and (loss := _rows_kernel(logits, targets)) is not None:
+        return loss
     lse = torch.logsumexp(logits, dim=-1)
     loss = (lse - logits.gather(1, targets[:, None]).squeeze(1)).sum()
     logits.sub_(lse[:, None]).exp_()
     logits[torch.arange(len(targets), device=logits.device), targets] -= 1
     return loss
-
-
-def _fast(logits: torch.Tensor, targets: torch.Tensor) -> bool:
-    """Whether loss.cpp takes these rows: CPU fp32 logits, int64 targets, the operator built."""
-    return (logits.device.type == "cpu" and logits.dtype == torch.float32 and logits.dim() == 2
-            and logits.is_contiguous() and targets.dtype == torch.int64 and targets.is_contiguous()
-            and native.load("loss.cpp"))
 
 
 class HeadCrossEntropy(torch.autograd.Function):

@@ -48,7 +48,7 @@ def test_decoding_one_token_at_a_time_equals_full_forward(tiny, prefill):
 def test_the_engine_decoding_equals_full_forward(tiny, batch, prefill):
     """The engine (gemma3/engine, where it runs here) decodes through the ring wrap-arounds to the
     full pass's logits; batch 1 takes its one-call block halves, batch 2 its per-step path."""
-    from gemma3 import engine
+    from gemma3.runtime import engine
 
     ids = random_ids(batch, 4 * W + 3, seed=prefill)
     chunks = [prefill] + [1] * (ids.shape[1] - prefill)
@@ -61,7 +61,7 @@ def test_bf16_decoding_stays_close_to_the_bf16_full_forward(hf_tiny, use_engine)
     """In bf16 a decoded row's products have other shapes than the full forward's (and, on the engine,
     are matrix-vector products): rounding differs, the predictions must not."""
     import gemma3
-    from gemma3 import engine
+    from gemma3.runtime import engine
 
     model, _ = gemma3.load_model(hf_tiny[1], device="cpu", dtype=torch.bfloat16)
     ids = random_ids(1, 3 * W + 5, seed=11)  # batch 1: the decode rows are single vectors

@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import gemma3
-from gemma3 import checkpoints
+from gemma3.io import checkpoints, hub
 
 VOCAB = 50257          # the GPT-2 tokenizer the loader pairs with a bare state dict needs every id
 SEED_SHAPE = dict(hidden=32, layers=6, heads=2, kv_heads=1, head_dim=24, ffn=64)  # head_dim != hidden/heads
@@ -374,7 +374,7 @@ def test_our_format_round_trip(tmp_path, overrides):
 def test_a_bf16_checkpoint_runs_in_bf16_on_a_cpu_with_native_bf16(tmp_path, monkeypatch):
     """Fast by default: bf16 weights stay bf16 where the CPU multiplies bf16 natively; fp32 weights,
     or a CPU without it, give fp32; asking for a dtype always wins."""
-    from gemma3 import native
+    from gemma3.runtime import native
 
     model = _tiny()
     gemma3.save_model(model.to(torch.bfloat16), gemma3.gpt2_tokenizer(), tmp_path / "bf16")
@@ -392,7 +392,7 @@ def test_packed_q_k_v_weights_give_the_same_model_which_still_saves_and_trains(t
     q, k, v in one matrix product (load_model does it for bf16 on the CPU). The reference model gives
     the same fp32 logits; saving such a model (safetensors refuses shared buffers) and training it
     work as before."""
-    from gemma3.engine import pack_qkv, stacked
+    from gemma3.runtime.engine import pack_qkv, stacked
 
     def qkv(m):
         return [m.blocks[0].attn.wq.weight, m.blocks[0].attn.wk.weight, m.blocks[0].attn.wv.weight]
@@ -741,8 +741,8 @@ def test_hub_probe_follows_the_endpoint(monkeypatch):
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen(1)
-        assert checkpoints.hub_reachable(f"http://127.0.0.1:{server.getsockname()[1]}")
-    assert not checkpoints.hub_reachable(f"http://127.0.0.1:{_closed_port()}")
+        assert hub.hub_reachable(f"http://127.0.0.1:{server.getsockname()[1]}")
+    assert not hub.hub_reachable(f"http://127.0.0.1:{_closed_port()}")
 
 
 def _fake_hub_repo(cache, repo_id: str, files: dict):

@@ -9,7 +9,7 @@ import torch
 
 SCRIPT = textwrap.dedent("""
     import resource, sys, torch
-    from gemma3.cpu import keep_freed_memory
+    from gemma3.runtime.cpu import keep_freed_memory
     applied = keep_freed_memory() if sys.argv[1] == "keep" else None
     faults = []
     for _ in range(16):  # two 64 MiB activations per "step", freed at its end
@@ -47,7 +47,7 @@ def test_decoding_keeps_the_faster_thread_count_and_notices_a_busy_machine(monke
     of two threads cost little in all. Quiet again: two threads come back."""
     import random
 
-    from gemma3 import cpu
+    from gemma3.runtime import cpu
 
     rng = random.Random(0)
     clock = [0.0]

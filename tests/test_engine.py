@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import gemma3
-from gemma3 import engine, native
-from gemma3.engine import ops
+from gemma3.runtime import engine, native
+from gemma3.runtime.engine import ops
 from gemma3.model import RMSNorm, RoPE
 
 needs_kernels = pytest.mark.skipif(not (native.supported() and ops.available()),
@@ -162,7 +162,7 @@ def test_a_decoded_row_is_one_call_that_gives_the_reference_logits_and_cache(dty
         positions = torch.tensor([pos])
         rope = [model.rope_local(positions, dtype) if b.sliding else model.rope_global(positions, dtype)
                 for b in model.blocks]
-        with gemma3.cpu.threads(threads):
+        with gemma3.runtime.cpu.threads(threads):
             logits = ops.decode_row(model, x, cache, rope)
         written = [(lc.k.clone(), lc.v.clone()) for lc in cache.layers]
         for lc, (k, v) in zip(cache.layers, before):
@@ -180,7 +180,7 @@ def test_a_decoded_row_is_one_call_that_gives_the_reference_logits_and_cache(dty
 def _decoded(model, ids, threads):
     """The logits of ids[4:] decoded one at a time after the prompt ids[:4] (on one PyTorch thread)."""
     forward, cache = engine.decoder(model, threads=threads), model.new_cache(1, ids.shape[1])
-    with torch.inference_mode(), gemma3.cpu.threads(1):
+    with torch.inference_mode(), gemma3.runtime.cpu.threads(1):
         forward(ids[:, :4], cache, True)
         return torch.cat([forward(ids[:, t:t + 1], cache) for t in range(4, ids.shape[1])], 1)
 
@@ -282,7 +282,7 @@ def test_a_decoder_made_with_gradients_on_decodes_each_token_in_one_call(monkeyp
     f = engine.decoder(model)
     decode(f, model, torch.randint(0, 50000, (1, 16), generator=torch.Generator().manual_seed(0)))
     assert len(results) == 4 and all(r is not None for r in results)
-    with gemma3.cpu.threads(2), f.step():
+    with gemma3.runtime.cpu.threads(2), f.step():
         assert torch.get_num_threads() == 1
 
 
@@ -377,7 +377,7 @@ def test_a_folder_or_library_of_another_user_is_refused(tmp_path, monkeypatch, c
         return real_build(src, name, folder)
 
     monkeypatch.setattr(native, "_build", plant_then_build)
-    with caplog.at_level(logging.WARNING, logger="gemma3.native"):
+    with caplog.at_level(logging.WARNING, logger="gemma3.runtime.native"):
         assert native.load("loss.cpp") is False
     assert "could not be built" in caplog.text and "not a file of this user's" in caplog.text
 
@@ -387,10 +387,10 @@ def test_a_failed_build_says_why_once_and_the_reference_runs(tmp_path, monkeypat
     monkeypatch.setattr(native, "_loaded", {})
     monkeypatch.setattr(native, "build_folders", lambda: [tmp_path / "a", tmp_path / "b"])
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
-    with caplog.at_level(logging.WARNING, logger="gemma3.native"):
+    with caplog.at_level(logging.WARNING, logger="gemma3.runtime.native"):
         assert native.load("loss.cpp") is False
         assert native.load("loss.cpp") is False
-    warnings = [r for r in caplog.records if r.name == "gemma3.native"]
+    warnings = [r for r in caplog.records if r.name == "gemma3.runtime.native"]
     assert len(warnings) == 1 and "PyTorch's operations run instead" in warnings[0].getMessage()
     assert not list((tmp_path / "a").rglob("*.so"))  # nothing half-built to load later
 
@@ -411,7 +411,7 @@ def test_a_build_lock_left_by_a_killed_process_does_not_stop_later_loads(tmp_pat
     assert native.load("loss.cpp")  # built once, in this user's folder
     code = textwrap.dedent("""
         import sys
-        from gemma3 import native
+        from gemma3.runtime import native
         folder = next(f for base in native.build_folders() if base.is_dir()
                       for f in base.iterdir() if f.name.startswith("gemma3_loss_"))
         (folder / "lock").write_text("")  # as a killed process leaves it

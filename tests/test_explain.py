@@ -12,8 +12,8 @@ from conftest import randomise_norms
 import explain
 import gemma3
 from explain.figures import _html
-from gemma3.__main__ import describe
-from gemma3.generate import next_token
+from gemma3 import describe
+from gemma3.generation import next_token
 from gemma3.model import RoPE
 
 torch.set_num_threads(1)

@@ -7,7 +7,7 @@ import torch
 
 import gemma3
 from gemma3.__main__ import main
-from gemma3.tokenizer import HFTokenizer
+from gemma3.io.tokenizer_files import HFTokenizer
 
 transformers = pytest.importorskip("transformers")
 

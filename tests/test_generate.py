@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import gemma3
-from gemma3.generate import generate_tokens, next_token
+from gemma3.generation import generate_tokens, next_token
 
 EOT = 50256
 

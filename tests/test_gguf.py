@@ -8,7 +8,7 @@ import torch
 
 import gemma3
 from gemma3 import Gemma3, Gemma3Config
-from gemma3.checkpoints import from_native
+from gemma3.io.layouts import from_native
 
 gguf = pytest.importorskip("gguf")
 from gguf import GGMLQuantizationType as Q  # noqa: E402
@@ -47,7 +47,7 @@ def write_like_llama_cpp(path, model, qtype=Q.F32, arch="gemma3", tokenizer="gpt
     w.add_sliding_window(cfg.window)
     w.add_rope_freq_base(cfg.rope_global_base)
     if tokenizer == "gpt2":
-        from gemma3.gguf import gpt2_vocab
+        from gemma3.io.tokenizer_files import gpt2_vocab
         tokens, merges = gpt2_vocab()
         w.add_tokenizer_model("gpt2")
         w.add_token_list(tokens)
@@ -185,7 +185,7 @@ def test_a_folder_with_one_gguf_loads_and_with_two_says_which(tmp_path):
 
 def test_the_270m_metadata_gives_the_270m_config():
     """The keys llama.cpp's converter writes for google/gemma-3-270m give what its config.json gives."""
-    from gemma3.gguf import config_from_meta
+    from gemma3.io.gguf import config_from_meta
     meta = {"general.architecture": "gemma3", "gemma3.context_length": 32768, "gemma3.embedding_length": 640,
             "gemma3.block_count": 18, "gemma3.feed_forward_length": 2048, "gemma3.attention.head_count": 4,
             "gemma3.attention.head_count_kv": 1, "gemma3.attention.key_length": 256,
@@ -252,7 +252,7 @@ def export_model():
 @pytest.mark.parametrize("kind,tol", [("f32", 1e-5), ("f16", 0.005), ("q8_0", 0.1)])
 def test_our_export_read_by_transformers_gives_our_logits(tmp_path, kind, tol):
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from gemma3.gguf import export_gguf
+    from gemma3.io.gguf import export_gguf
     model, tok = export_model(), gemma3.gpt2_tokenizer()
     export_gguf(model, tok, tmp_path / "m.gguf", kind)
     hf = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf", dtype=torch.float32).eval()
@@ -286,7 +286,7 @@ def test_convert_to_gguf_on_the_command_line_round_trips(tmp_path):
         want = w if "norm" in name else w.to(torch.bfloat16).float()
         torch.testing.assert_close(back.state_dict()[name], want, atol=1.2e-7 if "norm" in name else 0, rtol=0)
     with pytest.raises(ValueError, match="query_pre_attn_scalar is not its head_dim"):
-        from gemma3.gguf import export_gguf
+        from gemma3.io.gguf import export_gguf
         export_gguf(tiny_model(query_pre_attn_scalar=16), tok, tmp_path / "x.gguf")
     assert not (tmp_path / "x.gguf").exists() and not list(tmp_path.glob(".x.gguf*"))
 
@@ -307,9 +307,9 @@ def test_a_gguf_type_for_another_format_gets_one_sentence(tmp_path, capsys):
 def online_hub(monkeypatch):
     """The Hub as reachable, with list_repo_files answering from a given list (no network is used)."""
     import huggingface_hub
-    from gemma3 import checkpoints
-    monkeypatch.setattr(checkpoints, "_hub_offline", lambda: False)
-    monkeypatch.setattr(checkpoints, "hub_reachable", lambda endpoint=None: True)
+    from gemma3.io import hub
+    monkeypatch.setattr(hub, "_hub_offline", lambda: False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda endpoint=None: True)
     files = []
     monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", lambda self, repo_id, **kw: list(files))
     return files
@@ -345,7 +345,8 @@ def test_a_byte_level_vocabulary_of_its_own_tokenizes_as_transformers_reads_it(t
     """A "gpt2"-model tokenizer that is not GPT-2's own (here: only its first 3000 merges) is built from the
     file's tokens and merges, not swapped for the bundled GPT-2."""
     from transformers import AutoTokenizer
-    from gemma3.gguf import gpt2_vocab, gguf_tokenizer
+    from gemma3.io.gguf import gguf_tokenizer
+    from gemma3.io.tokenizer_files import gpt2_vocab
     tokens, merges = gpt2_vocab()
 
     def vocab(w):

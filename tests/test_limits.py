@@ -16,9 +16,9 @@ import pytest
 import torch
 
 import gemma3
-from gemma3 import checkpoints
+from gemma3.io import checkpoints
 from gemma3.config import LIMITS
-from gemma3.generate import generate_tokens
+from gemma3.generation import generate_tokens
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_gguf import TEXTS, sentencepiece_vocab, tiny_model, write_like_llama_cpp  # noqa: E402
@@ -155,7 +155,7 @@ def test_a_sentencepiece_vocabulary_is_rebuilt_in_linear_time_and_absurd_entries
     """Issue 21 item 4: one 800,000-character token took 79 s (every split of every token was copied); now
     an entry is at most LIMITS["token_chars"] long, and a vocabulary whose splits all match is refused once
     it makes more merges than LIMITS["vocab_merges"], in well under a second per million characters."""
-    from gemma3.tokenizer import tokenizer_from_gguf_meta
+    from gemma3.io.tokenizer_files import tokenizer_from_gguf_meta
     meta = {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": ["a", "b", "a" * 800_000]}
     refused(lambda: tokenizer_from_gguf_meta(meta), "an entry of 800,000 characters")
     runs = [c * k for c in "abcdefghijkl" for k in range(1, LIMITS["token_chars"] + 1)]  # every split is a token
@@ -300,8 +300,8 @@ def test_a_gguf_listing_more_tokens_than_embedding_rows_loads_and_never_uses_an_
 def test_a_tokenizer_json_listing_more_tokens_than_embedding_rows_refuses_text_needing_them(tmp_path):
     """Issue 21 item 11: the same vocabulary as a tokenizer.json beside the weights (in full: with EXTRA) loads;
     text that would become an id without an embedding row is refused in one sentence, other text is read."""
-    from gemma3.gguf import _open
-    from gemma3.tokenizer import tokenizer_from_gguf_meta
+    from gemma3.io.gguf import _open
+    from gemma3.io.tokenizer_files import tokenizer_from_gguf_meta
     model, f = gemma_like_gguf(tmp_path)
     full = tokenizer_from_gguf_meta(_open(f).meta)
     assert full.vocab_size == ROWS + len(EXTRA)

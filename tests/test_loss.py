@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 import gemma3
-from gemma3 import loss, native
+from gemma3 import loss
+from gemma3.runtime import native
 from conftest import random_ids
 
 

@@ -20,7 +20,7 @@ sys.modules["fcntl"] = None
 sys.modules["torch.utils.cpp_extension"] = None
 import torch
 import gemma3
-from gemma3 import native
+from gemma3.runtime import native
 model, tok = gemma3.load_model({str(DEMO)!r}, device="cpu", dtype=torch.float32)
 text = gemma3.generate(model, tok, {PROMPT!r}, max_new_tokens={TOKENS}, temperature=0.0)
 print(repr(text))
@@ -44,7 +44,7 @@ def test_gemma3_generates_without_fcntl_or_a_kernel_build(tmp_path):
 
 def test_importing_gemma3_loads_neither_the_compiler_nor_a_kernel():
     code = ("import sys, gemma3; print([m for m in ('torch._dynamo', 'torch.utils.cpp_extension') if m in sys.modules],"
-            " hasattr(gemma3.native, 'fcntl'))")
+            " hasattr(gemma3.runtime.native, 'fcntl'))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr

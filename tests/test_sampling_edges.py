@@ -10,7 +10,7 @@ import torch
 import explain
 import gemma3
 from gemma3.__main__ import main
-from gemma3.generate import GREEDY_BELOW, check_settings, next_token
+from gemma3.generation import GREEDY_BELOW, check_settings, next_token
 
 TINY_TEMPERATURES = (1e-6, 1e-38, 1e-45)  # 1e-45: the smallest float; dividing by any of them overflowed before
 LOGITS = torch.tensor([[3.0, 9.0, -2.0, 8.5]])

@@ -17,7 +17,8 @@ import torch
 from safetensors.torch import save_file
 
 import gemma3
-from gemma3 import checkpoints
+from gemma3.io import checkpoints
+from gemma3.io.layouts import from_native
 
 OUTSIDE = "points outside the model folder"
 
@@ -103,7 +104,7 @@ def linked_folder(folder, where):
 
 
 def linked_config(folder, where):
-    save_file(checkpoints.from_native(_tiny().state_dict()), str(folder / "model.safetensors"))
+    save_file(from_native(_tiny().state_dict()), str(folder / "model.safetensors"))
     (folder / "config.json").symlink_to(where / "config.json")
 
 
@@ -166,7 +167,7 @@ def test_a_hub_repository_cannot_reach_out_of_its_cache_folder(tmp_path, monkeyp
     cache = tmp_path / "hub"
     snapshot = _hub_repo(cache, "someone/evil")
     other = _hub_repo(cache, "someone/victim")  # another repository in the same cache
-    save_file(checkpoints.from_native(_tiny().state_dict()), str(other / "model.safetensors"))
+    save_file(from_native(_tiny().state_dict()), str(other / "model.safetensors"))
     _hf_config(snapshot, outside)
     monkeypatch.setattr(C, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(C, "HF_HUB_OFFLINE", True)

@@ -4,6 +4,7 @@ import socket
 
 import pytest
 
+import gemma3
 from gemma3 import tokenizer as T
 
 
@@ -70,7 +71,7 @@ def test_builds_without_network(monkeypatch):
     T.gpt2_tokenizer.cache_clear()
     tok = T.gpt2_tokenizer()
     assert tok.encode("Once upon a time") == [7454, 2402, 257, 640]
-    assert T.load_tokenizer(None) is tok
+    assert gemma3.load_tokenizer(None) is tok
 
 
 def test_missing_or_corrupt_ranks(tmp_path):
@@ -83,7 +84,7 @@ def test_missing_or_corrupt_ranks(tmp_path):
 
 
 def test_load_tokenizer_falls_back_to_gpt2(tmp_path):
-    assert isinstance(T.load_tokenizer(tmp_path), T.GPT2Tokenizer)
+    assert isinstance(gemma3.load_tokenizer(tmp_path), T.GPT2Tokenizer)
 
 
 @pytest.fixture
@@ -107,8 +108,8 @@ def tiny_hf(tmp_path):
 
 
 def test_hf_tokenizer(tiny_hf, tmp_path):
-    tok = T.load_tokenizer(tiny_hf)
-    assert isinstance(tok, T.HFTokenizer)
+    tok = gemma3.load_tokenizer(tiny_hf)
+    assert isinstance(tok, gemma3.HFTokenizer)
     assert tok.eot_id == 1 and tok.bos_id == 2
     assert tok.stop_ids == {1, 3}
     assert tok.vocab_size == 300
@@ -122,7 +123,7 @@ def test_hf_tokenizer(tiny_hf, tmp_path):
     assert len(emoji) > 1 and tok.decode(emoji[:1]).endswith("\ufffd")
     # save and reload gives the same tokenizer
     tok.save(tmp_path / "copy")
-    assert T.load_tokenizer(tmp_path / "copy").encode(text) == ids
+    assert gemma3.load_tokenizer(tmp_path / "copy").encode(text) == ids
 
 
 def test_hf_without_bos_or_eos(tmp_path):
@@ -135,5 +136,5 @@ def test_hf_without_bos_or_eos(tmp_path):
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(["hello world"], trainer)
     tok.save(str(tmp_path / "tokenizer.json"))
-    hf = T.HFTokenizer(tmp_path / "tokenizer.json")
+    hf = gemma3.HFTokenizer(tmp_path / "tokenizer.json")
     assert hf.bos_id is None and hf.eot_id == 0 and hf.stop_ids == {0}

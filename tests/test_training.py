@@ -195,7 +195,7 @@ def test_training_gradients_match_transformers(length):
     """Both attention paths (is_causal inside the window, an explicit mask beyond it) train exactly like
     transformers' eager Gemma 3: same loss, same gradient for every parameter."""
     from conftest import build_hf_tiny, random_ids
-    from gemma3.checkpoints import to_native
+    from gemma3.io.layouts import to_native
 
     ref = build_hf_tiny(seed=3).train()
     ours = gemma3.Gemma3(gemma3.Gemma3Config.from_hf(ref.config.to_dict())).train()

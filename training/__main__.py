@@ -170,7 +170,7 @@ def cmd_prepare(args) -> int:
 
 def cmd_train(args) -> int:
     cfg = config_from_args(args)
-    from gemma3.cpu import keep_freed_memory
+    from gemma3.runtime.cpu import keep_freed_memory
 
     from .trainer import train
     keep_freed_memory()  # about 10% faster CPU steps (gemma3/cpu.py)
@@ -178,7 +178,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from gemma3.checkpoints import check_out_dir
+    from gemma3.io.files import check_out_dir
 
     from .card import export
     check_out_dir(args.out, args.force)  # before the model is loaded and its samples written

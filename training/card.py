@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 import gemma3
-from gemma3.checkpoints import atomic_dir_write, write_model_files
+from gemma3.io.checkpoints import write_model_files
+from gemma3.io.files import atomic_dir_write
 from gemma3.errors import no_paths
 
 from .config import TrainConfig

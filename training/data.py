@@ -24,7 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gemma3.checkpoints import atomic_write_text, check_no_file_above, hub_reachable
+from gemma3.io.files import atomic_write_text, check_no_file_above
+
+from gemma3.io.hub import hub_reachable
 from gemma3.tokenizer import ENDOFTEXT, gpt2_tokenizer
 
 from .stories import iter_stories

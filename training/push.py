@@ -25,7 +25,8 @@ import tempfile
 from pathlib import Path
 
 import gemma3
-from gemma3.checkpoints import hub_reachable, write_model_files
+from gemma3.io.checkpoints import write_model_files
+from gemma3.io.hub import hub_reachable
 from gemma3.errors import no_paths
 
 from .card import _records, checkpoint_of, hub_dataset, model_and_card, public_config

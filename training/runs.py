@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from gemma3.checkpoints import atomic_write_text
+from gemma3.io.files import atomic_write_text
 from gemma3.tokenizer import gpt2_tokenizer
 
 from . import status as run_status

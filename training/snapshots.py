@@ -29,7 +29,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from gemma3.checkpoints import FORMAT, atomic_dir_write
+from gemma3.io.checkpoints import FORMAT
+
+from gemma3.io.files import atomic_dir_write
 
 INFO = "snapshot.json"  # written last: a folder without it is not a snapshot (yet)
 DTYPE = torch.bfloat16

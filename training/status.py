@@ -21,7 +21,7 @@ import os
 import time
 from pathlib import Path
 
-from gemma3.checkpoints import atomic_write_text
+from gemma3.io.files import atomic_write_text
 
 try:
     import fcntl

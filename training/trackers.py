@@ -129,7 +129,7 @@ class Trackers:
             self.close(ok=False)
             raise ValueError(f"The {name} tracker could not start ({_first_line(e)}).") from None
         if self.open:
-            from gemma3.checkpoints import atomic_write_text
+            from gemma3.io.files import atomic_write_text
             atomic_write_text(self.run / IDS, json.dumps({n: t.id for n, t in self.open.items() if t.id}))
 
     def log(self, record: dict):

@@ -40,7 +40,8 @@ import torch
 import torch.distributed as dist
 
 import gemma3
-from gemma3.checkpoints import atomic_dir_write, atomic_write_text, check_no_file_above, write_model_files
+from gemma3.io.checkpoints import write_model_files
+from gemma3.io.files import atomic_dir_write, atomic_write_text, check_no_file_above
 
 from . import snapshots, trackers
 from .config import TrainConfig

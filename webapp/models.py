@@ -33,8 +33,8 @@ import torch
 
 import gemma3
 import gemma3.defaults
-from gemma3.__main__ import describe
-from gemma3.checkpoints import resolve_source
+from gemma3 import describe
+from gemma3.io.hub import resolve_source
 
 from .inputs import UserError
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,7 +132,7 @@ def random_model(preset: str = "tiny", seed: int = 0):
 def load_source(source: str, token: bool | None = None):
     """(model, tokenizer, ModelInfo) for a checked source; errors propagate as gemma3 raises them.
 
-    token: what a Hub download carries (gemma3.checkpoints.resolve_source): None, the app's own token
+    token: what a Hub download carries (gemma3.io.hub.resolve_source): None, the app's own token
     (HF_TOKEN: the owner's choices); False, none (a visitor's: what the cache holds, or a public repository)."""
     if source.startswith("random:"):
         model, tok = random_model(source[7:])

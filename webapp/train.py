@@ -331,7 +331,7 @@ def export_gguf(trainer: "Trainer", name, dtype) -> Path:
     which keeps only the latest export (Gradio serves its own copy) and is removed when the app ends; a failed
     export leaves nothing behind."""
     import gemma3
-    from gemma3.gguf import EXPORT_TYPES
+    from gemma3.io.gguf import EXPORT_TYPES
 
     dtype = choice(dtype, "GGUF type", EXPORT_TYPES)
     source = trainer.checkpoint(name)

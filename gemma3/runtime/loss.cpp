@@ -1,12 +1,12 @@
 /* The training loss's C pass (gemma3/loss.py), registered as the PyTorch operator
-   gemma3_loss::softmax_xent_ and built by gemma3/native.py. */
+   gemma3_loss::softmax_xent_ and built by gemma3/runtime/native.py. */
 #include <torch/library.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 
 #include "simd.h"
 
-/* The training loss's rows (gemma3/loss.py), in place: fp32 logits x [rows, V] become
+/* The training loss's rows (gemma3/loss.py, through gemma3/runtime/fused_loss.py), in place: fp32 logits x [rows, V] become
    softmax(x) - one_hot(t), and loss[r] = logsumexp(x_r) - x_r[t_r]. Three passes over a row, which
    stays in L2 after the first: its max, the sum of exp(x - max) (lanes summed in double), the
    gradient. A row with a NaN or an infinity gets a NaN loss and gradient (the trainer then skips the

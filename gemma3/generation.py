@@ -2,6 +2,9 @@
 
 `generate_tokens` yields token ids; `stream` turns them into text pieces that are always whole
 UTF-8 characters and never show a stop string; `generate` joins the pieces.
+
+The forward passes run through a decoder: the model's own forward here (`reference_decoder`); a faster one
+is applied from outside with `use_decoder` (gemma3/__init__.py installs the engine's, gemma3/runtime/engine).
 """
 
 from __future__ import annotations
@@ -10,13 +13,32 @@ import math
 import numbers
 import time
 import warnings
+from contextlib import nullcontext
 from typing import Iterator
 
 import torch
 
-from . import engine
-
 GREEDY_BELOW = 1e-5  # a temperature below this (0 included) picks the most likely token: dividing by it could overflow
+
+
+def reference_decoder(model, use_engine: bool = True):
+    """The forward generate_tokens calls, as f(ids, cache, last_only): the model's own; `with f.step():` wraps
+    each decoded token (forward and sampling), here doing nothing."""
+    def f(ids, cache, last_only=False):
+        return model(ids, cache=cache, last_only=last_only)
+
+    f.step = nullcontext
+    return f
+
+
+_decoder = reference_decoder
+
+
+def use_decoder(make):
+    """Make generate_tokens's forward with `make(model, use_engine)` from now on; it takes reference_decoder's
+    form (f(ids, cache, last_only) with f.step()), and runs the model's own forward when use_engine is False."""
+    global _decoder
+    _decoder = make
 
 
 def _finite(x) -> bool:
@@ -97,8 +119,8 @@ def generate_tokens(model, ids: list[int], max_new_tokens: int = 200, temperatur
                     stop_ids=(), stats: dict | None = None, use_engine: bool = True) -> Iterator[int]:
     """Yield new token ids after the prompt `ids` until a stop id, max_new_tokens or the context end.
 
-    The forward passes run on the engine where it applies (gemma3/engine: the same logits, faster on
-    a CPU), else on the model itself; `use_engine=False` always runs the reference model."""
+    The forward passes run on the installed decoder (use_decoder: the engine where it applies, the same
+    logits, faster on a CPU), else on the model itself; `use_engine=False` always runs the reference model."""
     check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
     if not ids:
         raise ValueError("The prompt is empty after tokenisation; give at least one token.")
@@ -110,7 +132,7 @@ def generate_tokens(model, ids: list[int], max_new_tokens: int = 200, temperatur
     seen = torch.zeros(1, model.config.vocab_size, dtype=torch.bool, device=device)
     seen[0, ids] = True
     stats.update(prompt_tokens=len(ids), new_tokens=0, stop_reason="length")
-    forward = engine.decoder(model, use_engine)
+    forward = _decoder(model, use_engine)
     t0 = time.perf_counter()
     logits = forward(torch.tensor([ids], device=device), cache, last_only=True)[:, -1]
     token = next_token(logits, temperature, top_k, top_p, repetition_penalty, seen, generator)
@@ -130,7 +152,7 @@ def generate_tokens(model, ids: list[int], max_new_tokens: int = 200, temperatur
             stats["stop_reason"] = "length" if cache.max_len < context else "context"
             break
         seen[0, tok] = True
-        with forward.step():  # the token's threads (engine.decoder)
+        with forward.step():  # e.g. the token's threads (the engine's decoder)
             logits = forward(token.view(1, 1), cache)[:, -1]
             token = next_token(logits, temperature, top_k, top_p, repetition_penalty, seen, generator)
     stats["decode_s"] = time.perf_counter() - t0

@@ -1,9 +1,9 @@
 """Build and load gemma3's C++ kernels as PyTorch operators, safely, once per machine and user.
 
-`load("engine/kernels.cpp")` compiles a source file of this package (with torch.utils.cpp_extension,
+`load("engine/kernels.cpp")` compiles a source file of gemma3/runtime/ (with torch.utils.cpp_extension,
 which registers its TORCH_LIBRARY operators under torch.ops) and returns True, or False where the
 kernels cannot run here: not Linux on x86-64, no AVX512-BF16, no compiler, GEMMA3_NO_KERNEL=1, or a
-failed build, whose reason is logged once ("gemma3.native" logger) so nobody wonders why the PyTorch
+failed build, whose reason is logged once ("gemma3.runtime.native" logger) so nobody wonders why the PyTorch
 code runs. A library is built into, and loaded only from, a folder of this user's: GEMMA3_CACHE, else
 ~/.cache/gemma3, else (not writable) gemma3-<uid> in the temporary folder; each created with mode
 0700, and refused when another user owns it or may write to it, so nobody else can plant a library
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-log = logging.getLogger("gemma3.native")
+log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 # -ffp-contract=off: no fused multiply-adds, so every product and sum rounds where PyTorch's does.
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512bf16", "-ffp-contract=off", "-fopenmp"]
@@ -112,7 +112,7 @@ def _reason(e: Exception) -> str:
 
 
 def load(relative: str) -> bool:
-    """Build (once) and load the operators of gemma3/<relative>; whether they can be used."""
+    """Build (once) and load the operators of gemma3/runtime/<relative>; whether they can be used."""
     if relative in _loaded:
         return _loaded[relative]
     _loaded[relative] = False

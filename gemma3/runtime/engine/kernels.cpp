@@ -1,6 +1,6 @@
 /* The engine's C++ kernels: Gemma 3's inference on a CPU in fewer, vectorized passes. Each is a PyTorch
    operator gemma3_engine::NAME (registered at the end of this file, with its shapes for torch.compile
-   in ops.py), built by gemma3/native.py with AVX512F/BW/BF16, OpenMP and -ffp-contract=off: no fused
+   in ops.py), built by gemma3/runtime/native.py with AVX512F/BW/BF16, OpenMP and -ffp-contract=off: no fused
    multiply-adds, so every product and sum rounds where the PyTorch code of gemma3/model.py rounds it.
    The prompt's loops run on PyTorch's OpenMP threads, so torch.set_num_threads governs them too; a
    decoded token (decode_row) runs on threads of this file's own, as many as its caller asks for. */

@@ -15,7 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..model import RoPE, sliding_mask
+from ...model import RoPE, sliding_mask
 from . import ops
 from .packing import stacked
 

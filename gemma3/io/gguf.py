@@ -20,13 +20,15 @@ from __future__ import annotations
 import numbers
 import os
 import tempfile
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .config import LIMITS, Gemma3Config
+from ..config import LIMITS, Gemma3Config
+from .files import regular_file
+from .layouts import check_shapes
+from .tokenizer_files import gpt2_vocab, tokenizer_from_gguf_meta
 
 ARCH = "gemma3"
 _TOP = {"embed.weight": "token_embd.weight", "final_norm.weight": "output_norm.weight",
@@ -85,7 +87,6 @@ class _File:
         import mmap
         import struct
 
-        from .checkpoints import regular_file
 
         self.struct = struct
         if not regular_file(path, path.name):
@@ -298,8 +299,6 @@ def _to_torch(name: str, data: np.ndarray, kind: int) -> torch.Tensor:
 def read_gguf(path) -> tuple[Gemma3Config, dict, dict]:
     """(config, our state dict, metadata) from a Gemma 3 GGUF file; the config and every tensor's name, type
     and shape are checked against each other before any tensor is read."""
-    from .checkpoints import check_shapes
-
     path = Path(path)
     f = _open(path)
     _check_arch(f.meta, path.name)
@@ -333,65 +332,11 @@ def gguf_tokenizer(path):
     path = Path(path)
     f = _open(path)
     _check_arch(f.meta, path.name)
-    from .tokenizer import tokenizer_from_gguf_meta
-
     rows = next((dims[-1] for name, dims, _, _ in f.tensors if name == "token_embd.weight"), None)
     return tokenizer_from_gguf_meta(f.meta, name=path.stem, rows=rows)
 
 
 # ---- writing ----------------------------------------------------------------------------------------
-
-@lru_cache(maxsize=1)
-def byte_spelling() -> dict[int, str]:
-    """GPT-2's printable spelling of each byte (bytes_to_unicode), which byte-level vocabularies use."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
-    out, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            out[b] = chr(b)
-        else:
-            out[b] = chr(256 + extra)
-            extra += 1
-    return out
-
-
-def _spell(token: bytes) -> str:
-    s = byte_spelling()
-    return "".join(s[b] for b in token)
-
-
-def _two_parts(ranks: dict, token: bytes, rank: int) -> list[bytes]:
-    """BPE of `token` with the merges ranked below its own: the pair it was merged from."""
-    parts = [bytes([b]) for b in token]
-    while len(parts) > 2:
-        best = None
-        for i in range(len(parts) - 1):
-            r = ranks.get(parts[i] + parts[i + 1])
-            if r is not None and r < rank and (best is None or r < best[0]):
-                best = (r, i)
-        if best is None:
-            break
-        i = best[1]
-        parts[i:i + 2] = [parts[i] + parts[i + 1]]
-    return parts
-
-
-@lru_cache(maxsize=1)
-def gpt2_vocab() -> tuple[list[str], list[str]]:
-    """GPT-2's tokens (byte-level spelling, by id, <|endoftext|> last) and merges ("a b", by rank)."""
-    from .tokenizer import ENDOFTEXT, load_gpt2_ranks
-
-    ranks = load_gpt2_ranks()
-    by_id = sorted(ranks, key=ranks.get)
-    merges = []
-    for token in by_id:
-        if len(token) > 1:
-            parts = _two_parts(ranks, token, ranks[token])
-            if len(parts) != 2:
-                raise ValueError("The GPT-2 ranks file does not describe a BPE vocabulary.")
-            merges.append(f"{_spell(parts[0])} {_spell(parts[1])}")
-    return [_spell(t) for t in by_id] + [ENDOFTEXT], merges
-
 
 def _tokenizer_meta(writer, tokenizer, vocab_size: int):
     """The GPT-2 BPE tokenizer as llama.cpp reads it (tokenizer.ggml.model = gpt2)."""

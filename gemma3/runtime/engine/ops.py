@@ -18,7 +18,7 @@ _ready: bool | None = None
 
 
 def available() -> bool:
-    """Whether the kernels run here (built once per machine and user, about 15 s; see gemma3/native.py). Under
+    """Whether the kernels run here (built once per machine and user, about 15 s; see gemma3/runtime/native.py). Under
     torch.compile a constant: whether they were loaded before compiling (no file read to trace)."""
     global _ready
     if torch.compiler.is_compiling():

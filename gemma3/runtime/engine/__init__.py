@@ -2,10 +2,11 @@
 
 gemma3/model.py is the plain PyTorch reference that learners read and the explainer records. For
 generation, `forward(model, ids, cache)` computes the same logits from the same modules and weights
-with C++ operators (kernels.cpp, built once per machine by gemma3/native.py) where the CPU has
+with C++ operators (kernels.cpp, built once per machine by gemma3/runtime/native.py) where the CPU has
 AVX512-BF16: a decoded token is one call (every block, the final norm, the head) instead of
 hundreds of small PyTorch operations, a prompt's element-wise work is one vectorized pass each, and load_model packs q/k/v for
-bf16 (packing.py). `decoder(model)` says which forward generation should use. Training and the
+bf16 (packing.py). `decoder(model)` says which forward generation should use (gemma3/__init__.py installs
+it into gemma3/generation.py). Training and the
 explainer never use the engine; a model with forward hooks (someone is watching it) runs the
 reference. bench/generate.py measures what the engine earns against the reference, against the
 reference under torch.compile, and against transformers.
@@ -18,7 +19,7 @@ from contextlib import nullcontext
 import torch
 
 from .. import cpu
-from ..model import Gemma3
+from ...model import Gemma3
 from . import ops
 from .forward import forward
 from .ops import available
@@ -67,7 +68,7 @@ def decoder(model, use_engine: bool = True, threads: int | None = None):
 
 def describe(model) -> str:
     """Which code runs inference, in words (for `python -m gemma3 info` and the app)."""
-    return ("the engine's C++ kernels (gemma3/engine)" if applies(model)
+    return ("the engine's C++ kernels (gemma3/runtime/engine)" if applies(model)
             else "the reference model's PyTorch operations")
 
 
