@@ -350,7 +350,7 @@ def activation_figure(record: Record) -> go.Figure:
 # ---- next token ----------------------------------------------------------------------------------
 def sampling_probs(logits: torch.Tensor, temperature: float, top_k: int | None = None, top_p: float | None = None,
                    repetition_penalty: float = 1.0, seen=None) -> torch.Tensor:
-    """The distribution gemma3.generate.next_token samples from; the repetition penalty applies to the token ids
+    """The distribution gemma3.generation.next_token samples from; the repetition penalty applies to the token ids
     `seen` (the text so far)."""
     mask = None
     if seen is not None and len(seen):

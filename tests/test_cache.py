@@ -46,7 +46,7 @@ def test_decoding_one_token_at_a_time_equals_full_forward(tiny, prefill):
 
 @pytest.mark.parametrize("batch, prefill", [(2, 5), (1, 4), (1, W + 3)])
 def test_the_engine_decoding_equals_full_forward(tiny, batch, prefill):
-    """The engine (gemma3/engine, where it runs here) decodes through the ring wrap-arounds to the
+    """The engine (gemma3/runtime/engine, where it runs here) decodes through the ring wrap-arounds to the
     full pass's logits; batch 1 takes its one-call block halves, batch 2 its per-step path."""
     from gemma3.runtime import engine
 

@@ -1,4 +1,4 @@
-"""gemma3.cpu.keep_freed_memory: a training-step-like loop of big tensors stops page-faulting them in."""
+"""gemma3.runtime.cpu.keep_freed_memory: a training-step-like loop of big tensors stops page-faulting them in."""
 
 import subprocess
 import sys
@@ -41,7 +41,7 @@ def test_freed_memory_is_reused_without_page_faults():
 
 
 def test_decoding_keeps_the_faster_thread_count_and_notices_a_busy_machine(monkeypatch):
-    """gemma3.cpu.DecodeThreads on a simulated clock. Quiet: two threads win. Busy (every token may
+    """gemma3.runtime.cpu.DecodeThreads on a simulated clock. Quiet: two threads win. Busy (every token may
     be preempted; two threads usually 3x slower than one and sometimes 50x): it moves to one thread
     within a few tokens, stays there although single tokens say otherwise now and then, and its tries
     of two threads cost little in all. Quiet again: two threads come back."""

@@ -1,4 +1,4 @@
-"""gemma3/engine: the CPU fast path gives what the reference model gives, stays out of the reference, is
+"""gemma3/runtime/engine: the CPU fast path gives what the reference model gives, stays out of the reference, is
 safe under torch.compile, and builds its library only where nobody else can plant one."""
 
 import ast

@@ -3,7 +3,7 @@ F.cross_entropy over the full logits gives: the same loss, the same gradients, N
 
 The reference is plain PyTorch autograd through `F.cross_entropy(logits.float(), targets)`, which is
 what transformers' Gemma3ForCausalLM(labels=...) computes. Each case runs with the C++ pass of
-gemma3/loss.cpp where it builds and with the PyTorch code (`kernel` on / off)."""
+gemma3/runtime/loss.cpp where it builds and with the PyTorch code (`kernel` on / off)."""
 
 import pytest
 import torch

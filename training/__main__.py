@@ -173,7 +173,7 @@ def cmd_train(args) -> int:
     from gemma3.runtime.cpu import keep_freed_memory
 
     from .trainer import train
-    keep_freed_memory()  # about 10% faster CPU steps (gemma3/cpu.py)
+    keep_freed_memory()  # about 10% faster CPU steps (gemma3/runtime/cpu.py)
     return train(cfg, resume=args.resume)
 
 
