@@ -80,9 +80,9 @@ def attention(page, width):
     tab(page, "Attention")
     page.locator("#attention-lines .al-links path").first.wait_for(state="attached")
     wait_plot(page, "attention")
-    page.locator('#attention-lines .al-t[data-side="q"]').nth(12).hover()
-    time.sleep(0.5)
     show(page, "#attention-words")
+    page.locator('#attention-lines .al-t[data-side="q"]').nth(12).hover()   # only its lines, their weights beside
+    time.sleep(0.5)
 
 
 def attention_long(page, width):
@@ -120,6 +120,7 @@ def train(page, width):
     tab(page, "Train")
     page.locator("#train-stories input").fill("300")
     page.get_by_label("demo").first.check()
+    time.sleep(2)   # the preset fills in its settings first
     for field, value in (("steps", "300"), ("batch", "8"), ("seq", "64")):
         page.locator(f"#train-{field} input").fill(value)
     page.click("#train-start")
@@ -137,7 +138,8 @@ def tour(page, width):
     for _ in range(2):
         page.click("#tour-next")
         time.sleep(1.5)
-    time.sleep(1.5)
+    wait_plot(page, "attention")
+    time.sleep(2)
 
 
 def bad_load(page, width):
