@@ -58,7 +58,7 @@ def build(model=None, tokenizer=None, description: str | None = None, *, cache: 
     elif cache is None:
         source = description or "model given to build()"
         cache = models.ModelCache(model, tokenizer, models.model_info(model, tokenizer, source, description))
-    trainer = tr.Trainer(runs_dir or RUNS_DIR, data_dir or DATA_DIR)
+    trainer = tr.RunDesk(runs_dir or RUNS_DIR, data_dir or DATA_DIR)
     explorer = ex.Explorer(cache)
     learning = Learning(trainer.runs_dir, cache)   # snapshots load through the model cache
     with gr.Blocks(title=TITLE, delete_cache=DELETE_CACHE) as demo:

@@ -145,7 +145,7 @@ def test_a_gguf_export_needs_the_permission_and_keeps_only_the_latest_file(demo,
     with pytest.raises(OSError):
         tr.export_gguf(trainer, "r1", "f16")
     assert list(trainer.exports.iterdir()) == []
-    other = tr.Trainer(trainer.runs_dir, trainer.data_dir)
+    other = tr.RunDesk(trainer.runs_dir, trainer.data_dir)
     folder = other.exports
     del other
     assert not folder.exists()

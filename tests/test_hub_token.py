@@ -25,7 +25,7 @@ from training.stories import iter_stories
 from webapp import models
 from webapp import train as tr
 from webapp.inputs import UserError
-from webapp.train import Trainer
+from webapp.train import RunDesk
 from webapp.ui.model_bar import ModelBar
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -178,7 +178,7 @@ def uploaded_run(tmp_path_factory):
     upload = base / "gradio" / "3f2a9c" / UPLOADED
     upload.parent.mkdir(parents=True)
     upload.write_text("\n\n".join(s for s, _ in zip(iter_stories(seed=0), range(60))))
-    trainer = Trainer(base / "runs", base / "data")
+    trainer = RunDesk(base / "runs", base / "data")
     data, _ = trainer.prepare("files", files=[str(upload)])
     out = base / "runs" / "diary"
     cfg = TrainConfig.for_preset("tiny", data=str(data), out=str(out), batch_size=2, seq_len=16, max_steps=2,
@@ -255,7 +255,7 @@ def test_the_train_tab_says_before_the_click_which_account_and_repository_a_push
 
     from webapp.ui import train as ui_train
 
-    trainer = Trainer(uploaded_run.parent, uploaded_run.parents[1] / "data")
+    trainer = RunDesk(uploaded_run.parent, uploaded_run.parents[1] / "data")
     with gr.Blocks() as demo:
         tab = ui_train.build(trainer)
     assert tab.c["private"].value is True

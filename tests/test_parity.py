@@ -3,7 +3,7 @@
 A user notices a mismatch as different logits for the same checkpoint, a different greedy story,
 or an exported folder that transformers reads differently. The tiny model (conftest.py) has random
 RMSNorm weights, head_dim != hidden/heads, query_pre_attn_scalar != head_dim and a window of 8,
-so each of DESIGN.md's traps changes the logits.
+so each of Gemma 3's traps (RMSNorm's 1 + w, the attention scale, the window, the embedding scale) changes the logits.
 """
 
 import copy
@@ -137,7 +137,7 @@ def test_greedy_generation_matches_transformers(hf_tiny, tiny, use_engine):
     assert len(set(ours)) > 5  # a varied continuation, not one token repeated
 
 
-# ---- DESIGN.md's traps -----------------------------------------------------------------------------
+# ---- the traps a reimplementation of Gemma 3 falls into -----------------------------------------------
 
 def test_sliding_mask_sees_exactly_window_keys():
     """Query i sees keys i-W+1 .. i: W keys including itself (min(i+1, W) at the start), like transformers."""

@@ -328,9 +328,9 @@ def test_a_call_with_missing_or_refused_inputs_gets_a_sentence():
 
 def test_the_train_tab_shows_a_failed_run_in_one_sentence(tmp_path):
     from training.status import write_status
-    from webapp.train import Trainer
+    from webapp.train import RunDesk
 
-    trainer = Trainer(tmp_path / "runs", tmp_path / "data")
+    trainer = RunDesk(tmp_path / "runs", tmp_path / "data")
     run = tmp_path / "runs" / "broken"
     run.mkdir(parents=True)
     (run / "config.json").write_text(json.dumps({"max_steps": 10}))
@@ -346,9 +346,9 @@ def test_the_train_tab_shows_a_failed_run_in_one_sentence(tmp_path):
 
 def test_an_upload_whose_name_is_not_text_gets_a_sentence(tmp_path):
     from webapp.inputs import UserError
-    from webapp.train import Trainer
+    from webapp.train import RunDesk
 
-    trainer = Trainer(tmp_path / "runs", tmp_path / "data")
+    trainer = RunDesk(tmp_path / "runs", tmp_path / "data")
     with pytest.raises(UserError, match="holds characters that are not valid text; rename the file"):
         trainer.data_source("files", files=[str(tmp_path / "st\ud800ry.txt")])
     odd = tmp_path / os.fsdecode(b"caf\xe9.txt")  # a Latin-1 name: a surrogate-escaped str, a valid file

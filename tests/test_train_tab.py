@@ -85,7 +85,7 @@ def test_a_run_downloads_as_gguf_and_a_push_offline_says_so(tmp_path):
     cfg = TrainConfig.for_preset("tiny", data=str(data), out=str(runs_dir / "r"), max_steps=3, batch_size=2,
                                  seq_len=32, eval_windows=2, sample_tokens=2, snapshot_mb=0)
     assert train(cfg) == 0
-    trainer = tr.Trainer(runs_dir, tmp_path / "data")
+    trainer = tr.RunDesk(runs_dir, tmp_path / "data")
     path = tr.export_gguf(trainer, "r", "f32")
     assert path.name == "r-f32.gguf"
     ours, _ = gemma3.load_model(trainer.checkpoint("r"), device="cpu", dtype=torch.float32)
@@ -139,9 +139,9 @@ def test_the_eta_reads_as_a_range_then_as_about(record, words):
 
 
 def test_while_a_start_prepares_its_data_the_monitor_says_so(tmp_path):
-    from webapp.train import Trainer
+    from webapp.train import RunDesk
 
-    trainer = Trainer(tmp_path / "runs", tmp_path / "data")
+    trainer = RunDesk(tmp_path / "runs", tmp_path / "data")
     assert trainer.metrics()["status"].startswith("No training runs yet")
     trainer.pending = "preparing the training data for a new run …"
     assert trainer.metrics()["status"] == "Preparing the training data for a new run …"

@@ -236,7 +236,7 @@ def test_a_bad_setting_gets_the_same_sentence_everywhere(bad, field, sentence, t
     from training import runs
     from training.__main__ import main
     from training.config import ConfigError
-    from webapp.train import Trainer
+    from webapp.train import RunDesk
 
     settings = {"preset": "tiny", **bad}
     with pytest.raises(ConfigError, match=re.escape(sentence)) as err:
@@ -248,7 +248,7 @@ def test_a_bad_setting_gets_the_same_sentence_everywhere(bad, field, sentence, t
         form = dict(preset="tiny", max_steps=100, batch_size=4, grad_accum=1, seq_len=32, lr=2e-3, device="cpu",
                     gpus=1, compile=False)
         with pytest.raises(ValueError, match=re.escape(sentence)):
-            Trainer(tmp_path / "runs", tmp_path / "data").config(**{**form, **bad})
+            RunDesk(tmp_path / "runs", tmp_path / "data").config(**{**form, **bad})
     if field not in ("model", "compile"):  # not flags that can carry a bad value
         flags = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]
         assert main(["train", f"--out={tmp_path / 'run'}", *flags]) == 2

@@ -113,8 +113,9 @@ def _elapsed(seconds) -> str:
     return f"{h}h {m:02d}m" if h else f"{m}m {s:02d}s" if m else f"{s}s"
 
 
-class Trainer:
-    """Start, stop, resume and watch runs in runs_dir, on data prepared under data_dir."""
+class RunDesk:
+    """The app's desk for training runs: start, stop, resume and watch runs in runs_dir, on data prepared under
+    data_dir (each run trains in its own process, training.Trainer)."""
 
     def __init__(self, runs_dir, data_dir):
         self.runs_dir = Path(runs_dir).resolve()
@@ -326,7 +327,7 @@ class Trainer:
 GGUF_BYTES = {"f32": 4, "f16": 2, "bf16": 2, "q8_0": 34 / 32}   # bytes a weight takes in each GGUF type
 
 
-def export_gguf(trainer: "Trainer", name, dtype) -> Path:
+def export_gguf(trainer: "RunDesk", name, dtype) -> Path:
     """The run's checkpoint ("Use this checkpoint"'s) as a GGUF file to download, in the trainer's exports folder,
     which keeps only the latest export (Gradio serves its own copy) and is removed when the app ends; a failed
     export leaves nothing behind."""
@@ -351,7 +352,7 @@ def export_gguf(trainer: "Trainer", name, dtype) -> Path:
         raise
 
 
-def push_to_hub(trainer: "Trainer", name, repo, private: bool, token=None) -> str:
+def push_to_hub(trainer: "RunDesk", name, repo, private: bool, token=None) -> str:
     """Upload the run (training/push.py: best model if it has one) and return the repository's URL."""
     from training.push import PushError, push
 
@@ -365,7 +366,7 @@ def push_to_hub(trainer: "Trainer", name, repo, private: bool, token=None) -> st
         raise UserError(str(e)) from None
 
 
-def push_plan(trainer: "Trainer", name, repo, private, account: str | None = None) -> str:
+def push_plan(trainer: "RunDesk", name, repo, private, account: str | None = None) -> str:
     """What Push to Hub will write, said before the click: which run, to which repository, with whose token
     (`account`: the Hugging Face user signed in, whose own token the push uses; None: this machine's token), and
     whether a new repository is private. Empty when there is no run to push."""
@@ -381,7 +382,7 @@ def push_plan(trainer: "Trainer", name, repo, private, account: str | None = Non
     return f"Push to Hub writes run **{run.name}** to `{repo}` {who}; a new repository is {new}."
 
 
-def estimate_words(trainer: "Trainer", cfg: TrainConfig) -> Iterator[str]:
+def estimate_words(trainer: "RunDesk", cfg: TrainConfig) -> Iterator[str]:
     """What the Train tab shows while a few steps of the run `cfg` are timed here, then how long the run would
     take (training/probe.py: in a child process, bounded in size and time, killed when the request is
     cancelled, as Start cancels it). While a run trains, its own step times answer instead (the probe would

@@ -1,6 +1,6 @@
 """The Train tab: prepare a story corpus, train a model in the background, watch its loss, use a checkpoint.
 
-The logic lives in webapp.train (Trainer: data, settings, runs) and webapp.guard (who may train on a
+The logic lives in webapp.train (RunDesk: data, settings, runs) and webapp.guard (who may train on a
 Space). app.py connects "Use this checkpoint" to the model bar and the page load to `page_state`.
 """
 
@@ -30,7 +30,7 @@ GUARDED = ("start_btn", "stop_btn", "resume_btn", "estimate_btn", "gguf_btn", "p
 
 @dataclass(eq=False)
 class Train:
-    trainer: tr.Trainer
+    trainer: tr.RunDesk
     c: dict                      # every component of the tab by name
     permission: gr.Markdown
     duplicate: gr.DuplicateButton | None   # only on a Space
@@ -65,7 +65,7 @@ class Train:
         return out
 
 
-def build(trainer: tr.Trainer) -> Train:
+def build(trainer: tr.RunDesk) -> Train:
     """The tab, in the current Tabs, with its events wired (not "Use this checkpoint": see app.py)."""
     with gr.Tab("Train", id="train"):
         allowed, why = guard.training_permission(None)
@@ -120,7 +120,7 @@ def _run_settings() -> dict:
         compile_ = gr.Checkbox(False, label="torch.compile", elem_id="train-compile",
                                info="faster steps (1.1-1.3x on a CPU, 2x on a GPU) after a minute or two "
                                     "of compiling: for long runs")
-    schedule = gr.Plot(tr.Trainer.schedule("tiny", d["max_steps"], d["batch_size"], d["grad_accum"], d["seq_len"],
+    schedule = gr.Plot(tr.RunDesk.schedule("tiny", d["max_steps"], d["batch_size"], d["grad_accum"], d["seq_len"],
                                            d["lr"]),
                        label="Learning-rate schedule of these settings", elem_id="train-schedule")
     return dict(max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, seq_len=seq_len, lr=lr,
@@ -189,7 +189,7 @@ def _wire_settings(c: dict):
 
     def draw_schedule(preset, *values):
         try:
-            return tr.Trainer.schedule(preset, *values)
+            return tr.RunDesk.schedule(preset, *values)
         except ValueError:  # a setting being typed; Start will say what is wrong with it
             return gr.skip()
     gr.on([c["preset"].change, *(x.change for x in form)], draw_schedule, [c["preset"], *form], c["schedule"],
