@@ -142,7 +142,8 @@ JS = r"""
       if (o.title) {
         set('title.text', narrow ? wrap(o.title, w - 20, base) : o.title);
         set('title.yref', 'container'); set('title.y', 1); set('title.yanchor', 'top');
-        const want = Math.max(4, above - box.top + 4), pad = get(gd.layout, 'title.pad.t');
+        // the label and the toolbar sit at the block's top: a larger gap is a measure taken mid-scroll or mid-switch
+        const want = Math.max(4, Math.min(above - box.top + 4, 80)), pad = get(gd.layout, 'title.pad.t');
         if (pad == null || get(gd.layout, 'title.yref') !== 'container') set('title.pad.t', Math.round(want));
         else if (title) {   // Plotly sets a title of several lines off by a little: move it to where it should be
           const shift = want - (title.getBoundingClientRect().top - box.top);
