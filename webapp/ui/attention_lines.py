@@ -128,7 +128,7 @@ def _numbers(att: al.LayerAttention, side: str, x: float, anchor: str) -> str:
 
 def lines_svg(att: al.LayerAttention, drawn: al.Lines, shown: list[int]) -> str:
     """The two token columns and the lines between them; `shown`: the heads drawn."""
-    label_w = max(44, round(7.2 * max(len(_label(t)) for t in att.tokens)) + 12)
+    label_w = max(44, round(8.2 * max(len(_label(t)) for t in att.tokens)) + 14)   # wide letters (m, w, ␣) too
     xq = label_w                              # the query column's right edge
     xk = xq + max(GAP, 48 + 28 * len(shown))  # the key column's left edge; the weights are written in between
     width, height = xk + label_w, TOP + att.n * ROW + 6
