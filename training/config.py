@@ -115,7 +115,7 @@ TRAIN_PRESETS: dict[str, dict] = {
 PRESET_TIMES: dict[str, tuple[str, str]] = {
     "tiny": ("2-core CPU: 1.5 min quiet, 10–30 min shared", "not measured on a GPU"),
     "demo": ("2-core CPU: about 29 min shared (500 steps timed, extrapolated)", "H200: about 5 s of steps (derived)"),
-    "270m": ("2-core CPU: about 40 days (a probe of its steps, extrapolated)",
+    "270m": ("2-core CPU: about 38 days (a probe of its steps, extrapolated)",
              "H200: 2.3 h, 1.2 h compiled (derived)"),
 }
 
