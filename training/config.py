@@ -183,23 +183,23 @@ DTYPES = ("auto", "bf16", "fp32")
 def check(cfg: TrainConfig):
     """Check (and convert whole floats to int, ints to float) every setting of cfg in place; ConfigError if bad."""
     if not isinstance(cfg.preset, str) or cfg.preset not in TRAIN_PRESETS:
-        raise ConfigError("preset", f"Preset must be one of {', '.join(TRAIN_PRESETS)}, not {_show(cfg.preset)}.")
+        raise ConfigError("preset", f"Preset must be one of {', '.join(TRAIN_PRESETS)}, not {value_words(cfg.preset)}.")
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         setattr(cfg, f.name, _typed(f.name, getattr(cfg, f.name), hints[f.name]))
     for name in ("data", "out", "init_from"):
         value = getattr(cfg, name)
         if value is not None and (not value.strip() or "\x00" in value):
-            raise ConfigError(name, f"{SETTINGS[name][0]} must be a path, not {_show(value)}.")
+            raise ConfigError(name, f"{SETTINGS[name][0]} must be a path, not {value_words(value)}.")
     if cfg.device not in DEVICES and not (cfg.device.startswith("cuda:") and cfg.device[5:].isdigit()):
-        raise ConfigError("device", f"Device must be one of {', '.join(DEVICES)} or cuda:N, not {_show(cfg.device)}.")
+        raise ConfigError("device", f"Device must be one of {', '.join(DEVICES)} or cuda:N, not {value_words(cfg.device)}.")
     unknown = [t for t in cfg.trackers if t not in TRACKERS]
     if unknown:
         raise ConfigError("trackers", f"Experiment trackers must be among {', '.join(TRACKERS)}, "
-                                      f"not {_show(unknown[0])}.")
+                                      f"not {value_words(unknown[0])}.")
     cfg.trackers = list(dict.fromkeys(cfg.trackers))  # each once, in the order given
     if cfg.dtype not in DTYPES:
-        raise ConfigError("dtype", f"Precision must be one of {', '.join(DTYPES)}, not {_show(cfg.dtype)}.")
+        raise ConfigError("dtype", f"Precision must be one of {', '.join(DTYPES)}, not {value_words(cfg.dtype)}.")
     context, model_name = None, f"the {cfg.preset} model"
     if cfg.init_from is None:
         unknown = sorted(set(cfg.model) - {f.name for f in dataclasses.fields(Gemma3Config)})
@@ -220,10 +220,10 @@ def check(cfg: TrainConfig):
             if (lo is not None and (value <= lo if isinstance(lo, _Open) else value < lo)) or \
                     (hi is not None and (value >= hi if isinstance(hi, _Open) else value > hi)):
                 where = f" ({model_name}'s context)" if bounds[1] == CONTEXT and hi is not None else ""
-                raise ConfigError(name, f"{label} must be {_range(lo, hi)}{where}, not {_fmt(value)}.")
+                raise ConfigError(name, f"{label} must be {_range(lo, hi)}{where}, not {number_words(value)}.")
     if cfg.min_lr > cfg.lr:
-        raise ConfigError("min_lr", f"Minimum learning rate (min_lr {_fmt(cfg.min_lr)}) must not exceed the learning "
-                                    f"rate (lr {_fmt(cfg.lr)}); lower min_lr or leave it to the preset.")
+        raise ConfigError("min_lr", f"Minimum learning rate (min_lr {number_words(cfg.min_lr)}) must not exceed the learning "
+                                    f"rate (lr {number_words(cfg.lr)}); lower min_lr or leave it to the preset.")
 
 
 def _typed(name: str, value, kind):
@@ -234,25 +234,25 @@ def _typed(name: str, value, kind):
     base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
     if base is bool:
         if not isinstance(value, bool):
-            raise ConfigError(name, f"{label} is on or off: send true or false, not {_show(value)}.")
+            raise ConfigError(name, f"{label} is on or off: send true or false, not {value_words(value)}.")
         return value
     if base in (int, float):
         whole = base is int
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(name, f"{label} must be {'a whole number' if whole else 'a number'}, not {_show(value)}.")
+            raise ConfigError(name, f"{label} must be {'a whole number' if whole else 'a number'}, not {value_words(value)}.")
         if not math.isfinite(value):
             raise ConfigError(name, f"{label} must be a finite number, not {value}.")
         if whole and not float(value).is_integer():
-            raise ConfigError(name, f"{label} must be a whole number, not {_fmt(value)}.")
+            raise ConfigError(name, f"{label} must be a whole number, not {number_words(value)}.")
         return int(value) if whole else float(value)
     if base is str and not isinstance(value, str):
-        raise ConfigError(name, f"{label} must be text, not {_show(value)}.")
+        raise ConfigError(name, f"{label} must be text, not {value_words(value)}.")
     if base is list:
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(name, f"{label} must be a list of names, not {_show(value)}.")
+            raise ConfigError(name, f"{label} must be a list of names, not {value_words(value)}.")
         return list(value)
     if base is dict and not isinstance(value, dict):
-        raise ConfigError(name, f"{label} must be a mapping of setting names to values, not {_show(value)}.")
+        raise ConfigError(name, f"{label} must be a mapping of setting names to values, not {value_words(value)}.")
     return value
 
 
@@ -267,22 +267,24 @@ def _is_number(x) -> bool:
 
 def _range(lo, hi) -> str:
     if lo is not None and hi is not None and not isinstance(lo, _Open) and not isinstance(hi, _Open):
-        return f"between {_fmt(lo)} and {_fmt(hi)}"
+        return f"between {number_words(lo)} and {number_words(hi)}"
     parts = []
     if lo is not None:
-        parts.append(f"{'more than' if isinstance(lo, _Open) else 'at least'} {_fmt(lo)}")
+        parts.append(f"{'more than' if isinstance(lo, _Open) else 'at least'} {number_words(lo)}")
     if hi is not None:
-        parts.append(f"{'less than' if isinstance(hi, _Open) else 'at most'} {_fmt(hi)}")
+        parts.append(f"{'less than' if isinstance(hi, _Open) else 'at most'} {number_words(hi)}")
     return " and ".join(parts)
 
 
-def _fmt(x) -> str:
+def number_words(x) -> str:
+    """A number as the checks write it in their messages: 1,024, 0.002."""
     x = float(x) if isinstance(x, _Open) else x
     if isinstance(x, float) and x.is_integer() and abs(x) < 1e15:
         x = int(x)
     return f"{x:,}" if isinstance(x, int) else f"{x:g}"
 
 
-def _show(value) -> str:
+def value_words(value) -> str:
+    """A value a user sent, as the checks quote it (cut at 60 characters)."""
     r = repr(value)
     return r if len(r) <= 60 else r[:57] + "..."

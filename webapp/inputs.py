@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from training.config import _fmt, _show  # numbers and values in messages, written as the training checks write them
+from training.config import number_words, value_words  # numbers and values in messages, written as the training checks write them
 
 MAX_PROMPT_CHARS = 10_000
 
@@ -17,7 +17,7 @@ def number(value, name: str, lo: float | None = None, hi: float | None = None, *
     """`value` as an int (integer=True) or float within [lo, hi], else a UserError naming the setting."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         kind = "a whole number" if integer else "a number"
-        raise UserError(f"{name} must be {kind}, not {_show(value)}.")
+        raise UserError(f"{name} must be {kind}, not {value_words(value)}.")
     if not math.isfinite(value):
         raise UserError(f"{name} must be a finite number, not {value}.")
     if integer:
@@ -28,10 +28,10 @@ def number(value, name: str, lo: float | None = None, hi: float | None = None, *
         value = float(value)
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         if lo is not None and hi is not None:
-            raise UserError(f"{name} must be between {_fmt(lo)} and {_fmt(hi)}, not {_fmt(value)}.")
+            raise UserError(f"{name} must be between {number_words(lo)} and {number_words(hi)}, not {number_words(value)}.")
         if lo is not None:
-            raise UserError(f"{name} must be at least {_fmt(lo)}, not {_fmt(value)}.")
-        raise UserError(f"{name} must be at most {_fmt(hi)}, not {_fmt(value)}.")
+            raise UserError(f"{name} must be at least {number_words(lo)}, not {number_words(value)}.")
+        raise UserError(f"{name} must be at most {number_words(hi)}, not {number_words(value)}.")
     return value
 
 
@@ -41,7 +41,7 @@ def text(value, name: str = "The prompt", *, max_chars: int = MAX_PROMPT_CHARS, 
     if value is None:
         value = ""
     if not isinstance(value, str):
-        raise UserError(f"{name} must be text, not {_show(value)}.")
+        raise UserError(f"{name} must be text, not {value_words(value)}.")
     if not allow_empty and not value.strip():
         raise UserError(f"{name} is empty: {hint}.")
     if len(value) > max_chars:
@@ -54,6 +54,6 @@ def text(value, name: str = "The prompt", *, max_chars: int = MAX_PROMPT_CHARS, 
 def choice(value, name: str, options) -> str:
     options = list(options)
     if value not in options:
-        raise UserError(f"{name} must be one of {', '.join(map(str, options))}, not {_show(value)}.")
+        raise UserError(f"{name} must be one of {', '.join(map(str, options))}, not {value_words(value)}.")
     return value
 

@@ -96,6 +96,24 @@ def attention_long(page, width):
     show(page, "#plot-attention")
 
 
+def view(tab_name, key):
+    """One of Explore's views on the default prompt."""
+    def take(page, width):
+        tab(page, "Explore")
+        tab(page, tab_name)
+        wait_plot(page, key)
+        show(page, f"#plot-{key}")
+    return take
+
+
+def about(page, width):
+    """How the bundled model learned: its whole run on the log-scale loss axis."""
+    tab(page, "About")
+    page.locator("#about-demo-training .js-plotly-plot .main-svg").first.wait_for(state="visible")
+    time.sleep(1)
+    show(page, "#about-demo-training")
+
+
 def lens(page, width):
     tab(page, "Explore")
     tab(page, "Logit lens")
@@ -157,6 +175,8 @@ SCREENS = {
     "generate": generate, "next-token": next_token, "walkthrough": walkthrough, "attention": attention,
     "attention-long": attention_long, "logit-lens": lens, "rope-bases": gemma3("RoPE's two bases"),
     "norms": gemma3("Pre- and post-norms"), "train": train, "tour": tour, "error": bad_load,
+    "masks": view("Masks", "mask"), "rope": view("RoPE", "rope"), "activations": view("Activations", "activations"),
+    "parameters": view("Parameters", "params"), "about": about,
 }
 
 
