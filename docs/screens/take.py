@@ -109,6 +109,7 @@ def view(tab_name, key):
 def about(page, width):
     """How the bundled model learned: its whole run on the log-scale loss axis."""
     tab(page, "About")
+    page.get_by_text("How the bundled model learned").first.click()   # its fold opens
     page.locator("#about-demo-training .js-plotly-plot .main-svg").first.wait_for(state="visible")
     time.sleep(1)
     show(page, "#about-demo-training")
