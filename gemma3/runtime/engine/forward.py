@@ -6,6 +6,12 @@ where none does. A decoded row (batch 1) is one call: every block, the final nor
 one team of threads (kernels.cpp says why). A prompt takes vectorized passes for the norms (with the
 residual add), q/k norm + RoPE and GeGLU, and one matrix product for q, k and v where they are
 packed (packing.py).
+
+`tap(stage, layer, tensor)`, when given, sees each stage the engine computes on its own, named as
+explain.hooks.STAGES names the reference's (tests/test_engine.py walks both): the engine is then run
+step by step (no one-call row), and the stages it fuses have no tap of their own (q_norm and k_norm
+live inside q_rope and k_rope, post_attn_norm and post_ffn_norm inside mid and output, and
+attn_probs inside attention's one call).
 """
 
 from __future__ import annotations
@@ -40,7 +46,13 @@ def norm(x, module, residual=None):
     return module(x) if residual is None else residual + module(x)
 
 
-def attention(attn, x, cos, sin, start: int, cache):
+def _seen(tap, stage, layer, x):
+    if tap is not None:
+        tap(stage, layer, x)
+    return x
+
+
+def attention(attn, x, cos, sin, start: int, cache, tap=None, layer=None):
     """Attention.forward of gemma3/model.py with the engine's steps."""
     B, T, _ = x.shape
     ws = (attn.wq.weight, attn.wk.weight, attn.wv.weight)
@@ -49,10 +61,13 @@ def attention(attn, x, cos, sin, start: int, cache):
         q, k, v = F.linear(x, fused).split([w.shape[0] for w in ws], dim=-1)
     else:
         q, k, v = (linear(x, w) for w in ws)
-    q = q.view(B, T, attn.heads, attn.head_dim)
-    k = k.view(B, T, attn.kv_heads, attn.head_dim)
-    v = v.reshape(B, T, attn.kv_heads, attn.head_dim).transpose(1, 2)
+    q = _seen(tap, "q", layer, q.view(B, T, attn.heads, attn.head_dim))
+    k = _seen(tap, "k", layer, k.view(B, T, attn.kv_heads, attn.head_dim))
+    v = _seen(tap, "v", layer, v.reshape(B, T, attn.kv_heads, attn.head_dim)).transpose(1, 2)
     q, k = (_norm_rope(t, n, cos, sin) for t, n in ((q, attn.q_norm), (k, attn.k_norm)))
+    if tap is not None:
+        tap("q_rope", layer, q.transpose(1, 2))
+        tap("k_rope", layer, k.transpose(1, 2))
 
     past_k, past_v, past_pos = cache.past(start)
     cache.write(k, v, start)
@@ -64,7 +79,8 @@ def attention(attn, x, cos, sin, start: int, cache):
     else:
         mask = sliding_mask(q_pos, torch.cat((past_pos, q_pos)), attn.window)
     out = attn.attend(q, k, v, mask, attn.scale)
-    return linear(out.transpose(1, 2).reshape(B, T, attn.heads * attn.head_dim), attn.wo.weight)
+    out = _seen(tap, "attn_out", layer, out.transpose(1, 2).reshape(B, T, attn.heads * attn.head_dim))
+    return _seen(tap, "o", layer, linear(out, attn.wo.weight))
 
 
 def _norm_rope(x, norm_module, cos, sin):
@@ -75,42 +91,49 @@ def _norm_rope(x, norm_module, cos, sin):
     return RoPE.rotate(norm_module(x).transpose(1, 2), cos, sin)
 
 
-def feed_forward(ffn, x):
-    g, u = linear(x, ffn.gate.weight), linear(x, ffn.up.weight)
+def feed_forward(ffn, x, tap=None, layer=None):
+    g = _seen(tap, "gate", layer, linear(x, ffn.gate.weight))
+    u = _seen(tap, "up", layer, linear(x, ffn.up.weight))
     p = ops.geglu(g, u)
-    return linear(p if p is not None else F.gelu(g, approximate="tanh") * u, ffn.down.weight)
+    p = _seen(tap, "act", layer, p if p is not None else F.gelu(g, approximate="tanh") * u)
+    return _seen(tap, "down", layer, linear(p, ffn.down.weight))
 
 
-def block_forward(block, x, cos, sin, start: int, cache):
+def block_forward(block, x, cos, sin, start: int, cache, tap=None, layer=None):
     """Block.forward with the engine's steps."""
-    x = norm(attention(block.attn, norm(x, block.attn_norm), cos, sin, start, cache), block.post_attn_norm, x)
-    return norm(feed_forward(block.ffn, norm(x, block.ffn_norm)), block.post_ffn_norm, x)
+    _seen(tap, "input", layer, x)
+    h = _seen(tap, "attn_norm", layer, norm(x, block.attn_norm))
+    x = _seen(tap, "mid", layer, norm(attention(block.attn, h, cos, sin, start, cache, tap, layer),
+                                      block.post_attn_norm, x))
+    h = _seen(tap, "ffn_norm", layer, norm(x, block.ffn_norm))
+    return _seen(tap, "output", layer, norm(feed_forward(block.ffn, h, tap, layer), block.post_ffn_norm, x))
 
 
 @torch.no_grad()
 def forward(model, input_ids: torch.Tensor, cache, last_only: bool = False, prepared=None,
-            threads: int | None = None) -> torch.Tensor:
+            threads: int | None = None, tap=None) -> torch.Tensor:
     """model(input_ids, cache=cache, last_only=last_only), the same logits (to the last bit or two).
     prepared: ops.row_weights(model), when the caller decodes many tokens with one model; threads:
-    the threads of a decoded token's one call (default: PyTorch's count)."""
+    the threads of a decoded token's one call (default: PyTorch's count); tap: see the module's doc."""
     cfg = model.config
     B, T = input_ids.shape
     start = cache.pos
     if start + T > min(cfg.context, cache.max_len):
         return model(input_ids, cache=cache, last_only=last_only)  # its clear error
     w = model.embed.weight
-    x = F.embedding(input_ids, w) * torch.tensor(math.sqrt(cfg.hidden)).to(w.dtype)
+    x = _seen(tap, "embed", None, F.embedding(input_ids, w) * torch.tensor(math.sqrt(cfg.hidden)).to(w.dtype))
     positions = torch.arange(start, start + T, device=input_ids.device)
     local, glob = model.rope_local(positions, x.dtype), model.rope_global(positions, x.dtype)
     rope = [local if block.sliding else glob for block in model.blocks]
-    if B == 1 and T == 1:
+    if B == 1 and T == 1 and tap is None:
         logits = ops.decode_row(model, x, cache, rope, prepared, threads)
         if logits is not None:
             cache.pos += 1
             return logits.view(1, 1, -1)
-    for block, layer_cache, (cos, sin) in zip(model.blocks, cache.layers, rope):
-        x = block_forward(block, x, cos, sin, start, layer_cache)
+    for i, (block, layer_cache, (cos, sin)) in enumerate(zip(model.blocks, cache.layers, rope)):
+        x = block_forward(block, x, cos, sin, start, layer_cache, tap, i)
     cache.pos += T
     if last_only:
         x = x[:, -1:]
-    return linear(norm(x, model.final_norm), w if model.head is None else model.head.weight)
+    x = _seen(tap, "final_norm", None, norm(x, model.final_norm))
+    return _seen(tap, "logits", None, linear(x, w if model.head is None else model.head.weight))
