@@ -75,9 +75,10 @@ def test_start_shows_a_step_0_loss_and_a_sample_within_seconds(chromium, app_ser
         page.wait_for_timeout(300)
         before = {i.name for i in runs.list_runs(runs_dir)}   # the session's app may hold earlier modules' runs
 
-        def this_run_shows_step_0():   # the new run's status, plot and sample, not an earlier run's
+        def this_run_shows_step_0():   # the new run's status, plot (its planned end) and sample, not an earlier run's
             new = {i.name for i in runs.list_runs(runs_dir)} - before
-            return new and new.pop() in page.inner_text("#train-status") and step0_and_sample(page)
+            return (new and new.pop() in page.inner_text("#train-status") and step0_and_sample(page)
+                    and "of 40 planned" in (plot(page).get("layout", {}).get("xtitle") or ""))
 
         started = time.monotonic()
         page.click("#train-start")
