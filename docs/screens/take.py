@@ -115,13 +115,6 @@ def about(page, width):
     show(page, "#about-demo-training")
 
 
-def lens(page, width):
-    tab(page, "Explore")
-    tab(page, "Logit lens")
-    wait_plot(page, "lens")
-    show(page, "#plot-lens")
-
-
 def gemma3(topic):
     def take(page, width):
         tab(page, "Explore")
@@ -174,7 +167,7 @@ def bad_load(page, width):
 
 SCREENS = {
     "generate": generate, "next-token": next_token, "walkthrough": walkthrough, "attention": attention,
-    "attention-long": attention_long, "logit-lens": lens, "rope-bases": gemma3("RoPE's two bases"),
+    "attention-long": attention_long, "logit-lens": view("Logit lens", "lens"), "rope-bases": gemma3("RoPE's two bases"),
     "norms": gemma3("Pre- and post-norms"), "train": train, "tour": tour, "error": bad_load,
     "masks": view("Masks", "mask"), "rope": view("RoPE", "rope"), "activations": view("Activations", "activations"),
     "parameters": view("Parameters", "params"), "about": about,
