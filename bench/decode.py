@@ -1,5 +1,8 @@
 """Decode speed, every way this project can decode, on a quiet machine and on a busy one.
 
+    python bench/generate.py --only decode       # this table, on the CPU
+    python bench/decode.py --device cuda         # on a GPU: bench/decode_gpu.py (CUDA graphs, transformers, bound)
+
 For each model (the bundled demo model, the 270m preset with random weights) and dtype (fp32, bf16),
 batch 1, greedy, the decode rate (tokens per second from the first decoded token to the last) of:
 - transformers: Gemma3ForCausalLM.generate on the same weights (export_hf), the peer;
@@ -223,3 +226,15 @@ def table(results: dict, models, dtypes, sides=SIDES) -> str:
                          + (f" | {q('engine') / q('compiled'):.2f}x" if compare else "")
                          + f" | {worst('CLI'):.2f} | {worst('app'):.2f} |")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cuda", help="cuda (the GPU table); cpu: a dry run of it")
+    ap.add_argument("--quick", action="store_true", help="the 270m only, 200 tokens (bench/gpu_check.sh)")
+    args = ap.parse_args()
+    import decode_gpu
+
+    decode_gpu.main(args.quick, args.device)

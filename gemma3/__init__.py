@@ -12,10 +12,16 @@ from .io.checkpoints import export_hf, load_model, load_tokenizer, save_model
 from .io.gguf import export_gguf
 from .io.tokenizer_files import HFTokenizer
 from .model import Gemma3
-from .runtime import engine, fused_loss
+from .runtime import engine, fused_loss, graphs
 from .tokenizer import GPT2Tokenizer, gpt2_tokenizer
 
-generation.use_decoder(engine.decoder)  # generation runs on the CPU engine where it applies (same logits)
+
+def _decoder(model, use_engine: bool = True):
+    """Generation's forward: CUDA graphs on a GPU, the C++ engine on a CPU, each where it applies (same logits)."""
+    return graphs.decoder(model) if use_engine and graphs.applies(model) else engine.decoder(model, use_engine)
+
+
+generation.use_decoder(_decoder)
 loss.use_rows_kernel(fused_loss.rows_loss_)  # the training loss's rows in C++ where it builds (same numbers)
 
 
@@ -30,7 +36,8 @@ def describe(model, tokenizer) -> str:
         f"vocabulary {cfg.vocab_size} ({tokenizer.name}), context {cfg.context}, RoPE bases "
         f"{cfg.rope_local_base:g} local / {cfg.rope_global_base:g} global, head "
         f"{'tied' if cfg.tied_head else 'untied'}, {'four' if cfg.post_norms else 'two'} norms per block",
-        f"device {w.device}, dtype {str(w.dtype).replace('torch.', '')}, inference runs " + engine.describe(model),
+        f"device {w.device}, dtype {str(w.dtype).replace('torch.', '')}, inference runs "
+        + (graphs.describe() if graphs.applies(model) else engine.describe(model)),
         "",
         f"{'part':<14}{'parameters':>14}{'share':>8}",
     ]

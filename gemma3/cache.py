@@ -3,6 +3,10 @@
 Keys are stored after RoPE, so the order of slots in a ring does not matter to attention:
 position p lives in slot p % W, and once the ring has wrapped it holds exactly the W most recent
 positions, which are exactly the keys a sliding query may see.
+
+Two ways in: a prompt (`write`, `past`: the slots it needs, gathered) and a decoded token (`put`,
+`mask`: the new key and value written in place, attention over every slot with a mask made on the
+device), whose shapes never change from one token to the next (Gemma3.decode, for CUDA graphs).
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ class LayerCache:
     def __init__(self, batch: int, kv_heads: int, slots: int, head_dim: int, ring: bool, device, dtype):
         self.ring = ring
         self.slots = slots
-        # Never read before written (past() and visible() give written slots only), so left unfilled.
-        self.k = torch.empty(batch, kv_heads, slots, head_dim, device=device, dtype=dtype)
-        self.v = torch.empty_like(self.k)
+        # Zeros: the decode step reads every slot (masking the unwritten ones, and 0 * garbage could be NaN)
+        self.k = torch.zeros(batch, kv_heads, slots, head_dim, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+        self.slot_pos = torch.full((slots,), -1, dtype=torch.long, device=device)  # each slot's position; -1: none
 
     def _slots(self, positions: torch.Tensor) -> torch.Tensor:
         return positions % self.slots if self.ring else positions
@@ -27,13 +32,31 @@ class LayerCache:
         keep = min(T, self.slots) if self.ring else T
         first = start + T - keep
         slot = first % self.slots if self.ring else first
+        positions = torch.arange(first, start + T, device=k.device)
         if slot + keep <= self.slots:  # one run of slots: a plain copy
             self.k[:, :, slot:slot + keep] = k[:, :, T - keep:]
             self.v[:, :, slot:slot + keep] = v[:, :, T - keep:]
+            self.slot_pos[slot:slot + keep] = positions
             return
-        idx = self._slots(torch.arange(first, start + T, device=k.device))
+        idx = self._slots(positions)
         self.k[:, :, idx] = k[:, :, T - keep:]
         self.v[:, :, idx] = v[:, :, T - keep:]
+        self.slot_pos[idx] = positions
+
+    def put(self, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor):
+        """Store one position's keys/values [B, KV, 1, D] in place; `pos` is a one-element tensor on the
+        cache's device, so nothing here waits for the host or depends on its value."""
+        slot = pos % self.slots if self.ring else pos
+        self.k.index_copy_(2, slot, k)
+        self.v.index_copy_(2, slot, v)
+        self.slot_pos.index_copy_(0, slot, pos)
+
+    def mask(self, pos: torch.Tensor, window: int | None) -> torch.Tensor:
+        """Boolean [1, slots]: the slots a query at `pos` sees (written, not after it, within the window)."""
+        seen = (self.slot_pos >= 0) & (self.slot_pos <= pos)
+        if window is not None:
+            seen &= self.slot_pos > pos - window
+        return seen[None]
 
     def past(self, start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Cached keys, values and positions before `start` that a query at `start` or later can see."""
@@ -51,10 +74,12 @@ class LayerCache:
 
 
 class KVCache:
-    """One LayerCache per layer plus the number of positions already processed (`pos`)."""
+    """One LayerCache per layer plus the number of positions already processed: `pos` on the host, and
+    `position`, the same number as a one-element tensor on the cache's device (the decode step reads it)."""
 
     def __init__(self, config, batch: int, max_len: int, device=None, dtype=torch.float32):
         self.max_len = max_len
+        self.position = torch.zeros(1, dtype=torch.long, device=device)
         self.pos = 0
         self.layers = [
             LayerCache(batch, config.kv_heads, min(config.window, max_len) if t == "sliding" else max_len,
@@ -62,5 +87,12 @@ class KVCache:
             for t in config.layer_types
         ]
 
-    def reset(self):
-        self.pos = 0
+    @property
+    def pos(self) -> int:
+        return self._pos
+
+    @pos.setter
+    def pos(self, value: int):
+        self._pos = value
+        self.position.fill_(value)  # on a GPU an asynchronous write: the host never waits for it
+

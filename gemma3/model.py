@@ -1,7 +1,8 @@
 """Gemma 3's text model, top to bottom: RMSNorm, RoPE, Attention, FeedForward, Block, Gemma3.
 
 It computes exactly what transformers' Gemma3ForCausalLM computes (see tests/test_parity.py), in plain
-PyTorch: one forward serves training (no cache), a prompt and one-token decoding (with a KVCache).
+PyTorch: one forward serves training (no cache), a prompt and one-token decoding (with a KVCache);
+`decode` is that one-token step with shapes that never change (what a GPU replays as a CUDA graph).
 Every intermediate value can be read with forward hooks on the named submodules.
 """
 
@@ -86,7 +87,9 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
         self.attend = attend
 
-    def forward(self, x, cos, sin, start: int = 0, cache: LayerCache | None = None):
+    def forward(self, x, cos, sin, start: int | torch.Tensor = 0, cache: LayerCache | None = None):
+        """start: the first position, an int (a prompt, training); or a one-element tensor on the device for
+        one decoded token per row, whose attention reads every slot of the cache in place (decode_attention)."""
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.heads, self.head_dim)
         k = self.wk(x).view(B, T, self.kv_heads, self.head_dim)
@@ -94,21 +97,35 @@ class Attention(nn.Module):
         # per-head RMSNorm over head_dim, then RoPE: [B, T, heads, D] -> [B, heads, T, D]
         q = RoPE.rotate(self.q_norm(q).transpose(1, 2), cos, sin)
         k = RoPE.rotate(self.k_norm(k).transpose(1, 2), cos, sin)
+        if isinstance(start, torch.Tensor):
+            out = self.decode_attention(q, k, v, start, cache)
+        else:
+            out = self.prompt_attention(q, k, v, start, cache)
+        return self.wo(out.transpose(1, 2).reshape(B, T, self.heads * self.head_dim))
 
-        past_pos = torch.empty(0, dtype=torch.long, device=x.device)
+    def prompt_attention(self, q, k, v, start: int, cache: LayerCache | None):
+        """Queries at start .. start+T-1 over the cached keys before them (gathered) and their own."""
+        T = q.shape[2]
+        past_pos = torch.empty(0, dtype=torch.long, device=q.device)
         if cache is not None:  # earlier positions' keys and values, then this call's go into the cache
             past_k, past_v, past_pos = cache.past(start)
             cache.write(k, v, start)
             k, v = torch.cat((past_k, k), dim=2), torch.cat((past_v, v), dim=2)
-        q_pos = torch.arange(start, start + T, device=x.device)
+        q_pos = torch.arange(start, start + T, device=q.device)
         # Plain causal attention is exact when nothing is older than the window; otherwise the
         # window needs an explicit mask (is_causal=True would silently drop it).
         if len(past_pos) == 0 and (self.window is None or T <= self.window):
             mask = None
         else:
             mask = sliding_mask(q_pos, torch.cat((past_pos, q_pos)), self.window)
-        out = self.attend(q, k, v, mask, self.scale)
-        return self.wo(out.transpose(1, 2).reshape(B, T, self.heads * self.head_dim))
+        return self.attend(q, k, v, mask, self.scale)
+
+    def decode_attention(self, q, k, v, pos: torch.Tensor, cache: LayerCache):
+        """One query per row at `pos` over every slot of the cache, read in place: the new key and value are
+        written into their slot, and a mask made on the device hides the slots it may not see. No shape
+        depends on the position and nothing waits for the host, so a CUDA graph can replay it."""
+        cache.put(k, v, pos)
+        return self.attend(q, cache.k, cache.v, cache.mask(pos, self.window), self.scale)
 
 
 class FeedForward(nn.Module):
@@ -138,7 +155,7 @@ class Block(nn.Module):
         self.ffn = FeedForward(cfg)
         self.post_ffn_norm = post()
 
-    def forward(self, x, cos, sin, start: int = 0, cache: LayerCache | None = None):
+    def forward(self, x, cos, sin, start: int | torch.Tensor = 0, cache: LayerCache | None = None):
         x = x + self.post_attn_norm(self.attn(self.attn_norm(x), cos, sin, start, cache))
         return x + self.post_ffn_norm(self.ffn(self.ffn_norm(x)))
 
@@ -195,6 +212,21 @@ class Gemma3(nn.Module):
         if targets is not None:
             return cross_entropy(x.flatten(0, 1), head, targets.flatten())
         return F.linear(x, head)
+
+    def decode(self, input_ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Logits [B, 1, vocab] of one new token per row, at the cache's position, with shapes that never change:
+        the position is read from the device (cache.position) and each attention reads its whole cache in place
+        (Attention.decode_attention). One call can thus be captured as a CUDA graph and replayed for every token
+        (gemma3/runtime/graphs.py). The same logits as forward(input_ids, cache); the caller checks there is
+        room (cache.pos < cache.max_len) and moves the count on (cache.pos += 1)."""
+        w = self.embed.weight
+        x = self.embed(input_ids) * torch.tensor(math.sqrt(self.config.hidden)).to(w.dtype)
+        pos = cache.position
+        local, glob = self.rope_local(pos, x.dtype), self.rope_global(pos, x.dtype)
+        for block, layer in zip(self.blocks, cache.layers):
+            cos, sin = local if block.sliding else glob
+            x = block(x, cos, sin, pos, layer)
+        return F.linear(self.final_norm(x), w if self.head is None else self.head.weight)
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         """A preallocated cache for `max_len` positions on the model's device and dtype."""

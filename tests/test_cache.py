@@ -126,3 +126,66 @@ def test_exceeding_the_cache_raises_and_keeps_it_usable(tiny):
         with pytest.raises(ValueError, match="cache"):
             tiny(ids[:, :1], cache=cache)
     torch.testing.assert_close(torch.cat([first, *rest], dim=1), full_logits(tiny, ids), atol=1e-5, rtol=0)
+
+
+# ---- the fixed-shape decode step (Gemma3.decode: what a CUDA graph replays, gemma3/runtime/graphs.py) ----
+
+@torch.no_grad()
+def greedy_with_decode(model, prompt: torch.Tensor, new: int, step=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy tokens [B, new] and the logits [B, new, V] that chose them: the prompt through the model's
+    forward, then each token through `step(ids, cache)` (default: model.decode, the fixed-shape step)."""
+    step = step or model.decode
+    cache = model.new_cache(prompt.shape[0], prompt.shape[1] + new)
+    logits = [model(prompt, cache=cache, last_only=True)]
+    tokens = [logits[-1][:, -1].argmax(-1, keepdim=True)]
+    for _ in range(new - 1):
+        logits.append(step(tokens[-1], cache))
+        cache.pos += 1
+        tokens.append(logits[-1][:, -1].argmax(-1, keepdim=True))
+    return torch.cat(tokens, 1), torch.cat(logits, 1)
+
+
+def test_a_300_token_greedy_generation_with_the_fixed_shape_step_equals_the_full_forward(tiny):
+    """300 tokens past a prompt (the 8-slot ring wraps 37 times; the full layers' cache reads 304 slots, most
+    unwritten at first): every decoded token's logits equal the full forward pass's over the whole story,
+    which picks the same greedy tokens, for a batch of 2."""
+    prompt = random_ids(2, 4, seed=21)
+    tokens, logits = greedy_with_decode(tiny, prompt, 300)
+    full = full_logits(tiny, torch.cat([prompt, tokens], 1))[:, prompt.shape[1] - 1:-1]
+    torch.testing.assert_close(logits, full, atol=1e-5, rtol=0)
+    assert torch.equal(full.argmax(-1), tokens)
+
+
+def test_the_ring_holds_the_last_window_positions_and_masks_the_rest():
+    """A sliding layer's ring written one position at a time in place (`put`) holds the last W positions in
+    slots p % W, and its mask shows a query exactly those; a full layer's mask shows what is written up to it."""
+    from gemma3.cache import LayerCache
+
+    ring = LayerCache(1, 1, W, 2, ring=True, device="cpu", dtype=torch.float32)
+    full = LayerCache(1, 1, 40, 2, ring=False, device="cpu", dtype=torch.float32)
+    prompt = torch.arange(3.).view(1, 1, 3, 1).expand(1, 1, 3, 2)  # a prompt of 3 positions, keys = positions
+    for layer in (ring, full):
+        layer.write(prompt, torch.zeros(1, 1, 3, 2), 0)
+    for p in range(3, 30):
+        pos = torch.tensor([p])
+        for layer in (ring, full):
+            layer.put(torch.full((1, 1, 1, 2), float(p)), torch.zeros(1, 1, 1, 2), pos)
+        newest = torch.tensor([p - (p - s) % W for s in range(W)])  # the newest position of each slot
+        written = newest >= 0
+        assert torch.equal(ring.slot_pos, torch.where(written, newest, -1))
+        assert torch.equal(ring.k[0, 0, written, 0], newest[written].float())
+        assert torch.equal(ring.mask(pos, W)[0], written)
+        assert torch.equal(full.mask(pos, None)[0], torch.arange(40) <= p)
+    assert not ring.mask(torch.tensor([40]), W).any()  # a query far ahead sees nothing of an old window
+
+
+def test_the_compiled_decode_step_gives_the_eager_tokens(tiny):
+    """torch.compile of the fixed-shape step traces as one graph (no break, the cache written in place through
+    functionalisation) and decodes the same greedy tokens, with logits equal to eager's. Inductor's code
+    itself (13 s to build here) is checked on the GPU, with the graphs: tests/test_cuda.py."""
+    prompt = random_ids(1, 5, seed=22)
+    eager_tokens, eager_logits = greedy_with_decode(tiny, prompt, 12)
+    compiled = torch.compile(tiny.decode, fullgraph=True, backend="aot_eager")
+    tokens, logits = greedy_with_decode(tiny, prompt, 12, step=compiled)
+    assert torch.equal(tokens, eager_tokens)
+    torch.testing.assert_close(logits, eager_logits, atol=1e-5, rtol=1e-5)

@@ -1,0 +1,163 @@
+"""Decode speed on a GPU, batch 1: every way we decode, transformers' best, and the memory-bandwidth bound.
+
+    python bench/decode.py --device cuda            # the 270m preset and the bundled demo model, bf16
+    python bench/decode.py --device cuda --quick    # the 270m only, fewer tokens (part of bench/gpu_check.sh)
+
+A decoded token must read every weight once (the head included) and the cache it attends to, so no
+decoder runs faster than bytes / bandwidth: the bound, with the bandwidth measured in the same run (the
+best of a few full reads of a 2 GiB buffer). Each side generates the same prompt greedily; its rate is
+(N - 1) / (time of N tokens - time of 1 token), both after a warm-up that also compiles and captures,
+with the GPU synchronised, so the prompt and the one-time work cancel out. Sides:
+- ours, reference: gemma3/model.py's forward with the cache (gathers the ring, concatenates, a fresh mask
+  and new shapes every token: what the GPU ran before the fixed-shape step);
+- ours, fixed-shape eager / CUDA graph / compiled: Gemma3.decode eager, replayed as a CUDA graph (the
+  default on a GPU), and under torch.compile(mode="reduce-overhead") (gemma3/runtime/graphs.py);
+- transformers: Gemma3ForCausalLM.generate, eager with its dynamic cache, and with its static cache and
+  torch.compile(mode="reduce-overhead") of its forward (its documented fastest way).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+
+import torch
+
+import gemma3
+from gemma3.defaults import DEMO_MODEL
+
+SHEET_BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12, "L4": 0.3e12}  # bytes/s, SXM datasheets
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def read_bandwidth(device, gib: float = 2.0) -> float:
+    """Bytes per second of a full read of a large buffer (a sum), best of five."""
+    buf = torch.ones(int(gib * 2 ** 30) // 2, dtype=torch.bfloat16, device=device)
+    best = float("inf")
+    for _ in range(6):
+        sync()
+        t0 = time.perf_counter()
+        buf.sum()
+        sync()
+        best = min(best, time.perf_counter() - t0)
+    return buf.numel() * buf.element_size() / best
+
+
+def bytes_per_token(model, context: int) -> int:
+    """What one decoded token reads: every weight once (the tied embedding as the head) and, per layer,
+    the keys and values it attends to at `context` positions."""
+    cfg = model.config
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    kv = sum(min(context, cfg.window) if t == "sliding" else context for t in cfg.layer_types)
+    return weights + 2 * kv * cfg.kv_heads * cfg.head_dim * model.embed.weight.element_size()
+
+
+def timed(generate, tokens: int) -> float:
+    """Tokens per second of `generate(n)` between its first and its last new token (see the module's doc)."""
+    def once(n):
+        sync()
+        t0 = time.perf_counter()
+        generate(n)
+        sync()
+        return time.perf_counter() - t0
+
+    once(tokens)  # warm-up: compiles, captures, fills the allocator
+    return (tokens - 1) / max(1e-9, min(once(tokens) for _ in range(2)) - min(once(1) for _ in range(2)))
+
+
+def ours(model, ids, mode: str | None, sampling: dict | None = None):
+    """generate(n) through gemma3.generate_tokens with decode mode `mode` (None: the reference forward)."""
+    def generate(n):
+        os.environ["GEMMA3_GPU_DECODE"] = mode or "graph"  # read as each generation starts
+        settings = sampling or dict(temperature=0)
+        for _ in gemma3.generate_tokens(model, ids, max_new_tokens=n, use_engine=mode is not None, **settings):
+            pass
+    return generate
+
+
+def theirs(hf, ids, static: bool):
+    """generate(n) through transformers' generate; with its static cache, which on a GPU it compiles by itself
+    (torch.compile(mode="reduce-overhead", fullgraph=True) of its forward: its generation_config.compile_config)."""
+    prompt = torch.tensor([ids], device=hf.device)
+    kwargs = dict(do_sample=False, use_cache=True, pad_token_id=0)
+    if static:
+        kwargs["cache_implementation"] = "static"
+
+    def generate(n):
+        hf.generate(prompt, max_new_tokens=n, min_new_tokens=n, **kwargs)
+    return generate
+
+
+def run_model(name: str, model, tokens: int, compile_sides: bool, device) -> dict:
+    from transformers import AutoModelForCausalLM
+
+    ids = gemma3.gpt2_tokenizer().encode("Once upon a time, there was a little girl named Lily. She loved to")
+    sides = {"ours, reference (cache gathered, cat)": ours(model, ids, None),
+             "ours, fixed-shape eager": ours(model, ids, "eager"),
+             "ours, CUDA graph": ours(model, ids, "graph"),
+             "ours, CUDA graph, sampling (T 0.8, top-k 40)": ours(model, ids, "graph",
+                                                                  dict(temperature=0.8, top_k=40, seed=0))}
+    if compile_sides:
+        sides["ours, compiled (reduce-overhead)"] = ours(model, ids, "compile")
+    with tempfile.TemporaryDirectory() as tmp:
+        gemma3.export_hf(model.float(), gemma3.gpt2_tokenizer(), tmp)
+        model.to(torch.bfloat16)
+        hf_eager = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.bfloat16).to(device).eval()
+        sides["transformers, eager"] = theirs(hf_eager, ids, static=False)
+        if compile_sides:
+            hf_static = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.bfloat16).to(device).eval()
+            sides["transformers, static cache, compiled"] = theirs(hf_static, ids, static=True)
+    rates = {}
+    for side, generate in sides.items():
+        t0 = time.perf_counter()
+        try:
+            rates[side] = timed(generate, tokens)
+        except Exception as e:  # a side that fails here is reported, and the others still run
+            print(f"  {name}: {side} failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}", flush=True)
+            continue
+        print(f"  {name}: {side:48s} {rates[side]:8.0f} tok/s   ({time.perf_counter() - t0:.0f} s with warm-up)",
+              flush=True)
+    return rates
+
+
+def main(quick: bool = False, device: str = "cuda"):
+    """The table; on a CPU (`--device cpu`) only a check that the bench runs (CUDA graphs need a GPU)."""
+    device = torch.device(device)
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (a dry run: no graphs)"
+    bw = read_bandwidth(device)
+    sheet = next((v for k, v in SHEET_BANDWIDTH.items() if k in gpu), None)
+    print(f"{gpu}: read bandwidth measured {bw / 1e12:.2f} TB/s"
+          + (f" (datasheet {sheet / 1e12:.2f} TB/s)" if sheet else ""), flush=True)
+    tokens = 200 if quick else 500
+    if device.type != "cuda":
+        tokens = 8
+    torch.manual_seed(0)
+    big = gemma3.Gemma3(gemma3.Gemma3Config.from_preset("270m" if device.type == "cuda" else "demo"))
+    with torch.no_grad():  # non-zero norm weights, as after training
+        for n, p in big.named_parameters():
+            if "norm" in n:
+                p.normal_(0, 0.1)
+    models = {"270m": big.to(device, torch.bfloat16).eval()}
+    if not quick:
+        models["demo"] = gemma3.load_model(DEMO_MODEL, device=device, dtype=torch.bfloat16)[0]
+    rows = []
+    for name, model in models.items():
+        rates = run_model(name, model, tokens, compile_sides=device.type == "cuda", device=device)
+        per_token = bytes_per_token(model, 20 + tokens // 2)
+        bound = bw / per_token
+        ours_best = max(v for k, v in rates.items() if k.startswith("ours") and "sampling" not in k)
+        theirs_best = max((v for k, v in rates.items() if k.startswith("transformers")), default=float("nan"))
+        rows.append((name, rates, bound, per_token, ours_best, theirs_best))
+    print(f"\n| model (bf16, batch 1, {tokens} tokens) | " + " | ".join(rows[0][1]) + " | bound (bytes / bandwidth) "
+          "| ours best / transformers best | ours best / bound |")
+    print("|---" * (len(rows[0][1]) + 4) + "|")
+    for name, rates, bound, per_token, ours_best, theirs_best in rows:
+        print(f"| {name} ({per_token / 1e6:.0f} MB a token) | " + " | ".join(f"{v:.0f}" for v in rates.values())
+              + f" | {bound:.0f} | {ours_best / theirs_best:.2f}x | {ours_best / bound:.0%} |")
+    print(f"(tokens/s on {gpu}; bound at the measured {bw / 1e12:.2f} TB/s; targets: >= 2x transformers' best, "
+          ">= 50% of the bound)")

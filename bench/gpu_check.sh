@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Everything measured on a GPU, in one call of under 8 minutes (a lent GPU's time is short), most wanted first:
+#   1. decoding: every way we decode against transformers' best and the memory-bandwidth bound (bench/decode_gpu.py)
+#   2. training: the trainer's step against transformers' at 32 x 2048, with MFU (bench/train.py)
+#   3. the CUDA tests (tests/test_cuda.py): CUDA-graph decoding, parity, training, resume
+#   4. the app itself: /generate on the bundled model, then a 270m run through /train_start (bench/app_gpu.py)
+# Each part has its own time limit, writes its whole log to $OUT (default gpu-logs/) and prints its tail.
+#     bash bench/gpu_check.sh
+# Test it on a CPU with GPU_CHECK_DRY=1 (tiny sizes, cpu device; what can run there does).
+cd "$(dirname "$0")/.." || exit 1
+OUT=${OUT:-gpu-logs}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 GEMMA3_CACHE=${GEMMA3_CACHE:-/tmp/gemma3-cache}
+PY=${PYTHON:-python3}
+DEV=cuda; [ -n "$GPU_CHECK_DRY" ] && DEV=cpu
+part() { local name=$1 limit=$2; shift 2; echo "=== $name (limit ${limit}s)"; local t0=$SECONDS
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; local rc=$?
+  echo "=== $name: exit $rc in $((SECONDS - t0)) s"; grep -v "it/s\]$" "$OUT/$name.log" | tail -n "${TAIL:-25}"; }
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader 2>/dev/null
+$PY -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__)"
+TAIL=20 part decode 150 $PY bench/decode.py --device $DEV --quick
+TAIL=20 part train 150 $PY bench/train.py --device $DEV --quick
+TAIL=12 part tests 120 $PY -m pytest tests/test_cuda.py -q -p no:cacheprovider
+if [ -n "$GPU_CHECK_DRY" ]; then
+  TAIL=12 part app 120 $PY bench/app_gpu.py --device cpu --steps 10
+else
+  TAIL=12 part app 90 $PY bench/app_gpu.py --device cuda --steps 30
+fi

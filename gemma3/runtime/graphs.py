@@ -1,0 +1,108 @@
+"""Decoding on a GPU: each new token is one replay of a CUDA graph.
+
+Eager PyTorch decodes a small model on a GPU at the speed it launches kernels, not at the speed the GPU
+reads the weights: a token of the bundled demo model is hundreds of small kernels, and it decoded 99.5
+tokens/s on an H200, slower than a 2-core CPU. Gemma3.decode (gemma3/model.py) keeps every shape fixed
+and every value on the device, its position included, so one call is captured once per generation and
+replayed for every token: the host launches one graph per token, and only the sampled token id comes back
+to it (the sampling runs on the device, gemma3/generation.py). The prompt runs as it always does (its
+shape is its own).
+
+Modes (`GEMMA3_GPU_DECODE`, or `decoder(model, mode=...)`):
+- "graph" (the default): the eager step captured with torch.cuda.CUDAGraph; ready in a fraction of a second;
+- "compile": torch.compile(mode="reduce-overhead") of the step, which also fuses its small kernels and
+  captures the result as a graph, after a compile of about a minute the first time;
+- "eager": the fixed-shape step without a graph (what the graphs replay, for comparison).
+bench/decode.py --device cuda measures each against transformers and the GPU's memory bandwidth.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from contextlib import nullcontext
+
+import torch
+
+from ..model import Gemma3
+
+MODES = ("graph", "compile", "eager")
+_compiled: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its compiled decode step
+
+
+def applies(model) -> bool:
+    """Whether this decoding runs the model: a Gemma3 whose forward and decode are the reference's, on a CUDA
+    device, with no hooks (someone watching the model gets the reference's forward)."""
+    if type(model).forward is not Gemma3.forward or type(model).decode is not Gemma3.decode:
+        return False
+    if model.embed.weight.device.type != "cuda":
+        return False
+    return not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+class Step:
+    """One decoded token of one cache as a CUDA graph: the token goes into a fixed input, the graph replays,
+    the logits come out of a fixed output. Captured at the cache's next position with the real token, so
+    the warm-up runs that come before the capture write exactly what the step itself writes."""
+
+    def __init__(self, model, cache, ids: torch.Tensor):
+        self.ids = ids.clone()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):  # warm-up off the main stream, as capture requires
+            for _ in range(2):
+                model.decode(self.ids, cache)
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = model.decode(self.ids, cache)
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        self.ids.copy_(ids)
+        self.graph.replay()
+        return self.logits.clone()  # the next replay overwrites the fixed output
+
+
+def compiled_step(model):
+    """torch.compile(model.decode, mode="reduce-overhead"), once per model."""
+    if model not in _compiled:
+        _compiled[model] = torch.compile(model.decode, mode="reduce-overhead", fullgraph=True)
+    return _compiled[model]
+
+
+def decoder(model, use_engine: bool = True, mode: str | None = None):
+    """The forward generation calls, as f(ids, cache, last_only) with `with f.step():` (see
+    gemma3.generation.reference_decoder): a prompt runs the model's forward; a decoded token (one per row)
+    runs the fixed-shape step in `mode` (default: $GEMMA3_GPU_DECODE, else "graph")."""
+    mode = mode or os.environ.get("GEMMA3_GPU_DECODE", "graph")
+    if mode not in MODES:
+        raise ValueError(f"GEMMA3_GPU_DECODE must be one of {', '.join(MODES)}, not {mode!r}.")
+    steps: dict[int, tuple] = {}  # id(cache) -> (cache, its step): the graph writes the cache, so it keeps it
+
+    def prepare(cache, ids):
+        if mode == "graph":
+            return Step(model, cache, ids)
+        if mode == "compile":  # the cache keeps its addresses: the compiled graph may write it in place
+            for t in [cache.position] + [t for layer in cache.layers for t in (layer.k, layer.v, layer.slot_pos)]:
+                torch._dynamo.mark_static_address(t)
+            step = compiled_step(model)
+            return lambda ids: step(ids, cache).clone()  # the next replay overwrites the graph's output
+        return lambda ids: model.decode(ids, cache)
+
+    def f(ids, cache, last_only=False):
+        if ids.shape[1] != 1 or cache.pos >= cache.max_len or not use_engine:
+            return model(ids, cache=cache, last_only=last_only)  # a prompt, or the model's own clear error
+        if id(cache) not in steps:
+            steps.clear()  # an earlier generation's cache and graph are done with
+            steps[id(cache)] = cache, prepare(cache, ids)
+        logits = steps[id(cache)][1](ids)
+        cache.pos += 1
+        return logits
+
+    f.step = nullcontext
+    return f
+
+
+def describe() -> str:
+    mode = os.environ.get("GEMMA3_GPU_DECODE", "graph")
+    return f"CUDA graphs ({mode}) for each decoded token, the reference model's PyTorch for the prompt"
