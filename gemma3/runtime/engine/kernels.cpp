@@ -2,8 +2,10 @@
    operator gemma3_engine::NAME (registered at the end of this file, with its shapes for torch.compile
    in ops.py), built by gemma3/runtime/native.py with AVX512F/BW/BF16, OpenMP and -ffp-contract=off: no fused
    multiply-adds, so every product and sum rounds where the PyTorch code of gemma3/model.py rounds it.
-   The prompt's loops run on PyTorch's OpenMP threads, so torch.set_num_threads governs them too; a
-   decoded token (decode_row) runs on threads of this file's own, as many as its caller asks for. */
+   Each piece of a row's math is one function below, called both by the per-stage operators (matvec,
+   rms_norm, norm_rope, geglu: forward.py's prompt, on PyTorch's OpenMP threads, so torch.set_num_threads
+   governs them) and by decode_row's steps (a whole decoded token in one call, on threads of this file's
+   own, as many as its caller asks for). */
 #include <torch/library.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -27,128 +29,119 @@
 
 #include "simd.h"
 
+/* ---- A row's math, once: what both the operators and decode_row compute ---- */
+
+/* A storage type's arithmetic: one value, 16 lanes (bf16 rounded to nearest even, as PyTorch rounds),
+   and the dot product of a weight row with a vector, in fp32. The rows a thread reads are one linear
+   stream: prefetching 2 KiB ahead of it reads memory about 1.4x faster than PyTorch's bf16 mv here. */
+template <typename T> struct Num;
+template <> struct Num<f32> {
+    static float load(f32 v) { return v; }
+    static f32 store(float v) { return v; }
+    static __m512 load16(const f32 *p) { return load16_f32(p); }
+    static __m512 round16(__m512 v) { return v; }
+    static void store16(f32 *p, __m512 v) { store16_f32(p, v); }
+    static float dot(const f32 *w, const f32 *x, int64_t cols) {
+        int64_t full = cols / 32 * 32;
+        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+        for (int64_t c = 0; c < full; c += 32) {
+            _mm_prefetch((const char *)(w + c + 512), _MM_HINT_T0);
+            _mm_prefetch((const char *)(w + c + 528), _MM_HINT_T0);
+            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + c), _mm512_loadu_ps(x + c), a0);
+            a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + c + 16), _mm512_loadu_ps(x + c + 16), a1);
+        }
+        for (int64_t c = full; c < cols; c += 16) {
+            __mmask16 m = cols - c >= 16 ? 0xFFFF : (__mmask16)((1u << (cols - c)) - 1u);
+            a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w + c), _mm512_maskz_loadu_ps(m, x + c), a0);
+        }
+        return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+    }
+};
+template <> struct Num<bf16> {
+    static float load(bf16 v) { return from_bf16(v); }
+    static bf16 store(float v) { return to_bf16(v); }
+    static __m512 load16(const bf16 *p) { return load16_bf16(p); }
+    static __m512 round16(__m512 v) { return round16_bf16(v); }
+    static void store16(bf16 *p, __m512 v) { store16_bf16(p, v); }
+    static float dot(const bf16 *w, const bf16 *x, int64_t cols) {
+        int64_t full = cols / 64 * 64;
+        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+        for (int64_t c = 0; c < full; c += 64) {
+            _mm_prefetch((const char *)(w + c + 1024), _MM_HINT_T0);
+            _mm_prefetch((const char *)(w + c + 1056), _MM_HINT_T0);
+            a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_loadu_si512(w + c), (__m512bh)_mm512_loadu_si512(x + c));
+            a1 = _mm512_dpbf16_ps(a1, (__m512bh)_mm512_loadu_si512(w + c + 32), (__m512bh)_mm512_loadu_si512(x + c + 32));
+        }
+        for (int64_t c = full; c < cols; c += 32) {
+            __mmask32 m = cols - c >= 32 ? 0xFFFFFFFFu : ((1u << (cols - c)) - 1u);
+            a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_maskz_loadu_epi16(m, w + c), (__m512bh)_mm512_maskz_loadu_epi16(m, x + c));
+        }
+        return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+    }
+};
+
+/* y = W x for `rows` rows of W [rows, cols] (row-major) and x [cols]: fp32 sums, one rounding */
+template <typename T> static inline void matvec_rows(const T *W, const T *x, T *y, int64_t rows, int64_t cols) {
+    for (int64_t r = 0; r < rows; r++) y[r] = Num<T>::store(Num<T>::dot(W + r * cols, x, cols));
+}
+
 /* One row of Gemma's RMSNorm, as gemma3/model.py computes it: in fp32, x * (1 / sqrt(mean(x^2) + eps))
    then * (1 + w), rounded once to the storage type. The squares are summed in double: PyTorch's fp32
    sum is within an ulp or two of that. */
-#define NORM_ROW(T, LOAD, STORE)                                                                 \
-    static inline void norm_row_##T(const T *x, const T *w, T *y, int64_t d, float eps) {        \
-        int64_t full = d / 16 * 16;                                                               \
-        __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();                               \
-        for (int64_t i = 0; i < full; i += 16) {                                                  \
-            __m512 v = load16_##T(x + i), sq = _mm512_mul_ps(v, v);                               \
-            s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm512_castps512_ps256(sq)));                  \
-            s1 = _mm512_add_pd(s1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(sq), 1)))); \
-        }                                                                                         \
-        double ss = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));                                  \
-        for (int64_t i = full; i < d; i++) { float v = LOAD(x[i]); ss += (double)(v * v); }       \
-        float inv = 1.0f / sqrtf((float)ss / (float)d + eps);                                     \
-        __m512 vinv = _mm512_set1_ps(inv), one = _mm512_set1_ps(1.0f);                            \
-        for (int64_t i = 0; i < full; i += 16)                                                    \
-            store16_##T(y + i, _mm512_mul_ps(_mm512_mul_ps(load16_##T(x + i), vinv),              \
-                                             _mm512_add_ps(one, load16_##T(w + i))));             \
-        for (int64_t i = full; i < d; i++) {                                                      \
-            float v = LOAD(x[i]) * inv;                                                           \
-            y[i] = STORE(v * (1.0f + LOAD(w[i])));                                                \
-        }                                                                                         \
+template <typename T> static inline void norm_row(const T *x, const T *w, T *y, int64_t d, float eps) {
+    using N = Num<T>;
+    int64_t full = d / 16 * 16;
+    __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+    for (int64_t i = 0; i < full; i += 16) {
+        __m512 v = N::load16(x + i), sq = _mm512_mul_ps(v, v);
+        s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm512_castps512_ps256(sq)));
+        s1 = _mm512_add_pd(s1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(sq), 1))));
     }
-
-/* rows of RMSNorm: x, y [rows, d]; w [d] */
-#define RMS_NORM(T, NAME)                                                                    \
-    static void NAME(const T *x, const T *w, const T *res, T *y, int64_t rows, int64_t d, float eps) { \
-        _Pragma("omp parallel for if (rows > 8)")                                            \
-        for (int64_t r = 0; r < rows; r++) {                                                 \
-            T *yr = y + r * d;                                                               \
-            norm_row_##T(x + r * d, w, yr, d, eps);                                          \
-            if (res) { /* y = res + norm(x), the residual added after the norm's rounding */ \
-                int64_t i = 0;                                                               \
-                for (; i + 16 <= d; i += 16)                                                 \
-                    store16_##T(yr + i, _mm512_add_ps(load16_##T(res + r * d + i), load16_##T(yr + i))); \
-                for (; i < d; i++) yr[i] = STORE_##T(LOAD_##T(res[r * d + i]) + LOAD_##T(yr[i])); \
-            }                                                                                \
-        }                                                                                    \
-    }
-
-/* q or k rows [B, T, heads, d]: each head's row normed, then rotated on half-split pairs with the
-   cos/sin row [T, d] of its position, each step rounded to the storage type as PyTorch rounds it:
-   y = (n * cos) + (rotate_half(n) * sin), rotate_half(n) = [-n2, n1]. Needs d <= 1024. A token's
-   heads lie together in x, tokens `step` elements apart (a slice of a fused q/k/v product); y is dense. */
-#define NORM_ROPE(T, NAME, LOAD, STORE)                                                      \
-    static void NAME(const T *x, const T *w, const T *cs, const T *sn, T *y, int64_t rows, int64_t heads, \
-              int64_t npos, int64_t d, int64_t step, float eps) {                            \
-        int64_t h = d / 2;                                                                   \
-        _Pragma("omp parallel for if (rows > 64)")                                           \
-        for (int64_t r = 0; r < rows; r++) {                                                 \
-            const T *c = cs + (r / heads) % npos * d, *s = sn + (r / heads) % npos * d;      \
-            T n[1024];                                                                       \
-            norm_row_##T(x + r / heads * step + r % heads * d, w, n, d, eps);                \
-            int64_t i = 0;                                                                   \
-            if (h % 16 == 0)                                                                 \
-                for (; i < d; i += 16) {                                                     \
-                    __m512 rot = i < h ? neg16(load16_##T(n + i + h)) : load16_##T(n + i - h); \
-                    __m512 a = round16_##T(_mm512_mul_ps(load16_##T(n + i), load16_##T(c + i)));   \
-                    __m512 b = round16_##T(_mm512_mul_ps(rot, load16_##T(s + i)));           \
-                    store16_##T(y + r * d + i, _mm512_add_ps(a, b));                         \
-                }                                                                            \
-            for (; i < d; i++) {                                                             \
-                float rot = i < h ? -LOAD(n[i + h]) : LOAD(n[i - h]);                         \
-                float a = LOAD(STORE(LOAD(n[i]) * LOAD(c[i])));                               \
-                float b = LOAD(STORE(rot * LOAD(s[i])));                                      \
-                y[r * d + i] = STORE(a + b);                                                 \
-            }                                                                                \
-        }                                                                                    \
-    }
-
-NORM_ROW(f32, from_f32, to_f32)
-NORM_ROW(bf16, from_bf16, to_bf16)
-RMS_NORM(f32, rms_norm_f32)
-RMS_NORM(bf16, rms_norm_bf16)
-NORM_ROPE(f32, norm_rope_f32, from_f32, to_f32)
-NORM_ROPE(bf16, norm_rope_bf16, from_bf16, to_bf16)
-
-/* Dot products of one weight row with a vector, fp32 sums. The rows a thread reads are one linear
-   stream: prefetching 2 KiB ahead of it reads memory about 1.4x faster than PyTorch's bf16 mv here. */
-static inline float dot_bf16(const bf16 *w, const bf16 *x, int64_t cols) {
-    int64_t full = cols / 64 * 64;
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-    for (int64_t c = 0; c < full; c += 64) {
-        _mm_prefetch((const char *)(w + c + 1024), _MM_HINT_T0);
-        _mm_prefetch((const char *)(w + c + 1056), _MM_HINT_T0);
-        a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_loadu_si512(w + c), (__m512bh)_mm512_loadu_si512(x + c));
-        a1 = _mm512_dpbf16_ps(a1, (__m512bh)_mm512_loadu_si512(w + c + 32), (__m512bh)_mm512_loadu_si512(x + c + 32));
-    }
-    for (int64_t c = full; c < cols; c += 32) {
-        __mmask32 m = cols - c >= 32 ? 0xFFFFFFFFu : ((1u << (cols - c)) - 1u);
-        a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_maskz_loadu_epi16(m, w + c), (__m512bh)_mm512_maskz_loadu_epi16(m, x + c));
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+    double ss = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
+    for (int64_t i = full; i < d; i++) { float v = N::load(x[i]); ss += (double)(v * v); }
+    float inv = 1.0f / sqrtf((float)ss / (float)d + eps);
+    __m512 vinv = _mm512_set1_ps(inv), one = _mm512_set1_ps(1.0f);
+    for (int64_t i = 0; i < full; i += 16)
+        N::store16(y + i, _mm512_mul_ps(_mm512_mul_ps(N::load16(x + i), vinv), _mm512_add_ps(one, N::load16(w + i))));
+    for (int64_t i = full; i < d; i++) y[i] = N::store(N::load(x[i]) * inv * (1.0f + N::load(w[i])));
 }
 
-static inline float dot_f32(const float *w, const float *x, int64_t cols) {
-    int64_t full = cols / 32 * 32;
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-    for (int64_t c = 0; c < full; c += 32) {
-        _mm_prefetch((const char *)(w + c + 512), _MM_HINT_T0);
-        _mm_prefetch((const char *)(w + c + 528), _MM_HINT_T0);
-        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + c), _mm512_loadu_ps(x + c), a0);
-        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + c + 16), _mm512_loadu_ps(x + c + 16), a1);
-    }
-    for (int64_t c = full; c < cols; c += 16) {
-        __mmask16 m = cols - c >= 16 ? 0xFFFF : (__mmask16)((1u << (cols - c)) - 1u);
-        a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w + c), _mm512_maskz_loadu_ps(m, x + c), a0);
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+/* y = res + norm(x): the residual added after the norm's rounding, as `residual + norm(x)` rounds it */
+template <typename T> static inline void add_norm_row(const T *x, const T *w, const T *res, T *y, int64_t d, float eps) {
+    using N = Num<T>;
+    norm_row(x, w, y, d, eps);
+    int64_t i = 0;
+    for (; i + 16 <= d; i += 16) N::store16(y + i, _mm512_add_ps(N::load16(res + i), N::load16(y + i)));
+    for (; i < d; i++) y[i] = N::store(N::load(res[i]) + N::load(y[i]));
 }
 
-static inline float gelu_tanh(float x) {                 /* as PyTorch's CPU kernel writes it */
-    const float beta = (float)(M_SQRT2 * M_2_SQRTPI * 0.5), kappa = 0.044715f;
-    float cube = x * x * x;
-    float inner = beta * (x + kappa * cube);
-    return 0.5f * x * (1.0f + tanhf(inner));
+/* One head's row of q or k normed, then rotated on half-split pairs with the cos/sin row of its
+   position, each step rounded to the storage type as PyTorch rounds it: y = (n * cos) + (rotate_half(n)
+   * sin), rotate_half(n) = [-n2, n1]. Needs d <= 1024. */
+template <typename T> static inline void norm_rope_row(const T *x, const T *w, const T *c, const T *s, T *y, int64_t d,
+                                                       float eps) {
+    using N = Num<T>;
+    int64_t h = d / 2, i = 0;
+    T n[1024];
+    norm_row(x, w, n, d, eps);
+    if (h % 16 == 0)
+        for (; i < d; i += 16) {
+            __m512 rot = i < h ? neg16(N::load16(n + i + h)) : N::load16(n + i - h);
+            __m512 a = N::round16(_mm512_mul_ps(N::load16(n + i), N::load16(c + i)));
+            __m512 b = N::round16(_mm512_mul_ps(rot, N::load16(s + i)));
+            N::store16(y + i, _mm512_add_ps(a, b));
+        }
+    for (; i < d; i++) {
+        float rot = i < h ? -N::load(n[i + h]) : N::load(n[i - h]);
+        float a = N::load(N::store(N::load(n[i]) * N::load(c[i])));
+        float b = N::load(N::store(rot * N::load(s[i])));
+        y[i] = N::store(a + b);
+    }
 }
-/* GeGLU over whole rows (a prompt's feed-forward): p = gelu_tanh(g) * u, the gelu rounded to the
-   storage type first, as PyTorch does. 16 lanes at a time, tanh(v) = 1 - 2 / (e^2v + 1) with an exp
-   accurate to about an ulp (Cephes' polynomial): within 1e-6 of PyTorch's vectorized tanh. */
 
+/* GeGLU: p = gelu_tanh(g) * u, the gelu rounded to the storage type first, as PyTorch does; p may be g.
+   16 lanes at a time (a ragged end padded to 16), tanh(v) = 1 - 2 / (e^2v + 1) with an exp accurate to
+   about an ulp (Cephes' polynomial): within 1e-6 of PyTorch's vectorized tanh. */
 static inline __m512 gelu512(__m512 x) {
     const __m512 one = _mm512_set1_ps(1.0f), two = _mm512_set1_ps(2.0f);
     __m512 cube = _mm512_mul_ps(_mm512_mul_ps(x, x), x);
@@ -157,27 +150,51 @@ static inline __m512 gelu512(__m512 x) {
     __m512 t = _mm512_sub_ps(one, _mm512_div_ps(two, _mm512_add_ps(exp512(_mm512_mul_ps(two, inner)), one)));
     return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), x), _mm512_add_ps(one, t));
 }
-
-#define GEGLU(T, LOAD, STORE)                                                                          \
-static void geglu_##T(const T *g, const T *u, T *p, int64_t n) {                                              \
-    int64_t full = n / 16 * 16;                                                                        \
-    _Pragma("omp parallel for schedule(static) if (n > 4096)")                                         \
-    for (int64_t i = 0; i < full; i += 16)                                                             \
-        store16_##T(p + i, _mm512_mul_ps(round16_##T(gelu512(load16_##T(g + i))), load16_##T(u + i))); \
-    for (int64_t i = full; i < n; i++) p[i] = STORE(LOAD(STORE(gelu_tanh(LOAD(g[i])))) * LOAD(u[i]));  \
+template <typename T> static inline void geglu_row(const T *g, const T *u, T *p, int64_t n) {
+    using N = Num<T>;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) N::store16(p + i, _mm512_mul_ps(N::round16(gelu512(N::load16(g + i))), N::load16(u + i)));
+    if (i < n) {
+        T g16[16] = {}, u16[16] = {}, p16[16];
+        std::copy(g + i, g + n, g16);
+        std::copy(u + i, u + n, u16);
+        N::store16(p16, _mm512_mul_ps(N::round16(gelu512(N::load16(g16))), N::load16(u16)));
+        std::copy(p16, p16 + (n - i), p + i);
+    }
 }
-GEGLU(f32, from_f32, to_f32)
-GEGLU(bf16, from_bf16, to_bf16)
 
-/* y = W x. W [rows, cols] row-major, x [cols], y [rows]; fp32 sums, one rounding. (PyTorch's one-row
-   fp32 product runs MKL's sgemv, single-threaded and at about half of one core's read rate here.) */
-#define MATVEC(T, STORE)                                                                     \
-static void matvec_##T(const T *W, const T *x, T *y, int64_t rows, int64_t cols) {          \
-    _Pragma("omp parallel for schedule(static)")                                             \
-    for (int64_t r = 0; r < rows; r++) y[r] = STORE(dot_##T(W + r * cols, x, cols));        \
+/* Calls f(lo, hi) on PyTorch's OpenMP threads (when `parallel`), one contiguous range of [0, n) each,
+   every range but the last a multiple of `align` */
+template <typename F> static void in_ranges(int64_t n, int64_t align, bool parallel, F f) {
+    _Pragma("omp parallel if (parallel)")
+    {
+        int64_t k = omp_get_num_threads(), t = omp_get_thread_num(), blocks = (n + align - 1) / align;
+        int64_t lo = std::min(n, blocks * t / k * align), hi = std::min(n, blocks * (t + 1) / k * align);
+        if (lo < hi) f(lo, hi);
+    }
 }
-MATVEC(f32, to_f32)
-MATVEC(bf16, to_bf16)
+
+/* ---- The per-stage operators' loops (a prompt's rows; a decoded row when the step path runs) ---- */
+
+/* rows of RMSNorm (x, y [rows, d]; w [d]), plus res [rows, d] when given */
+template <typename T> static void rms_norm_rows(const T *x, const T *w, const T *res, T *y, int64_t rows, int64_t d, float eps) {
+    _Pragma("omp parallel for if (rows > 8)")
+    for (int64_t r = 0; r < rows; r++) {
+        if (res) add_norm_row(x + r * d, w, res + r * d, y + r * d, d, eps);
+        else norm_row(x + r * d, w, y + r * d, d, eps);
+    }
+}
+
+/* q or k rows [B, T, heads, d] normed and rotated with the cos/sin row [T, d] of their position. A
+   token's heads lie together in x, tokens `step` elements apart (a slice of a fused q/k/v product); y is dense. */
+template <typename T> static void norm_rope_rows(const T *x, const T *w, const T *cs, const T *sn, T *y, int64_t rows,
+                                                 int64_t heads, int64_t npos, int64_t d, int64_t step, float eps) {
+    _Pragma("omp parallel for if (rows > 64)")
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t p = (r / heads) % npos;
+        norm_rope_row(x + r / heads * step + r % heads * d, w, cs + p * d, sn + p * d, y + r * d, d, eps);
+    }
+}
 
 /* ---- One decoded token (batch 1), on threads the OS may stop at any moment ----
 
@@ -202,32 +219,12 @@ constexpr double GRACE = 20e-6;                    /* how long past its own long
 constexpr double IDLE = 20e-6;                     /* how long a helper spins for the next token before it sleeps */
 static std::atomic<int64_t> covered{0};            /* chunks a thread computed for another that held it */
 
-template <typename T> struct Num;                  /* the arithmetic of each storage type */
-template <> struct Num<f32> {
-    static float load(f32 v) { return v; }
-    static f32 store(float v) { return v; }
-    static float dot(const f32 *w, const f32 *x, int64_t n) { return dot_f32(w, x, n); }
-    static void norm(const f32 *x, const f32 *w, f32 *y, int64_t d, float eps) { norm_row_f32(x, w, y, d, eps); }
-    static void norm_rope(const f32 *x, const f32 *w, const f32 *c, const f32 *s, f32 *y, int64_t heads, int64_t d, float eps) {
-        norm_rope_f32(x, w, c, s, y, heads, heads, 1, d, heads * d, eps);
-    }
-};
-template <> struct Num<bf16> {
-    static float load(bf16 v) { return from_bf16(v); }
-    static bf16 store(float v) { return to_bf16(v); }
-    static float dot(const bf16 *w, const bf16 *x, int64_t n) { return dot_bf16(w, x, n); }
-    static void norm(const bf16 *x, const bf16 *w, bf16 *y, int64_t d, float eps) { norm_row_bf16(x, w, y, d, eps); }
-    static void norm_rope(const bf16 *x, const bf16 *w, const bf16 *c, const bf16 *s, bf16 *y, int64_t heads, int64_t d, float eps) {
-        norm_rope_bf16(x, w, c, s, y, heads, heads, 1, d, heads * d, eps);
-    }
-};
-
 template <typename T> struct Step {
     Kind kind;
     int64_t chunks = 1, per = 1, rows = 0, cols = 0; /* per: rows (or heads) a chunk */
     const T *W[3] = {}; int64_t end[3] = {};       /* MATVEC: stacked matrices, W[i] up to row end[i] */
-    const T *src = nullptr, *w1 = nullptr, *w2 = nullptr;
-    T *dst = nullptr;
+    const T *src = nullptr, *res = nullptr, *w1 = nullptr, *w2 = nullptr; /* res: RESNORM's residual */
+    T *dst = nullptr, *dst2 = nullptr;             /* dst2: RESNORM's next norm */
     int64_t layer = 0, first = 0;                  /* first: its first chunk's index in Job::state */
 };
 
@@ -260,7 +257,7 @@ template <typename T> struct Job : JobBase {
         if (s.kind == MATVEC || s.kind == GATEUP) {
             s.per = std::max<int64_t>(1, CHUNK_BYTES / (s.cols * (int64_t)sizeof(T) * (s.kind == GATEUP ? 2 : 1)));
             s.chunks = (s.rows + s.per - 1) / s.per;
-            most_out = std::max(most_out, s.per);
+            most_out = std::max(most_out, s.per * (s.kind == GATEUP ? 2 : 1));
         } else if (s.kind == ATTN) {
             s.chunks = nh;
         }
@@ -278,35 +275,32 @@ template <typename T> struct Job : JobBase {
     void compute(const Step<T> &st, int64_t c, T *out, float *scores) const {
         int64_t lo = c * st.per, hi = std::min(st.rows, lo + st.per);
         switch (st.kind) {
-        case NORM: N::norm(st.src, st.w1, out, d, eps); break;
-        case RESNORM: {                            /* x + post_norm(src), then its next norm */
-            const T *x = st.dst;
-            T *sum = out, *h = out + d;
-            N::norm(st.src, st.w1, h, d, eps);
-            for (int64_t i = 0; i < d; i++) sum[i] = N::store(N::load(x[i]) + N::load(h[i]));
-            N::norm(sum, st.w2, h, d, eps);
+        case NORM: norm_row(st.src, st.w1, out, d, eps); break;
+        case RESNORM:                              /* res + post_norm(src), then its next norm */
+            add_norm_row(st.src, st.w1, st.res, out, d, eps);
+            norm_row(out, st.w2, out + d, d, eps);
             break;
-        }
-        case MATVEC:
-            for (int64_t r = lo; r < hi; r++) {
+        case MATVEC:                               /* rows lo..hi of the stacked matrices */
+            for (int64_t r = lo; r < hi;) {
                 int i = r < st.end[0] ? 0 : r < st.end[1] ? 1 : 2;
-                out[r - lo] = N::store(N::dot(st.W[i] + (r - (i ? st.end[i - 1] : 0)) * st.cols, st.src, st.cols));
+                int64_t top = i ? st.end[i - 1] : 0, stop = std::min(hi, st.end[i]);
+                matvec_rows(st.W[i] + (r - top) * st.cols, st.src, out + (r - lo), stop - r, st.cols);
+                r = stop;
             }
             break;
-        case GATEUP:
-            for (int64_t r = lo; r < hi; r++) {
-                float g = N::load(N::store(N::dot(st.W[0] + r * st.cols, st.src, st.cols)));
-                float u = N::load(N::store(N::dot(st.W[1] + r * st.cols, st.src, st.cols)));
-                out[r - lo] = N::store(N::load(N::store(gelu_tanh(g))) * u);
-            }
+        case GATEUP:                               /* gate rows, up rows, then gelu(gate) * up over them */
+            matvec_rows(st.W[0] + lo * st.cols, st.src, out, hi - lo, st.cols);
+            matvec_rows(st.W[1] + lo * st.cols, st.src, out + (hi - lo), hi - lo, st.cols);
+            geglu_row(out, out + (hi - lo), out, hi - lo);
             break;
         case ROPE: {                               /* q and k normed and rotated, v as it is */
             const Layer &L = layers[st.layer];
             int64_t nq = nh * hd, nk = nkv * hd;
             auto cs = (const T *)L.cos, sn = (const T *)L.sin;
-            N::norm_rope(st.src, (const T *)L.qn, cs, sn, out, nh, hd, eps);
-            N::norm_rope(st.src + nq, (const T *)L.kn, cs, sn, out + nq, nkv, hd, eps);
-            for (int64_t i = 0; i < nk; i++) out[nq + nk + i] = st.src[nq + nk + i];
+            for (int64_t i = 0; i < nh; i++) norm_rope_row(st.src + i * hd, (const T *)L.qn, cs, sn, out + i * hd, hd, eps);
+            for (int64_t i = 0; i < nkv; i++)
+                norm_rope_row(st.src + nq + i * hd, (const T *)L.kn, cs, sn, out + nq + i * hd, hd, eps);
+            std::copy(st.src + nq + nk, st.src + nq + 2 * nk, out + nq + nk);
             break;
         }
         case ATTN: {                               /* softmax(q K^T * scale) V over the first len slots, fp32 */
@@ -338,7 +332,7 @@ template <typename T> struct Job : JobBase {
         int64_t lo = c * st.per, hi = std::min(st.rows, lo + st.per);
         switch (st.kind) {
         case NORM: std::copy(out, out + d, st.dst); break;
-        case RESNORM: std::copy(out, out + d, st.dst); std::copy(out + d, out + 2 * d, buf.data() + d); break;
+        case RESNORM: std::copy(out, out + d, st.dst); std::copy(out + d, out + 2 * d, st.dst2); break;
         case MATVEC: case GATEUP: std::copy(out, out + (hi - lo), st.dst + lo); break;
         case ATTN: std::copy(out, out + hd, st.dst + c * hd); break;
         case ROPE: {
@@ -469,45 +463,62 @@ static void run(const std::shared_ptr<JobBase> &job) {
    h = attn_norm(x); raw = [Wq; Wk; Wv] h; q, k, v = rope(q_norm(.)), rope(k_norm(.)), v -> cache;
    a = attention per head; o = Wo a; x += post_attn_norm(o), h = ffn_norm(x);
    p = gelu_tanh(Wg h) * (Wu h); dn = Wd p; x += post_ffn_norm(dn), h = the next layer's attn_norm(x)
-   (after the last layer: final_norm(x)); then logits = head h. */
+   (after the last layer: final_norm(x)); then logits = head h.
+   Each step writes its vector to the token's scratch buffer, reused layer after layer, or, with a trace,
+   to the trace's own place for it (the next steps read it there), so a trace costs no step and no copy:
+   per layer, ROW_STAGES of ops.py in this order, attn_norm [d], q [nh hd], k, v [nkv hd], q_rope [nh hd],
+   attn_out [nh hd], o, mid, ffn_norm [d], act [f], down, output [d]; then final_norm [d]. */
 template <typename T>
 static std::shared_ptr<Job<T>> plan(const at::Tensor &x, const at::Tensor *w, const at::Tensor *kv, const at::Tensor *rope,
                                     const int64_t *slot, const int64_t *len, const double *scale, int64_t layers,
                                     const at::Tensor &fnw, const at::Tensor &head, at::Tensor &logits,
-                                    int64_t nh, int64_t nkv, int64_t hd, int64_t f, float eps) {
+                                    int64_t nh, int64_t nkv, int64_t hd, int64_t f, float eps,
+                                    const c10::optional<at::Tensor> &traced) {
     auto job = std::make_shared<Job<T>>();
     int64_t d = x.numel(), nq = nh * hd, nk = nkv * hd;
     job->d = d; job->nh = nh; job->nkv = nkv; job->hd = hd; job->eps = eps;
     job->buf.resize(2 * d + (nq + 2 * nk) + 2 * nq + 2 * d + f);
     T *X = job->buf.data(), *h = X + d, *raw = h + d, *q = raw + nq + 2 * nk, *a = q + nq, *o = a + nq, *dn = o + d, *p = dn + d;
+    /* where layer l's stage (its offset in a layer's trace) is written: the trace, or the scratch vector */
+    const int64_t QKV = d, QROPE = QKV + nq + 2 * nk, AOUT = QROPE + nq, O = AOUT + nq, MID = O + d, FFN = MID + d,
+                  ACT = FFN + d, DOWN = ACT + f, OUT = DOWN + d, WIDTH = OUT + d;
+    T *trace = traced ? PTR(*traced, T) : nullptr;
+    auto at = [&](int64_t l, int64_t offset, T *scratch) { return trace ? trace + l * WIDTH + offset : scratch; };
     std::copy(CPTR(x, T), CPTR(x, T) + d, X);
     for (int64_t i = 0; i < 13 * layers; i++) job->keep.push_back(w[i].storage());
     for (int64_t i = 0; i < 2 * layers; i++) { job->keep.push_back(kv[i].storage()); job->keep.push_back(rope[i].storage()); }
     job->keep.push_back(fnw.storage());
     job->keep.push_back(head.storage());
+    if (trace) job->keep.push_back(traced->storage());
     auto add = [&](Kind kind, auto... fields) { Step<T> s; s.kind = kind; (fields(s), ...); job->add(s); };
-    add(NORM, [&](Step<T> &s) { s.src = X; s.w1 = CPTR(w[0], T); s.dst = h; });
+    add(NORM, [&](Step<T> &s) { s.src = X; s.w1 = CPTR(w[0], T); s.dst = at(0, 0, h); });
     for (int64_t l = 0; l < layers; l++) {
         const at::Tensor *lw = w + 13 * l;
         job->layers.push_back({kv[2 * l].data_ptr(), kv[2 * l + 1].data_ptr(), rope[2 * l].data_ptr(), rope[2 * l + 1].data_ptr(),
                                lw[4].data_ptr(), lw[5].data_ptr(), kv[2 * l].size(2), slot[l], len[l], (float)scale[l]});
         job->most_slots = std::max(job->most_slots, len[l]);
         add(MATVEC, [&](Step<T> &s) {
-            s.rows = nq + 2 * nk; s.cols = d; s.src = h; s.dst = raw;
+            s.rows = nq + 2 * nk; s.cols = d; s.src = at(l, 0, h); s.dst = at(l, QKV, raw);
             s.W[0] = CPTR(lw[1], T); s.W[1] = CPTR(lw[2], T); s.W[2] = CPTR(lw[3], T);
             s.end[0] = nq; s.end[1] = nq + nk; s.end[2] = nq + 2 * nk;
         });
-        add(ROPE, [&](Step<T> &s) { s.src = raw; s.dst = q; s.layer = l; });
-        add(ATTN, [&](Step<T> &s) { s.src = q; s.dst = a; s.layer = l; });
-        add(MATVEC, [&](Step<T> &s) { s.rows = d; s.cols = nq; s.src = a; s.dst = o; s.W[0] = CPTR(lw[6], T); s.end[0] = d; });
-        add(RESNORM, [&](Step<T> &s) { s.src = o; s.w1 = CPTR(lw[7], T); s.w2 = CPTR(lw[8], T); s.dst = X; });
-        add(GATEUP, [&](Step<T> &s) { s.rows = f; s.cols = d; s.src = h; s.dst = p; s.W[0] = CPTR(lw[9], T); s.W[1] = CPTR(lw[10], T); });
-        add(MATVEC, [&](Step<T> &s) { s.rows = d; s.cols = f; s.src = p; s.dst = dn; s.W[0] = CPTR(lw[11], T); s.end[0] = d; });
+        add(ROPE, [&](Step<T> &s) { s.src = at(l, QKV, raw); s.dst = at(l, QROPE, q); s.layer = l; });
+        add(ATTN, [&](Step<T> &s) { s.src = at(l, QROPE, q); s.dst = at(l, AOUT, a); s.layer = l; });
+        add(MATVEC, [&](Step<T> &s) { s.rows = d; s.cols = nq; s.src = at(l, AOUT, a); s.dst = at(l, O, o); s.W[0] = CPTR(lw[6], T); s.end[0] = d; });
+        add(RESNORM, [&](Step<T> &s) {
+            s.src = at(l, O, o); s.res = l ? at(l - 1, OUT, X) : X; s.w1 = CPTR(lw[7], T); s.w2 = CPTR(lw[8], T);
+            s.dst = at(l, MID, X); s.dst2 = at(l, FFN, h);
+        });
+        add(GATEUP, [&](Step<T> &s) { s.rows = f; s.cols = d; s.src = at(l, FFN, h); s.dst = at(l, ACT, p); s.W[0] = CPTR(lw[9], T); s.W[1] = CPTR(lw[10], T); });
+        add(MATVEC, [&](Step<T> &s) { s.rows = d; s.cols = f; s.src = at(l, ACT, p); s.dst = at(l, DOWN, dn); s.W[0] = CPTR(lw[11], T); s.end[0] = d; });
         const T *next = l + 1 < layers ? CPTR(w[13 * (l + 1)], T) : CPTR(fnw, T);
-        add(RESNORM, [&](Step<T> &s) { s.src = dn; s.w1 = CPTR(lw[12], T); s.w2 = next; s.dst = X; });
+        add(RESNORM, [&](Step<T> &s) {
+            s.src = at(l, DOWN, dn); s.res = at(l, MID, X); s.w1 = CPTR(lw[12], T); s.w2 = next;
+            s.dst = at(l, OUT, X); s.dst2 = at(l + 1, 0, h);
+        });
     }
     add(MATVEC, [&](Step<T> &s) {
-        s.rows = head.size(0); s.cols = d; s.src = h; s.dst = PTR(logits, T); s.W[0] = CPTR(head, T); s.end[0] = s.rows;
+        s.rows = head.size(0); s.cols = d; s.src = at(layers, 0, h); s.dst = PTR(logits, T); s.W[0] = CPTR(head, T); s.end[0] = s.rows;
     });
     job->ready();
     return job;
@@ -532,7 +543,8 @@ static at::Tensor matvec(const at::Tensor &W, const at::Tensor &x) {
     TORCH_CHECK(W.dim() == 2 && x.numel() == W.size(1), "matvec: W [rows, cols], x [cols]");
     check(W, W, "W"); check(x, W, "x");
     at::Tensor y = at::empty({W.size(0)}, W.options());
-#define CALL(S) matvec_##S(CPTR(W, T), CPTR(x, T), PTR(y, T), W.size(0), W.size(1))
+#define CALL(S) in_ranges(W.size(0), 1, true, [&](int64_t lo, int64_t hi) { \
+        matvec_rows(CPTR(W, T) + lo * W.size(1), CPTR(x, T), PTR(y, T) + lo, hi - lo, W.size(1)); })
     BY_DTYPE(W, CALL);
 #undef CALL
     return y;
@@ -546,7 +558,7 @@ static at::Tensor rms_norm(const at::Tensor &x, const at::Tensor &w, const c10::
     const bool res = residual.has_value();
     if (res) { check(*residual, x, "residual"); TORCH_CHECK(residual->sizes() == x.sizes(), "residual: x's shape"); }
     at::Tensor y = at::empty_like(x);
-#define CALL(S) rms_norm_##S(CPTR(x, T), CPTR(w, T), res ? CPTR(*residual, T) : nullptr, PTR(y, T), x.numel() / d, d, (float)eps)
+#define CALL(S) rms_norm_rows(CPTR(x, T), CPTR(w, T), res ? CPTR(*residual, T) : nullptr, PTR(y, T), x.numel() / d, d, (float)eps)
     BY_DTYPE(x, CALL);
 #undef CALL
     return y;
@@ -562,7 +574,7 @@ static at::Tensor norm_rope(const at::Tensor &x, const at::Tensor &w, const at::
     TORCH_CHECK(x.stride(3) == 1 && x.stride(2) == d && (B == 1 || x.stride(0) == len * x.stride(1)), "norm_rope: heads must lie together");
     check(w, x, "weight"); check(cos, x, "cos"); check(sin, x, "sin");
     at::Tensor y = at::empty(x.sizes(), x.options());
-#define CALL(S) norm_rope_##S(CPTR(x, T), CPTR(w, T), CPTR(cos, T), CPTR(sin, T), PTR(y, T), B * len * heads, heads, len, d, x.stride(1), (float)eps)
+#define CALL(S) norm_rope_rows(CPTR(x, T), CPTR(w, T), CPTR(cos, T), CPTR(sin, T), PTR(y, T), B * len * heads, heads, len, d, x.stride(1), (float)eps)
     BY_DTYPE(x, CALL);
 #undef CALL
     return y;
@@ -573,7 +585,8 @@ static at::Tensor geglu(const at::Tensor &g, const at::Tensor &u) {
     check(g, g, "gate"); check(u, g, "up");
     TORCH_CHECK(g.sizes() == u.sizes(), "geglu: gate and up of one shape");
     at::Tensor p = at::empty_like(g);
-#define CALL(S) geglu_##S(CPTR(g, T), CPTR(u, T), PTR(p, T), g.numel())
+#define CALL(S) in_ranges(g.numel(), 16, g.numel() > 4096, [&](int64_t lo, int64_t hi) { \
+        geglu_row(CPTR(g, T) + lo, CPTR(u, T) + lo, PTR(p, T) + lo, hi - lo); })
     BY_DTYPE(g, CALL);
 #undef CALL
     return p;
@@ -582,10 +595,12 @@ static at::Tensor geglu(const at::Tensor &g, const at::Tensor &u) {
 /* The logits of one decoded row (batch 1): every block, each writing its key and value at its cache
    slot and attending to the first `lengths` slots, then the final norm and the head. Per layer:
    weights, 13: attn_norm, wq, wk, wv, q_norm, k_norm, wo, post_attn_norm, ffn_norm, gate, up, down,
-   post_ffn_norm; caches, 2: k, v [1, kv_heads, slots, head_dim]; rope, 2: cos, sin [head_dim]. */
+   post_ffn_norm; caches, 2: k, v [1, kv_heads, slots, head_dim]; rope, 2: cos, sin [head_dim].
+   trace, when given: where the token's stages are written (see plan); without one they are not kept. */
 static at::Tensor decode_row(const at::Tensor &x, at::TensorList weights, at::TensorList caches, at::TensorList rope,
                              at::IntArrayRef slots, at::IntArrayRef lengths, at::ArrayRef<double> scales,
-                             const at::Tensor &final_norm, const at::Tensor &head, double eps, int64_t threads) {
+                             const at::Tensor &final_norm, const at::Tensor &head, double eps, int64_t threads,
+                             const c10::optional<at::Tensor> &trace) {
     int64_t layers = slots.size(), d = x.numel();
     TORCH_CHECK(layers > 0 && (int64_t)weights.size() == 13 * layers && (int64_t)caches.size() == 2 * layers
                 && (int64_t)rope.size() == 2 * layers && (int64_t)lengths.size() == layers && (int64_t)scales.size() == layers,
@@ -611,10 +626,15 @@ static at::Tensor decode_row(const at::Tensor &x, at::TensorList weights, at::Te
     }
     check(x, x, "x"); check(final_norm, x, "final_norm"); check(head, x, "head");
     TORCH_CHECK(final_norm.numel() == d && head.dim() == 2 && head.size(1) == d, "decode_row: final_norm [d], head [vocab, d]");
+    if (trace) {
+        check(*trace, x, "decode_row trace");
+        TORCH_CHECK(trace->numel() == layers * (6 * d + 3 * nq + 2 * nkv * hd + f) + d,
+                    "decode_row: a trace of 6 hidden + 3 q + 2 k + ffn numbers a layer, and hidden more");
+    }
     at::Tensor logits = at::empty({head.size(0)}, x.options());
     std::shared_ptr<JobBase> job;
 #define CALL(S) job = plan<S>(x, weights.data(), caches.data(), rope.data(), slots.data(), lengths.data(), scales.data(), \
-                              layers, final_norm, head, logits, nh, nkv, hd, f, (float)eps)
+                              layers, final_norm, head, logits, nh, nkv, hd, f, (float)eps, trace)
     BY_DTYPE(x, CALL);
 #undef CALL
     job->threads = (int)std::max<int64_t>(1, threads);
@@ -631,7 +651,7 @@ TORCH_LIBRARY(gemma3_engine, m) {
     m.def("norm_rope(Tensor x, Tensor weight, Tensor cos, Tensor sin, float eps) -> Tensor");
     m.def("geglu(Tensor gate, Tensor up) -> Tensor");
     m.def("decode_row(Tensor x, Tensor[] weights, Tensor(a!)[] caches, Tensor[] rope, int[] slots, int[] lengths, "
-          "float[] scales, Tensor final_norm, Tensor head, float eps, int threads) -> Tensor");
+          "float[] scales, Tensor final_norm, Tensor head, float eps, int threads, Tensor(b!)? trace=None) -> Tensor");
     m.def("covered_chunks() -> int");
 }
 

@@ -46,7 +46,8 @@ def _register_fakes():
     torch.library.register_fake(lib + "norm_rope")(lambda x, weight, cos, sin, eps: x.new_empty(x.shape))
     torch.library.register_fake(lib + "geglu")(lambda gate, up: torch.empty_like(gate))
     torch.library.register_fake(lib + "decode_row")(
-        lambda x, weights, caches, rope, slots, lengths, scales, final_norm, head, eps, threads: head.new_empty(head.shape[0]))
+        lambda x, weights, caches, rope, slots, lengths, scales, final_norm, head, eps, threads, trace=None:
+        head.new_empty(head.shape[0]))
 
 
 def matvec(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
