@@ -61,6 +61,7 @@ def test_the_reference_model_knows_nothing_of_the_engine():
 
 # ---- the engine and the reference, stage by stage ----
 FUSED = {"q_norm", "k_norm", "attn_probs", "post_attn_norm", "post_ffn_norm"}   # computed inside another stage's step
+ROW_FUSED = {"gate", "up"}  # decode_row computes act from their rows in one step
 WALK_PROMPT = "Once upon a time, a little dog named Max found a red ball in the park and ran home to his mom"
 
 
@@ -68,32 +69,38 @@ WALK_PROMPT = "Once upon a time, a little dog named Max found a red ball in the 
 def test_the_engine_walks_every_stage_of_the_reference(dtype):
     """The engine is the reference's forward pass in fewer, faster steps: every stage it computes apart equals the
     reference's stage of that name (explain.hooks records them with forward hooks on gemma3/model.py's modules), on
-    a prompt past the window, and the stages it fuses are exactly FUSED."""
+    a prompt past the window, in both of its forms: the step-by-step path (forward.py, the per-stage operators) on
+    all tokens but the last, then decode_row (the last token in one call, kernels.cpp) with its trace. The stages
+    the steps fuse are exactly FUSED; decode_row's, FUSED and ROW_FUSED."""
     from explain import hooks
 
     model, tok = tiny(dtype), gemma3.gpt2_tokenizer()
     rec = hooks.record(model, tok, WALK_PROMPT)
     ids = torch.tensor([tok.encode(WALK_PROMPT)])
-    assert ids.shape[1] == rec.seq_len > model.config.window
-    seen = {}
+    assert ids.shape[1] == rec.seq_len > model.config.window + 1
+    steps, row = {}, {}
     with torch.inference_mode():
-        engine.forward(model, ids, model.new_cache(1, ids.shape[1]),
-                       tap=lambda stage, layer, t: seen.__setitem__((stage, layer), t[0].clone()))
+        cache = model.new_cache(1, ids.shape[1])
+        engine.forward(model, ids[:, :-1], cache, tap=lambda stage, layer, t: steps.__setitem__((stage, layer), t[0].clone()))
+        engine.forward(model, ids[:, -1:], cache, tap=lambda stage, layer, t: row.__setitem__((stage, layer), t[0].clone()))
     layers = range(model.config.layers)
     walked = {(s, i) for s in hooks.STAGES for i in layers} | {(s, None) for s in hooks.MODEL_STAGES}
-    assert set(seen) == {(s, i) for s, i in walked if s not in FUSED}, "every stage but the fused ones, once"
+    assert set(steps) == {(s, i) for s, i in walked if s not in FUSED}, "every stage but the fused ones, once"
+    row_fused = FUSED | ROW_FUSED if ops.available() else FUSED  # without the kernels a row takes the steps too
+    assert set(row) == {(s, i) for s, i in walked if s not in row_fused}, "decode_row's stages, once"
     # in bf16 the two round in different places (the engine adds the residual before rounding): against the fp32
     # pass, the engine's stage may be no more than twice as far off as the reference's own bf16 stage
     truth = hooks.record(copy.deepcopy(model).float(), tok, WALK_PROMPT) if dtype == torch.bfloat16 else None
-    for (stage, layer), t in seen.items():
-        ref = rec.stage(stage, layer)
-        assert t.shape == ref.shape, (stage, layer)
-        if truth is None:
-            assert close(t, ref), (stage, layer)
-        else:
-            exact = truth.stage(stage, layer).float()
-            off, ref_off = ((x.float() - exact).abs().max().item() for x in (t, ref))
-            assert off <= 2 * ref_off + 1e-6, (stage, layer, off, ref_off)
+    for seen, tokens in ((steps, slice(None, -1)), (row, slice(-1, None))):
+        for (stage, layer), t in seen.items():
+            ref = rec.stage(stage, layer)[tokens]
+            assert t.shape == ref.shape, (stage, layer)
+            if truth is None:
+                assert close(t, ref), (stage, layer)
+            else:
+                exact = truth.stage(stage, layer)[tokens].float()
+                off, ref_off = ((x.float() - exact).abs().max().item() for x in (t, ref))
+                assert off <= 2 * ref_off + 1e-6, (stage, layer, off, ref_off)
 
 
 # ---- the operators against the reference's PyTorch code ----

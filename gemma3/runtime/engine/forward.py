@@ -125,11 +125,11 @@ def forward(model, input_ids: torch.Tensor, cache, last_only: bool = False, prep
     positions = torch.arange(start, start + T, device=input_ids.device)
     local, glob = model.rope_local(positions, x.dtype), model.rope_global(positions, x.dtype)
     rope = [local if block.sliding else glob for block in model.blocks]
-    if B == 1 and T == 1 and tap is None:
-        logits = ops.decode_row(model, x, cache, rope, prepared, threads)
+    if B == 1 and T == 1:
+        logits = ops.decode_row(model, x, cache, rope, prepared, threads, tap)
         if logits is not None:
             cache.pos += 1
-            return logits.view(1, 1, -1)
+            return _seen(tap, "logits", None, logits.view(1, 1, -1))
     for i, (block, layer_cache, (cos, sin)) in enumerate(zip(model.blocks, cache.layers, rope)):
         x = block_forward(block, x, cos, sin, start, layer_cache, tap, i)
     cache.pos += T

@@ -8,6 +8,8 @@ fp32/bf16, a layout it does not take): the caller then runs the PyTorch code.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .. import native
@@ -101,12 +103,27 @@ def row_weights(model) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor] 
     return weights, model.final_norm.weight, head
 
 
-def decode_row(model, x: torch.Tensor, cache, cos_sin, prepared=None, threads: int | None = None) -> torch.Tensor | None:
+# The stages decode_row can write out (its trace), a layer's in the order kernels.cpp's plan lays them out, then
+# final_norm. Of explain.hooks.STAGES it has no gate and up (one step computes act from their rows) and none of
+# the five the engine fuses (forward.py); k_rope is the key it writes to the cache, a layer's input the
+# previous layer's output.
+ROW_STAGES = ("attn_norm", "q", "k", "v", "q_rope", "attn_out", "o", "mid", "ffn_norm", "act", "down", "output")
+
+
+def _row_shapes(attn, d: int, f: int) -> list[tuple[int, ...]]:
+    heads, kv, hd = attn.heads, attn.kv_heads, attn.head_dim
+    return [(d,), (heads, hd), (kv, hd), (kv, hd), (heads, hd), (heads * hd,), (d,), (d,), (d,), (f,), (d,), (d,)]
+
+
+def decode_row(model, x: torch.Tensor, cache, cos_sin, prepared=None, threads: int | None = None,
+               tap=None) -> torch.Tensor | None:
     """The logits [vocab] of one decoded row x [1, 1, hidden] (the scaled embedding) at position
     cache.pos: every block, each writing its key and value to its LayerCache, then the final norm and
     the head, in one call; or None. cos_sin: the (cos, sin) of the row's position for each layer;
     prepared: row_weights(model), when the caller has it (False: it found the operator does not
-    apply); threads: how many threads compute it (default: PyTorch's intra-op count)."""
+    apply); threads: how many threads compute it (default: PyTorch's intra-op count); tap: given,
+    the call also writes its stages to a trace, and tap(stage, layer, tensor) sees each (ROW_STAGES,
+    and a layer's input and k_rope, then final_norm) as forward.py shows a row's: [1, 1, ...]."""
     prepared = row_weights(model) if prepared is None else prepared
     if not prepared or x.numel() != x.shape[-1] or not usable(x, prepared[2]) or not x.is_contiguous():
         return None
@@ -121,8 +138,23 @@ def decode_row(model, x: torch.Tensor, cache, cos_sin, prepared=None, threads: i
         slots.append(pos % lc.slots if lc.ring else pos)
         lengths.append(min(pos + 1, lc.slots))
         scales.append(block.attn.scale)
-    return torch.ops.gemma3_engine.decode_row(x, weights, caches, rope, slots, lengths, scales, final_norm, head,
-                                              model.config.norm_eps, threads or torch.get_num_threads())
+    d, f = x.numel(), weights[9].shape[0]
+    shapes = _row_shapes(model.blocks[0].attn, d, f)
+    trace = None if tap is None else x.new_empty(len(model.blocks) * sum(math.prod(s) for s in shapes) + d)
+    logits = torch.ops.gemma3_engine.decode_row(x, weights, caches, rope, slots, lengths, scales, final_norm, head,
+                                                model.config.norm_eps, threads or torch.get_num_threads(), trace)
+    if tap is not None:
+        parts = iter(trace.split([math.prod(s) for s in shapes] * len(model.blocks) + [d]))
+        row = x.view(1, 1, d)
+        for i, (lc, slot) in enumerate(zip(cache.layers, slots)):
+            tap("input", i, row)
+            for stage, shape in zip(ROW_STAGES, shapes):
+                row = next(parts).view(1, 1, *shape)  # the last: the layer's output, the next one's input
+                tap(stage, i, row)
+                if stage == "q_rope":
+                    tap("k_rope", i, lc.k[:, :, slot].unsqueeze(1))
+        tap("final_norm", None, next(parts).view(1, 1, d))
+    return logits
 
 
 def covered_chunks() -> int:
