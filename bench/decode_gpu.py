@@ -48,6 +48,45 @@ def read_bandwidth(device, gib: float = 2.0) -> float:
     return buf.numel() * buf.element_size() / best
 
 
+def replay_time_per_kernel(device, n: int = 2000) -> float:
+    """Seconds a replayed CUDA graph spends per small kernel (n adds on a 640-element vector, back to back):
+    the least any kernel of a decode step costs, however little it reads."""
+    x = torch.zeros(640, device=device)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        x.add_(1)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(n):
+            x.add_(1)
+    best = float("inf")
+    for _ in range(5):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        graph.replay()
+        torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return best / n
+
+
+def kernels_per_token(model, device) -> int:
+    """GPU kernels (and copies) one eager fixed-shape decode step launches, counted by the profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cache = model.new_cache(1, 64)
+    ids = torch.zeros(1, 1, dtype=torch.long, device=device)
+    with torch.inference_mode():
+        model(torch.zeros(1, 8, dtype=torch.long, device=device), cache=cache)
+        model.decode(ids, cache)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            model.decode(ids, cache)
+            torch.cuda.synchronize()
+    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+
+
 def bytes_per_token(model, context: int) -> int:
     """What one decoded token reads: every weight once (the tied embedding as the head) and, per layer,
     the keys and values it attends to at `context` positions."""
@@ -142,14 +181,23 @@ def main(quick: bool = False, device: str = "cuda"):
         for n, p in big.named_parameters():
             if "norm" in n:
                 p.normal_(0, 0.1)
-    models = {"270m": big.to(device, torch.bfloat16).eval()}
+    models = {"270m" if device.type == "cuda" else "demo preset (dry run)": big.to(device, torch.bfloat16).eval()}
     if not quick:
         models["demo"] = gemma3.load_model(DEMO_MODEL, device=device, dtype=torch.bfloat16)[0]
+    cuda = device.type == "cuda"
+    per_kernel = replay_time_per_kernel(device) if cuda else float("nan")
+    if cuda:
+        print(f"a replayed CUDA graph: {per_kernel * 1e6:.2f} us per small kernel", flush=True)
     rows = []
     for name, model in models.items():
-        rates = run_model(name, model, tokens, compile_sides=device.type == "cuda", device=device)
+        rates = run_model(name, model, tokens, compile_sides=cuda, device=device)
         per_token = bytes_per_token(model, 20 + tokens // 2)
         bound = bw / per_token
+        if cuda:
+            kernels = kernels_per_token(model, device)
+            print(f"  {name}: an eager fixed-shape step launches {kernels} kernels: as a graph at least "
+                  f"{kernels * per_kernel * 1e3:.2f} ms a token, {1 / (kernels * per_kernel):.0f} tok/s at most "
+                  f"(the bytes alone: {per_token / bw * 1e3:.3f} ms, {bound:.0f} tok/s)", flush=True)
         ours_best = max(v for k, v in rates.items() if k.startswith("ours") and "sampling" not in k)
         theirs_best = max((v for k, v in rates.items() if k.startswith("transformers")), default=float("nan"))
         rows.append((name, rates, bound, per_token, ours_best, theirs_best))
