@@ -1,17 +1,19 @@
 """The engine's forward pass: what Gemma3.forward computes with a KV cache, in fewer, faster steps.
 
-It reads the model's own modules and weights and follows gemma3/model.py line by line, handing each
-part to an operator of kernels.cpp where one applies (ops.py) and running the model's PyTorch code
-where none does. A decoded row (batch 1) is one call: every block, the final norm and the head, on
-one team of threads (kernels.cpp says why). A prompt takes vectorized passes for the norms (with the
-residual add), q/k norm + RoPE and GeGLU, and one matrix product for q, k and v where they are
-packed (packing.py).
+The forward pass is written three times: gemma3/model.py, the reference; this file, the same stages
+step by step, following the model line by line and handing each part to an operator of kernels.cpp
+where one applies (ops.py), the model's PyTorch code where none does; and kernels.cpp's decode_row, a
+decoded row (batch 1) in one call: every block, the final norm and the head, on one team of threads
+(kernels.cpp says why). The operators and decode_row compute each row's math with the same C++
+functions. A prompt takes vectorized passes for the norms (with the residual add), q/k norm + RoPE and
+GeGLU, and one matrix product for q, k and v where they are packed (packing.py).
 
 `tap(stage, layer, tensor)`, when given, sees each stage the engine computes on its own, named as
-explain.hooks.STAGES names the reference's (tests/test_engine.py walks both): the engine is then run
-step by step (no one-call row), and the stages it fuses have no tap of their own (q_norm and k_norm
-live inside q_rope and k_rope, post_attn_norm and post_ffn_norm inside mid and output, and
-attn_probs inside attention's one call).
+explain.hooks.STAGES names the reference's; a decoded row's come from decode_row's trace (ops.decode_row).
+tests/test_engine.py::test_the_engine_walks_every_stage_of_the_reference holds all three together: the
+steps on a prompt, decode_row on the next token. The stages fused into another's step have no tap of their
+own: q_norm and k_norm (inside q_rope and k_rope), post_attn_norm and post_ffn_norm (inside mid and output),
+attn_probs (inside attention's one call), and in decode_row gate and up (inside act).
 """
 
 from __future__ import annotations

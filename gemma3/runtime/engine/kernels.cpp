@@ -3,9 +3,11 @@
    in ops.py), built by gemma3/runtime/native.py with AVX512F/BW/BF16, OpenMP and -ffp-contract=off: no fused
    multiply-adds, so every product and sum rounds where the PyTorch code of gemma3/model.py rounds it.
    Each piece of a row's math is one function below, called both by the per-stage operators (matvec,
-   rms_norm, norm_rope, geglu: forward.py's prompt, on PyTorch's OpenMP threads, so torch.set_num_threads
+   rms_norm, norm_rope, geglu: forward.py's step path, on PyTorch's OpenMP threads, so torch.set_num_threads
    governs them) and by decode_row's steps (a whole decoded token in one call, on threads of this file's
-   own, as many as its caller asks for). */
+   own, as many as its caller asks for); only decode_row's attention is its own (the step path runs the
+   model's). tests/test_engine.py::test_the_engine_walks_every_stage_of_the_reference holds both forms to
+   gemma3/model.py stage by stage, decode_row through its trace. */
 #include <torch/library.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>

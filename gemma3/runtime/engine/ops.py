@@ -1,8 +1,10 @@
 """The engine's operators (kernels.cpp) as Python calls that say when they apply.
 
-Each C++ operator is registered with PyTorch as gemma3_engine::NAME, with a fake (shape-only)
-implementation here, so torch.compile traces them as opaque calls instead of breaking on them. A call
-returns None where its operator does not apply (no kernels here, a gradient wanted, not CPU, not
+The per-stage operators (matvec, rms_norm, norm_rope, geglu) serve forward.py's step path; decode_row
+computes a whole decoded row with the same C++ functions for each row's math, and can write its stages out
+(its trace, ROW_STAGES). Each C++ operator is registered with PyTorch as gemma3_engine::NAME, with a fake
+(shape-only) implementation here, so torch.compile traces them as opaque calls instead of breaking on them.
+A call returns None where its operator does not apply (no kernels here, a gradient wanted, not CPU, not
 fp32/bf16, a layout it does not take): the caller then runs the PyTorch code.
 """
 
