@@ -18,10 +18,10 @@ class LayerCache:
     def __init__(self, batch: int, kv_heads: int, slots: int, head_dim: int, ring: bool, device, dtype):
         self.ring = ring
         self.slots = slots
-        # Zeros: the decode step reads every slot (masking the unwritten ones, and 0 * garbage could be NaN)
+        # Zeros: the decode step reads every slot (masking the unwritten ones; 0 * garbage could be NaN)
         self.k = torch.zeros(batch, kv_heads, slots, head_dim, device=device, dtype=dtype)
         self.v = torch.zeros_like(self.k)
-        self.slot_pos = torch.full((slots,), -1, dtype=torch.long, device=device)  # each slot's position; -1: none
+        self.index = torch.arange(slots, device=device)  # each slot's number, for the decode step's mask
 
     def _slots(self, positions: torch.Tensor) -> torch.Tensor:
         return positions % self.slots if self.ring else positions
@@ -32,16 +32,13 @@ class LayerCache:
         keep = min(T, self.slots) if self.ring else T
         first = start + T - keep
         slot = first % self.slots if self.ring else first
-        positions = torch.arange(first, start + T, device=k.device)
         if slot + keep <= self.slots:  # one run of slots: a plain copy
             self.k[:, :, slot:slot + keep] = k[:, :, T - keep:]
             self.v[:, :, slot:slot + keep] = v[:, :, T - keep:]
-            self.slot_pos[slot:slot + keep] = positions
             return
-        idx = self._slots(positions)
+        idx = self._slots(torch.arange(first, start + T, device=k.device))
         self.k[:, :, idx] = k[:, :, T - keep:]
         self.v[:, :, idx] = v[:, :, T - keep:]
-        self.slot_pos[idx] = positions
 
     def put(self, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor):
         """Store one position's keys/values [B, KV, 1, D] in place; `pos` is a one-element tensor on the
@@ -49,14 +46,14 @@ class LayerCache:
         slot = pos % self.slots if self.ring else pos
         self.k.index_copy_(2, slot, k)
         self.v.index_copy_(2, slot, v)
-        self.slot_pos.index_copy_(0, slot, pos)
 
-    def mask(self, pos: torch.Tensor, window: int | None) -> torch.Tensor:
-        """Boolean [1, slots]: the slots a query at `pos` sees (written, not after it, within the window)."""
-        seen = (self.slot_pos >= 0) & (self.slot_pos <= pos)
-        if window is not None:
-            seen &= self.slot_pos > pos - window
-        return seen[None]
+    def mask(self, pos: torch.Tensor) -> torch.Tensor:
+        """Boolean [1, slots]: the slots a query at `pos` (a one-element tensor) sees, once every position up to
+        it is written: a full layer's slots 0..pos; every slot of a ring that holds a position yet (slot s holds
+        the newest position p <= pos with p % W == s, if p >= 0), which is exactly the sliding window."""
+        if self.ring:
+            return (pos - (pos - self.index) % self.slots >= 0)[None]
+        return (self.index <= pos)[None]
 
     def past(self, start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Cached keys, values and positions before `start` that a query at `start` or later can see."""
@@ -66,11 +63,6 @@ class LayerCache:
             idx = self._slots(positions)
             return self.k[:, :, idx], self.v[:, :, idx], positions
         return self.k[:, :, :start], self.v[:, :, :start], positions
-
-    def visible(self, pos: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every key/value a query at `pos` sees, once `pos` itself has been written (slot order)."""
-        n = min(pos + 1, self.slots)
-        return self.k[:, :, :n], self.v[:, :, :n]
 
 
 class KVCache:

@@ -122,10 +122,11 @@ class Attention(nn.Module):
 
     def decode_attention(self, q, k, v, pos: torch.Tensor, cache: LayerCache):
         """One query per row at `pos` over every slot of the cache, read in place: the new key and value are
-        written into their slot, and a mask made on the device hides the slots it may not see. No shape
+        written into their slot, and a mask made on the device from the position hides the slots it may not see
+        (LayerCache.mask: in a ring every written slot is in the window). No shape
         depends on the position and nothing waits for the host, so a CUDA graph can replay it."""
         cache.put(k, v, pos)
-        return self.attend(q, cache.k, cache.v, cache.mask(pos, self.window), self.scale)
+        return self.attend(q, cache.k, cache.v, cache.mask(pos), self.scale)
 
 
 class FeedForward(nn.Module):

@@ -83,7 +83,7 @@ def decoder(model, use_engine: bool = True, mode: str | None = None):
         if mode == "graph":
             return Step(model, cache, ids)
         if mode == "compile":  # the cache keeps its addresses: the compiled graph may write it in place
-            for t in [cache.position] + [t for layer in cache.layers for t in (layer.k, layer.v, layer.slot_pos)]:
+            for t in [cache.position] + [t for layer in cache.layers for t in (layer.k, layer.v, layer.index)]:
                 torch._dynamo.mark_static_address(t)
             step = compiled_step(model)
             return lambda ids: step(ids, cache).clone()  # the next replay overwrites the graph's output
