@@ -26,6 +26,66 @@ def matmul_peak(dtype: torch.dtype, device: torch.device | str = "cpu", n: int |
     return 2 * n ** 3 * reps / (time.perf_counter() - t0)
 
 
+def _timed(fn, device: torch.device, reps: int) -> float:
+    """Seconds of one call of fn, the best of `reps` after one warm-up call."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    fn()
+    sync()
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _linear_s(m: int, k: int, n: int, dtype: torch.dtype, device: torch.device, reps: int) -> float:
+    """Seconds of a linear layer's three products in a training step: [m, k] x [k, n], and its backward's two."""
+    a = torch.randn(m, k, dtype=dtype, device=device)
+    w = torch.randn(k, n, dtype=dtype, device=device)
+    g = torch.randn(m, n, dtype=dtype, device=device)
+    return (_timed(lambda: a @ w, device, reps)           # the product
+            + _timed(lambda: g @ w.t(), device, reps)     # its gradient for the input
+            + _timed(lambda: a.t() @ g, device, reps))    # and for the weight
+
+
+def step_ceiling(cfg, batch: int, seq: int, dtype: torch.dtype, device: torch.device | str = "cpu",
+                 reps: int = 3) -> dict:
+    """What no implementation of a training step of `cfg` (a Gemma3Config) at batch x seq beats on this machine:
+    the step's matrix products at their own shapes, each timed alone in `dtype` (forward, and the two products of
+    its backward), and its attention at the rate of PyTorch's best causal SDPA kernel here (flash on a GPU),
+    forward and backward, for the keys it attends (training.trainer.attended_keys). Norms, activations, the
+    softmax of the loss and the optimizer are left out: the real step can only be slower.
+    Returns {"seconds", "matmul_s", "attention_s", "attention_tflops"}."""
+    import torch.nn.functional as F
+
+    from training.trainer import attended_keys
+
+    device = torch.device(device)
+    m = batch * seq
+    H, KV, D, E = cfg.heads, cfg.kv_heads, cfg.head_dim, cfg.hidden
+    shapes = {}  # (k, n) -> how many weights of that shape a token meets
+    for k, n in [(E, H * D), (E, KV * D), (E, KV * D), (H * D, E), (E, cfg.ffn), (E, cfg.ffn), (cfg.ffn, E)]:
+        shapes[(k, n)] = shapes.get((k, n), 0) + cfg.layers
+    shapes[(E, cfg.vocab_size)] = shapes.get((E, cfg.vocab_size), 0) + 1
+    matmul_s = sum(count * _linear_s(m, k, n, dtype, device, reps) for (k, n), count in shapes.items())
+    q = torch.randn(batch, H, seq, D, dtype=dtype, device=device, requires_grad=True)
+    k = torch.randn(batch, KV, seq, D, dtype=dtype, device=device, requires_grad=True)
+    v = torch.randn(batch, KV, seq, D, dtype=dtype, device=device, requires_grad=True)
+    grad = torch.randn(batch, H, seq, D, dtype=dtype, device=device)
+
+    def attention():
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=KV != H)
+        torch.autograd.grad(out, (q, k, v), grad)
+
+    one_layer = 12 * H * D * (seq / 2) * m  # causal: seq / 2 keys a query, forward and backward
+    rate = one_layer / _timed(attention, device, reps)
+    attention_s = 12 * H * D * attended_keys(cfg, seq) * m / rate
+    return {"seconds": matmul_s + attention_s, "matmul_s": matmul_s, "attention_s": attention_s,
+            "attention_tflops": rate / 1e12}
+
+
 def read_time(nbytes: int, passes: int = 5) -> float:
     """Seconds to read `nbytes` of memory once: the best of passes of a sum and of a matrix-vector
     product over an fp32 buffer of that size (both stream it once). A decode step reads every weight

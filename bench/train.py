@@ -1,176 +1,291 @@
-"""Training throughput: our trainer's step against transformers' Gemma3ForCausalLM, same weights, same run.
+"""Training throughput: the trainer's own step against transformers' Gemma3ForCausalLM, same weights, same run.
 
-    python bench/train.py                       # 270m preset, batch 4 x 256, fp32 and bf16 autocast
-    python bench/train.py --no-compile          # skip the torch.compile side (about a minute per dtype)
-    python bench/train.py --preset tiny --steps 3
-    python bench/train.py --device cuda --batch 32 --seq 512 --dtype bf16   # the GPU figure (270m, 32 x 512)
+    python bench/train.py --device cuda            # 270m, 32 x 2048, bf16 autocast: the GPU figure and its MFU
+    python bench/train.py --device cuda --quick    # the same, fewer steps: about 3 minutes on an H100, compiling included
+    python bench/train.py                          # CPU: 270m, 4 x 256, fp32 and bf16 autocast
+    python bench/train.py --device cpu --preset tiny --steps 2    # seconds: does it run?
+    python bench/train.py --no-compile             # leave out the compiled side
 
-Every side runs the same step on the same batch: forward, cross-entropy over the vocabulary,
-backward, gradient clipping and an AdamW update. The process runs as our trainer runs on a CPU
-(gemma3.runtime.cpu.keep_freed_memory, fused AdamW), and so does transformers' side: both get the same
-allocator and optimizer, so the ratio is the model code's alone. Each side computes its loss as its
-library trains: ours `model(x, targets=y)` (gemma3/loss.py, as the trainer does), transformers' the
-cross-entropy of its logits in fp32 (what Gemma3ForCausalLM(labels=...) computes). Sides:
-- ours: our Gemma3, eager (the trainer's default);
-- ours compiled: the same with torch.compile, as `--compile` in the trainer (compile time printed);
-- transformers: Gemma3ForCausalLM, eager, with its default attention implementation.
-Sides alternate step by step, so drift on a shared machine hits all of them; each figure is the
-median over `--steps` steps. Prints tokens/s, the ratios, MFU against the bf16 matmul peak measured
-in the same run (on a GPU the trainer knows, also against its datasheet peak, the usual MFU), the
-ceiling no implementation can pass here: the step's matmul FLOPs at the measured matmul peak of the
-dtype the matmuls run in, and on a GPU each side's peak memory.
+Sides, each its own step on the same weights:
+- ours: the trainer's step itself (training/step.py's TrainStep, fused AdamW, as `python -m training train`
+  runs it): forward and the chunked cross-entropy of gemma3/loss.py, backward, clipping, the update, and
+  nothing that waits for the host (a non-finite step is skipped on the device);
+- ours compiled: the same step with `compile=True`, as `--compile`: the model compiled forward and backward, and
+  on a GPU FlexAttention for the sliding layers beyond their window (gemma3/runtime/flex.py) and the loss's row
+  pass compiled (gemma3/runtime/gpu_loss.py);
+- transformers: Gemma3ForCausalLM, eager, its default attention, the cross-entropy of its fp32 logits (what
+  Gemma3ForCausalLM(labels=...) computes), the same clipping and fused AdamW.
+Each side warms up (the compiled side compiles: its time is printed), then runs `--rounds` blocks of `--steps`
+steps, one block per side in turn, timed from a synchronised start to a synchronised end; the figure is the
+median block. On a GPU a side that runs out of memory halves its batch and says so.
+
+Printed: tokens/s, the ratio to transformers eager, MFU = flops_per_token x tokens/s / peak (the formula and N are
+printed) against the bf16 matmul peak measured in the same run and, on a GPU the trainer knows, its datasheet
+peak; peak GPU memory; and the ceiling: the step's matrix products at their own shapes plus its attention at the
+best causal kernel's rate, timed in the same run (bench/common.py step_ceiling), which no implementation passes.
+The process runs as the trainer runs on a CPU (gemma3.runtime.cpu.keep_freed_memory), every side alike.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
+import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
+os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # several sides share one GPU
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import gemma3  # noqa: E402
 from gemma3.runtime.cpu import keep_freed_memory  # noqa: E402
-from training.trainer import flops_per_token, peak_flops  # noqa: E402
+from training import TrainConfig  # noqa: E402
+from training.step import TrainStep, adamw  # noqa: E402
+from training.trainer import GPU_PEAK_TFLOPS, attended_keys, flops_per_token, matmul_params  # noqa: E402
 
-from common import matmul_peak  # noqa: E402  (bench/common.py)
+from common import matmul_peak, step_ceiling  # noqa: E402  (bench/common.py)
 
-
-def make_step(model, loss_of, amp: bool, device: torch.device):
-    """One training step; `loss_of(x, y)` is the side's forward and mean cross-entropy."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    rest = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
-                            lr=1e-4, betas=(0.9, 0.95), fused=True)
-
-    def step(x, y):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = loss_of(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss.item()
-    return step
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def logits_loss(logits, y):
-    """What transformers' Gemma3ForCausalLM(labels=...) computes: cross-entropy of the logits in fp32."""
-    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
+def sync(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Side:
+    """One way of taking a training step: build(batch) makes the model and its step for that batch size."""
+
+    def __init__(self, name: str, build):
+        self.name, self.build = name, build
+        self.batch = None      # the batch it runs (halved from --batch on out-of-memory)
+        self.step = None       # step() takes one step on its batch; read() -> its last loss (waits)
+        self.first_s = None    # the warm-up step (compiling, for the compiled side)
+        self.first_loss = None
+        self.times: list[float] = []
+        self.memory = None
+        self.error = None
+
+
+def ours(master, cfg, tcfg, device, amp, seq, compile):
+    def build(batch):
+        model = gemma3.Gemma3(cfg)
+        model.load_state_dict(master.state_dict())
+        model.to(device).train()
+        step = TrainStep(model, grad_clip=tcfg.grad_clip, amp_dtype=torch.bfloat16 if amp else None,
+                         compile=compile, seq_len=seq, device=device)
+        opt = adamw(model, tcfg.lr, (tcfg.beta1, tcfg.beta2), tcfg.weight_decay, device)
+        x, y = batch_of(cfg, batch, seq, device)
+        note = ", ".join(([f"FlexAttention in {step.flex_layers} sliding layers"] if step.flex_layers else [])
+                         + (["the loss's rows compiled"] if step.loss_rows is not contextlib.nullcontext else []))
+        return (lambda: step(opt, [(x, y)], tcfg.lr)), (lambda: step.read().loss), note
+    return build
+
+
+def transformers_side(path, cfg, tcfg, device, amp, seq):
+    def build(batch):
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).train()
+        opt = adamw(model, tcfg.lr, (tcfg.beta1, tcfg.beta2), tcfg.weight_decay, device)
+        x, y = batch_of(cfg, batch, seq, device)
+        last = [None]
+
+        def step():
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = model(x).logits
+                loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))  # as labels= computes it
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            last[0] = loss.detach()
+        return step, (lambda: last[0].item()), f"attention: {model.config._attn_implementation}"
+    return build
+
+
+def batch_of(cfg, batch, seq, device):
+    g = torch.Generator().manual_seed(batch)
+    ids = torch.randint(0, cfg.vocab_size, (batch, seq + 1), generator=g)
+    return ids[:, :-1].contiguous().to(device), ids[:, 1:].contiguous().to(device)
+
+
+def is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+def free(device):
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def warm_up(side: Side, batch: int, device: torch.device, warm: int):
+    """Build the side at `batch` (halving it on out-of-memory, on a GPU), take its warm-up steps."""
+    retried = False
+    while batch >= 1:
+        try:
+            step, read, note = side.build(batch)
+            t0 = time.perf_counter()
+            step()
+            side.first_loss = read()
+            side.first_s = time.perf_counter() - t0
+            for _ in range(warm - 1):
+                step()
+            read()
+            side.batch, side.step, side.read = batch, step, read
+            print(f"  {side.name}: batch {batch}{', ' + note if note else ''}; first step {side.first_s:.1f} s, "
+                  f"loss {side.first_loss:.4f}", flush=True)
+            return
+        except Exception as e:  # noqa: BLE001 (a side that cannot run is reported, the others go on)
+            step = read = None
+            free(device)
+            if device.type == "cuda" and is_oom(e):
+                if not retried:  # memory the other sides left cached, perhaps: once more, emptied
+                    retried = True
+                    continue
+                print(f"  {side.name}: batch {batch} ran out of GPU memory; halving it to {batch // 2}", flush=True)
+                batch //= 2
+                continue
+            side.error = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+            print(f"  {side.name}: could not run ({side.error})", flush=True)
+            return
+    side.error = "out of GPU memory even at batch 1"
+
+
+def timed_block(side: Side, steps: int, seq: int, device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        side.step()
+    side.read()  # waits for the last step
+    sync(device)
+    side.times.append(side.batch * seq * steps / (time.perf_counter() - t0))
+    if device.type == "cuda":
+        side.memory = torch.cuda.max_memory_allocated(device)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="270m")
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--seq", type=int, default=256)
-    ap.add_argument("--steps", type=int, default=5, help="timed steps per side and dtype (after warm-up)")
-    ap.add_argument("--dtype", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
-    ap.add_argument("--no-compile", action="store_true", help="leave out the torch.compile side")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--preset", default="270m")
+    ap.add_argument("--batch", type=int, default=None, help="default: 32 on a GPU, 4 on the CPU")
+    ap.add_argument("--seq", type=int, default=None, help="default: 2048 on a GPU, 256 on the CPU")
+    ap.add_argument("--dtype", nargs="+", default=None, choices=list(DTYPES),
+                    help="default: bf16 on a GPU (autocast, fp32 master weights), fp32 and bf16 on the CPU")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps a block (default 5, 3 with --quick)")
+    ap.add_argument("--rounds", type=int, default=None, help="timed blocks a side (default 3, 2 with --quick)")
+    ap.add_argument("--quick", action="store_true", help="fewer steps: the whole GPU bench in about 3 minutes")
+    ap.add_argument("--no-compile", action="store_true", help="leave out the compiled side")
+    ap.add_argument("--no-transformers", action="store_true", help="leave out transformers' side")
     args = ap.parse_args()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    from transformers import AutoModelForCausalLM
+    batch = args.batch or (32 if cuda else 4)
+    seq = args.seq or (2048 if cuda else 256)
+    dtypes = args.dtype or (["bf16"] if cuda else ["fp32", "bf16"])
+    steps = args.steps or (3 if args.quick else 5)
+    rounds = args.rounds or (2 if args.quick else 3)
+    warm = 2
 
     print(f"allocator keeps freed memory: {keep_freed_memory()} (for every side)")
     torch.manual_seed(0)
     cfg = gemma3.Gemma3Config.from_preset(args.preset)
+    tcfg = TrainConfig.for_preset(args.preset)
     master = gemma3.Gemma3(cfg)
     with torch.no_grad():  # non-zero norm weights, as after training
         for name, p in master.named_parameters():
             if "norm" in name:
                 p.normal_(0, 0.1)
     tmp = tempfile.TemporaryDirectory()
-    gemma3.export_hf(master, gemma3.gpt2_tokenizer(), tmp.name)
+    if not args.no_transformers:
+        gemma3.export_hf(master, gemma3.gpt2_tokenizer(), tmp.name)
+    where = (f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}" if cuda
+             else f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"{args.preset}: {master.num_params() / 1e6:.1f}M parameters, batch {batch} x {seq}, {where}; "
+          f"AdamW lr {tcfg.lr:g}, clip {tcfg.grad_clip}; {warm} warm-up steps, then {rounds} blocks of {steps} steps "
+          f"a side", flush=True)
 
-    def fresh():
-        """Both models with the same weights, before any step (each dtype starts from here)."""
-        ours, ref = gemma3.Gemma3(cfg), AutoModelForCausalLM.from_pretrained(tmp.name, dtype=torch.float32)
-        ours.load_state_dict(master.state_dict())
-        return ours.to(device).train(), ref.to(device).train()
+    fpt = flops_per_token(cfg, seq)
+    n = matmul_params(cfg)
+    print(f"MFU = flops_per_token x tokens/s / peak, flops_per_token = 6 N + 12 x heads x head_dim x keys "
+          f"= 6 x {n:,} + 12 x {cfg.heads} x {cfg.head_dim} x {attended_keys(cfg, seq):,.0f} = {fpt / 1e9:.4f} GFLOP "
+          f"(N: the weights a token is multiplied by, q k v o gate up down in {cfg.layers} layers and the "
+          f"{cfg.vocab_size:,} x {cfg.hidden} head; keys: those a query attends, summed over the layers: T/2 "
+          f"in full layers, W - W^2/2T in sliding ones beyond their window W = {cfg.window})")
+    peaks = {d: matmul_peak(DTYPES[d], device) for d in dict.fromkeys(["bf16", *dtypes])}
+    print("matmul peak measured here: " + ", ".join(f"{d} {p / 1e12:.1f} TFLOP/s" for d, p in peaks.items()))
+    name = torch.cuda.get_device_name(device) if cuda else ""
+    sheet = next((tflops * 1e12 for key, tflops in GPU_PEAK_TFLOPS.items() if key in name), None)
+    if sheet:
+        print(f"datasheet dense bf16 peak of this GPU: {sheet / 1e12:.0f} TFLOP/s")
 
-    ours, ref = fresh()
-    x = torch.randint(0, cfg.vocab_size, (args.batch, args.seq), device=device)
-    y = torch.randint(0, cfg.vocab_size, (args.batch, args.seq), device=device)
-    with torch.no_grad():
-        diff = (ours(x) - ref(x).logits).abs().max().item()
-    print(f"{args.preset}: {master.num_params() / 1e6:.1f}M parameters, batch {args.batch} x {args.seq}, "
-          f"{torch.cuda.get_device_name(device) if cuda else f'{torch.get_num_threads()} threads'}, "
-          f"transformers attention: {ref.config._attn_implementation}, "
-          f"max logit difference {diff:.1e}")
-
-    tokens = args.batch * args.seq
-    flops = flops_per_token(cfg, args.seq) * tokens
-    peaks = {"bf16": matmul_peak(torch.bfloat16, device), "fp32": matmul_peak(torch.float32, device)}
-    print(f"matmul peak measured: bf16 {peaks['bf16'] / 1e12:.2f} TFLOP/s, fp32 {peaks['fp32'] / 1e12:.2f} TFLOP/s")
-    sheet = peak_flops(device, torch.bfloat16, None) if cuda else None
-    if sheet and sheet != peaks["bf16"]:
-        print(f"datasheet bf16 peak of this GPU: {sheet / 1e12:.0f} TFLOP/s")
     rows = []
-    for dtype in args.dtype:
+    for dtype in dtypes:
         amp = dtype == "bf16"
-        ours, ref = fresh()
-        sides = {"ours": make_step(ours, lambda x, y: ours(x, targets=y), amp, device),
-                 "transformers": make_step(ref, lambda x, y: logits_loss(ref(x).logits, y), amp, device)}
+        print(f"\n{dtype}{' autocast (fp32 master weights)' if amp else ''}:", flush=True)
+        sides = [Side("ours", ours(master, cfg, tcfg, device, amp, seq, compile=False))]
         if not args.no_compile:
-            twin, _ = fresh()
-            compiled = torch.compile(twin)
-            sides["ours compiled"] = make_step(twin, lambda x, y: compiled(x, targets=y), amp, device)
-        losses, first = {}, {}
-        for name, step in sides.items():  # warm-up; the compiled side compiles here
-            t0 = time.perf_counter()
-            losses[name] = step(x, y)
-            first[name] = time.perf_counter() - t0
-        compile_s = first.get("ours compiled")
-        times, memory = {name: [] for name in sides}, {}
-        for _ in range(args.steps):
-            for name, step in sides.items():  # alternate, so drift on a shared machine hits every side
-                if cuda:
-                    torch.cuda.synchronize(device)
-                    torch.cuda.reset_peak_memory_stats(device)
-                t0 = time.perf_counter()
-                step(x, y)  # ends with loss.item(): the step has finished
-                times[name].append(time.perf_counter() - t0)
-                if cuda:
-                    memory[name] = torch.cuda.max_memory_allocated(device)
-        tps = {name: tokens / statistics.median(t) for name, t in times.items()}
-        # The matmuls alone at this machine's peak in the dtype they run in: nothing runs this step faster.
-        ceiling = tokens / (flops / peaks[dtype])
-        rows.append((dtype, tps, ceiling))
-        print(f"{dtype}: " + ", ".join(f"{n} {v:.0f} tok/s" for n, v in tps.items())
-              + f"; ours / transformers {tps['ours'] / tps['transformers']:.2f}x"
-              + (f", compiled {tps['ours compiled'] / tps['transformers']:.2f}x (compile {compile_s:.0f} s)"
-                 if compile_s is not None else "")
-              + f"; first losses " + " / ".join(f"{v:.4f}" for v in losses.values()))
-        print(f"  ceiling: the matmuls alone at the {dtype} matmul peak run {ceiling:.0f} tok/s, "
-              f"{ceiling / tps['transformers']:.2f}x transformers")
-        if sheet:
-            print("  MFU against the datasheet peak: " + ", ".join(f"{n} {flops / tokens * v / sheet:.1%}"
-                                                               for n, v in tps.items()))
-        if memory:
-            print("  peak GPU memory in a step: " + ", ".join(f"{n} {m / 2 ** 30:.1f} GiB" for n, m in memory.items()))
-        del sides, ours, ref
+            sides.append(Side("ours compiled", ours(master, cfg, tcfg, device, amp, seq, compile=True)))
+        if not args.no_transformers:
+            sides.append(Side("transformers", transformers_side(tmp.name, cfg, tcfg, device, amp, seq)))
+        for side in sides:
+            warm_up(side, batch, device, warm)
+        running = [s for s in sides if s.error is None]
+        for _ in range(rounds):
+            for side in running:
+                timed_block(side, steps, seq, device)
+        ceiling = step_ceiling(cfg, batch, seq, DTYPES[dtype], device, reps=3 if cuda else 1)
+        ceiling_tps = batch * seq / ceiling["seconds"]
+        tps = {s.name: statistics.median(s.times) for s in running}
+        base = tps.get("transformers")
+        for s in sides:
+            if s.error:
+                print(f"  {s.name}: not measured ({s.error})")
+                continue
+            ratio = f", {tps[s.name] / base:.2f}x transformers eager" if base else ""
+            mfu = f"MFU {fpt * tps[s.name] / peaks['bf16']:.1%} of the measured bf16 peak"
+            if sheet:
+                mfu += f", {fpt * tps[s.name] / sheet:.1%} of the datasheet's"
+            mem = f", peak memory {s.memory / 2 ** 30:.1f} GiB" if s.memory else ""
+            print(f"  {s.name}: {tps[s.name]:,.0f} tok/s (batch {s.batch}){ratio}; {mfu}{mem}")
+        print(f"  ceiling: {ceiling_tps:,.0f} tok/s, MFU {fpt * ceiling_tps / peaks['bf16']:.1%} of the measured peak"
+              + (f", {fpt * ceiling_tps / sheet:.1%} of the datasheet's" if sheet else "")
+              + f": the step's matrix products at their shapes ({ceiling['matmul_s'] * 1e3:.1f} ms) and its attention "
+              f"at {ceiling['attention_tflops']:.3g} TFLOP/s, the causal SDPA kernel's rate here "
+              f"({ceiling['attention_s'] * 1e3:.1f} ms), timed alone in {dtype}")
+        rows.append((dtype, tps, {s.name: s for s in sides}, ceiling_tps))
+        del sides, running
+        free(device)
 
-    peak = peaks["bf16"]
-    print(f"\n| training step ({args.preset}, {args.batch} x {args.seq}, AdamW) | transformers tok/s | ours tok/s "
-          f"| ratio | ours compiled tok/s | ratio | ceiling (matmuls at peak) | MFU ours / compiled / transformers |")
-    print("|---|---|---|---|---|---|---|---|")
-    for dtype, tps, ceiling in rows:
-        name = "fp32" if dtype == "fp32" else "bf16 autocast"
-        ref_tps = tps["transformers"]
-        comp = tps.get("ours compiled")
-        mfu = " / ".join(f"{flops / tokens * tps[n] / peak:.1%}" if n in tps else "-"
+    names = ["transformers", "ours", "ours compiled"]
+    print(f"\n| training step ({args.preset}, {batch} x {seq}, AdamW), {'GPU' if cuda else 'CPU'} | "
+          + " | ".join(f"{n} tok/s" for n in names) + " | ours / transformers | compiled / transformers "
+          "| MFU ours / compiled / transformers | ceiling tok/s (MFU) |")
+    print("|---|" + "---|" * (len(names) + 4))
+    for dtype, tps, sides, ceiling_tps in rows:
+        def cell(n, tps=tps, sides=sides):
+            if n not in tps:
+                return "-"
+            return f"{tps[n]:,.0f}" + (f" (batch {sides[n].batch})" if sides[n].batch != batch else "")
+
+        def ratio(n, tps=tps):
+            return f"{tps[n] / tps['transformers']:.2f}x" if n in tps and "transformers" in tps else "-"
+        mfu = " / ".join(f"{fpt * tps[n] / peaks['bf16']:.1%}" if n in tps else "-"
                          for n in ("ours", "ours compiled", "transformers"))
-        print(f"| {name} | {ref_tps:.0f} | {tps['ours']:.0f} | {tps['ours'] / ref_tps:.2f}x | "
-              + (f"{comp:.0f} | {comp / ref_tps:.2f}x" if comp else "- | -")
-              + f" | {ceiling / ref_tps:.2f}x | {mfu} |")
-    print(f"(MFU against the bf16 matmul peak measured above: {peak / 1e12:.2f} TFLOP/s)")
+        print(f"| {'bf16 autocast' if dtype == 'bf16' else dtype} | " + " | ".join(cell(n) for n in names)
+              + f" | {ratio('ours')} | {ratio('ours compiled')} | {mfu} | {ceiling_tps:,.0f} "
+              f"({fpt * ceiling_tps / peaks['bf16']:.1%}) |")
+    print(f"(MFU against the bf16 matmul peak measured above: {peaks['bf16'] / 1e12:.1f} TFLOP/s"
+          + (f"; datasheet {sheet / 1e12:.0f} TFLOP/s" if sheet else "") + ")")
     tmp.cleanup()
 
 

@@ -198,3 +198,108 @@ def test_compiled_gpu_training_follows_eager(data, tmp_path):
     a = [r["loss"] for r in train_records(eager)]
     b = [r["loss"] for r in train_records(compiled)]
     assert b == pytest.approx(a, rel=2e-2)
+
+
+# ---- the training step on a GPU: FlexAttention, compiling, no host sync ---------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_flex_sliding_attention_equals_sdpa_with_the_mask_forward_and_gradients(dtype):
+    """gemma3/runtime/flex.py's compiled FlexAttention against the core's SDPA with the sliding mask, at the 270m
+    preset's head shapes (4 query heads sharing one key-value head of 256), a length that is not a multiple of
+    FlexAttention's blocks: the output and the gradients of q, k and v."""
+    from gemma3.model import attend, sliding_mask
+    from gemma3.runtime import flex
+
+    B, H, KV, D, W = 2, 4, 1, 256, 128
+    T = 4 * W + 17
+    g = torch.Generator(device=GPU).manual_seed(0)
+    q, k, v = (torch.randn(B, h, T, D, device=GPU, generator=g, dtype=dtype).requires_grad_() for h in (H, KV, KV))
+    grad = torch.randn(B, H, T, D, device=GPU, generator=g, dtype=dtype)
+    pos = torch.arange(T, device=GPU)
+    want = attend(q, k, v, sliding_mask(pos, pos, W), 0.0625)
+    got = flex.sliding_attend(W, T, GPU)(q, k, v, sliding_mask(pos, pos, W), 0.0625)
+    tol = dict(atol=2e-5, rtol=1e-4) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(got, want, **tol)
+    for a, b in zip(torch.autograd.grad(got, (q, k, v), grad), torch.autograd.grad(want, (q, k, v), grad)):
+        torch.testing.assert_close(a, b, **(tol if dtype == torch.float32 else dict(atol=6e-2, rtol=2e-2)))
+
+
+def _tiny_step(compile, dtype=None, seed=0):
+    from training.step import TrainStep, adamw
+
+    torch.manual_seed(seed)
+    model = gemma3.Gemma3(gemma3.Gemma3Config.from_preset("tiny")).to(GPU)
+    step = TrainStep(model, grad_clip=1.0, amp_dtype=dtype, compile=compile, seq_len=64, device=GPU)
+    return model, step, adamw(model, 1e-3, (0.9, 0.95), 0.1, GPU)
+
+
+def _batches(n, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 50257, (8, 65), generator=g) for _ in range(n)]
+
+
+def test_the_compiled_train_step_follows_the_eager_one():
+    """training/step.py compiled (FlexAttention in the sliding layers: 64 tokens over a window of 8) against eager
+    (SDPA with the mask), fp32: the same losses and gradient norms over four steps, to fp32 rounding (weights are
+    not compared: Adam turns a rounding difference in a near-zero gradient into a full step)."""
+    _, e_step, e_opt = _tiny_step(compile=False)
+    compiled, c_step, c_opt = _tiny_step(compile=True)
+    assert c_step.flex_layers == 6 and e_step.flex_layers == 0
+    for ids in _batches(4):
+        batch = [(ids[:, :-1], ids[:, 1:])]
+        a, b = e_step(e_opt, batch, 1e-3), c_step(c_opt, batch, 1e-3)
+        torch.testing.assert_close(b[0], a[0], atol=0, rtol=1e-3)
+        torch.testing.assert_close(b[1], a[1], atol=0, rtol=1e-2)
+    assert not any(getattr(blk.attn.attend, "flex", False) for blk in compiled.blocks)  # only during the step
+
+
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+def test_the_train_step_never_waits_for_the_host(compile):
+    """Once warm, a bf16 step (batches from the CPU, as the trainer's) runs with CUDA's sync debug mode set to
+    error: nothing in it (loss, clipping, the skip of a non-finite update, the tally) makes the host wait."""
+    _, step, opt = _tiny_step(compile=compile, dtype=torch.bfloat16)
+    batches = [[(ids[:, :-1], ids[:, 1:])] for ids in _batches(4)]
+    for batch in batches[:2]:  # warm: compiling, the optimizer's state, pinned buffers
+        step(opt, batch, 1e-3)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for batch in batches[2:]:
+            step(opt, batch, 1e-3)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    r = step.read()
+    assert r.loss > 0 and r.skipped == 0
+
+
+def test_the_compiled_loss_rows_equal_the_eager_ones():
+    """gemma3/runtime/gpu_loss.py against gemma3/loss.py's own PyTorch row pass on CUDA fp32 logits (a full chunk of
+    the GPT-2 vocabulary and a short one), and the whole loss with it installed against F.cross_entropy."""
+    from gemma3 import loss
+    from gemma3.runtime import gpu_loss
+
+    g = torch.Generator(device=GPU).manual_seed(0)
+    for rows in (loss.CHUNK_ELEMENTS // 50257, 121):
+        logits = torch.randn(rows, 50257, device=GPU, generator=g) * 4
+        targets = torch.randint(0, 50257, (rows,), device=GPU, generator=g)
+        a, b = logits.clone(), logits.clone()
+        before = loss._rows_kernel
+        loss.use_rows_kernel(None)
+        try:
+            want = loss.rows_loss_(a, targets)
+        finally:
+            loss.use_rows_kernel(before)
+        got = gpu_loss.rows_loss_(b, targets)
+        torch.testing.assert_close(got, want, atol=0, rtol=1e-5)
+        torch.testing.assert_close(b, a, atol=1e-7, rtol=1e-5)
+    h = torch.randn(3000, 64, device=GPU, generator=g, requires_grad=True)
+    w = (torch.randn(50257, 64, device=GPU, generator=g) * 0.1).requires_grad_()
+    y = torch.randint(0, 50257, (3000,), device=GPU, generator=g)
+    with gpu_loss.compiled_rows():
+        got = loss.cross_entropy(h, w, y)
+        got_grads = torch.autograd.grad(got, (h, w))
+    assert loss._rows_kernel is before
+    want = torch.nn.functional.cross_entropy(h @ w.t(), y)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    for a, b in zip(got_grads, torch.autograd.grad(want, (h, w))):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)

@@ -1,6 +1,7 @@
 """The trainer: it learns, resumes exactly, survives interrupted writes, and agrees with itself under DDP."""
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -151,6 +152,109 @@ def test_non_finite_losses_skip_updates_then_fail_clearly(data, tmp_path, monkey
     assert train(cfg) == 1
     st = status(run)
     assert st["state"] == "failed" and "non-finite" in st["reason"] and st["step"] == 2
+
+
+def test_a_non_finite_step_is_skipped_on_the_device_as_the_host_skipped_it(monkeypatch):
+    """The step never waits for the host: a step whose loss is not finite leaves the weights and AdamW's moments and
+    step count exactly as they were (fused AdamW's found_inf), as skipping the update on the host did, even before
+    AdamW's first update; the tally on the device counts the skipped steps and those in a row."""
+    from training.step import TrainStep, adamw
+
+    cfg = gemma3.Gemma3Config.from_preset("tiny")
+    g = torch.Generator().manual_seed(1)
+    good = [[(ids[:, :-1], ids[:, 1:])] for ids in (torch.randint(0, cfg.vocab_size, (2, 17), generator=g)
+                                                    for _ in range(3))]
+
+    def fresh():
+        torch.manual_seed(0)
+        model = gemma3.Gemma3(cfg)
+        return model, TrainStep(model, grad_clip=1.0), adamw(model, 1e-3, (0.9, 0.95), 0.1)
+
+    real_ce = gemma3.model.cross_entropy
+
+    def bad_step(step, opt):
+        with monkeypatch.context() as m:
+            m.setattr(gemma3.model, "cross_entropy", lambda *a: real_ce(*a) * float("nan"))
+            return step(opt, good[0], 1e-3)
+
+    skipping, step, opt = fresh()    # bad, good, bad, bad, good, good
+    reference, ref_step, ref_opt = fresh()  # the good ones alone: what skipping on the host left
+    bad_step(step, opt)
+    r = step.read()
+    assert math.isnan(r.loss) and (r.skipped, r.in_a_row, r.most_in_a_row) == (1, 1, 1)
+    assert all(p.grad is None for p in skipping.parameters())
+    losses = []
+    for i, batch in enumerate(good):
+        losses.append(step(opt, batch, 1e-3)[0].item())
+        assert losses[-1] == ref_step(ref_opt, batch, 1e-3)[0].item()
+        if i == 0:
+            bad_step(step, opt)
+            bad_step(step, opt)
+            r = step.read()
+            assert (r.skipped, r.in_a_row, r.most_in_a_row) == (3, 2, 2)
+    r = step.read()
+    assert (r.skipped, r.in_a_row, r.most_in_a_row) == (3, 0, 2) and r.loss == losses[-1]  # a run read goes on counting
+    assert step.read().most_in_a_row == 0
+    for (name, p), q in zip(skipping.named_parameters(), reference.parameters()):
+        assert torch.equal(p, q), name
+    for p, q in zip(skipping.parameters(), reference.parameters()):
+        a, b = opt.state[p], ref_opt.state[q]
+        assert all(torch.equal(a[k], b[k]) for k in ("step", "exp_avg", "exp_avg_sq")) and a["step"].item() == 3
+
+
+def test_skipped_steps_are_read_where_the_trainer_logs_and_fail_the_run_there(data, tmp_path, monkeypatch, capsys):
+    """Past the densely logged first steps the trainer reads the device only at its logged (and evaluated, saved)
+    steps: the skipped steps between are counted and logged there, and max_bad_steps in a row fail the run at
+    that reading."""
+    bad = set()
+    real_ce, real_step = gemma3.model.cross_entropy, train_module.Trainer.train_step
+    at = {}
+    monkeypatch.setattr(gemma3.model, "cross_entropy",
+                        lambda *a: real_ce(*a) * (float("nan") if at.get("step") in bad else 1.0))
+    monkeypatch.setattr(train_module.Trainer, "train_step", lambda self: at.update(step=self.step) or real_step(self))
+    common = dict(SMALL, data=str(data), max_steps=20, log_every=5, max_bad_steps=3, eval_every=100, ckpt_every=100,
+                  snapshot_mb=0)
+
+    bad |= {11, 12}  # two in a row: skipped, counted at step 15's reading, the run goes on
+    run = tmp_path / "two"
+    assert train(TrainConfig.for_preset(**common, out=str(run))) == 0
+    assert {r["step"]: r["skipped"] for r in records(run, "train")} == {**{s: 0 for s in range(1, 11)}, 15: 2, 20: 2}
+    assert "steps 10..14: 2 updates skipped (a non-finite loss or gradient)" in capsys.readouterr().out
+    assert status(run)["state"] == "finished"
+
+    bad |= {13}  # three in a row: the run fails at that reading
+    run = tmp_path / "three"
+    assert train(TrainConfig.for_preset(**common, out=str(run))) == 1
+    st = status(run)
+    assert st["state"] == "failed" and st["reason"].startswith("3 steps in a row had a non-finite loss") \
+        and st["step"] == 14
+    assert [r["step"] for r in records(run, "train")] == list(range(1, 11))
+
+
+def test_flex_attention_for_the_sliding_layers_computes_what_the_sliding_mask_does(monkeypatch):
+    """gemma3/runtime/flex.py's block mask lets through exactly what the core's sliding mask does (the forward,
+    on the CPU, with FlexAttention's eager kernel: the CPU has no FlexAttention backward; tests/test_cuda.py checks
+    the compiled kernel and the gradients on a GPU), and calls of another length go to SDPA."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    from gemma3.runtime import flex
+
+    monkeypatch.setattr(flex, "_flex", lambda: flex_attention)
+    cfg = gemma3.Gemma3Config.from_preset("tiny")
+    torch.manual_seed(0)
+    model = gemma3.Gemma3(cfg).eval()
+    ids = torch.randint(0, cfg.vocab_size, (2, 5 * cfg.window + 4))
+    x, y = ids[:, :-1], ids[:, 1:]
+    with torch.no_grad():
+        want, want_loss, want_short = model(x), model(x, targets=y), model(x[:, :5])
+        attends = flex.flex_attends(model, x.shape[1])
+        assert len(attends) == cfg.layer_types.count("sliding")
+        with flex.attending(attends):
+            assert flex.uses_flex(model)
+            torch.testing.assert_close(model(x), want, atol=1e-5, rtol=0)
+            torch.testing.assert_close(model(x, targets=y), want_loss, atol=1e-6, rtol=0)
+            assert torch.equal(model(x[:, :5]), want_short)  # not the length it was made for: SDPA
+    assert not flex.uses_flex(model)
 
 
 def test_min_lr_above_lr_is_refused():

@@ -33,7 +33,6 @@ import shutil
 import signal
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -48,6 +47,7 @@ from .config import TrainConfig
 from .data import Batches, eval_windows, load_split, read_meta
 from .pace import Pace
 from .status import LOCK, fcntl, hold, read_status, write_status
+from .step import TrainStep, adamw
 
 # Dense bf16 tensor-core peaks (TFLOP/s) for MFU; other devices are measured at start.
 GPU_PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "A100": 312.0,
@@ -90,12 +90,27 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * min(1.0, progress))) * (cfg.lr - cfg.min_lr)
 
 
-def flops_per_token(mcfg: gemma3.Gemma3Config, seq_len: int) -> float:
-    """Training FLOPs per token: 6 x matmul parameters (head included) + attention scores and values."""
+def matmul_params(mcfg: gemma3.Gemma3Config) -> int:
+    """N of MFU's 6N: the weights a token is multiplied by: q, k, v, o, gate, up and down in every layer, and the
+    head (the embedding's matrix when tied: its lookup multiplies nothing); not the norms' vectors."""
     per_layer = mcfg.hidden * (2 * mcfg.heads + 2 * mcfg.kv_heads) * mcfg.head_dim + 3 * mcfg.hidden * mcfg.ffn
-    matmul_params = mcfg.layers * per_layer + mcfg.vocab_size * mcfg.hidden
-    attn = sum(min(seq_len, mcfg.window) if t == "sliding" else seq_len for t in mcfg.layer_types)
-    return 6 * matmul_params + 6 * mcfg.heads * mcfg.head_dim * attn  # 2 matmuls x (fwd + 2 bwd), causal half
+    return mcfg.layers * per_layer + mcfg.vocab_size * mcfg.hidden
+
+
+def attended_keys(mcfg: gemma3.Gemma3Config, seq_len: int) -> float:
+    """Keys a query attends, on average over a sequence, summed over the layers: T/2 in a full layer (causal),
+    and in a sliding layer of window W as many up to T = W, then W - W^2 / 2T (the first W queries see their
+    prefix, every later one W keys)."""
+    T, W = seq_len, mcfg.window
+    sliding = T / 2 if T <= W else W - W * W / (2 * T)
+    return sum(sliding if t == "sliding" else T / 2 for t in mcfg.layer_types)
+
+
+def flops_per_token(mcfg: gemma3.Gemma3Config, seq_len: int) -> float:
+    """Training FLOPs per token, for MFU: 6N (a multiply-add per weight, forward, and twice that backward) plus
+    attention's two products, q k^T and p v, 2 x head_dim FLOPs per key each, forward and twice backward:
+    12 x heads x head_dim x the keys attended (attended_keys)."""
+    return 6 * matmul_params(mcfg) + 12 * mcfg.heads * mcfg.head_dim * attended_keys(mcfg, seq_len)
 
 
 def peak_flops(device: torch.device, dtype: torch.dtype, given_tflops: float | None) -> float:
@@ -400,12 +415,13 @@ class Trainer:
             self._load_latest()
 
         self.amp_dtype = self._amp_dtype()
-        self.fwd_model = self.model
-        if cfg.compile:
-            self.fwd_model = torch.compile(self.model)
-        if self.world > 1:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.fwd_model = torch.nn.parallel.DistributedDataParallel(self.fwd_model, device_ids=ids)
+        # the step (training/step.py): compiled with --compile, under DDP with several ranks; queued on the device
+        self.stepper = TrainStep(self.model, grad_accum=cfg.grad_accum, grad_clip=cfg.grad_clip,
+                                 amp_dtype=self.amp_dtype, compile=cfg.compile, seq_len=cfg.seq_len,
+                                 world=self.world, device=self.device)
+        self.fwd_model = self.stepper.fwd
+        self.pending, self.pending_from = 0, 0  # steps taken since the device was last read (_settle), the first
+        self.tally_seen = 0       # skipped steps the stepper's tally had counted at that reading
         self.tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * self.world
         self.flops_per_step = flops_per_token(self.model.config, cfg.seq_len) * self.tokens_per_step
         if self.main and cfg.trackers:  # last: nothing after it can fail and leave a tracker open
@@ -443,11 +459,7 @@ class Trainer:
         if self.optimizer is not None:
             return
         cfg = self.cfg
-        decay = [p for p in self.model.parameters() if p.dim() >= 2]
-        no_decay = [p for p in self.model.parameters() if p.dim() < 2]
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=self.device.type in ("cuda", "cpu"))  # CPU: 4x faster step
+        self.optimizer = adamw(self.model, cfg.lr, (cfg.beta1, cfg.beta2), cfg.weight_decay, self.device)
         self.peak = peak_flops(self.device, self._amp_dtype() or torch.float32, cfg.peak_tflops) * self.world
 
     def _load_latest(self):
@@ -487,6 +499,7 @@ class Trainer:
 
     def save(self):
         """A step checkpoint (atomic), then prune to the last `keep_last`."""
+        self._settle()  # the skipped count it records
         if not self.main:
             return
         t0 = time.perf_counter()
@@ -507,42 +520,39 @@ class Trainer:
         self.log(f"saved {path}")
 
     # ---- the loop ----
-    def train_step(self) -> tuple[float, float]:
-        """One optimizer step; returns (mean loss over all ranks, gradient norm before clipping)."""
+    def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step (training/step.py), queued on the device: returns (mean loss over all ranks, gradient
+        norm before clipping) as device tensors, without waiting for them; a non-finite step skips its update on
+        the device. `_settle` reads them and applies the rules about skipped steps."""
         cfg = self.cfg
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(self.step, cfg)
-        total = torch.zeros((), device=self.device)
-        for micro in range(cfg.grad_accum):
-            x, y = self.train_batches.get(self.step, micro)
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            last = micro == cfg.grad_accum - 1
-            sync = nullcontext() if (self.world == 1 or last) else self.fwd_model.no_sync()
-            with sync, self._autocast():
-                loss = self.fwd_model(x, targets=y) / cfg.grad_accum  # never holds the whole logits (gemma3/loss.py)
-                loss.backward()
-            total += loss.detach()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        if self.world > 1:
-            dist.all_reduce(total, op=dist.ReduceOp.AVG)
-        loss_value, norm_value = total.item(), grad_norm.item()
-        if math.isfinite(loss_value) and math.isfinite(norm_value):
-            self.optimizer.step()
-            self.bad_in_a_row = 0
-        else:
-            self.skipped += 1
-            self.bad_in_a_row = getattr(self, "bad_in_a_row", 0) + 1
-            self.log(f"step {self.step}: loss {loss_value} / grad norm {norm_value} not finite, update skipped")
-            if self.bad_in_a_row >= cfg.max_bad_steps:
-                raise StopRun("failed", f"{self.bad_in_a_row} steps in a row had a non-finite loss or gradient; "
-                                        "lower the learning rate or check the data.")
-        self.optimizer.zero_grad(set_to_none=True)
-        return loss_value, norm_value
+        batches = (self.train_batches.get(self.step, micro) for micro in range(cfg.grad_accum))
+        return self.stepper(self.optimizer, batches, lr_at(self.step, cfg))
+
+    def _settle(self) -> tuple[float, float] | None:
+        """Read the device after the steps taken since the last reading (the one wait for it): the last step's
+        loss and gradient norm, and the skipped steps, logged and counted; fail the run once max_bad_steps in a
+        row were non-finite. Returns (loss, grad norm) of the last step, None if no step was taken since."""
+        if not self.pending:
+            return None
+        n, self.pending = self.pending, 0
+        r = self.stepper.read()
+        self.last_loss = r.loss
+        new, self.tally_seen = r.skipped - self.tally_seen, r.skipped
+        if new:
+            self.skipped += new
+            first, last = self.pending_from, self.pending_from + n - 1  # the steps' indices, from 0
+            if n == 1:
+                self.log(f"step {last}: loss {r.loss} / grad norm {r.grad_norm} not finite, update skipped")
+            else:
+                self.log(f"steps {first}..{last}: {new} update{'s' if new > 1 else ''} skipped (a non-finite loss "
+                         f"or gradient); step {last}: loss {r.loss} / grad norm {r.grad_norm}")
+        if r.most_in_a_row >= self.cfg.max_bad_steps:
+            raise StopRun("failed", f"{r.most_in_a_row} steps in a row had a non-finite loss or gradient; "
+                                    "lower the learning rate or check the data.")
+        return r.loss, r.grad_norm
 
     def _autocast(self):
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return self.stepper.autocast()
 
     @torch.no_grad()
     def evaluate(self, windows: int | None = None) -> dict:
@@ -624,21 +634,34 @@ class Trainer:
         self.make_optimizer()
         window_start, window_tokens = time.perf_counter(), 0
         first = True
+        timed_s, timed_steps = 0.0, 0  # the steps since the last reading, for the pace
         while self.step < cfg.max_steps:
             t0 = time.perf_counter()
-            loss, grad_norm = self.train_step()
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
+            if not self.pending:
+                self.pending_from = self.step
+            self.train_step()  # queued: on a GPU the host runs ahead until the next reading
+            self.pending += 1
+            done = self.step + 1
+            logged = done <= DENSE_LOG_STEPS or done % cfg.log_every == 0 or done == cfg.max_steps
+            evaluated = done % cfg.eval_every == 0 or done == cfg.max_steps
+            shot = snapshots.wanted(done, evaluated)
+            saved = done % cfg.ckpt_every == 0 or done == cfg.max_steps
+            read = first or logged or evaluated or shot or saved
+            if read:  # a process's first step is read too: it pays for allocations, first kernels, compiling
+                loss, grad_norm = self._settle()
             dt = time.perf_counter() - t0
-            self.step += 1
+            self.step = done
             self.tokens += self.tokens_per_step
             self.elapsed += dt
-            self.last_loss = loss
             window_tokens += self.tokens_per_step
-            if not first:  # a process's first step pays for allocations and first kernels
-                self.pace.step(dt)
+            timed_s, timed_steps = timed_s + dt, timed_steps + 1
+            if read:
+                if not first:  # each step since the last reading at their mean (a GPU's steps overlap on the host)
+                    for _ in range(timed_steps):
+                        self.pace.step(timed_s / timed_steps)
+                timed_s, timed_steps = 0.0, 0
             first = False
-            if self.step <= DENSE_LOG_STEPS or self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+            if logged:
                 span = time.perf_counter() - window_start
                 tps = window_tokens / span
                 eta = self.pace.eta(cfg, self.step)
@@ -652,13 +675,13 @@ class Trainer:
                          f"| grad norm {grad_norm:.2f} | {tps:,.0f} tok/s")
                 self.status("running")
                 window_start, window_tokens = time.perf_counter(), 0
-            evaluated = self.step % cfg.eval_every == 0 or self.step == cfg.max_steps
             evaluation = self._eval_and_keep_best() if evaluated else None
-            if snapshots.wanted(self.step, evaluated):
+            if shot:
                 self.snapshot(evaluation)
-            if self.step % cfg.ckpt_every == 0 or self.step == cfg.max_steps:
+            if saved:
                 self.save()
-            if self.step < cfg.max_steps and self._stop_now():
+            # several ranks agree on a stop at the steps they read (a collective waits for the device)
+            if self.step < cfg.max_steps and (self.world == 1 or read) and self._stop_now():
                 if self.step % cfg.ckpt_every:
                     self.save()
                 if self.main:
