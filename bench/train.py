@@ -17,11 +17,12 @@ Sides, each its own step on the same weights:
   Gemma3ForCausalLM(labels=...) computes), the same clipping and fused AdamW.
 Each side warms up (the compiled side compiles: its time is printed), then runs `--rounds` blocks of `--steps`
 steps, one block per side in turn, timed from a synchronised start to a synchronised end; the figure is the
-median block. On a GPU a side that runs out of memory halves its batch and says so.
+median block. On a GPU a side that runs out of memory halves its batch and says so, and its step's peak memory
+(activations, gradients, temporaries: beyond the resident weights and AdamW states) is printed.
 
 Printed: tokens/s, the ratio to transformers eager, MFU = flops_per_token x tokens/s / peak (the formula and N are
 printed) against the bf16 matmul peak measured in the same run and, on a GPU the trainer knows, its datasheet
-peak; peak GPU memory; and the ceiling: the step's matrix products at their own shapes plus its attention at the
+peak; and the ceiling: the step's matrix products at their own shapes plus its attention at the
 best causal kernel's rate, timed in the same run (bench/common.py step_ceiling), which no implementation passes.
 The process runs as the trainer runs on a CPU (gemma3.runtime.cpu.keep_freed_memory), every side alike.
 """
@@ -144,24 +145,26 @@ def warm_up(side: Side, batch: int, device: torch.device, warm: int):
                   f"loss {side.first_loss:.4f}", flush=True)
             return
         except Exception as e:  # noqa: BLE001 (a side that cannot run is reported, the others go on)
-            step = read = None
-            free(device)
-            if device.type == "cuda" and is_oom(e):
-                if not retried:  # memory the other sides left cached, perhaps: once more, emptied
-                    retried = True
-                    continue
-                print(f"  {side.name}: batch {batch} ran out of GPU memory; halving it to {batch // 2}", flush=True)
-                batch //= 2
-                continue
-            side.error = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
-            print(f"  {side.name}: could not run ({side.error})", flush=True)
+            oom = device.type == "cuda" and is_oom(e)
+            error = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+        step = read = None  # out of the except block: the failed step's frames, and their memory, are gone
+        free(device)
+        if not oom:
+            side.error = error
+            print(f"  {side.name}: could not run ({error})", flush=True)
             return
+        if not retried:  # memory the other sides left cached, perhaps: once more, emptied
+            retried = True
+            continue
+        print(f"  {side.name}: batch {batch} ran out of GPU memory; halving it to {batch // 2}", flush=True)
+        batch //= 2
     side.error = "out of GPU memory even at batch 1"
 
 
 def timed_block(side: Side, steps: int, seq: int, device: torch.device):
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        resident = torch.cuda.memory_allocated(device)  # every side's weights and optimizer state
     sync(device)
     t0 = time.perf_counter()
     for _ in range(steps):
@@ -170,7 +173,7 @@ def timed_block(side: Side, steps: int, seq: int, device: torch.device):
     sync(device)
     side.times.append(side.batch * seq * steps / (time.perf_counter() - t0))
     if device.type == "cuda":
-        side.memory = torch.cuda.max_memory_allocated(device)
+        side.memory = torch.cuda.max_memory_allocated(device) - resident  # what its step adds at its peak
 
 
 def main():
@@ -243,6 +246,9 @@ def main():
         for _ in range(rounds):
             for side in running:
                 timed_block(side, steps, seq, device)
+        for side in running:  # their steps, and with them their models and memory, go; their figures stay
+            side.step = side.read = None
+        free(device)
         ceiling = step_ceiling(cfg, batch, seq, DTYPES[dtype], device, reps=3 if cuda else 1)
         ceiling_tps = batch * seq / ceiling["seconds"]
         tps = {s.name: statistics.median(s.times) for s in running}
@@ -255,7 +261,8 @@ def main():
             mfu = f"MFU {fpt * tps[s.name] / peaks['bf16']:.1%} of the measured bf16 peak"
             if sheet:
                 mfu += f", {fpt * tps[s.name] / sheet:.1%} of the datasheet's"
-            mem = f", peak memory {s.memory / 2 ** 30:.1f} GiB" if s.memory else ""
+            mem = f", its step's peak memory {s.memory / 2 ** 30:.1f} GiB (beyond the weights and AdamW state)" \
+                if s.memory else ""
             print(f"  {s.name}: {tps[s.name]:,.0f} tok/s (batch {s.batch}){ratio}; {mfu}{mem}")
         print(f"  ceiling: {ceiling_tps:,.0f} tok/s, MFU {fpt * ceiling_tps / peaks['bf16']:.1%} of the measured peak"
               + (f", {fpt * ceiling_tps / sheet:.1%} of the datasheet's" if sheet else "")

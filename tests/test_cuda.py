@@ -206,22 +206,32 @@ def test_compiled_gpu_training_follows_eager(data, tmp_path):
 def test_flex_sliding_attention_equals_sdpa_with_the_mask_forward_and_gradients(dtype):
     """gemma3/runtime/flex.py's compiled FlexAttention against the core's SDPA with the sliding mask, at the 270m
     preset's head shapes (4 query heads sharing one key-value head of 256), a length that is not a multiple of
-    FlexAttention's blocks: the output and the gradients of q, k and v."""
+    FlexAttention's blocks: the output and the gradients of q, k and v. fp32: equal to rounding; bf16: no further
+    from the fp32 result than SDPA's own bf16 result is (twice as far at most)."""
     from gemma3.model import attend, sliding_mask
     from gemma3.runtime import flex
 
     B, H, KV, D, W = 2, 4, 1, 256, 128
     T = 4 * W + 17
     g = torch.Generator(device=GPU).manual_seed(0)
-    q, k, v = (torch.randn(B, h, T, D, device=GPU, generator=g, dtype=dtype).requires_grad_() for h in (H, KV, KV))
-    grad = torch.randn(B, H, T, D, device=GPU, generator=g, dtype=dtype)
+    exact = [torch.randn(B, h, T, D, device=GPU, generator=g) for h in (H, KV, KV)]
+    grad = torch.randn(B, H, T, D, device=GPU, generator=g)
     pos = torch.arange(T, device=GPU)
-    want = attend(q, k, v, sliding_mask(pos, pos, W), 0.0625)
-    got = flex.sliding_attend(W, T, GPU)(q, k, v, sliding_mask(pos, pos, W), 0.0625)
-    tol = dict(atol=2e-5, rtol=1e-4) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
-    torch.testing.assert_close(got, want, **tol)
-    for a, b in zip(torch.autograd.grad(got, (q, k, v), grad), torch.autograd.grad(want, (q, k, v), grad)):
-        torch.testing.assert_close(a, b, **(tol if dtype == torch.float32 else dict(atol=6e-2, rtol=2e-2)))
+    mask = sliding_mask(pos, pos, W)
+
+    def run(fn, dtype):
+        q, k, v = (t.to(dtype).requires_grad_() for t in exact)
+        out = fn(q, k, v, mask, 0.0625)
+        return [out.float(), *(t.float() for t in torch.autograd.grad(out, (q, k, v), grad.to(dtype)))]
+
+    got, want = run(flex.sliding_attend(W, T, GPU), dtype), run(attend, dtype)
+    if dtype == torch.float32:
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+    else:
+        ref = run(attend, torch.float32)
+        for name, a, b, r in zip(("out", "dq", "dk", "dv"), got, want, ref):
+            assert (a - r).abs().mean() <= 2 * (b - r).abs().mean() + 1e-4, name
 
 
 def _tiny_step(compile, dtype=None, seed=0):
@@ -238,38 +248,32 @@ def _batches(n, seed=1):
     return [torch.randint(0, 50257, (8, 65), generator=g) for _ in range(n)]
 
 
-def test_the_compiled_train_step_follows_the_eager_one():
-    """training/step.py compiled (FlexAttention in the sliding layers: 64 tokens over a window of 8) against eager
-    (SDPA with the mask), fp32: the same losses and gradient norms over four steps, to fp32 rounding (weights are
-    not compared: Adam turns a rounding difference in a near-zero gradient into a full step)."""
+def test_the_compiled_train_step_follows_the_eager_one_and_neither_waits_for_the_host():
+    """training/step.py compiled (FlexAttention in the sliding layers: 64 tokens over a window of 8; the loss's rows
+    compiled) against eager (SDPA with the mask), fp32: the same losses and gradient norms over four steps, to fp32
+    rounding (weights are not compared: Adam turns a rounding difference in a near-zero gradient into a full step).
+    Then, warm, two more steps of each (batches from the CPU, as the trainer's) under CUDA's sync debug mode set
+    to error: nothing in a step (loss, clipping, the skip of a non-finite update, the tally) makes the host wait."""
     _, e_step, e_opt = _tiny_step(compile=False)
     compiled, c_step, c_opt = _tiny_step(compile=True)
     assert c_step.flex_layers == 6 and e_step.flex_layers == 0
-    for ids in _batches(4):
-        batch = [(ids[:, :-1], ids[:, 1:])]
+    batches = [[(ids[:, :-1], ids[:, 1:])] for ids in _batches(6)]
+    for batch in batches[:4]:
         a, b = e_step(e_opt, batch, 1e-3), c_step(c_opt, batch, 1e-3)
         torch.testing.assert_close(b[0], a[0], atol=0, rtol=1e-3)
         torch.testing.assert_close(b[1], a[1], atol=0, rtol=1e-2)
     assert not any(getattr(blk.attn.attend, "flex", False) for blk in compiled.blocks)  # only during the step
-
-
-@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
-def test_the_train_step_never_waits_for_the_host(compile):
-    """Once warm, a bf16 step (batches from the CPU, as the trainer's) runs with CUDA's sync debug mode set to
-    error: nothing in it (loss, clipping, the skip of a non-finite update, the tally) makes the host wait."""
-    _, step, opt = _tiny_step(compile=compile, dtype=torch.bfloat16)
-    batches = [[(ids[:, :-1], ids[:, 1:])] for ids in _batches(4)]
-    for batch in batches[:2]:  # warm: compiling, the optimizer's state, pinned buffers
-        step(opt, batch, 1e-3)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        for batch in batches[2:]:
-            step(opt, batch, 1e-3)
+        for batch in batches[4:]:
+            e_step(e_opt, batch, 1e-3)
+            c_step(c_opt, batch, 1e-3)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    r = step.read()
-    assert r.loss > 0 and r.skipped == 0
+    for step in (e_step, c_step):
+        r = step.read()
+        assert r.loss > 0 and r.skipped == 0
 
 
 def test_the_compiled_loss_rows_equal_the_eager_ones():
