@@ -125,11 +125,9 @@ class TrainStep:
         return total, grad_norm
 
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
-        if t.device == self.device:
-            return t
-        if self.device.type == "cuda" and not t.is_pinned():
+        if t.device.type == "cpu" and self.device.type == "cuda" and not t.is_pinned():
             t = t.pin_memory()  # a copy from pageable memory can wait for the device; from pinned memory it never does
-        return t.to(self.device, non_blocking=True)
+        return t.to(self.device, non_blocking=True)  # itself where it is there already
 
     def read(self) -> Reading:
         """The last step's loss and gradient norm, and the tally: one transfer, which waits for the device.
