@@ -30,15 +30,18 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import statistics
+import sys
 import threading
 import time
+from pathlib import Path
 
 import torch
 
-import gemma3
-from gemma3.runtime import engine
-from gemma3.runtime.cpu import threads
-from gemma3.generation import next_token
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import gemma3  # noqa: E402
+from gemma3.generation import next_token  # noqa: E402
+from gemma3.runtime import engine  # noqa: E402
+from gemma3.runtime.cpu import threads  # noqa: E402
 
 CONDITIONS = [None, "spin", "torch"]  # quiet, a Python busy loop per core, another PyTorch program
 SIDES = ["transformers", "reference", "compiled", "engine", "engine, 1 thread", "CLI", "app"]
