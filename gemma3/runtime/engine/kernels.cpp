@@ -165,21 +165,20 @@ template <typename T> static inline void geglu_row(const T *g, const T *u, T *p,
     }
 }
 
-/* Calls f(lo, hi) on PyTorch's OpenMP threads (when `parallel`), one contiguous range of [0, n) each,
-   every range but the last a multiple of `align` */
-template <typename F> static void in_ranges(int64_t n, int64_t align, bool parallel, F f) {
-    _Pragma("omp parallel if (parallel)")
-    {
-        int64_t k = omp_get_num_threads(), t = omp_get_thread_num(), blocks = (n + align - 1) / align;
-        int64_t lo = std::min(n, blocks * t / k * align), hi = std::min(n, blocks * (t + 1) / k * align);
-        if (lo < hi) f(lo, hi);
-    }
+/* ---- The per-stage operators' loops over those functions (a prompt's rows; a decoded row on the step path) ---- */
+
+template <typename T> static void matvec_op(const T *W, const T *x, T *y, int64_t rows, int64_t cols) {
+    _Pragma("omp parallel for schedule(static)")
+    for (int64_t r = 0; r < rows; r++) matvec_rows(W + r * cols, x, y + r, 1, cols);
 }
 
-/* ---- The per-stage operators' loops (a prompt's rows; a decoded row when the step path runs) ---- */
+template <typename T> static void geglu_op(const T *g, const T *u, T *p, int64_t n) {
+    _Pragma("omp parallel for schedule(static) if (n > 4096)")
+    for (int64_t i = 0; i < n; i += 16) geglu_row(g + i, u + i, p + i, std::min<int64_t>(16, n - i));
+}
 
 /* rows of RMSNorm (x, y [rows, d]; w [d]), plus res [rows, d] when given */
-template <typename T> static void rms_norm_rows(const T *x, const T *w, const T *res, T *y, int64_t rows, int64_t d, float eps) {
+template <typename T> static void rms_norm_op(const T *x, const T *w, const T *res, T *y, int64_t rows, int64_t d, float eps) {
     _Pragma("omp parallel for if (rows > 8)")
     for (int64_t r = 0; r < rows; r++) {
         if (res) add_norm_row(x + r * d, w, res + r * d, y + r * d, d, eps);
@@ -189,8 +188,8 @@ template <typename T> static void rms_norm_rows(const T *x, const T *w, const T 
 
 /* q or k rows [B, T, heads, d] normed and rotated with the cos/sin row [T, d] of their position. A
    token's heads lie together in x, tokens `step` elements apart (a slice of a fused q/k/v product); y is dense. */
-template <typename T> static void norm_rope_rows(const T *x, const T *w, const T *cs, const T *sn, T *y, int64_t rows,
-                                                 int64_t heads, int64_t npos, int64_t d, int64_t step, float eps) {
+template <typename T> static void norm_rope_op(const T *x, const T *w, const T *cs, const T *sn, T *y, int64_t rows,
+                                               int64_t heads, int64_t npos, int64_t d, int64_t step, float eps) {
     _Pragma("omp parallel for if (rows > 64)")
     for (int64_t r = 0; r < rows; r++) {
         int64_t p = (r / heads) % npos;
@@ -547,8 +546,7 @@ static at::Tensor matvec(const at::Tensor &W, const at::Tensor &x) {
     TORCH_CHECK(W.dim() == 2 && x.numel() == W.size(1), "matvec: W [rows, cols], x [cols]");
     check(W, W, "W"); check(x, W, "x");
     at::Tensor y = at::empty({W.size(0)}, W.options());
-#define CALL(S) in_ranges(W.size(0), 1, true, [&](int64_t lo, int64_t hi) { \
-        matvec_rows(CPTR(W, T) + lo * W.size(1), CPTR(x, T), PTR(y, T) + lo, hi - lo, W.size(1)); })
+#define CALL(S) matvec_op(CPTR(W, T), CPTR(x, T), PTR(y, T), W.size(0), W.size(1))
     BY_DTYPE(W, CALL);
 #undef CALL
     return y;
@@ -562,7 +560,7 @@ static at::Tensor rms_norm(const at::Tensor &x, const at::Tensor &w, const c10::
     const bool res = residual.has_value();
     if (res) { check(*residual, x, "residual"); TORCH_CHECK(residual->sizes() == x.sizes(), "residual: x's shape"); }
     at::Tensor y = at::empty_like(x);
-#define CALL(S) rms_norm_rows(CPTR(x, T), CPTR(w, T), res ? CPTR(*residual, T) : nullptr, PTR(y, T), x.numel() / d, d, (float)eps)
+#define CALL(S) rms_norm_op(CPTR(x, T), CPTR(w, T), res ? CPTR(*residual, T) : nullptr, PTR(y, T), x.numel() / d, d, (float)eps)
     BY_DTYPE(x, CALL);
 #undef CALL
     return y;
@@ -578,7 +576,7 @@ static at::Tensor norm_rope(const at::Tensor &x, const at::Tensor &w, const at::
     TORCH_CHECK(x.stride(3) == 1 && x.stride(2) == d && (B == 1 || x.stride(0) == len * x.stride(1)), "norm_rope: heads must lie together");
     check(w, x, "weight"); check(cos, x, "cos"); check(sin, x, "sin");
     at::Tensor y = at::empty(x.sizes(), x.options());
-#define CALL(S) norm_rope_rows(CPTR(x, T), CPTR(w, T), CPTR(cos, T), CPTR(sin, T), PTR(y, T), B * len * heads, heads, len, d, x.stride(1), (float)eps)
+#define CALL(S) norm_rope_op(CPTR(x, T), CPTR(w, T), CPTR(cos, T), CPTR(sin, T), PTR(y, T), B * len * heads, heads, len, d, x.stride(1), (float)eps)
     BY_DTYPE(x, CALL);
 #undef CALL
     return y;
@@ -589,8 +587,7 @@ static at::Tensor geglu(const at::Tensor &g, const at::Tensor &u) {
     check(g, g, "gate"); check(u, g, "up");
     TORCH_CHECK(g.sizes() == u.sizes(), "geglu: gate and up of one shape");
     at::Tensor p = at::empty_like(g);
-#define CALL(S) in_ranges(g.numel(), 16, g.numel() > 4096, [&](int64_t lo, int64_t hi) { \
-        geglu_row(CPTR(g, T) + lo, CPTR(u, T) + lo, PTR(p, T) + lo, hi - lo); })
+#define CALL(S) geglu_op(CPTR(g, T), CPTR(u, T), PTR(p, T), g.numel())
     BY_DTYPE(g, CALL);
 #undef CALL
     return p;
