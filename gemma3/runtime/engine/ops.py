@@ -140,23 +140,28 @@ def decode_row(model, x: torch.Tensor, cache, cos_sin, prepared=None, threads: i
         slots.append(pos % lc.slots if lc.ring else pos)
         lengths.append(min(pos + 1, lc.slots))
         scales.append(block.attn.scale)
-    d, f = x.numel(), weights[9].shape[0]
-    shapes = _row_shapes(model.blocks[0].attn, d, f)
-    trace = None if tap is None else x.new_empty(len(model.blocks) * sum(math.prod(s) for s in shapes) + d)
+    shapes = None if tap is None else _row_shapes(model.blocks[0].attn, x.numel(), weights[9].shape[0])
+    trace = None if tap is None else x.new_empty(len(model.blocks) * sum(map(math.prod, shapes)) + x.numel())
     logits = torch.ops.gemma3_engine.decode_row(x, weights, caches, rope, slots, lengths, scales, final_norm, head,
                                                 model.config.norm_eps, threads or torch.get_num_threads(), trace)
     if tap is not None:
-        parts = iter(trace.split([math.prod(s) for s in shapes] * len(model.blocks) + [d]))
-        row = x.view(1, 1, d)
-        for i, (lc, slot) in enumerate(zip(cache.layers, slots)):
-            tap("input", i, row)
-            for stage, shape in zip(ROW_STAGES, shapes):
-                row = next(parts).view(1, 1, *shape)  # the last: the layer's output, the next one's input
-                tap(stage, i, row)
-                if stage == "q_rope":
-                    tap("k_rope", i, lc.k[:, :, slot].unsqueeze(1))
-        tap("final_norm", None, next(parts).view(1, 1, d))
+        _show(tap, trace, shapes, x, cache.layers, slots)
     return logits
+
+
+def _show(tap, trace, shapes, x, layers, slots):
+    """tap each stage of decode_row's trace (and a layer's input, its key in the cache) as a [1, 1, ...] view"""
+    d = x.numel()
+    parts = iter(trace.split([math.prod(s) for s in shapes] * len(layers) + [d]))
+    row = x.view(1, 1, d)
+    for i, (lc, slot) in enumerate(zip(layers, slots)):
+        tap("input", i, row)
+        for stage, shape in zip(ROW_STAGES, shapes):
+            row = next(parts).view(1, 1, *shape)  # the last: the layer's output, the next one's input
+            tap(stage, i, row)
+            if stage == "q_rope":
+                tap("k_rope", i, lc.k[:, :, slot].unsqueeze(1))
+    tap("final_norm", None, next(parts).view(1, 1, d))
 
 
 def covered_chunks() -> int:
