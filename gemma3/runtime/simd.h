@@ -15,12 +15,6 @@ static inline uint16_t to_bf16(float f) {            /* round to nearest even, a
     b += 0x7FFFu + ((b >> 16) & 1u);
     return (uint16_t)(b >> 16);
 }
-static inline float from_f32(float f) { return f; }
-static inline float to_f32(float f) { return f; }
-#define LOAD_f32 from_f32
-#define STORE_f32 to_f32
-#define LOAD_bf16 from_bf16
-#define STORE_bf16 to_bf16
 
 typedef float f32;
 typedef uint16_t bf16;
