@@ -138,15 +138,67 @@ def points(page, curve: str) -> int:
     return len(t["x"]) if t else 0
 
 
-def test_training_curve_grows_and_stops(page, server):
+def loss_axes(page) -> dict:
+    """The live loss plot's y axis type and step axis title."""
+    return page.evaluate("""() => {
+        const p = document.querySelector('#train-loss .js-plotly-plot');
+        return p && p.layout ? {ytype: p.layout.yaxis.type, xtitle: p.layout.xaxis2 && p.layout.xaxis2.title.text} : {};
+    }""")
+
+
+def timeline(runs_dir, clicked: float) -> str:
+    """When the run's trainer started and wrote each record, in seconds after Start (for a failure's message)."""
+    import json
+
+    lines = []
+    offset = time.time() - time.monotonic()
+    for info in runs.list_runs(runs_dir)[:1]:
+        run = runs.get(info.name, runs_dir)
+        lines.append(f"run {run.name} launched at {run.launch_info().get('started', 0) - offset - clicked:.1f} s")
+        path = run.path / "metrics.jsonl"
+        for line in path.read_text().splitlines() if path.exists() else []:
+            r = json.loads(line)
+            lines.append(f"{r['kind']} {r['step']} at {r['time'] - offset - clicked:.1f} s")
+        lines.append(run.log_tail(10))
+    return "\n".join(lines)
+
+
+def test_training_starts_at_once_and_its_curve_grows_and_stops(page, server):
+    """Start says at once what it does, and the demo preset's step-0 loss and first sample are on the page within
+    15 s; the curve then grows, Stop stops it, and the run's snapshots and checkpoint open in Explore."""
+    runs_dir = server.trainer.runs_dir
     page.get_by_role("tab", name="Train", exact=True).click()
-    page.fill("#train-stories input", "300")
+    page.click("#train-preset label:has-text('demo')")
+    poll(lambda: page.input_value("#train-steps input") == "1000", what="the demo preset's defaults")
+    page.fill("#train-stories input", "300")   # little data to prepare: the first seconds are the trainer's
     page.fill("#train-steps input", "100")
     page.fill("#train-batch input", "4")
     page.fill("#train-seq input", "32")
     page.click("#train-device label:has-text('cpu')")
+    page.wait_for_timeout(300)
+    before = {i.name for i in runs.list_runs(runs_dir)}   # the session's app may hold earlier modules' runs
+
+    def step_0_shown():   # the new run's status, its step-0 point and sample, and its planned end on the axis
+        new = {i.name for i in runs.list_runs(runs_dir)} - before
+        val, sample = trace(page, "val"), page.inner_text("#train-sample")
+        return (new and new.pop() in page.inner_text("#train-status") and val and val["x"][:1] == [0]
+                and sample.startswith("step 0 · val loss") and "Once upon a time" in sample
+                and "of 100 planned" in (loss_axes(page).get("xtitle") or ""))
+
+    started = time.monotonic()
     page.click("#train-start")
     try:
+        poll(lambda: "No training runs yet" not in page.inner_text("#train-status"), timeout=3,
+             what="Start to say at once what it is doing")
+        try:
+            poll(step_0_shown, timeout=15 - (time.monotonic() - started),
+                 what="a step-0 loss and a sample within 15 s of Start")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{timeline(runs_dir, started)}") from None
+        assert loss_axes(page)["ytype"] == "log", "the loss axis is logarithmic"
+        assert "quick" in page.inner_text("#train-sample"), "step 0's quick evaluation says so"
+        shot(page, "train-first-seconds")
+        phone(page, "train-first-seconds-390")
         poll(lambda: "running" in page.inner_text("#train-status"), timeout=60, what="the run to start")
         n = poll(lambda: points(page, "train"), timeout=60, what="the first points of the loss curve")
         poll(lambda: points(page, "train") > n, timeout=60, what="the loss curve to gain points")

@@ -248,8 +248,9 @@ def export_model():
 
 
 # measured on this model: f16 0.0019, q8_0 0.042 of the largest logit (bf16 0.013); a weight in the wrong
-# place or a norm without its 1 taken off moves logits by their own size
-@pytest.mark.parametrize("kind,tol", [("f32", 1e-5), ("f16", 0.005), ("q8_0", 0.1)])
+# place or a norm without its 1 taken off moves logits by their own size. f16 (a rounding of f32, read by our
+# reader in test_a_gemma3_gguf_loads_the_weights_it_was_written_from) is left out: transformers' read takes 11 s.
+@pytest.mark.parametrize("kind,tol", [("f32", 1e-5), ("q8_0", 0.1)])
 def test_our_export_read_by_transformers_gives_our_logits(tmp_path, kind, tol):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from gemma3.io.gguf import export_gguf
@@ -267,7 +268,9 @@ def test_our_export_read_by_transformers_gives_our_logits(tmp_path, kind, tol):
         ours_read = back(ids)
     torch.testing.assert_close(theirs, ours_read, atol=2e-4, rtol=0)  # same file, two readers, same logits
     err = (theirs - ours).abs().max() / ours.abs().max()
-    assert err < tol, f"{kind}: {err:.2e}"  # f32 exact; f16 / q8_0 within their rounding
+    assert err < tol, f"{kind}: {err:.2e}"  # f32 exact; q8_0 within its rounding
+    if kind != "f32":
+        return  # the vocabulary is written the same whatever the weights' type: read it once
     ref = AutoTokenizer.from_pretrained(tmp_path, gguf_file="m.gguf")
     for text in TEXTS:
         assert ref.encode(text, add_special_tokens=False) == tok.encode(text)
