@@ -54,7 +54,8 @@ class Step:
                 model.decode(self.ids, cache)
         torch.cuda.current_stream().wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        # thread_local: another visitor's generation or recording may use the GPU from its own thread meanwhile
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self.logits = model.decode(self.ids, cache)
 
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
