@@ -22,7 +22,7 @@ def _decoder(model, use_engine: bool = True):
 
 
 generation.use_decoder(_decoder)
-loss.use_rows_kernel(fused_loss.rows_loss_)  # the training loss's rows in C++ where it builds (same numbers)
+loss.use_rows_kernel(fused_loss.rows_grad)  # the training loss's rows in C++ where it builds (same numbers)
 
 
 def describe(model, tokenizer) -> str:

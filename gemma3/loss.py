@@ -9,9 +9,10 @@ gradient (a batch of 32 x 512 with the GPT-2 vocabulary: 3.3 GB each in fp32) an
 the time PyTorch spends in log-softmax and its backward. Use it when a gradient is wanted; with none
 it only computes the loss.
 
-The row pass (`rows_loss_`) is plain PyTorch here. A faster one is applied from outside: `use_rows_kernel`
-installs it (gemma3/__init__.py installs gemma3/runtime/fused_loss.py's C++ pass, which gives the same
-numbers where it builds and declines where it does not).
+The row pass (`rows_grad`: a chunk's loss and the gradient of its logits) is plain PyTorch here. A faster one
+is applied from outside: `use_rows_kernel` installs it (gemma3/__init__.py installs gemma3/runtime/fused_loss.py's
+C++ pass for the CPU, which gives the same numbers where it builds and declines where it does not; a compiled
+training step on a GPU installs gemma3/runtime/gpu_loss.py's, which never writes the fp32 logits out).
 """
 
 from __future__ import annotations
@@ -22,13 +23,15 @@ import torch
 import torch.nn.functional as F
 
 CHUNK_ELEMENTS = 1 << 26  # fp32 logits per chunk: 256 MB
-_rows_kernel = None  # f(logits, targets) -> the rows' loss sum (logits turned into their gradient), or None
+_rows_kernel = None  # f(out, targets) -> (the rows' loss sum, the gradient of out), or None
 
 
 def use_rows_kernel(kernel):
-    """Run `kernel(logits, targets)` in place of rows_loss_'s PyTorch code wherever it returns a loss (not None)."""
+    """Run `kernel(out, targets)` in place of rows_grad's PyTorch code wherever it returns (loss, gradient), not None;
+    returns the kernel it replaces (to put it back)."""
     global _rows_kernel
-    _rows_kernel = kernel
+    before, _rows_kernel = _rows_kernel, kernel
+    return before
 
 
 def cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -39,8 +42,7 @@ def cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) 
     check_targets(targets, weight.shape[0])
     if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
         return HeadCrossEntropy.apply(h, weight, targets)
-    total = sum(rows_loss_(F.linear(hc, weight).float(), tc)
-                for hc, tc in zip(*chunks(h, weight, targets)))
+    total = sum(rows_grad(F.linear(hc, weight), tc)[0] for hc, tc in zip(*chunks(h, weight, targets)))
     return total / h.shape[0]
 
 
@@ -64,16 +66,18 @@ def chunks(h, weight, targets):
     return h.split(rows), targets.split(rows)
 
 
-def rows_loss_(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Sum over rows of logsumexp(row) - row[target], fp32 logits [n, V]; turns `logits` into the
-    gradient of that sum: softmax(row) - one_hot(target). The installed kernel where it takes these rows."""
-    if _rows_kernel is not None and (loss := _rows_kernel(logits, targets)) is not None:
-        return loss
+def rows_grad(out: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For the head's output `out` [n, V] (in the head's dtype): the sum over rows of logsumexp(row) - row[target],
+    in fp32, and its gradient with respect to `out`, softmax(row) - one_hot(target), in out's dtype. The installed
+    kernel where it takes these rows."""
+    if _rows_kernel is not None and (done := _rows_kernel(out, targets)) is not None:
+        return done
+    logits = out.float()  # a copy in bf16, out itself in fp32: either way turned into the gradient in place
     lse = torch.logsumexp(logits, dim=-1)
     loss = (lse - logits.gather(1, targets[:, None]).squeeze(1)).sum()
     logits.sub_(lse[:, None]).exp_()
     logits[torch.arange(len(targets), device=logits.device), targets] -= 1
-    return loss
+    return loss, logits.to(out.dtype)  # the gradient reaches the head's product in its dtype, as autograd's would
 
 
 class HeadCrossEntropy(torch.autograd.Function):
@@ -85,10 +89,8 @@ class HeadCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=h.device)
         start = 0
         for hc, tc in zip(*chunks(h, weight, targets)):
-            out = F.linear(hc, weight)  # the autocast dtype under autocast, as in Gemma3.forward
-            logits = out.float()
-            total += rows_loss_(logits, tc)
-            g = logits.to(out.dtype)  # the gradient reaches the head's product in its dtype, as autograd's would
+            loss, g = rows_grad(F.linear(hc, weight), tc)  # the autocast dtype under autocast, as in Gemma3.forward
+            total += loss
             grad_h[start:start + len(hc)] = g @ weight
             part = g.t() @ hc
             grad_w = part.float() if grad_w is None else grad_w.add_(part)

@@ -277,28 +277,30 @@ def test_the_compiled_train_step_follows_the_eager_one_and_neither_waits_for_the
 
 
 def test_the_compiled_loss_rows_equal_the_eager_ones():
-    """gemma3/runtime/gpu_loss.py against gemma3/loss.py's own PyTorch row pass on CUDA fp32 logits (a full chunk of
-    the GPT-2 vocabulary and a short one), and the whole loss with it installed against F.cross_entropy."""
+    """gemma3/runtime/gpu_loss.py against gemma3/loss.py's own PyTorch row pass on CUDA rows of fp32 and bf16 (a full
+    chunk of the GPT-2 vocabulary and a short one), and the whole loss with it installed against F.cross_entropy."""
     from gemma3 import loss
     from gemma3.runtime import gpu_loss
 
     g = torch.Generator(device=GPU).manual_seed(0)
-    for rows in (loss.CHUNK_ELEMENTS // 50257, 121):
-        logits = torch.randn(rows, 50257, device=GPU, generator=g) * 4
-        targets = torch.randint(0, 50257, (rows,), device=GPU, generator=g)
-        a, b = logits.clone(), logits.clone()
-        before = loss._rows_kernel
-        loss.use_rows_kernel(None)
-        try:
-            want = loss.rows_loss_(a, targets)
-        finally:
-            loss.use_rows_kernel(before)
-        got = gpu_loss.rows_loss_(b, targets)
-        torch.testing.assert_close(got, want, atol=0, rtol=1e-5)
-        torch.testing.assert_close(b, a, atol=1e-7, rtol=1e-5)
+    for dtype in (torch.float32, torch.bfloat16):
+        for rows in (loss.CHUNK_ELEMENTS // 50257, 121):
+            out = (torch.randn(rows, 50257, device=GPU, generator=g) * 4).to(dtype)
+            targets = torch.randint(0, 50257, (rows,), device=GPU, generator=g)
+            before = loss.use_rows_kernel(None)
+            try:
+                want, want_grad = loss.rows_grad(out.clone(), targets)
+            finally:
+                loss.use_rows_kernel(before)
+            got, got_grad = gpu_loss.rows_grad(out, targets)
+            assert got_grad.dtype == dtype
+            torch.testing.assert_close(got, want, atol=0, rtol=1e-5)
+            close = {"atol": 1e-7, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 1e-7, "rtol": 8e-3}  # 1 bf16 ulp
+            torch.testing.assert_close(got_grad, want_grad, **close)
     h = torch.randn(3000, 64, device=GPU, generator=g, requires_grad=True)
     w = (torch.randn(50257, 64, device=GPU, generator=g) * 0.1).requires_grad_()
     y = torch.randint(0, 50257, (3000,), device=GPU, generator=g)
+    before = loss._rows_kernel
     with gpu_loss.compiled_rows():
         got = loss.cross_entropy(h, w, y)
         got_grads = torch.autograd.grad(got, (h, w))

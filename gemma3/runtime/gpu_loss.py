@@ -1,16 +1,17 @@
-"""The training loss's row pass on a GPU, compiled: gemma3/loss.py's `rows_loss_` in two fused kernels.
+"""The training loss's row pass on a GPU, compiled: gemma3/loss.py's `rows_grad` in two fused kernels.
 
-gemma3/loss.py computes the cross-entropy a chunk of rows at a time, and for each chunk turns its fp32 logits into
-their gradient in place (`rows_loss_`: logsumexp minus the target's logit, then softmax minus one-hot). In eager
-PyTorch on a GPU that pass is about ten kernels, each reading or writing the whole chunk (256 MB of fp32 logits):
-logsumexp alone reads it three times and writes two temporaries. Compiled, it is a reduction that reads the chunk
-and one pass that reads it again and writes the gradient over it. At 32 x 2048 tokens of the GPT-2 vocabulary a
-step has 49 such chunks, so this is tens of milliseconds a step on an H100.
+gemma3/loss.py computes the cross-entropy a chunk of rows at a time: the head's output for a chunk (bf16 under
+autocast), its loss (logsumexp minus the target's logit, in fp32) and its gradient (softmax minus one-hot, back
+in the head's dtype). In eager PyTorch on a GPU that pass is about ten kernels, and it writes the chunk out in
+fp32 (256 MB) and reads it back several times: about 2 GB of memory traffic per chunk, 49 chunks a step at
+32 x 2048 tokens of the GPT-2 vocabulary. Compiled, it is a reduction that reads the head's output once and
+one pass that reads it again and writes the gradient in the head's dtype; the fp32 logits are never written
+out (about 0.5 GB a chunk in bf16).
 
-`rows_loss_` is the same function as loss.rows_loss_ (the same operations, compiled: each value equal to the
-eager pass's up to the order of the row's sum and the last bit of exp; tests/test_cuda.py compares them). It takes
-CUDA fp32 logits; anything else goes to the kernel that was installed before (the CPU's C++ pass). `compiled_rows()`
-installs it into gemma3/loss.py for a block (training/step.py does so for a compiled step on a GPU).
+`rows_grad` computes what loss.rows_grad computes (the same operations, fused: each value equal to the eager
+pass's up to the order of a row's sum and the last bit of exp; tests/test_cuda.py compares them). It takes CUDA
+rows; anything else goes to the kernel that was installed before (the CPU's C++ pass). `compiled_rows()` installs
+it into gemma3/loss.py for a block (training/step.py does so for a compiled step on a GPU).
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ import torch
 from .. import loss
 
 
-def _rows(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def _rows(out: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = out.float()
     lse = torch.logsumexp(logits, dim=-1)
     total = (lse - logits.gather(1, targets[:, None]).squeeze(1)).sum()
     grad = torch.exp(logits - lse[:, None])
     cols = torch.arange(logits.shape[1], device=logits.device)
-    logits.copy_(torch.where(cols[None, :] == targets[:, None], grad - 1, grad))
-    return total
+    return total, torch.where(cols[None, :] == targets[:, None], grad - 1, grad).to(out.dtype)
 
 
 @functools.cache
@@ -37,20 +38,20 @@ def _compiled():
     return torch.compile(_rows, dynamic=False)
 
 
-def rows_loss_(logits: torch.Tensor, targets: torch.Tensor, otherwise=None) -> torch.Tensor | None:
-    """The rows' loss sum, `logits` turned into the gradient (as loss.rows_loss_); CUDA fp32 logits only, else
-    `otherwise(logits, targets)` (None: decline, and gemma3/loss.py runs its own PyTorch pass)."""
-    if logits.device.type == "cuda" and logits.dtype == torch.float32 and logits.dim() == 2 and logits.is_contiguous():
-        return _compiled()(logits, targets)
-    return otherwise(logits, targets) if otherwise is not None else None
+def rows_grad(out: torch.Tensor, targets: torch.Tensor, otherwise=None):
+    """(The rows' loss sum, the gradient of `out` in its dtype), as loss.rows_grad; CUDA rows only, else
+    `otherwise(out, targets)` (None: decline, and gemma3/loss.py runs its own PyTorch pass)."""
+    if out.device.type == "cuda" and out.dim() == 2 and out.is_contiguous():
+        return _compiled()(out, targets)
+    return otherwise(out, targets) if otherwise is not None else None
 
 
 @contextlib.contextmanager
 def compiled_rows():
     """gemma3/loss.py's row pass compiled on a GPU inside the block; the kernel installed before (the facade's C++
     pass for the CPU) serves everything else, and is installed again after."""
-    before = loss._rows_kernel
-    loss.use_rows_kernel(functools.partial(rows_loss_, otherwise=before))
+    before = loss.use_rows_kernel(None)
+    loss.use_rows_kernel(functools.partial(rows_grad, otherwise=before))
     try:
         yield
     finally:
