@@ -105,5 +105,7 @@ def decoder(model, use_engine: bool = True, mode: str | None = None):
 
 
 def describe() -> str:
-    mode = os.environ.get("GEMMA3_GPU_DECODE", "graph")
-    return f"CUDA graphs ({mode}) for each decoded token, the reference model's PyTorch for the prompt"
+    step = {"graph": "a CUDA graph replayed for each decoded token",
+            "compile": "a compiled CUDA graph (torch.compile, reduce-overhead) replayed for each decoded token",
+            "eager": "the fixed-shape decode step, eager"}.get(os.environ.get("GEMMA3_GPU_DECODE", "graph"), "?")
+    return f"{step} (gemma3/runtime/graphs.py); the prompt on the reference model's PyTorch"
