@@ -131,6 +131,7 @@ def test_the_loss_axis_is_logarithmic_and_both_axes_follow_the_data():
     (dict(eta_s=50, eta_low_s=45, eta_high_s=55), "ETA about 50 s"),
     (dict(eta_s=7200), "ETA about 2 h"),                                   # a run logged before the range
     (dict(loss=3.0), ""),
+    (dict(eta_s=0.0, eta_low_s=0.0, eta_high_s=0.0), ""),                # the last step: nothing left to wait for
 ])
 def test_the_eta_reads_as_a_range_then_as_about(record, words):
     from webapp.train import eta_words

@@ -78,9 +78,10 @@ def _digest(files: list[Path]) -> str:
 def eta_words(record: dict) -> str:
     """A logged step's ETA as people say it: a range while few steps are timed or the steps vary widely
     ("ETA 8–20 min"), then "ETA about 12 min"; evaluations, snapshots and checkpoints included (training/pace.py).
-    Empty when the record has no ETA (before the second step, or a run from an older version)."""
+    Empty when the record has no ETA (before the second step, or a run from an older version) or nothing is left
+    (the last step: its run is finishing, not "about 10 s" away)."""
     eta, low, high = (record.get(k) for k in ("eta_s", "eta_low_s", "eta_high_s"))
-    if not isinstance(eta, (int, float)):
+    if not isinstance(eta, (int, float)) or eta <= 0:
         return ""
     if isinstance(low, (int, float)) and isinstance(high, (int, float)) and high > 1.3 * max(low, 1):
         unit = _unit(high)
