@@ -55,6 +55,7 @@ def main():
 
     tmp = Path(tempfile.mkdtemp())
     proc, client = start_app(tmp)
+    name = None
     try:
         for attempt in ("first", "second"):
             t0 = time.perf_counter()
@@ -82,6 +83,11 @@ def main():
         if metrics.exists():
             print("  last lines of metrics.jsonl:\n    " + "\n    ".join(metrics.read_text().splitlines()[-3:]))
     finally:
+        if name:  # the run is a process of its own (its own session): stop it, or it outlives a timeout
+            try:
+                client.predict(name, api_name="/train_stop")
+            except Exception:
+                pass  # it had ended
         proc.terminate()
         proc.wait(30)
 

@@ -257,7 +257,7 @@ def test_the_compiled_train_step_follows_the_eager_one_and_neither_waits_for_the
     _, e_step, e_opt = _tiny_step(compile=False)
     compiled, c_step, c_opt = _tiny_step(compile=True)
     assert c_step.flex_layers == 6 and e_step.flex_layers == 0
-    batches = [[(ids[:, :-1], ids[:, 1:])] for ids in _batches(6)]
+    batches = [[(ids[:, :-1].contiguous(), ids[:, 1:].contiguous())] for ids in _batches(6)]  # as the trainer's
     for batch in batches[:4]:
         a, b = e_step(e_opt, batch, 1e-3), c_step(c_opt, batch, 1e-3)
         torch.testing.assert_close(b[0], a[0], atol=0, rtol=1e-3)

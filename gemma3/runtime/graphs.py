@@ -19,7 +19,7 @@ bench/decode.py --device cuda measures each against transformers and the GPU's m
 from __future__ import annotations
 
 import os
-import weakref
+import threading
 from contextlib import nullcontext
 
 import torch
@@ -27,7 +27,7 @@ import torch
 from ..model import Gemma3
 
 MODES = ("graph", "compile", "eager")
-_compiled: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its compiled decode step
+_capturing = threading.Lock()  # PyTorch captures one graph at a time in a process: two visitors' first tokens wait
 
 
 def applies(model) -> bool:
@@ -46,6 +46,10 @@ class Step:
     the warm-up runs that come before the capture write exactly what the step itself writes."""
 
     def __init__(self, model, cache, ids: torch.Tensor):
+        with _capturing:
+            self._capture(model, cache, ids)
+
+    def _capture(self, model, cache, ids: torch.Tensor):
         self.ids = ids.clone()
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
@@ -65,10 +69,10 @@ class Step:
 
 
 def compiled_step(model):
-    """torch.compile(model.decode, mode="reduce-overhead"), once per model."""
-    if model not in _compiled:
-        _compiled[model] = torch.compile(model.decode, mode="reduce-overhead", fullgraph=True)
-    return _compiled[model]
+    """torch.compile(model.decode, mode="reduce-overhead"), once per model (kept on it: gone with it)."""
+    if "_compiled_decode" not in model.__dict__:
+        model.__dict__["_compiled_decode"] = torch.compile(model.decode, mode="reduce-overhead", fullgraph=True)
+    return model.__dict__["_compiled_decode"]
 
 
 def decoder(model, use_engine: bool = True, mode: str | None = None):
