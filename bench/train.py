@@ -1,7 +1,7 @@
 """Training throughput: the trainer's own step against transformers' Gemma3ForCausalLM, same weights, same run.
 
     python bench/train.py --device cuda            # 270m, 32 x 2048, bf16 autocast: the GPU figure and its MFU
-    python bench/train.py --device cuda --quick    # the same, fewer steps: about 3 minutes on an H100, compiling included
+    python bench/train.py --device cuda --quick    # the same, fewer steps (an estimated 3 minutes on an H100, not yet timed)
     python bench/train.py                          # CPU: 270m, 4 x 256, fp32 and bf16 autocast
     python bench/train.py --device cpu --preset tiny --steps 2    # seconds: does it run?
     python bench/train.py --no-compile             # leave out the compiled side
@@ -186,7 +186,7 @@ def main():
                     help="default: bf16 on a GPU (autocast, fp32 master weights), fp32 and bf16 on the CPU")
     ap.add_argument("--steps", type=int, default=None, help="timed steps a block (default 5, 3 with --quick)")
     ap.add_argument("--rounds", type=int, default=None, help="timed blocks a side (default 3, 2 with --quick)")
-    ap.add_argument("--quick", action="store_true", help="fewer steps: the whole GPU bench in about 3 minutes")
+    ap.add_argument("--quick", action="store_true", help="fewer steps (an estimated 3 minutes on an H100, not yet timed)")
     ap.add_argument("--no-compile", action="store_true", help="leave out the compiled side")
     ap.add_argument("--no-transformers", action="store_true", help="leave out transformers' side")
     args = ap.parse_args()
