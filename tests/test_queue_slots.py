@@ -105,10 +105,14 @@ def test_the_status_polls_answer_when_visitors_fill_the_queue(busy):
             if joined.status_code != 200:
                 break
         assert joined.status_code == 503 and len(busy._queue) == app.QUEUE["max_size"], "the queue is full"
-        answer, took = timed(lambda: http.post(url + "run/train_metrics",
-                                               json={"data": ["", False], "session_hash": "owner"}, timeout=5))
-        # the held Starts are preparing their data, and the monitor says so (issue 23 item 3), not "no runs yet"
-        assert answer.status_code == 200 and "Preparing the training data for a new run" in answer.text \
-            and took < 1, (answer.text, took)
+        def preparing() -> bool:   # every poll answers within a second, whatever the queue holds
+            answer, took = timed(lambda: http.post(url + "run/train_metrics",
+                                                   json={"data": ["", False], "session_hash": "owner"}, timeout=5))
+            assert answer.status_code == 200 and took < 1, (answer.text, took)
+            return "Preparing the training data for a new run" in answer.text
+
+        # the held Start is preparing its data, and the monitor says so (issue 23 item 3), not "no runs yet", once
+        # its worker has reached that point (being in the server is not yet being there)
+        poll(preparing, timeout=10, what="the monitor to say a held Start is preparing its data")
         refused = http.post(url + "run/generate", json={"data": [*STORY, None], "session_hash": "x"})
         assert refused.status_code == 404, "a story goes through the queue and its limit of two at once"
