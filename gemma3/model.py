@@ -68,8 +68,8 @@ def attend(q, k, v, mask: torch.Tensor | None, scale: float) -> torch.Tensor:
     attention over keys that are exactly the queries. Attention.attend holds this function, so a caller
     can swap in another that computes the same (explain records the probabilities that way)."""
     if mask is not None and q.is_cuda and k.shape[1] == 1 < q.shape[1]:
-        # a view of the one key/value head for every query head: with a mask, CUDA's fused kernels take that but
-        # not enable_gqa (which falls back to the unfused math kernel: fp32 scores, a dozen more kernels)
+        # a view of the one key/value head for every query head: with a mask, CUDA's fused attention takes that but
+        # not enable_gqa (which falls back to SDPA's unfused math path: fp32 scores, a dozen more launches)
         k, v = k.expand(-1, q.shape[1], -1, -1), v.expand(-1, q.shape[1], -1, -1)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=scale,
                                           enable_gqa=k.shape[1] != q.shape[1])
