@@ -24,20 +24,15 @@ from contextlib import nullcontext
 
 import torch
 
-from ..model import Gemma3
+from . import unwatched
 
 MODES = ("graph", "compile", "eager")
 _capturing = threading.Lock()  # PyTorch captures one graph at a time in a process: two visitors' first tokens wait
 
 
 def applies(model) -> bool:
-    """Whether this decoding runs the model: a Gemma3 whose forward and decode are the reference's, on a CUDA
-    device, with no hooks (someone watching the model gets the reference's forward)."""
-    if type(model).forward is not Gemma3.forward or type(model).decode is not Gemma3.decode:
-        return False
-    if model.embed.weight.device.type != "cuda":
-        return False
-    return not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    """Whether this decoding runs the model: an unwatched Gemma3 (gemma3/runtime/__init__.py) on a CUDA device."""
+    return model.embed.weight.device.type == "cuda" and unwatched(model)
 
 
 class Step:

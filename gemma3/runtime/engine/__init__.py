@@ -18,8 +18,7 @@ from contextlib import nullcontext
 
 import torch
 
-from .. import cpu
-from ...model import Gemma3
+from .. import cpu, unwatched
 from . import ops
 from .forward import forward
 from .ops import available
@@ -27,14 +26,12 @@ from .packing import pack_qkv, stacked
 
 
 def applies(model) -> bool:
-    """Whether the engine can run this model here: a Gemma3 whose forward is the reference's (not a
-    subclass that changes it), on the CPU in fp32 or bf16, with no hooks, and the kernels built."""
-    if type(model).forward is not Gemma3.forward:
+    """Whether the engine can run this model here: an unwatched Gemma3 (gemma3/runtime/__init__.py) on the CPU
+    in fp32 or bf16, and the kernels built."""
+    if not unwatched(model):
         return False
     w = model.embed.weight
     if w.device.type != "cpu" or w.dtype not in (torch.float32, torch.bfloat16):
-        return False
-    if any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
         return False
     return available()
 
