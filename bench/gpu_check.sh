@@ -8,10 +8,21 @@
 # Each part has its own time limit, writes its whole log to $OUT (default gpu-logs/) and prints its tail.
 #     bash bench/gpu_check.sh
 # Test it on a CPU with GPU_CHECK_DRY=1 (tiny sizes, cpu device; what can run there does).
+# The device machine's image has torch and transformers but not gradio or plotly, and reaches no registry: make
+# .gpu-site/site.tar.xz here first (`bash bench/gpu_site.sh`, a minute) and carry it (carry: [".gpu-site"]); this
+# unpacks it onto PYTHONPATH where gradio is missing. The device call, in full:
+#     run(command="bash bench/gpu_check.sh", carry=[".gpu-site"], timeout_s=540)
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-gpu-logs}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 GEMMA3_CACHE=${GEMMA3_CACHE:-/tmp/gemma3-cache}
 PY=${PYTHON:-python3}
+if ! $PY -c "import gradio" 2>/dev/null; then
+  if [ -f .gpu-site/site.tar.xz ]; then
+    mkdir -p /tmp/gpu-site && tar -xJf .gpu-site/site.tar.xz -C /tmp/gpu-site && export PYTHONPATH=/tmp/gpu-site${PYTHONPATH:+:$PYTHONPATH}
+  else
+    echo "no gradio here and no .gpu-site/site.tar.xz (bash bench/gpu_site.sh, then carry .gpu-site): the app part will fail"
+  fi
+fi
 DEV=cuda; TRAIN=(--batch 16 --steps 2 --rounds 1); [ -n "$GPU_CHECK_DRY" ] && DEV=cpu TRAIN=(--preset tiny --steps 2 --rounds 1)
 part() { local name=$1 limit=$2; shift 2; echo "=== $name (limit ${limit}s)"; local t0=$SECONDS
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; local rc=$?
@@ -20,7 +31,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 $PY -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__)"
 TAIL=24 part decode 140 $PY bench/decode.py --device $DEV --quick
 TAIL=24 part train 140 $PY bench/train.py --device $DEV "${TRAIN[@]}"
-TAIL=30 part tests 140 $PY -m pytest tests/test_cuda.py -v -rfE --durations=10 -p no:cacheprovider
+# the tests in 4 processes where pytest-xdist is there (the image has it): most of their time is compiling, on the CPU
+XDIST=(); $PY -c "import xdist" 2>/dev/null && XDIST=(-n 4)
+TAIL=30 part tests 140 $PY -m pytest tests/test_cuda.py -v -rfE --durations=10 -p no:cacheprovider "${XDIST[@]}"
 if [ -n "$GPU_CHECK_DRY" ]; then
   TAIL=12 part app 120 $PY bench/app_gpu.py --device cpu --steps 10
 else
