@@ -6,6 +6,8 @@ import os
 import re
 import subprocess
 import sys
+import time
+import types
 from pathlib import Path
 
 import pytest
@@ -59,6 +61,32 @@ def test_tiny_model_learns_and_its_checkpoint_generates(data, tmp_path):
     model, tok = gemma3.load_model(run / "checkpoints" / "step_0000150")
     assert gemma3.generate(model, tok, "Once upon a time", max_new_tokens=10, temperature=0)
     assert (run / "best" / "model.safetensors").exists()
+
+
+def test_the_logged_speed_is_the_steps_own_not_the_evaluations_and_snapshots_between_them(data, tmp_path, monkeypatch):
+    """tokens/s and MFU at a log are the training steps' since the last log: an evaluation, a snapshot or a checkpoint
+    between them (each made to last 1000 s here, on the trainer's clock) does not show as a fall in speed."""
+    real, skew = time.perf_counter, [0.0]
+    shim = types.SimpleNamespace(**{name: getattr(time, name) for name in dir(time) if not name.startswith("_")})
+    shim.perf_counter = lambda: real() + skew[0]
+    monkeypatch.setattr(train_module, "time", shim)
+    for pause in ("_eval_and_keep_best", "snapshot", "save"):
+        original = getattr(train_module.Trainer, pause)
+
+        def slow(self, *args, _original=original, **kwargs):
+            skew[0] += 1000.0
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(train_module.Trainer, pause, slow)
+    run = tmp_path / "run"
+    assert train(TrainConfig.for_preset(**dict(SMALL, data=str(data), out=str(run), max_steps=8, eval_every=3,
+                                               ckpt_every=4))) == 0
+    assert skew[0] >= 8000  # every one of the 8 steps was followed by at least one pause
+    logged = records(run, "train")
+    assert [r["step"] for r in logged] == list(range(1, 9))
+    for r in logged:
+        assert r["tokens_per_s"] > SMALL["batch_size"] * SMALL["seq_len"] / 100, r  # no 1000 s pause in any
+        assert r["mfu"] > 0
 
 
 def _stop_at(step: int, monkeypatch):

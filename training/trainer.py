@@ -632,8 +632,8 @@ class Trainer:
             self.make_optimizer()
             self.snapshot(evaluation)
         self.make_optimizer()
-        window_start, window_tokens = time.perf_counter(), 0
-        first = True
+        window_s, window_tokens = 0.0, 0  # the steps' own time since the last log: evaluations, snapshots and saves
+        first = True                      # between them are not training (the pace counts them apart)
         timed_s, timed_steps = 0.0, 0  # the steps since the last reading, for the pace
         while self.step < cfg.max_steps:
             t0 = time.perf_counter()
@@ -653,7 +653,7 @@ class Trainer:
             self.step = done
             self.tokens += self.tokens_per_step
             self.elapsed += dt
-            window_tokens += self.tokens_per_step
+            window_s, window_tokens = window_s + dt, window_tokens + self.tokens_per_step
             timed_s, timed_steps = timed_s + dt, timed_steps + 1
             if read:
                 if not first:  # each step since the last reading at their mean (a GPU's steps overlap on the host)
@@ -662,8 +662,7 @@ class Trainer:
                 timed_s, timed_steps = 0.0, 0
             first = False
             if logged:
-                span = time.perf_counter() - window_start
-                tps = window_tokens / span
+                tps = window_tokens / window_s
                 eta = self.pace.eta(cfg, self.step)
                 self.metrics({"kind": "train", "step": self.step, "tokens": self.tokens, "loss": loss,
                               "lr": lr_at(self.step - 1, cfg), "grad_norm": grad_norm, "tokens_per_s": tps,
@@ -674,7 +673,7 @@ class Trainer:
                 self.log(f"step {self.step}/{cfg.max_steps} | loss {loss:.4f} | lr {lr_at(self.step - 1, cfg):.2e} "
                          f"| grad norm {grad_norm:.2f} | {tps:,.0f} tok/s")
                 self.status("running")
-                window_start, window_tokens = time.perf_counter(), 0
+                window_s, window_tokens = 0.0, 0
             evaluation = self._eval_and_keep_best() if evaluated else None
             if shot:
                 self.snapshot(evaluation)
