@@ -236,7 +236,7 @@ if __name__ == "__main__":
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda", help="cuda (the GPU table); cpu: a dry run of it")
-    ap.add_argument("--quick", action="store_true", help="the 270m only, 200 tokens (bench/gpu_check.sh)")
+    ap.add_argument("--quick", action="store_true", help="the 270m only, 100 tokens (bench/gpu_check.sh)")
     args = ap.parse_args()
     import decode_gpu
 

@@ -113,6 +113,14 @@ def fit_prompt(ids: list[int], max_new_tokens: int, context: int) -> tuple[list[
     return ids[-keep:], notice
 
 
+def cache_length(needed: int, context: int) -> int:
+    """The cache's length for a generation that needs `needed` positions: the power of two at or above it, 256 at
+    least, the context at most. The fixed-shape decode step on a GPU attends over every slot of a full layer's
+    cache, so the cache's length is a shape of its CUDA graph or compiled step (gemma3/runtime/graphs.py): with
+    lengths in a few sizes, a compiled step compiles a few times in a process, not once per prompt length."""
+    return min(max(256, 1 << (needed - 1).bit_length()), context)
+
+
 @torch.inference_mode()
 def generate_tokens(model, ids: list[int], max_new_tokens: int = 200, temperature: float = 0.7,
                     top_k=None, top_p=None, repetition_penalty: float = 1.0, seed=None,
@@ -128,7 +136,7 @@ def generate_tokens(model, ids: list[int], max_new_tokens: int = 200, temperatur
     device = model.embed.weight.device
     context = model.config.context
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-    cache = model.new_cache(1, min(len(ids) + max_new_tokens, context))
+    cache = model.new_cache(1, cache_length(len(ids) + max_new_tokens, context))
     seen = torch.zeros(1, model.config.vocab_size, dtype=torch.bool, device=device)
     seen[0, ids] = True
     stats.update(prompt_tokens=len(ids), new_tokens=0, stop_reason="length")

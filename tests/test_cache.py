@@ -131,11 +131,13 @@ def test_exceeding_the_cache_raises_and_keeps_it_usable(tiny):
 # ---- the fixed-shape decode step (Gemma3.decode: what a CUDA graph replays, gemma3/runtime/graphs.py) ----
 
 @torch.no_grad()
-def greedy_with_decode(model, prompt: torch.Tensor, new: int, step=None) -> tuple[torch.Tensor, torch.Tensor]:
+def greedy_with_decode(model, prompt: torch.Tensor, new: int, step=None,
+                       max_len: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy tokens [B, new] and the logits [B, new, V] that chose them: the prompt through the model's
-    forward, then each token through `step(ids, cache)` (default: model.decode, the fixed-shape step)."""
+    forward, then each token through `step(ids, cache)` (default: model.decode, the fixed-shape step), in a
+    cache of max_len (default: just long enough)."""
     step = step or model.decode
-    cache = model.new_cache(prompt.shape[0], prompt.shape[1] + new)
+    cache = model.new_cache(prompt.shape[0], max_len or prompt.shape[1] + new)
     logits = [model(prompt, cache=cache, last_only=True)]
     tokens = [logits[-1][:, -1].argmax(-1, keepdim=True)]
     for _ in range(new - 1):
@@ -188,3 +190,24 @@ def test_the_compiled_decode_step_gives_the_eager_tokens(tiny):
     tokens, logits = greedy_with_decode(tiny, prompt, 12, step=compiled)
     assert torch.equal(tokens, eager_tokens)
     torch.testing.assert_close(logits, eager_logits, atol=1e-5, rtol=1e-5)
+
+
+def test_generations_of_other_lengths_reuse_the_compiled_step(tiny, monkeypatch):
+    """generate_tokens makes its cache in a few lengths (powers of two from 256), the one shape of the step that
+    follows the generation's length, so a compiled fixed-shape step (a GPU's compile mode) traces once for
+    prompts and lengths that differ, where a minute of compiling for every new prompt length would follow."""
+    import gemma3
+    from torch._dynamo.testing import CompileCounter
+
+    lengths = []
+    new_cache = tiny.new_cache
+    monkeypatch.setattr(tiny, "new_cache", lambda batch, max_len: lengths.append(max_len) or new_cache(batch, max_len))
+    runs = [(5, 10), (40, 30), (3, 200)]
+    for n, new in runs:
+        list(gemma3.generate_tokens(tiny, random_ids(1, n, seed=n)[0].tolist(), max_new_tokens=new, temperature=0))
+    assert lengths == [256] * 3
+    counter = CompileCounter()
+    compiled = torch.compile(tiny.decode, fullgraph=True, backend=counter)
+    for (n, new), max_len in zip(runs, lengths):
+        greedy_with_decode(tiny, random_ids(1, n, seed=n), min(new, 12), step=compiled, max_len=max_len)
+    assert counter.frame_count == 1
