@@ -22,6 +22,7 @@ generation (a graph's capture, a static cache's setup) cancel out. Sides:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import tempfile
 import time
@@ -102,11 +103,12 @@ def bytes_per_token(model, context: int) -> int:
 
 
 def timed(generate, tokens: int) -> float:
-    """Tokens per second of `generate(n)` between its first and its last new token (see the module's doc)."""
+    """Tokens per second of `generate(n, budget)` between its first and its last new token (see the module's doc).
+    Every call asks for `tokens` new tokens and stops after n: the same cache shapes, so nothing compiles anew."""
     def once(n):
         sync()
         t0 = time.perf_counter()
-        generate(n)
+        generate(n, tokens)
         sync()
         return time.perf_counter() - t0
 
@@ -134,25 +136,37 @@ def fused_norms():
 
 def ours(model, ids, mode: str | None, sampling: dict | None = None, fused: bool = False):
     """generate(n) through gemma3.generate_tokens with decode mode `mode` (None: the reference forward)."""
-    def generate(n):
+    def generate(n, budget):
         os.environ["GEMMA3_GPU_DECODE"] = mode or "graph"  # read as each generation starts
         settings = sampling or dict(temperature=0)
         with fused_norms() if fused else contextlib.nullcontext():
-            for _ in gemma3.generate_tokens(model, ids, max_new_tokens=n, use_engine=mode is not None, **settings):
+            tokens = gemma3.generate_tokens(model, ids, max_new_tokens=budget, use_engine=mode is not None, **settings)
+            for _ in itertools.islice(tokens, n):
                 pass
+            tokens.close()
     return generate
 
 
 def theirs(hf, ids, static: bool):
     """generate(n) through transformers' generate; with its static cache, which on a GPU it compiles by itself
     (torch.compile(mode="reduce-overhead") of its forward: its generation_config.compile_config's default)."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
     prompt = torch.tensor([ids], device=hf.device)
     kwargs = dict(do_sample=False, use_cache=True, pad_token_id=0)
     if static:
         kwargs["cache_implementation"] = "static"
 
-    def generate(n):
-        hf.generate(prompt, max_new_tokens=n, min_new_tokens=n, **kwargs)
+    class After(StoppingCriteria):
+        def __init__(self, n):
+            self.length = prompt.shape[1] + n
+
+        def __call__(self, input_ids, scores, **_):
+            return torch.full((input_ids.shape[0],), input_ids.shape[1] >= self.length, device=input_ids.device)
+
+    def generate(n, budget):  # its cache sized for the budget, n tokens made
+        hf.generate(prompt, max_new_tokens=budget, min_new_tokens=n, stopping_criteria=StoppingCriteriaList([After(n)]),
+                    **kwargs)
     return generate
 
 

@@ -211,3 +211,28 @@ def test_generations_of_other_lengths_reuse_the_compiled_step(tiny, monkeypatch)
     for (n, new), max_len in zip(runs, lengths):
         greedy_with_decode(tiny, random_ids(1, n, seed=n), min(new, 12), step=compiled, max_len=max_len)
     assert counter.frame_count == 1
+
+
+def test_a_worker_thread_can_run_the_compiled_gpu_step():
+    """torch.compile's CUDA graphs keep per-thread state that only the thread importing them first gets (PyTorch
+    issue 123177); the web app's tokens come from worker threads, so the compiled decode mode prepares each
+    thread's (gemma3/runtime/graphs.py): a fresh thread then finds its graphs' container. The GPU test runs it."""
+    import threading
+
+    from torch._inductor import cudagraph_trees as trees
+
+    from gemma3.runtime import graphs
+
+    errors = []
+
+    def worker():
+        try:
+            graphs.graph_trees_ready()
+            trees.get_container(0)
+        except Exception as e:  # noqa: BLE001  (reported below)
+            errors.append(e)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert not errors, errors

@@ -7,6 +7,7 @@ run for a resumed one. GPU reductions run in another order than the CPU's, so fp
 """
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -107,14 +108,18 @@ def test_the_demo_model_writes_the_same_story_on_the_gpu(tmp_path):
 @pytest.mark.parametrize("mode", ["graph", "compile", "eager"])
 def test_every_gpu_decode_mode_gives_the_reference_tokens(pair, mode, monkeypatch):
     """The fixed-shape step, replayed as a CUDA graph (or compiled, or eager): 60 greedy fp32 tokens, the
-    sliding layers' ring wrapping seven times, equal to the reference forward's tokens and transformers'."""
+    sliding layers' ring wrapping seven times, equal to the reference forward's tokens and transformers', in the
+    main thread and in a worker thread (as the web app runs a generation, its tokens from several threads)."""
     hf, ours = pair
     monkeypatch.setenv("GEMMA3_GPU_DECODE", mode)
     prompt = random_ids(1, 5, seed=10).to(GPU)
     want = hf.generate(prompt, max_new_tokens=60, do_sample=False)[0, 5:].tolist()
     reference = list(gemma3.generate_tokens(ours, prompt[0].tolist(), max_new_tokens=60, temperature=0,
                                             use_engine=False))
-    got = list(gemma3.generate_tokens(ours, prompt[0].tolist(), max_new_tokens=60, temperature=0))
+    tokens = gemma3.generate_tokens(ours, prompt[0].tolist(), max_new_tokens=60, temperature=0)
+    got = [next(tokens) for _ in range(30)]
+    with ThreadPoolExecutor(1) as worker:  # the rest of the same generation in another thread
+        got += worker.submit(list, tokens).result()
     assert got == reference == want
 
 

@@ -35,6 +35,7 @@ import gemma3
 import gemma3.defaults
 from gemma3 import describe
 from gemma3.io.hub import resolve_source
+from gemma3.runtime import graphs
 
 from .inputs import UserError
 ROOT = Path(__file__).resolve().parent.parent
@@ -508,7 +509,7 @@ class ModelCache:
         if dropped:   # free the dropped models' memory now (a collection costs about 0.1 s: not after every load)
             gc.collect()
             if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+                graphs.empty_cache()  # not while another visitor's generation captures its graph
         return loaded
 
     def _load(self, source: str, hub_token: bool):

@@ -18,6 +18,7 @@ bench/decode.py --device cuda measures each against transformers and the GPU's m
 
 from __future__ import annotations
 
+import collections
 import os
 import threading
 from contextlib import nullcontext
@@ -35,13 +36,21 @@ def applies(model) -> bool:
     return model.embed.weight.device.type == "cuda" and unwatched(model)
 
 
+def empty_cache():
+    """torch.cuda.empty_cache, never while another thread captures a graph (the allocator asserts that no capture
+    is under way when it frees its cached blocks)."""
+    with _capturing:
+        torch.cuda.empty_cache()
+
+
 class Step:
     """One decoded token of one cache as a CUDA graph: the token goes into a fixed input, the graph replays,
     the logits come out of a fixed output. Captured at the cache's next position with the real token, so
     the warm-up runs that come before the capture write exactly what the step itself writes."""
 
     def __init__(self, model, cache, ids: torch.Tensor):
-        with _capturing:
+        self.device = model.embed.weight.device
+        with _capturing, torch.cuda.device(self.device):  # streams and the graph on the model's GPU, not the current
             self._capture(model, cache, ids)
 
     def _capture(self, model, cache, ids: torch.Tensor):
@@ -51,16 +60,28 @@ class Step:
         with torch.cuda.stream(stream):  # warm-up off the main stream, as capture requires
             for _ in range(2):
                 model.decode(self.ids, cache)
-        torch.cuda.current_stream().wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
-        # thread_local: another visitor's generation or recording may use the GPU from its own thread meanwhile
-        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-            self.logits = model.decode(self.ids, cache)
+        # capture_begin/end rather than torch.cuda.graph, which first waits for the whole device and empties the
+        # allocator's cache (another visitor's, a training run's) at every capture, so once per generation.
+        # thread_local: another visitor's generation may use the GPU from its own thread meanwhile
+        with torch.cuda.stream(stream):
+            self.graph.capture_begin(capture_error_mode="thread_local")
+            try:
+                self.logits = model.decode(self.ids, cache)
+            except BaseException:
+                try:
+                    self.graph.capture_end()
+                except Exception:
+                    pass  # the capture is broken already; the error that broke it is the one to raise
+                raise
+            self.graph.capture_end()
+        torch.cuda.current_stream().wait_stream(stream)
 
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
-        self.ids.copy_(ids)
-        self.graph.replay()
-        return self.logits.clone()  # the next replay overwrites the fixed output
+        with torch.cuda.device(self.device):
+            self.ids.copy_(ids)
+            self.graph.replay()
+            return self.logits.clone()  # the next replay overwrites the fixed output
 
 
 def compiled_step(model):
@@ -68,6 +89,17 @@ def compiled_step(model):
     if "_compiled_decode" not in model.__dict__:
         model.__dict__["_compiled_decode"] = torch.compile(model.decode, mode="reduce-overhead", fullgraph=True)
     return model.__dict__["_compiled_decode"]
+
+
+def graph_trees_ready():
+    """torch.compile's CUDA graphs keep their state per thread, set up only in the thread that imported them first
+    (PyTorch issue 123177, open in 2.11): a web server's worker thread would fail an assertion at its first compiled
+    token. Such a thread gets its own state here (its own graphs, recorded at its first tokens)."""
+    from torch._inductor import cudagraph_trees as trees
+
+    if not hasattr(trees.local, "tree_manager_containers") and not torch._C._is_key_in_tls("tree_manager_containers"):
+        trees.local.tree_manager_containers = {}
+        trees.local.tree_manager_locks = collections.defaultdict(threading.Lock)
 
 
 def decoder(model, use_engine: bool = True, mode: str | None = None):
@@ -86,7 +118,11 @@ def decoder(model, use_engine: bool = True, mode: str | None = None):
             for t in [cache.position] + [t for layer in cache.layers for t in (layer.k, layer.v, layer.index)]:
                 torch._dynamo.mark_static_address(t)
             step = compiled_step(model)
-            return lambda ids: step(ids, cache).clone()  # the next replay overwrites the graph's output
+
+            def run(ids):
+                graph_trees_ready()  # a generation's tokens may each come from another worker thread
+                return step(ids, cache).clone()  # the next replay overwrites the graph's output
+            return run
         return lambda ids: model.decode(ids, cache)
 
     def f(ids, cache, last_only=False):
