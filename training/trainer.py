@@ -121,16 +121,20 @@ def peak_flops(device: torch.device, dtype: torch.dtype, given_tflops: float | N
         for key, tflops in GPU_PEAK_TFLOPS.items():
             if key in name:
                 return tflops * 1e12
-    n = 1024 if device.type == "cuda" else 512  # otherwise measure a square matmul, the best case here
-    a = torch.randn(n, n, device=device, dtype=dtype)
+    # otherwise measure a square matmul, the best case here: the fastest of 20 (on a shared machine a mean counts
+    # whatever else ran meanwhile, and MFU then passes 100%)
+    n = 1024 if device.type == "cuda" else 512
+    a = torch.randn(n, n, device=device, generator=torch.Generator(device).manual_seed(0)).to(dtype)  # not the run's RNG
     for _ in range(3):
         a @ a
-    reps, t0 = 10, time.perf_counter()
-    for _ in range(reps):
+    best = float("inf")
+    for _ in range(20):
+        t0 = time.perf_counter()
         a @ a
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return 2 * n ** 3 * reps / (time.perf_counter() - t0)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best
 
 
 def rng_state() -> dict:
@@ -406,7 +410,7 @@ class Trainer:
                                     f"the data's tokenizer ({self.tokenizer.vocab_size}).")
         self.model.to(self.device)
         self.optimizer = None  # made by fit after step 0's evaluation (make_optimizer), or now to resume into
-        self.peak = None       # the device's peak FLOP/s for MFU, measured by make_optimizer
+        self.peak = None       # the device's peak FLOP/s for MFU (measure_peak)
 
         self.step, self.tokens, self.elapsed, self.skipped = 0, 0, 0.0, 0
         self.pace = Pace()  # the ETA: smoothed step time and the pauses to come (pace.py)
@@ -460,7 +464,13 @@ class Trainer:
             return
         cfg = self.cfg
         self.optimizer = adamw(self.model, cfg.lr, (cfg.beta1, cfg.beta2), cfg.weight_decay, self.device)
-        self.peak = peak_flops(self.device, self._amp_dtype() or torch.float32, cfg.peak_tflops) * self.world
+        self.measure_peak()
+
+    def measure_peak(self):
+        """The device's peak for MFU: the best a square matmul gave, when the optimizer is made and again at each
+        evaluation (tens of ms on a CPU), so a rate measured while the machine was busy is not kept."""
+        peak = peak_flops(self.device, self._amp_dtype() or torch.float32, self.cfg.peak_tflops) * self.world
+        self.peak = max(self.peak or 0.0, peak)
 
     def _load_latest(self):
         found = checkpoints(self.run)
@@ -632,8 +642,8 @@ class Trainer:
             self.make_optimizer()
             self.snapshot(evaluation)
         self.make_optimizer()
-        window_s, window_tokens = 0.0, 0  # the steps' own time since the last log: evaluations, snapshots and saves
-        first = True                      # between them are not training (the pace counts them apart)
+        window_s, window_steps = 0.0, 0  # the steps' own time since the last log: evaluations, snapshots and saves
+        first = True                     # between them are not training (the pace counts them apart)
         timed_s, timed_steps = 0.0, 0  # the steps since the last reading, for the pace
         while self.step < cfg.max_steps:
             t0 = time.perf_counter()
@@ -653,7 +663,7 @@ class Trainer:
             self.step = done
             self.tokens += self.tokens_per_step
             self.elapsed += dt
-            window_s, window_tokens = window_s + dt, window_tokens + self.tokens_per_step
+            window_s, window_steps = window_s + dt, window_steps + 1
             timed_s, timed_steps = timed_s + dt, timed_steps + 1
             if read:
                 if not first:  # each step since the last reading at their mean (a GPU's steps overlap on the host)
@@ -662,19 +672,21 @@ class Trainer:
                 timed_s, timed_steps = 0.0, 0
             first = False
             if logged:
-                tps = window_tokens / window_s
+                tps = window_steps * self.tokens_per_step / window_s
                 eta = self.pace.eta(cfg, self.step)
                 self.metrics({"kind": "train", "step": self.step, "tokens": self.tokens, "loss": loss,
                               "lr": lr_at(self.step - 1, cfg), "grad_norm": grad_norm, "tokens_per_s": tps,
                               "mfu": self.flops_per_step / self.tokens_per_step * tps / self.peak,
-                              "elapsed_s": self.elapsed, "step_s": self.pace.step_s,
+                              "elapsed_s": self.elapsed, "step_s": window_s / window_steps,  # tps's steps
                               **({"eta_s": eta[0], "eta_low_s": eta[1], "eta_high_s": eta[2]} if eta else {}),
                               "skipped": self.skipped, "time": time.time()})
                 self.log(f"step {self.step}/{cfg.max_steps} | loss {loss:.4f} | lr {lr_at(self.step - 1, cfg):.2e} "
                          f"| grad norm {grad_norm:.2f} | {tps:,.0f} tok/s")
                 self.status("running")
-                window_s, window_tokens = 0.0, 0
+                window_s, window_steps = 0.0, 0
             evaluation = self._eval_and_keep_best() if evaluated else None
+            if evaluated:
+                self.measure_peak()
             if shot:
                 self.snapshot(evaluation)
             if saved:
