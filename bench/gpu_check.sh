@@ -23,14 +23,14 @@ if ! $PY -c "import gradio" 2>/dev/null; then
     echo "no gradio here and no .gpu-site/site.tar.xz (bash bench/gpu_site.sh, then carry .gpu-site): the app part will fail"
   fi
 fi
-DEV=cuda; TRAIN=(--batch 16 --steps 2 --rounds 1); [ -n "$GPU_CHECK_DRY" ] && DEV=cpu TRAIN=(--preset tiny --steps 2 --rounds 1)
+DEV=cuda; TRAIN=(--batch 16 --steps 2 --rounds 1 --profile); [ -n "$GPU_CHECK_DRY" ] && DEV=cpu TRAIN=(--preset tiny --steps 2 --rounds 1 --profile)
 part() { local name=$1 limit=$2; shift 2; echo "=== $name (limit ${limit}s)"; local t0=$SECONDS
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; local rc=$?
   echo "=== $name: exit $rc in $((SECONDS - t0)) s"; grep -v "it/s\]$" "$OUT/$name.log" | tail -n "${TAIL:-25}"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader 2>/dev/null
 $PY -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__)"
 TAIL=24 part decode 165 $PY bench/decode.py --device $DEV --quick
-TAIL=24 part train 140 $PY bench/train.py --device $DEV "${TRAIN[@]}"
+TAIL=60 part train 140 $PY bench/train.py --device $DEV "${TRAIN[@]}"
 # the tests in 4 processes where pytest-xdist is there (the image has it): most of their time is compiling, on the CPU
 XDIST=(); $PY -c "import xdist" 2>/dev/null && XDIST=(-n 4)
 TAIL=30 part tests 115 $PY -m pytest tests/test_cuda.py -v -rfE --durations=10 -p no:cacheprovider "${XDIST[@]}"

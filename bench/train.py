@@ -176,6 +176,25 @@ def timed_block(side: Side, steps: int, seq: int, device: torch.device):
         side.memory = torch.cuda.max_memory_allocated(device) - resident  # what its step adds at its peak
 
 
+def profile_step(side: Side, device: torch.device, top: int = 10):
+    """Where one step of the side goes: its GPU kernels (on a CPU, its operators) with the most time, as shares of
+    the step's total, so a figure short of its target says what to work on."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    sync(device)
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        side.step()
+        side.read()
+        sync(device)
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
+    total = sum(getattr(e, key) for e in events) or 1
+    print(f"  {side.name}: one step, {total / 1e3:.1f} ms of {'GPU kernels' if cuda else 'operators'}; the largest:")
+    for e in events[:top]:
+        print(f"    {getattr(e, key) / total:6.1%} {getattr(e, key) / 1e3:9.2f} ms  x{e.count:<5} {e.key[:100]}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -189,6 +208,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="fewer steps (an estimated 3 minutes on an H100, not yet timed)")
     ap.add_argument("--no-compile", action="store_true", help="leave out the compiled side")
     ap.add_argument("--no-transformers", action="store_true", help="leave out transformers' side")
+    ap.add_argument("--profile", action="store_true", help="after timing, where one step of each side goes")
     args = ap.parse_args()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -246,6 +266,8 @@ def main():
         for _ in range(rounds):
             for side in running:
                 timed_block(side, steps, seq, device)
+        for side in running if args.profile else []:
+            profile_step(side, device)
         for side in running:  # their steps, and with them their models and memory, go; their figures stay
             side.step = side.read = None
         free(device)
