@@ -23,10 +23,14 @@ if ! $PY -c "import gradio" 2>/dev/null; then
     echo "no gradio here and no .gpu-site/site.tar.xz (bash bench/gpu_site.sh, then carry .gpu-site): the app part will fail"
   fi
 fi
-DEV=cuda; TRAIN=(--batch 16 --steps 2 --rounds 1 --profile); [ -n "$GPU_CHECK_DRY" ] && DEV=cpu TRAIN=(--preset tiny --steps 2 --rounds 1 --profile)
+DEV=cuda; TRAIN=(--batch 16 --steps 2 --rounds 1 --profile); [ -n "$GPU_CHECK_DRY" ] && DEV=cpu TRAIN=(--preset tiny --dtype bf16 --steps 2 --rounds 1 --profile)
 part() { local name=$1 limit=$2; shift 2; echo "=== $name (limit ${limit}s)"; local t0=$SECONDS
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; local rc=$?
   echo "=== $name: exit $rc in $((SECONDS - t0)) s"; grep -v "it/s\]$" "$OUT/$name.log" | tail -n "${TAIL:-25}"; }
+# the CPU kernels (the tests' and the app's CPU references use them), built meanwhile on the CPU once (about 30 s),
+# so that no part's time limit pays for the build
+$PY -c "from gemma3.runtime import native; print('CPU kernels built:', native.load('engine/kernels.cpp'), native.load('loss.cpp'))" \
+  > "$OUT/kernels.log" 2>&1 &
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader 2>/dev/null
 $PY -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__)"
 TAIL=24 part decode 165 $PY bench/decode.py --device $DEV --quick
@@ -39,4 +43,5 @@ if [ -n "$GPU_CHECK_DRY" ]; then
 else
   TAIL=12 part app 60 $PY bench/app_gpu.py --device cuda --steps 20 --batch 16 --timeout 30
 fi
+wait; tail -n 1 "$OUT/kernels.log"
 echo "=== all parts done in $SECONDS s (logs in $OUT/)"
