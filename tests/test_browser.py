@@ -56,6 +56,10 @@ def test_model_bar_says_what_is_loaded(page, server):
     info = page.inner_text("#model-info")
     assert "random weights (demo preset" in info and "8.3M parameters" in info and "cpu" in info
     assert "Untrained random weights" in info
+    # the warning points to the picker where it is: below the line (issue: it said "above")
+    assert "Pick a trained model below" in info
+    warning, picker = page.locator("#model-info").bounding_box(), page.locator("#model-picker").bounding_box()
+    assert picker["y"] >= warning["y"] + warning["height"] - 1, "the picker lies below the warning"
 
 
 def test_another_visitors_model_leaves_this_page_alone(page, server):
@@ -401,8 +405,18 @@ def visible_errors(page) -> int:
 
 def test_an_error_is_said_once_and_clears_with_the_next_good_action(page):
     """Issue 23 item 1: a failed load leaves the model picker usable and clears with the next good load; an empty
-    prompt's sentence clears with the next story; an empty Explore prompt is said once, not once per view."""
+    prompt's sentence clears with the next story; an empty Explore prompt is said once, not once per view.
+    A Hub model that cannot load offline leaves the picker on the model in use, not on the one that failed; Stop
+    after a story is done leaves its summary."""
     page.set_viewport_size({"width": 1400, "height": 1000})
+    in_use = page.input_value("#model-picker input")
+    page.click("#model-picker input")
+    page.get_by_role("option", name="Hub: G3nadh/gemma3-270m-tinystories").click()
+    assert page.input_value("#model-picker input").startswith("Hub: G3nadh")
+    page.click("#load-model")
+    page.get_by_text("Your current model stays loaded").first.wait_for(state="visible")
+    poll(lambda: page.input_value("#model-picker input") == in_use, timeout=5,
+         what="the picker to show the model in use again after the failed load")
     path = page.locator("#model-path input, #model-path textarea").first
     path.fill("runs/nope")
     page.click("#load-model")
@@ -424,6 +438,11 @@ def test_an_error_is_said_once_and_clears_with_the_next_good_action(page):
     poll(lambda: "tokens/s" in page.inner_text("#gen-info"), what="the story")
     poll(lambda: visible_errors(page) == 0 and not page.get_by_text("The prompt is empty").count(), timeout=5,
          what="the empty prompt's sentence to clear with the next story")
+    summary, tokens = page.inner_text("#gen-info"), page.locator("#story .tok").count()
+    page.click("#stop-btn")   # the story is done: Stop has nothing to stop
+    time.sleep(1)
+    assert page.inner_text("#gen-info") == summary, "Stop after the end keeps the story's summary"
+    assert page.locator("#story .tok").count() == tokens, "and its coloured tokens"
     page.get_by_role("tab", name="Explore", exact=True).click()
     page.fill("#explore-prompt textarea", "")
     page.click("#look-inside")

@@ -51,7 +51,8 @@ def settings(prompt, max_new_tokens, temperature, top_k, top_p, repetition_penal
 
 
 def stream(loaded, s: Settings, stats: dict):
-    """Yield the text so far every few tokens (and at the end, if it grew since); fills `stats` as gemma3.stream does.
+    """Yield "" at once (the story has begun: its prompt can show before the prefill ends), then the text so far
+    every few tokens (and at the end, if it grew since); fills `stats` as gemma3.stream does.
 
     `loaded`: the session's webapp.models.LoadedModel. Its read lock is held only while a token is computed, so
     recording a prompt for Explore on the same model waits at most one step; loading another model takes no
@@ -65,6 +66,7 @@ def stream(loaded, s: Settings, stats: dict):
     out, pending, last = "", 0, time.monotonic()
     with loaded.stream_slot():
         try:
+            yield out
             while True:
                 with loaded.reading():
                     piece = next(pieces, None)

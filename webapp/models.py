@@ -91,7 +91,9 @@ class ModelInfo:
         text = (f"**Model:** {self.name}{source} · {self.params / 1e6:.1f}M parameters · "
                 f"{self.device} · {self.dtype}")
         if self.random:
-            text += "  \n⚠️ Untrained random weights: the text will be noise. Load a trained model above."
+            # the picker lies below this line (webapp.ui.model_bar; folded as "Change model" on a phone)
+            text += ("  \n⚠️ Untrained random weights: the text will be noise. Pick a trained model below and press "
+                     "Load model.")
         return text
 
 

@@ -20,6 +20,7 @@ EXAMPLES = ["Once upon a time", "Lily found a little red ball", "The dog was sad
 # a click on a token sends its index as a select event (gr.SelectData: index, value)
 ON_CLICK = ("element.addEventListener('click', (ev) => { const t = ev.target.closest('[data-i]'); "
             "if (t) trigger('select', {index: Number(t.dataset.i), value: t.textContent}); });")
+STREAMING = {"streaming": True}   # `pieces` while a story streams: Stop says "Stopped" only then
 SLIDERS = (  # (low, high, default) from webapp.generation, step, label, elem_id
     (gen.MAX_NEW_TOKENS, 1, "Max new tokens", "max-new"),
     (gen.TEMPERATURE, 0.05, "Temperature (0 = greedy)", None),
@@ -37,7 +38,8 @@ class Generate:
     stop: gr.Button
     story: gr.HTML        # the prompt and the story (webapp.generation.story_html)
     info: gr.Markdown
-    pieces: gr.State      # the last finished story's tokens and settings (generation.story_state), for a click
+    pieces: gr.State      # the last finished story's tokens and settings (generation.story_state), for a click;
+    #                       STREAMING while one streams, {} after Stop
 
 
 def build(cache: models.ModelCache, choice: gr.State) -> Generate:
@@ -74,16 +76,21 @@ def _wire(tab: Generate, cache: models.ModelCache, choice: gr.State):
         loaded = cache.get(source)   # this session's model (reloaded if the cache dropped it)
         stats: dict = {}
         text = ""
-        for i, text in enumerate(gen.stream(loaded, s, stats)):
-            # the notice only once: a piece still in flight when Stop is pressed must not overwrite "Stopped"
-            yield gen.story_html(s.prompt, text), "*generating…*" if i == 0 else gr.skip(), gr.skip()
+        for i, text in enumerate(gen.stream(loaded, s, stats)):   # first "": the prompt shows at once
+            shown = gen.story_html(s.prompt, text)
+            # the notice and STREAMING only once: a piece still in flight when Stop is pressed must not undo Stop's
+            yield (shown, "*generating…*", dict(STREAMING)) if i == 0 else (shown, gr.skip(), gr.skip())
         pieces = gen.token_pieces(loaded, stats, with_ids=True)
         yield gen.story_html(s.prompt, text, pieces), gen.summary(stats), gen.story_state(s, pieces)
 
-    def stopped(shown):
+    def stopped(shown, story):
+        """Stop's notice, only while a story streams: a finished story (or none yet) keeps its line."""
+        if not (isinstance(story, dict) and story.get("streaming")):
+            return gr.skip(), gr.skip()
         n = len(gen.continuation_text(shown)) if isinstance(shown, str) else 0
-        return f"Stopped after {n:,} characters."
+        return f"Stopped after {n:,} characters.", {}
 
     event = tab.go.click(guard.gpu(generate), [tab.prompt, *tab.settings, choice], [tab.story, tab.info, tab.pieces],
                          api_name="generate", concurrency_id="generate", concurrency_limit=2, preprocess=False)
-    tab.stop.click(stopped, tab.story, tab.info, cancels=[event], api_visibility="private", queue=False)
+    tab.stop.click(stopped, [tab.story, tab.pieces], [tab.info, tab.pieces], cancels=[event], api_visibility="private",
+                   queue=False)

@@ -105,8 +105,11 @@ class ModelBar:
             return self.shown(info)
 
         inputs = [self.picker, self.custom]
-        self.load_btn.click(load_model, inputs, self.outputs, api_name="load_model", **LOAD_EVENT)
-        self.custom.submit(load_model, inputs, self.outputs, api_visibility="private", **LOAD_EVENT)
+        # a failed load leaves this session's model in use: the picker shows it again, not the one that failed
+        back = dict(fn=self.picker_update, inputs=self.choice, outputs=self.picker, api_visibility="private",
+                    queue=False)
+        self.load_btn.click(load_model, inputs, self.outputs, api_name="load_model", **LOAD_EVENT).failure(**back)
+        self.custom.submit(load_model, inputs, self.outputs, api_visibility="private", **LOAD_EVENT).failure(**back)
 
     def page_state(self, user: str | None) -> list:
         """On every page load: the default model (a new session starts on it) and the path box only for those who
