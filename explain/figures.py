@@ -44,7 +44,7 @@ MAX_HEIGHT = 700    # no figure is taller (a 1440 x 1000 screen shows it whole, 
 # unlike the theme's Montserrat, whose "Wq" reads "ωq".
 FONT = "Verdana, Tahoma, 'DejaVu Sans', 'Segoe UI', system-ui, sans-serif"
 INK, MUTED, GRID = "#1f2937", "#6b7280", "#e5e7eb"
-SLIDING, FULL = "#4f46e5", "#db2777"   # indigo-600 / pink-600: sliding (local) and full (global) layers, only them
+SLIDING, FULL = "#4f46e5", "#db2777"   # indigo-600 / pink-600: sliding and full layers, only them
 TEAL, GREY = "#0d9488", "#9ca3af"
 ATTN, FFN = "#0284c7", "#d97706"       # sky-600 / amber-600: a layer's attention part and its feed-forward part
 HIT = "#ea580c"                        # orange-600: the prompt's true next token (logit lens)
@@ -95,7 +95,7 @@ def _f32(x) -> np.ndarray:
 
 
 def _layer_names(layer_types: list[str]) -> list[str]:
-    return [f"{i} {'local' if t == 'sliding' else 'global'}" for i, t in enumerate(layer_types)]
+    return [f"{i} {t}" for i, t in enumerate(layer_types)]   # "0 sliding", "5 full": the words of every view
 
 
 def _layer_axis(names: list[str], kinds: list[str | None]) -> dict:
@@ -144,10 +144,11 @@ def mask_figure(config, seq_len: int) -> go.Figure:
     shown = torch.arange(0, seq_len, step)
     sampled = f" (sampled every {step} positions)" if step > 1 else ""
     same = " = full mask at this length" if seq_len <= W else ""
+    initials = config.layers > 12   # the layer pattern's cells too narrow for a word: S and F
     fig = make_subplots(
         rows=2, cols=2, row_heights=[0.64, 0.36], vertical_spacing=0.16, horizontal_spacing=0.1,
         subplot_titles=(f"sliding layers: window {W}{same}", "full layers: causal",
-                        "keys each query sees", "layer pattern"))
+                        "keys each query sees", "layer pattern" + (" (S: sliding, F: full)" if initials else "")))
     colors = {"sliding": SLIDING, "full": FULL}
     for col, (kind, window) in enumerate((("sliding", W), ("full", None)), start=1):
         m = sliding_mask(shown, shown, window).to(torch.uint8).numpy()
@@ -168,7 +169,9 @@ def mask_figure(config, seq_len: int) -> go.Figure:
     fig.add_trace(go.Heatmap(
         z=[[int(f) for f in full]], x=list(range(config.layers)), y=["layer"], zmin=0, zmax=1, showscale=False,
         colorscale=[[0, colors["sliding"]], [1, colors["full"]]], xgap=2, name="layer pattern",
-        text=[["global" if f else "local" for f in full]], texttemplate="%{text}" if config.layers <= 32 else None,
+        # each cell names its kind, in a word where a cell is wide enough (on a phone too), else by its initial
+        text=[[("F" if f else "S") if initials else ("full" if f else "sliding") for f in full]],
+        texttemplate="%{text}" if config.layers <= 32 else None, textfont=dict(size=10),
         customdata=[[_kind(config, not f) for f in full]],
         hovertemplate="layer %{x}: %{customdata}<extra></extra>"), row=2, col=2)
     fig.update_xaxes(title_text="layer", dtick=1 if config.layers <= 32 else None, row=2, col=2)
@@ -201,16 +204,16 @@ def _self_dot(rope: RoPE, head_dim: int, distances: torch.Tensor) -> torch.Tenso
 def rope_figure(config, positions: int = ROPE_POSITIONS) -> go.Figure:
     """RoPE frequencies per dimension pair for both bases, rotation angles, and self-similarity by distance."""
     D = config.head_dim
-    ropes = {"local": RoPE(D, config.rope_local_base),
-             "global": RoPE(D, config.rope_global_base, config.rope_global_scale)}
-    names = {"local": f"local (sliding), base {config.rope_local_base:g}",
-             "global": f"global (full), base {config.rope_global_base:g}"
-                       + (f", scale {config.rope_global_scale:g}" if config.rope_global_scale != 1 else "")}
-    colors = {"local": SLIDING, "global": FULL}
+    ropes = {"sliding": RoPE(D, config.rope_local_base),
+             "full": RoPE(D, config.rope_global_base, config.rope_global_scale)}
+    names = {"sliding": f"sliding layers, base {config.rope_local_base:g}",
+             "full": f"full layers, base {config.rope_global_base:g}"
+                     + (f", scale {config.rope_global_scale:g}" if config.rope_global_scale != 1 else "")}
+    colors = {"sliding": SLIDING, "full": FULL}
     fig = make_subplots(
         rows=2, cols=2, vertical_spacing=0.16, horizontal_spacing=0.12,
         subplot_titles=("rotation frequency per dimension pair", "q·k of a vector with itself, d positions apart",
-                        f"rotation angle, {names['local']}", f"rotation angle, {names['global']}"))
+                        f"rotation angle, {names['sliding']}", f"rotation angle, {names['full']}"))
     pairs = np.arange(D // 2)
     far = max(2, config.context)
     distances = torch.unique(torch.logspace(0, math.log10(far), 400).round().long())
@@ -227,7 +230,7 @@ def rope_figure(config, positions: int = ROPE_POSITIONS) -> go.Figure:
         fig.add_trace(go.Heatmap(z=_f32(angle), x=pairs, y=np.arange(positions), coloraxis="coloraxis",
                                  name=f"{kind} angles",
                                  hovertemplate="position %{y}, pair %{x}: %{z:.2f} rad<extra></extra>"),
-                      row=2, col=1 if kind == "local" else 2)
+                      row=2, col=1 if kind == "sliding" else 2)
     fig.update_xaxes(title_text="dimension pair (i, i + head_dim/2)", row=1, col=1)
     # one tick per power of ten on the log axes (Plotly's default adds 2 and 5 between them, which collide)
     fig.update_yaxes(title_text="radians per position (log)", type="log", dtick=1, exponentformat="power",
@@ -371,8 +374,9 @@ def next_token_figure(record: Record, temperature: float = 1.0, top_k: int | Non
     The probability axis is logarithmic: temperature divides the log-probabilities, so on this scale it visibly
     tilts the bars (flatter when hot, steeper when cold) even where one token dominates; each bar is labelled with
     its probability in percent. Tokens that top-k, top-p or greedy sampling rule out have probability 0 and no bar.
-    The repetition penalty applies to the prompt's tokens. `sampled`: the token id a story actually drew here, drawn
-    in its own colour (added after the others when it is not among them): (token id, its text).
+    The repetition penalty applies to the prompt's tokens. `sampled`: the token id a story actually drew here, its bar
+    and its axis label in their own colour (added after the others when it is not among them): (token id, its text).
+    The model's own distribution (temperature 1, nothing cut) is drawn as ticks only where the settings change it.
     """
     check_settings(1, temperature, top_k, top_p, repetition_penalty)
     if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= len(record.next_ids):
@@ -397,23 +401,31 @@ def next_token_figure(record: Record, temperature: float = 1.0, top_k: int | Non
                          text=[_percent(v) if v > 0 else "ruled out" for v in shown], textposition="outside",
                          cliponaxis=False, textfont=dict(size=10),
                          customdata=ids, hovertemplate="%{x} (id %{customdata}): p = %{y:.4g}<extra></extra>"))
-    fig.add_trace(go.Scatter(x=x, y=_f32(base[ids]), mode="markers", name="temperature 1, no top-k",
-                             marker=dict(color=INK, size=12, symbol="line-ew-open", line=dict(width=2)),
-                             hovertemplate="%{x}: p = %{y:.4g} at temperature 1<extra></extra>"))
+    if sampled is not None and ids[0] == sampled:   # the legend shows a bar trace in its first bar's colour: blue
+        fig.data[0].showlegend = False
+        fig.add_trace(go.Bar(x=[None], y=[None], name=setting, marker_color=NEXT, hoverinfo="skip"))
+    # the model's own distribution as ticks, where the settings change it (else the ticks would sit on the bars
+    # and the legend would name one distribution twice)
+    own = temperature == 1.0 and top_k is None and top_p is None and repetition_penalty == 1.0
+    if not own:
+        fig.add_trace(go.Scatter(x=x, y=_f32(base[ids]), mode="markers", name="the model's own (temperature 1)",
+                                 marker=dict(color=INK, size=12, symbol="line-ew-open", line=dict(width=2)),
+                                 hovertemplate="%{x}: p = %{y:.4g} at temperature 1<extra></extra>"))
     after = _html(record.token_text[record.tokens[-1]])
     floor = max(float(min(v for v in np.concatenate([shown, _f32(base[ids])]) if v > 0)), 1e-12)
     low = math.floor(math.log10(floor)) - 0.3
     detail = f"{setting}: the {n} shown hold {float(p[ids[:n]].sum()):.1%} of the probability"
-    if sampled is not None:
+    ticks = x
+    if sampled is not None:   # marked by its colour and its axis label: nothing drawn over the bars' labels
         s = ids.index(sampled)
-        detail = (f"the story drew {x[s].split('. ', 1)[1]} (rank {rank + 1}, "
+        detail = (f"the story drew {x[s].split('. ', 1)[1]}, in green (rank {rank + 1}, "
                   f"p = {_percent(float(p[sampled]))} at {setting})")
-        fig.add_annotation(x=x[s], y=math.log10(max(float(shown[s]), 10.0 ** low)), text="sampled",
-                           showarrow=True, arrowhead=2, ay=-40, font=dict(color=SAMPLED), yref="y")
+        ticks = [f"<span style='color:{SAMPLED}'><b>{t}</b></span>" if j == s else t for j, t in enumerate(x)]
     tickvals, ticktext = log_ticks(math.ceil(low), 0)
     fig.update_layout(
         title=_title(f"Next token after “…{after}”", detail),
-        xaxis=dict(title="candidate next token (most likely first)", type="category", tickangle=-45),
+        xaxis=dict(title="candidate next token (most likely first)", type="category", tickangle=-45,
+                   tickmode="array", tickvals=x, ticktext=ticks),
         yaxis=dict(title="probability (log scale)", type="log", range=[low, 0.25], tickvals=tickvals,
                    ticktext=ticktext),
         legend=dict(orientation="h", x=1, xanchor="right", y=1.02, yanchor="bottom"), height=520)

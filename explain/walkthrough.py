@@ -669,7 +669,9 @@ def _tensor_figure(rec: Record, stage: str, layer: int, token: int) -> go.Figure
                   line=dict(color=INK, width=2), row=1, col=1)
     for h in range(1, heads):
         fig.add_vline(x=h * len(cols) - 0.5, line=dict(color="#444", width=1), row=1, col=1)
-    fig.update_yaxes(autorange="reversed", showticklabels=T <= 16, row=1, col=1)
+    # token rows as the attention maps label them (explain.figures): a category axis, on which Plotly names every
+    # k-th token, k chosen from the drawn size (every token when they fit); the hover names every row
+    fig.update_yaxes(type="category", autorange="reversed", tickfont=dict(size=10), row=1, col=1)
     fig.update_xaxes(title_text="head · dimension" if heads > 1 else "dimension", showticklabels=False, row=1, col=1)
     rms = _rms(x3)  # [T, heads]
     for h in range(heads):

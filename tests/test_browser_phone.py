@@ -77,6 +77,16 @@ def test_a_story_token_opens_the_next_token_figure_in_view(page):
     page.wait_for_timeout(800)
     assert page.evaluate("window.scrollY") > 0 and in_view(), "the view stays on the figure"
     shot(page, "next-token-from-story")
+    # the drawn token is marked without covering a bar's percentage (an arrow and its "sampled" sat on them)
+    texts = page.eval_on_selector("#plot-next .js-plotly-plot", """gd => {
+        const box = (e) => { const r = e.getBoundingClientRect();
+                             return {x: r.x, y: r.y, width: r.width, height: r.height, text: e.textContent}; };
+        const all = (sel) => [...gd.querySelectorAll(sel)].filter((e) => e.textContent.trim()).map(box);
+        return {labels: all('text.bartext'), others: all('.annotation, .legendtext, .gtitle, .xtick text')};
+    }""")
+    assert len(texts["labels"]) >= 20, "each bar says its probability"
+    covered = [(a["text"], b["text"]) for a in texts["labels"] for b in texts["others"] if overlap(a, b)]
+    assert not covered, f"a bar's percentage is covered: {covered[:3]}"
     widths = page.eval_on_selector_all("#next-sampling .block", "bs => bs.map((b) => b.getBoundingClientRect().width)")
     assert len(widths) == 4 and min(widths) > 0.8 * 390, "the four sampling sliders one a line, labels unsqueezed"
 

@@ -1,6 +1,7 @@
 """The guided first visit in a real browser ("Show me how it works", webapp/ui/tour.py): it walks through every
-step, selecting each step's tab and outlining its figure; Back returns; Escape leaves midway at phone width with no
-outline left and the page still working. Screenshots go to artifacts/screenshots/tour-*.png."""
+step, selecting each step's tab and outlining its figure (and the control it names, in view beside it); Back returns;
+on a phone the card is a sheet docked at the bottom with each figure's top above it; Escape leaves midway at phone
+width with no outline left and the page still working. Screenshots go to artifacts/screenshots/tour-*.png."""
 
 import os
 from pathlib import Path
@@ -31,6 +32,25 @@ SHOWN = """([target, tabs]) => {
           tabs: tabs.map((id) => [...document.querySelectorAll(`button[role=tab][data-tab-id="${id}"]`)]
                                   .some((b) => b.getAttribute('aria-selected') === 'true' && b.getClientRects().length))};
 }"""
+
+
+# the rectangles a reader looks at: the step's figure, the other elements it outlines, the card
+RECTS = """(targets) => {
+  const box = (e) => { if (!e || !e.getClientRects().length) return null; const r = e.getBoundingClientRect();
+                       return [r.left, r.top, r.right, r.bottom]; };
+  return {targets: targets.map((t) => box(document.querySelector(t))), card: box(document.querySelector('#tour-card')),
+          W: document.documentElement.clientWidth, H: innerHeight};
+}"""
+
+
+def overlap(a, b) -> bool:
+    return min(a[2], b[2]) - max(a[0], b[0]) > 1 and min(a[3], b[3]) - max(a[1], b[1]) > 1
+
+
+def token_rows(page) -> list[str]:
+    """The walk-through heatmap's row labels as Plotly draws them ("3: ␣time")."""
+    texts = page.eval_on_selector_all("#walk-plot .yaxislayer-above text", "els => els.map(e => e.textContent)")
+    return [t for t in texts if t.split(": ", 1)[0].isdigit()]
 
 
 def shown(page, k: int) -> dict:
@@ -69,6 +89,19 @@ def test_the_tour_walks_every_step_and_back(chromium, url):
                 assert "vocabulary of 50,257 entries" in text and "“Once upon a time" in text, text
                 assert page.locator("#tour-back").is_disabled()
                 page.wait_for_function("document.querySelector('#walk-diagram .wt-sel[data-stage=ids]')")
+            if k == 1:   # "each row of this heatmap is one token of the prompt": the rows say which
+                rows = poll(lambda: len(token_rows(page)) >= 10 and token_rows(page), timeout=15,
+                            what="the embedding heatmap's rows named by their tokens")
+                assert "0: Once" in rows, rows
+            if k == 2:   # the slider the card names is on screen beside the maps, neither under the card
+                text = page.locator("#tour-text").text_content()
+                assert "tokens fit inside the window, so here both kinds look alike" in text, text
+                step = tour.STEPS[2]
+                rects = poll(lambda: (r := page.evaluate(RECTS, list(step.targets)))["targets"][1] and
+                             r["targets"][1][1] >= 0 and r["targets"][0][3] <= r["H"] and r, timeout=5,
+                             what="the Layer slider and the heads' maps both in view")
+                for name, r in zip(step.targets, rects["targets"]):
+                    assert not overlap(r, rects["card"]), f"the card covers {name}"
             if k == 2:   # Back once: the walk-through's embedding again, numbers of the model in the bar
                 page.screenshot(path=str(SHOTS / "tour-attention.png"))
                 page.click("#tour-back")
@@ -102,7 +135,24 @@ def test_escape_leaves_midway_on_a_phone(chromium, url):
         state = shown(page, 1)
         assert state["card"][2] - state["card"][0] > 300, "a bottom (or top) sheet across the phone"
         assert not state["covered"], "the sheet leaves the figure seen"
+        assert len(poll(lambda: token_rows(page), timeout=15, what="the heatmap's token rows")) >= 8
         page.screenshot(path=str(SHOTS / "tour-390-embedding.png"))
+        # the figures the card talks about (the heatmap, the heads' maps, the bars) stand above the docked sheet:
+        # their tops and titles are never under it
+        for k in (1, 2, 3, 4):
+            if k > 1:
+                page.click("#tour-next")
+                shown(page, k)
+            target = tour.STEPS[k].targets[0]
+
+            def above():
+                r = page.evaluate(RECTS, [target])
+                fig, card = r["targets"][0], r["card"]
+                seen = card[1] - max(fig[1], 0)
+                ok = fig[1] >= -1 and card[3] >= r["H"] - 12 and seen >= min(fig[3] - fig[1], 0.45 * r["H"])
+                return ok and r
+            poll(above, timeout=8, what=f"step {k + 1}: {target}'s top above the sheet docked at the bottom")
+            page.screenshot(path=str(SHOTS / f"tour-390-step{k + 1}.png"))
         page.keyboard.press("Escape")
         poll(lambda: page.locator("#tour-card").count() == 0, timeout=5, what="Escape to close the tour")
         assert page.locator(".tour-spot").count() == 0, "no outline is left behind"

@@ -233,17 +233,17 @@ def test_rope_figure_uses_the_model_tables(tiny):
     cfg = tiny.config
     fig = explain.rope_figure(cfg)
     freq = {t.legendgroup: np.asarray(t.y) for t in fig.data if t.type == "scatter" and t.xaxis == "x"}
-    np.testing.assert_allclose(freq["local"], tiny.rope_local.inv_freq.numpy(), rtol=1e-6)
-    np.testing.assert_allclose(freq["global"], tiny.rope_global.inv_freq.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(freq["sliding"], tiny.rope_local.inv_freq.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(freq["full"], tiny.rope_global.inv_freq.numpy(), rtol=1e-6)
     dots = {t.legendgroup: (np.asarray(t.x), np.asarray(t.y)) for t in fig.data if t.xaxis == "x2"}
-    for kind, rope in (("local", tiny.rope_local), ("global", tiny.rope_global)):
+    for kind, rope in (("sliding", tiny.rope_local), ("full", tiny.rope_global)):
         d, y = dots[kind]
         expected = np.cos(d[:, None] * rope.inv_freq.double().numpy()[None]).mean(-1)
         np.testing.assert_allclose(y, expected, atol=5e-3)
-    d = dots["local"][0]
+    d = dots["sliding"][0]
     middle = (d >= 16) & (d <= 512)
-    assert np.abs(dots["local"][1][middle]).mean() < np.abs(dots["global"][1][middle]).mean()
-    angles = np.asarray(trace(fig, name="local angles").z)
+    assert np.abs(dots["sliding"][1][middle]).mean() < np.abs(dots["full"][1][middle]).mean()
+    angles = np.asarray(trace(fig, name="sliding angles").z)
     pos = np.arange(angles.shape[0])[:, None]
     expected = (pos * tiny.rope_local.inv_freq.numpy()[None]) % (2 * np.pi)
     diff = np.abs(angles - expected)
@@ -285,6 +285,44 @@ def test_logit_lens_last_layer_is_the_model_prediction(tiny, tok, tiny_rec):
     expected = [(c, r) for r, row in enumerate(rec.lens_ids.tolist()) for c, i in enumerate(row)
                 if c < rec.seq_len - 1 and i == rec.tokens[c + 1]]
     assert hits == [(float(c), float(r)) for c, r in expected]
+
+
+def legend(fig) -> list[str]:
+    """The legend's entries as Plotly shows them: no legend for a lone trace."""
+    entries = [t.name for t in fig.data if t.showlegend is not False]
+    shows = fig.layout.showlegend if fig.layout.showlegend is not None else len(entries) > 1
+    return entries if shows else []
+
+
+def test_the_next_token_legend_names_each_distribution_once(tiny_rec):
+    """Issue: at the default settings the legend said "temperature 1, top-k off" and "temperature 1, no top-k" for
+    one distribution. Now: one entry at most; where the settings change the bars, two entries that differ."""
+    default = explain.next_token_figure(tiny_rec)
+    assert len(legend(default)) <= 1 and len([t for t in default.data if t.type == "scatter"]) == 0
+    changed = explain.next_token_figure(tiny_rec, 0.7, 40)
+    names = legend(changed)
+    assert len(names) == 2 and len(set(names)) == 2 and "temperature 0.7" in names[0], names
+    assert "temperature 1" in names[1] and "top-k" not in names[1]
+
+
+def test_the_drawn_token_is_marked_with_nothing_over_the_bars_labels(tiny_rec):
+    """Issue: the "sampled" arrow and its label sat on the top bars' percentages. The drawn token is marked by its
+    bar's colour, its own axis label in that colour and the title; no annotation is drawn in the plot, and the
+    legend's swatch keeps the settings' colour when the drawn token is the first bar."""
+    from explain.figures import NEXT, SAMPLED
+    for rank in (0, 1, 25):
+        token = tiny_rec.next_ids[rank] if rank < len(tiny_rec.next_ids) else int(tiny_rec.logits[-1].argmin())
+        fig = explain.next_token_figure(tiny_rec, 0.7, None, sampled=(token, "tok"))
+        assert not fig.layout.annotations, "nothing drawn over the bars and their percentages"
+        bars = fig.data[0]
+        s = list(bars.customdata).index(token)
+        assert bars.marker.color[s] == SAMPLED and bars.textposition == "outside"
+        ticks = dict(zip(fig.layout.xaxis.tickvals, fig.layout.xaxis.ticktext))
+        assert SAMPLED in ticks[bars.x[s]] and sum(SAMPLED in t for t in ticks.values()) == 1
+        assert "the story drew" in fig.layout.title.text and "in green" in fig.layout.title.text
+        swatch = next(t for t in fig.data if t.type == "bar" and t.showlegend is not False)
+        colour = swatch.marker.color if isinstance(swatch.marker.color, str) else swatch.marker.color[0]
+        assert colour == NEXT, "the legend's square is the settings' blue, not the drawn token's green"
 
 
 def test_next_token_is_what_sampling_draws_from(tiny_rec, monkeypatch):
@@ -430,6 +468,24 @@ def test_long_prompts_keep_their_token_labels(big, tok, big_rec, length):
     assert all(f"tokens {w[0]}–{w[-1]} of {length}" in s.args[0]["title.text"] for w, s in zip(windows, steps))
     for fig in (att, act, lens):
         assert fig.layout.height <= explain.figures.MAX_HEIGHT
+    # the walk-through's heatmaps too (the embedding's, every [T, ...] stage's): labelled rows, thinned the same way
+    from explain import walkthrough as wt
+    for stage in ("embed", "q_norm"):
+        hm = wt.stage_figure(rec, stage, 0, 0).data[0]
+        ya = wt.stage_figure(rec, stage, 0, 0).layout.yaxis
+        assert list(hm.y) == labels and ya.type == "category" and ya.showticklabels is not False, stage
+        assert ya.tickmode in (None, "auto") and "%{y}" in hm.hovertemplate, stage
+
+
+def test_the_embedding_heatmap_names_the_tokens_of_a_short_prompt(tiny_rec):
+    """The walk-through's embedding (step 2 of the tour: "each row of this heatmap is one token of the prompt"):
+    rows labelled with their tokens on the default prompt's length too, not tick marks alone."""
+    from explain import walkthrough as wt
+    assert 16 < tiny_rec.seq_len <= 32
+    fig = wt.stage_figure(tiny_rec, "embed", 0, 3)
+    ya = fig.layout.yaxis
+    assert list(fig.data[0].y) == [_html(s) for s in tiny_rec.labels]
+    assert ya.showticklabels is not False and ya.type == "category" and ya.autorange == "reversed"
 
 
 def test_log_ticks_never_crowd():
@@ -453,5 +509,35 @@ def test_figures_fit_the_screen_and_keep_their_colours(tiny, tiny_rec):
     act = explain.activation_figure(tiny_rec)
     text = dict(zip(act.layout.yaxis.tickvals, act.layout.yaxis.ticktext))
     for i, kind in enumerate(tiny_rec.layer_types):
-        name = f"after {i} {'local' if kind == 'sliding' else 'global'}"
+        name = f"after {i} {kind}"   # the words of the walk-through, Attention and the tour: sliding, full
         assert (SLIDING if kind == "sliding" else FULL) in text[name]
+
+
+def _strings(value):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if k not in ("legendgroup", "meta", "uid"):   # not shown
+                yield from _strings(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _strings(v)
+
+
+def test_one_vocabulary_sliding_and_full(tiny, tok, tiny_rec):
+    """Issue: the logit lens's rows read "after 5 global", "after 7 local" and Model details "RoPE bases 10000
+    local / 1e+06 global", where the walk-through, Attention, the tour and About say sliding and full."""
+    words = re.compile(r"\b(local|global)\b", re.I)
+    for name, fig in [*all_figures(tiny, tiny_rec), ("lens with ranks", explain.logit_lens_figure(
+            tiny_rec, explain.figures.lens_ranks(tiny, tiny_rec)))]:
+        said = [s for s in _strings(fig.to_plotly_json()) if words.search(s)]
+        assert not said, f"{name}: {said[:3]}"
+    lens = explain.logit_lens_figure(tiny_rec)
+    rows = list(lens.layout.yaxis.categoryarray)
+    full = tiny_rec.layer_types.index("full")
+    assert rows[1] == f"after 0 {tiny_rec.layer_types[0]}" and f"after {full} full" in rows
+    details = describe(tiny, tok)
+    assert not words.search(details), details
+    cfg = tiny.config
+    assert f"RoPE bases {cfg.rope_local_base:g} sliding / {cfg.rope_global_base:g} full" in details

@@ -22,7 +22,7 @@ def test_story_token_opens_next_token_at_the_story_settings_with_the_drawn_token
     fig = explorer.next_token(before, *sampling, token)[0]
     title = fig.layout.title.text
     assert "temperature 0.7" in title and "top-k 40" in title and "top-p 0.9" in title and "penalty 1.2" in title
-    assert "the story drew ␣cat (rank" in title and "p = " in title
+    assert "the story drew ␣cat, in green (rank" in title and "p = " in title
     bars = fig.data[0]
     assert 3797 in list(bars.customdata) and bars.marker.color[list(bars.customdata).index(3797)] != bars.marker.color[0]
     assert "drew" not in explorer.next_token(before + " and", *sampling, token)[0].layout.title.text, \

@@ -43,3 +43,21 @@ def test_the_prompt_is_quoted_by_its_first_words():
     assert tour.short("Once upon a time, in a small house near the woods, there lived") == \
         "Once upon a time, in a small house near…"
     assert len(tour.short("word " * 50)) <= 43
+
+
+def test_the_attention_step_says_what_a_short_prompt_shows_and_names_a_control_it_outlines():
+    """Issue: step 3 said a sliding layer sees only the last 64 tokens and "move the Layer slider to compare", on a
+    19-token prompt where sliding and full layers look alike, with the slider out of view. Now its words fit the
+    prompt's length against the window, and the slider it names is one of the step's outlined elements."""
+    step = next(s for s in tour.STEPS if s.tabs == ("explore", "attention"))
+    assert "{window_note}" in step.text and "#attention-layer" in step.targets
+    short, long = tour.window_note(19, 64), tour.window_note(100, 64)
+    assert "19 tokens fit inside the window" in short and "look alike" in short and "Layer slider" in short
+    assert "100 tokens overflow the window" in long and "Layer slider" in long
+    assert tour.window_note(64, 64) == tour.WINDOW_NOTES[0].format(tokens=64, window=64), "64 of 64: all seen"
+    loaded = models.ModelCache(*models.load_source("random:demo")).default
+    facts = tour.facts(loaded)
+    assert facts["tokens"] <= facts["window"]
+    assert facts["window_note"] == tour.window_note(facts["tokens"], facts["window"])
+    # the page computes the note again for the visitor's prompt and model, from the same two sentences
+    assert "props.notes[" in tour.SCRIPT and all("{tokens}" in n for n in tour.WINDOW_NOTES)

@@ -57,7 +57,8 @@ GUIDE = {
                    "attention entropy: low = a head looks at few tokens, high = it spreads its attention. Layer names "
                    "are indigo for sliding layers and pink for full ones, in every view.",
     "next_token": "The most likely next tokens after your prompt, with the probabilities sampling would use at the "
-                  "temperature and top-k you choose (blue bars) and at temperature 1 (dark ticks). The scale is "
+                  "settings you choose (blue bars) and, once those change them, the model's own at temperature 1 "
+                  "(dark ticks). The scale is "
                   "logarithmic, because temperature divides the *log*-probabilities: below 1 the bars grow steeper "
                   "(the top token takes over; 0 always picks it), above 1 they level out and rarer words get a "
                   "chance. Top-k keeps only the k best, top-p the best that together reach p (the rest get no bar); the "

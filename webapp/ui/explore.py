@@ -64,7 +64,7 @@ def _mask_controls(info) -> dict:
 
 def _attention_controls(info) -> dict:
     with gr.Row():
-        layer = gr.Slider(0, max(1, info.layers - 1), value=0, step=1, label="Layer")
+        layer = gr.Slider(0, max(1, info.layers - 1), value=0, step=1, label="Layer", elem_id="attention-layer")
         head = gr.Dropdown(ex.head_choices(info), value="all", label="Head")
     # word to word (BertViz): the layer's heads as small maps, and lines from each token to the tokens it attends to
     return {"layer": layer, "head": head, "words": attention_lines.build()}

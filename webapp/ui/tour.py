@@ -42,11 +42,10 @@ STEPS = (
          "{layers} layers will add to it. Each row of this heatmap is one token of the prompt.",
          ("explore", "walk"), ("#walk-plot", "#wt-box-embed"), stage="embed"),
     Step("Attention: each token looks back",
-         "In every layer, each token looks back at the tokens before it and takes in what it needs: each row here "
-         "is one token, and its bright cells are the earlier tokens it attends to. Layer 0 is *sliding*: a token "
-         "sees only the last {window} tokens, while the *full* layers ({full} of {layers}) see the whole prompt. "
-         "Move the Layer slider to compare them.",
-         ("explore", "attention"), ("#plot-attention",)),
+         "In every layer, each token takes in what it needs from the tokens before it. Each small map is one head: "
+         "a row is one token, its bright cells the earlier tokens it attends to. *Sliding* layers see only the "
+         "last {window} tokens, *full* ones ({full} of {layers}) the whole prompt: {window_note}",
+         ("explore", "attention"), ("#attention-grid", "#attention-layer")),
     Step("The feed-forward network (GeGLU)",
          "After attention, each token goes alone through a small network: its {hidden} numbers are widened to "
          "{ffn} twice, one copy bent by GELU (the *gate*) and multiplied by the other (*up*), as this heatmap "
@@ -57,7 +56,7 @@ STEPS = (
          "After the last layer, the model gives each of the {vocab} tokens a score for coming next, and softmax "
          "turns the scores into probabilities: these bars. Writing means drawing one token from them; Temperature, "
          "Top-k and Top-p (the sliders above) reshape the bars before the draw.",
-         ("explore", "next"), ("#plot-next", "#next-temperature")),
+         ("explore", "next"), ("#plot-next", "#next-sampling")),
     Step("A story, token by token",
          "A story repeats that step: draw a token, append it, run the model again on the longer text. The same "
          "prompt is now in the box: press Generate to watch the story grow, then click any word of it to see the "
@@ -72,16 +71,29 @@ STEPS = (
 )
 
 
+# what the attention step says about the window: true of a prompt inside it (the default: sliding and full layers
+# look alike) and of one past it ({tokens} and {window} filled in; the page picks one for the prompt it shows)
+WINDOW_NOTES = ("these {tokens} tokens fit inside the window, so here both kinds look alike. Move the Layer slider "
+                "to see how each layer's heads differ.",
+                "these {tokens} tokens overflow the window, so a sliding layer leaves the keys further back empty "
+                "(hatched). Move the Layer slider to a full layer to compare.")
+
+
+def window_note(tokens: int, window: int) -> str:
+    return WINDOW_NOTES[int(tokens) > int(window)].format(tokens=tokens, window=window)
+
+
 def facts(loaded) -> dict:
     """The numbers the steps name, for `loaded` (a webapp.models.LoadedModel) and the default Explore prompt."""
     c, tok = loaded.model.config, loaded.tokenizer
     bos = 1 if getattr(tok, "bos_id", None) is not None else 0
     full = sum(t == "full" for t in c.layer_types)
-    return {"prompt": short(PROMPT), "tokens": min(len(tok.encode(PROMPT)) + bos, explain.MAX_TOKENS, c.context),
+    tokens = min(len(tok.encode(PROMPT)) + bos, explain.MAX_TOKENS, c.context)
+    return {"prompt": short(PROMPT), "tokens": tokens,
             "vocab": f"{c.vocab_size:,}", "hidden": c.hidden, "sqrt_hidden": f"{math.sqrt(c.hidden):.1f}",
             "ln_vocab": f"{math.log(c.vocab_size):.1f}",
             "layers": c.layers, "heads": c.heads, "ffn": c.ffn, "window": c.window, "full": full,
-            "params": f"{loaded.info.params / 1e6:.1f}M"}
+            "window_note": window_note(tokens, c.window), "params": f"{loaded.info.params / 1e6:.1f}M"}
 
 
 def short(prompt: str, limit: int = 42) -> str:
@@ -136,9 +148,15 @@ CSS = """
 #tour-card .tour-nav button:disabled { opacity: 0.45; cursor: default; }
 @media (max-width: 640px) {
   #tour .tour-wrap { justify-content: flex-start; }
-  #tour-card { width: auto; font-size: 14px; max-height: 46vh; overflow-y: auto; padding: 12px 14px 10px; }
-  #tour-card h3 { font-size: 16px; }
+  /* a sheet docked at the bottom, as short as it reads: the figure stands above it */
+  #tour-card { width: auto; font-size: 14px; line-height: 1.4; max-height: 42vh; overflow-y: auto;
+    padding: 10px 14px 10px; border-radius: 12px 12px 8px 8px; }
+  #tour-card h3 { font-size: 16px; margin: 2px 0 4px; }
+  #tour-card p { margin: 0 0 8px; }
+  #tour-card .tour-dots { display: none; }
+  #tour-card .tour-nav button { padding: 5px 12px; }
 }
+#tour-room { height: 0; }
 """
 
 # The tour in the page: `element` is the button's gr.HTML; props: steps, facts, prompt (for an empty Explore
@@ -180,6 +198,7 @@ function facts() {
   if (p) f.params = p[1];
   const ta = q('#explore-prompt textarea');
   if (ta && ta.value.trim()) f.prompt = short(ta.value);
+  f.window_note = props.notes[Number(f.tokens) > Number(f.window) ? 1 : 0].replace(/\{(\w+)\}/g, (m, k) => f[k]);
   f.sqrt_hidden = Math.sqrt(Number(f.hidden)).toFixed(1);
   f.ln_vocab = Math.log(Number(String(f.vocab).replace(/,/g, ''))).toFixed(1);
   return f;
@@ -241,24 +260,47 @@ function render() {
   put('#tour-next', state.k === steps.length - 1 ? 'Finish ✓' : 'Next →');
 }
 
-// the card goes to the corner (the bottom or the top on a phone) where it hides least of the step's figure
+const isPhone = () => document.documentElement.clientWidth <= 640;
+
+// on a phone the card is a sheet docked at the bottom (the page scrolls the figure into the part above it, with
+// room added below the page so that even the last figure can rise there); elsewhere it goes to the corner where it
+// hides least of the step's figure and the controls it names
 function place() {
   const c = q('#tour-card');
   if (!c || state.k == null) return;
-  const W = document.documentElement.clientWidth, H = window.innerHeight, phone = W <= 640, m = phone ? 8 : 16;
-  const w = c.offsetWidth, h = c.offsetHeight, t = q(steps[state.k].targets[0]);
-  const r = shown(t) ? t.getBoundingClientRect() : null;
-  const spots = phone ? [[m, H - h - m], [m, m]] : [[W - w - m, H - h - m], [m, H - h - m], [W - w - m, m], [m, m]];
-  const hidden = ([x, y]) => {
-    if (!r) return 0;
+  const W = document.documentElement.clientWidth, H = window.innerHeight, phone = isPhone(), m = phone ? 8 : 16;
+  const w = c.offsetWidth, h = c.offsetHeight;
+  room(phone ? h + 2 * m : 0);
+  if (phone) {
+    c.style.left = m + 'px'; c.style.right = m + 'px'; c.style.top = Math.max(m, H - h - m) + 'px';
+    return;
+  }
+  const rs = steps[state.k].targets.map(q).filter(shown).map((e) => e.getBoundingClientRect());
+  const spots = [[W - w - m, H - h - m], [m, H - h - m], [W - w - m, m], [m, m]];
+  const hidden = ([x, y]) => rs.reduce((sum, r, i) => {
     const dx = Math.min(x + w, r.right, W) - Math.max(x, r.left, 0), dy = Math.min(y + h, r.bottom, H) - Math.max(y, r.top, 0);
-    return dx > 0 && dy > 0 ? dx * dy : 0;
-  };
+    return sum + (dx > 0 && dy > 0 ? dx * dy * (i === 0 ? 1 : 4) : 0);   // a named control counts more: it is small
+  }, 0);
   let best = state.spot < spots.length ? state.spot : 0;
   spots.forEach((s, i) => { if (hidden(s) < hidden(spots[best]) - 1) best = i; });
   state.spot = best;
-  c.style.left = spots[best][0] + 'px'; c.style.top = Math.max(m, spots[best][1]) + 'px';
-  c.style.right = phone ? m + 'px' : 'auto';
+  c.style.left = spots[best][0] + 'px'; c.style.top = Math.max(m, spots[best][1]) + 'px'; c.style.right = 'auto';
+}
+
+// empty space after the page, as tall as the docked card: the page can scroll its last figure above the card
+function room(px) {
+  let r = q('#tour-room');
+  if (!r && px > 0) {
+    r = document.createElement('div'); r.id = 'tour-room'; r.setAttribute('aria-hidden', 'true');
+    document.body.appendChild(r);
+  }
+  if (r && r.style.height !== px + 'px') r.style.height = px + 'px';
+}
+
+// the part of the window the card leaves free: above it on a phone, all of it elsewhere
+function free() {
+  const c = q('#tour-card'), H = window.innerHeight;
+  return isPhone() && c ? Math.max(120, c.getBoundingClientRect().top - 8) : H;
 }
 
 function tick() {
@@ -300,26 +342,40 @@ async function go(k) {
   state.ready = true;
   tick();
   if (!t) return;
-  bring(t, calm ? 'auto' : 'smooth');
+  bring(s, calm ? 'auto' : 'smooth');
   // a figure drawn or a tab laid out meanwhile may move it (and stop a smooth scroll): look again, twice
   for (const ms of [700, 900]) {
     await sleep(ms);
     if (run !== state.run) return;
-    const e = q(s.targets[0]);
-    if (shown(e) && !inView(e)) bring(e, 'auto');
     place();
+    if (!inView(s)) bring(s, 'auto');
   }
 }
 
-// a tall figure's top near the top of the window, a small one in the middle; on a phone, above the card
-function bring(t, behavior) {
-  const phone = document.documentElement.clientWidth <= 640;
-  t.scrollIntoView({block: phone || t.offsetHeight > 0.6 * window.innerHeight ? 'start' : 'center', behavior});
+// what the step shows: its figure and, where they fit beside it in the free part of the window, the controls it
+// names (the other targets), as one box; the element whose top is the box's top leads the scroll
+function span(s) {
+  const t = q(s.targets[0]);
+  if (!shown(t)) return null;
+  const els = s.targets.map(q).filter(shown), rs = els.map((e) => e.getBoundingClientRect());
+  const top = Math.min(...rs.map((r) => r.top)), bottom = Math.max(...rs.map((r) => r.bottom));
+  if (bottom - top <= free() - 24) return {lead: els[rs.findIndex((r) => r.top === top)], top, bottom, all: true};
+  const r = t.getBoundingClientRect();
+  return {lead: t, top: r.top, bottom: r.bottom, all: false};
 }
 
-function inView(t) {
-  const r = t.getBoundingClientRect(), H = window.innerHeight;
-  return r.top >= -1 && (r.bottom <= H + 1 || r.top <= 0.35 * H);
+// the box's top near the top of the window (a small box on a wide screen in the middle), so the card, docked
+// below it on a phone, hides none of its top
+function bring(s, behavior) {
+  const b = span(s);
+  if (!b) return;
+  const small = !isPhone() && b.bottom - b.top < 0.6 * free() && b.lead === q(s.targets[0]);
+  b.lead.scrollIntoView({block: small ? 'center' : 'start', behavior});
+}
+
+function inView(s) {
+  const b = span(s), F = free();
+  return !b || (b.top >= -1 && (b.bottom <= F + 1 || b.top <= 0.35 * F));
 }
 
 function onKey(e) {
@@ -338,6 +394,8 @@ function leave() {
   document.querySelectorAll('.tour-spot').forEach((e) => e.classList.remove('tour-spot'));
   const c = q('#tour-card');
   if (c) c.remove();
+  const r = q('#tour-room');
+  if (r) r.remove();
   if (shown(start_btn)) start_btn.focus({preventScroll: true});
 }
 
@@ -364,7 +422,7 @@ def build(loaded) -> gr.HTML:
     default model's) until the page shows the visitor's own."""
     steps = [asdict(s) for s in STEPS]
     return gr.HTML(BUTTON, css_template=BUTTON_CSS, js_on_load=SCRIPT, elem_id="tour", scale=0, min_width=250,
-                   steps=steps, facts=facts(loaded), prompt=PROMPT, css=CSS)
+                   steps=steps, facts=facts(loaded), notes=WINDOW_NOTES, prompt=PROMPT, css=CSS)
 
 
 def header(text: str, loaded) -> gr.HTML:
