@@ -145,7 +145,7 @@ def link_training(bar: model_bar.ModelBar, explore_tab: explore.Explore, train_t
                     progress=gr.Progress()):
         run_update, step_update = over.choose(name)
         if step_update.get("value") is None:
-            raise UserError(f"Run {name} has no snapshots yet: they appear from its first step on.")
+            raise UserError(tr.no_snapshots(name))
         info = bar.load(step_update["value"], progress, model_bar.username(profile, request))
         return (*bar.shown(info), run_update, step_update, gr.Tabs(selected="explore"), gr.Tabs(selected="training"))
 

@@ -119,13 +119,50 @@ def test_every_explore_view_shows_a_plot(page):
 CURVES = {"train": "train", "val": "validation"}
 
 
-def phone(page, name):
-    """A screenshot at phone width (390 x 844), then back to the desktop size."""
+def phone(page, name, check=None):
+    """A screenshot at phone width (390 x 844), then back to the desktop size; check(page), if given, at 390 px."""
     size = page.viewport_size
     page.set_viewport_size({"width": 390, "height": 844})
     page.wait_for_timeout(500)
-    shot(page, name)
-    page.set_viewport_size(size)
+    try:
+        shot(page, name)
+        if check:
+            check(page)
+    finally:
+        page.set_viewport_size(size)
+
+
+def broken_header_words(page) -> list[str]:
+    """The words of the Runs table's headers that are broken across two lines ("prese / t")."""
+    return page.evaluate("""() => [...document.querySelectorAll('#train-runs th')].filter(th => th.offsetParent)
+        .flatMap(th => {
+            const broken = [], walk = document.createTreeWalker(th, NodeFilter.SHOW_TEXT);
+            for (let n; (n = walk.nextNode());) for (const m of n.data.matchAll(/\\S+/g)) {
+                const r = document.createRange();
+                r.setStart(n, m.index); r.setEnd(n, m.index + m[0].length);
+                if (new Set([...r.getClientRects()].map(b => Math.round(b.top))).size > 1) broken.push(m[0]);
+            }
+            return broken;
+        })""")
+
+
+def train_tab_fits(page):
+    """What a new user saw at 390 px: the torch.compile box squeezed to "tor" beside Device and GPUs, its help a word
+    a line and off the screen's edge; the Runs table's header "prese / t" (at 1440 too)."""
+    width = page.viewport_size["width"]
+    box = page.evaluate("""() => {
+        const block = document.querySelector('#train-compile'), label = block.querySelector('label');
+        const r = block.getBoundingClientRect(), gpus = document.querySelector('#train-device').getBoundingClientRect();
+        return {left: r.left, right: r.right, width: r.width, top: r.top, above: gpus.top,
+                clipped: [block, label, block.querySelector('.info-text')].some(e => e.scrollWidth > e.clientWidth + 1),
+                text: label.innerText};
+    }""")
+    assert "torch.compile" in box["text"] and not box["clipped"], f"torch.compile's label is cut: {box}"
+    assert box["left"] >= 0 and box["right"] <= width + 1, f"torch.compile runs off the screen: {box}"
+    if width < 500:
+        assert box["top"] > box["above"] and box["width"] > width / 2, f"torch.compile has a row of its own: {box}"
+    assert page.locator("#train-runs th").count() >= 6, "the Runs table is there, with its headers"
+    assert not broken_header_words(page), f"Runs headers broken inside a word at {width} px"
 
 
 def trace(page, curve: str) -> dict | None:
@@ -181,6 +218,9 @@ def test_training_starts_at_once_and_its_curve_grows_and_stops(page, server):
     page.click("#train-device label:has-text('cpu')")
     page.wait_for_timeout(300)
     before = {i.name for i in runs.list_runs(runs_dir)}   # the session's app may hold earlier modules' runs
+    if not before:   # a fresh home: "Explore this run" says why it cannot, as Stop, Resume and Use do
+        page.click("#train-explore")
+        page.get_by_text("There is no run to explore yet; start one, then explore its snapshots.").wait_for()
 
     def step_0_shown():   # the new run's status, its step-0 point and sample, and its planned end on the axis
         new = {i.name for i in runs.list_runs(runs_dir)} - before
@@ -216,7 +256,8 @@ def test_training_starts_at_once_and_its_curve_grows_and_stops(page, server):
         page.click("#train-logx label")
         poll(lambda: trace(page, "val") and 0 not in trace(page, "val")["x"], what="the log axis without step 0")
         shot(page, "train")
-        phone(page, "train-390")
+        train_tab_fits(page)
+        phone(page, "train-390", train_tab_fits)
         page.click("#train-stop")
         poll(lambda: "stopped" in page.inner_text("#train-status"), timeout=60, what="the run to stop")
         name = runs.list_runs(server.trainer.runs_dir)[0].name
@@ -413,6 +454,13 @@ def test_an_error_is_said_once_and_clears_with_the_next_good_action(page):
     page.click("#model-picker input")
     page.get_by_role("option", name="Hub: G3nadh/gemma3-270m-tinystories").click()
     assert page.input_value("#model-picker input").startswith("Hub: G3nadh")
+    picker = page.evaluate("""() => {   // a long name ends in an ellipsis before the arrow, not under it
+        const i = document.querySelector('#model-picker input'), cs = getComputedStyle(i);
+        const arrow = i.parentElement.querySelector('.icon-wrap').getBoundingClientRect();
+        const end = i.getBoundingClientRect().right - parseFloat(cs.paddingRight) - parseFloat(cs.borderRightWidth);
+        return {long: i.scrollWidth > i.clientWidth, ellipsis: cs.textOverflow, arrow: arrow.left, text_end: end};
+    }""")
+    assert picker["long"] and picker["ellipsis"] == "ellipsis" and picker["text_end"] <= picker["arrow"], picker
     page.click("#load-model")
     page.get_by_text("Your current model stays loaded").first.wait_for(state="visible")
     poll(lambda: page.input_value("#model-picker input") == in_use, timeout=5,

@@ -141,6 +141,21 @@ def test_builtin_corpus(tmp_path):
     assert meta["train_tokens"] == (tmp_path / "b" / "train.bin").stat().st_size // 2
 
 
+def test_progress_counts_the_stories_asked_for_then_the_validation_stories(tmp_path, capsys):
+    """A new user asked for 50,000 built-in stories and saw "22.5k/50.5k stories": one bar for the training stories
+    asked for, then one for the validation stories; an upload's one bar counts the files' stories."""
+    prepare("builtin", tmp_path / "b", builtin_stories=60, val_fraction=0.05, seed=0, num_proc=1)
+    bars = capsys.readouterr().err
+    assert "tokenising the training stories: 100%" in bars and "60/60 " in bars
+    assert "tokenising the validation stories: 100%" in bars and "3/3 " in bars
+    assert "63" not in bars
+    path = tmp_path / "s.txt"
+    path.write_text("\n\n".join(STORIES), encoding="utf-8")
+    prepare(path, tmp_path / "f", num_proc=1)
+    bars = capsys.readouterr().err
+    assert "tokenising the stories: 100%" in bars and f"{len(STORIES)}/{len(STORIES)} " in bars
+
+
 def test_hub_id_offline_fails_fast_with_advice(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.time()

@@ -157,3 +157,28 @@ def test_every_preset_says_its_measured_time_on_the_cpu_and_on_a_gpu():
     for line in lines:
         assert "2-core CPU: " in line and re.search(r"\d+(\.\d+)? (s|min|h|days)", line), line
         assert "not measured on a GPU" in line or re.search(r"H200: .*\d+(\.\d+)? (s|min|h)", line), line
+
+
+def test_an_offline_hub_dataset_advises_the_apps_own_choices_not_command_line_flags(tmp_path):
+    """A new user's report: Start on "Hugging Face dataset" offline ended in "(--source builtin)"; in the app the
+    advice names the Training data choices (the command line keeps its flags: test_data)."""
+    from training.data import DataError
+    from webapp.train import RunDesk
+
+    with pytest.raises(DataError) as e:   # the tests run with HF_HUB_OFFLINE=1
+        RunDesk(tmp_path / "runs", tmp_path / "data").prepare("hub", hub_id="roneneldan/TinyStories")
+    msg = str(e.value)
+    assert msg.startswith("Could not load the Hugging Face dataset 'roneneldan/TinyStories' (")
+    assert msg.endswith('; choose "Uploaded files" (your own stories) or "Built-in stories (offline)" under '
+                        'Training data.'), msg
+    assert "--source" not in msg and "\n" not in msg
+
+
+def test_explore_this_run_says_why_when_there_is_no_run():
+    """Stop, Resume and "Use this checkpoint" say in a sentence why they cannot act; so does "Explore this run" (it
+    said "Run None has no snapshots yet" on a fresh home)."""
+    from webapp.train import no_snapshots
+
+    assert no_snapshots(None) == no_snapshots("") == \
+        "There is no run to explore yet; start one, then explore its snapshots."
+    assert no_snapshots("tiny-1") == "Run tiny-1 has no snapshots yet: they appear from its first step on."

@@ -35,6 +35,7 @@ VERSION = 1
 TINYSTORIES = "roneneldan/TinyStories"
 SUFFIXES = (".txt", ".jsonl", ".parquet")
 CHUNK = 2048  # stories encoded and written at a time
+SPLIT_WORDS = {"train": "training stories", "val": "validation stories"}   # what the progress bars count
 HINT = "use local files (--source path/to/stories.txt) or the built-in corpus (--source builtin)"
 
 
@@ -153,12 +154,13 @@ def _encode(texts: list[str], num_threads: int) -> list[list[int]]:
     return gpt2_tokenizer().enc.encode_ordinary_batch(texts, num_threads=num_threads)
 
 
-def _write_stories(pairs, writers, total, num_proc, progress):
-    """Tokenise (split, story) pairs in chunks, each story followed by <|endoftext|>."""
+def _write_stories(pairs, writers, total, what, num_proc, progress):
+    """Tokenise (split, story) pairs in chunks, each story followed by <|endoftext|>; the progress bar counts the
+    `total` stories it says `what` they are ("the training stories": 22.5k/50k stories)."""
     from tqdm.auto import tqdm
 
     eot = gpt2_tokenizer().eot_id
-    with tqdm(total=total, unit=" stories", disable=not progress, desc="tokenising") as bar:
+    with tqdm(total=total, unit=" stories", disable=not progress, desc=f"tokenising {what}") as bar:
         while chunk := list(itertools.islice(pairs, CHUNK)):
             for split, w in writers.items():
                 texts = [s for sp, s in chunk if sp == split]
@@ -233,7 +235,7 @@ def _write_hub(splits, writers, num_proc, progress):
     try:
         for split, ds in splits.items():  # map caches its result (uint16: 2 bytes a token) in the datasets cache
             ds = ds.map(_tokenise_rows, batched=True, num_proc=num_proc if num_proc > 1 else None, features=features,
-                        remove_columns=ds.column_names, desc=f"tokenising {split}")
+                        remove_columns=ds.column_names, desc=f"tokenising the {SPLIT_WORDS[split]}")
             for table in ds.with_format("arrow").iter(batch_size=16 * CHUNK):  # stream to disk in slices
                 nbytes = table.column("nbytes").to_numpy()
                 flat = pc.list_flatten(table.column("ids")).to_numpy()
@@ -288,13 +290,15 @@ def prepare(source="builtin", out_dir="data/builtin", *, val_fraction=0.01, num_
         return meta
 
     start, hub_splits = time.time(), None
-    if source == "builtin":
+    if source == "builtin":   # a progress bar for each split: (story count, what they are, (split, story) pairs)
         n_val = _n_val(builtin_stories, val_fraction)
-        total, pairs = builtin_stories + n_val, itertools.chain(  # validation stories come from their own seed
-            (("train", s.strip()) for s in itertools.islice(iter_stories(seed=seed), builtin_stories)),
-            (("val", s.strip()) for s in itertools.islice(iter_stories(seed=seed + 1_000_003), n_val)))
-    elif files is not None:
+        parts = [(builtin_stories, f"the {SPLIT_WORDS['train']}",
+                  (("train", s.strip()) for s in itertools.islice(iter_stories(seed=seed), builtin_stories))),
+                 (n_val, f"the {SPLIT_WORDS['val']}",   # validation stories come from their own seed
+                  (("val", s.strip()) for s in itertools.islice(iter_stories(seed=seed + 1_000_003), n_val)))]
+    elif files is not None:   # one bar: the files' stories, each split's among them
         total, pairs = _split_local(files, val_fraction, seed)  # reads everything once: bad input fails here
+        parts = [(total, "the stories", pairs)]
     else:
         hub_splits = _load_hub(source, val_fraction, seed)
 
@@ -305,7 +309,8 @@ def prepare(source="builtin", out_dir="data/builtin", *, val_fraction=0.01, num_
         if hub_splits:
             _write_hub(hub_splits, writers, num_proc, progress)
         else:
-            _write_stories(pairs, writers, total, num_proc, progress)
+            for total, what, pairs in parts:
+                _write_stories(pairs, writers, total, what, num_proc, progress)
         for w in writers.values():
             w.close()
             if w.stories == 0:

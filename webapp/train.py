@@ -23,7 +23,7 @@ import torch
 
 from training import runs
 from training.config import PRESET_TIMES, TRAIN_PRESETS, TrainConfig
-from training.data import SUFFIXES, prepare
+from training.data import HINT, SUFFIXES, DataError, prepare
 
 from . import curves
 from .errors import public, show_paths_as
@@ -37,6 +37,9 @@ MAX_FILES = 64
 MAX_UPLOAD_MB = 1024     # uploaded story files: each at most this (app.py's launch) and all of them together
 MAX_PLOT_POINTS = 1000   # the live plot is thinned to about this many training points
 VOCAB = 50257            # the GPT-2 tokenizer's: what a random guess is spread over
+# The advice data.prepare gives on the command line (its --source flags), in the app's words: the Training data choices
+ADVICE = 'choose "{files}" (your own stories) or "{builtin}" under Training data'.format(
+    **{value: label for label, value in SOURCES})
 HUB_DATASET = re.compile(r"[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?")
 
 _preparing = threading.Lock()   # one data preparation at a time in this process
@@ -181,6 +184,8 @@ class RunDesk:
             raise UserError("Data is being prepared for another run right now; wait for it to finish, then start.")
         try:
             meta = prepare(source, out, progress=True, **kwargs)
+        except DataError as e:   # its advice names command-line flags: here, the form's choices
+            raise DataError(str(e).replace(HINT, ADVICE)) from None
         finally:
             _preparing.release()
         return out, meta
@@ -401,6 +406,14 @@ def estimate_words(trainer: "RunDesk", cfg: TrainConfig) -> Iterator[str]:
             yield got.words(cfg.max_steps) + compiled
         else:
             yield f"Timing a few training steps of this model here … ({got.done} of {got.total} done)"
+
+
+def no_snapshots(name) -> str:
+    """Why "Explore this run" cannot open the run `name` in Explore (None or "": no run is chosen, as on a fresh
+    home), in one sentence like Stop's, Resume's and "Use this checkpoint"'s."""
+    if not name:
+        return "There is no run to explore yet; start one, then explore its snapshots."
+    return f"Run {name} has no snapshots yet: they appear from its first step on."
 
 
 STOPPED_BY_USER = ("stopped by signal SIGTERM", "stopped by signal SIGINT", "stop requested (STOP file)")

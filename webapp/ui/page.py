@@ -17,6 +17,15 @@ CSS = """
 #story .story-legend { font-size: 0.85rem; color: var(--body-text-color-subdued); margin-top: 0.4rem; }
 #story .story-legend span { padding: 0 0.3em; border-radius: 3px; color: #111827; }
 #model-bar { padding: 0.4rem 0.6rem; }
+/* the model picker: a long name ends in "…" before the dropdown's arrow (20 px, absolutely placed), not under it */
+#model-picker input { text-overflow: ellipsis; padding-right: 26px !important; }
+/* Train's torch.compile box: about as wide as its neighbours (Gradio gives a checkbox no minimum width, so on a phone
+   it shrank to "tor" and a word a line); too narrow a row, it wraps onto a row of its own */
+#train-compile { min-width: min(150px, 100%) !important; }
+/* the Train tab's runs table: a header wraps between its words, never inside one ("prese / t"); the table sizes its
+   columns from what their headers can shrink to */
+#train-runs th .header-content, #train-runs th .header-content * { word-break: normal !important;
+  overflow-wrap: normal !important; }
 .guide { color: var(--body-text-color-subdued); }
 /* every tab stays reachable: Gradio moves the tabs that its hidden copy of the bar measures as too wide into a
    "..." menu; measured narrow, they all stay in the bar, which wraps onto a second line when it must */

@@ -93,7 +93,7 @@ def build(trainer: tr.RunDesk) -> Train:
 def _data_settings() -> dict:
     source_kind = gr.Radio(list(tr.SOURCES), value="builtin", label="Training data")
     lo, hi, d = tr.BUILTIN_STORIES
-    stories = gr.Number(d, precision=0, label=f"Built-in stories to generate ({lo:,} to {hi:,})",
+    stories = gr.Number(d, precision=0, label=f"Built-in training stories to generate ({lo:,} to {hi:,})",
                         elem_id="train-stories")
     hub_id = gr.Textbox(label="Hugging Face dataset id (needs a network)", visible=False,
                         placeholder="roneneldan/TinyStories", max_lines=1)
@@ -117,7 +117,7 @@ def _run_settings() -> dict:
     with gr.Row():
         device = gr.Radio(list(tr.DEVICES), value="auto", label="Device", elem_id="train-device")
         gpus = gr.Number(1, precision=0, label="GPUs")
-        compile_ = gr.Checkbox(False, label="torch.compile", elem_id="train-compile",
+        compile_ = gr.Checkbox(False, label="torch.compile", elem_id="train-compile",   # its width: page.CSS
                                info="faster steps (1.1-1.3x on a CPU, 2x on a GPU) after a minute or two "
                                     "of compiling: for long runs")
     schedule = gr.Plot(tr.RunDesk.schedule("tiny", d["max_steps"], d["batch_size"], d["grad_accum"], d["seq_len"],
@@ -167,7 +167,7 @@ def _monitor() -> dict:
     with gr.Accordion("What the model wrote at each evaluation", open=True):
         sample_tb = gr.Markdown(elem_id="train-sample")
     runs_df = gr.Dataframe(headers=["run", "state", "step", "preset", "best val loss", "created"],
-                           interactive=False, label="Runs", wrap=True)
+                           interactive=False, label="Runs", wrap=True, elem_id="train-runs")
     return dict(run_dd=run_dd, runs_refresh=runs_refresh, status_md=status_md, loss_plot=loss_plot, log_x=log_x,
                 stats_md=stats_md, sample_tb=sample_tb, runs_df=runs_df)
 
