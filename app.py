@@ -143,7 +143,7 @@ def link_training(bar: model_bar.ModelBar, explore_tab: explore.Explore, train_t
     @friendly
     def explore_run(name, profile: gr.OAuthProfile | None = None, request: gr.Request = None,
                     progress=gr.Progress()):
-        run_update, step_update = over.choose(name)
+        run_update, step_update = over.choose(name, exact=True)
         if step_update.get("value") is None:
             raise UserError(tr.no_snapshots(name))
         info = bar.load(step_update["value"], progress, model_bar.username(profile, request))

@@ -87,6 +87,13 @@ def test_explore_over_training_lists_runs_steps_and_draws_the_table(run):
         lrn.snapshot(run.name, str(run / "best"))
     with pytest.raises(UserError, match="Pick one of the runs with snapshots"):
         lrn.steps("../elsewhere")
+    # "Explore this run" on a run without snapshots says so (app.py), never opens another run instead
+    from webapp.ui.over_training import OverTraining
+
+    over = OverTraining(lrn, *[None] * 7)
+    assert over.choose("no-snapshots-run")[0]["value"] == run.name  # the sub-tab's own pick: the newest run
+    assert over.choose("no-snapshots-run", exact=True)[1]["value"] is None
+    assert over.choose(run.name, exact=True)[1]["value"] == folder
 
     prompt = "Once upon a time, there was a girl named Lily. Lily liked to play."
     heat, scores, words = lrn.table(prompt, run.name)

@@ -9,7 +9,7 @@ way in and goes back on the way out. In fp32, 1 + (stored - 1) is the stored num
 stored values in [0.5, 2], as norm weights are), so the model multiplies by what llama.cpp multiplies by.
 
 What llama.cpp does not read from a gemma3 file is fixed in its code, and taken the same way here: the
-sliding layers' RoPE base 10000, every 6th layer global, the attention scale 1/sqrt(head_dim)
+sliding layers' RoPE base 10000, every 6th layer full (global attention), the attention scale 1/sqrt(head_dim)
 (1/sqrt(hidden/heads) for the 62-layer 27B). Its sliding window is ours: a query sees `sliding_window`
 keys, itself included (llama.cpp masks p1 - p0 >= n_swa). An export that llama.cpp would read differently
 (another layer pattern, local RoPE base or attention scale) is refused with one sentence.

@@ -35,11 +35,15 @@ class OverTraining:
     words: gr.Markdown
     draw: tuple = ()   # (function, inputs, outputs) drawing the table: other tabs chain it
 
-    def choose(self, name=None, source=None):
-        """Updates for (run, step): `name`, else the run of the model `source`, else the newest run; its latest step."""
+    def choose(self, name=None, source=None, exact=False):
+        """Updates for (run, step): `name`, else the run of the model `source`, else the newest run; its latest step.
+        exact: `name` or nothing (no step), never another run ("Explore this run" on a run without snapshots)."""
         runs = self.learning.runs()
         names = [n for _, n in runs]
-        name = name if name in names else (self.learning.run_of(source) or (names[0] if names else None))
+        if exact:
+            name = name if name in names else None
+        else:
+            name = name if name in names else (self.learning.run_of(source) or (names[0] if names else None))
         steps = self.learning.steps(name) if name else []
         return (gr.update(choices=runs, value=name),
                 gr.update(choices=steps, value=steps[-1][1] if steps else None))
