@@ -135,7 +135,7 @@ def fused_norms():
 
 
 def ours(model, ids, mode: str | None, sampling: dict | None = None, fused: bool = False):
-    """generate(n) through gemma3.generate_tokens with decode mode `mode` (None: the reference forward)."""
+    """generate(n, budget) through gemma3.generate_tokens with decode mode `mode` (None: the reference forward)."""
     def generate(n, budget):
         os.environ["GEMMA3_GPU_DECODE"] = mode or "graph"  # read as each generation starts
         settings = sampling or dict(temperature=0)
@@ -148,7 +148,7 @@ def ours(model, ids, mode: str | None, sampling: dict | None = None, fused: bool
 
 
 def theirs(hf, ids, static: bool):
-    """generate(n) through transformers' generate; with its static cache, which on a GPU it compiles by itself
+    """generate(n, budget) through transformers' generate; with its static cache, which on a GPU it compiles by itself
     (torch.compile(mode="reduce-overhead") of its forward: its generation_config.compile_config's default)."""
     from transformers import StoppingCriteria, StoppingCriteriaList
 
@@ -180,7 +180,8 @@ def run_model(name: str, model, tokens: int, compile_sides: bool, device) -> dic
         gemma3.export_hf(model.float(), gemma3.gpt2_tokenizer(), tmp)
         model.to(torch.bfloat16)
         hf_eager = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.bfloat16).to(device).eval()
-        hf_static = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.bfloat16).to(device).eval() if compile_sides else None
+        hf_static = (AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.bfloat16).to(device).eval()
+                     if compile_sides else None)
     sides = {"ours, CUDA graph": ours(model, ids, "graph"),
              "transformers, eager": theirs(hf_eager, ids, static=False)}
     if compile_sides:
@@ -243,7 +244,8 @@ def main(quick: bool = False, device: str = "cuda"):
                 with fused_norms() if fused else contextlib.nullcontext():
                     kernels = kernels_per_token(model, device)
                 if kernels:
-                    print(f"  {name}: an eager fixed-shape step{' with F.rms_norm' if fused else ''} launches {kernels} "
+                    which = " with F.rms_norm" if fused else ""
+                    print(f"  {name}: an eager fixed-shape step{which} launches {kernels} "
                           f"kernels: as a graph at least {kernels * per_kernel * 1e3:.2f} ms a token, "
                           f"{1 / (kernels * per_kernel):.0f} tok/s at most", flush=True)
         rates = run_model(name, model, tokens, compile_sides=cuda, device=device)

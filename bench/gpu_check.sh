@@ -18,9 +18,11 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 GEMMA3_CACHE=${GEMMA3_CACHE:-/tmp/gem
 PY=${PYTHON:-python3}
 if ! $PY -c "import gradio" 2>/dev/null; then
   if [ -f .gpu-site/site.tar.xz ]; then
-    mkdir -p /tmp/gpu-site && tar -xJf .gpu-site/site.tar.xz -C /tmp/gpu-site && export PYTHONPATH=/tmp/gpu-site${PYTHONPATH:+:$PYTHONPATH}
+    mkdir -p /tmp/gpu-site && tar -xJf .gpu-site/site.tar.xz -C /tmp/gpu-site \
+      && export PYTHONPATH=/tmp/gpu-site${PYTHONPATH:+:$PYTHONPATH}
   else
-    echo "no gradio here and no .gpu-site/site.tar.xz (bash bench/gpu_site.sh, then carry .gpu-site): the app part will fail"
+    echo "no gradio here and no .gpu-site/site.tar.xz (bash bench/gpu_site.sh, then carry .gpu-site):" \
+         "the app part will fail"
   fi
 fi
 DEV=cuda; TRAIN=(--batch 16 --steps 2 --rounds 1 --profile); [ -n "$GPU_CHECK_DRY" ] && DEV=cpu TRAIN=(--preset tiny --dtype bf16 --steps 2 --rounds 1 --profile)

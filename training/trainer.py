@@ -124,7 +124,8 @@ def peak_flops(device: torch.device, dtype: torch.dtype, given_tflops: float | N
     # otherwise measure a square matmul, the best case here: the fastest of 20 (on a shared machine a mean counts
     # whatever else ran meanwhile, and MFU then passes 100%)
     n = 1024 if device.type == "cuda" else 512
-    a = torch.randn(n, n, device=device, generator=torch.Generator(device).manual_seed(0)).to(dtype)  # not the run's RNG
+    own = torch.Generator(device).manual_seed(0)  # not the run's RNG
+    a = torch.randn(n, n, device=device, generator=own).to(dtype)
     for _ in range(3):
         a @ a
     best = float("inf")
