@@ -63,7 +63,12 @@ def busy(server, monkeypatch):
     monkeypatch.setattr(tr, "estimate_words", slow_stream)
     monkeypatch.setattr(gen, "stream", slow_stream)
     visitor = client(server)
-    jobs = [visitor.submit(*args, api_name=name) for name, args in JOBS]
+    # the first Start takes Start's slot before the others are sent (sent together, a Resume could reach the slot
+    # first and hold it, and no Start would ever be preparing its data: a CI run timed out waiting for that)
+    (name, args), *rest = JOBS
+    jobs = [visitor.submit(*args, api_name=name)]
+    poll(lambda: server.trainer.pending is not None, timeout=20, what="the first Start to reach its data preparation")
+    jobs += [visitor.submit(*args, api_name=name) for name, args in rest]
     poll(lambda: in_server(server) == len(JOBS), timeout=20, what="the ten jobs to reach the server")
     yield server
     release.set()
