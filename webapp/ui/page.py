@@ -35,6 +35,9 @@ CSS = """
 /* an error is said once, in its toast: no "Error" box over the event's outputs (it would hide them, the model
    picker included, until their next update); a figure whose redraw failed stays as it was */
 [data-testid=status-tracker]:has(> .error) { display: none !important; }
+/* toasts rise from the bottom right: at the top they would lie over the model bar's Load button, which the next
+   action (a load that follows a failed one) needs */
+.toast-wrap { top: auto !important; bottom: var(--size-4) !important; }
 /* the model bar's choice of model: on a wide screen a row under the model's line, as if no accordion held it */
 @media (min-width: 761px) {
   #model-choose { padding: 0 !important; border: none !important; }
