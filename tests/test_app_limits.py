@@ -7,6 +7,7 @@ tests that need its queue.
 
 import json
 import os
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -145,7 +146,10 @@ def test_a_gguf_export_needs_the_permission_and_keeps_only_the_latest_file(demo,
     with pytest.raises(OSError):
         tr.export_gguf(trainer, "r1", "f16")
     assert list(trainer.exports.iterdir()) == []
+    made = lambda: set(Path(tempfile.gettempdir()).glob("gemma3-gguf-*"))  # noqa: E731
+    before = made()
     other = tr.RunDesk(trainer.runs_dir, trainer.data_dir)
+    assert made() == before, "an app that exports nothing makes no folder (a killed one would leave it behind)"
     folder = other.exports
     del other
     assert not folder.exists()

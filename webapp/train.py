@@ -124,11 +124,19 @@ class RunDesk:
     def __init__(self, runs_dir, data_dir):
         self.runs_dir = Path(runs_dir).resolve()
         self.data_dir = Path(data_dir).resolve()
-        self.exports = Path(tempfile.mkdtemp(prefix="gemma3-gguf-"))   # the latest GGUF export, nothing else
-        weakref.finalize(self, shutil.rmtree, self.exports, ignore_errors=True)   # gone when the app ends
+        self._exports: Path | None = None
         show_paths_as(self.runs_dir, self.runs_dir.name)  # what visitors see of paths in messages (errors.public)
         show_paths_as(self.data_dir, self.data_dir.name)
         self.pending: str | None = None   # what a Start does before its run exists (preparing the data), in words
+
+    @property
+    def exports(self) -> Path:
+        """The folder of the latest GGUF export, nothing else: made at the first export (an app that exports nothing
+        leaves no folder behind, even when it is killed) and removed when the app ends."""
+        if self._exports is None:
+            self._exports = Path(tempfile.mkdtemp(prefix="gemma3-gguf-"))
+            weakref.finalize(self, shutil.rmtree, self._exports, ignore_errors=True)
+        return self._exports
 
     # ---- data ----
     def data_source(self, kind, stories=None, hub_id=None, files=None) -> tuple[object, Path, dict]:
