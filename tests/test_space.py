@@ -34,7 +34,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 ROOT = Path(__file__).resolve().parent.parent
 OWNER = "ann"
 SECRET = "test-oauth-secret"
-TINY = dict(data_source="builtin", stories=300, hub=None, files=None, preset="tiny", max_steps=2000, batch_size=4,
+TINY = dict(data_source="builtin", stories=300, hub=None, files=None, preset="tiny", max_steps=300, batch_size=4,
             grad_accum=1, seq_len=32, lr=2e-3, device="cpu", gpus=1, compile=False)
 NOT_THE_OWNER = r"only its owner \(ann\) or allowed users may train: sign in"
 

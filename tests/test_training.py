@@ -40,13 +40,13 @@ def status(run: Path) -> dict:
 
 def test_tiny_model_learns_and_its_checkpoint_generates(data, tmp_path):
     run = tmp_path / "run"
-    cfg = TrainConfig.for_preset("tiny", data=str(data), out=str(run), batch_size=8, seq_len=32, max_steps=150,
-                                 eval_every=75, eval_windows=16, ckpt_every=75, log_every=5, sample_tokens=10)
+    cfg = TrainConfig.for_preset("tiny", data=str(data), out=str(run), batch_size=8, seq_len=32, max_steps=100,
+                                 eval_every=50, eval_windows=16, ckpt_every=50, log_every=5, sample_tokens=10)
     assert train(cfg) == 0
     losses = [r["loss"] for r in records(run, "train")]
     assert losses[0] > 10 and sum(losses[-3:]) / 3 < 0.6 * losses[0], losses
     evals = records(run, "eval")
-    assert [e["step"] for e in evals] == [0, 75, 150]  # step 0: the curve starts at the initial loss
+    assert [e["step"] for e in evals] == [0, 50, 100]  # step 0: the curve starts at the initial loss
     assert evals[0]["quick"] and evals[0]["windows"] == train_module.QUICK_WINDOWS, "step 0: quick, said so"
     assert [e.get("quick", False) for e in evals[1:]] == [False, False] and evals[1]["windows"] == 16
     assert evals[0]["sample"].startswith("Once upon a time"), "the first sample comes with step 0's loss"
@@ -58,7 +58,7 @@ def test_tiny_model_learns_and_its_checkpoint_generates(data, tmp_path):
     middle = records(run, "train")[len(losses) // 2]
     assert middle["eta_low_s"] <= middle["eta_s"] <= middle["eta_high_s"] and middle["eta_s"] > 0
     assert status(run)["state"] == "finished"
-    model, tok = gemma3.load_model(run / "checkpoints" / "step_0000150")
+    model, tok = gemma3.load_model(run / "checkpoints" / "step_0000100")
     assert gemma3.generate(model, tok, "Once upon a time", max_new_tokens=10, temperature=0)
     assert (run / "best" / "model.safetensors").exists()
 
