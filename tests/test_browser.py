@@ -216,6 +216,12 @@ def test_training_starts_at_once_and_its_curve_grows_and_stops(page, server):
     page.fill("#train-batch input", "4")
     page.fill("#train-seq input", "32")
     page.click("#train-device label:has-text('cpu')")
+    # a Start that fails (no files uploaded) leaves at once the "Preparing …" it said, not at the monitor's next tick
+    page.get_by_label("Uploaded files").check()
+    page.click("#train-start")
+    page.get_by_text("No files uploaded").first.wait_for()
+    poll(lambda: "Preparing" not in page.inner_text("#train-status"), timeout=1.5, what="the monitor back on the run")
+    page.get_by_label("Built-in stories (offline)").check()
     page.wait_for_timeout(300)
     before = {i.name for i in runs.list_runs(runs_dir)}   # the session's app may hold earlier modules' runs
     if not before:   # a fresh home: "Explore this run" says why it cannot, as Stop, Resume and Use do

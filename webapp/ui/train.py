@@ -84,9 +84,9 @@ def build(trainer: tr.RunDesk) -> Train:
         c["timer"], c["slow_timer"] = gr.Timer(2.0), gr.Timer(4.0)
     train = Train(trainer, c, permission, duplicate)
     _wire_settings(c)
-    _wire_runs(train)
+    started = _wire_runs(train)
     _wire_share(train)
-    _wire_monitor(train)
+    _wire_monitor(train, started)
     return train
 
 
@@ -197,7 +197,7 @@ def _wire_settings(c: dict):
 
 
 def _wire_runs(t: Train):
-    """Start, Stop, Resume and the estimate: the owner's alone (guard.check_training)."""
+    """Start, Stop, Resume and the estimate: the owner's alone (guard.check_training). Returns Start's event."""
     trainer, c = t.trainer, t.c
 
     @friendly
@@ -242,12 +242,13 @@ def _wire_runs(t: Train):
     estimating = c["estimate_btn"].click(train_estimate, [c[k] for k in SETTINGS[4:]], c["estimate_md"],
                                          api_name="train_estimate", **ESTIMATE_EVENT)
     run_dd, status_md, runs_df = c["run_dd"], c["status_md"], c["runs_df"]
-    c["start_btn"].click(train_start, [c[k] for k in SETTINGS], [run_dd, status_md, runs_df],
-                         api_name="train_start", cancels=[estimating], **RUN_EVENT)
+    started = c["start_btn"].click(train_start, [c[k] for k in SETTINGS], [run_dd, status_md, runs_df],
+                                   api_name="train_start", cancels=[estimating], **RUN_EVENT)
     c["start_btn"].click(lambda: "", None, c["estimate_md"], queue=False, api_visibility="private")  # cancelled
     c["stop_btn"].click(train_stop, [run_dd], [status_md, runs_df], api_name="train_stop", **STOP_EVENT)
     c["resume_btn"].click(train_resume, [run_dd, c["max_steps"]], [run_dd, status_md, runs_df],
                           api_name="train_resume", **RUN_EVENT)
+    return started
 
 
 def _wire_share(t: Train):
@@ -287,8 +288,9 @@ def _wire_share(t: Train):
           preprocess=False)
 
 
-def _wire_monitor(t: Train):
-    """The live plot, status and sample of the selected run, every 2 s; the run list on demand."""
+def _wire_monitor(t: Train, started):
+    """The live plot, status and sample of the selected run, every 2 s and at once when a Start fails (its
+    "Preparing …" would stand until the next tick); the run list on demand."""
     trainer, c = t.trainer, t.c
 
     @friendly
@@ -300,8 +302,10 @@ def _wire_monitor(t: Train):
     def refresh_runs(name):
         return t.runs_choices(name), trainer.table()
 
+    monitor = [c["loss_plot"], c["status_md"], c["stats_md"], c["sample_tb"]]
     gr.on([c["timer"].tick, c["run_dd"].change, c["log_x"].change], train_metrics, [c["run_dd"], c["log_x"]],
-          [c["loss_plot"], c["status_md"], c["stats_md"], c["sample_tb"]], api_name="train_metrics",
-          show_progress="hidden", **MONITOR_EVENT)
+          monitor, api_name="train_metrics", show_progress="hidden", **MONITOR_EVENT)
+    started.failure(train_metrics, [c["run_dd"], c["log_x"]], monitor, api_visibility="private",
+                    show_progress="hidden", **MONITOR_EVENT)
     gr.on([c["runs_refresh"].click], refresh_runs, [c["run_dd"]], [c["run_dd"], c["runs_df"]],
           api_visibility="private", preprocess=False)
