@@ -724,10 +724,11 @@ def _attention_figure(rec: Record, layer: int, token: int) -> go.Figure:
         fig.update_yaxes(autorange="reversed", showticklabels=False, row=r, col=c)
         fig.update_xaxes(showticklabels=False, row=r, col=c)
     for h in range(H):
-        fig.add_trace(go.Scatter(x=list(range(T)), y=p[h, token], mode="lines+markers", name=f"head {h}",
-                                 customdata=labels, hovertemplate="key %{customdata}: %{y:.3f}<extra></extra>"),
+        fig.add_trace(go.Scatter(x=labels, y=p[h, token], mode="lines+markers", name=f"head {h}",
+                                 hovertemplate="key %{x}: %{y:.3f}<extra></extra>"),
                       row=rows + 1, col=1)
-    fig.update_xaxes(title_text="key position", row=rows + 1, col=1)
+    # the keys by their tokens, on a category axis: Plotly labels every one that fits (every k-th on a long prompt)
+    fig.update_xaxes(title_text="key (position: token)", type="category", tickangle=-45, row=rows + 1, col=1)
     fig.update_yaxes(title_text="probability", range=[0, 1.02], row=rows + 1, col=1)
     kind = rec.layer_types[layer]
     window = rec.config.window
