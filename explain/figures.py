@@ -414,6 +414,8 @@ def next_token_figure(record: Record, temperature: float = 1.0, top_k: int | Non
     after = _html(record.token_text[record.tokens[-1]])
     floor = max(float(min(v for v in np.concatenate([shown, _f32(base[ids])]) if v > 0)), 1e-12)
     low = math.floor(math.log10(floor)) - 0.3
+    if not own:   # a percentage stands on its bar; where the model's own tick would lie on it, it goes inside
+        fig.data[0].update(textposition=label_positions(shown, _f32(base[ids]), (low, 0.25)), insidetextanchor="end")
     detail = f"{setting}: the {n} shown hold {float(p[ids[:n]].sum()):.1%} of the probability"
     ticks = x
     if sampled is not None:   # marked by its colour and its axis label: nothing drawn over the bars' labels
@@ -433,6 +435,22 @@ def next_token_figure(record: Record, temperature: float = 1.0, top_k: int | Non
     return phone.merge(_style(fig), {"xaxis.tickangle": (-90, -45), "xaxis.tickfont.size": (10, None)},
                        traces=[[0, {"textangle": -90, "constraintext": "none", "textfont.size": 9}]],
                        wide=[[0, {"textangle": "auto", "constraintext": "both", "textfont.size": 10}]])
+
+
+LABEL_SPAN = 0.07   # a bar's percentage label, in fractions of the probability axis' height (about 20 of 300 px)
+LABEL_LENGTH = 0.2  # the same label standing upright (on a phone), a bar that holds it inside
+
+
+def label_positions(bars: np.ndarray, ticks: np.ndarray, axis: tuple[float, float]) -> list[str]:
+    """Where each bar's label goes on a log axis spanning 10^low..10^high: "inside" its top where a tick drawn at
+    `ticks` lies on the bar's top or just above it (where an outside label stands) and the bar is tall enough to
+    hold it, else "outside" (a tick further down inside the bar would lie on an inside label)."""
+    low, high = axis
+    decades = high - low
+    top = np.log10(np.maximum(bars, 1e-30))
+    gap = np.log10(np.maximum(ticks, 1e-30)) - top
+    return ["inside" if b > 0 and -0.1 * LABEL_SPAN * decades <= g < LABEL_SPAN * decades
+            and t - low > LABEL_LENGTH * decades else "outside" for b, g, t in zip(bars, gap, top)]
 
 
 def _percent(p: float) -> str:

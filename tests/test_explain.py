@@ -316,13 +316,31 @@ def test_the_drawn_token_is_marked_with_nothing_over_the_bars_labels(tiny_rec):
         assert not fig.layout.annotations, "nothing drawn over the bars and their percentages"
         bars = fig.data[0]
         s = list(bars.customdata).index(token)
-        assert bars.marker.color[s] == SAMPLED and bars.textposition == "outside"
+        assert bars.marker.color[s] == SAMPLED and set(bars.textposition) <= {"outside", "inside"}
         ticks = dict(zip(fig.layout.xaxis.tickvals, fig.layout.xaxis.ticktext))
         assert SAMPLED in ticks[bars.x[s]] and sum(SAMPLED in t for t in ticks.values()) == 1
         assert "the story drew" in fig.layout.title.text and "in green" in fig.layout.title.text
         swatch = next(t for t in fig.data if t.type == "bar" and t.showlegend is not False)
         colour = swatch.marker.color if isinstance(swatch.marker.color, str) else swatch.marker.color[0]
         assert colour == NEXT, "the legend's square is the settings' blue, not the drawn token's green"
+
+
+def test_a_bars_percentage_never_lies_under_the_models_own_tick(tiny_rec):
+    """Issue: at temperature above 1 the model's own tick sits a little above a bar, where the bar's percentage
+    stands: that percentage goes inside the bar's top, where the bar holds it. Axis 8 decades high: a label is 0.56
+    decades of it, upright 1.6."""
+    from explain.figures import label_positions
+    bars = np.array([0.1, 0.1, 0.1, 0.1, 0.1, 0.0, 1e-7])
+    # tick above, just above, on, just under, deep inside; no bar; a bar too short to hold its label, tick on it
+    ticks = bars * 10.0 ** np.array([1.0, 0.2, 0.0, -0.1, -1.0, 0.0, 0.0])
+    assert label_positions(bars, ticks, (-8.0, 0.0)) == ["outside", "inside", "inside", "outside", "outside",
+                                                         "outside", "outside"]
+    fig = explain.next_token_figure(tiny_rec, 1.15)
+    assert fig.data[0].insidetextanchor == "end", "inside, the percentage stands at the bar's top"
+    tick = next(t for t in fig.data if t.type == "scatter")
+    low = fig.layout.yaxis.range[0]
+    assert list(fig.data[0].textposition) == label_positions(np.array(fig.data[0].y), np.array(tick.y), (low, 0.25))
+    assert explain.next_token_figure(tiny_rec).data[0].textposition == "outside", "without ticks, above every bar"
 
 
 def test_next_token_is_what_sampling_draws_from(tiny_rec, monkeypatch):
