@@ -413,9 +413,9 @@ def next_token_figure(record: Record, temperature: float = 1.0, top_k: int | Non
                                  hovertemplate="%{x}: p = %{y:.4g} at temperature 1<extra></extra>"))
     after = _html(record.token_text[record.tokens[-1]])
     floor = max(float(min(v for v in np.concatenate([shown, _f32(base[ids])]) if v > 0)), 1e-12)
-    low = math.floor(math.log10(floor)) - 0.3
+    low, high = math.floor(math.log10(floor)) - 0.3, 0.25   # the probability axis, in decades
     if not own:   # a percentage stands on its bar; where the model's own tick would lie on it, it goes inside
-        fig.data[0].update(textposition=label_positions(shown, _f32(base[ids]), (low, 0.25)), insidetextanchor="end")
+        fig.data[0].update(textposition=label_positions(shown, _f32(base[ids]), (low, high)), insidetextanchor="end")
     detail = f"{setting}: the {n} shown hold {float(p[ids[:n]].sum()):.1%} of the probability"
     ticks = x
     if sampled is not None:   # marked by its colour and its axis label: nothing drawn over the bars' labels
@@ -428,7 +428,7 @@ def next_token_figure(record: Record, temperature: float = 1.0, top_k: int | Non
         title=_title(f"Next token after “…{after}”", detail),
         xaxis=dict(title="candidate next token (most likely first)", type="category", tickangle=-45,
                    tickmode="array", tickvals=x, ticktext=ticks),
-        yaxis=dict(title="probability (log scale)", type="log", range=[low, 0.25], tickvals=tickvals,
+        yaxis=dict(title="probability (log scale)", type="log", range=[low, high], tickvals=tickvals,
                    ticktext=ticktext),
         legend=dict(orientation="h", x=1, xanchor="right", y=1.02, yanchor="bottom"), height=520)
     # on a phone a bar is ~15 px wide: its label and its token stand upright
