@@ -12,6 +12,7 @@ until the run ends, and prints its status and stats line (tokens/s, MFU, ETA) an
 from __future__ import annotations
 
 import argparse
+import signal
 import socket
 import subprocess
 import sys
@@ -52,6 +53,9 @@ def main():
     ap.add_argument("--timeout", type=float, default=240, help="seconds to wait for the run to end")
     args = ap.parse_args()
     cuda = args.device.startswith("cuda")
+    # a time limit's SIGTERM exits through the `finally` below, which stops the run and the app: else both would
+    # go on using the GPU after this process
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     tmp = Path(tempfile.mkdtemp())
     proc, client = start_app(tmp)

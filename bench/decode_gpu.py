@@ -170,29 +170,42 @@ def theirs(hf, ids, static: bool):
     return generate
 
 
-def run_model(name: str, model, tokens: int, compile_sides: bool, device) -> dict:
+def best(rates: dict) -> tuple[float | None, float | None]:
+    """Our best rate as generation ships it (greedy, no candidate) and transformers' best; None where none ran."""
+    ours = [v for k, v in rates.items() if k.startswith("ours") and "sampling" not in k and "candidate" not in k]
+    theirs = [v for k, v in rates.items() if k.startswith("transformers")]
+    return max(ours, default=None), max(theirs, default=None)
+
+
+def run_model(name: str, model, tokens: int, bound: float, compile_sides: bool, device) -> dict:
     from transformers import AutoModelForCausalLM
 
     ids = gemma3.gpt2_tokenizer().encode("Once upon a time, there was a little girl named Lily. She loved to")
     # what the targets compare first (our default, transformers' two ways, our compiled step: a minute of compiling
     # each), then the slower eager sides: a part cut short by its time limit has printed the figures that matter
+    hf_eager = hf_static = None
     with tempfile.TemporaryDirectory() as tmp:
-        gemma3.export_hf(model.float(), gemma3.gpt2_tokenizer(), tmp)
+        try:
+            gemma3.export_hf(model.float(), gemma3.gpt2_tokenizer(), tmp)
+            hf_eager = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.bfloat16).to(device).eval()
+            hf_static = (AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.bfloat16).to(device).eval()
+                         if compile_sides else None)
+        except Exception as e:  # noqa: BLE001 (our sides still run)
+            print(f"  {name}: transformers' sides left out ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
         model.to(torch.bfloat16)
-        hf_eager = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.bfloat16).to(device).eval()
-        hf_static = (AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.bfloat16).to(device).eval()
-                     if compile_sides else None)
-    sides = {"ours, CUDA graph": ours(model, ids, "graph"),
-             "transformers, eager": theirs(hf_eager, ids, static=False)}
-    if compile_sides:
+    sides = {"ours, CUDA graph": ours(model, ids, "graph")}
+    if hf_eager is not None:
+        sides["transformers, eager"] = theirs(hf_eager, ids, static=False)
+    if hf_static is not None:
         sides["transformers, static cache, compiled"] = theirs(hf_static, ids, static=True)
+    if compile_sides:
         sides["ours, compiled (reduce-overhead)"] = ours(model, ids, "compile")
     sides.update({"ours, CUDA graph, norms as F.rms_norm (a candidate)": ours(model, ids, "graph", fused=True),
                   "ours, fixed-shape eager": ours(model, ids, "eager"),
                   "ours, CUDA graph, sampling (T 0.8, top-k 40)": ours(model, ids, "graph",
                                                                        dict(temperature=0.8, top_k=40, seed=0)),
                   "ours, reference (cache gathered, cat)": ours(model, ids, None)})
-    rates = {}
+    rates, shown = {}, None
     for side, generate in sides.items():
         t0 = time.perf_counter()
         try:
@@ -202,6 +215,11 @@ def run_model(name: str, model, tokens: int, compile_sides: bool, device) -> dic
             continue
         print(f"  {name}: {side:48s} {rates[side]:8.0f} tok/s   ({time.perf_counter() - t0:.0f} s with warm-up)",
               flush=True)
+        ours_best, theirs_best = best(rates)
+        if ours_best and theirs_best and (ours_best, theirs_best) != shown:  # the targets as they stand, in case
+            shown = ours_best, theirs_best                                   # a time limit cuts the run short
+            print(f"  {name}: so far ours best / transformers best {ours_best / theirs_best:.2f}x, "
+                  f"ours best / bound {ours_best / bound:.0%}", flush=True)
     if compile_sides:  # a compiled side that silently ran without its CUDA graphs would show the wrong figure
         from torch._dynamo.utils import counters
         print(f"  {name}: CUDA graphs skipped by torch.compile: {dict(counters['inductor']).get('cudagraph_skips', 0)}",
@@ -241,23 +259,26 @@ def main(quick: bool = False, device: str = "cuda"):
               "tok/s at the measured bandwidth", flush=True)
         if cuda:
             for fused in (False, True):
-                with fused_norms() if fused else contextlib.nullcontext():
-                    kernels = kernels_per_token(model, device)
+                try:
+                    with fused_norms() if fused else contextlib.nullcontext():
+                        kernels = kernels_per_token(model, device)
+                except Exception as e:  # noqa: BLE001 (a profiler that cannot run here costs this line only)
+                    print(f"  {name}: kernels not counted ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+                    kernels = 0
                 if kernels:
                     which = " with F.rms_norm" if fused else ""
                     print(f"  {name}: an eager fixed-shape step{which} launches {kernels} "
                           f"kernels: as a graph at least {kernels * per_kernel * 1e3:.2f} ms a token, "
                           f"{1 / (kernels * per_kernel):.0f} tok/s at most", flush=True)
-        rates = run_model(name, model, tokens, compile_sides=cuda, device=device)
-        ours_best = max(v for k, v in rates.items()  # what generation ships: greedy, no candidate
-                        if k.startswith("ours") and "sampling" not in k and "candidate" not in k)
-        theirs_best = max((v for k, v in rates.items() if k.startswith("transformers")), default=float("nan"))
+        rates = run_model(name, model, tokens, bound, compile_sides=cuda, device=device)
+        ours_best, theirs_best = best(rates)
         rows.append((name, rates, bound, per_token, ours_best, theirs_best))
     print(f"\n| model (bf16, batch 1, {tokens} tokens) | " + " | ".join(rows[0][1]) + " | bound (bytes / bandwidth) "
           "| ours best / transformers best | ours best / bound |")
     print("|---" * (len(rows[0][1]) + 4) + "|")
     for name, rates, bound, per_token, ours_best, theirs_best in rows:
         print(f"| {name} ({per_token / 1e6:.0f} MB a token) | " + " | ".join(f"{v:.0f}" for v in rates.values())
-              + f" | {bound:.0f} | {ours_best / theirs_best:.2f}x | {ours_best / bound:.0%} |")
+              + f" | {bound:.0f} | " + (f"{ours_best / theirs_best:.2f}x" if ours_best and theirs_best else "-")
+              + " | " + (f"{ours_best / bound:.0%}" if ours_best else "-") + " |")
     print(f"(tokens/s on {gpu}; bound at the measured {bw / 1e12:.2f} TB/s; targets: >= 2x transformers' best, "
           ">= 50% of the bound)")

@@ -27,7 +27,7 @@ if ! $PY -c "import gradio" 2>/dev/null; then
 fi
 DEV=cuda; TRAIN=(--batch 16 --steps 2 --rounds 1 --profile); [ -n "$GPU_CHECK_DRY" ] && DEV=cpu TRAIN=(--preset tiny --dtype bf16 --steps 2 --rounds 1 --profile)
 part() { local name=$1 limit=$2; shift 2; echo "=== $name (limit ${limit}s)"; local t0=$SECONDS
-  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; local rc=$?
+  timeout -k 15 "$limit" "$@" > "$OUT/$name.log" 2>&1; local rc=$?
   echo "=== $name: exit $rc in $((SECONDS - t0)) s"; grep -v "it/s\]$" "$OUT/$name.log" | tail -n "${TAIL:-25}"; }
 # the CPU kernels (the tests' and the app's CPU references use them), built meanwhile on the CPU once (about 30 s),
 # so that no part's time limit pays for the build
@@ -39,7 +39,8 @@ TAIL=24 part decode 165 $PY bench/decode.py --device $DEV --quick
 TAIL=60 part train 140 $PY bench/train.py --device $DEV "${TRAIN[@]}"
 # the tests in 4 processes where pytest-xdist is there (the image has it): most of their time is compiling, on the CPU
 XDIST=(); $PY -c "import xdist" 2>/dev/null && XDIST=(-n 4)
-TAIL=30 part tests 115 $PY -m pytest tests/test_cuda.py -v -rfE --durations=10 -p no:cacheprovider "${XDIST[@]}"
+# (4 Inductor compile workers each, not one per core in every process)
+TORCHINDUCTOR_COMPILE_THREADS=4 TAIL=30 part tests 115 $PY -m pytest tests/test_cuda.py -v -rfE --durations=10 -p no:cacheprovider "${XDIST[@]}"
 if [ -n "$GPU_CHECK_DRY" ]; then
   TAIL=12 part app 120 $PY bench/app_gpu.py --device cpu --steps 10
 else

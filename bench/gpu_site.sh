@@ -12,10 +12,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 # What the app imports beyond that image: gradio with its server and client, and plotly. typing_extensions too:
-# pydantic needs a newer one than an image may hold (a newer one serves torch as well).
+# pydantic needs a newer one than an image may hold (a newer one serves torch as well). narwhals (plotly's) and
+# annotated_doc (fastapi's): the image has them, in versions that may be too old.
 KEEP="gradio gradio_client hf_gradio fastapi starlette uvicorn pydantic pydantic_core annotated_types typing_inspection
       opentelemetry_api orjson python_multipart safehttpx semantic_version tomlkit groovy pydub brotli pytz plotly
-      typing_extensions"
+      typing_extensions narwhals annotated_doc"
 version() { $PY -c "import importlib.metadata as m; print(m.version('$1'))" 2>/dev/null || true; }
 GRADIO=$(version gradio); PLOTLY=$(version plotly)
 TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT

@@ -15,8 +15,9 @@ Sides, each its own step on the same weights:
   pass compiled (gemma3/runtime/gpu_loss.py);
 - transformers: Gemma3ForCausalLM, eager, its default attention, the cross-entropy of its fp32 logits (what
   Gemma3ForCausalLM(labels=...) computes), the same clipping and fused AdamW.
-Each side warms up (the compiled side compiles: its time is printed), then runs `--rounds` blocks of `--steps`
-steps, one block per side in turn, timed from a synchronised start to a synchronised end; the figure is the
+Each side warms up (the compiled side, last, compiles: its time is printed) and runs its first block of `--steps`
+steps at once, its figure printed (a run cut short by a time limit keeps it); then the other `--rounds` - 1
+blocks, one per side in turn. A block is timed from a synchronised start to a synchronised end; the figure is the
 median block. On a GPU a side that runs out of memory halves its batch and says so, and its step's peak memory
 (activations, gradients, temporaries: beyond the resident weights and AdamW states) is printed.
 
@@ -183,10 +184,14 @@ def profile_step(side: Side, device: torch.device, top: int = 10):
 
     cuda = device.type == "cuda"
     sync(device)
-    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
-        side.step()
-        side.read()
-        sync(device)
+    try:
+        with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+            side.step()
+            side.read()
+            sync(device)
+    except Exception as e:  # noqa: BLE001 (a profiler that cannot run here costs its lines, not the figures after)
+        print(f"  {side.name}: not profiled ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})")
+        return
     key = "self_device_time_total" if cuda else "self_cpu_time_total"
     events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
     total = sum(getattr(e, key) for e in events) or 1
@@ -255,24 +260,23 @@ def main():
     for dtype in dtypes:
         amp = dtype == "bf16"
         print(f"\n{dtype}{' autocast (fp32 master weights)' if amp else ''}:", flush=True)
+        # the compiled side last (a cold compile is the slowest part), and each side's first block timed as soon
+        # as it is warm, its figure printed: a run cut short by a time limit keeps what it measured
         sides = [Side("ours", ours(master, cfg, tcfg, device, amp, seq, compile=False))]
-        if not args.no_compile:
-            sides.append(Side("ours compiled", ours(master, cfg, tcfg, device, amp, seq, compile=True)))
         if not args.no_transformers:
             sides.append(Side("transformers", transformers_side(tmp.name, cfg, tcfg, device, amp, seq)))
+        if not args.no_compile:
+            sides.append(Side("ours compiled", ours(master, cfg, tcfg, device, amp, seq, compile=True)))
         for side in sides:
             warm_up(side, batch, device, warm)
+            if side.error is None:
+                timed_block(side, steps, seq, device)
+                print(f"    first block: {side.times[0]:,.0f} tok/s, MFU {fpt * side.times[0] / peaks['bf16']:.1%}",
+                      flush=True)
         running = [s for s in sides if s.error is None]
-        for _ in range(rounds):
+        for _ in range(rounds - 1):  # the other blocks, one per side in turn
             for side in running:
                 timed_block(side, steps, seq, device)
-        for side in running if args.profile else []:
-            profile_step(side, device)
-        for side in running:  # their steps, and with them their models and memory, go; their figures stay
-            side.step = side.read = None
-        free(device)
-        ceiling = step_ceiling(cfg, batch, seq, DTYPES[dtype], device, reps=3 if cuda else 1)
-        ceiling_tps = batch * seq / ceiling["seconds"]
         tps = {s.name: statistics.median(s.times) for s in running}
         base = tps.get("transformers")
         for s in sides:
@@ -285,7 +289,14 @@ def main():
                 mfu += f", {fpt * tps[s.name] / sheet:.1%} of the datasheet's"
             mem = f", its step's peak memory {s.memory / 2 ** 30:.1f} GiB (beyond the weights and AdamW state)" \
                 if s.memory else ""
-            print(f"  {s.name}: {tps[s.name]:,.0f} tok/s (batch {s.batch}){ratio}; {mfu}{mem}")
+            print(f"  {s.name}: {tps[s.name]:,.0f} tok/s (batch {s.batch}){ratio}; {mfu}{mem}", flush=True)
+        for side in running if args.profile else []:
+            profile_step(side, device)
+        for side in running:  # their steps, and with them their models and memory, go; their figures stay
+            side.step = side.read = None
+        free(device)
+        ceiling = step_ceiling(cfg, batch, seq, DTYPES[dtype], device, reps=3 if cuda else 1)
+        ceiling_tps = batch * seq / ceiling["seconds"]
         print(f"  ceiling: {ceiling_tps:,.0f} tok/s, MFU {fpt * ceiling_tps / peaks['bf16']:.1%} of the measured peak"
               + (f", {fpt * ceiling_tps / sheet:.1%} of the datasheet's" if sheet else "")
               + f": the step's matrix products at their shapes ({ceiling['matmul_s'] * 1e3:.1f} ms) and its attention "
