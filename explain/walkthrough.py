@@ -164,8 +164,9 @@ STEPS: dict[str, Step] = {
                   "p = exp(logits) / Σ exp(logits)"),
     "next": Step("next token", "The next token",
                  "At every position the model predicts the token after it; generation uses the last position's. Greedy "
-                 "decoding takes the most likely token, sampling draws one from p. Teal bars: the prediction is the "
-                 "token that follows in your prompt.",
+                 "decoding takes the most likely token; sampling draws one from p: the largest p_i / q_i, each q_i random "
+                 "(exponential), which token i wins with probability p_i. Teal bars: the prediction is the token that "
+                 "follows in your prompt.",
                  "next = argmax p (greedy), or a draw from p"),
 }
 
@@ -204,7 +205,8 @@ SOURCES: dict[str, tuple] = {
     "logits": ((gm.Gemma3.forward, ("head = w if self.head is None", "return F.linear(x, head)")),),
     "probs": ((gen.sampling_probs, ("logits = logits / temperature", "return logits.softmax(dim=-1)")),),
     "next": ((gen.next_token, ("if temperature < GREEDY_BELOW", ".argmax(dim=-1)", "probs = sampling_probs(",
-                                "torch.multinomial")),),
+                                "return draw(")),
+             (gen.draw, ("exponential_", "return (probs / q)"))),
 }
 
 # The diagram: sections of rows, each row one box or side-by-side boxes (None: an empty cell, v passing by).

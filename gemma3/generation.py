@@ -98,7 +98,15 @@ def next_token(logits: torch.Tensor, temperature: float, top_k=None, top_p=None,
     if temperature < GREEDY_BELOW:
         return penalise(logits, repetition_penalty, seen).argmax(dim=-1)
     probs = sampling_probs(logits, temperature, top_k, top_p, repetition_penalty, seen)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return draw(probs, generator)
+
+
+def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One index per row of probs [B, V], index i with probability probs[i]: the largest probs / q, each q drawn
+    from the exponential distribution. This is how torch.multinomial draws one sample (the same draws for the same
+    generator), without its checks of probs, which wait for the GPU twice a token."""
+    q = torch.empty_like(probs).exponential_(1, generator=generator)
+    return (probs / q).argmax(dim=-1)
 
 
 def fit_prompt(ids: list[int], max_new_tokens: int, context: int) -> tuple[list[int], str | None]:
@@ -143,6 +151,9 @@ def generate_tokens(model, ids: list[int], max_new_tokens: int = 200, temperatur
     forward = _decoder(model, use_engine)
     t0 = time.perf_counter()
     logits = forward(torch.tensor([ids], device=device), cache, last_only=True)[:, -1]
+    if not torch.isfinite(logits).all():
+        raise ValueError("The model's output is not a number (NaN or infinity): its weights are broken; "
+                         "load another model or checkpoint.")
     token = next_token(logits, temperature, top_k, top_p, repetition_penalty, seen, generator)
     for i in range(max_new_tokens):
         tok = int(token)

@@ -347,11 +347,11 @@ def test_next_token_is_what_sampling_draws_from(tiny_rec, monkeypatch):
     rec = tiny_rec
     seen = {}
 
-    def capture(probs, num_samples, generator=None):
+    def capture(probs, generator=None):
         seen["probs"] = probs.clone()
-        return torch.zeros(probs.shape[0], 1, dtype=torch.long)
+        return torch.zeros(probs.shape[0], dtype=torch.long)
 
-    monkeypatch.setattr(torch, "multinomial", capture)
+    monkeypatch.setattr(gemma3.generation, "draw", capture)
     top1 = []
     for temperature, top_k in ((2.0, None), (1.0, None), (0.5, None), (0.7, 5), (1.3, 1)):
         next_token(rec.logits[-1:], temperature, top_k)

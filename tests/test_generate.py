@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import gemma3
-from gemma3.generation import generate_tokens, next_token
+from gemma3.generation import draw, generate_tokens, next_token
 
 EOT = 50256
 
@@ -233,6 +233,28 @@ def test_top_k_and_top_p_keep_the_right_tokens():
     assert {int(next_token(logits, 1.0, top_p=0.75, generator=g)) for _ in range(200)} == {0, 1}
     assert {int(next_token(logits, 1.0, top_p=0.5, generator=g)) for _ in range(50)} == {0}
     assert {int(next_token(logits, 1.0, top_k=1, generator=g)) for _ in range(50)} == {0}
+
+
+def test_a_draw_is_torch_multinomials_draw_without_waiting_for_the_device():
+    """`draw` samples as torch.multinomial does, the same token for the same generator state (its checks of the
+    probabilities, which wait for a GPU, left out), at the frequencies the probabilities give."""
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.0, 0.0, 1.0, 0.0]])
+    mine, theirs = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    drawn = torch.stack([draw(probs, mine) for _ in range(4000)])
+    reference = torch.stack([torch.multinomial(probs, 1, generator=theirs).squeeze(-1) for _ in range(4000)])
+    assert torch.equal(drawn, reference)
+    assert (drawn[:, 1] == 2).all()
+    freq = torch.bincount(drawn[:, 0], minlength=4) / 4000
+    assert torch.allclose(freq, probs[0], atol=0.03)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_a_model_whose_output_is_not_a_number_says_so(tok, temperature):
+    broken = gemma3.Gemma3(gemma3.Gemma3Config.from_preset("tiny")).eval()
+    with torch.no_grad():
+        broken.blocks[0].ffn.down.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="not a number"):
+        gemma3.generate(broken, tok, "Once upon a time", max_new_tokens=4, temperature=temperature)
 
 
 @pytest.fixture(scope="module")
