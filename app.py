@@ -134,7 +134,7 @@ def link_training(bar: model_bar.ModelBar, explore_tab: explore.Explore, train_t
     def look_at_step(run, step, profile: gr.OAuthProfile | None = None, request: gr.Request = None,
                      progress=gr.Progress()):
         info = bar.load(over.learning.snapshot(run, step), progress, model_bar.username(profile, request))
-        gr.Info(f"Loaded {info.name}: every Explore view now shows the model at that step.", duration=4)
+        over.loaded(info)
         return bar.shown(info)
 
     over.look.click(look_at_step, [over.run, over.step], bar.outputs, api_name="explore_step",
@@ -147,6 +147,7 @@ def link_training(bar: model_bar.ModelBar, explore_tab: explore.Explore, train_t
         if step_update.get("value") is None:
             raise UserError(tr.no_snapshots(name))
         info = bar.load(step_update["value"], progress, model_bar.username(profile, request))
+        over.loaded(info)
         return (*bar.shown(info), run_update, step_update, gr.Tabs(selected="explore"), gr.Tabs(selected="training"))
 
     opened = train_tab.explore_btn.click(explore_run, [train_tab.run_dd],

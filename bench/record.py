@@ -21,11 +21,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import explain  # noqa: E402
+from explain.figures import lens_ranks  # noqa: E402
 from common import PROMPT, explain_table, median_time  # noqa: E402  (bench/common.py)
 
 def figures(model, rec):
     """(name, thunk) of every figure function of explain/figures.py, on this record."""
     full = rec.layer_types.index("full") if "full" in rec.layer_types else 0
+    ranks = lens_ranks(model, rec)  # computed once for the page, then kept with its record
     return [
         ("mask", lambda: explain.mask_figure(model.config, rec.seq_len)),
         ("rope", lambda: explain.rope_figure(model.config)),
@@ -33,7 +35,7 @@ def figures(model, rec):
         ("attention, all heads", lambda: explain.attention_figure(rec, full)),
         ("activation", lambda: explain.activation_figure(rec)),
         ("next token", lambda: explain.next_token_figure(rec, 0.7, 40)),
-        ("logit lens", lambda: explain.logit_lens_figure(rec)),
+        ("logit lens", lambda: explain.logit_lens_figure(rec, ranks)),  # as the page draws it: outlined hits
         ("parameters", lambda: explain.parameter_figure(model)),
     ]
 

@@ -186,12 +186,15 @@ def mqa_view(record: Record, layer: int, dtype_bytes: int | None = None) -> tupl
     lines = ((f"this model: {KV} K/V head{'s' if KV > 1 else ''}, sliding rings", KV, True, TEAL, "solid"),
              (f"one K/V per query head ({H}), sliding rings", H, True, GREY, "solid"),
              (f"{KV} K/V head{'s' if KV > 1 else ''}, no rings (every layer keeps all)", KV, False, TEAL, "dot"))
+    top = 0.0
     for name, kv, ring, color, dash in lines:
         mb = [kv_cache_bytes(cfg, int(t), kv, size, ring) / 1e6 for t in n]
+        top = max(top, *mb)
         fig.add_trace(go.Scatter(x=n, y=mb, mode="lines", name=name, line=dict(color=color, dash=dash),
                                  hovertemplate="%{x} tokens: %{y:.3g} MB<extra></extra>"), row=2, col=1)
     fig.update_xaxes(title_text="tokens in the cache", row=2, col=1)
-    fig.update_yaxes(title_text="MB", rangemode="tozero", row=2, col=1)
+    # the lines in the lower half or so: the legend's three rows above them, however narrow the plot (a phone)
+    fig.update_yaxes(title_text="MB", range=[0, 1.8 * top], row=2, col=1)
     sp = fig.get_subplot(2, 1)
     fig.update_layout(coloraxis=dict(colorscale="Blues", cmin=0, colorbar=dict(
         title=dict(text="attention", side="right"), len=0.45, y=0.78, thickness=12)),

@@ -550,7 +550,17 @@ DIAGRAM_CSS = """
 DIAGRAM_JS = """
 element.addEventListener('click', (e) => {
   const box = e.target.closest('[data-stage]');
-  if (box) { trigger('click', {stage: box.dataset.stage}); return; }
+  if (box) {
+    trigger('click', {stage: box.dataset.stage});
+    // a visitor's click (not the tour's) brings the stage's controls and words into view where they lie low on
+    // the screen or below it (on a phone the diagram is several screens tall)
+    const controls = document.getElementById('walk-controls');
+    if (e.isTrusted && controls && controls.getBoundingClientRect().top > window.innerHeight * 0.6) {
+      const still = window.matchMedia('(prefers-reduced-motion: reduce)').matches;
+      controls.scrollIntoView({block: 'start', behavior: still ? 'auto' : 'smooth'});
+    }
+    return;
+  }
   const chip = e.target.closest('[data-layer]');
   if (chip) { trigger('click', {layer: Number(chip.dataset.layer)}); }
 });

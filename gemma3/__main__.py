@@ -44,6 +44,7 @@ def _load(args):
 
 
 def cmd_generate(args):
+    args.top_k = args.top_k or None   # 0 = off
     check_settings(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.repetition_penalty)
     model, tok = _load(args)
     stats: dict = {}
@@ -115,9 +116,11 @@ def main(argv=None):
     g.add_argument("--prompt", default="Once upon a time")
     g.add_argument("--max-new-tokens", type=int, default=200)
     g.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
-    g.add_argument("--top-k", type=int, default=None)
-    g.add_argument("--top-p", type=float, default=None)
-    g.add_argument("--repetition-penalty", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=None,
+                   help="sample from the k most likely tokens (0 = off, as in the app)")
+    g.add_argument("--top-p", type=float, default=None, help="sample from the smallest set of tokens whose "
+                   "probabilities reach p (1 = off)")
+    g.add_argument("--repetition-penalty", type=float, default=1.0, help="1 = off")
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     g.set_defaults(func=cmd_generate)

@@ -6,6 +6,7 @@ mid-story, and independent of whichever trained model is bundled. Training write
 """
 
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -88,6 +89,7 @@ def test_generate_streams_and_stop_cancels(page, server):
     assert server.cache.streaming == 1
     page.click("#stop-btn")
     poll(lambda: "Stopped" in page.inner_text("#gen-info"), what="the stop notice")
+    assert re.search(r"seed \d+", page.inner_text("#gen-info")), "a stopped story names its seed, to write it again"
     poll(lambda: server.cache.streaming == 0, timeout=5, what="the generator to be closed (its cache freed)")
     after_stop = story(page)
     time.sleep(1.5)

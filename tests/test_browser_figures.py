@@ -46,6 +46,9 @@ def test_the_residual_stream_runs_unbroken_to_its_two_adds(chromium, app_server)
         page.set_viewport_size({"width": 390, "height": 844})   # a phone: the halves stack, the stream still runs
         poll(lambda: page.evaluate("window.innerWidth") == 390, what="the phone width")
         _check_rails(page, 390)
+        page.click("#walk-diagram [data-stage='attn_probs']")   # far below it, the words on that stage come into view
+        page.wait_for_selector("#walk-diagram .wt-sel[data-stage=attn_probs]")
+        poll(lambda: -2 <= page.locator("#walk-controls").bounding_box()["y"] < 844 / 2, what="the stage's controls")
         page.set_viewport_size({"width": 1440, "height": 1000})
         page.click("#walk-diagram [data-stage='post_attn_norm']")
         poll(lambda: "post_attn_norm" in page.inner_text("#walk-source"), what="the code of the post-attention norm")

@@ -83,6 +83,8 @@ def test_the_cli_treats_a_tiny_temperature_as_greedy_and_refuses_infinity(tiny, 
 
     rc, greedy = run("0")
     assert rc == 0
+    assert main([*args, "--temperature", "0", "--top-k", "0"]) == 0, "top-k 0 is off, as the app's slider says"
+    assert capsys.readouterr().out == greedy.out
     rc, tiny_t = run("1e-38")
     assert rc == 0 and tiny_t.out == greedy.out
     for bad in ("inf", "nan", "-1"):

@@ -8,7 +8,7 @@ import math
 import re
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -50,6 +50,12 @@ def settings(prompt, max_new_tokens, temperature, top_k, top_p, repetition_penal
     return Settings(prompt, n, t, k or None, p if p < 1 else None, r, None if s < 0 else s)
 
 
+def with_seed(s: Settings) -> Settings:
+    """`s` with its seed drawn where it asks for a random one ("random" differs on every call), so that the page
+    can name the seed of a story it stops."""
+    return s if s.seed is not None else replace(s, seed=secrets.randbelow(SEED_MAX + 1))
+
+
 def stream(loaded, s: Settings, stats: dict):
     """Yield "" at once (the story has begun: its prompt can show before the prefill ends), then the text so far
     every few tokens (and at the end, if it grew since); fills `stats` as gemma3.stream does.
@@ -59,10 +65,10 @@ def stream(loaded, s: Settings, stats: dict):
     lock at all. Closing this generator (Stop) closes gemma3's, which frees the KV cache at once.
     """
     model, tokenizer, info = loaded.model, loaded.tokenizer, loaded.info
-    seed = s.seed if s.seed is not None else secrets.randbelow(SEED_MAX + 1)  # "random" differs on every call
-    stats.update(model=info.name, seed=seed)
+    s = with_seed(s)
+    stats.update(model=info.name, seed=s.seed)
     pieces = gemma3.stream(model, tokenizer, s.prompt, s.max_new_tokens, s.temperature, s.top_k, s.top_p,
-                           s.repetition_penalty, seed, stats=stats)
+                           s.repetition_penalty, s.seed, stats=stats)
     out, pending, last = "", 0, time.monotonic()
     with loaded.stream_slot():
         try:

@@ -72,14 +72,14 @@ def build(cache: models.ModelCache, choice: gr.State) -> Generate:
 def _wire(tab: Generate, cache: models.ModelCache, choice: gr.State):
     @friendly
     def generate(prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, source=None):
-        s = gen.settings(prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
+        s = gen.with_seed(gen.settings(prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed))
         loaded = cache.get(source)   # this session's model (reloaded if the cache dropped it)
         stats: dict = {}
         text = ""
         for i, text in enumerate(gen.stream(loaded, s, stats)):   # first "": the prompt shows at once
             shown = gen.story_html(s.prompt, text)
             # the notice and STREAMING only once: a piece still in flight when Stop is pressed must not undo Stop's
-            yield (shown, "*generating…*", dict(STREAMING)) if i == 0 else (shown, gr.skip(), gr.skip())
+            yield (shown, "*generating…*", dict(STREAMING, seed=s.seed)) if i == 0 else (shown, gr.skip(), gr.skip())
         pieces = gen.token_pieces(loaded, stats, with_ids=True)
         yield gen.story_html(s.prompt, text, pieces), gen.summary(stats), gen.story_state(s, pieces)
 
@@ -88,7 +88,8 @@ def _wire(tab: Generate, cache: models.ModelCache, choice: gr.State):
         if not (isinstance(story, dict) and story.get("streaming")):
             return gr.skip(), gr.skip()
         n = len(gen.continuation_text(shown)) if isinstance(shown, str) else 0
-        return f"Stopped after {n:,} characters.", {}
+        return (f"Stopped after {n:,} characters · seed {story['seed']}. A story's tokens are coloured, and open "
+                "Explore, when it ends: Generate with this seed to write this one to its end."), {}
 
     event = tab.go.click(guard.gpu(generate), [tab.prompt, *tab.settings, choice], [tab.story, tab.info, tab.pieces],
                          api_name="generate", concurrency_id="generate", concurrency_limit=2, preprocess=False)

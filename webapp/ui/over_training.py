@@ -5,7 +5,8 @@ loads that snapshot in the model bar, so every Explore view (the walk-through, a
 the next token) shows the model as it was then. The table below runs the run's snapshots (at most
 webapp.learning.MAX_SNAPSHOTS, spread over it, loaded once through the model cache) on the Explore prompt:
 the loss of each of its tokens, step by step, and the head that learned to copy names. The Train tab's
-"Explore this run" opens here on the run's latest snapshot. app.py connects the step to the model bar.
+"Explore this run" opens here on the run's latest snapshot, loaded in the model bar, and says so. app.py connects the
+step to the model bar.
 """
 
 from dataclasses import dataclass
@@ -34,6 +35,12 @@ class OverTraining:
     heads: gr.Plot
     words: gr.Markdown
     draw: tuple = ()   # (function, inputs, outputs) drawing the table: other tabs chain it
+
+    @staticmethod
+    def loaded(info):
+        """Say that a snapshot is now the visitor's model (Look inside, or the Train tab's "Explore this run")."""
+        gr.Info(f"Loaded {info.name} in the model bar: Explore and Generate now use the model at that step (the "
+                "model bar loads another).", duration=6)
 
     def choose(self, name=None, source=None, exact=False):
         """Updates for (run, step): `name`, else the run of the model `source`, else the newest run; its latest step.

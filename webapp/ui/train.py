@@ -242,12 +242,14 @@ def _wire_runs(t: Train):
     estimating = c["estimate_btn"].click(train_estimate, [c[k] for k in SETTINGS[4:]], c["estimate_md"],
                                          api_name="train_estimate", **ESTIMATE_EVENT)
     run_dd, status_md, runs_df = c["run_dd"], c["status_md"], c["runs_df"]
+    # the data's progress on the run box only: on every output it was drawn three times, once over the status line
     started = c["start_btn"].click(train_start, [c[k] for k in SETTINGS], [run_dd, status_md, runs_df],
-                                   api_name="train_start", cancels=[estimating], **RUN_EVENT)
+                                   api_name="train_start", cancels=[estimating], show_progress_on=[run_dd],
+                                   **RUN_EVENT)
     c["start_btn"].click(lambda: "", None, c["estimate_md"], queue=False, api_visibility="private")  # cancelled
     c["stop_btn"].click(train_stop, [run_dd], [status_md, runs_df], api_name="train_stop", **STOP_EVENT)
     c["resume_btn"].click(train_resume, [run_dd, c["max_steps"]], [run_dd, status_md, runs_df],
-                          api_name="train_resume", **RUN_EVENT)
+                          api_name="train_resume", show_progress_on=[run_dd], **RUN_EVENT)
     return started
 
 
