@@ -176,6 +176,8 @@ def test_bad_explore_inputs_get_one_clear_sentence(client, endpoint, args, messa
     ("assets/no-such-model", "No checkpoint at assets/no-such-model"),
     ("runs/no-such-run/best", "No checkpoint at runs/no-such-run/best"),
     ("hf:not a repo", "is not a Hub model id"),
+    ("google/gemma-3-270m", "for the model on the Hugging Face Hub, write hf:google/gemma-3-270m"),
+    ("gemma-3-270m", "write hf:google/gemma-3-270m"),
     ("hf:nobody-here/no-such-model", "not in the local Hugging Face cache"),
     ("assets/gpt2.tiktoken", "stays loaded"),
     ("random:270m", "Random weights are offered for the presets tiny, demo"),

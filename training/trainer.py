@@ -702,6 +702,12 @@ class Trainer:
         if self.world > 1:
             self.check_replicas()
         self.status("finished", f"reached {cfg.max_steps} steps")
+        best = self.run / "best"
+        self.log(f"finished: {cfg.max_steps} steps in {self.elapsed:.0f} s of training" + (
+            f"; the best val loss, {self.best_val:.4f}, is the model in {best}.\n"
+            f"Write with it: python -m gemma3 generate --model {best}\n"
+            f"Export it with a model card: python -m training export --run {self.run} --checkpoint best --out DIR"
+            if math.isfinite(self.best_val) and best.is_dir() else "."))
 
     def check_replicas(self):
         """DDP keeps one model on every rank; say so in status.json, or fail loudly if they drifted."""

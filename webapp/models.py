@@ -191,14 +191,18 @@ def check_source(value, roots: list[Path], runs_dir=None) -> str:
                             f"e.g. hf:{KNOWN_HUB[0].repo}.")
         return text
     path = Path(text).expanduser()
+    hub = None
     if not path.is_absolute():
         parts = path.parts
         named = {"runs": runs_dir, "assets": ASSETS}.get(parts[0] if parts else None)   # public_name's folders
         path = Path(named, *parts[1:]) if named is not None else ROOT / path
+        hub = _hub_id(text) if named is None else None
     try:
         resolved = path.resolve()
     except (OSError, RuntimeError):
         raise UserError(f"{text} is not a usable path.") from None
+    if hub and not resolved.exists():
+        raise UserError(f"There is no folder {text} here; for the model on the Hugging Face Hub, write {hub}.")
     if not any(resolved == r or resolved.is_relative_to(r) for r in roots):
         shown = ", ".join(_short(r) for r in roots)
         raise UserError(f"{text} is outside the folders models may be loaded from ({shown}); copy the "
@@ -206,6 +210,15 @@ def check_source(value, roots: list[Path], runs_dir=None) -> str:
     if not resolved.exists():
         raise UserError(f"No checkpoint at {text}: give a folder or weights file that exists, or hf:owner/name.")
     return str(resolved)
+
+
+def _hub_id(text: str) -> str | None:
+    """hf:owner/name for typed text that reads as a Hub id without its hf: (owner/name, or the name of a model the
+    picker offers), else None."""
+    known = {k.repo.split("/")[1].lower(): k.repo for k in KNOWN_HUB}
+    if text.lower() in known:
+        return f"hf:{known[text.lower()]}"
+    return f"hf:{text}" if HUB_ID.fullmatch(f"hf:{text}") and ".." not in text else None
 
 
 def public_name(source: str, runs_dir) -> str | None:
