@@ -366,6 +366,17 @@ SAMPLED = "#059669"   # emerald-600: the token a story drew
 NEXT = ATTN           # the bars of next_token_figure (not SLIDING: that colour means sliding layers only)
 
 
+def text_tail(record: Record, chars: int = 16) -> str:
+    """The end of the prompt as a title quotes it: its last tokens, `chars` characters or more (whole tokens, so a
+    name cut into tokens reads whole: "named Ell", not "Ell"), spaces as spaces, at most twice `chars`."""
+    tail = ""
+    for i in reversed(record.tokens):
+        tail = record.token_text[i] + tail
+        if len(tail) >= chars:
+            break
+    return tail.replace("␣", " ").replace("↵", " ").strip()[-2 * chars:]
+
+
 def next_token_figure(record: Record, temperature: float = 1.0, top_k: int | None = None,
                       n: int = NEXT_TOKENS, *, top_p: float | None = None, repetition_penalty: float = 1.0,
                       sampled: tuple[int, str] | None = None) -> go.Figure:
@@ -411,7 +422,7 @@ def next_token_figure(record: Record, temperature: float = 1.0, top_k: int | Non
         fig.add_trace(go.Scatter(x=x, y=_f32(base[ids]), mode="markers", name="the model's own (temperature 1)",
                                  marker=dict(color=INK, size=12, symbol="line-ew-open", line=dict(width=2)),
                                  hovertemplate="%{x}: p = %{y:.4g} at temperature 1<extra></extra>"))
-    after = _html(record.token_text[record.tokens[-1]])
+    after = _html(text_tail(record))
     floor = max(float(min(v for v in np.concatenate([shown, _f32(base[ids])]) if v > 0)), 1e-12)
     low, high = math.floor(math.log10(floor)) - 0.3, 0.25   # the probability axis, in decades
     if not own:   # a percentage stands on its bar; where the model's own tick would lie on it, it goes inside
