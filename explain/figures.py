@@ -371,10 +371,10 @@ def text_tail(record: Record, chars: int = 16) -> str:
     name cut into tokens reads whole: "named Ell", not "Ell"), spaces as spaces, at most twice `chars`."""
     tail = ""
     for i in reversed(record.tokens):
-        tail = record.token_text[i] + tail
-        if len(tail) >= chars:
+        tail = record.token_text[i].replace("␣", " ").replace("↵", " ") + tail
+        if len(tail.strip()) >= chars:
             break
-    return tail.replace("␣", " ").replace("↵", " ").strip()[-2 * chars:]
+    return tail.strip()[-2 * chars:]
 
 
 def next_token_figure(record: Record, temperature: float = 1.0, top_k: int | None = None,
