@@ -88,8 +88,11 @@ def _wire(tab: Generate, cache: models.ModelCache, choice: gr.State):
         if not (isinstance(story, dict) and story.get("streaming")):
             return gr.skip(), gr.skip()
         n = len(gen.continuation_text(shown)) if isinstance(shown, str) else 0
-        return (f"Stopped after {n:,} characters · seed {story['seed']}. A story's tokens are coloured, and open "
-                "Explore, when it ends: Generate with this seed to write this one to its end."), {}
+        seed = story.get("seed")
+        if seed is None:
+            return f"Stopped after {n:,} characters.", {}
+        return (f"Stopped after {n:,} characters · seed {seed}. A story's tokens are coloured, and open Explore, when "
+                "it ends: Generate with this seed to write this one to its end."), {}
 
     event = tab.go.click(guard.gpu(generate), [tab.prompt, *tab.settings, choice], [tab.story, tab.info, tab.pieces],
                          api_name="generate", concurrency_id="generate", concurrency_limit=2, preprocess=False)

@@ -5,8 +5,8 @@ loads that snapshot in the model bar, so every Explore view (the walk-through, a
 the next token) shows the model as it was then. The table below runs the run's snapshots (at most
 webapp.learning.MAX_SNAPSHOTS, spread over it, loaded once through the model cache) on the Explore prompt:
 the loss of each of its tokens, step by step, and the head that learned to copy names. The Train tab's
-"Explore this run" opens here on the run's latest snapshot, loaded in the model bar, and says so. app.py connects the
-step to the model bar.
+"Explore this run" opens here on the run's latest snapshot, loaded in the model bar, and says so. app.py
+connects the step to the model bar.
 """
 
 from dataclasses import dataclass
