@@ -242,6 +242,8 @@ def test_training_starts_at_once_and_its_curve_grows_and_stops(page, server):
     try:
         poll(lambda: "No training runs yet" not in page.inner_text("#train-status"), timeout=3,
              what="Start to say at once what it is doing")
+        poll(lambda: 0 <= page.locator("#train-status").bounding_box()["y"] < page.viewport_size["height"], timeout=3,
+             what="the monitor in view")
         try:
             poll(step_0_shown, timeout=15 - (time.monotonic() - started),
                  what="a step-0 loss and a sample within 15 s of Start")

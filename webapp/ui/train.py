@@ -23,6 +23,17 @@ STOP_EVENT = dict(concurrency_id="stop", concurrency_limit=None, preprocess=Fals
 MONITOR_EVENT = dict(concurrency_id="monitor", concurrency_limit=None, queue=False, preprocess=False)
 ESTIMATE_EVENT = dict(concurrency_id="estimate", concurrency_limit=1, preprocess=False)
 SHARE_EVENT = dict(concurrency_id="share", concurrency_limit=1, preprocess=False)
+# Start and Resume bring the monitor (the run box, its progress, status and curve) into view where it lies off the
+# screen: on a phone it stands a screen or more below the buttons
+TO_MONITOR = """() => {
+  const m = document.getElementById('train-run');
+  if (!m) return;
+  const r = m.getBoundingClientRect();
+  if (r.bottom < 0 || r.top > window.innerHeight / 2) {
+    const still = window.matchMedia('(prefers-reduced-motion: reduce)').matches;
+    m.scrollIntoView({block: 'start', behavior: still ? 'auto' : 'smooth'});
+  }
+}"""
 SETTINGS = ("source_kind", "stories", "hub_id", "files", "preset", "max_steps", "batch_size", "grad_accum",
             "seq_len", "lr", "device", "gpus", "compile")   # the inputs of Start, in train_start's order
 GUARDED = ("start_btn", "stop_btn", "resume_btn", "estimate_btn", "gguf_btn", "push_btn")   # guard.check_training's
@@ -247,6 +258,8 @@ def _wire_runs(t: Train):
                                    api_name="train_start", cancels=[estimating], show_progress_on=[run_dd],
                                    **RUN_EVENT)
     c["start_btn"].click(lambda: "", None, c["estimate_md"], queue=False, api_visibility="private")  # cancelled
+    for button in (c["start_btn"], c["resume_btn"]):   # the monitor into view where it lies off the screen
+        button.click(None, js=TO_MONITOR, queue=False, api_visibility="private")
     c["stop_btn"].click(train_stop, [run_dd], [status_md, runs_df], api_name="train_stop", **STOP_EVENT)
     c["resume_btn"].click(train_resume, [run_dd, c["max_steps"]], [run_dd, status_md, runs_df],
                           api_name="train_resume", show_progress_on=[run_dd], **RUN_EVENT)
