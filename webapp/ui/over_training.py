@@ -94,9 +94,11 @@ def build(learning: Learning, prompt: gr.Textbox, choice: gr.State) -> OverTrain
 
     @friendly
     def explore_learning(text, name):
-        if not name:
-            return gr.skip(), gr.skip(), "*No run has snapshots yet: start one in the Train tab.*"
-        return learning.table(text, name)
+        if not name:   # no empty frames: the sentence says what fills them
+            return (gr.update(visible=False), gr.update(visible=False),
+                    "*No run has snapshots yet: start one in the Train tab, and its snapshots show here as it trains.*")
+        loss_table, induction, words = learning.table(text, name)
+        return gr.update(value=loss_table, visible=True), gr.update(value=induction, visible=True), words
 
     over.draw = (explore_learning, [prompt, run], [table, heads, words])
     tab.select(show_runs, [run, choice], [run, step], api_visibility="private", queue=False).then(
