@@ -145,7 +145,8 @@ def story_html(prompt: str, continuation: str, pieces: list[tuple[str, float]] |
         body = html.escape(continuation)
     else:
         body = "".join(f'<span class="tok" data-i="{i}" style="background:{probability_color(p)}" '
-                       f'title="p = {p:.1%}: click to look inside at this point">{html.escape(t)}</span>'
+                       f'title="p = {p:.1%} (at temperature 1, before any setting): click to look inside at this '
+                       f'point">{html.escape(t)}</span>'
                        for i, (t, p, *_) in enumerate(pieces))
     legend = ('<div class="story-legend">Each new token is coloured by the probability the model gave it '
               '(temperature 1): <span style="background:hsl(0,85%,82%)">unlikely</span> '
