@@ -96,8 +96,8 @@ def build(explorer: ex.Explorer, info, choice: gr.State, learning=None) -> Explo
     with gr.Tab("Explore", id="explore") as tab:
         gr.Markdown(INTRO)
         with gr.Row():
-            prompt = gr.Textbox(label="Prompt to look inside", value=PROMPT, lines=2, max_lines=6, scale=5, min_width=320,
-                                elem_id="explore-prompt", max_length=MAX_PROMPT_CHARS)
+            prompt = gr.Textbox(label="Prompt to look inside", value=PROMPT, lines=2, max_lines=6, scale=5,
+                                min_width=320, elem_id="explore-prompt", max_length=MAX_PROMPT_CHARS)
             with gr.Column(scale=1, min_width=140):
                 look = gr.Button("Look inside", variant="primary", elem_id="look-inside")
         with gr.Tabs():
