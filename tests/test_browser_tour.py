@@ -1,7 +1,8 @@
 """The guided first visit in a real browser ("Show me how it works", webapp/ui/tour.py): it walks through every
 step, selecting each step's tab and outlining its figure (and the control it names, in view beside it); Back returns;
-on a phone the card is a sheet docked at the bottom with each figure's top above it; Escape leaves midway at phone
-width with no outline left and the page still working. Screenshots go to artifacts/screenshots/tour-*.png."""
+the card folds to one line and back; on a phone the card is a sheet docked at the bottom with each figure's top above
+it; Escape leaves midway at phone width with no outline left and the page still working. Screenshots go to
+artifacts/screenshots/tour-*.png."""
 
 import os
 from pathlib import Path
@@ -110,6 +111,14 @@ def test_the_tour_walks_every_step_and_back(chromium, url):
                 page.wait_for_function("document.querySelector('#walk-diagram .wt-sel[data-stage=embed]')")
                 page.click("#tour-next")
                 shown(page, 2)
+            if k == 3:   # the card folds to one line (a tall figure seen whole) and unfolds
+                page.click("#tour-card .tour-fold")
+                poll(lambda: page.locator("#tour-card").bounding_box()["height"] < 60, timeout=5,
+                     what="the card folded to one line")
+                assert not page.locator("#tour-text").is_visible()
+                assert page.locator("#tour-card .tour-short").text_content() == tour.STEPS[3].title
+                page.click("#tour-card .tour-short")
+                page.locator("#tour-text").wait_for(state="visible", timeout=5000)
             if k == 5:
                 assert page.input_value("#prompt textarea") == page.input_value("#explore-prompt textarea"), \
                     "Generate starts from the tour's prompt"

@@ -2,8 +2,9 @@
 
 Seven steps follow the Explore prompt from its tokens to the next token, then to a story and to training: each
 switches the tab (and sub-tab) itself, outlines the figure it talks about and scrolls it into view, and explains it
-in a short card (step k of n, Back, Next, Leave tour; Escape leaves at any step, the arrow keys step). The tour runs
-in the page alone and costs the server nothing beyond the figures the tabs draw when they are shown.
+in a short card (step k of n, Back, Next, Leave tour, and ▾ to fold it to one line where it hides part of a tall
+figure; Escape leaves at any step, the arrow keys step). The tour runs in the page alone and costs the server nothing
+beyond the figures the tabs draw when they are shown.
 
 The steps are data (STEPS, checked by tests/test_tour.py): their words, the tabs to open, the elements to outline
 (by elem_id) and, on the walk-through, the stage box to click. The numbers in the words ({hidden}, {layers}, ...)
@@ -131,8 +132,16 @@ CSS = """
 #tour-card .tour-top { display: flex; align-items: center; justify-content: space-between; gap: 8px; }
 #tour-step { font-size: 12px; font-weight: 600; letter-spacing: 0.04em; text-transform: uppercase;
   color: var(--color-accent); }
-#tour-card .tour-x { border: none; background: none; color: var(--body-text-color-subdued); font-size: 22px;
-  line-height: 1; cursor: pointer; padding: 0 4px; }
+#tour-card .tour-x, #tour-card .tour-fold { border: none; background: none; color: var(--body-text-color-subdued);
+  font-size: 22px; line-height: 1; cursor: pointer; padding: 0 4px; }
+#tour-card .tour-fold { font-size: 16px; margin-left: auto; }
+#tour-card .tour-short { display: none; flex: 1 1 auto; min-width: 0; overflow: hidden; text-overflow: ellipsis;
+  white-space: nowrap; font-weight: 600; cursor: pointer; }
+/* folded away: one line (the step, its title, unfold and leave), so a tall figure is seen whole */
+#tour-card.tour-folded { width: auto; max-width: min(420px, calc(100vw - 16px)); padding: 8px 12px; }
+#tour-card.tour-folded .tour-short { display: block; }
+#tour-card.tour-folded h3, #tour-card.tour-folded p, #tour-card.tour-folded .tour-dots,
+#tour-card.tour-folded .tour-nav { display: none; }
 #tour-card h3 { margin: 4px 0 6px; font-size: 17px; line-height: 1.3; }
 #tour-card p { margin: 0 0 10px; }
 #tour-card .tour-dots { display: flex; gap: 5px; margin-bottom: 10px; }
@@ -167,7 +176,7 @@ if (!document.getElementById('tour-style')) {
   const st = document.createElement('style'); st.id = 'tour-style'; st.textContent = props.css;
   document.head.appendChild(st);
 }
-const state = {k: null, run: 0, timer: null, ready: false, clicks: 0, last: 0, sel: null, spot: 0};
+const state = {k: null, run: 0, timer: null, ready: false, clicks: 0, last: 0, sel: null, spot: 0, folded: false};
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const q = (sel) => { try { return document.querySelector(sel); } catch (e) { return null; } };
 const shown = (el) => !!el && el.isConnected && el.getClientRects().length > 0 && !el.closest('.visually-hidden');
@@ -235,13 +244,16 @@ function card() {
   c.id = 'tour-card';
   c.setAttribute('role', 'dialog'); c.setAttribute('aria-modal', 'false');
   c.setAttribute('aria-labelledby', 'tour-title'); c.setAttribute('aria-describedby', 'tour-text');
-  c.innerHTML = '<div class="tour-top"><span id="tour-step"></span><button type="button" class="tour-x" ' +
+  c.innerHTML = '<div class="tour-top"><span id="tour-step"></span><span class="tour-short"></span>' +
+    '<button type="button" class="tour-fold" aria-expanded="true"></button><button type="button" class="tour-x" ' +
     'aria-label="Leave the tour" title="Leave the tour (Esc)">×</button></div><h3 id="tour-title"></h3>' +
     '<p id="tour-text"></p><div class="tour-dots" aria-hidden="true"></div><div class="tour-nav">' +
     '<button type="button" id="tour-leave">Leave tour</button><button type="button" id="tour-back">← Back</button>' +
     '<button type="button" id="tour-next">Next →</button></div>';
   c.querySelector('.tour-x').addEventListener('click', leave);
   c.querySelector('#tour-leave').addEventListener('click', leave);
+  c.querySelector('.tour-fold').addEventListener('click', () => fold(!state.folded));
+  c.querySelector('.tour-short').addEventListener('click', () => fold(false));
   c.querySelector('#tour-back').addEventListener('click', () => { if (state.k > 0) go(state.k - 1); });
   c.querySelector('#tour-next').addEventListener('click', () => (state.k < steps.length - 1 ? go(state.k + 1) : leave()));
   document.body.appendChild(c);
@@ -252,8 +264,13 @@ function render() {
   const c = q('#tour-card'), s = steps[state.k];
   if (!c || !s) return;
   const put = (sel, html) => { const e = c.querySelector(sel); if (e.innerHTML !== html) e.innerHTML = html; };
-  put('#tour-step', `Step ${state.k + 1} of ${steps.length}`);
+  put('#tour-step', state.folded ? `${state.k + 1}/${steps.length}` : `Step ${state.k + 1} of ${steps.length}`);
   put('#tour-title', esc(s.title));
+  put('.tour-short', esc(s.title));
+  c.classList.toggle('tour-folded', state.folded);
+  const f = c.querySelector('.tour-fold'), label = state.folded ? 'Show the card again' : 'Fold the card away';
+  put('.tour-fold', state.folded ? '▴' : '▾');
+  f.setAttribute('aria-expanded', String(!state.folded)); f.setAttribute('aria-label', label); f.title = label;
   put('#tour-text', words(s.text));
   put('.tour-dots', steps.map((_, i) => `<i${i === state.k ? ' class="on"' : ''}></i>`).join(''));
   c.querySelector('#tour-back').disabled = state.k === 0;
@@ -323,9 +340,17 @@ function tick() {
   place();
 }
 
+// folded, the card is one line, so that a figure taller than the space beside the card is seen whole; a new step
+// unfolds it (its words are new)
+function fold(on) {
+  state.folded = on;
+  render(); place();
+  q('#tour-card .tour-fold').focus({preventScroll: true});   // the arrow keys still step, Escape still leaves
+}
+
 async function go(k) {
   const run = ++state.run, s = steps[k];
-  state.k = k; state.ready = false; state.clicks = 0; state.last = 0; state.sel = null;
+  state.k = k; state.ready = false; state.clicks = 0; state.last = 0; state.sel = null; state.folded = false;
   document.querySelectorAll('.tour-spot').forEach((e) => e.classList.remove('tour-spot'));
   render(); place();
   for (const id of s.tabs) {
