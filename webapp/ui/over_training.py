@@ -69,10 +69,12 @@ def build(learning: Learning, prompt: gr.Textbox, choice: gr.State) -> OverTrain
         table = gr.Plot(label="Loss of each prompt token, snapshot by snapshot", elem_id="plot-learn",
                         elem_classes="explore-plot")
         heads = gr.Plot(label="Induction heads (last snapshot)", elem_id="plot-heads", elem_classes="explore-plot")
-        with gr.Row(equal_height=True):
-            other = gr.Dropdown([], label="Compare the step above with step", elem_id="learn-other", scale=3)
-            compare_btn = gr.Button("Compare the two steps", elem_id="learn-compare", scale=1, min_width=160)
-        pair = gr.Plot(label="Two steps side by side", elem_id="plot-pair", elem_classes="explore-plot")
+        with gr.Column(visible=False) as comparing:   # shown with a run; its figure once Compare has drawn it
+            with gr.Row(equal_height=True):
+                other = gr.Dropdown([], label="Compare the step above with step", elem_id="learn-other", scale=3)
+                compare_btn = gr.Button("Compare the two steps", elem_id="learn-compare", scale=1, min_width=160)
+            pair = gr.Plot(label="Two steps side by side", elem_id="plot-pair", elem_classes="explore-plot",
+                           visible=False)
     over = OverTraining(learning, tab, run, step, look, table, heads, words)
 
     @friendly
@@ -84,27 +86,30 @@ def build(learning: Learning, prompt: gr.Textbox, choice: gr.State) -> OverTrain
         return over.choose(name)[1]
 
     @friendly
-    def first_step(name):  # the other step of a comparison starts at the run's first snapshot
+    def first_step(name):  # the other step of a comparison starts at the run's first snapshot; another run's pair goes
         steps = learning.steps(name) if name else []
-        return gr.update(choices=steps, value=steps[0][1] if steps else None)
+        return gr.update(choices=steps, value=steps[0][1] if steps else None), gr.update(visible=False)
 
     @friendly
     def explore_compare(text, name, a, b):
-        return learning.compare(text, name, a, b)
+        return gr.update(value=learning.compare(text, name, a, b), visible=True)
 
     @friendly
     def explore_learning(text, name):
         if not name:   # no empty frames: the sentence says what fills them
             return (gr.update(visible=False), gr.update(visible=False),
-                    "*No run has snapshots yet: start one in the Train tab, and its snapshots show here as it trains.*")
+                    "*No run has snapshots yet: start one in the Train tab, and its snapshots show here as it trains.*",
+                    gr.update(visible=False))
         loss_table, induction, words = learning.table(text, name)
-        return gr.update(value=loss_table, visible=True), gr.update(value=induction, visible=True), words
+        return (gr.update(value=loss_table, visible=True), gr.update(value=induction, visible=True), words,
+                gr.update(visible=True))
 
-    over.draw = (explore_learning, [prompt, run], [table, heads, words])
+    shows = [table, heads, words, comparing]
+    over.draw = (explore_learning, [prompt, run], shows)
     tab.select(show_runs, [run, choice], [run, step], api_visibility="private", queue=False).then(
-        explore_learning, [prompt, run], [table, heads, words], api_name="explore_learning", **EVENT)
-    run.change(first_step, run, other, api_visibility="private", queue=False)
+        explore_learning, [prompt, run], shows, api_name="explore_learning", **EVENT)
+    run.change(first_step, run, [other, pair], api_visibility="private", queue=False)
     compare_btn.click(explore_compare, [prompt, run, step, other], pair, api_name="explore_compare", **EVENT)
     run.input(show_steps, run, step, api_visibility="private", queue=False).then(
-        explore_learning, [prompt, run], [table, heads, words], api_visibility="private", **EVENT)
+        explore_learning, [prompt, run], shows, api_visibility="private", **EVENT)
     return over
