@@ -155,29 +155,32 @@ def generate_tokens(model, ids: list[int], max_new_tokens: int = 200, temperatur
         raise ValueError("The model's output is not a number (NaN or infinity): its weights are broken; "
                          "load another model or checkpoint.")
     token = next_token(logits, temperature, top_k, top_p, repetition_penalty, seen, generator)
-    for i in range(max_new_tokens):
-        tok = int(token)
-        if i == 0:
-            stats["prefill_s"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-        if tok in stop_ids:
-            stats["stop_reason"] = "end of text"
-            break
-        stats["new_tokens"] = i + 1
-        yield tok
-        if i + 1 == max_new_tokens:
-            break
-        if cache.pos >= cache.max_len:
-            stats["stop_reason"] = "length" if cache.max_len < context else "context"
-            break
-        seen[0, tok] = True
-        with forward.step():  # e.g. the token's threads (the engine's decoder)
-            logits = forward(token.view(1, 1), cache)[:, -1]
-            token = next_token(logits, temperature, top_k, top_p, repetition_penalty, seen, generator)
-    stats["decode_s"] = time.perf_counter() - t0
-    # the first new token comes from the prefill; the decode time covers the forwards of the others
-    decoded = stats["new_tokens"] - 1
-    stats["tokens_per_s"] = decoded / stats["decode_s"] if decoded > 0 and stats["decode_s"] > 0 else 0.0
+    tok = int(token)
+    stats["prefill_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    try:  # the timings are filled however the generation ends, a caller's close() included (a stop string)
+        for i in range(max_new_tokens):
+            if i:
+                tok = int(token)
+            if tok in stop_ids:
+                stats["stop_reason"] = "end of text"
+                break
+            stats["new_tokens"] = i + 1
+            yield tok
+            if i + 1 == max_new_tokens:
+                break
+            if cache.pos >= cache.max_len:
+                stats["stop_reason"] = "length" if cache.max_len < context else "context"
+                break
+            seen[0, tok] = True
+            with forward.step():  # e.g. the token's threads (the engine's decoder)
+                logits = forward(token.view(1, 1), cache)[:, -1]
+                token = next_token(logits, temperature, top_k, top_p, repetition_penalty, seen, generator)
+    finally:
+        stats["decode_s"] = time.perf_counter() - t0
+        # the first new token comes from the prefill; the decode time covers the forwards of the others
+        decoded = stats["new_tokens"] - 1
+        stats["tokens_per_s"] = decoded / stats["decode_s"] if decoded > 0 and stats["decode_s"] > 0 else 0.0
 
 
 def stream(model, tokenizer, prompt: str, max_new_tokens: int = 200, temperature: float = 0.7, top_k=None,

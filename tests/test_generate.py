@@ -151,6 +151,7 @@ def test_stop_string_spanning_tokens_is_never_shown(tok):
     assert "".join(pieces) == "Once upon a time. "
     assert not any("The" in p for p in pieces), pieces
     assert stats["stop_reason"] == "stop string"
+    assert stats["new_tokens"] > 0 and stats["decode_s"] > 0 and "tokens_per_s" in stats, stats
     assert model.calls < len(plan), "generation went on after the stop string"
 
 

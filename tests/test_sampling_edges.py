@@ -73,7 +73,8 @@ def test_generate_with_a_tiny_temperature_is_the_greedy_text(tiny):
 
 def test_the_cli_treats_a_tiny_temperature_as_greedy_and_refuses_infinity(tiny, tmp_path, capsys):
     """Issue 21 item 7: `python -m gemma3 generate --temperature 1e-38` prints the greedy story (it printed a
-    traceback); `--temperature inf` or `nan` is one error line and exit status 2."""
+    traceback); `--temperature inf` or `nan` is one error line and exit status 2. A stop string met ends the story
+    with the summary line (it ended in a KeyError)."""
     folder = gemma3.save_model(*tiny, tmp_path / "tiny-model")
     args = ["generate", "--model", str(folder), "--device", "cpu", "--prompt", "Once", "--max-new-tokens", "5"]
 
@@ -85,6 +86,11 @@ def test_the_cli_treats_a_tiny_temperature_as_greedy_and_refuses_infinity(tiny, 
     assert rc == 0
     assert main([*args, "--temperature", "0", "--top-k", "0"]) == 0, "top-k 0 is off, as the app's slider says"
     assert capsys.readouterr().out == greedy.out
+    new = greedy.out[len("Once"):-1]   # a stop string met: the story cut before it, and the usual summary line
+    stop = new.strip()[-1]
+    assert main([*args, "--temperature", "0", "--stop", stop]) == 0
+    cut = capsys.readouterr()
+    assert cut.out == "Once" + new[:new.index(stop)] + "\n" and "stopped on stop string]" in cut.err, cut
     rc, tiny_t = run("1e-38")
     assert rc == 0 and tiny_t.out == greedy.out
     for bad in ("inf", "nan", "-1"):
