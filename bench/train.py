@@ -295,13 +295,16 @@ def main():
         for side in running:  # their steps, and with them their models and memory, go; their figures stay
             side.step = side.read = None
         free(device)
-        ceiling = step_ceiling(cfg, batch, seq, DTYPES[dtype], device, reps=3 if cuda else 1)
+        ceiling = step_ceiling(cfg, batch, seq, DTYPES[dtype], device)
         ceiling_tps = batch * seq / ceiling["seconds"]
         print(f"  ceiling: {ceiling_tps:,.0f} tok/s, MFU {fpt * ceiling_tps / peaks['bf16']:.1%} of the measured peak"
               + (f", {fpt * ceiling_tps / sheet:.1%} of the datasheet's" if sheet else "")
               + f": the step's matrix products at their shapes ({ceiling['matmul_s'] * 1e3:.1f} ms) and its attention "
               f"at {ceiling['attention_tflops']:.3g} TFLOP/s, the causal SDPA kernel's rate here "
               f"({ceiling['attention_s'] * 1e3:.1f} ms), timed alone in {dtype}")
+        if tps and ceiling_tps < max(tps.values()):
+            print("  (the ceiling came out below a measured step: the machine was busier while it was timed than "
+                  "during the steps; run again on an idle machine for a ceiling to compare with)")
         rows.append((dtype, tps, {s.name: s for s in sides}, ceiling_tps))
         del sides, running
         free(device)

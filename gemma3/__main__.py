@@ -17,6 +17,7 @@ from .io.checkpoints import export_hf, load_model, save_model
 from .io.files import check_no_file_above, check_out_dir, is_gguf
 from .io.gguf import export_gguf
 from .runtime.cpu import keep_freed_memory
+from .runtime.engine import ops as kernels
 
 DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16}
 AUTO_DTYPE = ("auto (the default): bf16 on CUDA; on a CPU, bf16 for a checkpoint stored in bf16 where the CPU computes in "
@@ -47,6 +48,8 @@ def cmd_generate(args):
     args.top_k = args.top_k or None   # 0 = off
     check_settings(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.repetition_penalty)
     model, tok = _load(args)
+    if model.embed.weight.device.type == "cpu":
+        kernels.available()   # their first build (and its notice) comes before the story, not in its middle
     stats: dict = {}
     print(args.prompt, end="", flush=True)
     for piece in stream(model, tok, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
@@ -113,15 +116,16 @@ def main(argv=None):
         return p
 
     g = add("generate", "stream a continuation of a prompt")
-    g.add_argument("--prompt", default="Once upon a time")
-    g.add_argument("--max-new-tokens", type=int, default=200)
-    g.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
+    g.add_argument("--prompt", default="Once upon a time", help="the text to continue (default: %(default)s)")
+    g.add_argument("--max-new-tokens", type=int, default=200, help="the most tokens to write (default: %(default)s)")
+    g.add_argument("--temperature", type=float, default=0.7, help="0 = greedy (default: %(default)s)")
     g.add_argument("--top-k", type=int, default=None,
-                   help="sample from the k most likely tokens (0 = off, as in the app)")
+                   help="sample from the k most likely tokens (0 = off, as in the app; default: off)")
     g.add_argument("--top-p", type=float, default=None, help="sample from the smallest set of tokens whose "
-                   "probabilities reach p (1 = off)")
-    g.add_argument("--repetition-penalty", type=float, default=1.0, help="1 = off")
-    g.add_argument("--seed", type=int, default=None)
+                   "probabilities reach p (1 = off; default: off)")
+    g.add_argument("--repetition-penalty", type=float, default=1.0, help="1 = off (the default)")
+    g.add_argument("--seed", type=int, default=None, help="the same seed, settings and model: the same story "
+                   "(default: a new one each time)")
     g.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     g.set_defaults(func=cmd_generate)
 

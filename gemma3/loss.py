@@ -17,8 +17,6 @@ training step on a GPU installs gemma3/runtime/gpu_loss.py's, which never writes
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 
@@ -38,19 +36,12 @@ def cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) 
     """Mean over rows of CE(h W^T, targets): h [N, d], weight [V, d], targets [N] token ids in [0, V)
     (there is no ignore index; an id outside is an IndexError, as F.cross_entropy's)."""
     if torch.compiler.is_compiling():  # eager inside a compiled model: a loop of large matrix products and a C call
-        return _eager()(h, weight, targets)
+        return torch.compiler.disable(cross_entropy)(h, weight, targets)
     check_targets(targets, weight.shape[0])
     if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
         return HeadCrossEntropy.apply(h, weight, targets)
     total = sum(rows_grad(F.linear(hc, weight), tc)[0] for hc, tc in zip(*chunks(h, weight, targets)))
     return total / h.shape[0]
-
-
-@functools.cache
-def _eager():
-    """cross_entropy kept out of the compiled graph; made when first compiled, since torch.compiler.disable
-    imports the compiler (about a second), which importing gemma3 never needs."""
-    return torch.compiler.disable(cross_entropy)
 
 
 def check_targets(targets: torch.Tensor, vocab_size: int):

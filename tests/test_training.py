@@ -420,9 +420,9 @@ def test_without_a_preset_the_cli_picks_the_one_that_fits_the_device(tmp_path, m
 
     run = tmp_path / "run"
     result = subprocess.run([sys.executable, "-m", "training", "train", "--data", str(tmp_path / "nope"),
-                             "--device", "cpu", "--out", str(run)], cwd=ROOT, capture_output=True, text=True,
-                            timeout=120)
-    assert result.stdout.splitlines()[0] == ("No --preset given: training the tiny preset (300 steps) because the "
+                             "--device", "cpu", "--out", str(run), "--max-steps", "40"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.stdout.splitlines()[0] == ("No --preset given: training the tiny preset (40 steps) because the "
                                              "device is the CPU; choose one with --preset tiny|demo|270m.")
     assert not run.exists()  # the data is missing: a failed start leaves no half-made run folder
 

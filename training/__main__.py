@@ -116,7 +116,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if "preset" not in given:
         preset, why = default_preset(given.get("device", "auto"))
         if int(os.environ.get("RANK", "0")) == 0:
-            steps = TrainConfig.for_preset(preset).max_steps
+            steps = given.get("max_steps") or TrainConfig.for_preset(preset).max_steps
             print(f"No --preset given: training the {preset} preset ({steps:,} steps) because {why}; "
                   f"choose one with --preset {'|'.join(TRAIN_PRESETS)}.", flush=True)
         given["preset"] = preset
@@ -134,8 +134,11 @@ def main(argv=None) -> int:
     e = sub.add_parser("export", help="write a run's model with a model card (data, command, losses, samples)")
     e.add_argument("--run", required=True, help="run folder")
     e.add_argument("--out", required=True, help="folder to write (our checkpoint format + README.md)")
-    e.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
-    e.add_argument("--checkpoint", choices=["last", "best"], default="last")
+    e.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16",
+                   help="the weights' type in the folder (default: bf16, half the size; a model trained in fp32 "
+                        "then writes slightly different stories than its run's checkpoint)")
+    e.add_argument("--checkpoint", choices=["last", "best"], default="last",
+                   help="the run's last checkpoint or its lowest validation loss (default: last)")
     e.add_argument("--force", action="store_true",
                    help="replace a model already at --out (anything else there is never replaced)")
     u = sub.add_parser("push", help="upload a run's model to the Hugging Face Hub (transformers layout + ours + card)",
@@ -145,8 +148,8 @@ def main(argv=None) -> int:
     u.add_argument("--run", required=True, help="run folder")
     u.add_argument("--repo", help="user/name (default: your user name and the run's name)")
     u.add_argument("--public", action="store_true", help="create the repository public (default: private)")
-    u.add_argument("--checkpoint", choices=["last", "best"], default="last")
-    u.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    u.add_argument("--checkpoint", choices=["last", "best"], default="last", help="as for export (default: last)")
+    u.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="as for export (default: bf16)")
     u.add_argument("--gguf", choices=["f16", "bf16", "q8_0"], help="also upload a GGUF file of this type (llama.cpp)")
     args = parser.parse_args(argv)
     try:

@@ -98,7 +98,7 @@ def _build(source: Path, name: str, folder: Path):
         from torch.utils import cpp_extension  # imported here: it pulls in setuptools
 
         (folder / "lock").unlink(missing_ok=True)
-        print(f"gemma3: building the CPU kernels ({source.name}), about 30 s, once per machine", file=sys.stderr,
+        print(f"gemma3: building the CPU kernels ({source.name}), about 15 s, once per machine", file=sys.stderr,
               flush=True)
         cpp_extension.load(name=name, sources=[str(source)], build_directory=str(folder), extra_cflags=FLAGS,
                            extra_ldflags=["-fopenmp"], extra_include_paths=[str(HERE)], is_python_module=False,
