@@ -72,8 +72,10 @@ def penalise(logits: torch.Tensor, repetition_penalty: float, seen: torch.Tensor
 
 def sampling_probs(logits: torch.Tensor, temperature: float, top_k=None, top_p=None, repetition_penalty=1.0,
                    seen: torch.Tensor | None = None) -> torch.Tensor:
-    """The distribution next_token draws from, for logits [..., V] (the usual Hugging Face semantics): below
-    GREEDY_BELOW all of it on the most likely token; no setting that check_settings passes makes it NaN."""
+    """The distribution next_token draws from, for logits [..., V] (Hugging Face's semantics, but for ties): below
+    GREEDY_BELOW all of it on the most likely token; top-k keeps exactly k tokens and top-p the fewest that reach p,
+    tokens of equal logits (common in bf16) ranked by id as argmax ranks them, so top-k 1 is greedy (Hugging Face
+    keeps every token tied with the k-th). No setting that check_settings passes makes it NaN."""
     logits = penalise(logits, repetition_penalty, seen)
     if temperature < GREEDY_BELOW:
         return torch.zeros_like(logits).scatter(-1, logits.argmax(-1, keepdim=True), 1.0)
@@ -81,9 +83,11 @@ def sampling_probs(logits: torch.Tensor, temperature: float, top_k=None, top_p=N
     logits = logits / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        tied = logits == kth   # of the tokens tied with the k-th, the lowest ids fill the k places
+        keep = (logits > kth) | (tied & (tied.cumsum(-1) <= top_k - (logits > kth).sum(-1, keepdim=True)))
+        logits = logits.masked_fill(~keep, float("-inf"))
     if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True, stable=True)
         cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
         # drop a token when the tokens ranked above it already reach top_p (the first always stays)
         drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= top_p

@@ -234,6 +234,12 @@ def test_top_k_and_top_p_keep_the_right_tokens():
     assert {int(next_token(logits, 1.0, top_p=0.75, generator=g)) for _ in range(200)} == {0, 1}
     assert {int(next_token(logits, 1.0, top_p=0.5, generator=g)) for _ in range(50)} == {0}
     assert {int(next_token(logits, 1.0, top_k=1, generator=g)) for _ in range(50)} == {0}
+    # tied logits (bf16 models tie often): exactly k tokens, the lowest ids first, as argmax picks; top-k 1 is greedy
+    tied = torch.tensor([[1.0, 2.0, 2.0, 2.0, 0.5]], dtype=torch.bfloat16)
+    assert {int(next_token(tied, 1.0, top_k=1, generator=g)) for _ in range(50)} == {1} == {int(tied.argmax())}
+    assert {int(next_token(tied, 1.0, top_k=2, generator=g)) for _ in range(200)} == {1, 2}
+    assert {int(next_token(tied, 1.0, top_k=4, generator=g)) for _ in range(400)} == {0, 1, 2, 3}
+    assert {int(next_token(tied, 1.0, top_p=0.1, generator=g)) for _ in range(50)} == {1}
 
 
 def test_a_draw_is_torch_multinomials_draw_without_waiting_for_the_device():
