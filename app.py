@@ -153,8 +153,7 @@ def link_training(bar: model_bar.ModelBar, explore_tab: explore.Explore, train_t
     opened = train_tab.explore_btn.click(explore_run, [train_tab.run_dd],
                                          [*bar.outputs, over.run, over.step, tabs, sub_tabs], api_name="train_explore",
                                          **model_bar.LOAD_EVENT)
-    for fn, inputs, outputs in (explore_tab.look_all, over.draw):
-        opened.success(fn, inputs, outputs, api_visibility="private", **explore.EVENT)
+    opened.success(*over.draw, api_visibility="private", **explore.EVENT)  # Explore's views redraw on the new model
 
 
 def main(argv=None):

@@ -90,6 +90,8 @@ def test_same_seed_same_story_and_random_seeds_differ(client):
     used = int(info_c.split("seed ")[1].split(" ")[0])
     assert used != int(info_d.split("seed ")[1].split(" ")[0]) and c != d, "seed -1 draws a new seed every time"
     assert generate(client, "Lily found", 24, 2.0, 0, 1.0, 1.0, used)[0] == c, "the seed shown reproduces the story"
+    _, greedy = generate(client, "Lily found", 3, 0.0, 0, 1.0, 1.0, -1)
+    assert "· greedy ·" in greedy and "seed" not in greedy, "temperature 0 draws nothing: no seed is named"
 
 
 def test_bad_setting_is_a_clear_error_and_server_keeps_serving(client):

@@ -46,6 +46,7 @@ def test_the_bundled_model_ships_its_training_curve():
 
 def test_curves_show_whole_steps_and_the_random_guess():
     from training import TrainConfig
+    from training.trainer import lr_at
     from webapp.curves import run_figure, sample_timeline
 
     train = [{"step": s, "loss": 10.8 - s / 10} for s in (1, 2, 3, 10, 20)]
@@ -53,6 +54,13 @@ def test_curves_show_whole_steps_and_the_random_guess():
     fig = run_figure(train, evals, TrainConfig.for_preset("tiny", max_steps=20), 50257)
     assert fig.layout.xaxis2.tickformat == ",d" and "ln 50,257 = 10.82" in fig.layout.annotations[0].text
     assert list(fig.data[1].x) == [0]
+    # a run resumed to more steps: the rate drawn is the one its steps used, then the new plan (not the new plan
+    # drawn over the old steps as if it had always been so)
+    short, long = TrainConfig.for_preset("tiny", max_steps=20), TrainConfig.for_preset("tiny", max_steps=40)
+    used = [{"step": s, "loss": 5.0, "lr": lr_at(s - 1, short if s <= 12 else long)} for s in range(2, 24, 2)]
+    lr = {t.name: t for t in run_figure(used, [], long, 50257).data}["learning rate"]
+    assert [(x, y) for x, y in zip(lr.x, lr.y) if x <= 22] == [(r["step"], r["lr"]) for r in used]
+    assert min(lr.x) == 2 and max(lr.x) > 22   # then the plan, on to the right edge
     log = run_figure(train, evals, None, 50257, log_x=True)
     assert list(log.data[1].x) == [] and "step 0 not shown" in log.layout.xaxis2.title.text
     timeline = sample_timeline(evals)
@@ -102,6 +110,7 @@ def test_the_loss_axis_is_logarithmic_and_both_axes_follow_the_data():
     import math
 
     from training import TrainConfig
+    from training.trainer import lr_at
     from webapp.curves import run_figure, sample_timeline
 
     cfg = TrainConfig.for_preset("demo")  # 1,000 steps planned

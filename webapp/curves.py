@@ -99,6 +99,12 @@ def run_figure(train: list[dict], evals: list[dict], cfg: TrainConfig | None, vo
                        font=dict(color="#6b7280"))
     if cfg is not None:
         xs, ys = schedule(cfg, upto=right)
+        used = [(r["step"], r["lr"]) for r in train if isinstance(r.get("lr"), (int, float))]
+        if any(abs(lr - lr_at(step - 1, cfg)) > 1e-3 * abs(lr) for step, lr in used):
+            # the schedule changed during the run (resumed to more steps): the rates it used, then today's plan
+            last = used[-1][0]
+            plan = [(x, y) for x, y in zip(xs, ys) if x > last]
+            xs, ys = [x for x, _ in used + plan], [y for _, y in used + plan]
         fig.add_trace(go.Scatter(x=xs, y=ys, name="learning rate", mode="lines", line=dict(color=COLORS["lr"]),
                                  hovertemplate="step %{x:,d}: lr %{y:.2e}<extra></extra>"), row=2, col=1)
         if train:

@@ -52,7 +52,9 @@ def settings(prompt, max_new_tokens, temperature, top_k, top_p, repetition_penal
 
 def with_seed(s: Settings) -> Settings:
     """`s` with its seed drawn where it asks for a random one ("random" differs on every call), so that the page
-    can name the seed of a story it stops."""
+    can name the seed of a story it stops; a greedy story (temperature 0) draws nothing, so it has none."""
+    if s.temperature < gemma3.generation.GREEDY_BELOW:
+        return replace(s, seed=None)
     return s if s.seed is not None else replace(s, seed=secrets.randbelow(SEED_MAX + 1))
 
 
@@ -94,7 +96,7 @@ def summary(stats: dict) -> str:
     n = stats.get("new_tokens", 0)
     line = (f"{n} token{'s' if n != 1 else ''}, {stats.get('tokens_per_s', 0.0):.1f} tokens/s, "
             f"prefill {stats.get('prefill_s', 0.0) * 1000:.0f} ms · stopped on {stats.get('stop_reason', 'length')}"
-            f" · seed {stats.get('seed')} · {stats.get('model', '')}")
+            f" · {'greedy' if stats.get('seed') is None else 'seed ' + str(stats['seed'])} · {stats.get('model', '')}")
     if stats.get("notice"):
         line += f"  \n{stats['notice']}"
     return line

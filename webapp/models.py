@@ -205,7 +205,7 @@ def check_source(value, roots: list[Path], runs_dir=None) -> str:
         raise UserError(f"There is no folder {text} here; for the model on the Hugging Face Hub, write {hub}.")
     if not any(resolved == r or resolved.is_relative_to(r) for r in roots):
         shown = ", ".join(_short(r) for r in roots)
-        raise UserError(f"{text} is outside the folders models may be loaded from ({shown}); copy the "
+        raise UserError(f"The path “{text}” is outside the folders models may be loaded from ({shown}); copy the "
                         f"checkpoint into one of them, or add its folder to ${ALLOW_ENV} when starting the app.")
     if not resolved.exists():
         raise UserError(f"No checkpoint at {text}: give a folder or weights file that exists, or hf:owner/name.")

@@ -247,14 +247,20 @@ class RunDesk:
             raise UserError(f"Run {run.name} is not running (it is {run.status()['state']}).")
         return runs.stop(run, timeout=30)
 
-    def resume(self, name=None, max_steps=None) -> runs.Run:
+    def resume(self, name=None, max_steps=None) -> tuple[runs.Run, str]:
+        """Resume the run; with the form's Max steps above the run's, to that many steps. Returns the run and what
+        the resume changed, in words ("" if nothing)."""
         run = self.pick(name)
         if run is None:
             raise UserError("There is no run to resume; start one first.")
         target = None if max_steps in (None, "") else max_steps  # the form's box; TrainConfig checks it
-        if isinstance(target, (int, float)) and target <= (run.config().get("max_steps") or 0):
+        planned = run.config().get("max_steps") or 0
+        if isinstance(target, (int, float)) and target <= planned:
             target = None  # not an extension: resume to the run's own max_steps
-        return runs.resume(run, self.runs_dir, max_steps=target)
+        run = runs.resume(run, self.runs_dir, max_steps=target)
+        longer = (f" to {int(target):,} steps (it was to stop at {planned:,}, and Max steps is larger): its learning "
+                  "rate now decays over the longer run" if target is not None and planned else "")
+        return run, longer
 
     def checkpoint(self, name=None) -> Path:
         """The checkpoint "Use this checkpoint" loads: the run's best model, else its latest step."""

@@ -103,7 +103,7 @@ def build(explorer: ex.Explorer, info, choice: gr.State, learning=None) -> Explo
         with gr.Tabs():
             with gr.Tab("Walk-through", id="walk") as views["walk"]:
                 walkthrough.build(explorer, prompt, choice, [tab.select, views["walk"].select],
-                                  [look.click, prompt.submit])
+                                  [look.click, prompt.submit, choice.change])
             gemma3_views.build(explorer, info, prompt, look, choice)  # "What is special about Gemma 3"
             for label, key, guide, plot_label in VIEWS:
                 with gr.Tab(label, id=key) as views[key]:
@@ -140,10 +140,11 @@ def handler(name: str, method):
 def _wire(e: Explore, choice: gr.State):
     x, c, v, prompt = e.explorer, e.controls, e.views, e.prompt
     sampling = [c["temperature"], c["top_k"], c["top_p"], c["penalty"]]
+    new_model = choice.change   # this visitor loaded another model: every view redraws on it, none stays stale
     figures = (  # API name, Explorer method, its inputs, its plot, what redraws it
-        ("explore_mask", x.mask, [c["seq"]], "mask", [e.tab.select, v["mask"].select, c["seq"].release]),
-        ("explore_rope", x.rope, None, "rope", [v["rope"].select]),
-        ("explore_parameters", x.parameters, None, "params", [v["params"].select]),
+        ("explore_mask", x.mask, [c["seq"]], "mask", [e.tab.select, v["mask"].select, c["seq"].release, new_model]),
+        ("explore_rope", x.rope, None, "rope", [v["rope"].select, new_model]),
+        ("explore_parameters", x.parameters, None, "params", [v["params"].select, new_model]),
         ("explore_attention", x.attention, [prompt, c["layer"], c["head"]], "attention",
          [v["attention"].select, c["layer"].release, c["head"].input]),
         ("explore_activations", x.activations, [prompt], "activations", [v["activations"].select]),
@@ -154,7 +155,8 @@ def _wire(e: Explore, choice: gr.State):
     for name, method, inputs, plot, triggers in figures:
         gr.on(triggers, handler(name, method), [*(inputs or []), choice], e.plots[plot], api_name=name, **EVENT)
     attention_lines.wire(c["words"], x, prompt, c["layer"], c["head"], e.plots["attention"], choice,
-                         [v["attention"].select, c["layer"].release, c["head"].input, e.look.click, prompt.submit],
+                         [v["attention"].select, c["layer"].release, c["head"].input, e.look.click, prompt.submit,
+                          new_model],
                          lambda *args: shown(x.attention(*args)))
 
     @friendly
@@ -174,3 +176,8 @@ def _wire(e: Explore, choice: gr.State):
     outputs = [e.plots[k] for k in ("attention", "activations", "next", "lens")]
     gr.on([e.look.click, prompt.submit], explore_all, inputs, outputs, api_visibility="private", **EVENT)
     e.look_all = (explore_all, inputs, outputs)
+
+    def redraw_all(prompt, *args):   # a prompt to fix is said by Look inside, not at a model's load
+        return explore_all(prompt, *args) if ex.prompt_ok(prompt) else (gr.skip(),) * 4
+
+    new_model(redraw_all, inputs, outputs, api_visibility="private", **EVENT)

@@ -67,4 +67,4 @@ def _wire(v: Gemma3Views, explorer: ex.Explorer, prompt: gr.Textbox, look: gr.Bu
     inputs, outputs = [prompt, v.topic, v.layer, v.head, choice], [v.text, v.plot, v.layer, v.head]
     gr.on([v.tab.select, v.topic.change, v.layer.release, v.head.input], explore_gemma3, inputs, outputs,
           api_name="explore_gemma3", **EVENT)
-    gr.on([look.click, prompt.submit], new_prompt, inputs, outputs, api_visibility="private", **EVENT)
+    gr.on([look.click, prompt.submit, choice.change], new_prompt, inputs, outputs, api_visibility="private", **EVENT)

@@ -89,10 +89,11 @@ def _wire(tab: Generate, cache: models.ModelCache, choice: gr.State):
             return gr.skip(), gr.skip()
         n = len(gen.continuation_text(shown)) if isinstance(shown, str) else 0
         seed = story.get("seed")
-        if seed is None:
-            return f"Stopped after {n:,} characters.", {}
-        return (f"Stopped after {n:,} characters · seed {seed}. A story's tokens are coloured, and open Explore, when "
-                "it ends: Generate with this seed to write this one to its end."), {}
+        if seed is None:   # greedy: the same story every time
+            return (f"Stopped after {n:,} characters. Only a story that ends gets its coloured, clickable tokens: "
+                    "at temperature 0, Generate writes this one again, to its end."), {}
+        return (f"Stopped after {n:,} characters (seed {seed}). Only a story that ends gets its coloured, clickable "
+                f"tokens: to finish this one, set Seed to {seed} and press Generate."), {}
 
     event = tab.go.click(guard.gpu(generate), [tab.prompt, *tab.settings, choice], [tab.story, tab.info, tab.pieces],
                          api_name="generate", concurrency_id="generate", concurrency_limit=2, preprocess=False)

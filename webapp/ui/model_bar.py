@@ -105,6 +105,8 @@ class ModelBar:
             return self.shown(info)
 
         inputs = [self.picker, self.custom]
+        # a model picked from the list is the one to load: a path typed earlier (one that failed) is cleared
+        self.picker.input(lambda: "", None, self.custom, api_visibility="private", queue=False)
         # a failed load leaves this session's model in use: the picker shows it again, not the one that failed
         back = dict(fn=self.picker_update, inputs=self.choice, outputs=self.picker, api_visibility="private",
                     queue=False)
@@ -112,9 +114,10 @@ class ModelBar:
         self.custom.submit(load_model, inputs, self.outputs, api_visibility="private", **LOAD_EVENT).failure(**back)
 
     def page_state(self, user: str | None) -> list:
-        """On every page load: the default model (a new session starts on it) and the path box only for those who
-        may load anything (`user`: username()). Fills `outputs` + [custom]."""
-        return [*self.shown(self.cache.default.info), gr.update(visible=guard.may_load_anything(user))]
+        """On every page load: the default model (a new session starts on it; its `choice` stays None, so that
+        choice.change means a model this visitor loaded) and the path box only for those who may load anything
+        (`user`: username()). Fills `outputs` + [custom]."""
+        return [*self.shown(self.cache.default.info)[:-1], gr.skip(), gr.update(visible=guard.may_load_anything(user))]
 
 
 def build(cache: models.ModelCache, runs_dir: Path) -> ModelBar:

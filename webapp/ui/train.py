@@ -238,8 +238,8 @@ def _wire_runs(t: Train):
     @friendly
     def train_resume(run, max_steps_, profile: gr.OAuthProfile | None = None, request: gr.Request = None):
         guard.check_training(username(profile, request))
-        run = trainer.resume(run, max_steps_)
-        gr.Info(f"Resuming run {run.name}.", duration=4)
+        run, longer = trainer.resume(run, max_steps_)
+        gr.Info(f"Resuming run {run.name}{longer}.", duration=8 if longer else 4)
         return t.runs_choices(run.name), f"**{run.name}**: resuming …", trainer.table()
 
     @friendly
