@@ -465,7 +465,10 @@ def label_positions(bars: np.ndarray, ticks: np.ndarray, axis: tuple[float, floa
 
 
 def _percent(p: float) -> str:
-    """0.1234 -> '12%', 0.000123 -> '0.012%': two significant digits, in percent."""
+    """0.1234 -> '12%', 0.000123 -> '0.012%': two significant digits, in percent, never in e-notation
+    (below 0.001%: '<0.001%')."""
+    if 0 < p < 1e-5:
+        return "<0.001%"
     return f"{p * 100:.2g}%" if p < 0.1 else f"{p * 100:.0f}%"
 
 

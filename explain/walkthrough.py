@@ -164,9 +164,10 @@ STEPS: dict[str, Step] = {
                   "p = exp(logits) / Σ exp(logits)"),
     "next": Step("next token", "The next token",
                  "At every position the model predicts the token after it; generation uses the last position's. Greedy "
-                 "decoding takes the most likely token; sampling draws one from p: the largest p_i / q_i, each q_i "
-                 "random (exponential), which token i wins with probability p_i. Teal bars: the prediction is the "
-                 "token that follows in your prompt.",
+                 "decoding takes the most likely token; sampling draws one at random, token i with probability p_i, "
+                 "so a likely token usually wins and an unlikely one sometimes does. (The code draws a random q_i for "
+                 "every token and takes the largest p_i / q_i, which picks token i exactly that often.) Teal bars: the "
+                 "prediction is the token that follows in your prompt.",
                  "next = argmax p (greedy), or a draw from p"),
 }
 

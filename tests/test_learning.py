@@ -142,6 +142,8 @@ def test_two_steps_side_by_side(run):
     for axis in (fig.layout.xaxis2, fig.layout.xaxis3):
         assert axis.tickformat == ".2~p"
     assert "What changed from step 0 to step 50" in fig.layout.title.text
+    backwards = lrn.compare(prompt, run.name, steps[-1][1], steps[0][1])   # the later step picked first
+    assert "What changed from step 0 to step 50" in backwards.layout.title.text, "the two steps read forward in time"
 
 
 def test_a_new_prompt_loads_no_snapshot_again(run):

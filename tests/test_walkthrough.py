@@ -419,9 +419,12 @@ def test_next_and_previous_walk_the_data_flow_across_layers(browser, server):
         wait_for(page, lambda: selected(page) == "final_norm", "after the last layer: the final norm")
         page.click("#walk-diagram [data-stage='ids']")
         wait_for(page, lambda: selected(page) == "ids", "the first box")
-        page.click("#walk-prev")
+        wait_for(page, lambda: page.locator("#walk-prev").is_disabled(), "Previous off at the start")
         page.click("#walk-next")
-        wait_for(page, lambda: selected(page) == "embed", "Previous stays at the start; Next goes on")
+        wait_for(page, lambda: selected(page) == "embed", "Next goes on")
+        assert page.locator("#walk-prev").is_enabled()
+        page.click("#walk-diagram [data-stage='next']")
+        wait_for(page, lambda: page.locator("#walk-next").is_disabled(), "Next off at the last stage")
     finally:
         page.close()
 

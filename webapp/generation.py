@@ -23,6 +23,7 @@ TOP_K = (0, 500, 0)           # 0 = off
 TOP_P = (0.05, 1.0, 1.0)      # 1 = off
 REPETITION_PENALTY = (0.5, 2.0, 1.0)
 SEED_MAX = 2**31 - 1          # -1 = random
+PROMPT_SHOWN = 600            # characters of a long prompt the story shows (its end)
 EVERY_TOKENS = 4              # yield after this many new pieces ...
 EVERY_SECONDS = 0.25          # ... or this long, whichever comes first
 
@@ -140,9 +141,15 @@ def probability_color(p: float) -> str:
 
 
 def story_html(prompt: str, continuation: str, pieces: list[tuple[str, float]] | None = None) -> str:
-    """The prompt (bold), then the continuation: plain while it streams; with `pieces`, one clickable span per
-    token, coloured by its probability (hover shows it)."""
+    """The prompt (bold; a long one by its last PROMPT_SHOWN characters, so the story starts near the top), then
+    the continuation: plain while it streams; with `pieces`, one clickable span per token, coloured by its
+    probability (hover shows it)."""
     head = f'<span class="story-prompt">{html.escape(prompt)}</span>'
+    if len(prompt) > PROMPT_SHOWN:
+        tail = prompt[-PROMPT_SHOWN:]
+        tail = tail[tail.find(" ") + 1:] if " " in tail[:40] else tail   # from a word's start
+        head = (f'<span class="story-prompt" title="the prompt\'s first {len(prompt) - len(tail):,} characters are '
+                f'not shown">…{html.escape(tail)}</span>')
     if pieces is None:
         body = html.escape(continuation)
     else:

@@ -146,7 +146,7 @@ class Learning:
     def compare(self, prompt, name, a, b):
         """Two of the run's snapshots side by side on the prompt (explain.learning.compare_figure)."""
         prompt = text(prompt, "The Explore prompt", hint="type a story for the model to read")
-        folders = [self.path(self.snapshot(name, f)) for f in (a, b)]
+        folders = sorted((self.path(self.snapshot(name, f)) for f in (a, b)), key=lambda f: _step(Path(f)))  # in time
         models = [self._get(f) for f in folders]
         tok = models[0].tokenizer
         ids = tok.encode(prompt)[-MAX_TOKENS:]

@@ -37,7 +37,8 @@ class Walkthrough:
 
     @property
     def outputs(self) -> list:
-        return [self.diagram, self.stage, self.layer, self.token, self.guide, self.plot, self.code]
+        return [self.diagram, self.stage, self.layer, self.token, self.guide, self.plot, self.code, self.prev,
+                self.next]
 
 
 def layer_choices(config) -> list[tuple[str, int]]:
@@ -45,10 +46,11 @@ def layer_choices(config) -> list[tuple[str, int]]:
 
 
 def shown(v: wt.View) -> tuple:
-    """The outputs (Walkthrough.outputs) for a view."""
+    """The outputs (Walkthrough.outputs) for a view; Previous is off at the first stage, Next at the last."""
     tokens = [(label, i) for i, label in enumerate(v.tokens)]
     return (v.diagram, v.stage, gr.update(choices=layer_choices(v.config), value=v.layer),
-            gr.update(choices=tokens, value=v.token), v.guide, v.figure, v.source)
+            gr.update(choices=tokens, value=v.token), v.guide, v.figure, v.source,
+            gr.update(interactive=v.stage != wt.WALK_STAGES[0]), gr.update(interactive=v.stage != wt.WALK_STAGES[-1]))
 
 
 def build(explorer: ex.Explorer, prompt: gr.Textbox, choice: gr.State, redraw_on: list,
