@@ -180,7 +180,7 @@ def test_bad_explore_inputs_get_one_clear_sentence(client, endpoint, args, messa
     ("hf:not a repo", "is not a Hub model id"),
     ("google/gemma-3-270m", "for the model on the Hugging Face Hub, write hf:google/gemma-3-270m"),
     ("gemma-3-270m", "write hf:google/gemma-3-270m"),
-    ("hf:nobody-here/no-such-model", "not in the local Hugging Face cache"),
+    ("hf:nobody-here/no-such-model", "not in the local Hugging Face cache.* Check the name.s spelling too"),
     ("assets/gpt2.tiktoken", "stays loaded"),
     ("random:270m", "Random weights are offered for the presets tiny, demo"),
 ])

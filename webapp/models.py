@@ -554,8 +554,11 @@ class ModelCache:
 
 def _hint(source: str, error: Exception) -> str:
     message = str(error).strip() or error.__class__.__name__
-    gated = next((m for m in KNOWN_HUB if m.gated and source == f"hf:{m.repo}"), None)
-    if gated and isinstance(error, ConnectionError):
-        message += (f" {gated.repo} is gated: visitors load it once the app's owner has downloaded it (accept its "
-                    "licence on huggingface.co, set HF_TOKEN, then load it signed in or start the app with it).")
+    known = next((m for m in KNOWN_HUB if source == f"hf:{m.repo}"), None)
+    if isinstance(error, ConnectionError) and known is None and source.startswith("hf:"):
+        message += " Check the name's spelling too."   # a typo offline reads like a model not downloaded yet
+    if known and known.gated and isinstance(error, ConnectionError):
+        message += (f" {known.repo} is gated: accept its licence on huggingface.co and set HF_TOKEN, then load it "
+                    "once with a network (on a shared app its owner does this, signed in; visitors then load it "
+                    "from the cache).")
     return message

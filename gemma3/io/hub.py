@@ -133,8 +133,8 @@ def _download(repo_id: str, token: str | bool | None = None) -> Path:
         raise ValueError(str(e)) from None
     except Exception as e:
         if offline:
-            raise ConnectionError(f"{what} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: "
-                                  "check its spelling, or download it once with a network.") from None
+            raise ConnectionError(f"{what} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
+                                  "download it once with a network.") from None
         raise ConnectionError(f"Could not download {what} from the Hugging Face Hub "
                               f"({e.__class__.__name__}: {str(e).splitlines()[0][:200]}).") from None
 
