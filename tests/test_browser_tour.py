@@ -79,6 +79,9 @@ def url(app_server):
 def test_the_tour_walks_every_step_and_back(chromium, url):
     page = open_page(chromium, url, 1440, 900)
     try:
+        page.get_by_role("tab", name="Generate").click()
+        page.fill("#prompt textarea", "My own dragon story")   # the visitor's own prompt, before the tour
+        page.get_by_role("tab", name="Explore").click()
         page.click("#tour-start")
         for k in range(N):
             state = shown(page, k)
@@ -128,6 +131,8 @@ def test_the_tour_walks_every_step_and_back(chromium, url):
         page.click("#tour-next")
         poll(lambda: page.locator("#tour-card").count() == 0, timeout=5, what="the card to go")
         assert page.locator(".tour-spot").count() == 0
+        assert page.input_value("#prompt textarea") == "My own dragon story", "no story came of the tour's prompt: " \
+            "the visitor's own comes back"
     finally:
         page.close()
 

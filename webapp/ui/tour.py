@@ -28,7 +28,8 @@ class Step:
     tabs: tuple[str, ...]         # the ids of the tabs to select, outer first
     targets: tuple[str, ...]      # CSS selectors by elem_id: the first is the figure the step is about
     stage: str | None = None      # a walk-through stage to show (its box in the diagram is clicked)
-    copy_prompt: bool = False     # put the Explore prompt into Generate's prompt box
+    copy_prompt: bool = False     # put the Explore prompt into Generate's prompt box (the visitor's own text there
+                                  # comes back when the tour ends, unless they wrote a story from the tour's)
 
 
 STEPS = (
@@ -177,7 +178,8 @@ if (!document.getElementById('tour-style')) {
   const st = document.createElement('style'); st.id = 'tour-style'; st.textContent = props.css;
   document.head.appendChild(st);
 }
-const state = {k: null, run: 0, timer: null, ready: false, clicks: 0, last: 0, sel: null, spot: 0, folded: false};
+const state = {k: null, run: 0, timer: null, ready: false, clicks: 0, last: 0, sel: null, spot: 0, folded: false,
+               own: null};   // own: the visitor's Generate prompt the tour replaced, and what it put there
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const q = (sel) => { try { return document.querySelector(sel); } catch (e) { return null; } };
 const shown = (el) => !!el && el.isConnected && el.getClientRects().length > 0 && !el.closest('.visually-hidden');
@@ -218,6 +220,8 @@ function words(text) {
   const f = facts();
   return esc(text).replace(/\*([^*]+)\*/g, '<em>$1</em>').replace(/\{(\w+)\}/g, (m, k) => (k in f ? esc(f[k]) : m));
 }
+
+const storyNow = () => { const e = q('#story'); return e ? e.textContent : ''; };
 
 function setValue(ta, value) {
   Object.getOwnPropertyDescriptor(HTMLTextAreaElement.prototype, 'value').set.call(ta, value);
@@ -361,7 +365,10 @@ async function go(k) {
   }
   if (s.copy_prompt) {
     const from = q('#explore-prompt textarea'), to = q('#prompt textarea');
-    if (from && to && from.value.trim() && to.value !== from.value) setValue(to, from.value);
+    if (from && to && from.value.trim() && to.value !== from.value) {
+      if (to.value.trim() && !state.own) state.own = {text: to.value, put: from.value, story: storyNow()};
+      setValue(to, from.value);
+    }
   }
   const t = await waitFor(() => { const e = q(s.targets[0]); return shown(e) && e; }, 6000, run);
   if (run !== state.run) return;
@@ -418,6 +425,9 @@ function leave() {
   document.removeEventListener('keydown', onKey, true);
   window.removeEventListener('resize', place);
   document.querySelectorAll('.tour-spot').forEach((e) => e.classList.remove('tour-spot'));
+  const to = q('#prompt textarea'), own = state.own;
+  state.own = null;
+  if (own && to && to.value === own.put && storyNow() === own.story) setValue(to, own.text);   // no story written from it
   const c = q('#tour-card');
   if (c) c.remove();
   const r = q('#tour-room');
