@@ -294,7 +294,7 @@ def attention_figure(record: Record, layer: int, head: int | None = None) -> go.
         fig.update_yaxes(title_text="query (attending)", row=r + 1, col=1)
     who = f"head {head}" if head is not None else f"all {H} heads"
     look = ("look for the previous-token line left of the diagonal and a bright first column (an attention sink)"
-            + (f"; keys more than {cfg.window} back stay empty" if sliding else ""))
+            + (f"; keys {cfg.window} or more positions back stay empty" if sliding else ""))
     fig.update_layout(
         title=_title(f"Layer {layer}, {who}: who attends to whom ({'sliding' if sliding else 'full'} attention)",
                      f"{kind} · {look}"),

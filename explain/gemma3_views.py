@@ -205,14 +205,15 @@ def mqa_view(record: Record, layer: int, dtype_bytes: int | None = None) -> tupl
            f"layer {layer} ({_kind(record, layer)}): each head's attention; below, the KV cache it needs", phone_cols=2)
     mine, per_head = kv_bytes_per_token(cfg, KV, size), kv_bytes_per_token(cfg, H, size)
     full_ctx = kv_cache_bytes(cfg, cfg.context, KV, size)
+    shared = "the same keys and values" if KV == 1 else f"keys and values shared by {H // KV} heads each"
     text = (f"This model has **{H} query heads sharing {KV} key/value head{'s' if KV > 1 else ''}**: each head "
-            f"computes its own pattern over your {T} tokens (top) from the same keys and values, so the cache keeps one K and one V per "
-            f"token and layer instead of {H}. Per token that is 2 x {cfg.layers} layers x {KV} x {cfg.head_dim} x "
+            f"computes its own pattern over your {T} tokens (top) from {shared}, so the cache keeps {KV} K and {KV} V "
+            f"per token and layer instead of {H}. Per token that is 2 x {cfg.layers} layers x {KV} x {cfg.head_dim} x "
             f"{size} bytes = **{_bytes(mine)}**, against {_bytes(per_head)} with one K/V per head: "
             f"**{H // KV}x less**. The {cfg.layer_types.count('sliding')} sliding layers keep only a ring of their "
             f"last {cfg.window} tokens, so a full context of {cfg.context:,} tokens needs {_bytes(full_ctx)} "
-            f"instead of {_bytes(mine * cfg.context)} (bottom). Look for heads that differ although they read the "
-            f"same keys.")
+            f"instead of {_bytes(mine * cfg.context)} (bottom). Look for heads that differ although they share "
+            f"keys and values.")
     return fig, text
 
 
@@ -291,7 +292,8 @@ def qk_norm_view(record: Record, model, layer: int, head: int) -> tuple[go.Figur
             f"three times larger, as training can make them, it would be {9 * top_raw:.3g}). With the norm every "
             f"query has the length its norm weights give it ({q_len:.3g} here), whatever the input or Wq, so "
             f"|logit| ({top_normed:.3g} here) can never exceed scale x {cfg.head_dim} x max|1+w_q| x max|1+w_k| = "
-            f"**{bound:.3g}** (dashed line, bottom): no softmax saturates by accident. The two maps (top) each have "
+            f"**{bound:.3g}** (dashed line, bottom): the logits no longer grow without limit as Wq and Wk grow; how "
+            f"peaked a softmax can get is set by the learned norm weights. The two maps (top) each have "
             f"their own colour scale.")
     return fig, text
 
@@ -454,9 +456,10 @@ def sliding_view(record: Record, layer: int, head: int | None = None) -> tuple[g
         text = (f"Your prompt has {T} tokens, more than the sliding window of {W}. In sliding layer {s} a query "
                 f"never sees a key {W} or more positions back: past the dashed edge the left map is orange, its "
                 f"largest probability there exactly **{beyond_s:g}**. Full layer {f} reads the whole prompt: "
-                f"its last query puts **{share_f:.1%}** of its attention beyond the window. Gemma 3 has "
-                f"{_count(cfg.layer_types, 'sliding')} and {_count(cfg.layer_types, 'full')}: "
-                f"only the full layers carry information from far back.")
+                f"its last query puts **{share_f:.1%}** of its attention beyond the window. This model has "
+                f"{_count(cfg.layer_types, 'sliding')} and {_count(cfg.layer_types, 'full')}: only the full "
+                f"layers read far-back tokens directly; a sliding layer can still pass on what an earlier layer "
+                f"read, {W - 1} positions further back per layer.")
     else:
         text = (f"Your prompt has {T} tokens, no more than the sliding window of {W}, so sliding layer {s} and full "
                 f"layer {f} both see every earlier token here. **Make the prompt longer than {W} tokens** and the "
@@ -519,10 +522,11 @@ def geglu_view(record: Record, layer: int) -> tuple[go.Figure, str]:
            f"layer {layer}, {T} tokens: down(GELU(gate) × up); red < 0 < blue, white: near 0")
     text = (f"Gemma 3's feed-forward widens each token to {cfg.ffn} units twice: a **gate** and an **up** "
             f"projection, multiplied after GELU(gate) (red/blue: sign and size; white: near zero). In layer "
-            f"{layer}, **{g['negative']:.0%}** of the gate values are negative, where GELU lets through at most "
-            f"17% of them (its minimum is −0.17), and **{g['near_zero']:.0%}** come out of GELU within a tenth of its "
-            f"typical size ({g['gelu_rms']:.3g}): those units are switched off for that token whatever up says. Look "
-            f"at the product: bright only where the gate lets up through.")
+            f"{layer}, **{g['negative']:.0%}** of the gate values are negative: GELU turns those into small "
+            f"negative values (never below −0.17), near zero only for gates below about −3. "
+            f"**{g['near_zero']:.0%}** come out of GELU within a tenth of its typical size ({g['gelu_rms']:.3g}): "
+            f"those units are switched off for that token whatever up says. Look at the product: bright where the "
+            f"gate lets up through, faint where it scales up down.")
     return fig, text
 
 
@@ -603,7 +607,7 @@ def norms_view(record: Record, model) -> tuple[go.Figure, str]:
     fig.update_xaxes(title_text="layer (pink band: a full layer)", row=2, col=1)
     fig.update_layout(legend=dict(orientation="h", x=0, y=-0.16, yanchor="top"))
     _style(fig, "Pre-norms steady what each half reads; post-norms set what it adds",
-           f"{L} layers: the residual grows, every layer still adds about the same amount")
+           f"{L} layers: the residual grows; what each layer adds is set by its learned norm weight")
     return fig, _norms_text(record, n, w)
 
 
@@ -622,7 +626,8 @@ def _norms_text(record: Record, n: dict, w: dict) -> str:
                 f"adds is {min(after):.3g}–{max(after):.3g}, a factor {max(after) / min(after):.3g}, about the RMS of "
                 f"the norm's learned scale (1 + w) (bottom: {min(w['post_attn_norm'] + w['post_ffn_norm']):.3g}–"
                 f"{max(w['post_attn_norm'] + w['post_ffn_norm']):.3g}). So the size of each addition is learned, "
-                f"not an accident of the layer's arithmetic: no layer can drown the stream or vanish in it.")
+                f"not an accident of the layer's arithmetic: a layer's part does not grow with the stream, and it is "
+                f"large or small only as far as its learned weight makes it.")
     else:
         post = ("This model has no post-norms (each dumbbell's two ends are the same point): each layer adds its raw "
                 "output, whatever its size.")

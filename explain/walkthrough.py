@@ -71,16 +71,14 @@ STEPS: dict[str, Step] = {
                       "h = x / √(mean(x²) + ε) ⊙ (1 + w)"),
     "q": Step("Wq", "Wq: the queries",
               "A {hidden} × {q_width} matrix turns each token into {heads} queries of {head_dim} numbers, one per "
-              "head: what this token looks for. head_dim {head_dim} is Gemma's choice, not hidden / heads.",
+              "head: what this token looks for. {head_dim_note}",
               "q = h W_q, split into {heads} heads of {head_dim}"),
     "k": Step("Wk", "Wk: the keys",
-              "Only {kv_heads} key head{kv_s} for {heads} query heads: every query head compares itself with the same "
-              "keys. This is multi-query attention; it keeps {heads_per_kv}× fewer keys and values in the cache "
-              "than one per head.",
+              "{kv_sharing}",
               "k = h W_k, {kv_heads} head{kv_s} of {head_dim}"),
     "v": Step("Wv", "Wv: the values",
               "The values are what a token hands on when another token attends to it. Like the keys, {kv_heads} "
-              "head{kv_s} shared by all {heads} query heads; values get no norm and no rotation.",
+              "head{kv_s} {kv_shared_by}; values get no norm and no rotation.",
               "v = h W_v, {kv_heads} head{kv_s} of {head_dim}"),
     "q_norm": Step("q RMSNorm", "RMSNorm of each query head",
                    "Gemma 3 normalises every query head over its {head_dim} numbers before RoPE (Gemma 2 capped the "
@@ -102,9 +100,9 @@ STEPS: dict[str, Step] = {
                    "Base {base:,.0f} on this {kind} layer.",
                    "k′ = k̂ ⊙ cos(pθ) + rotate_half(k̂) ⊙ sin(pθ)"),
     "attn_probs": Step("masked attention", "Masked attention: the probabilities",
-                       "Each query scores every key with q·k / √{qpas:g}; the mask hides later "
+                       "Each query scores every key with q·k / √{qpas:g} ({qpas_note}); the mask hides later "
                        "keys{window_note}, and a softmax turns each row into probabilities that sum to 1. One map "
-                       "per query head, all reading the same shared key head; the selected token's row is outlined.",
+                       "per query head, {heads_read}; the selected token's row is outlined.",
                        "P = softmax(q′ k′ᵀ / √{qpas:g} + mask)"),
     "attn_out": Step("P · v", "The weighted values",
                      "Each head mixes the value vectors with its row of probabilities, and the {heads} heads' results "
@@ -116,8 +114,8 @@ STEPS: dict[str, Step] = {
               "o = a W_o"),
     "post_attn_norm": Step("RMSNorm (post-attention)", "Post-attention RMSNorm",
                            "Gemma 3 normalises the attention result again before adding it, so what the attention half "
-                           "adds has a size set by the learned weight (1 + w), not by the layer's arithmetic. This is "
-                           "why every layer adds about the same amount.",
+                           "adds has a size set by its own learned weight (1 + w), not by the layer's arithmetic: the "
+                           "RMS of what each layer adds is its weight's, so no layer's part grows with the stream.",
                            "o′ = o / rms(o) ⊙ (1 + w)"),
     "mid": Step("+ residual: x + o′", "Residual add after attention",
                 "The attention half's contribution joins the stream that came in. Nothing is overwritten: what earlier "
@@ -135,9 +133,11 @@ STEPS: dict[str, Step] = {
                "The other widening: the values of the {ffn} features, to be scaled by the gate.",
                "u = h′ W_up"),
     "act": Step("GELU(gate) × up", "GeGLU: GELU(gate) × up",
-                "GELU is close to zero for negative inputs, so for each token many of the {ffn} features are (nearly) "
-                "switched off, and the rest pass up's values on, scaled. This gated unit (GeGLU) replaces the plain "
-                "MLP of older transformers. The title says how many gates are near zero for the selected token.",
+                "GELU passes a positive gate almost unchanged, turns a negative one into a small negative value "
+                "(never below −0.17) and a strongly negative one (below about −3) into nearly zero. Each of the {ffn} "
+                "features passes up's value on, scaled by its gate: features with a large negative gate are switched "
+                "off for this token. This gated unit (GeGLU) replaces the plain MLP of older transformers. The title "
+                "says how many gates are near zero for the selected token.",
                 "a = gelu_tanh(g) ⊙ u"),
     "down": Step("W_down", "Down",
                  "A {ffn} × {hidden} matrix brings the features back to the width of the stream.",
@@ -165,8 +165,9 @@ STEPS: dict[str, Step] = {
     "next": Step("next token", "The next token",
                  "At every position the model predicts the token after it; generation uses the last position's. Greedy "
                  "decoding takes the most likely token; sampling draws one at random, token i with probability p_i, "
-                 "so a likely token usually wins and an unlikely one sometimes does. (The code draws a random q_i for "
-                 "every token and takes the largest p_i / q_i, which picks token i exactly that often.) Teal bars: the "
+                 "so a likely token usually wins and an unlikely one sometimes does. (The code draws q_i from an "
+                 "exponential distribution for every token and takes the largest p_i / q_i, which picks token i "
+                 "exactly that often.) Teal bars: the "
                  "prediction is the token that follows in your prompt.",
                  "next = argmax p (greedy), or a draw from p"),
 }
@@ -270,6 +271,27 @@ def bos_first(rec: Record) -> bool | None:
     return rec.seq_len == rec.prompt_tokens + 1
 
 
+def _head_facts(c) -> dict:
+    """How this model's heads are shaped and share their keys and values (multi-query, grouped or neither)."""
+    per_kv, wide = c.heads // c.kv_heads, c.hidden // c.heads
+    if c.kv_heads == 1:
+        sharing, shared_by, read = (
+            f"Only 1 key head for {c.heads} query heads: every query head compares itself with the same keys. This is "
+            f"multi-query attention; it keeps {per_kv}× fewer keys and values in the cache than one per head.",
+            f"shared by all {c.heads} query heads", "all reading the same shared key head")
+    elif per_kv > 1:
+        sharing, shared_by, read = (
+            f"Only {c.kv_heads} key heads for {c.heads} query heads: each key head serves {per_kv} query heads. This "
+            f"is grouped-query attention; it keeps {per_kv}× fewer keys and values in the cache than one per head.",
+            f"each shared by {per_kv} query heads", f"each group of {per_kv} reading its shared key head")
+    else:
+        sharing, shared_by, read = ("One key head per query head (plain multi-head attention).",
+                                    "one per query head", "each reading its own key head")
+    note = (f"head_dim {c.head_dim} is Gemma's choice, not hidden / heads ({wide})." if c.head_dim != wide else
+            f"Here head_dim {c.head_dim} equals hidden / heads; Gemma 3 270M chooses 256 rather than 640 / 4 = 160.")
+    return dict(kv_sharing=sharing, kv_shared_by=shared_by, heads_read=read, head_dim_note=note)
+
+
 def _facts(config, layer: int, T, bos: bool | None = None) -> dict:
     c = config
     sliding = c.layer_types[layer] == "sliding"
@@ -277,9 +299,13 @@ def _facts(config, layer: int, T, bos: bool | None = None) -> dict:
     tied = c.tied_head
     return dict(
         bos_note=BOS_NOTE[bos], vocab=c.vocab_size, vocab_1=c.vocab_size - 1, hidden=c.hidden, sqrt_hidden=math.sqrt(c.hidden), T=T,
-        heads=c.heads, kv_heads=c.kv_heads, kv_s="" if c.kv_heads == 1 else "s", heads_per_kv=c.heads // c.kv_heads,
-        head_dim=c.head_dim, half_dim=c.head_dim // 2, q_width=c.heads * c.head_dim, ffn=c.ffn,
+        heads=c.heads, kv_heads=c.kv_heads, kv_s="" if c.kv_heads == 1 else "s",
+        **_head_facts(c), head_dim=c.head_dim, half_dim=c.head_dim // 2, q_width=c.heads * c.head_dim, ffn=c.ffn,
         qpas=c.query_pre_attn_scalar,
+        qpas_note=(f"{c.query_pre_attn_scalar:g} is the config's query_pre_attn_scalar, here head_dim: the usual "
+                   f"1/√d scaling" if c.query_pre_attn_scalar == c.head_dim else
+                   f"{c.query_pre_attn_scalar:g} is the config's query_pre_attn_scalar, here not head_dim "
+                   f"({c.head_dim})"),
         layer=layer, layer_1=layer - 1, kind="sliding" if sliding else "full",
         base=c.rope_local_base if sliding else c.rope_global_base,
         far="d positions",
@@ -578,8 +604,8 @@ LOOK = {
     "input": "the RMS bars: the stream grows from layer to layer",
     "attn_norm": "the RMS bars are level: every token now has about the same size",
     "q": "each head's queries before their norm: sizes differ by head and token",
-    "k": "one key head serves every query head",
-    "v": "one value head, no norm, no rotation",
+    "k": "the keys the query heads share",
+    "v": "shared like the keys; no norm, no rotation",
     "q_norm": "every head's RMS is now set by its norm weight, not by the token",
     "k_norm": "the key head's RMS is now set by its norm weight",
     "q_rope": "the RMS is the q norm's: a rotation changes angles, not sizes",
@@ -592,7 +618,7 @@ LOOK = {
     "ffn_norm": "the RMS bars are level again: the feed-forward reads a steady size",
     "gate": "large negative gates will be switched off by GELU",
     "up": "the values the gate lets through",
-    "act": "mostly near zero: GELU shuts many features for each token",
+    "act": "up's values scaled by GELU(gate): faint where the gate is negative",
     "down": "back at the stream's width: what the feed-forward computed",
     "post_ffn_norm": "what the feed-forward adds: its size is set by the norm weight",
     "output": "the layer's output: the stream with both halves added",

@@ -116,6 +116,7 @@ def test_bad_setting_is_a_clear_error_and_server_keeps_serving(client):
     (("Once", 5, 0.7, 0, 0.0), "Top-p must be between 0.05 and 1"),
     (("Once", 5, 0.7, 0, 1.0, 0.0), "Repetition penalty must be between 0.5 and 2"),
     (("Once", 5, 0.7, 0, 1.0, 1.0, 2**40), "Seed must be between -1 and"),
+    (("Once", 5, 0.7, 0, 1.0, 1.0, 99999999999999999999.0), r"Seed must be between -1 and 2,147,483,647, not 1e\+20\."),
     (("Once", 5, 0.7, 0, 1.0, 1.0, True), "Seed must be a whole number"),
 ])
 def test_bad_generate_inputs_get_one_clear_sentence(client, args, message):

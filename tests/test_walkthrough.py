@@ -294,6 +294,18 @@ def test_the_guide_teaches_with_the_models_numbers(demo):
         assert "{" not in body and "**Equation**" in body, stage
 
 
+def test_the_guide_names_how_this_models_heads_share_keys():
+    """Multi-query in the 270M design, grouped-query in the larger Gemma 3 shapes; head_dim named as a choice
+    only where it is not hidden / heads."""
+    mqa = gemma3.Gemma3Config.from_preset("270m")
+    assert "multi-query" in wt.guide(mqa, "k", 0, 5) and "shared by all 4 query heads" in wt.guide(mqa, "v", 0, 5)
+    assert "not hidden / heads (160)" in wt.guide(mqa, "q", 0, 5)
+    gqa = gemma3.Gemma3Config.from_preset("tiny", heads=8, kv_heads=2, head_dim=8)
+    assert "grouped-query" in wt.guide(gqa, "k", 0, 5) and "multi-query" not in wt.guide(gqa, "k", 0, 5)
+    assert "each shared by 4 query heads" in wt.guide(gqa, "v", 0, 5)
+    assert "equals hidden / heads" in wt.guide(gqa, "q", 0, 5)
+
+
 def test_the_explorer_checks_the_walks_inputs():
     from webapp import explore as ex
     from webapp import models

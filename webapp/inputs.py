@@ -23,7 +23,8 @@ def number(value, name: str, lo: float | None = None, hi: float | None = None, *
     if integer:
         if not float(value).is_integer():
             raise UserError(f"{name} must be a whole number, not {value}.")
-        value = int(value)
+        if abs(value) < 2**53:  # a browser rounds a larger one to a float: quoted as 1e+20, not as false digits
+            value = int(value)
     else:
         value = float(value)
     if (lo is not None and value < lo) or (hi is not None and value > hi):
@@ -32,7 +33,7 @@ def number(value, name: str, lo: float | None = None, hi: float | None = None, *
         if lo is not None:
             raise UserError(f"{name} must be at least {number_words(lo)}, not {number_words(value)}.")
         raise UserError(f"{name} must be at most {number_words(hi)}, not {number_words(value)}.")
-    return value
+    return int(value) if integer else value
 
 
 def text(value, name: str = "The prompt", *, max_chars: int = MAX_PROMPT_CHARS, allow_empty: bool = False,

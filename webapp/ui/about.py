@@ -19,16 +19,21 @@ ABOUT = """
 (pieces of words) and, one token at a time, predicts which token comes next; writing a story is just asking for
 the next token again and again. This app holds a small Gemma 3 written from scratch in PyTorch (`gemma3/`),
 computing exactly what Hugging Face transformers' `Gemma3ForCausalLM` computes, trained to write short
-children's stories (TinyStories) with the GPT-2 tokenizer.
+children's stories (TinyStories) with the GPT-2 tokenizer. The bundled model, the one the app opens on, is
+the 270M design in miniature, small enough to train on a laptop: 128 numbers per token (640 in Gemma 3 270M),
+8 layers (18), head size 32 (256), a window of 64 tokens (512) and a 50,257-token vocabulary (262,144). Every
+view shows the numbers of the model in the bar.
 
-Inside, every token becomes a vector (its *embedding*). The vectors pass through a stack of identical
-*layers*; each layer lets every token look back at earlier tokens (**attention**) and then transforms each
-token on its own (the **feed-forward** part). At the end the last token's vector is compared with every
-token's embedding to score what comes next. What makes Gemma 3 Gemma 3:
-- **Sliding and full attention.** Five layers out of six see only a *window* of recent tokens (cheap, local);
-  every sixth sees the whole text. Each kind rotates its queries and keys (RoPE) at its own speed.
-- **One shared key/value head.** The four query heads of a layer share one key and one value head
-  (multi-query attention), so the memory kept per token while writing is four times smaller.
+Inside, every token becomes a vector (its *embedding*). The vectors pass through a stack of *layers* of one
+design, each with its own weights; each layer lets every token look back at earlier tokens (**attention**) and
+then transforms each token on its own (the **feed-forward** part). At the end the last token's vector is
+compared with every token's embedding to score what comes next. What makes Gemma 3 Gemma 3:
+- **Sliding and full attention.** Five layers out of six see only a *window* of recent tokens (cheap, local:
+  512 tokens in the 270M and 1B models, 1,024 in the larger ones); every sixth sees the whole text. Each kind
+  rotates its queries and keys (RoPE) at its own speed.
+- **Shared key/value heads.** In the 270M design the four query heads of a layer share one key and one value
+  head (multi-query attention), so the memory kept per token while writing is four times smaller; larger
+  Gemma 3 models share each key/value head between two query heads (grouped-query attention).
 - **Norms everywhere.** RMSNorm before *and* after attention and feed-forward, and on queries and keys
   before RoPE, keep the numbers in a steady range.
 - **A gated feed-forward (GeGLU)** and a **tied head**: the output layer reuses the embedding table.

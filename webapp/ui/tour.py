@@ -51,7 +51,8 @@ STEPS = (
     Step("The feed-forward network (GeGLU)",
          "After attention, each token goes alone through a small network: its {hidden} numbers are widened to "
          "{ffn} twice, one copy bent by GELU (the *gate*) and multiplied by the other (*up*), as this heatmap "
-         "shows. The result is brought back down to {hidden} numbers and added to the token's vector; then the "
+         "shows. The result is brought back down to {hidden} numbers, normalised again (Gemma 3's post-norm) and "
+         "added to the token's vector; then the "
          "next layer starts.",
          ("explore", "walk"), ("#walk-plot", "#wt-box-act"), stage="act"),
     Step("Scoring the next token",
@@ -60,7 +61,9 @@ STEPS = (
          "Top-k and Top-p (the sliders above) reshape the bars before the draw.",
          ("explore", "next"), ("#plot-next", "#next-sampling")),
     Step("A story, token by token",
-         "A story repeats that step: draw a token, append it, run the model again on the longer text. The same "
+         "A story repeats that step: draw a token, append it, run the model on that new token only, reusing the "
+         "keys and values it kept for the earlier ones (the KV cache), which gives what rereading the whole text "
+         "would. The same "
          "prompt is now in the box: press Generate to watch the story grow, then click any word of it to see the "
          "choice the model had there.",
          ("generate",), ("#generate-btn", "#story"), copy_prompt=True),
