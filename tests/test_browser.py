@@ -8,6 +8,7 @@ mid-story, and independent of whichever trained model is bundled. Training write
 import os
 import re
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -63,18 +64,35 @@ def test_model_bar_says_what_is_loaded(page, server):
     assert picker["y"] >= warning["y"] + warning["height"] - 1, "the picker lies below the warning"
 
 
-def test_another_visitors_model_leaves_this_page_alone(page, server):
+def test_another_visitors_model_leaves_this_page_alone(page, server, monkeypatch):
+    """Another visitor loads a model while their first load still runs: the second loads after it (Gradio's
+    default dropped that click), and this page keeps its own model throughout."""
     other = page.context.browser.new_page(viewport={"width": 1400, "height": 1000})
+    get, loading, second = server.cache.get, threading.Event(), threading.Event()
+
+    def held(*args, **kwargs):   # the first load lasts until the visitor has asked for another model
+        if not second.is_set():
+            loading.set()
+            second.wait(10)
+        return get(*args, **kwargs)
+
     try:
         other.goto(server.local_url)
         other.wait_for_selector("#model-info")
-        other.locator("#model-path input, #model-path textarea").first.fill("random:tiny")
+        monkeypatch.setattr(server.cache, "get", held)
+        path = other.locator("#model-path input, #model-path textarea").first
+        path.fill("random:demo")
         other.click("#load-model")
+        assert loading.wait(30), "Load asks the cache for the model"
+        path.fill("random:tiny")
+        other.click("#load-model", timeout=5_000)
+        second.set()
         poll(lambda: "tiny preset" in other.inner_text("#model-info"), what="the other visitor's model in their bar")
         time.sleep(5)   # longer than Train's slow timer, which once showed every page the model last loaded
         assert "demo preset" in page.inner_text("#model-info"), "this page keeps its own model"
         assert "random:tiny" in server.cache.sources()
     finally:
+        second.set()
         other.close()
 
 

@@ -407,6 +407,39 @@ def test_the_layer_slider_redraws(browser, server):
         page.close()
 
 
+def test_a_topic_picked_while_a_figure_draws_is_drawn_after_it(browser, server, monkeypatch):
+    """Picking a topic while the previous one still draws (the tab just opened, a slow Space) shows the picked
+    topic once the draw ends: Gradio's default for a tab's select dropped the pick, leaving "Pre- and post-norms"
+    checked above the multi-query figure."""
+    import threading
+
+    draw, drawing, picked = ex.Explorer.gemma3_view, threading.Event(), threading.Event()
+
+    def held(self, *args):   # the first draw lasts until the visitor has picked another topic
+        drawing.set()
+        picked.wait(10)
+        return draw(self, *args)
+
+    monkeypatch.setattr(ex.Explorer, "gemma3_view", held)
+    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    title = "t => (document.querySelector('#plot-gemma3 .gtitle') || {}).textContent?.includes(t)"
+    try:
+        page.goto(server.local_url)
+        page.wait_for_selector("#model-info")
+        page.get_by_role("tab", name="Explore").click()
+        page.get_by_role("tab", name="Gemma 3", exact=True).click()
+        assert drawing.wait(30), "opening the tab draws its first topic"
+        page.locator("#gemma3-topic").get_by_text(gv.TOPICS["norms"], exact=True).click(timeout=5_000)
+        picked.set()
+        page.wait_for_function(title, arg=TITLES["norms"], timeout=15_000)
+        page.wait_for_timeout(1000)   # nothing older lands over it
+        assert TITLES["norms"] in page.locator("#plot-gemma3 .gtitle").first.text_content()
+        assert page.inner_text("#gemma3-text").startswith("The residual stream")
+    finally:
+        picked.set()
+        page.close()
+
+
 def test_the_api_endpoint_answers_and_refuses_in_one_sentence(server):
     from gradio_client import Client
 

@@ -11,3 +11,8 @@ its own events, and returns what the other parts connect to; app.py composes the
     about       the About tab, with the bundled model's training and the README's measured figures
     page        the theme, the CSS and the page's script
 """
+
+# Explore's figure events: two draws at a time, inputs passed as sent (the Explorer checks them), and a control
+# moved while its figure draws redraws once that draw ends ("always_last"; Gradio's default for a tab's .select
+# or a button's .click drops it, which left a figure for the old setting under the new one).
+EXPLORE_EVENT = dict(concurrency_id="explore", concurrency_limit=2, preprocess=False, trigger_mode="always_last")

@@ -24,8 +24,8 @@ from explain.figures import FONT, FULL, SLIDING
 from webapp import explore as ex
 from webapp.errors import friendly
 from webapp.inputs import UserError, number
+from webapp.ui import EXPLORE_EVENT
 
-EVENT = dict(concurrency_id="explore", concurrency_limit=2, preprocess=False)
 ROW, TOP = 20, 6          # lines view: pixels a token row, and above the first
 GAP = 150                 # pixels between the two token columns (where the lines run), at least
 LABEL_CHARS = 14          # a longer token is cut with … (its full text in the tooltip)
@@ -301,5 +301,5 @@ def wire(view: AttentionLines, explorer: ex.Explorer, prompt, layer, head, plot,
         return gr.update(value=str(head)), grid, lines, draw_plot(prompt, layer, str(head), source)
 
     inputs = [prompt, layer, head, choice]
-    gr.on(redraw_on, explore_attention_lines, inputs, view.outputs, api_name="explore_attention_lines", **EVENT)
-    view.grid.click(pick_head, inputs, [head, *view.outputs, plot], api_visibility="private", **EVENT)
+    gr.on(redraw_on, explore_attention_lines, inputs, view.outputs, api_name="explore_attention_lines", **EXPLORE_EVENT)
+    view.grid.click(pick_head, inputs, [head, *view.outputs, plot], api_visibility="private", **EXPLORE_EVENT)

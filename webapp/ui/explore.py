@@ -14,7 +14,7 @@ import gradio as gr
 from webapp import explore as ex
 from webapp.errors import USER_ERRORS, friendly, public
 from webapp.inputs import MAX_PROMPT_CHARS
-from webapp.ui import attention_lines, gemma3_views, over_training, walkthrough
+from webapp.ui import EXPLORE_EVENT, attention_lines, gemma3_views, over_training, walkthrough
 
 PROMPT = ex.PROMPT   # 19 tokens, shorter than the demo model's 64-token window, open at its end (webapp.explore)
 INTRO = ("Pictures of what the model in the bar computes, drawn from its own code and weights. Masks, RoPE and "
@@ -29,7 +29,6 @@ VIEWS = (  # (tab label, tab id and plot elem_id plot-<id>, key of its guide in 
     ("Logit lens", "lens", "logit_lens", "Logit lens"),
     ("Parameters", "params", "parameters", "Parameters"),
 )
-EVENT = dict(concurrency_id="explore", concurrency_limit=2, preprocess=False)
 
 
 @dataclass(eq=False)
@@ -153,7 +152,7 @@ def _wire(e: Explore, choice: gr.State):
         ("explore_logit_lens", x.logit_lens, [prompt], "lens", [v["lens"].select]),
     )
     for name, method, inputs, plot, triggers in figures:
-        gr.on(triggers, handler(name, method), [*(inputs or []), choice], e.plots[plot], api_name=name, **EVENT)
+        gr.on(triggers, handler(name, method), [*(inputs or []), choice], e.plots[plot], api_name=name, **EXPLORE_EVENT)
     attention_lines.wire(c["words"], x, prompt, c["layer"], c["head"], e.plots["attention"], choice,
                          [v["attention"].select, c["layer"].release, c["head"].input, e.look.click, prompt.submit,
                           new_model],
@@ -174,10 +173,10 @@ def _wire(e: Explore, choice: gr.State):
 
     inputs = [prompt, c["layer"], c["head"], *sampling, c["story"], choice]
     outputs = [e.plots[k] for k in ("attention", "activations", "next", "lens")]
-    gr.on([e.look.click, prompt.submit], explore_all, inputs, outputs, api_visibility="private", **EVENT)
+    gr.on([e.look.click, prompt.submit], explore_all, inputs, outputs, api_visibility="private", **EXPLORE_EVENT)
     e.look_all = (explore_all, inputs, outputs)
 
     def redraw_all(prompt, *args):   # a prompt to fix is said by Look inside, not at a model's load
         return explore_all(prompt, *args) if ex.prompt_ok(prompt) else (gr.skip(),) * 4
 
-    new_model(redraw_all, inputs, outputs, api_visibility="private", **EVENT)
+    new_model(redraw_all, inputs, outputs, api_visibility="private", **EXPLORE_EVENT)

@@ -12,11 +12,12 @@ import gradio as gr
 from explain.gemma3_views import TOPICS, USES
 from webapp import explore as ex
 from webapp.errors import friendly
+from webapp.ui import EXPLORE_EVENT
 
 INTRO = ("What makes Gemma 3 Gemma 3, each shown on your prompt with the model in the bar: pick a topic. The "
          "sentences under it are filled in with this model's own numbers.")
 # One at a time, in order: a draw for an older prompt (the tab opened) never lands after a newer one ("Look inside").
-EVENT = dict(concurrency_id="explore-gemma3", concurrency_limit=1, preprocess=False)
+EVENT = {**EXPLORE_EVENT, "concurrency_id": "explore-gemma3", "concurrency_limit": 1}
 
 
 @dataclass(eq=False)

@@ -18,8 +18,9 @@ from webapp import guard, models
 from webapp.errors import friendly
 from webapp.inputs import UserError
 
-# Loads of models in memory answer at once; new ones load side by side, bounded by ModelCache.MAX_LOADING
-LOAD_EVENT = dict(concurrency_id="load", concurrency_limit=8, preprocess=False)
+# Loads of models in memory answer at once; new ones load side by side, bounded by ModelCache.MAX_LOADING. Another
+# model picked and loaded while one loads is loaded after it (Gradio's default dropped that second click).
+LOAD_EVENT = dict(concurrency_id="load", concurrency_limit=8, preprocess=False, trigger_mode="always_last")
 
 
 def details_text(info) -> str:

@@ -15,13 +15,13 @@ import gradio as gr
 
 from webapp.errors import friendly
 from webapp.learning import Learning
+from webapp.ui import EXPLORE_EVENT
 
 GUIDE = ("Watch the model learn. The table shows how surprised each snapshot of the run is by each token of your "
          "prompt (bright = expected, dark = surprised): the frequent words are learned first, then the grammar that joins them, and "
          "last the tokens only copying can predict, such as a name said earlier in the story. Copying takes an "
          "induction head; the small map finds it in the last snapshot. Pick a step and look inside to see every "
          "other view as the model was then.")
-EVENT = dict(concurrency_id="explore", concurrency_limit=2, preprocess=False)
 
 
 @dataclass(eq=False)
@@ -107,9 +107,9 @@ def build(learning: Learning, prompt: gr.Textbox, choice: gr.State) -> OverTrain
     shows = [table, heads, words, comparing]
     over.draw = (explore_learning, [prompt, run], shows)
     tab.select(show_runs, [run, choice], [run, step], api_visibility="private", queue=False).then(
-        explore_learning, [prompt, run], shows, api_name="explore_learning", **EVENT)
+        explore_learning, [prompt, run], shows, api_name="explore_learning", **EXPLORE_EVENT)
     run.change(first_step, run, [other, pair], api_visibility="private", queue=False)
-    compare_btn.click(explore_compare, [prompt, run, step, other], pair, api_name="explore_compare", **EVENT)
+    compare_btn.click(explore_compare, [prompt, run, step, other], pair, api_name="explore_compare", **EXPLORE_EVENT)
     run.input(show_steps, run, step, api_visibility="private", queue=False).then(
-        explore_learning, [prompt, run], shows, api_visibility="private", **EVENT)
+        explore_learning, [prompt, run], shows, api_visibility="private", **EXPLORE_EVENT)
     return over

@@ -14,13 +14,13 @@ import gradio as gr
 from explain import walkthrough as wt
 from webapp import explore as ex
 from webapp.errors import friendly
+from webapp.ui import EXPLORE_EVENT
 
 START = "embed"
 INTRO = ("The model's forward pass, drawn from the loaded model's configuration: every box is one stage, with "
          "the shape of its tensor for your prompt ([tokens, ...]). Click a box to see that stage on your prompt "
          "below; pick a layer with the numbered chips, a token with the picker, and walk the data flow with "
          "Previous and Next.")
-EVENT = dict(concurrency_id="explore", concurrency_limit=2, preprocess=False)
 
 
 @dataclass(eq=False)
@@ -105,9 +105,9 @@ def _wire(w: Walkthrough, explorer: ex.Explorer, prompt, choice, redraw_on: list
 
     inputs = [prompt, w.stage, w.layer, w.token, choice]
     gr.on([*redraw_on, w.layer.input, w.token.input], explore_walk, inputs, w.outputs, api_name="explore_walk",
-          **EVENT)
+          **EXPLORE_EVENT)
     gr.on(new_prompt, walk_new_prompt, [prompt, w.stage, w.layer, choice], w.outputs, api_visibility="private",
-          **EVENT)
-    w.diagram.click(walk_click, inputs, w.outputs, api_visibility="private", **EVENT)
-    w.prev.click(stepper(-1), inputs, w.outputs, api_visibility="private", **EVENT)
-    w.next.click(stepper(+1), inputs, w.outputs, api_visibility="private", **EVENT)
+          **EXPLORE_EVENT)
+    w.diagram.click(walk_click, inputs, w.outputs, api_visibility="private", **EXPLORE_EVENT)
+    w.prev.click(stepper(-1), inputs, w.outputs, api_visibility="private", **EXPLORE_EVENT)
+    w.next.click(stepper(+1), inputs, w.outputs, api_visibility="private", **EXPLORE_EVENT)
