@@ -134,9 +134,9 @@ STEPS: dict[str, Step] = {
                "u = h′ W_up"),
     "act": Step("GELU(gate) × up", "GeGLU: GELU(gate) × up",
                 "GELU passes a positive gate almost unchanged, turns a negative one into a small negative value "
-                "(never below −0.17) and a strongly negative one (below about −3) into nearly zero. Each of the {ffn} "
-                "features passes up's value on, scaled by its gate: features with a large negative gate are switched "
-                "off for this token. This gated unit (GeGLU) replaces the plain MLP of older transformers. The title "
+                "(never below −0.17) and a strongly negative one (below about −3) into nearly zero. Each of the "
+                "{ffn} features passes up's value on, scaled by its gate: features with a large negative gate are "
+                "switched off for this token. This gated unit (GeGLU) replaces the plain MLP of older transformers. The title "
                 "says how many gates are near zero for the selected token.",
                 "a = gelu_tanh(g) ⊙ u"),
     "down": Step("W_down", "Down",
@@ -167,8 +167,7 @@ STEPS: dict[str, Step] = {
                  "decoding takes the most likely token; sampling draws one at random, token i with probability p_i, "
                  "so a likely token usually wins and an unlikely one sometimes does. (The code draws q_i from an "
                  "exponential distribution for every token and takes the largest p_i / q_i, which picks token i "
-                 "exactly that often.) Teal bars: the "
-                 "prediction is the token that follows in your prompt.",
+                 "exactly that often.) Teal bars: the prediction is the token that follows in your prompt.",
                  "next = argmax p (greedy), or a draw from p"),
 }
 

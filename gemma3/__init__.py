@@ -35,7 +35,8 @@ def describe(model, tokenizer) -> str:
         f"{cfg.heads} query heads / {cfg.kv_heads} key-value head(s) of {cfg.head_dim}, feed-forward {cfg.ffn}",
         f"vocabulary {cfg.vocab_size} ({tokenizer.name}), context {cfg.context}, RoPE bases "
         f"{cfg.rope_local_base:g} sliding / {cfg.rope_global_base:g} full, head "
-        f"{'tied' if cfg.tied_head else 'untied'}, {'four' if cfg.post_norms else 'two'} norms per block plus q/k norms",
+        f"{'tied' if cfg.tied_head else 'untied'}, {'four' if cfg.post_norms else 'two'} norms per block "
+        "plus q/k norms",
         f"device {w.device}, dtype {str(w.dtype).replace('torch.', '')}, inference runs "
         + (graphs.describe() if graphs.applies(model) else engine.describe(model)),
         "",
