@@ -27,7 +27,7 @@ from webapp import explore as ex, generation as gen, guard, models, storage, tra
 from webapp.errors import friendly, guard_inputs, port_problem  # noqa: E402
 from webapp.inputs import UserError  # noqa: E402
 from webapp.learning import Learning  # noqa: E402
-from webapp.ui import EXPLORE_EVENT, about, explore, generate, model_bar, page, tour, train  # noqa: E402
+from webapp.ui import EXPLORE_EVENT, LEARN_EVENT, about, explore, generate, model_bar, page, tour, train  # noqa: E402
 
 RUNS_DIR, DATA_DIR = storage.folders()   # runs/ and data/ in the checkout, or the user's data folder once installed
 TITLE = "Gemma 3 TinyStories"
@@ -153,7 +153,7 @@ def link_training(bar: model_bar.ModelBar, explore_tab: explore.Explore, train_t
     opened = train_tab.explore_btn.click(explore_run, [train_tab.run_dd],
                                          [*bar.outputs, over.run, over.step, tabs, sub_tabs], api_name="train_explore",
                                          **model_bar.LOAD_EVENT)
-    opened.success(*over.draw, api_visibility="private", **EXPLORE_EVENT)  # Explore's views redraw on the new model
+    opened.success(*over.draw, api_visibility="private", **LEARN_EVENT)  # Explore's views redraw on the new model
 
 
 def main(argv=None):

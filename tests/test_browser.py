@@ -118,6 +118,12 @@ def test_generate_streams_and_stop_cancels(page, server):
     poll(lambda: story(page) and not story(page).startswith(after_stop[:20]), what="a second story")
     page.click("#stop-btn")
     poll(lambda: "Stopped" in page.inner_text("#gen-info"), what="the second stop notice")
+    stopped = story(page)
+    page.click("#generate-btn")   # pressed again at once, while the stopped story still closes: it is not lost
+    poll(lambda: story(page) != stopped and "Stopped" not in page.inner_text("#gen-info"),
+         what="Generate right after Stop to write a new story")
+    page.click("#stop-btn")
+    poll(lambda: server.cache.streaming == 0, timeout=5, what="the third story stopped")
 
 
 def test_every_explore_view_shows_a_plot(page):
@@ -304,6 +310,11 @@ def test_training_starts_at_once_and_its_curve_grows_and_stops(page, server):
         poll(lambda: f"run {name} at step 5" in page.inner_text("#model-info"), what="step 5 in the model bar")
         page.click("#learn-compare")  # step 5 against the run's first snapshot
         page.locator("#plot-pair .js-plotly-plot .main-svg").first.wait_for(state="visible", timeout=60_000)
+        page.fill("#explore-prompt textarea", "Tom and his dog ran to the park.")   # a new prompt: a new table
+        page.click("#look-inside")
+        labels = "() => (document.querySelector('#plot-learn .js-plotly-plot')?.data?.[0]?.x || []).join(' ')"
+        poll(lambda: "␣dog" in page.evaluate(labels), timeout=60, what="the table on the new prompt")
+        poll(lambda: not page.locator("#plot-pair").is_visible(), what="the old prompt's comparison gone")
         page.get_by_role("tab", name="Train", exact=True).click()
         page.click("#train-use")
         poll(lambda: f"Model: run {name}: best" in page.inner_text("#model-info"),

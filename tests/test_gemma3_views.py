@@ -399,10 +399,9 @@ def test_the_layer_slider_redraws(browser, server):
         page.get_by_role("tab", name="Explore").click()
         page.get_by_role("tab", name="Gemma 3", exact=True).click()
         page.wait_for_function(title % "layer 0 (sliding)")
-        page.fill("#gemma3-layer input[type=number]", "5")
+        page.fill("#gemma3-layer input[type=number]", "5")   # typed, still in the box: it redraws
         page.press("#gemma3-layer input[type=number]", "Enter")
-        page.keyboard.press("Tab")
-        page.wait_for_function(title % "layer 5 (full)")
+        page.wait_for_function(title % "layer 5 (full)", timeout=15_000)
     finally:
         page.close()
 

@@ -441,6 +441,49 @@ def test_next_and_previous_walk_the_data_flow_across_layers(browser, server):
         page.close()
 
 
+def test_quick_clicks_are_drawn_in_turn_and_the_last_one_stays(browser, server, monkeypatch):
+    """While a stage still draws (a big model, a busy Space), a second box clicked is drawn after it, and Next then
+    Previous come back where they started: Gradio's defaults redid the first click or stepped twice from it."""
+    import threading
+
+    walk, held = ex.Explorer.walk, threading.Event()
+    held.set()
+
+    def slow(self, *args, **kwargs):   # while `held` is clear, a draw waits for it (at most 10 s)
+        held.wait(10)
+        return walk(self, *args, **kwargs)
+
+    monkeypatch.setattr(ex.Explorer, "walk", slow)
+    page = open_walk(browser, server, 1440, 1000)
+    try:
+        page.click("#walk-diagram [data-stage='q']")
+        wait_for(page, lambda: selected(page) == "q", "box q")
+        held.clear()
+        page.click("#walk-diagram [data-stage='v']")
+        page.click("#walk-diagram [data-stage='o']", timeout=5_000)
+        held.set()
+        wait_for(page, lambda: selected(page) == "o", "the box clicked last")
+        page.wait_for_timeout(800)
+        assert selected(page) == "o" and "Wo" in page.inner_text("#walk-guide")
+        held.clear()
+        page.click("#walk-next")
+        page.click("#walk-prev", timeout=5_000)
+        held.set()
+        page.wait_for_timeout(1500)
+        wait_for(page, lambda: selected(page) == "o", "Next then Previous: back at o")
+        held.clear()
+        for _ in range(3):
+            page.click("#walk-next", timeout=5_000)
+        held.set()
+        want = ("o", 0)
+        for _ in range(3):
+            want = wt.step(*want, server.cache.default.model.config.layers, +1)
+        wait_for(page, lambda: selected(page) == want[0], "three presses of Next: three steps")
+    finally:
+        held.set()
+        page.close()
+
+
 def _boxes(page):
     return page.eval_on_selector_all("#walk-diagram [data-stage], #walk-diagram [data-layer]", """els => els.map(e => {
         const r = e.getBoundingClientRect();

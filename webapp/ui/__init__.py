@@ -12,7 +12,13 @@ its own events, and returns what the other parts connect to; app.py composes the
     page        the theme, the CSS and the page's script
 """
 
-# Explore's figure events: two draws at a time, inputs passed as sent (the Explorer checks them), and a control
-# moved while its figure draws redraws once that draw ends ("always_last"; Gradio's default for a tab's .select
-# or a button's .click drops it, which left a figure for the old setting under the new one).
-EXPLORE_EVENT = dict(concurrency_id="explore", concurrency_limit=2, preprocess=False, trigger_mode="always_last")
+# Explore's figure events: one draw at a time, so a visitor's draws land in the order they were asked for (a figure
+# asked for before a model load never lands after the new model's); inputs passed as sent (the Explorer checks
+# them); a control moved while its figure draws redraws once that draw ends, with the controls as they are then
+# ("always_last"; Gradio's default for a tab's .select or a button's .click dropped it, leaving a figure for the
+# old setting under the new one). A click whose event data says what was clicked is sent at once instead
+# (CLICK_EVENT): Gradio replays a deferred trigger with its first event data, which would redo the first click.
+EXPLORE_EVENT = dict(concurrency_id="explore", concurrency_limit=1, preprocess=False, trigger_mode="always_last")
+CLICK_EVENT = {**EXPLORE_EVENT, "trigger_mode": "multiple"}
+# Over training's table runs the prompt through every snapshot of a run: a queue of its own, never ahead of the others
+LEARN_EVENT = {**EXPLORE_EVENT, "concurrency_id": "explore-learning"}

@@ -24,7 +24,7 @@ from explain.figures import FONT, FULL, SLIDING
 from webapp import explore as ex
 from webapp.errors import friendly
 from webapp.inputs import UserError, number
-from webapp.ui import EXPLORE_EVENT
+from webapp.ui import CLICK_EVENT, EXPLORE_EVENT
 
 ROW, TOP = 20, 6          # lines view: pixels a token row, and above the first
 GAP = 150                 # pixels between the two token columns (where the lines run), at least
@@ -302,4 +302,4 @@ def wire(view: AttentionLines, explorer: ex.Explorer, prompt, layer, head, plot,
 
     inputs = [prompt, layer, head, choice]
     gr.on(redraw_on, explore_attention_lines, inputs, view.outputs, api_name="explore_attention_lines", **EXPLORE_EVENT)
-    view.grid.click(pick_head, inputs, [head, *view.outputs, plot], api_visibility="private", **EXPLORE_EVENT)
+    view.grid.click(pick_head, inputs, [head, *view.outputs, plot], api_visibility="private", **CLICK_EVENT)

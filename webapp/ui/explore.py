@@ -110,7 +110,8 @@ def build(explorer: ex.Explorer, info, choice: gr.State, learning=None) -> Explo
                     if key in CONTROLS:
                         controls.update(CONTROLS[key](info))
                     plots[key] = gr.Plot(label=plot_label, elem_id=f"plot-{key}", elem_classes="explore-plot")
-            over = over_training.build(learning, prompt, choice) if learning is not None else None
+            over = (over_training.build(learning, prompt, choice, [look.click, prompt.submit])
+                    if learning is not None else None)
     explore = Explore(explorer, tab, prompt, look, views, plots, controls, over=over)
     _wire(explore, choice)
     return explore
@@ -136,25 +137,31 @@ def handler(name: str, method):
     return friendly(draw)
 
 
+def _moved(slider: gr.Slider) -> list:
+    """A slider's redraw triggers: let go after a drag, or changed by a typed number or the arrow keys (which
+    Gradio says with .input only; .release waits for the number box to lose focus)."""
+    return [slider.release, slider.input]
+
+
 def _wire(e: Explore, choice: gr.State):
     x, c, v, prompt = e.explorer, e.controls, e.views, e.prompt
     sampling = [c["temperature"], c["top_k"], c["top_p"], c["penalty"]]
     new_model = choice.change   # this visitor loaded another model: every view redraws on it, none stays stale
     figures = (  # API name, Explorer method, its inputs, its plot, what redraws it
-        ("explore_mask", x.mask, [c["seq"]], "mask", [e.tab.select, v["mask"].select, c["seq"].release, new_model]),
+        ("explore_mask", x.mask, [c["seq"]], "mask", [e.tab.select, v["mask"].select, *_moved(c["seq"]), new_model]),
         ("explore_rope", x.rope, None, "rope", [v["rope"].select, new_model]),
         ("explore_parameters", x.parameters, None, "params", [v["params"].select, new_model]),
         ("explore_attention", x.attention, [prompt, c["layer"], c["head"]], "attention",
-         [v["attention"].select, c["layer"].release, c["head"].input]),
+         [v["attention"].select, *_moved(c["layer"]), c["head"].input]),
         ("explore_activations", x.activations, [prompt], "activations", [v["activations"].select]),
         ("explore_next_token", x.next_token, [prompt, *sampling, c["story"]], "next",
-         [v["next"].select, *(s.release for s in sampling)]),
+         [v["next"].select, *(t for s in sampling for t in _moved(s))]),
         ("explore_logit_lens", x.logit_lens, [prompt], "lens", [v["lens"].select]),
     )
     for name, method, inputs, plot, triggers in figures:
         gr.on(triggers, handler(name, method), [*(inputs or []), choice], e.plots[plot], api_name=name, **EXPLORE_EVENT)
     attention_lines.wire(c["words"], x, prompt, c["layer"], c["head"], e.plots["attention"], choice,
-                         [v["attention"].select, c["layer"].release, c["head"].input, e.look.click, prompt.submit,
+                         [v["attention"].select, *_moved(c["layer"]), c["head"].input, e.look.click, prompt.submit,
                           new_model],
                          lambda *args: shown(x.attention(*args)))
 

@@ -66,6 +66,6 @@ def _wire(v: Gemma3Views, explorer: ex.Explorer, prompt: gr.Textbox, look: gr.Bu
         return explore_gemma3(prompt, *args)
 
     inputs, outputs = [prompt, v.topic, v.layer, v.head, choice], [v.text, v.plot, v.layer, v.head]
-    gr.on([v.tab.select, v.topic.change, v.layer.release, v.head.input], explore_gemma3, inputs, outputs,
-          api_name="explore_gemma3", **EVENT)
+    redraw = [v.tab.select, v.topic.change, v.layer.release, v.layer.input, v.head.input]   # .input: a typed layer
+    gr.on(redraw, explore_gemma3, inputs, outputs, api_name="explore_gemma3", **EVENT)
     gr.on([look.click, prompt.submit, choice.change], new_prompt, inputs, outputs, api_visibility="private", **EVENT)

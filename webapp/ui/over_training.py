@@ -15,7 +15,8 @@ import gradio as gr
 
 from webapp.errors import friendly
 from webapp.learning import Learning
-from webapp.ui import EXPLORE_EVENT
+from webapp.explore import prompt_ok
+from webapp.ui import LEARN_EVENT
 
 GUIDE = ("Watch the model learn. The table shows how surprised each snapshot of the run is by each token of your "
          "prompt (bright = expected, dark = surprised): the frequent words are learned first, then the grammar that joins them, and "
@@ -56,8 +57,9 @@ class OverTraining:
                 gr.update(choices=steps, value=steps[-1][1] if steps else None))
 
 
-def build(learning: Learning, prompt: gr.Textbox, choice: gr.State) -> OverTraining:
-    """The sub-tab, in the current Tabs, with its events that need no model bar wired."""
+def build(learning: Learning, prompt: gr.Textbox, choice: gr.State, new_prompt: list) -> OverTraining:
+    """The sub-tab, in the current Tabs, with its events that need no model bar wired; the table follows the
+    prompt on the `new_prompt` triggers ("Look inside")."""
     with gr.Tab("Over training", id="training") as tab:
         gr.Markdown(GUIDE, elem_classes="guide")
         with gr.Row(equal_height=True):
@@ -104,12 +106,18 @@ def build(learning: Learning, prompt: gr.Textbox, choice: gr.State) -> OverTrain
         return (gr.update(value=loss_table, visible=True), gr.update(value=induction, visible=True), words,
                 gr.update(visible=True))
 
+    def prompt_changed(text, name):   # the table follows the Explore prompt; a comparison of the old one goes
+        if not name or not prompt_ok(text):   # "Look inside" says what is wrong with a prompt, once
+            return (gr.skip(),) * 5
+        return (*explore_learning(text, name), gr.update(visible=False))
+
     shows = [table, heads, words, comparing]
     over.draw = (explore_learning, [prompt, run], shows)
     tab.select(show_runs, [run, choice], [run, step], api_visibility="private", queue=False).then(
-        explore_learning, [prompt, run], shows, api_name="explore_learning", **EXPLORE_EVENT)
+        explore_learning, [prompt, run], shows, api_name="explore_learning", **LEARN_EVENT)
     run.change(first_step, run, [other, pair], api_visibility="private", queue=False)
-    compare_btn.click(explore_compare, [prompt, run, step, other], pair, api_name="explore_compare", **EXPLORE_EVENT)
+    compare_btn.click(explore_compare, [prompt, run, step, other], pair, api_name="explore_compare", **LEARN_EVENT)
     run.input(show_steps, run, step, api_visibility="private", queue=False).then(
-        explore_learning, [prompt, run], shows, api_visibility="private", **EXPLORE_EVENT)
+        explore_learning, [prompt, run], shows, api_visibility="private", **LEARN_EVENT)
+    gr.on(new_prompt, prompt_changed, [prompt, run], [*shows, pair], api_visibility="private", **LEARN_EVENT)
     return over

@@ -319,7 +319,7 @@ def _wire_monitor(t: Train, started):
 
     monitor = [c["loss_plot"], c["status_md"], c["stats_md"], c["sample_tb"]]
     gr.on([c["timer"].tick, c["run_dd"].change, c["log_x"].change], train_metrics, [c["run_dd"], c["log_x"]],
-          monitor, api_name="train_metrics", show_progress="hidden", **MONITOR_EVENT)
+          monitor, api_name="train_metrics", show_progress="hidden", trigger_mode="always_last", **MONITOR_EVENT)
     started.failure(train_metrics, [c["run_dd"], c["log_x"]], monitor, api_visibility="private",
                     show_progress="hidden", **MONITOR_EVENT)
     gr.on([c["runs_refresh"].click], refresh_runs, [c["run_dd"]], [c["run_dd"], c["runs_df"]],

@@ -14,9 +14,10 @@ import gradio as gr
 from explain import walkthrough as wt
 from webapp import explore as ex
 from webapp.errors import friendly
-from webapp.ui import EXPLORE_EVENT
+from webapp.ui import CLICK_EVENT, EXPLORE_EVENT
 
 START = "embed"
+MAX_SESSIONS = 10_000   # the sessions whose last walk-through stage is remembered for Previous/Next
 INTRO = ("The model's forward pass, drawn from the loaded model's configuration: every box is one stage, with "
          "the shape of its tensor for your prompt ([tokens, ...]). Click a box to see that stage on your prompt "
          "below; pick a layer with the numbered chips, a token with the picker, and walk the data flow with "
@@ -79,28 +80,42 @@ def build(explorer: ex.Explorer, prompt: gr.Textbox, choice: gr.State, redraw_on
 
 
 def _wire(w: Walkthrough, explorer: ex.Explorer, prompt, choice, redraw_on: list, new_prompt: list):
-    @friendly
-    def explore_walk(prompt, stage, layer, token, source=None):
-        return shown(explorer.walk(prompt, stage, layer, token, source, clamp=True))
+    # session -> the (stage, layer) last drawn for it. Previous and Next step from there: the page's own stage may be
+    # a step behind while quick clicks are drawn one after another.
+    drawn_at: dict[str, tuple[str, int]] = {}
+
+    def show(v: wt.View, request: gr.Request | None) -> tuple:
+        session = getattr(request, "session_hash", None)
+        if session:
+            drawn_at.pop(session, None)
+            drawn_at[session] = (v.stage, v.layer)
+            while len(drawn_at) > MAX_SESSIONS:
+                drawn_at.pop(next(iter(drawn_at)))   # the longest unseen
+        return shown(v)
 
     @friendly
-    def walk_new_prompt(prompt, stage, layer, source=None):
+    def explore_walk(prompt, stage, layer, token, source=None, request: gr.Request = None):
+        return show(explorer.walk(prompt, stage, layer, token, source, clamp=True), request)
+
+    @friendly
+    def walk_new_prompt(prompt, stage, layer, source=None, request: gr.Request = None):
         if not ex.prompt_ok(prompt):   # "Look inside" says why, once
             return (gr.skip(),) * len(w.outputs)
-        return shown(explorer.walk(prompt, stage, layer, -1, source, clamp=True))
+        return show(explorer.walk(prompt, stage, layer, -1, source, clamp=True), request)
 
     @friendly
-    def walk_click(prompt, stage, layer, token, source=None, evt: gr.EventData = None):
+    def walk_click(prompt, stage, layer, token, source=None, evt: gr.EventData = None, request: gr.Request = None):
         data = getattr(evt, "_data", None) or {}
         stage = data.get("stage", stage)
         layer = data.get("layer", layer)
-        return shown(explorer.walk(prompt, stage, layer, token, source, clamp=True))
+        return show(explorer.walk(prompt, stage, layer, token, source, clamp=True), request)
 
     def stepper(direction: int):
         @friendly
-        def walk_step(prompt, stage, layer, token, source=None):
+        def walk_step(prompt, stage, layer, token, source=None, request: gr.Request = None):
+            stage, layer = drawn_at.get(getattr(request, "session_hash", None), (stage, layer))
             stage, layer = explorer.walk_step(stage, layer, direction, source)
-            return shown(explorer.walk(prompt, stage, layer, token, source, clamp=True))
+            return show(explorer.walk(prompt, stage, layer, token, source, clamp=True), request)
         return walk_step
 
     inputs = [prompt, w.stage, w.layer, w.token, choice]
@@ -108,6 +123,7 @@ def _wire(w: Walkthrough, explorer: ex.Explorer, prompt, choice, redraw_on: list
           **EXPLORE_EVENT)
     gr.on(new_prompt, walk_new_prompt, [prompt, w.stage, w.layer, choice], w.outputs, api_visibility="private",
           **EXPLORE_EVENT)
-    w.diagram.click(walk_click, inputs, w.outputs, api_visibility="private", **EXPLORE_EVENT)
-    w.prev.click(stepper(-1), inputs, w.outputs, api_visibility="private", **EXPLORE_EVENT)
-    w.next.click(stepper(+1), inputs, w.outputs, api_visibility="private", **EXPLORE_EVENT)
+    # each click drawn in turn (a box's click says which box in its event data; Previous and Next count every press)
+    w.diagram.click(walk_click, inputs, w.outputs, api_visibility="private", **CLICK_EVENT)
+    w.prev.click(stepper(-1), inputs, w.outputs, api_visibility="private", **CLICK_EVENT)
+    w.next.click(stepper(+1), inputs, w.outputs, api_visibility="private", **CLICK_EVENT)
