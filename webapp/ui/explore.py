@@ -101,7 +101,9 @@ def build(explorer: ex.Explorer, info, choice: gr.State, learning=None) -> Explo
                 look = gr.Button("Look inside", variant="primary", elem_id="look-inside")
         with gr.Tabs():
             with gr.Tab("Walk-through", id="walk") as views["walk"]:
-                walkthrough.build(explorer, prompt, choice, [tab.select, views["walk"].select],
+                # its own select only: opening Explore selects it too, and a second trigger of the same draw would
+                # run again later (always_last) with whatever prompt is there by then
+                walkthrough.build(explorer, prompt, choice, [views["walk"].select],
                                   [look.click, prompt.submit, choice.change])
             gemma3_views.build(explorer, info, prompt, look, choice)  # "What is special about Gemma 3"
             for label, key, guide, plot_label in VIEWS:
