@@ -23,7 +23,7 @@ PERSISTENT = use_persistent_storage()
 import gradio as gr  # noqa: E402
 
 from gemma3.runtime import cpu, engine  # noqa: E402
-from webapp import explore as ex, generation as gen, guard, models, storage, train as tr  # noqa: E402
+from webapp import explore as ex, guard, models, storage, train as tr  # noqa: E402
 from webapp.errors import friendly, guard_inputs, port_problem  # noqa: E402
 from webapp.inputs import UserError  # noqa: E402
 from webapp.learning import Learning  # noqa: E402
@@ -115,13 +115,14 @@ def link_story(generate_tab: generate.Generate, explore_tab: explore.Explore, ta
     sub_tabs, c = explore_tab.views["next"].parent, explore_tab.controls
 
     @friendly
-    def open_in_explore(story: dict, evt: gr.SelectData):
-        before, token, sampling = gen.clicked_token(story, evt.index)
+    def open_in_explore(story: dict, source, evt: gr.SelectData):
+        before, token, sampling = generate.clicked(story, evt.index, source)
         return gr.Tabs(selected="explore"), before, gr.Tabs(selected="next"), token, *sampling
 
     targets = [tabs, explore_tab.prompt, sub_tabs, c["story"], c["temperature"], c["top_k"], c["top_p"], c["penalty"]]
-    generate_tab.story.select(open_in_explore, [generate_tab.pieces], targets, api_visibility="private").success(
-        *explore_tab.look_all, api_visibility="private", **EXPLORE_EVENT)
+    clicked = generate_tab.story.select(open_in_explore, [generate_tab.pieces, generate_tab.choice], targets,
+                                        api_visibility="private")
+    clicked.success(*explore_tab.look_all, api_visibility="private", **EXPLORE_EVENT)
 
 
 def link_training(bar: model_bar.ModelBar, explore_tab: explore.Explore, train_tab: train.Train, tabs: gr.Tabs):

@@ -335,6 +335,7 @@ SIZES = {"1440": (1440, 1000), "390": (390, 844)}
 TITLES = {"mqa": "4 query heads sharing 1 key/value head", "qk_norm": "The q/k norm keeps",
           "rope": "Two RoPE bases", "sliding": "Sliding layer", "geglu": "GeGLU",
           "norms": "post-norm", "embedding": "The embedding"}
+TITLE_HAS = "t => (document.querySelector('#plot-gemma3 .gtitle') || {}).textContent?.includes(t)"
 
 
 @pytest.fixture(scope="module")
@@ -371,8 +372,7 @@ def test_every_topic_draws_on_the_page(browser, server, size):
         for key, label in gv.TOPICS.items():
             page.locator("#gemma3-topic").get_by_text(label, exact=True).click()
             title = page.locator("#plot-gemma3 .js-plotly-plot .gtitle").first
-            page.wait_for_function(
-                "t => (document.querySelector('#plot-gemma3 .gtitle') || {}).textContent?.includes(t)", arg=TITLES[key])
+            page.wait_for_function(TITLE_HAS, arg=TITLES[key])
             assert TITLES[key] in title.text_content()
             words = page.inner_text("#gemma3-text")
             assert len(words) > 100 and "Error" not in words
@@ -390,18 +390,23 @@ def test_every_topic_draws_on_the_page(browser, server, size):
         page.close()
 
 
-def test_the_layer_slider_redraws(browser, server):
+def open_topics(browser, server):
+    """A page at 1440 x 1000 on Explore's Gemma 3 sub-tab (its first topic drawing)."""
     page = browser.new_page(viewport={"width": 1440, "height": 1000})
-    title = "() => (document.querySelector('#plot-gemma3 .gtitle') || {}).textContent?.includes('%s')"
+    page.goto(server.local_url)
+    page.wait_for_selector("#model-info")
+    page.get_by_role("tab", name="Explore").click()
+    page.get_by_role("tab", name="Gemma 3", exact=True).click()
+    return page
+
+
+def test_the_layer_slider_redraws(browser, server):
+    page = open_topics(browser, server)
     try:
-        page.goto(server.local_url)
-        page.wait_for_selector("#model-info")
-        page.get_by_role("tab", name="Explore").click()
-        page.get_by_role("tab", name="Gemma 3", exact=True).click()
-        page.wait_for_function(title % "layer 0 (sliding)")
+        page.wait_for_function(TITLE_HAS, arg="layer 0 (sliding)")
         page.fill("#gemma3-layer input[type=number]", "5")   # typed, still in the box: it redraws
         page.press("#gemma3-layer input[type=number]", "Enter")
-        page.wait_for_function(title % "layer 5 (full)", timeout=15_000)
+        page.wait_for_function(TITLE_HAS, arg="layer 5 (full)", timeout=15_000)
     finally:
         page.close()
 
@@ -420,17 +425,12 @@ def test_a_topic_picked_while_a_figure_draws_is_drawn_after_it(browser, server, 
         return draw(self, *args)
 
     monkeypatch.setattr(ex.Explorer, "gemma3_view", held)
-    page = browser.new_page(viewport={"width": 1440, "height": 1000})
-    title = "t => (document.querySelector('#plot-gemma3 .gtitle') || {}).textContent?.includes(t)"
+    page = open_topics(browser, server)
     try:
-        page.goto(server.local_url)
-        page.wait_for_selector("#model-info")
-        page.get_by_role("tab", name="Explore").click()
-        page.get_by_role("tab", name="Gemma 3", exact=True).click()
         assert drawing.wait(30), "opening the tab draws its first topic"
         page.locator("#gemma3-topic").get_by_text(gv.TOPICS["norms"], exact=True).click(timeout=5_000)
         picked.set()
-        page.wait_for_function(title, arg=TITLES["norms"], timeout=15_000)
+        page.wait_for_function(TITLE_HAS, arg=TITLES["norms"], timeout=15_000)
         page.wait_for_timeout(1000)   # nothing older lands over it
         assert TITLES["norms"] in page.locator("#plot-gemma3 .gtitle").first.text_content()
         assert page.inner_text("#gemma3-text").startswith("The residual stream")

@@ -42,3 +42,21 @@ def test_sampling_probs_follow_top_p_and_the_repetition_penalty():
 def test_an_empty_explore_prompt_is_refused_once():
     """Issue 23 item 1: the views "Look inside" redraws besides its own four keep quiet about a prompt it refuses."""
     assert not ex.prompt_ok("   ") and not ex.prompt_ok("") and ex.prompt_ok("Once")
+
+
+def test_a_story_of_another_model_opens_with_nothing_marked():
+    """A token of a story written before the visitor loaded another model opens on the model in the bar, which did
+    not draw it: nothing is marked as the story's (and a warning says why); the same model, or a session that never
+    loaded another (source None), keeps the mark."""
+    import warnings
+
+    from webapp.ui.generate import clicked
+
+    s = gen.settings("Once upon a time", 8, 0.7, 40, 0.9, 1.2, 5)
+    written_by = models.ModelInfo("bundled demo model", "assets/demo-model", 1, "cpu", "bf16", "", 8, 4, 1024, 64)
+    story = gen.story_state(s, [(" the", 0.5, 262), (" cat", 0.25, 3797)], written_by)
+    assert clicked(story, 1, None)[1]["id"] == 3797 and clicked(story, 1, "assets/demo-model")[1]["id"] == 3797
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # gr.Warning outside an event is a Python warning
+        before, token, sampling = clicked(story, 1, "random:tiny")
+    assert before == "Once upon a time the" and token is None and sampling == [0.7, 40, 0.9, 1.2]

@@ -186,11 +186,13 @@ def text_before(story: dict, index) -> str:
     return story["prompt"] + "".join(pieces[:index])
 
 
-def story_state(s: Settings, pieces: list[tuple]) -> dict:
+def story_state(s: Settings, pieces: list[tuple], info=None) -> dict:
     """What a click on a finished story's token needs (`pieces`: token_pieces(..., with_ids=True)): the text, the
-    pieces, the id each piece starts with, and the sampling settings it was drawn with."""
+    pieces, the id each piece starts with, the sampling settings it was drawn with and the model that wrote it
+    (`info`, a webapp.models.ModelInfo: its source and name)."""
     return {"prompt": s.prompt, "pieces": [t for t, *_ in pieces], "ids": [i for *_, i in pieces],
-            "sampling": [s.temperature, s.top_k or 0, s.top_p or 1.0, s.repetition_penalty]}
+            "sampling": [s.temperature, s.top_k or 0, s.top_p or 1.0, s.repetition_penalty],
+            "source": getattr(info, "source", None), "model": getattr(info, "name", None)}
 
 
 def clicked_token(story: dict, index) -> tuple[str, dict, list]:

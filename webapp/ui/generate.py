@@ -40,6 +40,19 @@ class Generate:
     info: gr.Markdown
     pieces: gr.State      # the last finished story's tokens and settings (generation.story_state), for a click;
     #                       STREAMING while one streams, {} after Stop
+    choice: gr.State      # the model bar's per-session source (None: the default)
+
+
+def clicked(story: dict, index, source) -> tuple:
+    """generation.clicked_token for a click on a finished story, with this session's model now (`source`; None:
+    the default, which wrote every story of a session that loaded nothing else). A story another model wrote opens
+    on the model in the bar with nothing marked as drawn (that model did not draw it), and says so."""
+    before, token, sampling = gen.clicked_token(story, index)
+    if source is not None and story.get("source") not in (None, source):
+        gr.Warning(f"This story was written by {story['model']}; Next token shows the model in the bar now, so "
+                   "the token the story drew there is not marked.")
+        token = None
+    return before, token, sampling
 
 
 def build(cache: models.ModelCache, choice: gr.State) -> Generate:
@@ -64,7 +77,7 @@ def build(cache: models.ModelCache, choice: gr.State) -> Generate:
                                 js_on_load=ON_CLICK)
                 info = gr.Markdown(elem_id="gen-info")
                 pieces = gr.State({})   # inside the tab: a component between tabs would count as one
-    tab = Generate(prompt, settings, go, stop, story, info, pieces)
+    tab = Generate(prompt, settings, go, stop, story, info, pieces, choice)
     _wire(tab, cache, choice)
     return tab
 
@@ -81,7 +94,7 @@ def _wire(tab: Generate, cache: models.ModelCache, choice: gr.State):
             # the notice and STREAMING only once: a piece still in flight when Stop is pressed must not undo Stop's
             yield (shown, "*generating…*", dict(STREAMING, seed=s.seed)) if i == 0 else (shown, gr.skip(), gr.skip())
         pieces = gen.token_pieces(loaded, stats, with_ids=True)
-        yield gen.story_html(s.prompt, text, pieces), gen.summary(stats), gen.story_state(s, pieces)
+        yield gen.story_html(s.prompt, text, pieces), gen.summary(stats), gen.story_state(s, pieces, loaded.info)
 
     def stopped(shown, story):
         """Stop's notice, only while a story streams: a finished story (or none yet) keeps its line."""
