@@ -118,12 +118,6 @@ def test_generate_streams_and_stop_cancels(page, server):
     poll(lambda: story(page) and not story(page).startswith(after_stop[:20]), what="a second story")
     page.click("#stop-btn")
     poll(lambda: "Stopped" in page.inner_text("#gen-info"), what="the second stop notice")
-    stopped = story(page)
-    page.click("#generate-btn")   # pressed again at once, while the stopped story still closes: it is not lost
-    poll(lambda: story(page) != stopped and "Stopped" not in page.inner_text("#gen-info"),
-         what="Generate right after Stop to write a new story")
-    page.click("#stop-btn")   # (it may have ended already on a busy machine)
-    poll(lambda: server.cache.streaming == 0, timeout=60, what="the third story stopped or ended")
 
 
 def test_every_explore_view_shows_a_plot(page):

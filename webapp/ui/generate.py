@@ -108,10 +108,7 @@ def _wire(tab: Generate, cache: models.ModelCache, choice: gr.State):
         return (f"Stopped after {n:,} characters (seed {seed}). Only a story that ends gets its coloured, clickable "
                 f"tokens: to finish this one, set Seed to {seed} and press Generate."), {}
 
-    # Generate pressed while a story streams, or just after Stop while the stopped story closes, writes its story
-    # when that one ends (Gradio's default dropped the click: nothing started)
     event = tab.go.click(guard.gpu(generate), [tab.prompt, *tab.settings, choice], [tab.story, tab.info, tab.pieces],
-                         api_name="generate", concurrency_id="generate", concurrency_limit=2, preprocess=False,
-                         trigger_mode="always_last")
+                         api_name="generate", concurrency_id="generate", concurrency_limit=2, preprocess=False)
     tab.stop.click(stopped, [tab.story, tab.pieces], [tab.info, tab.pieces], cancels=[event], api_visibility="private",
                    queue=False)
