@@ -49,8 +49,8 @@ def clicked(story: dict, index, source) -> tuple:
     on the model in the bar with nothing marked as drawn (that model did not draw it), and says so."""
     before, token, sampling = gen.clicked_token(story, index)
     if source is not None and story.get("source") not in (None, source):
-        gr.Warning(f"This story was written by {story['model']}; Next token shows the model in the bar now, so "
-                   "the token the story drew there is not marked.")
+        gr.Warning(f"This story was written by another model ({story['model']}); Next token shows the model in "
+                   "the bar now, so the token the story drew there is not marked.")
         token = None
     return before, token, sampling
 
