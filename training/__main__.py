@@ -1,4 +1,4 @@
-"""python -m training prepare|train — prepare token files, then pretrain on them.
+"""python -m training prepare|train|export|push — prepare token files, pretrain on them, share the result.
 
 Without --preset, train picks the one that fits the device (270m on a GPU, tiny on a CPU) and says so.
 

@@ -355,7 +355,7 @@ def add_prepare_args(p: argparse.ArgumentParser):
     p.add_argument("--num-proc", type=int, default=None, help="tokeniser threads / processes (default: min(8, CPUs))")
     p.add_argument("--stories", type=int, default=50_000, help="number of built-in training stories")
     p.add_argument("--seed", type=int, default=0, help="seed of the built-in corpus and of the validation hold-out")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no summary of what it wrote")
 
 
 def run_prepare(args: argparse.Namespace) -> dict:
