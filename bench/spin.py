@@ -15,6 +15,7 @@ seconds of training ("N steps in S s of training"), the median of --repeats runs
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import statistics
@@ -57,7 +58,7 @@ def main(argv=None):
         for name, extra in SETTINGS.items():
             cells = []
             for busy in (False, True):
-                with Hog("spin") if busy else open(os.devnull):
+                with Hog("spin") if busy else contextlib.nullcontext():
                     runs = [train_seconds(data, Path(tmp) / f"run{len(cells)}{i}{name[:3]}", args.steps, extra)
                             for i in range(args.repeats)]
                 cells.append(f"{statistics.median(s for s, _ in runs):.0f} s (val loss {runs[-1][1]})")

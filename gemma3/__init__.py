@@ -10,8 +10,8 @@ import os
 # PyTorch's CPU threads (GNU OpenMP) spin 300,000 rounds waiting for work before they sleep. Where the other cores
 # are busy (a Space's 2 shared vCPUs, the app beside its own trainer) a spinning thread takes the core the working
 # one needs: with both cores of a 2-core machine busy, the tiny preset's 60 steps trained in 76 s, in 39 s with
-# 10,000 rounds; idle, 14 s either way (bench/spin.py, README). OpenMP reads it once, when PyTorch loads: it applies where
-# gemma3 is imported before torch (our programs and the trainers they start), and a value already set is kept.
+# 10,000 rounds; idle, 14 s either way (bench/spin.py, README). OpenMP reads it once, when PyTorch loads: it applies
+# where gemma3 is imported before torch (our programs and the trainers they start), and a value already set is kept.
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 from . import generation, loss
