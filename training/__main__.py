@@ -68,8 +68,8 @@ def _add_train_args(p: argparse.ArgumentParser):
         elif f.name == "preset":
             p.add_argument(flag, default=argparse.SUPPRESS, metavar="|".join(TRAIN_PRESETS),
                            help="the model and every default below; default: 270m where a GPU is visible, "
-                                "else tiny (1.5 minutes on a quiet 2-core CPU, 10 to 30 on a shared one); demo is the "
-                                "bundled model's size (about half an hour on a shared 2-core CPU)")
+                                "else tiny (1.5 minutes on a quiet 2-core CPU, about 3 beside a busy loop per core); "
+                                "demo is the bundled model's size (about half an hour on a shared 2-core CPU)")
         elif kind is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                            help=f"{label}; {_preset_defaults(f.name)}")
