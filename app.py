@@ -87,7 +87,7 @@ def connect(demo: gr.Blocks, bar: model_bar.ModelBar, explore_tab: explore.Explo
     @friendly
     def use_checkpoint(run, profile: gr.OAuthProfile | None = None, request: gr.Request = None,
                        progress=gr.Progress()):
-        info = bar.load(str(trainer.checkpoint(run)), progress, model_bar.username(profile, request))
+        info = bar.load(str(trainer.checkpoint(run)), progress, profile, request)
         gr.Info(f"Loaded {info.name} into the model bar.", duration=4)
         return bar.shown(info)
 
@@ -134,7 +134,7 @@ def link_training(bar: model_bar.ModelBar, explore_tab: explore.Explore, train_t
     @friendly
     def look_at_step(run, step, profile: gr.OAuthProfile | None = None, request: gr.Request = None,
                      progress=gr.Progress()):
-        info = bar.load(over.learning.snapshot(run, step), progress, model_bar.username(profile, request))
+        info = bar.load(over.learning.snapshot(run, step), progress, profile, request)
         over.loaded(info)
         return bar.shown(info)
 
@@ -147,7 +147,7 @@ def link_training(bar: model_bar.ModelBar, explore_tab: explore.Explore, train_t
         run_update, step_update = over.choose(name, exact=True)
         if step_update.get("value") is None:
             raise UserError(tr.no_snapshots(name))
-        info = bar.load(step_update["value"], progress, model_bar.username(profile, request))
+        info = bar.load(step_update["value"], progress, profile, request)
         over.loaded(info)
         return (*bar.shown(info), run_update, step_update, gr.Tabs(selected="explore"), gr.Tabs(selected="training"))
 

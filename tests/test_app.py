@@ -4,6 +4,7 @@ Training writes into a temporary runs/ and data/ (build's runs_dir / data_dir), 
 """
 
 import json
+import threading
 import time
 
 import pytest
@@ -285,6 +286,35 @@ def test_load_model_changes_only_this_sessions_model(client, server):
     assert "window 8" in json.dumps(mask["layout"]), "Explore draws this session's model (tiny: window 8)"
     assert f"window {server.cache.default.info.window}" in json.dumps(
         plotly(client.predict(32, api_name="/explore_mask"))["layout"])
+
+
+def test_the_model_asked_for_last_is_the_one_a_session_keeps(client, server, monkeypatch):
+    """A session asks for a model that loads slowly, then, before it is ready, for another: the page keeps the
+    one asked for last, though the slow one finishes after it; the slow load says why it changed nothing."""
+    import gemma3
+    from gradio_client import Client
+
+    for name, seed in (("slow", 4), ("quick", 5)):
+        checkpoint = server.trainer.runs_dir / name / "checkpoints" / "step_1"
+        gemma3.save_model(*models.random_model("tiny", seed=seed), checkpoint)
+    entered, gate, loader = threading.Event(), threading.Event(), server.cache._loader
+
+    def slow_loader(source, token):
+        if "slow" in source:
+            entered.set()
+            gate.wait(60)
+        return loader(source, token)
+
+    monkeypatch.setattr(server.cache, "_loader", slow_loader)
+    session = Client(server.local_url, verbose=False)
+    first = session.submit("", "runs/slow/checkpoints/step_1", api_name="/load_model")
+    assert entered.wait(30), "the slow load started"
+    assert "run quick: step_1" in session.predict("", "runs/quick/checkpoints/step_1", api_name="/load_model")[0]
+    gate.set()
+    with pytest.raises(Exception, match="you asked for another model meanwhile"):
+        first.result()
+    assert "run quick: step_1" in generate(session)[1], "the session generates with the model it asked for last"
+    assert "run slow" not in generate(client)[1]
 
 
 # ---- Train ---------------------------------------------------------------------------------------

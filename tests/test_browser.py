@@ -25,6 +25,7 @@ from training import runs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "artifacts" / "screenshots"
+KEEP_SHOTS = os.environ.get("GEMMA3_SCREENSHOTS", "") not in ("", "0")   # full-page screenshots take ~15 s in all
 EXPLORE_VIEWS = [("Masks", "mask"), ("RoPE", "rope"), ("Attention", "attention"), ("Activations", "activations"),
                  ("Next token", "next"), ("Logit lens", "lens"), ("Parameters", "params")]
 
@@ -45,7 +46,9 @@ def page(chromium, server):
 
 
 def shot(page, name):
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    """With GEMMA3_SCREENSHOTS=1, the whole page as the test saw it, in artifacts/screenshots/NAME.png."""
+    if KEEP_SHOTS:
+        page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
 def story(page) -> str:
@@ -141,6 +144,8 @@ CURVES = {"train": "train", "val": "validation"}
 
 def phone(page, name, check=None):
     """A screenshot at phone width (390 x 844), then back to the desktop size; check(page), if given, at 390 px."""
+    if not (KEEP_SHOTS or check):
+        return
     size = page.viewport_size
     page.set_viewport_size({"width": 390, "height": 844})
     page.wait_for_timeout(500)

@@ -12,6 +12,7 @@ import shutil
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 import huggingface_hub
@@ -146,10 +147,10 @@ def test_an_anonymous_visitor_never_sends_the_owners_token(hub, space, tmp_path)
     """Issue 22 item 3: an anonymous visitor who picks the listed Hub models loads the public one without any
     token, and is told the gated one is not here yet; no request made for them carries the owner's token."""
     bar = model_bar(tmp_path)
-    info = bar.load(f"hf:{PUBLIC}", no_progress, user=None)
+    info = bar.load(f"hf:{PUBLIC}", no_progress)
     assert info.source == f"hf:{PUBLIC}" and info.params > 0
     with pytest.raises(UserError, match=f"{GATED} is gated: .* visitors then load it from the cache"):
-        bar.load(f"hf:{GATED}", no_progress, user=None)
+        bar.load(f"hf:{GATED}", no_progress)
     assert hub.requests and {auth for *_, auth in hub.requests} == {None}, hub.requests
 
 
@@ -157,11 +158,11 @@ def test_the_owner_fetches_a_gated_model_and_visitors_then_load_it_from_the_cach
     """Issue 22 item 3: the owner's own load downloads the gated model with the owner's token; a visitor's
     later load (a fresh cache of models in memory) takes that copy without any request to the Hub."""
     owner = model_bar(tmp_path)
-    assert owner.load(f"hf:{GATED}", no_progress, user="owner").source == f"hf:{GATED}"
+    assert owner.load(f"hf:{GATED}", no_progress, SimpleNamespace(username="owner"))  # signed in.source == f"hf:{GATED}"
     assert hub.requests and {auth for *_, auth in hub.requests} == {f"Bearer {OWNER_TOKEN}"}
     hub.requests.clear()
     visitor = model_bar(tmp_path / "later")
-    assert visitor.load(f"hf:{GATED}", no_progress, user=None).source == f"hf:{GATED}"
+    assert visitor.load(f"hf:{GATED}", no_progress).source == f"hf:{GATED}"
     assert hub.requests == []
 
 

@@ -8,6 +8,7 @@ visitors pick from the list and the Space's runs; other paths and Hub ids are th
 selectors) follow it: app.py hands them to `ModelBar.connect`.
 """
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,8 @@ class ModelBar:
     choice: gr.State                      # this session's source (None: the default model)
     followers: list = field(default_factory=list)        # other parts' components that change with the model
     follow: Callable = lambda info: ()                    # info -> their updates, in that order
+    newest: dict = field(default_factory=dict)            # session -> the ticket of its latest load in flight
+    tickets: itertools.count = field(default_factory=itertools.count)
 
     def picker_update(self, current: str | None = None):
         choices, value = picker_state(self.cache, self.names, current)
@@ -75,10 +78,29 @@ class ModelBar:
         return (info.markdown(), details_text(info), *self.follow(info), self.picker_update(info.source),
                 info.source)
 
-    def load(self, value, progress, user: str | None = None):
-        """The ModelInfo of `value` (a picker name, typed text, or a path the app found), checked against this
-        visitor's rights (before anything on disk is looked at) and the allowed places, loaded into the shared
-        cache (or found there). The caller stores its source in this session's `choice`."""
+    def load(self, value, progress, profile=None, request=None):
+        """The ModelInfo of `value` (a picker name, typed text, or a path the app found) for the visitor of
+        `profile`/`request` (Gradio's injected arguments), loaded into the shared cache (or found there). The
+        caller stores its source in this session's `choice`.
+
+        A session may start a second load (another button) before the first is ready: the load asked for last
+        is the one the page keeps, whichever finishes first. An earlier one that finishes later ends with a
+        sentence and changes nothing."""
+        session, ticket = getattr(request, "session_hash", None), next(self.tickets)
+        self.newest[session] = ticket
+        try:
+            info = self._load(value, progress, username(profile, request))
+        finally:
+            latest = self.newest.get(session)
+            if latest == ticket:
+                del self.newest[session]
+        if latest != ticket:
+            raise UserError(f"{info.name} loaded, but you asked for another model meanwhile: the page keeps that one.")
+        return info
+
+    def _load(self, value, progress, user: str | None):
+        """load(), checked against this visitor's rights (before anything on disk is looked at) and the allowed
+        places."""
         owner = guard.may_load_anything(user)   # the owner's loads alone may fetch with the app's Hub token
         try:
             value = models.check_visitor_choice(value, self.runs_dir, owner, self.cache.default.source)
@@ -101,7 +123,7 @@ class ModelBar:
         def load_model(choice, path, profile: gr.OAuthProfile | None = None, request: gr.Request = None,
                        progress=gr.Progress(track_tqdm=True)):
             typed = path.strip() if isinstance(path, str) else path
-            info = self.load(typed or choice, progress, username(profile, request))
+            info = self.load(typed or choice, progress, profile, request)
             gr.Info(f"Loaded {info.name}: {info.params / 1e6:.1f}M parameters.", duration=4)
             return self.shown(info)
 
