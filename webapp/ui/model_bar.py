@@ -9,6 +9,7 @@ selectors) follow it: app.py hands them to `ModelBar.connect`.
 """
 
 import itertools
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,7 @@ class ModelBar:
     follow: Callable = lambda info: ()                    # info -> their updates, in that order
     newest: dict = field(default_factory=dict)            # session -> the ticket of its latest load in flight
     tickets: itertools.count = field(default_factory=itertools.count)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def picker_update(self, current: str | None = None):
         choices, value = picker_state(self.cache, self.names, current)
@@ -86,14 +88,16 @@ class ModelBar:
         A session may start a second load (another button) before the first is ready: the load asked for last
         is the one the page keeps, whichever finishes first. An earlier one that finishes later ends with a
         sentence and changes nothing."""
-        session, ticket = getattr(request, "session_hash", None), next(self.tickets)
-        self.newest[session] = ticket
+        session = getattr(request, "session_hash", None)
+        with self.lock:
+            self.newest[session] = ticket = next(self.tickets)
         try:
             info = self._load(value, progress, username(profile, request))
         finally:
-            latest = self.newest.get(session)
-            if latest == ticket:
-                del self.newest[session]
+            with self.lock:
+                latest = self.newest.get(session)
+                if latest == ticket:
+                    del self.newest[session]
         if latest != ticket:
             raise UserError(f"{info.name} loaded, but you asked for another model meanwhile: the page keeps that one.")
         return info
