@@ -249,9 +249,13 @@ def test_training_starts_at_once_and_its_curve_grows_and_stops(page, server):
     page.get_by_label("Built-in stories (offline)").check()
     page.wait_for_timeout(300)
     before = {i.name for i in runs.list_runs(runs_dir)}   # the session's app may hold earlier modules' runs
-    if not before:   # a fresh home: "Explore this run" says why it cannot, as Stop, Resume and Use do
-        page.click("#train-explore")
+    if not before:   # a fresh home: "Explore this run" says why it cannot, as Stop, Resume and Use do; so does
+        page.click("#train-explore")   # Over training, which the visitor leaves open to go and train
         page.get_by_text("There is no run to explore yet; start one, then explore its snapshots.").wait_for()
+        page.get_by_role("tab", name="Explore", exact=True).click()
+        page.get_by_role("tab", name="Over training").click()
+        page.get_by_text("No run has snapshots yet").wait_for()
+        page.get_by_role("tab", name="Train", exact=True).click()
 
     def step_0_shown():   # the new run's status, its step-0 point and sample, and its planned end on the axis
         new = {i.name for i in runs.list_runs(runs_dir)} - before
@@ -295,6 +299,11 @@ def test_training_starts_at_once_and_its_curve_grows_and_stops(page, server):
         poll(lambda: "stopped" in page.inner_text("#train-status"), timeout=60, what="the run to stop")
         name = runs.list_runs(server.trainer.runs_dir)[0].name
         assert runs.get(name, server.trainer.runs_dir).status()["state"] == "stopped"
+        if not before:   # back to Explore, still on Over training (whose own select does not fire): the run is there
+            page.get_by_role("tab", name="Explore", exact=True).click()
+            poll(lambda: name in page.input_value("#learn-run input"), what="the new run in Over training")
+            page.locator("#plot-learn .js-plotly-plot .main-svg").first.wait_for(state="visible", timeout=60_000)
+            page.get_by_role("tab", name="Train", exact=True).click()
         # watch it learn: Explore on the run's latest snapshot, then an earlier step
         page.click("#train-explore")
         poll(lambda: f"run {name} at step" in page.inner_text("#model-info"), timeout=60,

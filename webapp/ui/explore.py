@@ -112,7 +112,7 @@ def build(explorer: ex.Explorer, info, choice: gr.State, learning=None) -> Explo
                     if key in CONTROLS:
                         controls.update(CONTROLS[key](info))
                     plots[key] = gr.Plot(label=plot_label, elem_id=f"plot-{key}", elem_classes="explore-plot")
-            over = (over_training.build(learning, prompt, choice, [look.click, prompt.submit])
+            over = (over_training.build(learning, prompt, choice, [look.click, prompt.submit], [tab.select])
                     if learning is not None else None)
     explore = Explore(explorer, tab, prompt, look, views, plots, controls, over=over)
     _wire(explore, choice)

@@ -57,10 +57,16 @@ class OverTraining:
                 gr.update(choices=steps, value=steps[-1][1] if steps else None))
 
 
-def build(learning: Learning, prompt: gr.Textbox, choice: gr.State, new_prompt: list) -> OverTraining:
+# whether this sub-tab is the one Explore shows (read in the page as Explore opens: the server cannot know)
+IN_VIEW = """(showing, ...rest) => [document.querySelector('#over-training-button')?.getAttribute('aria-selected') === 'true'
+    || !!document.querySelector('#over-training')?.checkVisibility(), ...rest]"""
+
+
+def build(learning: Learning, prompt: gr.Textbox, choice: gr.State, new_prompt: list, opened: list) -> OverTraining:
     """The sub-tab, in the current Tabs, with its events that need no model bar wired; the table follows the
-    prompt on the `new_prompt` triggers ("Look inside")."""
-    with gr.Tab("Over training", id="training") as tab:
+    prompt on the `new_prompt` triggers ("Look inside"), and the runs are looked up again on its own select and on
+    the `opened` triggers (Explore opened: on this sub-tab, its own select does not fire)."""
+    with gr.Tab("Over training", id="training", elem_id="over-training") as tab:
         gr.Markdown(GUIDE, elem_classes="guide")
         with gr.Row(equal_height=True):
             run = gr.Dropdown([], label="Training run (with snapshots)", elem_id="learn-run", scale=2)
@@ -115,6 +121,16 @@ def build(learning: Learning, prompt: gr.Textbox, choice: gr.State, new_prompt: 
     over.draw = (explore_learning, [prompt, run], shows)
     tab.select(show_runs, [run, choice], [run, step], api_visibility="private", queue=False).then(
         explore_learning, [prompt, run], shows, api_name="explore_learning", **LEARN_EVENT)
+    showing = gr.Checkbox(False, visible=False)   # IN_VIEW's answer, for the draw that follows it
+
+    def reopened(in_view, name, source):   # a run that was training when the visitor left has new snapshots now
+        return (*show_runs(name, source), True) if in_view else (gr.skip(), gr.skip(), False)
+
+    def redrawn(in_view, text, name):
+        return explore_learning(text, name) if in_view else (gr.skip(),) * len(shows)
+
+    gr.on(opened, reopened, [showing, run, choice], [run, step, showing], js=IN_VIEW, api_visibility="private",
+          queue=False).then(redrawn, [showing, prompt, run], shows, api_visibility="private", **LEARN_EVENT)
     run.change(first_step, run, [other, pair], api_visibility="private", queue=False)
     compare_btn.click(explore_compare, [prompt, run, step, other], pair, api_name="explore_compare", **LEARN_EVENT)
     run.input(show_steps, run, step, api_visibility="private", queue=False).then(
