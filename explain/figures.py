@@ -36,6 +36,8 @@ LENS_TOKENS = 20    # the logit lens shows this many tokens at a time, text in e
 LENS_PHONE = 5      # ... and this many on a phone (explain.phone), where 20 columns would write over each other
 LENS_CHARS = 8      # a lens cell writes at most this many characters of its token (the hover has all of it) ...
 LENS_PHONE_CHARS = 5  # ... and this many on a phone
+# the window slider's steps are positions, not layers (its ticks 0-7 once read as the model's 8 layers)
+LENS_WINDOW_LABEL = dict(visible=True, prefix="first token shown: position ", font=dict(size=10), offset=4)
 NEXT_TOKENS = 20    # bars in next_token_figure by default
 MAX_HEIGHT = 700    # no figure is taller (a 1440 x 1000 screen shows it whole, with the page around it)
 
@@ -583,7 +585,7 @@ def logit_lens_figure(record: Record, ranks: dict | None = None) -> go.Figure:
     if len(starts) > 1:   # the window: a slider above the grid, its steps labelled by their first position
         fig.update_layout(margin=dict(t=150), sliders=[dict(
             active=len(starts) - 1, x=0, y=1.0, xanchor="left", yanchor="bottom", len=1.0, pad=dict(t=0, b=12),
-            currentvalue=dict(visible=False), font=dict(size=10), ticklen=4,
+            currentvalue=LENS_WINDOW_LABEL, font=dict(size=10), ticklen=4,
             steps=[dict(method="relayout", label=str(s),
                         args=[{"xaxis.range": [s - 0.5, s + n - 0.5], "title.text": title(s)["text"]}])
                    for s in starts])])
@@ -601,7 +603,7 @@ def _lens_on_phone(fig: go.Figure, record: Record, what: str, first: int, n: int
     nexts = [_cell(tt[i], LENS_PHONE_CHARS) for i in record.tokens[1:]]
     starts = lens_windows(T, k)
     slider = dict(active=len(starts) - 1, x=0, y=1.0, xanchor="left", yanchor="bottom", len=1.0,
-                  pad=dict(t=0, b=12), currentvalue=dict(visible=False), font=dict(size=10), ticklen=4,
+                  pad=dict(t=0, b=12), currentvalue=LENS_WINDOW_LABEL, font=dict(size=10), ticklen=4,
                   steps=[dict(method="relayout", label=str(s), args=[{"xaxis.range": [s - 0.5, s + k - 0.5]}])
                          for s in starts])
     title = _title("Logit lens: what each layer would predict next",
