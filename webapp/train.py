@@ -45,6 +45,15 @@ HUB_DATASET = re.compile(r"[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?")
 _preparing = threading.Lock()   # one data preparation at a time in this process
 
 
+def devices_here() -> str:
+    """What Device auto trains on here, said under the choice (cuda stays a choice on a CPU-only machine: picked,
+    it is refused with a sentence that says so)."""
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n == 0:
+        return "this machine: no CUDA GPU, auto trains on the CPU"
+    return f"this machine: {n} CUDA GPU{'s' if n > 1 else ''}, auto trains on the GPU"
+
+
 def preset_defaults(preset: str) -> dict:
     """The form's values for a preset: max steps, batch size, grad accum, sequence length, learning rate."""
     cfg = TrainConfig.for_preset(preset)

@@ -126,7 +126,8 @@ def _run_settings() -> dict:
         seq_len = gr.Number(d["seq_len"], precision=0, label="Sequence length", elem_id="train-seq")
         lr = gr.Number(d["lr"], label="Learning rate")
     with gr.Row():
-        device = gr.Radio(list(tr.DEVICES), value="auto", label="Device", elem_id="train-device")
+        device = gr.Radio(list(tr.DEVICES), value="auto", label="Device", elem_id="train-device",
+                          info=tr.devices_here())
         gpus = gr.Number(1, precision=0, label="GPUs")
         compile_ = gr.Checkbox(False, label="torch.compile", elem_id="train-compile",   # its width: page.CSS
                                info="faster steps (1.1-1.3x on a CPU, 2x on a GPU) after a minute or two "
