@@ -68,8 +68,9 @@ STEPS = (
          "choice the model had there.",
          ("generate",), ("#generate-btn", "#story"), copy_prompt=True),
     Step("Training lowers the loss",
-         "The model learned all this by training: each step reads a batch of stories and nudges its {params} "
-         "parameters so that the token that really came next gets a higher probability. The loss is how surprised "
+         "The model learned all this by training: each step reads a batch of stories and nudges every one of "
+         "its parameters ({params} in the model loaded now) so that the token that really came next gets a "
+         "higher probability. The loss is how surprised "
          "the model was: guessing at random scores ln {vocab} ≈ {ln_vocab} (the dashed line), and a run's curve, "
          "drawn here as it trains, falls below it step by step. The Start button, after this tab's settings, "
          "begins a run with them.",
