@@ -21,12 +21,13 @@ EXAMPLES = ["Once upon a time", "Lily found a little red ball", "The dog was sad
 ON_CLICK = ("element.addEventListener('click', (ev) => { const t = ev.target.closest('[data-i]'); "
             "if (t) trigger('select', {index: Number(t.dataset.i), value: t.textContent}); });")
 STREAMING = {"streaming": True}   # `pieces` while a story streams: Stop says "Stopped" only then
-SLIDERS = (  # (low, high, default) from webapp.generation, step, label, elem_id
-    (gen.MAX_NEW_TOKENS, 1, "Max new tokens", "max-new"),
-    (gen.TEMPERATURE, 0.05, "Temperature (0 = greedy)", None),
-    (gen.TOP_K, 1, "Top-k (0 = off)", "gen-top-k"),
-    (gen.TOP_P, 0.05, "Top-p (1 = off)", None),
-    (gen.REPETITION_PENALTY, 0.05, "Repetition penalty (1 = off)", None),
+SLIDERS = (  # (low, high, default) from webapp.generation, step, label, elem_id, info
+    (gen.MAX_NEW_TOKENS, 1, "Max new tokens", "max-new", None),
+    (gen.TEMPERATURE, 0.05, "Temperature (0 = greedy)", None,
+     "above 1, unlikely tokens get drawn too: any piece of a vocabulary built from web text, rude words included"),
+    (gen.TOP_K, 1, "Top-k (0 = off)", "gen-top-k", None),
+    (gen.TOP_P, 0.05, "Top-p (1 = off)", None, None),
+    (gen.REPETITION_PENALTY, 0.05, "Repetition penalty (1 = off)", None, None),
 )
 
 
@@ -69,8 +70,8 @@ def build(cache: models.ModelCache, choice: gr.State) -> Generate:
                     go = gr.Button("Generate", variant="primary", elem_id="generate-btn")
                     stop = gr.Button("Stop", variant="stop", elem_id="stop-btn")
                 with gr.Accordion("Settings", open=True, elem_id="gen-settings"):   # folded on a phone (page.JS)
-                    settings = [gr.Slider(lo, hi, value=d, step=step, label=label, elem_id=elem_id)
-                                for (lo, hi, d), step, label, elem_id in SLIDERS]
+                    settings = [gr.Slider(lo, hi, value=d, step=step, label=label, elem_id=elem_id, info=info)
+                                for (lo, hi, d), step, label, elem_id, info in SLIDERS]
                     settings.append(gr.Number(value=-1, precision=0, label="Seed (-1 = random)"))
             with gr.Column(scale=3):
                 story = gr.HTML(gen.EMPTY_STORY, label="Story", show_label=True, container=True, elem_id="story",
