@@ -146,7 +146,7 @@ def _buttons(allowed: bool) -> dict:
         resume_btn = gr.Button("Resume", interactive=allowed, elem_id="train-resume")
         estimate_btn = gr.Button("Estimate time", interactive=allowed, elem_id="train-estimate-btn")
     estimate_md = gr.Markdown(elem_id="train-estimate")
-    with gr.Row():
+    with gr.Row(equal_height=True):
         use_btn = gr.Button("Use this checkpoint in the model bar", elem_id="train-use")
         explore_btn = gr.Button("Explore this run", elem_id="train-explore")
     with gr.Accordion("Share this run: GGUF, the Hugging Face Hub", open=False):
