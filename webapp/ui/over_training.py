@@ -58,7 +58,8 @@ class OverTraining:
 
 
 # whether this sub-tab is the one Explore shows (read in the page as Explore opens: the server cannot know)
-IN_VIEW = """(showing, ...rest) => [document.querySelector('#over-training-button')?.getAttribute('aria-selected') === 'true'
+IN_VIEW = """(showing, ...rest) => [
+    document.querySelector('#over-training-button')?.getAttribute('aria-selected') === 'true'
     || !!document.querySelector('#over-training')?.checkVisibility(), ...rest]"""
 
 
@@ -83,6 +84,7 @@ def build(learning: Learning, prompt: gr.Textbox, choice: gr.State, new_prompt: 
                 compare_btn = gr.Button("Compare the two steps", elem_id="learn-compare", scale=1, min_width=160)
             pair = gr.Plot(label="Two steps side by side", elem_id="plot-pair", elem_classes="explore-plot",
                            visible=False)
+        showing = gr.Checkbox(False, visible=False)   # IN_VIEW's answer, for the draw that follows it
     over = OverTraining(learning, tab, run, step, look, table, heads, words)
 
     @friendly
@@ -121,8 +123,6 @@ def build(learning: Learning, prompt: gr.Textbox, choice: gr.State, new_prompt: 
     over.draw = (explore_learning, [prompt, run], shows)
     tab.select(show_runs, [run, choice], [run, step], api_visibility="private", queue=False).then(
         explore_learning, [prompt, run], shows, api_name="explore_learning", **LEARN_EVENT)
-    showing = gr.Checkbox(False, visible=False)   # IN_VIEW's answer, for the draw that follows it
-
     def reopened(in_view, name, source):   # a run that was training when the visitor left has new snapshots now
         return (*show_runs(name, source), True) if in_view else (gr.skip(), gr.skip(), False)
 
