@@ -179,6 +179,18 @@ def chromium():
             browser.close()
 
 
+SHOTS = ROOT / "artifacts" / "screenshots"
+KEEP_SHOTS = os.environ.get("GEMMA3_SCREENSHOTS", "") not in ("", "0")
+
+
+def screenshot(target, name: str, **options):
+    """With GEMMA3_SCREENSHOTS=1, what the test saw (a page or one element: Playwright's screenshot options), in
+    artifacts/screenshots/NAME.png; else nothing (they take seconds, and no test reads them)."""
+    if KEEP_SHOTS:
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        target.screenshot(path=str(SHOTS / f"{name}.png"), **options)
+
+
 def open_page(browser, url: str, width: int = 1400, height: int = 1000):
     """A new page of the app at this viewport, once the model bar is on it."""
     page = browser.new_page(viewport={"width": width, "height": height})

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CHROMIUM, open_page, poll
+from conftest import CHROMIUM, KEEP_SHOTS, open_page, poll, screenshot
 
 if not os.path.exists(CHROMIUM):
     pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
@@ -24,8 +24,6 @@ import explain  # noqa: E402
 from training import runs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-SHOTS = ROOT / "artifacts" / "screenshots"
-KEEP_SHOTS = os.environ.get("GEMMA3_SCREENSHOTS", "") not in ("", "0")   # full-page screenshots take ~15 s in all
 EXPLORE_VIEWS = [("Masks", "mask"), ("RoPE", "rope"), ("Attention", "attention"), ("Activations", "activations"),
                  ("Next token", "next"), ("Logit lens", "lens"), ("Parameters", "params")]
 
@@ -37,7 +35,6 @@ def server(app_server):
 
 @pytest.fixture(scope="module")
 def page(chromium, server):
-    SHOTS.mkdir(parents=True, exist_ok=True)
     page = open_page(chromium, server.local_url)
     try:
         yield page
@@ -46,9 +43,7 @@ def page(chromium, server):
 
 
 def shot(page, name):
-    """With GEMMA3_SCREENSHOTS=1, the whole page as the test saw it, in artifacts/screenshots/NAME.png."""
-    if KEEP_SHOTS:
-        page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    screenshot(page, name, full_page=True)
 
 
 def story(page) -> str:
@@ -255,6 +250,7 @@ def test_training_starts_at_once_and_its_curve_grows_and_stops(page, server):
         page.get_by_role("tab", name="Explore", exact=True).click()
         page.get_by_role("tab", name="Over training").click()
         page.get_by_text("No run has snapshots yet").wait_for()
+        assert page.locator("#learn-look").is_disabled(), "no step to look inside yet"
         page.get_by_role("tab", name="Train", exact=True).click()
 
     def step_0_shown():   # the new run's status, its step-0 point and sample, and its planned end on the axis

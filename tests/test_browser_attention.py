@@ -3,17 +3,15 @@
 large views, and a sliding layer's map shows where its window stops. Screenshots go to artifacts/screenshots/."""
 
 import os
-from pathlib import Path
 
 import pytest
 
-from conftest import CHROMIUM, open_page, poll
+from conftest import CHROMIUM, open_page, poll, screenshot
 
 if not os.path.exists(CHROMIUM):
     pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
 pytest.importorskip("playwright.sync_api")
 
-SHOTS = Path(__file__).resolve().parent.parent / "artifacts" / "screenshots"
 # about 80 tokens: past the demo preset's window of 64, so layer 0 (sliding) cuts the earliest keys
 PROMPT = ("Once upon a time, in a small house near the woods, there lived a little girl named Lily. Every morning "
           "she went outside to look at the flowers, the trees and the birds. One sunny day, her mom gave her a big "
@@ -27,7 +25,6 @@ def shown_lines(page, selector="#attention-lines .al-links path") -> int:
 
 @pytest.fixture(scope="module")
 def page(chromium, app_server):
-    SHOTS.mkdir(parents=True, exist_ok=True)
     page = open_page(chromium, app_server.local_url, 1440, 1000)
     try:
         page.get_by_role("tab", name="Explore", exact=True).click()
@@ -58,7 +55,7 @@ def test_hovering_a_token_leaves_only_its_lines_with_their_weights(page):
                                       "ls => ls.map((l) => l.dataset.w)")
     said = page.text_content(f'#attention-lines .al-w[data-side="k"][data-i="{k}"]').split()
     assert [float(w) for w in said] == [float(w) for w in drawn], "the numbers are the lines' weights"
-    page.screenshot(path=str(SHOTS / "explore-attention-lines-hover.png"), full_page=False)
+    screenshot(page, "explore-attention-lines-hover")
     key = page.locator('#attention-lines .al-t[data-side="k"][data-i="3"]')
     key.hover()
     attending = page.locator('#attention-lines .al-links path[data-k="3"]').count()
@@ -79,13 +76,13 @@ def test_a_small_map_shows_its_head_large_and_a_sliding_window_its_edge(page):
     assert page.locator("#attention-grid .al-map.al-sel").get_attribute("data-head") == "2"
     heads = page.locator("#attention-lines .al-links .al-h")
     assert heads.count() == 1 and heads.first.get_attribute("data-h") == "2", "only head 2's lines"
-    page.locator("#attention-words").screenshot(path=str(SHOTS / "explore-attention-words-1440.png"))
+    screenshot(page.locator("#attention-words"), "explore-attention-words-1440")
     page.set_viewport_size({"width": 390, "height": 844})
     try:
         page.locator("#attention-lines").scroll_into_view_if_needed()
         box = page.locator("#attention-lines").bounding_box()
         assert box["x"] >= 0 and box["x"] + box["width"] <= 390 + 1, "the lines view fits a phone's width"
         assert page.evaluate("document.documentElement.scrollWidth") <= 390, "nothing overflows the page"
-        page.locator("#attention-words").screenshot(path=str(SHOTS / "explore-attention-words-390.png"))
+        screenshot(page.locator("#attention-words"), "explore-attention-words-390")
     finally:
         page.set_viewport_size({"width": 1440, "height": 1000})

@@ -6,24 +6,21 @@ Screenshots go to artifacts/screenshots/phone-*.png for a person to look at.
 """
 
 import os
-from pathlib import Path
 
 import pytest
 
-from conftest import CHROMIUM, open_page, poll
+from conftest import CHROMIUM, open_page, poll, screenshot
 
 if not os.path.exists(CHROMIUM):
     pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
 pytest.importorskip("playwright.sync_api")
 
-SHOTS = Path(__file__).resolve().parent.parent / "artifacts" / "screenshots"
 W, H = 390, 844
 PAGE_PADDING = 8   # each side, at phone width (webapp.ui.page)
 
 
 @pytest.fixture(scope="module")
 def page(chromium, app_server):
-    SHOTS.mkdir(parents=True, exist_ok=True)
     page = open_page(chromium, app_server.local_url, W, H)
     try:
         yield page
@@ -32,7 +29,7 @@ def page(chromium, app_server):
 
 
 def shot(page, name, full_page=False):
-    page.screenshot(path=str(SHOTS / f"phone-{name}.png"), full_page=full_page)
+    screenshot(page, f"phone-{name}", full_page=full_page)
 
 
 def overlap(a, b) -> bool:

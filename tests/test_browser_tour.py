@@ -5,11 +5,10 @@ it; Escape leaves midway at phone width with no outline left and the page still 
 artifacts/screenshots/tour-*.png."""
 
 import os
-from pathlib import Path
 
 import pytest
 
-from conftest import CHROMIUM, open_page, poll
+from conftest import CHROMIUM, open_page, poll, screenshot
 
 if not os.path.exists(CHROMIUM):
     pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
@@ -17,7 +16,6 @@ pytest.importorskip("playwright.sync_api")
 
 from webapp.ui import tour  # noqa: E402
 
-SHOTS = Path(__file__).resolve().parent.parent / "artifacts" / "screenshots"
 N = len(tour.STEPS)
 # what a step shows: the card, its outlined figure (visible, outlined, not hidden by the card) and the tabs selected
 SHOWN = """([target, tabs]) => {
@@ -72,7 +70,6 @@ def shown(page, k: int) -> dict:
 
 @pytest.fixture(scope="module")
 def url(app_server):
-    SHOTS.mkdir(parents=True, exist_ok=True)
     return app_server.local_url
 
 
@@ -107,7 +104,7 @@ def test_the_tour_walks_every_step_and_back(chromium, url):
                 for name, r in zip(step.targets, rects["targets"]):
                     assert not overlap(r, rects["card"]), f"the card covers {name}"
             if k == 2:   # Back once: the walk-through's embedding again, numbers of the model in the bar
-                page.screenshot(path=str(SHOTS / "tour-attention.png"))
+                screenshot(page, "tour-attention")
                 page.click("#tour-back")
                 shown(page, 1)
                 assert "√128 ≈ 11.3" in page.locator("#tour-text").text_content()
@@ -150,7 +147,7 @@ def test_escape_leaves_midway_on_a_phone(chromium, url):
         assert state["card"][2] - state["card"][0] > 300, "a bottom (or top) sheet across the phone"
         assert not state["covered"], "the sheet leaves the figure seen"
         assert len(poll(lambda: token_rows(page), timeout=15, what="the heatmap's token rows")) >= 8
-        page.screenshot(path=str(SHOTS / "tour-390-embedding.png"))
+        screenshot(page, "tour-390-embedding")
         # the figures the card talks about (the heatmap, the heads' maps, the bars) stand above the docked sheet:
         # their tops and titles are never under it
         for k in (1, 2, 3, 4):
@@ -166,7 +163,7 @@ def test_escape_leaves_midway_on_a_phone(chromium, url):
                 ok = fig[1] >= -1 and card[3] >= r["H"] - 12 and seen >= min(fig[3] - fig[1], 0.45 * r["H"])
                 return ok and r
             poll(above, timeout=8, what=f"step {k + 1}: {target}'s top above the sheet docked at the bottom")
-            page.screenshot(path=str(SHOTS / f"tour-390-step{k + 1}.png"))
+            screenshot(page, f"tour-390-step{k + 1}")
         page.keyboard.press("Escape")
         poll(lambda: page.locator("#tour-card").count() == 0, timeout=5, what="Escape to close the tour")
         assert page.locator(".tour-spot").count() == 0, "no outline is left behind"

@@ -5,12 +5,11 @@ page draws every topic in a real browser at desktop and phone width.
 """
 
 import copy
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import randomise_norms, serve
+from conftest import randomise_norms, screenshot, serve
 
 import explain
 import gemma3
@@ -329,8 +328,6 @@ def test_every_topic_through_the_explorer(tmp_path):
 
 # ---- in a browser --------------------------------------------------------------------------------
 CHROMIUM = "/usr/bin/chromium"
-ROOT = Path(__file__).resolve().parent.parent
-SHOTS = ROOT / "artifacts" / "screenshots"
 SIZES = {"1440": (1440, 1000), "390": (390, 844)}
 TITLES = {"mqa": "4 query heads sharing 1 key/value head", "qk_norm": "The q/k norm keeps",
           "rope": "Two RoPE bases", "sliding": "Sliding layer", "geglu": "GeGLU",
@@ -351,7 +348,6 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser(chromium, server):
     """The session's Chromium (tests/conftest.py), on this module's app (the trained demo model)."""
-    SHOTS.mkdir(parents=True, exist_ok=True)
     return chromium
 
 
@@ -385,7 +381,7 @@ def test_every_topic_draws_on_the_page(browser, server, size):
             assert svg["width"] >= panel["width"] * 0.9, f"{key}: the figure fills its panel, no sliver"
             if width > 760:   # narrower, the app may let a figure keep a readable width and scroll sideways
                 assert svg["width"] <= panel["width"] + 1, f"{key}: the figure fits its panel"
-            page.locator("#gemma3-tab").screenshot(path=str(SHOTS / f"gemma3-{key}-{size}.png"))
+            screenshot(page.locator("#gemma3-tab"), f"gemma3-{key}-{size}")
     finally:
         page.close()
 

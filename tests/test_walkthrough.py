@@ -16,6 +16,7 @@ import gemma3
 from explain import walkthrough as wt
 from webapp import explore as ex
 from gemma3.defaults import DEMO_MODEL
+from conftest import screenshot
 
 torch.set_num_threads(1)
 
@@ -325,7 +326,6 @@ def test_the_explorer_checks_the_walks_inputs():
 
 
 # ---- the page in a real browser ---------------------------------------------------------------------------
-SHOTS = ROOT / "artifacts" / "screenshots"
 
 
 @pytest.fixture(scope="module")
@@ -335,7 +335,6 @@ def server(app_server):
 
 @pytest.fixture(scope="module")
 def browser(chromium):
-    SHOTS.mkdir(parents=True, exist_ok=True)
     return chromium
 
 
@@ -401,7 +400,7 @@ def test_clicking_every_box_shows_its_stage(browser, server):
             first = wt.source_lines(stage)[0][2][0][1].strip()
             assert first in code, f"{stage}: the source panel shows its lines"
             if stage in ("attn_probs", "logits", "probs"):
-                page.locator("#walk-plot").screenshot(path=str(SHOTS / f"walkthrough-{stage}-1440.png"))
+                screenshot(page.locator("#walk-plot"), f"walkthrough-{stage}-1440")
     finally:
         page.close()
 
@@ -511,14 +510,14 @@ def test_the_walk_through_reads_at_desktop_and_phone_width(browser, server, widt
         panel = page.locator("#walk-plot").bounding_box()
         assert plot["width"] >= panel["width"] - 40, "the figure is as wide as its panel"
         assert page.evaluate("document.documentElement.scrollWidth") <= width, "nothing widens the page"
-        page.screenshot(path=str(SHOTS / f"walkthrough-{width}.png"), full_page=True)
+        screenshot(page, f"walkthrough-{width}", full_page=True)
         for stage in ("q_norm", "act", "next", "ids", "q_rope", "logits"):  # the other kinds of panel, long equations
             before = plot_title(page)
             page.click(f"#walk-diagram [data-stage='{stage}']")
             wait_for(page, lambda: plot_title(page) not in ("", before), f"the figure of {stage}")
             assert page.evaluate("document.documentElement.scrollWidth") <= width, f"{stage}: nothing widens the page"
-            page.locator("#walk-guide").screenshot(path=str(SHOTS / f"walkthrough-{stage}-guide-{width}.png"))
-            page.locator("#walk-plot").screenshot(path=str(SHOTS / f"walkthrough-{stage}-{width}.png"))
+            screenshot(page.locator("#walk-guide"), f"walkthrough-{stage}-guide-{width}")
+            screenshot(page.locator("#walk-plot"), f"walkthrough-{stage}-{width}")
     finally:
         page.close()
 

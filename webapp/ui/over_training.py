@@ -73,7 +73,8 @@ def build(learning: Learning, prompt: gr.Textbox, choice: gr.State, new_prompt: 
             run = gr.Dropdown([], label="Training run (with snapshots)", elem_id="learn-run", scale=2)
             step = gr.Dropdown([], label="Step", elem_id="learn-step", scale=2)
             with gr.Column(scale=1, min_width=160):
-                look = gr.Button("Look inside at this step", variant="primary", elem_id="learn-look")
+                look = gr.Button("Look inside at this step", variant="primary", elem_id="learn-look",
+                                 interactive=False)   # until there is a step to look at
         words = gr.Markdown(elem_id="learn-words")
         table = gr.Plot(label="Loss of each prompt token, snapshot by snapshot", elem_id="plot-learn",
                         elem_classes="explore-plot")
@@ -132,6 +133,7 @@ def build(learning: Learning, prompt: gr.Textbox, choice: gr.State, new_prompt: 
     gr.on(opened, reopened, [showing, run, choice], [run, step, showing], js=IN_VIEW, api_visibility="private",
           queue=False).then(redrawn, [showing, prompt, run], shows, api_visibility="private", **LEARN_EVENT)
     run.change(first_step, run, [other, pair], api_visibility="private", queue=False)
+    step.change(lambda value: gr.update(interactive=bool(value)), step, look, api_visibility="private", queue=False)
     compare_btn.click(explore_compare, [prompt, run, step, other], pair, api_name="explore_compare", **LEARN_EVENT)
     run.input(show_steps, run, step, api_visibility="private", queue=False).then(
         explore_learning, [prompt, run], shows, api_visibility="private", **LEARN_EVENT)
