@@ -158,7 +158,8 @@ def test_the_owner_fetches_a_gated_model_and_visitors_then_load_it_from_the_cach
     """Issue 22 item 3: the owner's own load downloads the gated model with the owner's token; a visitor's
     later load (a fresh cache of models in memory) takes that copy without any request to the Hub."""
     owner = model_bar(tmp_path)
-    assert owner.load(f"hf:{GATED}", no_progress, SimpleNamespace(username="owner"))  # signed in.source == f"hf:{GATED}"
+    signed_in = SimpleNamespace(username="owner")   # the owner's Hugging Face sign-in (gr.OAuthProfile)
+    assert owner.load(f"hf:{GATED}", no_progress, signed_in).source == f"hf:{GATED}"
     assert hub.requests and {auth for *_, auth in hub.requests} == {f"Bearer {OWNER_TOKEN}"}
     hub.requests.clear()
     visitor = model_bar(tmp_path / "later")
