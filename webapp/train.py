@@ -332,11 +332,10 @@ class RunDesk:
         stats = ""
         if train:
             last = train[max(train)]
-            mfu = last.get("mfu")
             step_s = last.get("step_s")
             eta = eta_words(last) if st.get("alive") else ""
-            mfu = ("–" if not isinstance(mfu, (int, float))
-                   else f"{mfu:.1%} (model FLOPs utilisation: of the best matmul speed measured on this device)")
+            mfu = ("–" if not isinstance(last.get("mfu"), (int, float)) else
+                   f"{last['mfu']:.1%} (model FLOPs utilisation: of the best matmul speed measured on this device)")
             stats = (f"train loss {last['loss']:.4f} · lr {last.get('lr', 0):.2e} · "
                      f"{last.get('tokens_per_s', 0):,.0f} tokens/s"
                      + (f" · {step_s:.2f} s a step" if isinstance(step_s, (int, float)) else "") + f" · MFU {mfu} · "
