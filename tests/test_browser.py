@@ -360,10 +360,13 @@ def sized(request, page, server):
         sized.close()
 
 
-def plot_widths(page, key) -> tuple[float, float]:
-    """(width Plotly drew the figure at, width of the panel holding it)."""
-    return tuple(page.eval_on_selector(f"#plot-{key} .js-plotly-plot", """gd => [gd._fullLayout.width,
-        gd.closest('.explore-plot').getBoundingClientRect().width]"""))
+def plot_widths(page, key) -> tuple[float, float] | None:
+    """(width Plotly drew the figure at, width of the panel holding it), or None while Gradio swaps the figure."""
+    widths = page.evaluate("""id => { const panel = document.getElementById(id);
+        const gd = panel && panel.querySelector('.js-plotly-plot');
+        return gd && gd._fullLayout ? [gd._fullLayout.width, panel.getBoundingClientRect().width] : null }""",
+                           f"plot-{key}")
+    return tuple(widths) if widths else None
 
 
 def boxes_overlap(a, b) -> bool:
