@@ -37,8 +37,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 $PY -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__)"
 TAIL=24 part decode 165 $PY bench/decode.py --device $DEV --quick
 TAIL=60 part train 140 $PY bench/train.py --device $DEV "${TRAIN[@]}"
-# the tests in 4 processes where pytest-xdist is there (the image has it): most of their time is compiling, on the CPU
-XDIST=(); $PY -c "import xdist" 2>/dev/null && XDIST=(-n 4)
+# the tests in 4 processes where pytest-xdist is there (the image has it): most of their time is compiling, on the CPU;
+# pytest.ini's two workers by file replaced (-o addopts), which would also fail where xdist is missing
+XDIST=(-o addopts=-ra); $PY -c "import xdist" 2>/dev/null && XDIST+=(-n 4 --dist load)
 # (4 Inductor compile workers each, not one per core in every process)
 TORCHINDUCTOR_COMPILE_THREADS=4 TAIL=30 part tests 115 $PY -m pytest tests/test_cuda.py -v -rfE --durations=10 -p no:cacheprovider "${XDIST[@]}"
 if [ -n "$GPU_CHECK_DRY" ]; then
