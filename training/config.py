@@ -114,7 +114,7 @@ TRAIN_PRESETS: dict[str, dict] = {
 # README, "Training", gives the figures' sources and the commands that reproduce them.
 PRESET_TIMES: dict[str, tuple[str, str]] = {
     "tiny": ("2-core CPU: 1.5 min quiet, 3 min beside a busy loop per core", "not measured on a GPU"),
-    "demo": ("2-core CPU: about 29 min shared (500 steps timed, extrapolated)", "H200: about 5 s of steps (derived)"),
+    "demo": ("2-core CPU: 12 min quiet", "H200: about 5 s of steps (derived)"),
     "270m": ("2-core CPU: about 38 days (a probe of its steps, extrapolated)",
              "H200: 2.3 h, 1.2 h compiled (derived)"),
 }
