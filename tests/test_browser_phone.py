@@ -88,19 +88,22 @@ def test_a_story_token_opens_the_next_token_figure_in_view(page):
     assert len(widths) == 4 and min(widths) > 0.8 * 390, "the four sampling sliders one a line, labels unsqueezed"
 
 
-def figure_boxes(page, sel) -> dict:
-    """Boxes of a figure (gd), its title, its block's label and its toolbar (None where hidden), and its width."""
-    return page.eval_on_selector(f"{sel} .js-plotly-plot", """gd => {
+def figure_boxes(page, sel) -> dict | None:
+    """Boxes of a figure (gd), its title, its block's label and its toolbar (None where hidden), and its width;
+    None while Gradio swaps the figure."""
+    return page.evaluate("""sel => { const block = document.querySelector(sel);
+        const gd = block && block.querySelector('.js-plotly-plot');
+        if (!gd || !gd._fullLayout) return null;
         const box = (el) => { if (!el || !el.checkVisibility()) return null;
             const r = el.getBoundingClientRect(); return r.width && r.height ? {x: r.x, y: r.y, width: r.width,
             height: r.height} : null; };
-        const label = gd.closest('.block').querySelector(':scope > label');
+        const label = block.querySelector(':scope > label');
         return {gd: box(gd), width: gd._fullLayout.width, title: box(gd.querySelector('.gtitle')),
                 label: label && getComputedStyle(label).display !== 'none' ? box(label) : null,
                 bar: gd.querySelector('.modebar-container') &&
                      getComputedStyle(gd.querySelector('.modebar-container')).display !== 'none'
                      ? box(gd.querySelector('.modebar')) : null};
-    }""")
+    }""", sel)
 
 
 def wrapped(f) -> bool:
@@ -118,7 +121,7 @@ def test_figures_fill_the_width_and_no_toolbar_covers_a_title(page):
         page.locator(f"{sel} .js-plotly-plot .main-svg").first.wait_for(state="visible")
         page.hover(f"{sel} .js-plotly-plot")   # where a mouse would show the toolbar
         # the title is wrapped for the width once the figure has taken it (fitText runs after Plotly's relayout)
-        f = poll(lambda: (f := figure_boxes(page, sel))["title"] and f["width"] >= W - 2 * PAGE_PADDING - 2
+        f = poll(lambda: (f := figure_boxes(page, sel)) and f["title"] and f["width"] >= W - 2 * PAGE_PADDING - 2
                  and wrapped(f) and f, timeout=10, what=f"{label} as wide as the screen, its title wrapped within it")
         assert f["gd"]["x"] >= 0 and f["gd"]["x"] + f["gd"]["width"] <= W + 1, f"{label} stays within the screen"
         title = f["title"]
@@ -129,7 +132,7 @@ def test_figures_fill_the_width_and_no_toolbar_covers_a_title(page):
     try:
         page.get_by_role("tab", name="Next token", exact=True).click()
         page.hover("#plot-next .js-plotly-plot")
-        f = poll(lambda: (f := figure_boxes(page, "#plot-next"))["bar"] and f["width"] > 1000 and f, timeout=10,
+        f = poll(lambda: (f := figure_boxes(page, "#plot-next")) and f["bar"] and f["width"] > 1000 and f, timeout=10,
                  what="the toolbar on hover at 1440 px")
         assert not overlap(f["bar"], f["title"]), "the toolbar covers the title at 1440 px"
     finally:
@@ -160,7 +163,7 @@ def test_panel_titles_and_lens_cells_do_not_overlap(page):
         if label != "Walk-through":
             poll(fig, timeout=10, what=f"{label} in its phone layout")
         page.wait_for_timeout(300)
-        f = figure_boxes(page, sel)
+        f = poll(lambda: figure_boxes(page, sel), timeout=10, what=f"{label} drawn")
         titles = text_boxes(page, sel, ".gtitle, .annotation-text-g")
         for i, a in enumerate(titles):
             assert a["x"] >= f["gd"]["x"] - 1 and a["x"] + a["width"] <= f["gd"]["x"] + f["gd"]["width"] + 1, \
