@@ -380,13 +380,22 @@ async function go(k) {
   tick();
   if (!t) return;
   bring(s, calm ? 'auto' : 'smooth');
-  // a figure drawn or a tab laid out meanwhile may move it (and stop a smooth scroll): look again, twice
-  for (const ms of [700, 900]) {
-    await sleep(ms);
+  // a figure drawn or a tab laid out meanwhile may move it (and stop a smooth scroll): look again twice, then for
+  // ten seconds whenever the layout moved it (a busy server draws late), never because the visitor scrolled
+  let was = where(s);
+  for (let i = 0; i < 15; i++) {
+    await sleep(700);
     if (run !== state.run) return;
     place();
-    if (!inView(s)) bring(s, 'auto');
+    if (!inView(s) && (i < 2 || where(s) !== was)) bring(s, 'auto');
+    was = where(s);
   }
+}
+
+// where the step's box lies in the page (not in the window: scrolling leaves it as it is)
+function where(s) {
+  const b = span(s);
+  return b ? [b.lead.id, Math.round(b.top + window.scrollY), Math.round(b.bottom - b.top)].join() : '';
 }
 
 // what the step shows: its figure and, where they fit beside it in the free part of the window, the controls it
