@@ -1,8 +1,8 @@
 """The guided first visit in a real browser ("Show me how it works", webapp/ui/tour.py): it walks through every
 step, selecting each step's tab and outlining its figure (and the control it names, in view beside it); Back returns;
 the card folds to one line and back; on a phone the card is a sheet docked at the bottom with each figure's top above
-it, also after a late redraw moves the figure; Escape leaves midway at phone width with no outline left and the page still working. Screenshots go to
-artifacts/screenshots/tour-*.png."""
+it, also after a late redraw moves the figure; Escape leaves midway at phone width with no outline left and the page
+still working. Screenshots go to artifacts/screenshots/tour-*.png."""
 
 import os
 

@@ -124,6 +124,7 @@ def build(learning: Learning, prompt: gr.Textbox, choice: gr.State, new_prompt: 
     over.draw = (explore_learning, [prompt, run], shows)
     tab.select(show_runs, [run, choice], [run, step], api_visibility="private", queue=False).then(
         explore_learning, [prompt, run], shows, api_name="explore_learning", **LEARN_EVENT)
+
     def reopened(in_view, name, source):   # a run that was training when the visitor left has new snapshots now
         return (*show_runs(name, source), True) if in_view else (gr.skip(), gr.skip(), False)
 

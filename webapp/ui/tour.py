@@ -387,8 +387,9 @@ async function go(k) {
     await sleep(700);
     if (run !== state.run) return;
     place();
-    if (!inView(s) && (i < 2 || where(s) !== was)) bring(s, 'auto');
-    was = where(s);
+    const now = where(s);   // bringing scrolls the window, which leaves it as it is
+    if (!inView(s) && (i < 2 || now !== was)) bring(s, 'auto');
+    was = now;
   }
 }
 
